@@ -1,0 +1,32 @@
+"""Channel seam: one module per transport behind :class:`Channel`; ``open_channel`` picks one."""
+
+from __future__ import annotations
+
+from fsd.channels.base import (
+    COORDINATOR,
+    Channel,
+    ChannelConfig,
+    ChannelStats,
+)
+from fsd.errors import InputError
+
+CHANNELS = ("local",)
+
+
+def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
+    """Connect endpoint ``me`` of ``run`` to the transport named by ``config.kind``."""
+    if config.kind == "local":
+        from fsd.channels.local import LocalChannel  # noqa: PLC0415
+
+        return LocalChannel(config, run, me)
+    raise InputError(f"unknown channel {config.kind!r}; choose one of {', '.join(CHANNELS)}")
+
+
+__all__ = [
+    "CHANNELS",
+    "COORDINATOR",
+    "Channel",
+    "ChannelConfig",
+    "ChannelStats",
+    "open_channel",
+]

@@ -1,0 +1,87 @@
+"""The Channel seam: how one endpoint of a run sends and receives wire messages.
+
+A transport implements :class:`Channel`: ``send`` one message, ``collect`` the messages of one
+(kind, layer) from known sources. Receivers always know from the plan whom they wait for, so a
+transport can fetch exactly those (object stores) or filter a stream (pub-sub). Every transport
+must deliver each message once, keep runs apart, and keep messages sent before the receiver
+started; the shared conformance suite (tests/test_channel_conformance.py) checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fsd import wire
+from fsd.errors import ChannelTimeout
+
+log = logging.getLogger(__name__)
+
+#: The coordinator's endpoint id; workers are 0..W-1.
+COORDINATOR = -1
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Where and how to reach a transport; plain data so it can travel to workers."""
+
+    kind: str = "local"
+    address: str = ""  # local: the mailbox root folder
+    max_frame: int = 4 * 1024 * 1024  # frames above this are chunked
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class ChannelStats:
+    messages: int = 0  # frames put on the transport (chunks count one each)
+    bytes: int = 0
+    requests: int = 0  # transport operations billed by a cloud (publish, put, get, ...)
+
+
+class Channel(ABC):
+    """One endpoint (worker or coordinator) of one run."""
+
+    def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
+        self.config = config
+        self.run = run
+        self.me = me
+        self.stats = ChannelStats()
+
+    @abstractmethod
+    def send(self, msg: wire.Message) -> int:
+        """Deliver ``msg`` to ``msg.header.dst``; returns the bytes put on the transport."""
+
+    @abstractmethod
+    def collect(
+        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
+    ) -> dict[int, wire.Message]:
+        """Messages of ``kind``/``layer`` from ``sources`` that arrive within ``timeout`` seconds.
+
+        Returns as soon as all are there; otherwise whatever arrived (possibly nothing).
+        """
+
+    def expect(
+        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
+    ) -> dict[int, wire.Message]:
+        """Like :meth:`collect` but every source must answer, else :class:`ChannelTimeout`."""
+        wanted = list(sources)
+        got = self.collect(kind, layer, wanted, timeout)
+        missing = [s for s in wanted if s not in got]
+        if missing:
+            raise ChannelTimeout(
+                f"endpoint {self.me}: no {kind.name} for layer {layer} from {missing} "
+                f"after {timeout:g} s",
+                missing,
+            )
+        return got
+
+    def close(self) -> None:  # noqa: B027 (an optional hook)
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

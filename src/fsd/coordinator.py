@@ -1,0 +1,250 @@
+"""The coordinator: partition, launch, feed inputs, gather, and report latency and traffic.
+
+Data flows one way: the coordinator sends each worker its slice of the inputs, workers exchange
+activations among themselves, and only final per-image results come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from fsd import kernels, wire
+from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel
+from fsd.errors import FsdError, InputError, WorkerError
+from fsd.launch import Launcher, make_launcher
+from fsd.metrics import LayerMetrics, RunResult
+from fsd.model.network import Network
+from fsd.partition import Plan, make_plan
+from fsd.shard import Shard, build_shards
+from fsd.worker import WorkerTask
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class RunConfig:
+    workers: int = 4
+    channel: str = "local"
+    partition: str = "contiguous"
+    dtype: str = "float32"
+    seed: int = 0
+    timeout: float = 600.0  # the whole inference
+    layer_timeout: float = 60.0  # one layer's messages
+    channel_config: ChannelConfig = field(default_factory=ChannelConfig)
+
+    def validate(self, network: Network) -> None:
+        if self.channel not in CHANNELS:
+            raise InputError(
+                f"unknown channel {self.channel!r}; choose one of {', '.join(CHANNELS)}"
+            )
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.timeout <= 0 or self.layer_timeout <= 0:
+            raise InputError("timeouts must be positive")
+
+
+@dataclass
+class Prepared:
+    """A network cut for a given worker count: plan and shards, reusable across runs."""
+
+    network: Network
+    plan: Plan
+    shards: list[Shard]
+    dtype: str
+    plan_seconds: float
+
+
+def prepare(network: Network, config: RunConfig) -> Prepared:
+    """Plan and cut the network (the part a deployment does once, ahead of any request)."""
+    config.validate(network)
+    t0 = time.perf_counter()
+    plan = make_plan(network, config.workers, config.partition, config.seed)
+    shards = build_shards(network, plan, np.dtype(config.dtype))
+    kernels.warm_up(config.dtype)
+    return Prepared(network, plan, shards, config.dtype, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
+    """The channel configuration to use, starting an embedded server when none is configured."""
+    cc = config.channel_config
+    if config.channel == "local" and not cc.address:
+        from fsd.channels.local import LocalMailbox  # noqa: PLC0415
+
+        with LocalMailbox() as mailbox:
+            yield ChannelConfig("local", mailbox.address, cc.max_frame, cc.connect_timeout)
+        return
+    yield ChannelConfig(config.channel, cc.address, cc.max_frame, cc.connect_timeout)
+
+
+def _split_inputs(images: sp.csr_matrix, plan: Plan, dtype: str) -> list[list[np.ndarray]]:
+    """Each worker's input columns as (row, local position, value) triplets."""
+    coo = images.tocoo()
+    owner = plan.owners[0]
+    local = np.empty(plan.neurons, np.int64)
+    for p in range(plan.workers):
+        mine = np.flatnonzero(owner == p)
+        local[mine] = np.arange(len(mine))
+    who = owner[coo.col]
+    parts = []
+    for p in range(plan.workers):
+        sel = who == p
+        parts.append(
+            [
+                coo.row[sel].astype(np.uint32),
+                local[coo.col[sel]].astype(np.uint32),
+                coo.data[sel].astype(dtype),
+            ]
+        )
+    return parts
+
+
+def _gather(
+    channel: Channel,
+    launcher: Launcher,
+    workers: int,
+    deadline: float,
+    on_progress: Callable[[int], None] | None,
+) -> dict[int, wire.Message]:
+    results: dict[int, wire.Message] = {}
+    pending = list(range(workers))
+    last = -1
+    while pending:
+        got = channel.collect(wire.Kind.RESULT, 0, pending, timeout=0.05)
+        for src, msg in got.items():
+            if msg.header.flags & wire.FLAG_ERROR:
+                raise WorkerError(src, bytes(msg.arrays[0]).decode(errors="replace"))
+            results[src] = msg
+        pending = [p for p in pending if p not in results]
+        if on_progress is not None and (layer := launcher.progress()) != last:
+            last = layer
+            on_progress(layer)
+        dead = {w: why for w, why in launcher.failures().items() if w in pending}
+        if dead and not channel.collect(wire.Kind.RESULT, 0, list(dead), timeout=0.2):
+            worker, why = min(dead.items())
+            raise WorkerError(worker, why)
+        if pending and time.monotonic() > deadline:
+            raise WorkerError(pending[0], f"timed out; still running: {pending}")
+    return results
+
+
+def infer(
+    prepared: Prepared,
+    images: sp.csr_matrix,
+    config: RunConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """One distributed inference of ``images``; the wall time excludes loading and planning."""
+    network, plan = prepared.network, prepared.plan
+    if images.shape[1] != network.neurons:
+        raise InputError(
+            f"images have {images.shape[1]} pixels but the network has {network.neurons} neurons"
+        )
+    if config.dtype != prepared.dtype:
+        raise FsdError("the network was prepared for another dtype")
+    run = uuid.uuid4().bytes
+    n_images = int(images.shape[0])
+    inputs = _split_inputs(images, plan, config.dtype)
+    with _transport(config) as cc:
+        tasks = [
+            WorkerTask(
+                run,
+                p,
+                plan.workers,
+                n_images,
+                prepared.shards[p],
+                network.bias,
+                network.ymax,
+                config.dtype,
+                cc,
+                config.layer_timeout,
+            )
+            for p in range(plan.workers)
+        ]
+        t0 = time.perf_counter()
+        with make_launcher("local") as launcher, open_channel(cc, run, COORDINATOR) as channel:
+            launcher.launch(tasks)
+            input_bytes = 0
+            for p, arrays in enumerate(inputs):
+                header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
+                input_bytes += channel.send(wire.Message(header, arrays))
+            results = _gather(
+                channel, launcher, plan.workers, time.monotonic() + config.timeout, on_progress
+            )
+            seconds = time.perf_counter() - t0
+            purge = getattr(channel, "purge_run", None)
+            if purge is not None:
+                purge()
+    return _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
+
+
+def _summarise(
+    prepared: Prepared,
+    config: RunConfig,
+    n_images: int,
+    results: dict[int, wire.Message],
+    seconds: float,
+    channel: Channel,
+    input_bytes: int,
+) -> RunResult:
+    network, plan = prepared.network, prepared.plan
+    sums = np.zeros(n_images)
+    alive = np.zeros(n_images, bool)
+    depth = network.depth
+    compute = np.zeros((plan.workers, depth))
+    comm = np.zeros((plan.workers, depth))
+    sent = np.zeros((plan.workers, depth), np.int64)
+    msgs = np.zeros((plan.workers, depth), np.int64)
+    result_bytes = 0
+    for p, msg in results.items():
+        rows, row_sums, compute[p], comm[p], sent[p], msgs[p] = msg.arrays
+        rows = rows.astype(np.int64)
+        alive[rows] = True
+        np.add.at(sums, rows, row_sums)
+        result_bytes += sum(a.nbytes for a in msg.arrays)
+    per_layer = [
+        LayerMetrics(
+            k + 1, float(compute[:, k].max()), float(comm[:, k].max()), int(sent[:, k].max())
+        )
+        for k in range(depth)
+    ]
+    categories = np.flatnonzero(alive) + 1
+    worker_time = compute.sum() + comm.sum()
+    return RunResult(
+        categories=categories,
+        row_sums=sums[categories - 1],
+        seconds=seconds,
+        images=n_images,
+        edges=network.edges,
+        workers=plan.workers,
+        channel=config.channel,
+        partition=plan.method,
+        dtype=config.dtype,
+        bytes_sent=int(sent.sum()) + input_bytes + result_bytes,
+        messages=int(msgs.sum()) + plan.workers * 2,
+        activation_bytes=int(sent.sum()),
+        planned_volume=plan.total_volume,
+        comm_share=float(comm.sum() / worker_time) if worker_time > 0 else 0.0,
+        plan_seconds=prepared.plan_seconds,
+        per_layer=per_layer,
+    )
+
+
+def run(
+    network: Network,
+    images: sp.csr_matrix,
+    config: RunConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Prepare and infer in one call."""
+    return infer(prepare(network, config), images, config, on_progress)

@@ -1,0 +1,182 @@
+"""Compiled sparse kernels of the engine (numba): fused layer, partial product, gather, COO->CSR.
+
+CSR is passed as three arrays (indptr int64, indices int32, values float32/64). Column order within
+a row is not kept sorted: nothing downstream needs it, and skipping the sort saves a pass per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+log = logging.getLogger(__name__)
+
+Csr = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@njit(cache=True, nogil=True)
+def _grow(idx: Any, val: Any, used: int, need: int) -> Any:
+    cap = max(2 * len(idx), used + need, 16)
+    idx2 = np.empty(cap, np.int32)
+    val2 = np.empty(cap, val.dtype)
+    idx2[:used] = idx[:used]
+    val2[:used] = val[:used]
+    return idx2, val2
+
+
+@njit(cache=True, nogil=True)
+def partial_product(yp: Any, yi: Any, yx: Any, wp: Any, wi: Any, wx: Any, ncols: int) -> Any:
+    """Z = Y @ W without bias or cap; every touched entry kept (the layer is finished later)."""
+    nrows = len(yp) - 1
+    acc = np.zeros(ncols, yx.dtype)
+    mark = np.full(ncols, -1, np.int64)
+    touched = np.empty(ncols, np.int64)
+    zp = np.zeros(nrows + 1, np.int64)
+    zi = np.empty(max(16, len(yx)), np.int32)
+    zx = np.empty(max(16, len(yx)), yx.dtype)
+    nnz = 0
+    for r in range(nrows):
+        nt = 0
+        for a in range(yp[r], yp[r + 1]):
+            k = yi[a]
+            v = yx[a]
+            for b in range(wp[k], wp[k + 1]):
+                j = wi[b]
+                if mark[j] != r:
+                    mark[j] = r
+                    acc[j] = 0
+                    touched[nt] = j
+                    nt += 1
+                acc[j] += v * wx[b]
+        if nnz + nt > len(zi):
+            zi, zx = _grow(zi, zx, nnz, nt)
+        for t in range(nt):
+            j = touched[t]
+            zi[nnz] = j
+            zx[nnz] = acc[j]
+            nnz += 1
+        zp[r + 1] = nnz
+    return zp, zi[:nnz], zx[:nnz]
+
+
+@njit(cache=True, nogil=True)
+def finish_layer(
+    zp: Any, zi: Any, zx: Any,
+    xp: Any, xi: Any, xx: Any,
+    wp: Any, wi: Any, wx: Any,
+    ncols: int, bias: float, ymax: float,
+) -> Any:  # fmt: skip
+    """Y' = clip(Z + X @ W + bias where non-zero, 0, ymax), fused in one pass over the rows.
+
+    ``Z`` is the partial product already computed from local activations (may be empty) and ``X``
+    holds the activations received from other workers (or the local ones when nothing is remote).
+    """
+    nrows = len(xp) - 1
+    acc = np.zeros(ncols, xx.dtype)
+    mark = np.full(ncols, -1, np.int64)
+    touched = np.empty(ncols, np.int64)
+    op = np.zeros(nrows + 1, np.int64)
+    guess = max(16, len(xx) + len(zx))
+    oi = np.empty(guess, np.int32)
+    ox = np.empty(guess, xx.dtype)
+    b_ = xx.dtype.type(bias)
+    cap = xx.dtype.type(ymax)
+    nnz = 0
+    for r in range(nrows):
+        nt = 0
+        for a in range(zp[r], zp[r + 1]):
+            j = zi[a]
+            if mark[j] != r:
+                mark[j] = r
+                acc[j] = 0
+                touched[nt] = j
+                nt += 1
+            acc[j] += zx[a]
+        for a in range(xp[r], xp[r + 1]):
+            k = xi[a]
+            v = xx[a]
+            for b in range(wp[k], wp[k + 1]):
+                j = wi[b]
+                if mark[j] != r:
+                    mark[j] = r
+                    acc[j] = 0
+                    touched[nt] = j
+                    nt += 1
+                acc[j] += v * wx[b]
+        if nnz + nt > len(oi):
+            oi, ox = _grow(oi, ox, nnz, nt)
+        for t in range(nt):
+            j = touched[t]
+            z = acc[j]
+            if z != 0:
+                y = z + b_
+                y = min(y, cap)
+                if y > 0:
+                    oi[nnz] = j
+                    ox[nnz] = y
+                    nnz += 1
+        op[r + 1] = nnz
+    return op, oi[:nnz], ox[:nnz]
+
+
+@njit(cache=True, nogil=True)
+def gather_columns(yp: Any, yi: Any, yx: Any, selmap: Any) -> Any:
+    """Non-zeros of Y in the columns a peer needs: (row, position in the peer's list, value)."""
+    nrows = len(yp) - 1
+    count = 0
+    for a in range(len(yi)):
+        if selmap[yi[a]] >= 0:
+            count += 1
+    rows = np.empty(count, np.uint32)
+    pos = np.empty(count, np.uint32)
+    vals = np.empty(count, yx.dtype)
+    n = 0
+    for r in range(nrows):
+        for a in range(yp[r], yp[r + 1]):
+            s = selmap[yi[a]]
+            if s >= 0:
+                rows[n] = r
+                pos[n] = s
+                vals[n] = yx[a]
+                n += 1
+    return rows, pos, vals
+
+
+@njit(cache=True, nogil=True)
+def coo_to_csr(nrows: int, rows: Any, cols: Any, vals: Any) -> Any:
+    """Stable counting sort of triplets by row (no duplicates: one sender per column)."""
+    indptr = np.zeros(nrows + 1, np.int64)
+    for a in range(len(rows)):
+        indptr[rows[a] + 1] += 1
+    for r in range(nrows):
+        indptr[r + 1] += indptr[r]
+    fill = indptr[:-1].copy()
+    idx = np.empty(len(rows), np.int32)
+    val = np.empty(len(rows), vals.dtype)
+    for a in range(len(rows)):
+        r = rows[a]
+        d = fill[r]
+        idx[d] = cols[a]
+        val[d] = vals[a]
+        fill[r] = d + 1
+    return indptr, idx, val
+
+
+def empty_csr(nrows: int, dtype: np.dtype[Any]) -> Csr:
+    return np.zeros(nrows + 1, np.int64), np.empty(0, np.int32), np.empty(0, dtype)
+
+
+def warm_up(dtype: np.dtype[Any] | type | str = np.float32) -> None:
+    """Compile (or load from numba's cache) every kernel for ``dtype`` before workers fork."""
+    dt = np.dtype(dtype)
+    p = np.array([0, 1], np.int64)
+    i = np.array([0], np.int32)
+    x = np.array([1.0], dt)
+    z = partial_product(p, i, x, p, i, x, 1)
+    finish_layer(*z, p, i, x, p, i, x, 1, -0.3, 32.0)
+    gather_columns(p, i, x, np.array([0], np.int32))
+    coo_to_csr(1, np.array([0], np.uint32), np.array([0], np.uint32), x)
+    log.debug("kernels ready for %s", dt)

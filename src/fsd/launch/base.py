@@ -1,0 +1,34 @@
+"""The Launcher seam: starts workers somewhere (processes, FaaS functions) and watches them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from fsd.worker import WorkerTask
+
+
+class Launcher(ABC):
+    """Starts one worker per task; the workers then talk only through their channel."""
+
+    @abstractmethod
+    def launch(self, tasks: Sequence[WorkerTask]) -> None:
+        """Start every worker; returns once they are started, not finished."""
+
+    @abstractmethod
+    def failures(self) -> dict[int, str]:
+        """Workers known to have died, with why (exit code, platform error)."""
+
+    def progress(self) -> int:
+        """The lowest layer every worker has finished, or -1 when the platform cannot tell."""
+        return -1
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop whatever is still running and release resources. Idempotent."""
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,65 @@
+"""Local launcher: each worker is a forked process (shards are inherited, never serialised)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fsd.channels import open_channel
+from fsd.launch.base import Launcher
+from fsd.worker import WorkerTask, run_worker
+
+log = logging.getLogger(__name__)
+
+
+def _entry(task: WorkerTask, progress: Any) -> None:
+    def on_layer(layer: int) -> None:
+        progress[task.worker] = layer
+
+    try:
+        with open_channel(task.channel, task.run, task.worker) as channel:
+            run_worker(task, channel, on_layer)
+    except BaseException:  # already reported to the coordinator by run_worker when possible
+        os._exit(1)
+    os._exit(0)
+
+
+class LocalLauncher(Launcher):
+    def __init__(self) -> None:
+        self._ctx = mp.get_context("fork")
+        self._procs: list[mp.process.BaseProcess] = []
+        self._progress: Any = None
+
+    def launch(self, tasks: Sequence[WorkerTask]) -> None:
+        self._progress = self._ctx.Array("i", len(tasks), lock=False)
+        for task in tasks:
+            proc = self._ctx.Process(
+                target=_entry, args=(task, self._progress), name=f"fsd-worker-{task.worker}"
+            )
+            proc.start()
+            self._procs.append(proc)
+
+    def failures(self) -> dict[int, str]:
+        return {
+            i: f"process exited with code {p.exitcode}"
+            for i, p in enumerate(self._procs)
+            if p.exitcode not in (None, 0)
+        }
+
+    def progress(self) -> int:
+        return min(self._progress) if self._progress is not None and len(self._progress) else -1
+
+    def close(self, grace: float = 2.0) -> None:
+        """Give workers ``grace`` seconds in all to exit, then kill the rest."""
+        deadline = time.monotonic() + grace
+        for proc in self._procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._procs = []

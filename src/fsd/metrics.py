@@ -1,0 +1,96 @@
+"""What a run reports: per-layer timings, traffic, the challenge metric, as JSON or a table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LayerMetrics:
+    """One layer, each field the maximum over workers (the slowest worker sets the pace)."""
+
+    layer: int
+    compute_s: float
+    comm_s: float
+    bytes: int
+
+
+@dataclass
+class RunResult:
+    categories: np.ndarray  # sorted 1-based ids of images alive after the last layer
+    row_sums: np.ndarray  # final activation sum of each of those images
+    seconds: float
+    images: int
+    edges: int
+    workers: int
+    channel: str
+    partition: str
+    dtype: str
+    bytes_sent: int
+    messages: int
+    activation_bytes: int
+    planned_volume: int
+    comm_share: float  # communication share of total worker time
+    plan_seconds: float
+    per_layer: list[LayerMetrics] = field(default_factory=list)
+    correct: bool | None = None
+    checked_against: str | None = None  # "truth" or "oracle"
+    load_seconds: float = 0.0
+
+    @property
+    def edges_per_second(self) -> float:
+        """The Graph Challenge metric: images x total edges / inference seconds."""
+        return self.images * self.edges / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "categories": [int(c) for c in self.categories],
+            "n_categories": len(self.categories),
+            "correct": self.correct,
+            "checked_against": self.checked_against,
+            "seconds": round(self.seconds, 6),
+            "load_seconds": round(self.load_seconds, 6),
+            "plan_seconds": round(self.plan_seconds, 6),
+            "edges_per_second": self.edges_per_second,
+            "images": self.images,
+            "workers": self.workers,
+            "channel": self.channel,
+            "partition": self.partition,
+            "dtype": self.dtype,
+            "bytes_sent": self.bytes_sent,
+            "activation_bytes": self.activation_bytes,
+            "messages": self.messages,
+            "planned_volume": self.planned_volume,
+            "comm_share": round(self.comm_share, 4),
+            "per_layer": [
+                {
+                    "layer": m.layer,
+                    "compute_s": round(m.compute_s, 6),
+                    "comm_s": round(m.comm_s, 6),
+                    "bytes": m.bytes,
+                }
+                for m in self.per_layer
+            ],
+        }
+
+    def summary(self) -> str:
+        """A short human table."""
+        verdict = {True: "yes", False: "NO", None: "not checked"}[self.correct]
+        if self.checked_against:
+            verdict += f" (against {self.checked_against})"
+        rows = [
+            ("categories", f"{len(self.categories)} of {self.images} images"),
+            ("correct", verdict),
+            ("inference", f"{self.seconds:.3f} s"),
+            ("loading", f"{self.load_seconds:.3f} s (+ planning {self.plan_seconds:.3f} s)"),
+            ("rate", f"{self.edges_per_second / 1e9:.3f} G edges/s"),
+            ("workers", f"{self.workers} ({self.partition} partition, {self.dtype})"),
+            ("channel", self.channel),
+            ("traffic", f"{self.bytes_sent / 1e6:.2f} MB in {self.messages} messages"),
+            ("communication", f"{100 * self.comm_share:.1f}% of worker time"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

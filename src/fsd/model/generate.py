@@ -1,0 +1,237 @@
+"""Synthetic RadiX-Net networks and MNIST-like images, so every size can be run without downloads.
+
+The networks reproduce the structure of the official Graph Challenge ones (see ``radix_net``):
+the first group of layers equals the official 1024-neuron layers 1-6 exactly, and later groups
+are the same pattern under a random relabelling, which is what the official files show.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from fsd.errors import InputError
+from fsd.model.network import Images, Network, bias_for
+from fsd.reference import categories, infer
+
+log = logging.getLogger(__name__)
+
+#: Number of blocks per layer; each neuron reaches 2 neurons in every block, so 32 non-zeros.
+BLOCKS = 16
+#: Every weight of a RadiX-Net layer: 1/16, as in the official files.
+WEIGHT = 1.0 / BLOCKS
+#: Smallest supported size: 16 blocks of 16 neurons (4 layers per group).
+MIN_NEURONS = 256
+#: Cap on dense canvas cells rasterised at once, so 65536-neuron images stay within memory.
+_CANVAS_CELLS = 1 << 24
+#: Cap on stencil stamps evaluated at once (each costs a few temporaries of 4-8 bytes).
+_STAMPS = 1 << 21
+
+
+def _check_neurons(neurons: int) -> None:
+    if neurons < MIN_NEURONS or neurons & (neurons - 1):
+        raise InputError(f"neurons must be a power of two >= {MIN_NEURONS}, got {neurons}")
+
+
+def _group_columns(neurons: int) -> list[np.ndarray]:
+    """Sorted column ids (N x 32) of each layer of one group, under the identity labelling.
+
+    Row i reaches, in every block q, local offsets ``a`` and ``a - 2^(k-1) mod b`` where
+    ``a = i mod b``: that is ``kron(ones(16, 16), I + S^(-2^(k-1)))``.
+    """
+    b = neurons // BLOCKS
+    local = np.arange(neurons, dtype=np.int32) % b
+    starts = np.arange(BLOCKS, dtype=np.int32) * b
+    out = []
+    for k in range(1, b.bit_length()):  # k = 1..log2(b)
+        shifted = (local - (1 << (k - 1))) % b
+        cols = np.concatenate(
+            [starts[None, :] + local[:, None], starts[None, :] + shifted[:, None]], axis=1
+        )
+        cols.sort(axis=1)
+        out.append(cols)
+    return out
+
+
+def _csr(cols: np.ndarray, neurons: int) -> sp.csr_matrix:
+    """A layer that owns ``cols``, an int32 N x 32 column table sorted per row."""
+    degree = cols.shape[1]
+    indptr = np.arange(0, neurons * degree + 1, degree, dtype=np.int32)
+    data = np.full(neurons * degree, WEIGHT, dtype=np.float64)
+    matrix = sp.csr_matrix((data, cols.ravel(), indptr), shape=(neurons, neurons))
+    matrix.has_sorted_indices = True
+    return matrix
+
+
+def radix_net(neurons: int, layers: int, seed: int = 0) -> Network:
+    """A RadiX-Net-shaped network like the Graph Challenge's, for any power-of-two size.
+
+    Groups of ``log2(N/16)`` layers repeat one pattern; the first group uses the identity
+    labelling (so N=1024 layers 1-6 equal the official ones) and every later group a fresh
+    random relabelling ``W[p(i), p(j)] = pattern[i, j]`` drawn from ``seed``.
+    """
+    _check_neurons(neurons)
+    if layers < 1:
+        raise InputError(f"layers must be >= 1, got {layers}")
+    pattern = _group_columns(neurons)
+    length = len(pattern)
+    rng = np.random.default_rng(seed)
+    mats: list[sp.csr_matrix] = []
+    perm = inverse = np.arange(neurons, dtype=np.int32)
+    for k in range(layers):
+        pos = k % length
+        if pos == 0 and k > 0:
+            perm = rng.permutation(neurons).astype(np.int32)
+            inverse = np.empty_like(perm)
+            inverse[perm] = np.arange(neurons, dtype=np.int32)
+        if k < length:
+            cols = pattern[pos].copy()
+        else:  # new row r is old row inverse[r]; its columns are relabelled by perm
+            cols = perm[pattern[pos][inverse]]
+            cols.sort(axis=1)
+        mats.append(_csr(cols, neurons))
+    log.debug("built radix net %dx%d (group length %d)", neurons, layers, length)
+    return Network(layers=mats, bias=bias_for(neurons), name=f"radix-{neurons}x{layers}")
+
+
+def canvas_shape(neurons: int) -> tuple[int, int]:
+    """(height, width) of the image canvas: square when N is a square, else about 2:1 wide.
+
+    For sizes that are neither squares nor powers of two the last row is partial; pixels past
+    ``neurons`` are dropped.
+    """
+    side = math.isqrt(neurons)
+    if side * side == neurons:
+        return side, side
+    width = 1 << math.ceil(math.log2(neurons) / 2)
+    return -(-neurons // width), width
+
+
+#: Images per random stream; a fixed size keeps the first k images the same for any count.
+_BATCH = 256
+#: Pen radius range in pixels of a 32x32 canvas (scaled with sqrt(N)), and strokes per image.
+_PEN = (0.7, 1.55)
+_STROKES = (2, 4)
+
+
+def _stroke_points(rng: np.random.Generator, count: int, samples: int) -> np.ndarray:
+    """Points (count, 4 strokes, samples, 2) in unit coordinates (row, col), digit-like shapes.
+
+    Half the strokes are quadratic Bezier curves (bars, hooks), half elliptical arcs (loops,
+    bowls); all stay in the central box, as MNIST digits do.
+    """
+    t = np.linspace(0.0, 1.0, samples)[None, None, :, None]
+    shape = (count, _STROKES[1])
+    lo, hi = 0.22, 0.78
+    p0, p1, p2 = (rng.uniform(lo, hi, (*shape, 1, 2)) for _ in range(3))
+    bezier = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2
+    radius = rng.uniform(0.08, 0.2, (*shape, 1, 2))
+    centre = rng.uniform(lo + 0.13, hi - 0.13, (*shape, 1, 2))
+    start = rng.uniform(0.0, 2 * np.pi, (*shape, 1))
+    sweep = rng.uniform(0.5 * np.pi, 2 * np.pi, (*shape, 1))
+    angle = start + sweep * t[..., 0]
+    arc = centre + radius * np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+    is_arc = rng.random((*shape, 1, 1)) < 0.5
+    points: np.ndarray = np.where(is_arc, arc, bezier)
+    return points
+
+
+def synthetic_images(neurons: int, count: int, seed: int = 0) -> Images:
+    """Deterministic sparse binary images drawn as 2-4 thick strokes, about 10% of pixels on.
+
+    They stand in for MNIST where no real images exist for a size; their spread of densities
+    makes a generated net keep some, not all, of them alive. The first k images do not depend
+    on ``count``.
+    """
+    if neurons < 1:
+        raise InputError(f"neurons must be >= 1, got {neurons}")
+    if count < 1:
+        raise InputError(f"image count must be >= 1, got {count}")
+    height, width = canvas_shape(neurons)
+    scale = math.sqrt(neurons) / 32.0  # pixel lengths are tuned on the 32x32 canvas
+    pen = (_PEN[0] * scale, _PEN[1] * scale)
+    spacing = max(0.5, pen[0] / 2)  # dense enough that disks along a stroke leave no gaps
+    samples = max(8, math.ceil(1.4 * max(height, width) / spacing))
+    offsets = _stencil(pen[1])
+    per_stroke = samples * offsets.shape[1]
+    step = max(1, min(_CANVAS_CELLS // neurons, _STAMPS // (_STROKES[1] * per_stroke)))
+    parts = []
+    for batch, first in enumerate(range(0, count, _BATCH)):
+        rng = np.random.default_rng([seed, batch])
+        points = _stroke_points(rng, _BATCH, samples)
+        strokes = rng.integers(_STROKES[0], _STROKES[1] + 1, _BATCH)
+        thick = rng.uniform(pen[0], pen[1], _BATCH)
+        size = min(_BATCH, count - first)
+        for lo in range(0, size, step):
+            hi = min(size, lo + step)
+            canvas = _rasterise(
+                points[lo:hi], strokes[lo:hi], thick[lo:hi], (height, width), offsets
+            )
+            rows, cols = np.nonzero(canvas.reshape(hi - lo, -1)[:, :neurons])
+            data = np.ones(rows.size, dtype=np.float64)
+            parts.append(sp.csr_matrix((data, (rows, cols)), shape=(hi - lo, neurons)))
+    matrix = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+    matrix.sort_indices()
+    return Images(matrix=matrix, truth={})
+
+
+def _stencil(pen: float) -> np.ndarray:
+    """(2, k) pixel offsets that a disk of radius ``pen`` around a point in its pixel can reach."""
+    reach = math.ceil(pen + 0.5)
+    span = np.arange(-reach, reach + 1)
+    rr, cc = (a.ravel() for a in np.meshgrid(span, span, indexing="ij"))
+    near = np.maximum(np.abs(rr) - 0.5, 0) ** 2 + np.maximum(np.abs(cc) - 0.5, 0) ** 2
+    return np.stack([rr, cc])[:, near <= pen**2]
+
+
+def _rasterise(
+    points: np.ndarray,
+    strokes: np.ndarray,
+    thick: np.ndarray,
+    shape: tuple[int, int],
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """Dense (count, height, width) canvases: a disk of radius ``thick`` at each stroke sample.
+
+    Only the strokes each image uses are stamped; the stencil is pre-pruned to offsets a disk
+    can reach, which keeps 10,000 images of 1024 pixels well under a second.
+    """
+    height, width = shape
+    count = points.shape[0]
+    pad = int(np.abs(offsets).max())
+    tall, wide = height + 2 * pad, width + 2 * pad
+    used = np.arange(points.shape[1])[None, :] < strokes[:, None]  # (count, 4)
+    owner = np.broadcast_to(np.arange(count)[:, None], used.shape)[used]
+    pts = points[used]  # (strokes used, samples, 2), unit coordinates
+    pr = (pts[..., 0] * height - 0.5).astype(np.float32)  # pixel-centre coordinates
+    pc = (pts[..., 1] * width - 0.5).astype(np.float32)
+    br = np.clip(np.rint(pr), 0, height - 1)  # clipping only matters for strokes off the edge
+    bc = np.clip(np.rint(pc), 0, width - 1)
+    dr, dc = (br - pr)[..., None], (bc - pc)[..., None]
+    off_r, off_c = offsets.astype(np.float32)
+    dist2 = (dr + off_r) ** 2 + (dc + off_c) ** 2  # (strokes, samples, stencil)
+    keep = dist2 <= (thick[owner] ** 2).astype(np.float32)[:, None, None]
+    base = owner[:, None] * (tall * wide) + (br.astype(np.int64) + pad) * wide + bc.astype(np.int64)
+    linear = base[..., None] + pad + (offsets[0] * wide + offsets[1])
+    canvas = np.zeros((count, tall, wide), dtype=bool)
+    canvas.ravel()[linear[keep]] = True
+    return canvas[:, pad : pad + height, pad : pad + width]
+
+
+def generate(neurons: int, layers: int, images: int, seed: int = 0) -> tuple[Network, Images]:
+    """A generated net, synthetic images for it, and the oracle's answer as their truth."""
+    network = radix_net(neurons, layers, seed)
+    inputs = synthetic_images(neurons, images, seed)
+    alive = categories(infer(network, inputs.matrix))
+    inputs.truth[layers] = alive
+    log.info(
+        "generated %s with %d images: %d alive after %d layers",
+        network.name,
+        images,
+        alive.size,
+        layers,
+    )
+    return network, inputs

@@ -1,0 +1,130 @@
+"""The worker: one shard, one layer loop, talking only through its Channel.
+
+Per layer: send each peer the non-zero activations it needs (an empty message when there are
+none, so no receiver ever waits on a silent sender), multiply what is local while those messages
+travel, then fold in what arrived and finish the layer (bias on non-zeros, ReLU, cap).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fsd import kernels, wire
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
+from fsd.shard import Shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerTask:
+    """Everything a worker needs; travels to the worker with its launch."""
+
+    run: bytes
+    worker: int
+    workers: int
+    images: int
+    shard: Shard
+    bias: float
+    ymax: float
+    dtype: str
+    channel: ChannelConfig
+    layer_timeout: float = 60.0
+
+
+def _input_matrix(task: WorkerTask, msg: wire.Message) -> kernels.Csr:
+    rows, cols, vals = msg.arrays
+    csr: kernels.Csr = kernels.coo_to_csr(
+        task.images, rows, cols, vals.astype(task.dtype, copy=False)
+    )
+    return csr
+
+
+def _assemble(
+    task: WorkerTask, got: dict[int, wire.Message], sources: list[int], offsets: list[int]
+) -> kernels.Csr:
+    """Stack the received activations into one CSR over the remote columns, sources in order."""
+    rows, cols, vals = [], [], []
+    for src, off in zip(sources, offsets, strict=True):
+        r, c, v = got[src].arrays
+        rows.append(r)
+        cols.append(c.astype(np.uint32) + np.uint32(off))
+        vals.append(v)
+    csr: kernels.Csr = kernels.coo_to_csr(
+        task.images,
+        np.concatenate(rows),
+        np.concatenate(cols),
+        np.concatenate(vals).astype(task.dtype, copy=False),
+    )
+    return csr
+
+
+def run_worker(
+    task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None = None
+) -> None:
+    """Run every layer and report to the coordinator; failures are reported, then re-raised."""
+    me = task.worker
+    try:
+        _run(task, channel, on_layer)
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        log.error("worker %d failed: %s\n%s", me, detail, traceback.format_exc())
+        header = wire.Header(wire.Kind.RESULT, task.run, 0, me, COORDINATOR, flags=wire.FLAG_ERROR)
+        try:
+            channel.send(wire.Message(header, [np.frombuffer(detail.encode(), np.uint8)]))
+        except Exception:  # the channel itself may be what failed
+            log.exception("worker %d could not report its failure", me)
+        raise
+
+
+def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None) -> None:
+    me, run = task.worker, task.run
+    dtype = np.dtype(task.dtype)
+    depth = len(task.shard.layers)
+    compute = np.zeros(depth)
+    comm = np.zeros(depth)
+    sent_bytes = np.zeros(depth, np.int64)
+    sent_msgs = np.zeros(depth, np.int64)
+    first = channel.expect(wire.Kind.INPUT, 0, [COORDINATOR], task.layer_timeout)
+    y = _input_matrix(task, first[COORDINATOR])
+    empty = kernels.empty_csr(task.images, dtype)
+    for k, layer in enumerate(task.shard.layers):
+        number = k + 1
+        t0 = time.perf_counter()
+        for dst, selmap in layer.sends:
+            rows, pos, vals = kernels.gather_columns(*y, selmap)
+            header = wire.Header(wire.Kind.ACT, run, number, me, dst)
+            sent_bytes[k] += channel.send(wire.Message(header, [rows, pos, vals]))
+            sent_msgs[k] += 1
+        t1 = time.perf_counter()
+        if layer.sources:
+            z = kernels.partial_product(*y, *layer.w_local, layer.n_out)
+            t2 = time.perf_counter()
+            got = channel.expect(wire.Kind.ACT, number, layer.sources, task.layer_timeout)
+            t3 = time.perf_counter()
+            x = _assemble(task, got, layer.sources, layer.offsets)
+            y = kernels.finish_layer(*z, *x, *layer.w_remote, layer.n_out, task.bias, task.ymax)
+        else:
+            t2 = t3 = t1
+            y = kernels.finish_layer(*empty, *y, *layer.w_local, layer.n_out, task.bias, task.ymax)
+        t4 = time.perf_counter()
+        comm[k] = (t1 - t0) + (t3 - t2)
+        compute[k] = (t2 - t1) + (t4 - t3)
+        if on_layer is not None:
+            on_layer(number)
+    indptr, _, values = y
+    counts = np.diff(indptr)
+    alive = np.flatnonzero(counts).astype(np.uint32)
+    sums = (
+        np.add.reduceat(values.astype(np.float64), indptr[:-1][counts > 0])
+        if len(alive)
+        else (np.empty(0))
+    )
+    header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
+    channel.send(wire.Message(header, [alive, sums, compute, comm, sent_bytes, sent_msgs]))
