@@ -83,8 +83,8 @@ def main() -> int:
     for threads in (1, 2):
         secs, cats = _best(graphblas_runner(network, images.matrix, threads), args.repeat)
         record(f"graphblas {threads} thread(s)", secs, cats)
-    for workers in (1, 2):
-        for partition in ("contiguous", "min-comm"):
+    for workers, partitions in ((1, ("contiguous",)), (2, ("contiguous", "min-comm"))):
+        for partition in partitions:
             config = RunConfig(workers=workers, partition=partition)
             prepared = prepare(network, config)
             best: Any = None

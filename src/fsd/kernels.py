@@ -86,6 +86,34 @@ def finish_layer(
     cap = xx.dtype.type(ymax)
     nnz = 0
     for r in range(nrows):
+        work = zp[r + 1] - zp[r]
+        for a in range(xp[r], xp[r + 1]):
+            work += wp[xi[a] + 1] - wp[xi[a]]
+        if work == 0:
+            op[r + 1] = nnz
+            continue
+        if work >= ncols:  # dense row: accumulate without bookkeeping, then scan every column
+            acc[:] = 0
+            for a in range(zp[r], zp[r + 1]):
+                acc[zi[a]] += zx[a]
+            for a in range(xp[r], xp[r + 1]):
+                v = xx[a]
+                for b in range(wp[xi[a]], wp[xi[a] + 1]):
+                    acc[wi[b]] += v * wx[b]
+            if nnz + ncols > len(oi):
+                oi, ox = _grow(oi, ox, nnz, ncols)
+            for j in range(ncols):
+                z = acc[j]
+                if z != 0:
+                    y = z + b_
+                    if y > cap:
+                        y = cap
+                    if y > 0:
+                        oi[nnz] = j
+                        ox[nnz] = y
+                        nnz += 1
+            op[r + 1] = nnz
+            continue
         nt = 0
         for a in range(zp[r], zp[r + 1]):
             j = zi[a]
