@@ -106,8 +106,7 @@ def finish_layer(
                 z = acc[j]
                 if z != 0:
                     y = z + b_
-                    if y > cap:
-                        y = cap
+                    y = min(y, cap)
                     if y > 0:
                         oi[nnz] = j
                         ox[nnz] = y
