@@ -62,6 +62,18 @@ def partial_product(yp: Any, yi: Any, yx: Any, wp: Any, wi: Any, wx: Any, ncols:
     return zp, zi[:nnz], zx[:nnz]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _emit(j: int, z: Any, bias: Any, cap: Any, oi: Any, ox: Any, nnz: int) -> int:
+    """The challenge rule for one entry: bias only where Z != 0, ReLU, cap; keep non-zeros."""
+    if z != 0:
+        y = min(z + bias, cap)
+        if y > 0:
+            oi[nnz] = j
+            ox[nnz] = y
+            return nnz + 1
+    return nnz
+
+
 @njit(cache=True, nogil=True)
 def finish_layer(
     zp: Any, zi: Any, zx: Any,
@@ -103,14 +115,7 @@ def finish_layer(
             if nnz + ncols > len(oi):
                 oi, ox = _grow(oi, ox, nnz, ncols)
             for j in range(ncols):
-                z = acc[j]
-                if z != 0:
-                    y = z + b_
-                    y = min(y, cap)
-                    if y > 0:
-                        oi[nnz] = j
-                        ox[nnz] = y
-                        nnz += 1
+                nnz = _emit(j, acc[j], b_, cap, oi, ox, nnz)
             op[r + 1] = nnz
             continue
         nt = 0
@@ -137,14 +142,7 @@ def finish_layer(
             oi, ox = _grow(oi, ox, nnz, nt)
         for t in range(nt):
             j = touched[t]
-            z = acc[j]
-            if z != 0:
-                y = z + b_
-                y = min(y, cap)
-                if y > 0:
-                    oi[nnz] = j
-                    ox[nnz] = y
-                    nnz += 1
+            nnz = _emit(j, acc[j], b_, cap, oi, ox, nnz)
         op[r + 1] = nnz
     return op, oi[:nnz], ox[:nnz]
 
