@@ -15,6 +15,10 @@ from numba import njit
 log = logging.getLogger(__name__)
 
 Csr = tuple[np.ndarray, np.ndarray, np.ndarray]
+# A layer's weights twice: by rows (for the sparse scatter) and by columns (for the dense block).
+Weights = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+DENSE = 4  # a row takes the blocked path when at least 1/DENSE of its inputs are non-zero
 
 
 @njit(cache=True, nogil=True)
@@ -28,9 +32,61 @@ def _grow(idx: Any, val: Any, used: int, need: int) -> Any:
 
 
 @njit(cache=True, nogil=True)
-def partial_product(yp: Any, yi: Any, yx: Any, wp: Any, wi: Any, wx: Any, ncols: int) -> Any:
+def _dense_rows(xp: Any, kin: int) -> Any:
+    """Rows dense enough for the blocked product (a non-zero in at least 1/DENSE of the inputs)."""
+    nrows = len(xp) - 1
+    slot = np.full(nrows, -1, np.int64)
+    count = 0
+    for r in range(nrows):
+        n = xp[r + 1] - xp[r]
+        if n > 0 and n * DENSE >= kin:
+            slot[r] = count
+            count += 1
+    rows = np.empty(count, np.int64)
+    for r in range(nrows):
+        if slot[r] >= 0:
+            rows[slot[r]] = r
+    return slot, rows
+
+
+@njit(cache=True, nogil=True)
+def _block_product(
+    rows: Any, xp: Any, xi: Any, xx: Any, kin: int, tp: Any, ti: Any, tx: Any
+) -> Any:
+    """(X[rows] @ W) as a dense block ``out[j, q]``: output column j of the q-th chosen row.
+
+    Walking W by columns (``tp, ti, tx`` is W transposed) turns each multiply into a SAXPY over
+    contiguous rows, which LLVM vectorises; the row-wise scatter of the sparse path cannot be.
+    """
+    nr = len(rows)
+    block = np.zeros((kin, nr), xx.dtype)
+    for q in range(nr):
+        r = rows[q]
+        for a in range(xp[r], xp[r + 1]):
+            block[xi[a], q] = xx[a]
+    out = np.zeros((len(tp) - 1, nr), xx.dtype)
+    if nr == 0:
+        return out
+    for j in range(len(tp) - 1):
+        o = out[j]
+        for b in range(tp[j], tp[j + 1]):
+            d = block[ti[b]]
+            w = tx[b]
+            for q in range(nr):
+                o[q] += w * d[q]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def partial_product(
+    yp: Any, yi: Any, yx: Any,
+    wp: Any, wi: Any, wx: Any, tp: Any, ti: Any, tx: Any,
+    ncols: int,
+) -> Any:  # fmt: skip
     """Z = Y @ W without bias or cap; every touched entry kept (the layer is finished later)."""
     nrows = len(yp) - 1
+    slot, dense = _dense_rows(yp, len(wp) - 1)
+    block = _block_product(dense, yp, yi, yx, len(wp) - 1, tp, ti, tx)
     acc = np.zeros(ncols, yx.dtype)
     mark = np.full(ncols, -1, np.int64)
     touched = np.empty(ncols, np.int64)
@@ -39,6 +95,18 @@ def partial_product(yp: Any, yi: Any, yx: Any, wp: Any, wi: Any, wx: Any, ncols:
     zx = np.empty(max(16, len(yx)), yx.dtype)
     nnz = 0
     for r in range(nrows):
+        q = slot[r]
+        if q >= 0:
+            if nnz + ncols > len(zi):
+                zi, zx = _grow(zi, zx, nnz, ncols)
+            for j in range(ncols):
+                v = block[j, q]
+                if v != 0:
+                    zi[nnz] = j
+                    zx[nnz] = v
+                    nnz += 1
+            zp[r + 1] = nnz
+            continue
         nt = 0
         for a in range(yp[r], yp[r + 1]):
             k = yi[a]
@@ -78,15 +146,18 @@ def _emit(j: int, z: Any, bias: Any, cap: Any, oi: Any, ox: Any, nnz: int) -> in
 def finish_layer(
     zp: Any, zi: Any, zx: Any,
     xp: Any, xi: Any, xx: Any,
-    wp: Any, wi: Any, wx: Any,
+    wp: Any, wi: Any, wx: Any, tp: Any, ti: Any, tx: Any,
     ncols: int, bias: float, ymax: float,
 ) -> Any:  # fmt: skip
     """Y' = clip(Z + X @ W + bias where non-zero, 0, ymax), fused in one pass over the rows.
 
     ``Z`` is the partial product already computed from local activations (may be empty) and ``X``
     holds the activations received from other workers (or the local ones when nothing is remote).
+    Rows of X dense enough go through the blocked product first; the rest are scattered row by row.
     """
     nrows = len(xp) - 1
+    slot, dense = _dense_rows(xp, len(wp) - 1)
+    block = _block_product(dense, xp, xi, xx, len(wp) - 1, tp, ti, tx)
     acc = np.zeros(ncols, xx.dtype)
     mark = np.full(ncols, -1, np.int64)
     touched = np.empty(ncols, np.int64)
@@ -98,6 +169,16 @@ def finish_layer(
     cap = xx.dtype.type(ymax)
     nnz = 0
     for r in range(nrows):
+        q = slot[r]
+        if q >= 0:
+            for a in range(zp[r], zp[r + 1]):
+                block[zi[a], q] += zx[a]
+            if nnz + ncols > len(oi):
+                oi, ox = _grow(oi, ox, nnz, ncols)
+            for j in range(ncols):
+                nnz = _emit(j, block[j, q], b_, cap, oi, ox, nnz)
+            op[r + 1] = nnz
+            continue
         work = zp[r + 1] - zp[r]
         for a in range(xp[r], xp[r + 1]):
             work += wp[xi[a] + 1] - wp[xi[a]]
@@ -200,8 +281,8 @@ def warm_up(dtype: np.dtype[Any] | type | str = np.float32) -> None:
     p = np.array([0, 1], np.int64)
     i = np.array([0], np.int32)
     x = np.array([1.0], dt)
-    z = partial_product(p, i, x, p, i, x, 1)
-    finish_layer(*z, p, i, x, p, i, x, 1, -0.3, 32.0)
+    z = partial_product(p, i, x, p, i, x, p, i, x, 1)
+    finish_layer(*z, p, i, x, p, i, x, p, i, x, 1, -0.3, 32.0)
     gather_columns(p, i, x, np.array([0], np.int32))
     coo_to_csr(1, np.array([0], np.uint32), np.array([0], np.uint32), x)
     log.debug("kernels ready for %s", dt)

@@ -11,14 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from fsd.kernels import Csr
+from fsd.kernels import Csr, Weights
 from fsd.model.network import Network
 from fsd.partition import Plan
 
 
-def _csr_arrays(m: sp.csr_matrix, dtype: np.dtype[np.floating]) -> Csr:
+def _csr_arrays(m: sp.csr_matrix | sp.csc_matrix, dtype: np.dtype[np.floating]) -> Csr:
     m = sp.csr_matrix(m)
     return m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(dtype)
+
+
+def _weights(m: sp.csr_matrix, dtype: np.dtype[np.floating]) -> Weights:
+    """By rows for the sparse scatter and by columns for the dense block (see fsd.kernels)."""
+    return (*_csr_arrays(m, dtype), *_csr_arrays(m.transpose(), dtype))
 
 
 @dataclass
@@ -26,13 +31,13 @@ class LayerShard:
     """One worker's part of one layer (columns = its outputs, in ascending global id order)."""
 
     n_out: int
-    w_local: Csr  # rows: this worker's inputs (local positions)
+    w_local: Weights  # rows: this worker's inputs (local positions)
     sends: list[
         tuple[int, np.ndarray]
     ]  # (dst, selmap: local input position -> index in dst's list, -1)
     sources: list[int]  # workers that send to this one, ascending
     offsets: list[int]  # column offset of each source's activations in the received block
-    w_remote: Csr  # rows: received activations, sources stacked in order
+    w_remote: Weights  # rows: received activations, sources stacked in order
 
 
 @dataclass
@@ -80,11 +85,11 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
             shards[p].layers.append(
                 LayerShard(
                     n_out=len(outs),
-                    w_local=_csr_arrays(cols[ins], dtype),
+                    w_local=_weights(cols[ins], dtype),
                     sends=sends,
                     sources=sources,
                     offsets=[int(o) for o in offsets],
-                    w_remote=_csr_arrays(cols[remote_rows], dtype),
+                    w_remote=_weights(cols[remote_rows], dtype),
                 )
             )
     return shards
