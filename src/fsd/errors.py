@@ -45,3 +45,7 @@ class WorkerError(FsdError):
         super().__init__(f"worker {worker} failed: {detail}")
         self.worker = worker
         self.detail = detail
+
+
+class ServiceError(FsdError):
+    """An embedded server (nats-server, SeaweedFS) could not be found, started or reached."""
