@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fsd.model import Images, Network, load_images, load_network
+from fsd.services import NatsServer, S3Server
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "graphchallenge"
 
@@ -26,3 +28,23 @@ def shared_net(shared_dir: Path) -> Network:
 @pytest.fixture(scope="session")
 def shared_images(shared_dir: Path) -> Images:
     return load_images(shared_dir, 1024)
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """One real nats-server (JetStream on file storage) shared by the whole session."""
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One real SeaweedFS S3 server (bucket ``fsd`` ready) shared by the whole session."""
+    server = S3Server().start(timeout=30.0)
+    try:
+        yield server
+    finally:
+        server.stop()

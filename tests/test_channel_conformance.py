@@ -14,17 +14,30 @@ from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelTimeout
 from fsd.model import Images, Network
 
-CHANNEL_KINDS = ["local"]
+CHANNEL_KINDS = ["local", "nats", "s3"]
 
 
 @pytest.fixture(params=CHANNEL_KINDS)
 def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
+    """A small frame limit everywhere, so chunking is exercised on every transport."""
     kind = request.param
     if kind == "local":
         from fsd.channels.local import LocalMailbox
 
         with LocalMailbox() as box:
             yield ChannelConfig("local", box.address, max_frame=64 * 1024)
+    elif kind == "nats":
+        server = request.getfixturevalue("nats_server")
+        yield ChannelConfig("nats", server.url, max_frame=64 * 1024)
+    elif kind == "s3":
+        server = request.getfixturevalue("s3_server")
+        yield ChannelConfig(
+            "s3",
+            server.endpoint,
+            max_frame=64 * 1024,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+        )
 
 
 def _act(run_id: bytes, layer: int, src: int, dst: int, n: int, seed: int = 0) -> wire.Message:

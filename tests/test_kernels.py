@@ -61,8 +61,10 @@ def test_gather_and_coo_round_trip(rows: int, cols: int, seed: int) -> None:
     chosen = np.sort(rng.choice(cols, size=rng.integers(0, cols + 1), replace=False))
     selmap = np.full(cols, -1, np.int32)
     selmap[chosen] = np.arange(len(chosen))
-    r, p, v = kernels.gather_columns(*_csr(y), selmap)
-    back = kernels.coo_to_csr(rows, r, p, v)
+    r, n, p, v = kernels.gather_columns(*_csr(y), selmap, np.empty(0, np.uint16))
+    assert p.dtype == np.uint16
+    assert n.sum() == len(p) and (n > 0).all()
+    back = kernels.coo_to_csr(rows, np.repeat(r, n), p, v)
     np.testing.assert_array_equal(_dense(back, (rows, len(chosen))), y[:, chosen].toarray())
 
 

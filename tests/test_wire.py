@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from fsd.errors import WireError
 from fsd.wire import (
+    COMPRESS_MIN,
     FLAG_ERROR,
+    FLAG_ZSTD,
     HEADER_SIZE,
     RUN_ID_BYTES,
     SUPPORTED_DTYPES,
@@ -399,7 +401,7 @@ def test_reserved_byte_and_flag_bits() -> None:
     with pytest.raises(WireError, match="reserved"):
         decode(patch(frame, OFF_RESERVED, "<B", 1))
     with pytest.raises(WireError, match="reserved bits"):
-        decode(patch(frame, OFF_FLAGS, "<B", 2))
+        decode(patch(frame, OFF_FLAGS, "<B", 4))
     assert decode(patch(frame, OFF_FLAGS, "<B", FLAG_ERROR)).header.flags == FLAG_ERROR
 
 
@@ -522,3 +524,71 @@ def test_large_arrays_encode_quickly() -> None:
     frame = encode(msg)
     got = decode(frame)
     assert np.array_equal(got.arrays[0], big) and np.array_equal(got.arrays[1], big)
+
+
+# --- compression -------------------------------------------------------------------------------
+
+
+def _saturated(n: int) -> Message:
+    """Like real activations late in the net: many values at the cap."""
+    arrays: list[npt.NDArray[Any]] = [
+        (np.arange(n) % 512).astype(np.uint16),
+        np.full(n, 32.0, np.float32),
+    ]
+    return Message(Header(Kind.ACT, RUN, 3, 0, 1), arrays)
+
+
+@FAST
+@given(message_strategy())
+def test_compressed_roundtrip_is_exact(msg: Message) -> None:
+    got = decode(encode(msg, compress=True))
+    assert_same(got, msg)
+    assert not got.header.flags & FLAG_ZSTD
+
+
+def test_compression_is_used_when_it_pays() -> None:
+    msg = _saturated(100_000)
+    plain, packed = encode(msg), encode(msg, compress=True)
+    assert peek_header(packed).flags & FLAG_ZSTD
+    assert len(packed) * 50 < len(plain)
+    assert decode(packed) == msg
+    pieces = split(packed, 256)
+    reassembler = Reassembler()
+    whole = [m for c in reversed(pieces) if (m := reassembler.add(c)) is not None]
+    assert whole == [msg]
+
+
+def test_compression_is_skipped_when_it_does_not_pay() -> None:
+    rng = np.random.default_rng(1)
+    noise = Message(Header(Kind.ACT, RUN, 1, 0, 1), [rng.random(10_000)])
+    small = _saturated(COMPRESS_MIN // 16)
+    for msg in (noise, small):
+        frame = encode(msg, compress=True)
+        assert not peek_header(frame).flags & FLAG_ZSTD
+        assert frame == encode(msg)
+
+
+def test_every_single_byte_change_of_a_compressed_frame() -> None:
+    frame = encode(_saturated(2000), compress=True)
+    assert peek_header(frame).flags & FLAG_ZSTD
+    for index in range(len(frame)):
+        for value in (0, 0xFF, frame[index] ^ 0x01):
+            mutated = bytearray(frame)
+            mutated[index] = value
+            decode_or_wire_error(bytes(mutated))
+
+
+def test_compressed_body_without_size_or_too_large_is_refused() -> None:
+    import zstandard
+
+    frame = encode(_saturated(2000), compress=True)
+    raw = encode(_saturated(2000))[HEADER_SIZE:]
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
+    head = bytearray(frame[:HEADER_SIZE])
+    struct.pack_into("<Q", head, OFF_BODY_LEN, len(unsized))
+    with pytest.raises(WireError, match="announces"):
+        decode(bytes(head) + unsized)
+    bomb = zstandard.ZstdCompressor().compress(bytes((1 << 30) + 8))
+    struct.pack_into("<Q", head, OFF_BODY_LEN, len(bomb))
+    with pytest.raises(WireError, match="announces"):
+        decode(bytes(head) + bomb)

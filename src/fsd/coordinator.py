@@ -7,6 +7,7 @@ activations among themselves, and only final per-image results come back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -82,9 +83,9 @@ def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
         from fsd.channels.local import LocalMailbox  # noqa: PLC0415
 
         with LocalMailbox() as mailbox:
-            yield ChannelConfig("local", mailbox.address, cc.max_frame, cc.connect_timeout)
+            yield dataclasses.replace(cc, kind="local", address=mailbox.address)
         return
-    yield ChannelConfig(config.channel, cc.address, cc.max_frame, cc.connect_timeout)
+    yield dataclasses.replace(cc, kind=config.channel)
 
 
 def _split_inputs(images: sp.csr_matrix, plan: Plan, dtype: str) -> list[list[np.ndarray]]:

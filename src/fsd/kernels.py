@@ -229,26 +229,41 @@ def finish_layer(
 
 
 @njit(cache=True, nogil=True)
-def gather_columns(yp: Any, yi: Any, yx: Any, selmap: Any) -> Any:
-    """Non-zeros of Y in the columns a peer needs: (row, position in the peer's list, value)."""
+def gather_columns(yp: Any, yi: Any, yx: Any, selmap: Any, pos_like: Any) -> Any:
+    """Non-zeros of Y in the columns a peer needs, row-compressed for the wire.
+
+    Returns (rows with any, their counts, position in the peer's list, value); positions take the
+    dtype of ``pos_like`` (u16 when the peer's list is short: 6 bytes per activation, not 12).
+    """
     nrows = len(yp) - 1
     count = 0
-    for a in range(len(yi)):
-        if selmap[yi[a]] >= 0:
-            count += 1
-    rows = np.empty(count, np.uint32)
-    pos = np.empty(count, np.uint32)
+    busy = 0
+    for r in range(nrows):
+        before = count
+        for a in range(yp[r], yp[r + 1]):
+            if selmap[yi[a]] >= 0:
+                count += 1
+        if count > before:
+            busy += 1
+    rows = np.empty(busy, np.uint32)
+    counts = np.empty(busy, np.uint32)
+    pos = np.empty(count, pos_like.dtype)
     vals = np.empty(count, yx.dtype)
     n = 0
+    q = 0
     for r in range(nrows):
+        before = n
         for a in range(yp[r], yp[r + 1]):
             s = selmap[yi[a]]
             if s >= 0:
-                rows[n] = r
                 pos[n] = s
                 vals[n] = yx[a]
                 n += 1
-    return rows, pos, vals
+        if n > before:
+            rows[q] = r
+            counts[q] = n - before
+            q += 1
+    return rows, counts, pos, vals
 
 
 @njit(cache=True, nogil=True)
@@ -283,6 +298,7 @@ def warm_up(dtype: np.dtype[Any] | type | str = np.float32) -> None:
     x = np.array([1.0], dt)
     z = partial_product(p, i, x, p, i, x, p, i, x, 1)
     finish_layer(*z, p, i, x, p, i, x, p, i, x, 1, -0.3, 32.0)
-    gather_columns(p, i, x, np.array([0], np.int32))
+    for like in (np.empty(0, np.uint16), np.empty(0, np.uint32)):
+        gather_columns(p, i, x, np.array([0], np.int32), like)
     coo_to_csr(1, np.array([0], np.uint32), np.array([0], np.uint32), x)
     log.debug("kernels ready for %s", dt)

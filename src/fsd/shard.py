@@ -32,9 +32,8 @@ class LayerShard:
 
     n_out: int
     w_local: Weights  # rows: this worker's inputs (local positions)
-    sends: list[
-        tuple[int, np.ndarray]
-    ]  # (dst, selmap: local input position -> index in dst's list, -1)
+    # (dst, selmap: local input position -> index in dst's list or -1, length of dst's list)
+    sends: list[tuple[int, np.ndarray, int]]
     sources: list[int]  # workers that send to this one, ascending
     offsets: list[int]  # column offset of each source's activations in the received block
     w_remote: Weights  # rows: received activations, sources stacked in order
@@ -51,7 +50,7 @@ class Shard:
         total = self.inputs.nbytes
         for layer in self.layers:
             total += sum(a.nbytes for a in layer.w_local) + sum(a.nbytes for a in layer.w_remote)
-            total += sum(sel.nbytes for _, sel in layer.sends)
+            total += sum(sel.nbytes for _, sel, _ in layer.sends)
         return total
 
 
@@ -77,7 +76,7 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
                     continue
                 selmap = np.full(len(ins), -1, np.int32)
                 selmap[local_pos[needed]] = np.arange(len(needed), dtype=np.int32)
-                sends.append((d, selmap))
+                sends.append((d, selmap, len(needed)))
             sources = sorted(s for (s, d) in transfers if d == p)
             blocks = [transfers[(s, p)] for s in sources]
             offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []

@@ -17,7 +17,8 @@ import numpy as np
 
 from fsd import kernels, wire
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
-from fsd.shard import Shard
+from fsd.errors import WireError
+from fsd.shard import LayerShard, Shard
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,48 @@ class WorkerTask:
     layer_timeout: float = 60.0
 
 
+def _check_coo(what: str, rows: np.ndarray, cols: np.ndarray, nrows: int, ncols: int) -> None:
+    """Indices from another endpoint are checked before a kernel (no bounds checks) sees them."""
+    if len(rows) and int(rows.max()) >= nrows:
+        raise WireError(f"{what}: row {int(rows.max())} out of range ({nrows} images)")
+    if len(cols) and int(cols.max()) >= ncols:
+        raise WireError(f"{what}: column {int(cols.max())} out of range ({ncols})")
+
+
 def _input_matrix(task: WorkerTask, msg: wire.Message) -> kernels.Csr:
+    if len(msg.arrays) != 3 or len({len(a) for a in msg.arrays}) != 1:
+        raise WireError("INPUT must carry three arrays of equal length")
     rows, cols, vals = msg.arrays
+    _check_coo("INPUT", rows, cols, task.images, len(task.shard.inputs))
     csr: kernels.Csr = kernels.coo_to_csr(
         task.images, rows, cols, vals.astype(task.dtype, copy=False)
     )
     return csr
 
 
-def _assemble(
-    task: WorkerTask, got: dict[int, wire.Message], sources: list[int], offsets: list[int]
-) -> kernels.Csr:
+_U16 = np.empty(0, np.uint16)
+_U32 = np.empty(0, np.uint32)
+
+
+def _activations(y: kernels.Csr, selmap: np.ndarray, wanted: int) -> list[np.ndarray]:
+    """An ACT message's arrays: rows with any, their counts, positions, values (see gather)."""
+    like = _U16 if wanted <= 1 << 16 else _U32
+    return list(kernels.gather_columns(*y, selmap, like))
+
+
+def _assemble(task: WorkerTask, got: dict[int, wire.Message], layer: LayerShard) -> kernels.Csr:
     """Stack the received activations into one CSR over the remote columns, sources in order."""
     rows, cols, vals = [], [], []
-    for src, off in zip(sources, offsets, strict=True):
-        r, c, v = got[src].arrays
-        rows.append(r)
+    ends = [*layer.offsets[1:], len(layer.w_remote[0]) - 1]
+    for src, off, end in zip(layer.sources, layer.offsets, ends, strict=True):
+        arrays = got[src].arrays
+        if len(arrays) != 4:
+            raise WireError(f"ACT from {src} has {len(arrays)} arrays, expected 4")
+        r, n, c, v = arrays
+        if len(r) != len(n) or len(c) != len(v) or int(n.sum()) != len(c):
+            raise WireError(f"ACT from {src} has inconsistent array lengths")
+        _check_coo(f"ACT from {src}", r, c, task.images, end - off)
+        rows.append(np.repeat(r, n))
         cols.append(c.astype(np.uint32) + np.uint32(off))
         vals.append(v)
     csr: kernels.Csr = kernels.coo_to_csr(
@@ -97,10 +124,10 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     for k, layer in enumerate(task.shard.layers):
         number = k + 1
         t0 = time.perf_counter()
-        for dst, selmap in layer.sends:
-            rows, pos, vals = kernels.gather_columns(*y, selmap)
+        for dst, selmap, wanted in layer.sends:
             header = wire.Header(wire.Kind.ACT, run, number, me, dst)
-            sent_bytes[k] += channel.send(wire.Message(header, [rows, pos, vals]))
+            arrays = _activations(y, selmap, wanted)
+            sent_bytes[k] += channel.send(wire.Message(header, arrays))
             sent_msgs[k] += 1
         t1 = time.perf_counter()
         if layer.sources:
@@ -108,7 +135,7 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
             t2 = time.perf_counter()
             got = channel.expect(wire.Kind.ACT, number, layer.sources, task.layer_timeout)
             t3 = time.perf_counter()
-            x = _assemble(task, got, layer.sources, layer.offsets)
+            x = _assemble(task, got, layer)
             y = kernels.finish_layer(*z, *x, *layer.w_remote, layer.n_out, task.bias, task.ymax)
         else:
             t2 = t3 = t1

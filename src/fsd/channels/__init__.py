@@ -10,7 +10,7 @@ from fsd.channels.base import (
 )
 from fsd.errors import InputError
 
-CHANNELS = ("local",)
+CHANNELS = ("local", "nats", "s3")
 
 
 def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
@@ -19,6 +19,14 @@ def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
         from fsd.channels.local import LocalChannel  # noqa: PLC0415
 
         return LocalChannel(config, run, me)
+    if config.kind == "nats":
+        from fsd.channels.nats import NatsChannel  # noqa: PLC0415
+
+        return NatsChannel(config, run, me)
+    if config.kind == "s3":
+        from fsd.channels.s3 import S3Channel  # noqa: PLC0415
+
+        return S3Channel(config, run, me)
     raise InputError(f"unknown channel {config.kind!r}; choose one of {', '.join(CHANNELS)}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fsd import wire
 from fsd.errors import ChannelTimeout
@@ -25,12 +25,42 @@ COORDINATOR = -1
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """Where and how to reach a transport; plain data so it can travel to workers."""
+    """Where and how to reach a transport; plain data so it can travel to workers.
+
+    Secrets are kept out of ``repr`` so a logged config never shows them.
+    """
 
     kind: str = "local"
-    address: str = ""  # local: the mailbox root folder
+    address: str = ""  # local: mailbox root folder; nats: server URL(s); s3: endpoint URL
     max_frame: int = 4 * 1024 * 1024  # frames above this are chunked
     connect_timeout: float = 10.0
+    compress: bool = True  # zstd when it pays (fsd.wire)
+    retry_seconds: float = 30.0  # how long a send keeps retrying through an outage
+    namespace: str = "fsd"  # nats: subject prefix and stream name; s3: key prefix
+    ttl_seconds: float = 3600.0  # abandoned runs' messages and consumers expire after this
+    bucket: str = "fsd"  # s3
+    region: str = "us-east-1"  # s3
+    access_key: str = field(default="", repr=False)  # s3
+    secret_key: str = field(default="", repr=False)  # s3
+    creds_file: str = ""  # nats: a .creds file (JWT + NKey seed)
+    token: str = field(default="", repr=False)  # nats
+    user: str = field(default="", repr=False)  # nats
+    password: str = field(default="", repr=False)  # nats
+
+
+#: Transport operations counted per endpoint, in the fixed order a worker reports them.
+OPS = (
+    "publish",  # nats: frames published
+    "publish_units",  # nats: the same in 64 KiB units (how SNS and SQS bill payloads)
+    "receive",  # nats: frames delivered to this endpoint
+    "receive_units",
+    "ack",  # nats: acknowledgements sent
+    "put",  # s3: PUT requests
+    "get",  # s3: GETs that found their object
+    "get_miss",  # s3: GETs that did not (yet): billed all the same
+    "list",  # s3
+    "delete",  # s3: objects deleted (free on AWS)
+)
 
 
 @dataclass
@@ -38,6 +68,12 @@ class ChannelStats:
     messages: int = 0  # frames put on the transport (chunks count one each)
     bytes: int = 0
     requests: int = 0  # transport operations billed by a cloud (publish, put, get, ...)
+    ops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
+
+    def count(self, op: str, n: int = 1) -> None:
+        self.ops[op] += n
+        if op not in ("publish_units", "receive_units", "delete"):
+            self.requests += n
 
 
 class Channel(ABC):

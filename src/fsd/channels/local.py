@@ -74,7 +74,7 @@ class LocalChannel(Channel):
     def send(self, msg: wire.Message) -> int:
         h = msg.header
         box = self._box(h.dst)
-        frame = wire.encode(msg)
+        frame = wire.encode(msg, compress=self.config.compress)
         total = 0
         for chunk, piece in enumerate(wire.split(frame, self.config.max_frame)):
             name = f"{int(h.kind)}.{h.layer}.{h.src}.{chunk}"

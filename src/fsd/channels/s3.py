@@ -1,0 +1,237 @@
+"""The ``s3`` transport: any S3-compatible object store (AWS S3, MinIO, SeaweedFS, Ceph).
+
+Each frame is one object, ``<namespace>/<run>/<layer>/<dst>/<kind>.<src>.<chunk>``. A receiver
+knows from the plan exactly whom it waits for, so it GETs those keys directly, with a short
+backoff while they are not there yet: no LIST polling (FSD-Inference listed the bucket until
+objects appeared). Every request is counted, because object stores bill per request and a GET
+that finds nothing is billed too. Re-sending a frame overwrites the same key, so duplicates
+collapse; the receiver also remembers what it delivered.
+
+Objects are removed by the coordinator at the end of a run (one LIST and batched DELETEs on the
+run's prefix). Abandoned runs are for the bucket's lifecycle rule (docs/channels.md).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+
+from fsd import wire
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
+from fsd.errors import ChannelError, WireError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_FIRST_WAIT = 0.001  # backoff between GET rounds: starts here ...
+_MAX_WAIT = 0.02  # ... and doubles up to this (bounds the added latency and the GET bill)
+_MISSING = ("NoSuchKey", "NoSuchObject")
+
+
+def _endpoint_token(endpoint: int) -> str:
+    return "c" if endpoint == COORDINATOR else str(endpoint)
+
+
+class S3Channel(Channel):
+    """One endpoint of one run on a bucket."""
+
+    def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
+        super().__init__(config, run, me)
+        if not config.address:
+            raise ChannelError("s3 channel needs an endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
+        parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ChannelError(f"s3 endpoint must be http(s)://host[:port], got {parts.netloc!r}")
+        self._where = f"{parts.scheme}://{parts.hostname}" + (
+            f":{parts.port}" if parts.port else ""
+        )
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=config.connect_timeout, read=30.0),
+            maxsize=32,
+            retries=urllib3.Retry(total=0),  # we retry ourselves, within retry_seconds
+        )
+        self._s3 = Minio(
+            parts.netloc,
+            access_key=config.access_key or None,
+            secret_key=config.secret_key or None,
+            secure=parts.scheme == "https",
+            region=config.region,
+            http_client=http,
+        )
+        self._bucket = config.bucket
+        self._prefix = f"{config.namespace}/{run.hex()}"
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"fsd-s3-{me}")
+        self._seen: set[tuple[int, int, int]] = set()
+        self._retry(self._ensure_bucket, "open the bucket")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _retry(self, op: Callable[[], T], what: str) -> T:
+        """Run ``op``, retrying transport failures (not S3 answers) for ``retry_seconds``."""
+        deadline = time.monotonic() + self.config.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return op()
+            except S3Error as exc:
+                if exc.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise ChannelError(
+                        f"s3 at {self._where} refused to {what}: {exc.code} (check the keys)"
+                    ) from None
+                if exc.code in ("NoSuchBucket",) or time.monotonic() + delay > deadline:
+                    raise ChannelError(f"s3 at {self._where}: cannot {what}: {exc.code}") from None
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ChannelError(
+                        f"s3 at {self._where} unreachable for {self.config.retry_seconds:g} s "
+                        f"(could not {what}): {type(exc).__name__}"
+                    ) from None
+                log.debug("endpoint %d: s3 %s failed (%s); retrying", self.me, what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _ensure_bucket(self) -> None:
+        self.stats.count("list")  # HEAD bucket is billed like a LIST
+        if self._s3.bucket_exists(self._bucket):
+            return
+        try:
+            self._s3.make_bucket(self._bucket, location=self.config.region)
+            self.stats.count("put")
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def _key(self, kind: int, layer: int, dst: int, src: int, chunk: int) -> str:
+        return f"{self._prefix}/{layer}/{_endpoint_token(dst)}/{kind}.{src}.{chunk}"
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, msg: wire.Message) -> int:
+        h = msg.header
+        frame = wire.encode(msg, compress=self.config.compress)
+        chunks = wire.split(frame, self.config.max_frame)
+        keys = [self._key(int(h.kind), h.layer, h.dst, h.src, i) for i in range(len(chunks))]
+        # later chunks first: a receiver that sees chunk 0 then finds the rest already there
+        order = list(range(len(chunks)))[::-1]
+        if len(chunks) == 1:
+            self._put(keys[0], chunks[0])
+        else:
+            tail = list(self._pool.map(lambda i: self._put(keys[i], chunks[i]), order[:-1]))
+            assert len(tail) == len(chunks) - 1
+            self._put(keys[0], chunks[0])
+        total = sum(len(c) for c in chunks)
+        self.stats.messages += len(chunks)
+        self.stats.bytes += total
+        return total
+
+    def _put(self, key: str, data: bytes) -> None:
+        def op() -> None:
+            self.stats.count("put")
+            self._s3.put_object(self._bucket, key, io.BytesIO(data), len(data))
+
+        self._retry(op, f"put {key}")
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _get(self, key: str) -> bytes | None:
+        """The object's bytes, or None while it does not exist."""
+
+        def op() -> bytes | None:
+            try:
+                resp = self._s3.get_object(self._bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING:
+                    self.stats.count("get_miss")
+                    return None
+                raise
+            try:
+                self.stats.count("get")
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._retry(op, f"get {key}")
+
+    def _fetch(self, kind: int, layer: int, src: int) -> wire.Message | None:
+        """The whole message from ``src`` if its first chunk is there (then the rest is too)."""
+        first = self._get(self._key(kind, layer, self.me, src, 0))
+        if first is None:
+            return None
+        try:
+            header = wire.peek_header(first)
+            if header.run != self.run or header.dst != self.me or header.src != src:
+                raise WireError("frame does not belong to this key")
+            if header.nchunks == 1:
+                return wire.decode(first)
+            assembler = wire.Reassembler()
+            assembler.add(first)
+            keys = [self._key(kind, layer, self.me, src, i) for i in range(1, header.nchunks)]
+            msg = None
+            for key, data in zip(keys, self._pool.map(self._get, keys), strict=True):
+                if data is None:
+                    raise WireError(f"chunk {key} is missing")
+                msg = assembler.add(data) or msg
+            if msg is None:
+                raise WireError("chunks did not reassemble")
+            return msg
+        except WireError as exc:
+            raise ChannelError(f"endpoint {self.me}: invalid frame from {src}: {exc}") from None
+
+    def collect(
+        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
+    ) -> dict[int, wire.Message]:
+        todo = [s for s in sources if (int(kind), layer, s) not in self._seen]
+        got: dict[int, wire.Message] = {}
+        deadline = time.monotonic() + timeout
+        wait = _FIRST_WAIT
+        while True:
+            if len(todo) == 1:
+                found = [self._fetch(int(kind), layer, todo[0])]
+            else:
+                found = list(self._pool.map(lambda s: self._fetch(int(kind), layer, s), todo))
+            for src, msg in zip(todo, found, strict=True):
+                if msg is not None:
+                    self._seen.add((int(kind), layer, src))
+                    got[src] = msg
+            todo = [s for s in todo if s not in got]
+            left = deadline - time.monotonic()
+            if not todo or left <= 0:
+                return got
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, _MAX_WAIT)
+
+    # -- cleanup -------------------------------------------------------------------------------
+
+    def purge_run(self) -> None:
+        """Delete every object of this run (the coordinator calls it at the end)."""
+        try:
+            self.stats.count("list")
+            names = [
+                o.object_name
+                for o in self._s3.list_objects(self._bucket, f"{self._prefix}/", recursive=True)
+                if o.object_name
+            ]
+            self.stats.count("list", len(names) // 1000)
+            for i in range(0, len(names), 1000):
+                batch = [DeleteObject(n) for n in names[i : i + 1000]]
+                errors = list(self._s3.remove_objects(self._bucket, batch))
+                self.stats.count("delete", len(batch))
+                for err in errors:
+                    log.warning("could not delete %s: %s", err.name, err.message)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("could not purge run %s: %s (the lifecycle rule will)", self.run.hex(), exc)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

