@@ -15,6 +15,7 @@ import numpy as np
 
 from fsd import reference
 from fsd.channels import CHANNELS
+from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of generator and partitioner")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds for the inference")
     run.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
+    run.add_argument("--nats-url", help="NATS server URL (env FSD_NATS_URL; none: embedded)")
+    run.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT; none: embedded)")
+    run.add_argument("--s3-bucket", help="S3 bucket (env FSD_S3_BUCKET; default fsd)")
 
     gen = sub.add_parser("generate", help="write a RadiX-Net network and images (official layout)")
     gen.add_argument("--neurons", type=_positive, required=True)
@@ -151,6 +155,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
         timeout=args.timeout,
+        channel_config=channel_config(
+            args.channel,
+            nats_url=args.nats_url,
+            s3_endpoint=args.s3_endpoint,
+            s3_bucket=args.s3_bucket,
+        ),
     )
     prepared = prepare(network, config)
     load_seconds = time.perf_counter() - t0 - prepared.plan_seconds

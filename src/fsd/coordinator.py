@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import kernels, wire
+from fsd import cost, kernels, wire
 from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel
+from fsd.channels.base import OPS
 from fsd.errors import FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
@@ -41,6 +42,7 @@ class RunConfig:
     seed: int = 0
     timeout: float = 600.0  # the whole inference
     layer_timeout: float = 60.0  # one layer's messages
+    memory_mb: int = 1769  # per function, for the Lambda part of the cost (1769 MB = 1 vCPU)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
 
     def validate(self, network: Network) -> None:
@@ -78,14 +80,35 @@ def prepare(network: Network, config: RunConfig) -> Prepared:
 @contextlib.contextmanager
 def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
     """The channel configuration to use, starting an embedded server when none is configured."""
-    cc = config.channel_config
-    if config.channel == "local" and not cc.address:
+    cc = dataclasses.replace(config.channel_config, kind=config.channel)
+    if cc.address:
+        yield cc
+    elif cc.kind == "local":
         from fsd.channels.local import LocalMailbox  # noqa: PLC0415
 
         with LocalMailbox() as mailbox:
-            yield dataclasses.replace(cc, kind="local", address=mailbox.address)
-        return
-    yield dataclasses.replace(cc, kind=config.channel)
+            yield dataclasses.replace(cc, address=mailbox.address)
+    elif cc.kind == "nats":
+        from fsd.services import NatsServer  # noqa: PLC0415
+
+        log.info("no NATS URL configured: starting an embedded nats-server")
+        with NatsServer() as nats_server:
+            yield dataclasses.replace(cc, address=nats_server.url)
+    elif cc.kind == "s3":
+        from fsd.services import S3Server  # noqa: PLC0415
+
+        log.info("no S3 endpoint configured: starting an embedded SeaweedFS S3 server")
+        with S3Server() as s3_server:
+            yield dataclasses.replace(
+                cc,
+                address=s3_server.endpoint,
+                access_key=s3_server.access_key,
+                secret_key=s3_server.secret_key,
+                bucket=s3_server.bucket,
+                region=s3_server.region,
+            )
+    else:
+        raise InputError(f"unknown channel {cc.kind!r}; choose one of {', '.join(CHANNELS)}")
 
 
 def _split_inputs(images: sp.csr_matrix, plan: Plan, dtype: str) -> list[list[np.ndarray]]:
@@ -207,8 +230,15 @@ def _summarise(
     sent = np.zeros((plan.workers, depth), np.int64)
     msgs = np.zeros((plan.workers, depth), np.int64)
     result_bytes = 0
+    ops = dict(channel.stats.ops)
+    walls = [seconds]  # the coordinator runs as long as the inference
     for p, msg in results.items():
-        rows, row_sums, compute[p], comm[p], sent[p], msgs[p] = msg.arrays
+        if len(msg.arrays) != 8:
+            raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 8")
+        rows, row_sums, compute[p], comm[p], sent[p], msgs[p], counted, wall = msg.arrays
+        for op, n in zip(OPS, counted.tolist(), strict=True):
+            ops[op] += int(n)
+        walls.append(float(wall[0]))
         rows = rows.astype(np.int64)
         alive[rows] = True
         np.add.at(sums, rows, row_sums)
@@ -238,6 +268,23 @@ def _summarise(
         comm_share=float(comm.sum() / worker_time) if worker_time > 0 else 0.0,
         plan_seconds=prepared.plan_seconds,
         per_layer=per_layer,
+        ops=ops,
+        cost=cost.estimate(
+            cost.Usage(
+                channel=config.channel,
+                publishes=ops["publish"],
+                publish_units=ops["publish_units"],
+                publish_bytes=input_bytes + int(sent.sum()) + result_bytes,
+                receives=ops["receive"],
+                receive_units=ops["receive_units"],
+                acks=ops["ack"],
+                puts=ops["put"],
+                gets=ops["get"] + ops["get_miss"],
+                lists=ops["list"],
+                invocations=plan.workers + 1,
+                gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
+            )
+        ),
     )
 
 

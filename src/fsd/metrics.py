@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fsd.cost import Cost
+
 
 @dataclass
 class LayerMetrics:
@@ -39,6 +41,8 @@ class RunResult:
     correct: bool | None = None
     checked_against: str | None = None  # "truth" or "oracle"
     load_seconds: float = 0.0
+    ops: dict[str, int] = field(default_factory=dict)  # transport operations (fsd.channels.OPS)
+    cost: Cost | None = None
 
     @property
     def edges_per_second(self) -> float:
@@ -65,6 +69,8 @@ class RunResult:
             "messages": self.messages,
             "planned_volume": self.planned_volume,
             "comm_share": round(self.comm_share, 4),
+            "requests": dict(self.ops),
+            "cost_usd": self.cost.to_json() if self.cost is not None else None,
             "per_layer": [
                 {
                     "layer": m.layer,
@@ -92,5 +98,7 @@ class RunResult:
             ("traffic", f"{self.bytes_sent / 1e6:.2f} MB in {self.messages} messages"),
             ("communication", f"{100 * self.comm_share:.1f}% of worker time"),
         ]
+        if self.cost is not None:
+            rows.append(("cost", f"${self.cost.total_usd:.8f} at AWS list prices"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

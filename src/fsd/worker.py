@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fsd import kernels, wire
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
+from fsd.channels.base import COORDINATOR, OPS, Channel, ChannelConfig
 from fsd.errors import WireError
 from fsd.shard import LayerShard, Shard
 
@@ -112,6 +112,7 @@ def run_worker(
 
 def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None) -> None:
     me, run = task.worker, task.run
+    started = time.perf_counter()
     dtype = np.dtype(task.dtype)
     depth = len(task.shard.layers)
     compute = np.zeros(depth)
@@ -153,5 +154,8 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
         if len(alive)
         else (np.empty(0))
     )
+    ops = np.array([channel.stats.ops[op] for op in OPS], np.int64)
+    wall = np.array([time.perf_counter() - started])
     header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
-    channel.send(wire.Message(header, [alive, sums, compute, comm, sent_bytes, sent_msgs]))
+    arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, ops, wall]
+    channel.send(wire.Message(header, arrays))

@@ -1,0 +1,68 @@
+"""Channel configuration from flags and the environment, the same for the CLI and the functions.
+
+Flags win over environment variables. Secrets come only from the environment (or files that
+platforms mount, read by the functions), never from flags, so they stay out of shell history and
+process listings.
+
+============================  ============================================================
+``FSD_NATS_URL``              NATS server URL(s), comma-separated; may embed user:password
+``FSD_NATS_CREDS``            path of a NATS ``.creds`` file (JWT + NKey seed)
+``FSD_NATS_TOKEN``            NATS token
+``FSD_NATS_USER``             NATS user (with ``FSD_NATS_PASSWORD``)
+``FSD_S3_ENDPOINT``           S3 endpoint URL, e.g. ``https://s3.amazonaws.com``
+``FSD_S3_BUCKET``             bucket for activations (default ``fsd``; created if missing)
+``AWS_ACCESS_KEY_ID``         S3 access key
+``AWS_SECRET_ACCESS_KEY``     S3 secret key
+``AWS_REGION``                S3 region (default ``us-east-1``)
+============================  ============================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from fsd.channels.base import ChannelConfig
+from fsd.errors import InputError
+
+
+def channel_config(
+    kind: str,
+    *,
+    nats_url: str | None = None,
+    s3_endpoint: str | None = None,
+    s3_bucket: str | None = None,
+    env: Mapping[str, str] | None = None,
+    base: ChannelConfig | None = None,
+) -> ChannelConfig:
+    """The configuration for ``kind``; an empty address means "start an embedded server"."""
+    env = os.environ if env is None else env
+    cfg = dataclasses.replace(base or ChannelConfig(), kind=kind)
+    if kind == "nats":
+        creds = env.get("FSD_NATS_CREDS", "")
+        if creds and not os.path.isfile(creds):
+            raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
+        return dataclasses.replace(
+            cfg,
+            address=nats_url or env.get("FSD_NATS_URL", ""),
+            creds_file=creds,
+            token=env.get("FSD_NATS_TOKEN", ""),
+            user=env.get("FSD_NATS_USER", ""),
+            password=env.get("FSD_NATS_PASSWORD", ""),
+        )
+    if kind == "s3":
+        bucket = s3_bucket or env.get("FSD_S3_BUCKET", "") or cfg.bucket
+        if not 3 <= len(bucket) <= 63 or not bucket.replace("-", "").replace(".", "").isalnum():
+            raise InputError(f"invalid S3 bucket name {bucket!r}")
+        if bucket != bucket.lower():
+            raise InputError(f"S3 bucket names are lower case: {bucket!r}")
+        return dataclasses.replace(
+            cfg,
+            address=s3_endpoint or env.get("FSD_S3_ENDPOINT", ""),
+            bucket=bucket,
+            region=env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or cfg.region,
+            access_key=env.get("AWS_ACCESS_KEY_ID", ""),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+        )
+    return cfg
