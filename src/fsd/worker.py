@@ -105,8 +105,8 @@ def run_worker(
         header = wire.Header(wire.Kind.RESULT, task.run, 0, me, COORDINATOR, flags=wire.FLAG_ERROR)
         try:
             channel.send(wire.Message(header, [np.frombuffer(detail.encode(), np.uint8)]))
-        except Exception:  # the channel itself may be what failed
-            log.exception("worker %d could not report its failure", me)
+        except Exception as report:  # the channel itself may be what failed
+            log.error("worker %d could not report its failure: %s", me, report)
         raise
 
 

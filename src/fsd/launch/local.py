@@ -16,14 +16,17 @@ from fsd.worker import WorkerTask, run_worker
 log = logging.getLogger(__name__)
 
 
-def _entry(task: WorkerTask, progress: Any) -> None:
+def _entry(task: WorkerTask, progress: Any, last_words: Any) -> None:
     def on_layer(layer: int) -> None:
         progress[task.worker] = layer
 
     try:
         with open_channel(task.channel, task.run, task.worker) as channel:
             run_worker(task, channel, on_layer)
-    except BaseException:  # already reported to the coordinator by run_worker when possible
+    except BaseException as exc:
+        # run_worker reported it over the channel when it could; this pipe is for when it could
+        # not (the channel itself failed), so the coordinator can still say why
+        last_words.put((task.worker, f"{type(exc).__name__}: {exc}"))
         os._exit(1)
     os._exit(0)
 
@@ -33,19 +36,26 @@ class LocalLauncher(Launcher):
         self._ctx = mp.get_context("fork")
         self._procs: list[mp.process.BaseProcess] = []
         self._progress: Any = None
+        self._last_words = self._ctx.SimpleQueue()
+        self._why: dict[int, str] = {}
 
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
         self._progress = self._ctx.Array("i", len(tasks), lock=False)
         for task in tasks:
             proc = self._ctx.Process(
-                target=_entry, args=(task, self._progress), name=f"fsd-worker-{task.worker}"
+                target=_entry,
+                args=(task, self._progress, self._last_words),
+                name=f"fsd-worker-{task.worker}",
             )
             proc.start()
             self._procs.append(proc)
 
     def failures(self) -> dict[int, str]:
+        while not self._last_words.empty():
+            worker, why = self._last_words.get()
+            self._why[worker] = why
         return {
-            i: f"process exited with code {p.exitcode}"
+            i: self._why.get(i, f"process exited with code {p.exitcode}")
             for i, p in enumerate(self._procs)
             if p.exitcode not in (None, 0)
         }
@@ -63,3 +73,4 @@ class LocalLauncher(Launcher):
                 proc.kill()
                 proc.join()
         self._procs = []
+        self._last_words.close()

@@ -1,0 +1,123 @@
+"""Servers that crash and come back mid-run: the exact answer or a clear error, in bounded time.
+
+Each test owns its server (the session ones stay untouched), starts a real distributed inference,
+and kills the server (SIGKILL, like a crash) from the coordinator's progress callback once the
+workers are past the first layers; the server comes back on the same port with the same data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fsd.channels import ChannelConfig
+from fsd.coordinator import RunConfig, run
+from fsd.errors import FsdError
+from fsd.model import Images, Network
+from fsd.services import NatsServer, S3Server
+
+BOUND = 90.0  # seconds: a run through an outage must end (either way) well within this
+
+
+@pytest.fixture
+def own_nats() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def own_s3() -> Iterator[S3Server]:
+    server = S3Server().start(timeout=30.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class _Crash:
+    """A progress callback that kills the server once, past ``after`` layers, and restarts it
+    after ``down`` seconds (never, when ``down`` is None)."""
+
+    def __init__(self, server: NatsServer | S3Server, after: int, down: float | None) -> None:
+        self.server = server
+        self.after = after
+        self.down = down
+        self.at_layer: int | None = None
+
+    def __call__(self, layer: int) -> None:
+        if self.at_layer is None and layer >= self.after:
+            self.at_layer = layer
+            self.server.kill()
+            if self.down is not None:
+                time.sleep(self.down)
+                self.server.start(timeout=30.0)
+
+
+def _nats_config(server: NatsServer, retry: float) -> RunConfig:
+    return RunConfig(
+        workers=4,
+        channel="nats",
+        partition="min-comm",
+        layer_timeout=30,
+        timeout=BOUND,
+        channel_config=ChannelConfig("nats", server.url, retry_seconds=retry),
+    )
+
+
+def _s3_config(server: S3Server, retry: float) -> RunConfig:
+    return RunConfig(
+        workers=2,
+        channel="s3",
+        partition="min-comm",
+        layer_timeout=40,
+        timeout=BOUND,
+        channel_config=ChannelConfig(
+            "s3",
+            server.endpoint,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            retry_seconds=retry,
+        ),
+    )
+
+
+def test_nats_server_crash_mid_run_gives_the_exact_answer(
+    own_nats: NatsServer, shared_net: Network, shared_images: Images
+) -> None:
+    crash = _Crash(own_nats, after=5, down=1.0)
+    t0 = time.monotonic()
+    result = run(shared_net, shared_images.matrix, _nats_config(own_nats, 20), crash)
+    assert crash.at_layer is not None and crash.at_layer < shared_net.depth
+    assert result.categories.tolist() == shared_images.truth[120].tolist()
+    assert time.monotonic() - t0 < BOUND
+
+
+def test_s3_server_crash_mid_run_gives_the_exact_answer(
+    own_s3: S3Server, shared_net: Network, shared_images: Images
+) -> None:
+    crash = _Crash(own_s3, after=5, down=0.5)
+    t0 = time.monotonic()
+    result = run(shared_net, shared_images.matrix, _s3_config(own_s3, 30), crash)
+    assert crash.at_layer is not None and crash.at_layer < shared_net.depth
+    assert result.categories.tolist() == shared_images.truth[120].tolist()
+    assert time.monotonic() - t0 < BOUND
+
+
+@pytest.mark.parametrize("kind", ["nats", "s3"])
+def test_server_that_stays_down_gives_a_clear_error_in_bounded_time(
+    kind: str, request: pytest.FixtureRequest, shared_net: Network, shared_images: Images
+) -> None:
+    server = request.getfixturevalue(f"own_{kind}")
+    cfg = _nats_config(server, 3) if kind == "nats" else _s3_config(server, 3)
+    cfg.layer_timeout = 8
+    crash = _Crash(server, after=5, down=None)
+    t0 = time.monotonic()
+    with pytest.raises(FsdError) as info:
+        run(shared_net, shared_images.matrix, cfg, crash)
+    elapsed = time.monotonic() - t0
+    assert crash.at_layer is not None
+    assert elapsed < 30, f"took {elapsed:.1f} s to give up"
+    message = str(info.value)
+    assert kind in message or "worker" in message
