@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/fsd run --workers 4
+	$(BIN)/fsd run --workers 4 --channel nats
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
