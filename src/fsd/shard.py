@@ -27,16 +27,35 @@ def _weights(m: sp.csr_matrix, dtype: np.dtype[np.floating]) -> Weights:
 
 
 @dataclass
+class Part:
+    """A block of a layer's output columns, with the weights that produce it."""
+
+    width: int
+    w_local: Weights  # rows: this worker's inputs (local positions)
+    w_remote: Weights  # rows: received activations, sources stacked in order
+
+
+@dataclass
 class LayerShard:
-    """One worker's part of one layer (columns = its outputs, in ascending global id order)."""
+    """One worker's part of one layer.
+
+    Output columns are ordered boundary first: the first ``n_boundary`` are the neurons some peer
+    needs at the next layer. The worker finishes that block first and sends it, then computes the
+    interior while those messages travel (``parts`` holds the blocks, boundary first).
+    """
 
     n_out: int
-    w_local: Weights  # rows: this worker's inputs (local positions)
+    n_boundary: int
+    parts: list[Part]
     # (dst, selmap: local input position -> index in dst's list or -1, length of dst's list)
     sends: list[tuple[int, np.ndarray, int]]
     sources: list[int]  # workers that send to this one, ascending
     offsets: list[int]  # column offset of each source's activations in the received block
-    w_remote: Weights  # rows: received activations, sources stacked in order
+
+    @property
+    def n_remote(self) -> int:
+        """Width of the received block (all sources stacked)."""
+        return len(self.parts[0].w_remote[0]) - 1 if self.parts else 0
 
 
 @dataclass
@@ -49,15 +68,33 @@ class Shard:
     def nbytes(self) -> int:
         total = self.inputs.nbytes
         for layer in self.layers:
-            total += sum(a.nbytes for a in layer.w_local) + sum(a.nbytes for a in layer.w_remote)
+            for part in layer.parts:
+                total += sum(a.nbytes for a in part.w_local) + sum(a.nbytes for a in part.w_remote)
             total += sum(sel.nbytes for _, sel, _ in layer.sends)
         return total
+
+
+def _boundary_first(network: Network, plan: Plan) -> tuple[list[list[np.ndarray]], list[list[int]]]:
+    """Each worker's neurons per level, those a peer needs next put first; and how many they are."""
+    workers = plan.workers
+    owned = [[np.flatnonzero(level == p) for p in range(workers)] for level in plan.owners]
+    n_boundary = [[0] * workers for _ in plan.owners]
+    for level in range(1, network.depth):  # level 0 keeps its order (the coordinator splits it)
+        pairs = plan.layers[level].pairs
+        for p in range(workers):
+            needed = [ids for (s, _), ids in pairs.items() if s == p]
+            if not needed:
+                continue
+            mask = np.isin(owned[level][p], np.concatenate(needed))
+            owned[level][p] = np.concatenate([owned[level][p][mask], owned[level][p][~mask]])
+            n_boundary[level][p] = int(mask.sum())
+    return owned, n_boundary
 
 
 def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> list[Shard]:
     """Cut the network into one shard per worker following ``plan``."""
     workers = plan.workers
-    owned = [[np.flatnonzero(level == p) for p in range(workers)] for level in plan.owners]
+    owned, n_boundary = _boundary_first(network, plan)
     shards = [Shard(p, owned[0][p], []) for p in range(workers)]
     n = network.neurons
     for k, w in enumerate(network.layers):
@@ -68,7 +105,6 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
             local_pos[owned[k][p]] = np.arange(len(owned[k][p]))
         for p in range(workers):
             ins, outs = owned[k][p], owned[k + 1][p]
-            cols = w[:, outs]
             sends = []
             for d in range(workers):
                 needed = transfers.get((p, d))
@@ -81,14 +117,21 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
             blocks = [transfers[(s, p)] for s in sources]
             offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []
             remote_rows = np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+            nb = n_boundary[k + 1][p] if k + 1 < len(n_boundary) else 0
+            cuts = [c for c in (outs[:nb], outs[nb:]) if len(c)] or [outs]
+            parts = []
+            for cut in cuts:
+                cols = w[:, cut]
+                local, remote = _weights(cols[ins], dtype), _weights(cols[remote_rows], dtype)
+                parts.append(Part(len(cut), local, remote))
             shards[p].layers.append(
                 LayerShard(
                     n_out=len(outs),
-                    w_local=_weights(cols[ins], dtype),
+                    n_boundary=nb,
+                    parts=parts,
                     sends=sends,
                     sources=sources,
                     offsets=[int(o) for o in offsets],
-                    w_remote=_weights(cols[remote_rows], dtype),
                 )
             )
     return shards

@@ -71,7 +71,7 @@ def _activations(y: kernels.Csr, selmap: np.ndarray, wanted: int) -> list[np.nda
 def _assemble(task: WorkerTask, got: dict[int, wire.Message], layer: LayerShard) -> kernels.Csr:
     """Stack the received activations into one CSR over the remote columns, sources in order."""
     rows, cols, vals = [], [], []
-    ends = [*layer.offsets[1:], len(layer.w_remote[0]) - 1]
+    ends = [*layer.offsets[1:], layer.n_remote]
     for src, off, end in zip(layer.sources, layer.offsets, ends, strict=True):
         arrays = got[src].arrays
         if len(arrays) != 4:
@@ -122,30 +122,53 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     first = channel.expect(wire.Kind.INPUT, 0, [COORDINATOR], task.layer_timeout)
     y = _input_matrix(task, first[COORDINATOR])
     empty = kernels.empty_csr(task.images, dtype)
-    for k, layer in enumerate(task.shard.layers):
-        number = k + 1
-        t0 = time.perf_counter()
-        for dst, selmap, wanted in layer.sends:
-            header = wire.Header(wire.Kind.ACT, run, number, me, dst)
-            arrays = _activations(y, selmap, wanted)
-            sent_bytes[k] += channel.send(wire.Message(header, arrays))
+    layers = task.shard.layers
+
+    def send_for(k: int, acts: kernels.Csr) -> None:
+        """Send layer k's peers the activations they need from ``acts`` (timed as comm)."""
+        t = time.perf_counter()
+        for dst, selmap, wanted in layers[k].sends:
+            header = wire.Header(wire.Kind.ACT, run, k + 1, me, dst)
+            sent_bytes[k] += channel.send(wire.Message(header, _activations(acts, selmap, wanted)))
             sent_msgs[k] += 1
-        t1 = time.perf_counter()
+        comm[k] += time.perf_counter() - t
+
+    send_for(0, y)
+    for k, layer in enumerate(layers):
+        t0 = time.perf_counter()
         if layer.sources:
-            z = kernels.partial_product(*y, *layer.w_local, layer.n_out)
+            zs = [kernels.partial_product(*y, *part.w_local, part.width) for part in layer.parts]
+            t1 = time.perf_counter()
+            got = channel.expect(wire.Kind.ACT, k + 1, layer.sources, task.layer_timeout)
             t2 = time.perf_counter()
-            got = channel.expect(wire.Kind.ACT, number, layer.sources, task.layer_timeout)
-            t3 = time.perf_counter()
             x = _assemble(task, got, layer)
-            y = kernels.finish_layer(*z, *x, *layer.w_remote, layer.n_out, task.bias, task.ymax)
-        else:
-            t2 = t3 = t1
-            y = kernels.finish_layer(*empty, *y, *layer.w_local, layer.n_out, task.bias, task.ymax)
+            comm[k] += t2 - t1
+            compute[k] += (t1 - t0) + (time.perf_counter() - t2)
+        outs = []
+        sent_next = k + 1 == depth
+        for i, part in enumerate(layer.parts):
+            t3 = time.perf_counter()
+            if layer.sources:
+                out = kernels.finish_layer(
+                    *zs[i], *x, *part.w_remote, part.width, task.bias, task.ymax
+                )
+            else:
+                out = kernels.finish_layer(
+                    *empty, *y, *part.w_local, part.width, task.bias, task.ymax
+                )
+            compute[k] += time.perf_counter() - t3
+            outs.append(out)
+            if i == 0 and layer.n_boundary and not sent_next:
+                # the boundary block is done: ship it, then compute the interior meanwhile
+                send_for(k + 1, out)
+                sent_next = True
         t4 = time.perf_counter()
-        comm[k] = (t1 - t0) + (t3 - t2)
-        compute[k] = (t2 - t1) + (t4 - t3)
+        y = outs[0] if len(outs) == 1 else kernels.hstack(*outs[0], *outs[1], layer.parts[0].width)
+        compute[k] += time.perf_counter() - t4
+        if not sent_next:
+            send_for(k + 1, y)
         if on_layer is not None:
-            on_layer(number)
+            on_layer(k + 1)
     indptr, _, values = y
     counts = np.diff(indptr)
     alive = np.flatnonzero(counts).astype(np.uint32)

@@ -282,7 +282,14 @@ class NatsChannel(Channel):
         frame = wire.encode(msg, compress=self.config.compress)
         chunks = wire.split(frame, self._limit)
         base = f"{self._prefix}.{_endpoint_token(h.dst)}.{int(h.kind)}.{h.layer}.{h.src}"
-        self._run(self._send(base, chunks), self.config.retry_seconds + 5)
+        # no timeout wrapper (it costs a task per call): _send never waits on the network
+        try:
+            self._loop.run_until_complete(self._send(base, chunks))
+        except (nats.errors.Error, OSError) as exc:
+            raise ChannelError(
+                f"endpoint {self.me}: cannot publish to nats at {redact(self.config.address)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         total = sum(len(c) for c in chunks)
         self.stats.messages += len(chunks)
         self.stats.bytes += total
@@ -302,7 +309,12 @@ class NatsChannel(Channel):
         self.stats.count("publish")
         self.stats.count("publish_units", units_64k(len(data)))
         # the subject is unique per frame in a run: the server drops a re-publish as a duplicate
-        return await self._js.publish_async(subject, data, headers={"Nats-Msg-Id": subject})
+        return await self._js.publish_async(
+            subject,
+            data,
+            headers={"Nats-Msg-Id": subject},
+            wait_stall=self.config.retry_seconds,
+        )
 
     async def _push_out(self) -> None:
         """Let the client's flusher write what was published, without a server round trip."""

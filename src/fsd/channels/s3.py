@@ -17,7 +17,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_FIRST_WAIT = 0.001  # backoff between GET rounds: starts here ...
-_MAX_WAIT = 0.02  # ... and doubles up to this (bounds the added latency and the GET bill)
+_FAST_POLLS = 20  # GET rounds this many times at _FIRST_WAIT intervals (an object is due) ...
+_FIRST_WAIT = 0.0005
+_MAX_WAIT = 0.02  # ... then back off, doubling up to this (bounds latency and the GET bill)
 _MISSING = ("NoSuchKey", "NoSuchObject")
 
 
@@ -73,6 +74,7 @@ class S3Channel(Channel):
         self._prefix = f"{config.namespace}/{run.hex()}"
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"fsd-s3-{me}")
         self._seen: set[tuple[int, int, int]] = set()
+        self._puts: list[Future[None]] = []
         self._retry(self._ensure_bucket, "open the bucket")
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -118,22 +120,36 @@ class S3Channel(Channel):
     # -- sending -------------------------------------------------------------------------------
 
     def send(self, msg: wire.Message) -> int:
+        """Start the upload and return: the worker computes while S3 stores (see :meth:`flush`)."""
+        self._reap()
         h = msg.header
         frame = wire.encode(msg, compress=self.config.compress)
         chunks = wire.split(frame, self.config.max_frame)
         keys = [self._key(int(h.kind), h.layer, h.dst, h.src, i) for i in range(len(chunks))]
-        # later chunks first: a receiver that sees chunk 0 then finds the rest already there
-        order = list(range(len(chunks)))[::-1]
-        if len(chunks) == 1:
-            self._put(keys[0], chunks[0])
-        else:
-            tail = list(self._pool.map(lambda i: self._put(keys[i], chunks[i]), order[:-1]))
-            assert len(tail) == len(chunks) - 1
-            self._put(keys[0], chunks[0])
+        self._puts.append(self._pool.submit(self._upload, keys, chunks))
         total = sum(len(c) for c in chunks)
         self.stats.messages += len(chunks)
         self.stats.bytes += total
         return total
+
+    def _upload(self, keys: list[str], chunks: list[bytes]) -> None:
+        # later chunks first: a receiver that finds chunk 0 finds the rest already there
+        for i in range(len(chunks) - 1, -1, -1):
+            self._put(keys[i], chunks[i])
+
+    def _reap(self, wait: bool = False) -> None:
+        """Forget finished uploads; raise the first failure; with ``wait``, finish them all."""
+        if wait:
+            for fut in self._puts:
+                fut.result()
+        done = [f for f in self._puts if f.done()]
+        self._puts = [f for f in self._puts if not f.done()]
+        for fut in done:
+            fut.result()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every send so far is stored (uploads retry for ``retry_seconds``)."""
+        self._reap(wait=True)
 
     def _put(self, key: str, data: bytes) -> None:
         def op() -> None:
@@ -195,7 +211,10 @@ class S3Channel(Channel):
         todo = [s for s in sources if (int(kind), layer, s) not in self._seen]
         got: dict[int, wire.Message] = {}
         deadline = time.monotonic() + timeout
+        # peers upload at about the time we do: once ours are stored, theirs are about due
+        self._reap(wait=True)
         wait = _FIRST_WAIT
+        polls = 0
         while True:
             if len(todo) == 1:
                 found = [self._fetch(int(kind), layer, todo[0])]
@@ -210,7 +229,9 @@ class S3Channel(Channel):
             if not todo or left <= 0:
                 return got
             time.sleep(min(wait, left))
-            wait = min(wait * 2, _MAX_WAIT)
+            polls += 1
+            if polls >= _FAST_POLLS:
+                wait = min(wait * 2, _MAX_WAIT)
 
     # -- cleanup -------------------------------------------------------------------------------
 
@@ -234,4 +255,8 @@ class S3Channel(Channel):
             log.warning("could not purge run %s: %s (the lifecycle rule will)", self.run.hex(), exc)
 
     def close(self) -> None:
+        try:
+            self._reap(wait=True)
+        except ChannelError as exc:
+            log.error("endpoint %d: closing with undelivered sends: %s", self.me, exc)
         self._pool.shutdown(wait=False, cancel_futures=True)
