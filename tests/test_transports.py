@@ -1,0 +1,159 @@
+"""What only the networked transports have: credentials, clean-up, configuration, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import nats
+import numpy as np
+import pytest
+
+from fsd import cli, wire
+from fsd.channels import ChannelConfig, open_channel
+from fsd.channels.nats import redact
+from fsd.channels.settings import channel_config
+from fsd.coordinator import RunConfig, run
+from fsd.errors import ChannelError, InputError
+from fsd.model import Images, Network
+from fsd.services import NatsServer, S3Server
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
+
+
+def _ping(config: ChannelConfig) -> None:
+    run_id = uuid.uuid4().bytes
+    with open_channel(config, run_id, 0) as a, open_channel(config, run_id, 1) as b:
+        msg = wire.Message(
+            wire.Header(wire.Kind.ACT, run_id, 1, 0, 1), [np.arange(5, dtype=np.uint32)]
+        )
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 1, [0], timeout=5)[0] == msg
+
+
+def test_nats_user_password_and_token_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with NatsServer(user="fsd", password=SECRET) as server:
+        _ping(ChannelConfig("nats", server.url, user="fsd", password=SECRET))
+        embedded = server.url.replace("nats://", f"nats://fsd:{SECRET}@")
+        _ping(ChannelConfig("nats", embedded))
+        with pytest.raises(ChannelError) as info:
+            open_channel(
+                ChannelConfig("nats", embedded.replace(SECRET, "wrong"), retry_seconds=1),
+                b"r" * 16,
+                0,
+            )
+        assert "wrong" not in str(info.value)
+        assert "***@" in str(info.value)
+    with NatsServer(token=SECRET) as server:
+        _ping(ChannelConfig("nats", server.url, token=SECRET))
+        with pytest.raises(ChannelError):
+            open_channel(ChannelConfig("nats", server.url, retry_seconds=1), b"r" * 16, 0)
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(ChannelConfig("nats", "x", password=SECRET, token=SECRET))
+
+
+def test_redact_hides_credentials_in_every_url() -> None:
+    assert redact("nats://a:b@h:4222,nats://t@h2") == "nats://***@h:4222,nats://***@h2"
+    assert redact("nats://h:4222") == "nats://h:4222"
+
+
+def test_s3_wrong_keys_fail_fast_and_clearly(s3_server: S3Server) -> None:
+    config = ChannelConfig(
+        "s3", s3_server.endpoint, access_key=s3_server.access_key, secret_key=SECRET
+    )
+    with pytest.raises(ChannelError, match="check the keys") as info:
+        open_channel(config, uuid.uuid4().bytes, 0)
+    assert SECRET not in str(info.value)
+
+
+def test_unreachable_servers_give_a_clear_error_in_bounded_time() -> None:
+    for kind, address in (("nats", "nats://127.0.0.1:1"), ("s3", "http://127.0.0.1:1")):
+        config = ChannelConfig(kind, address, connect_timeout=1, retry_seconds=1)
+        with pytest.raises(ChannelError, match=r"127\.0\.0\.1:1"):
+            open_channel(config, uuid.uuid4().bytes, 0)
+
+
+def test_nothing_is_left_behind_after_runs(
+    s3_server: S3Server, shared_net: Network, shared_images: Images
+) -> None:
+    images = shared_images.matrix[:200]
+    nats_server = NatsServer().start()  # its own, so other tests' traffic cannot interfere
+    nats_cfg = ChannelConfig("nats", nats_server.url)
+    s3_cfg = ChannelConfig(
+        "s3",
+        s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        namespace="leftovers",
+    )
+    for cfg in (nats_cfg, s3_cfg):
+        run(shared_net, images, RunConfig(workers=3, channel=cfg.kind, channel_config=cfg))
+
+    async def consumers_and_messages() -> tuple[list[str], int]:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        names = [c.name for c in await js.consumers_info("FSD")]
+        info = await js.stream_info("FSD")
+        await nc.close()
+        return names, info.state.messages
+
+    try:
+        names, messages = asyncio.run(consumers_and_messages())
+    finally:
+        nats_server.stop()
+    assert names == [] and messages == 0
+    left = list(s3_server.client().list_objects("fsd", "leftovers/", recursive=True))
+    assert left == []
+
+
+def test_settings_from_flags_and_environment(tmp_path: Path) -> None:
+    env = {
+        "FSD_NATS_URL": "nats://envhost:4222",
+        "FSD_NATS_TOKEN": "tok",
+        "FSD_S3_ENDPOINT": "http://minio:9000",
+        "FSD_S3_BUCKET": "acts",
+        "AWS_ACCESS_KEY_ID": "AK",
+        "AWS_SECRET_ACCESS_KEY": "SK",
+        "AWS_REGION": "eu-west-1",
+    }
+    cfg = channel_config("nats", env=env)
+    assert (cfg.address, cfg.token) == ("nats://envhost:4222", "tok")
+    assert channel_config("nats", nats_url="nats://flag:1", env=env).address == "nats://flag:1"
+    s3 = channel_config("s3", env=env)
+    assert (s3.address, s3.bucket, s3.access_key, s3.secret_key, s3.region) == (
+        "http://minio:9000",
+        "acts",
+        "AK",
+        "SK",
+        "eu-west-1",
+    )
+    assert channel_config("s3", s3_bucket="other", env=env).bucket == "other"
+    assert channel_config("s3", env={}).address == ""  # none: an embedded server
+    with pytest.raises(InputError, match="bucket"):
+        channel_config("s3", s3_bucket="Bad_Bucket", env={})
+    with pytest.raises(InputError, match="creds"):
+        channel_config("nats", env={"FSD_NATS_CREDS": str(tmp_path / "missing.creds")})
+
+
+@pytest.mark.parametrize("channel", ["nats", "s3"])
+def test_cli_runs_on_an_embedded_server(
+    channel: str,
+    shared_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("FSD_NATS_URL", "FSD_S3_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    code = cli.main(
+        ["run", "--data", str(shared_dir), "--workers", "4", "--channel", channel, "--json"]
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    assert out["correct"] is True and out["n_categories"] == 73 and out["channel"] == channel
+    assert out["cost_usd"]["total_usd"] > 0
+    billed = ("publish", "receive") if channel == "nats" else ("put", "get")
+    assert all(out["requests"][op] >= 4 * 120 for op in billed)
