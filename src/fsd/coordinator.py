@@ -269,6 +269,9 @@ def _summarise(
         plan_seconds=prepared.plan_seconds,
         per_layer=per_layer,
         ops=ops,
+        worker_compute=compute,
+        worker_comm=comm,
+        run_id=channel.run.hex(),
         cost=cost.estimate(
             cost.Usage(
                 channel=config.channel,

@@ -43,6 +43,10 @@ class RunResult:
     load_seconds: float = 0.0
     ops: dict[str, int] = field(default_factory=dict)  # transport operations (fsd.channels.OPS)
     cost: Cost | None = None
+    # per worker and layer: seconds computing and communicating, shape (workers, layers)
+    worker_compute: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    worker_comm: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    run_id: str = ""
 
     @property
     def edges_per_second(self) -> float:
@@ -51,6 +55,7 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "run_id": self.run_id,
             "categories": [int(c) for c in self.categories],
             "n_categories": len(self.categories),
             "correct": self.correct,
