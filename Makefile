@@ -7,6 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test lint bench clean
 
 install: $(STAMP)
+	@# Prometheus + Pushgateway for tests/test_observe.py (skipped there when absent); non-fatal
+	@command -v prometheus >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+		echo "prometheus missing: installing prometheus and prometheus-pushgateway with apt"; \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+			prometheus prometheus-pushgateway; } >/dev/null 2>&1 || \
+		echo "could not install prometheus with apt-get (not root?): its tests will be skipped"; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -22,8 +28,8 @@ demo: install
 	$(BIN)/fsd run --workers 4 --channel nats
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks functions template
+	$(BIN)/ruff format --check src tests benchmarks functions template
 	$(BIN)/mypy
 
 test: lint

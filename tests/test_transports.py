@@ -14,7 +14,7 @@ import pytest
 
 from fsd import cli, wire
 from fsd.channels import ChannelConfig, open_channel
-from fsd.channels.nats import redact
+from fsd.channels.base import redact
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, InputError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fsd import reference
+from fsd import observe, plot, reference
 from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--nats-url", help="NATS server URL (env FSD_NATS_URL; none: embedded)")
     run.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT; none: embedded)")
     run.add_argument("--s3-bucket", help="S3 bucket (env FSD_S3_BUCKET; default fsd)")
+    run.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="write a per-worker timeline PNG of the run"
+    )
 
     gen = sub.add_parser("generate", help="write a RadiX-Net network and images (official layout)")
     gen.add_argument("--neurons", type=_positive, required=True)
@@ -145,6 +149,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise InputError(
             f"unknown partitioner {args.partition!r}; choose one of {', '.join(PARTITIONERS)}"
         )
+    if args.plot is not None:  # fail before a long run, not after it
+        plot.check_available()
+        plot.check_path(args.plot)
     t0 = time.perf_counter()
     network, images = _load(args)
     check_workers(args.workers, network.neurons)
@@ -172,10 +179,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.close()
     result.load_seconds = load_seconds
     _check(result, network, images)
+    model = args.data.resolve().name if args.data is not None else "generated"
+    gateway = os.environ.get("FSD_PUSHGATEWAY")
+    if gateway:  # best effort: push_run logs a warning instead of failing the run
+        observe.push_run(result, model, gateway)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(result.summary())
+    if args.plot is not None:  # after the report, so a failing plot does not hide the result
+        plot.timeline(result, args.plot, model)
     return 0 if result.correct else EXIT_WRONG
 
 

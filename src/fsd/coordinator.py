@@ -24,8 +24,9 @@ from fsd.errors import FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
-from fsd.partition import Plan, make_plan
+from fsd.partition import make_plan
 from fsd.shard import Shard, build_shards
+from fsd.store import Manifest, ModelRef, ModelStore
 from fsd.worker import WorkerTask
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class RunConfig:
     timeout: float = 600.0  # the whole inference
     layer_timeout: float = 60.0  # one layer's messages
     memory_mb: int = 1769  # per function, for the Lambda part of the cost (1769 MB = 1 vCPU)
+    launcher: str = "local"  # or "openfaas": workers are function invocations
+    worker_urls: tuple[str, ...] = ()  # openfaas: the worker function's URL(s)
+    gateway_user: str = ""
+    gateway_password: str = field(default="", repr=False)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
 
     def validate(self, network: Network) -> None:
@@ -58,13 +63,25 @@ class RunConfig:
 
 @dataclass
 class Prepared:
-    """A network cut for a given worker count: plan and shards, reusable across runs."""
+    """A network cut for a given worker count, reusable across runs.
 
-    network: Network
-    plan: Plan
-    shards: list[Shard]
+    Either in memory (``shards`` set: forked local workers inherit them) or in the model store
+    (``model`` set: each worker downloads its own shard); ``infer`` needs only the small rest.
+    """
+
+    neurons: int
+    depth: int
+    edges: int
+    bias: float
+    ymax: float
+    workers: int
+    method: str
+    planned_volume: int
+    owners0: np.ndarray  # owner of each input pixel
     dtype: str
     plan_seconds: float
+    shards: list[Shard] | None = None
+    model: ModelRef | None = None
 
 
 def prepare(network: Network, config: RunConfig) -> Prepared:
@@ -74,7 +91,47 @@ def prepare(network: Network, config: RunConfig) -> Prepared:
     plan = make_plan(network, config.workers, config.partition, config.seed)
     shards = build_shards(network, plan, np.dtype(config.dtype))
     kernels.warm_up(config.dtype)
-    return Prepared(network, plan, shards, config.dtype, time.perf_counter() - t0)
+    return Prepared(
+        network.neurons,
+        network.depth,
+        network.edges,
+        network.bias,
+        network.ymax,
+        plan.workers,
+        plan.method,
+        plan.total_volume,
+        plan.owners[0],
+        config.dtype,
+        time.perf_counter() - t0,
+        shards=shards,
+    )
+
+
+def prepare_stored(store: ModelStore, ref: ModelRef) -> Prepared:
+    """A model already cut and pushed (``fsd model push``): only the manifest and input owners."""
+    t0 = time.perf_counter()
+    manifest = store.manifest(ref.name)
+    if not manifest.has(ref.workers, ref.partition):
+        cut = ", ".join(sorted(manifest.partitions)) or "none"
+        raise InputError(
+            f"model {ref.name!r} is not cut for {ref.workers} workers with {ref.partition!r} "
+            f"(available: {cut}); push it with fsd model push --workers {ref.workers}"
+        )
+    info = manifest.partitions[Manifest.key(ref.workers, ref.partition)]
+    return Prepared(
+        manifest.neurons,
+        manifest.layers,
+        manifest.edges,
+        manifest.bias,
+        manifest.ymax,
+        ref.workers,
+        ref.partition,
+        int(info.get("planned_volume", 0)),
+        store.owners0(ref),
+        manifest.dtype,
+        time.perf_counter() - t0,
+        model=ref,
+    )
 
 
 @contextlib.contextmanager
@@ -111,17 +168,18 @@ def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
         raise InputError(f"unknown channel {cc.kind!r}; choose one of {', '.join(CHANNELS)}")
 
 
-def _split_inputs(images: sp.csr_matrix, plan: Plan, dtype: str) -> list[list[np.ndarray]]:
+def _split_inputs(
+    images: sp.csr_matrix, owner: np.ndarray, workers: int, dtype: str
+) -> list[list[np.ndarray]]:
     """Each worker's input columns as (row, local position, value) triplets."""
     coo = images.tocoo()
-    owner = plan.owners[0]
-    local = np.empty(plan.neurons, np.int64)
-    for p in range(plan.workers):
+    local = np.empty(len(owner), np.int64)
+    for p in range(workers):
         mine = np.flatnonzero(owner == p)
         local[mine] = np.arange(len(mine))
     who = owner[coo.col]
     parts = []
-    for p in range(plan.workers):
+    for p in range(workers):
         sel = who == p
         parts.append(
             [
@@ -169,47 +227,56 @@ def infer(
     on_progress: Callable[[int], None] | None = None,
 ) -> RunResult:
     """One distributed inference of ``images``; the wall time excludes loading and planning."""
-    network, plan = prepared.network, prepared.plan
-    if images.shape[1] != network.neurons:
+    if images.shape[1] != prepared.neurons:
         raise InputError(
-            f"images have {images.shape[1]} pixels but the network has {network.neurons} neurons"
+            f"images have {images.shape[1]} pixels but the network has {prepared.neurons} neurons"
         )
     if config.dtype != prepared.dtype:
         raise FsdError("the network was prepared for another dtype")
     run = uuid.uuid4().bytes
     n_images = int(images.shape[0])
-    inputs = _split_inputs(images, plan, config.dtype)
+    inputs = _split_inputs(images, prepared.owners0, prepared.workers, config.dtype)
     with _transport(config) as cc:
         tasks = [
             WorkerTask(
                 run,
                 p,
-                plan.workers,
+                prepared.workers,
                 n_images,
-                prepared.shards[p],
-                network.bias,
-                network.ymax,
+                prepared.shards[p] if prepared.shards is not None else None,
+                prepared.bias,
+                prepared.ymax,
                 config.dtype,
                 cc,
                 config.layer_timeout,
+                model=prepared.model,
             )
-            for p in range(plan.workers)
+            for p in range(prepared.workers)
         ]
         t0 = time.perf_counter()
-        with make_launcher("local") as launcher, open_channel(cc, run, COORDINATOR) as channel:
+        launcher = make_launcher(
+            config.launcher,
+            config.worker_urls,
+            config.timeout,
+            config.gateway_user,
+            config.gateway_password,
+        )
+        with launcher, open_channel(cc, run, COORDINATOR) as channel:
             launcher.launch(tasks)
             input_bytes = 0
             for p, arrays in enumerate(inputs):
                 header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
                 input_bytes += channel.send(wire.Message(header, arrays))
             results = _gather(
-                channel, launcher, plan.workers, time.monotonic() + config.timeout, on_progress
+                channel, launcher, prepared.workers, time.monotonic() + config.timeout, on_progress
             )
             seconds = time.perf_counter() - t0
             purge = getattr(channel, "purge_run", None)
             if purge is not None:
                 purge()
-    return _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
+    result = _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
+    result.worker_replies = dict(getattr(launcher, "replies", {}))
+    return result
 
 
 def _summarise(
@@ -221,14 +288,13 @@ def _summarise(
     channel: Channel,
     input_bytes: int,
 ) -> RunResult:
-    network, plan = prepared.network, prepared.plan
     sums = np.zeros(n_images)
     alive = np.zeros(n_images, bool)
-    depth = network.depth
-    compute = np.zeros((plan.workers, depth))
-    comm = np.zeros((plan.workers, depth))
-    sent = np.zeros((plan.workers, depth), np.int64)
-    msgs = np.zeros((plan.workers, depth), np.int64)
+    depth, workers = prepared.depth, prepared.workers
+    compute = np.zeros((workers, depth))
+    comm = np.zeros((workers, depth))
+    sent = np.zeros((workers, depth), np.int64)
+    msgs = np.zeros((workers, depth), np.int64)
     result_bytes = 0
     ops = dict(channel.stats.ops)
     walls = [seconds]  # the coordinator runs as long as the inference
@@ -256,15 +322,15 @@ def _summarise(
         row_sums=sums[categories - 1],
         seconds=seconds,
         images=n_images,
-        edges=network.edges,
-        workers=plan.workers,
+        edges=prepared.edges,
+        workers=workers,
         channel=config.channel,
-        partition=plan.method,
+        partition=prepared.method,
         dtype=config.dtype,
         bytes_sent=int(sent.sum()) + input_bytes + result_bytes,
-        messages=int(msgs.sum()) + plan.workers * 2,
+        messages=int(msgs.sum()) + workers * 2,
         activation_bytes=int(sent.sum()),
-        planned_volume=plan.total_volume,
+        planned_volume=prepared.planned_volume,
         comm_share=float(comm.sum() / worker_time) if worker_time > 0 else 0.0,
         plan_seconds=prepared.plan_seconds,
         per_layer=per_layer,
@@ -284,7 +350,7 @@ def _summarise(
                 puts=ops["put"],
                 gets=ops["get"] + ops["get_miss"],
                 lists=ops["list"],
-                invocations=plan.workers + 1,
+                invocations=workers + 1,
                 gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
             )
         ),

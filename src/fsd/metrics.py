@@ -47,6 +47,7 @@ class RunResult:
     worker_compute: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     worker_comm: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     run_id: str = ""
+    worker_replies: dict[int, dict[str, Any]] = field(default_factory=dict)  # remote launchers
 
     @property
     def edges_per_second(self) -> float:
@@ -74,6 +75,7 @@ class RunResult:
             "messages": self.messages,
             "planned_volume": self.planned_volume,
             "comm_share": round(self.comm_share, 4),
+            **self._shard_cache(),
             "requests": dict(self.ops),
             "cost_usd": self.cost.to_json() if self.cost is not None else None,
             "per_layer": [
@@ -85,6 +87,19 @@ class RunResult:
                 }
                 for m in self.per_layer
             ],
+        }
+
+    def _shard_cache(self) -> dict[str, Any]:
+        """For function runs: how many workers found their shard warm, and load times."""
+        if not self.worker_replies:
+            return {}
+        replies = self.worker_replies.values()
+        return {
+            "shard_cache": {
+                "hit": sum(1 for r in replies if r.get("shard_cache") == "hit"),
+                "miss": sum(1 for r in replies if r.get("shard_cache") == "miss"),
+                "load_seconds_max": max(float(r.get("shard_load_seconds", 0.0)) for r in replies),
+            }
         }
 
     def summary(self) -> str:

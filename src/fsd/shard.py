@@ -6,11 +6,14 @@ a worker never sees weights or activations it does not need.
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from fsd.errors import InputError
 from fsd.kernels import Csr, Weights
 from fsd.model.network import Network
 from fsd.partition import Plan
@@ -135,3 +138,67 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
                 )
             )
     return shards
+
+
+def shard_to_bytes(shard: Shard) -> bytes:
+    """A shard as one npz file (arrays only, plus a JSON description): nothing to unpickle."""
+    arrays: dict[str, np.ndarray] = {"inputs": shard.inputs}
+    layers = []
+    for k, layer in enumerate(shard.layers):
+        for i, (_, selmap, _) in enumerate(layer.sends):
+            arrays[f"{k}.send{i}"] = selmap
+        for j, part in enumerate(layer.parts):
+            for n, a in enumerate(part.w_local):
+                arrays[f"{k}.{j}.local{n}"] = a
+            for n, a in enumerate(part.w_remote):
+                arrays[f"{k}.{j}.remote{n}"] = a
+        layers.append(
+            {
+                "n_out": layer.n_out,
+                "n_boundary": layer.n_boundary,
+                "widths": [p.width for p in layer.parts],
+                "sends": [[dst, wanted] for dst, _, wanted in layer.sends],
+                "sources": layer.sources,
+                "offsets": layer.offsets,
+            }
+        )
+    meta = json.dumps({"worker": shard.worker, "layers": layers}).encode()
+    arrays["meta"] = np.frombuffer(meta, np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def shard_from_bytes(data: bytes) -> Shard:
+    """Inverse of :func:`shard_to_bytes`; malformed input raises InputError, never executes."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        meta = json.loads(bytes(arrays.pop("meta")).decode())
+        layers = []
+        for k, m in enumerate(meta["layers"]):
+            parts = [
+                Part(
+                    int(width),
+                    tuple(arrays[f"{k}.{j}.local{n}"] for n in range(6)),  # type: ignore[arg-type]
+                    tuple(arrays[f"{k}.{j}.remote{n}"] for n in range(6)),  # type: ignore[arg-type]
+                )
+                for j, width in enumerate(m["widths"])
+            ]
+            sends = [
+                (int(dst), arrays[f"{k}.send{i}"], int(wanted))
+                for i, (dst, wanted) in enumerate(m["sends"])
+            ]
+            layers.append(
+                LayerShard(
+                    int(m["n_out"]),
+                    int(m["n_boundary"]),
+                    parts,
+                    sends,
+                    [int(s) for s in m["sources"]],
+                    [int(o) for o in m["offsets"]],
+                )
+            )
+        return Shard(int(meta["worker"]), arrays["inputs"], layers)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(f"not a valid fsd shard: {type(exc).__name__}: {exc}") from None

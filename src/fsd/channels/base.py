@@ -13,11 +13,26 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from fsd import wire
 from fsd.errors import ChannelTimeout
 
 log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """``url`` without user, password or token, for logs and error messages."""
+    out = []
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=netloc)
+        out.append(urlunsplit(parts))
+    return ",".join(out)
+
 
 #: The coordinator's endpoint id; workers are 0..W-1.
 COORDINATOR = -1

@@ -31,7 +31,6 @@ import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -50,7 +49,7 @@ from nats.js.api import (
 )
 
 from fsd import wire
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, redact
 from fsd.cost import units_64k
 from fsd.errors import ChannelError, WireError
 
@@ -62,19 +61,6 @@ _MAX_PAYLOAD_DEFAULT = 1024 * 1024  # the server's default max_payload
 _ACK_WAIT = 5.0  # the server redelivers frames we did not ack after this (dedupe absorbs it)
 _ACK_TIMEOUT = 2.0  # we re-publish a frame whose stream ack has not come after this
 _DUPLICATE_WINDOW = 120.0
-
-
-def redact(url: str) -> str:
-    """``url`` without user, password or token, for logs and error messages."""
-    out = []
-    for one in url.split(","):
-        parts = urlsplit(one.strip())
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-            parts = parts._replace(netloc=netloc)
-        out.append(urlunsplit(parts))
-    return ",".join(out)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

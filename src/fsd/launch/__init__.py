@@ -1,18 +1,30 @@
-"""Launcher seam: local processes now; OpenFaaS and AWS Lambda are one module each."""
+"""Launcher seam: local processes, OpenFaaS functions; AWS Lambda is one module more."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from fsd.errors import InputError
 from fsd.launch.base import Launcher
 
-LAUNCHERS = ("local",)
+LAUNCHERS = ("local", "openfaas")
 
 
-def make_launcher(kind: str = "local") -> Launcher:
+def make_launcher(
+    kind: str = "local",
+    urls: Sequence[str] = (),
+    timeout: float = 600.0,
+    user: str = "",
+    password: str = "",
+) -> Launcher:
     if kind == "local":
         from fsd.launch.local import LocalLauncher  # noqa: PLC0415
 
         return LocalLauncher()
+    if kind == "openfaas":
+        from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
+
+        return OpenFaaSLauncher(urls, timeout, user, password)
     raise InputError(f"unknown launcher {kind!r}; choose one of {', '.join(LAUNCHERS)}")
 
 

@@ -1,0 +1,1 @@
+"""The logic behind the two OpenFaaS functions (``functions/*/handler.py`` are thin over this)."""

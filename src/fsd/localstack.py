@@ -1,0 +1,194 @@
+"""The serverless stack on one machine: both functions served by the template's own index.py.
+
+``make functions-up`` (``python -m fsd.localstack``) starts an embedded nats-server and SeaweedFS
+S3 (unless ``FSD_NATS_URL`` / ``FSD_S3_ENDPOINT`` point at real ones), pushes a model, and serves
+W worker function instances and one coordinator instance with ``template/fsd-python3-http/index.py``
+(what the container runs behind of-watchdog). The coordinator invokes workers over HTTP exactly as
+it invokes them through an OpenFaaS gateway, so ``curl --data @request.json`` runs a real
+distributed inference. Tests use :class:`LocalStack` the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from fsd.errors import ServiceError
+from fsd.model import Images, Network
+from fsd.services import NatsServer, S3Server, pick_ports
+from fsd.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+INDEX = ROOT / "template" / "fsd-python3-http" / "index.py"
+
+
+class FunctionServer:
+    """One function instance: index.py serving a handler folder on a loopback port."""
+
+    def __init__(self, name: str, handler: Path, env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/"
+        self.log_path = Path(env["FSD_STACK_DIR"]) / f"{name}.log"
+        cmd = [sys.executable, str(INDEX), "--handler", str(handler), "--port", str(port)]
+        with open(self.log_path, "ab") as fh:
+            self.proc = subprocess.Popen(
+                cmd, env={**env, "FSD_BIND": "127.0.0.1"}, stdout=fh, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited: see {self.log_path}")
+            health = f"{self.url}_/health"
+            with contextlib.suppress(OSError), opener.open(health, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} did not answer within {timeout:g} s: see {self.log_path}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class LocalStack:
+    """Embedded channel servers + W worker instances + one coordinator instance."""
+
+    def __init__(self, workers: int = 4, env: dict[str, str] | None = None) -> None:
+        if not INDEX.is_file():
+            raise ServiceError(f"the function template is missing: {INDEX}")
+        self.workers = workers
+        self.base_env = dict(os.environ if env is None else env)
+        self.dir = tempfile.mkdtemp(prefix="fsd-stack-")
+        self.nats: NatsServer | None = None
+        self.s3: S3Server | None = None
+        self.worker_servers: list[FunctionServer] = []
+        self.coordinator: FunctionServer | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> Self:
+        env = {**self.base_env, "FSD_STACK_DIR": self.dir, "FSD_SECRETS_DIR": self.dir}
+        if not env.get("FSD_NATS_URL"):
+            self.nats = NatsServer().start()
+            env["FSD_NATS_URL"] = self.nats.url
+        if not env.get("FSD_S3_ENDPOINT"):
+            self.s3 = S3Server().start(timeout=30.0)
+            env["FSD_S3_ENDPOINT"] = self.s3.endpoint
+            env["AWS_ACCESS_KEY_ID"] = self.s3.access_key
+            env["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+            env.setdefault("FSD_S3_BUCKET", self.s3.bucket)
+        ports = pick_ports(self.workers + 1)
+        functions = ROOT / "functions"
+        self.worker_servers = [
+            FunctionServer(f"worker-{i}", functions / "worker", env, ports[i])
+            for i in range(self.workers)
+        ]
+        env["FSD_WORKER_URL"] = ",".join(s.url for s in self.worker_servers)
+        self.coordinator = FunctionServer("coordinator", functions / "coordinator", env, ports[-1])
+        for server in [*self.worker_servers, self.coordinator]:
+            server.wait_ready()
+        self.env = env
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.coordinator is not None
+        return self.coordinator.url
+
+    def store(self) -> ModelStore:
+        from fsd.channels.settings import channel_config  # noqa: PLC0415
+
+        return ModelStore(channel_config("s3", env=self.env))
+
+    def push(
+        self, network: Network, name: str, workers: list[int], images: Images | None = None
+    ) -> None:
+        self.store().push(network, name, workers, ("min-comm",), images)
+
+    def restart_worker(self, i: int) -> None:
+        old = self.worker_servers[i]
+        old.stop()
+        handler = ROOT / "functions" / "worker"
+        self.worker_servers[i] = FunctionServer(old.name, handler, self.env, old.port)
+        self.worker_servers[i].wait_ready()
+
+    def stop(self) -> None:
+        for server in [*self.worker_servers, *([self.coordinator] if self.coordinator else [])]:
+            server.stop()
+        for svc in (self.nats, self.s3):
+            if svc is not None:
+                svc.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make functions-up``: serve the stack until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="fsd-localstack", description=__doc__)
+    parser.add_argument("--data", type=Path, help="Graph Challenge folder to push (else generated)")
+    parser.add_argument("--name", default="gc1024")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from fsd.model import load_images, load_network  # noqa: PLC0415
+    from fsd.model.generate import generate  # noqa: PLC0415
+
+    if args.data is not None and (args.data / "neuron1024").is_dir():
+        network = load_network(args.data)
+        images = load_images(args.data, network.neurons)
+    else:
+        network, images = generate(1024, 120, 2000, 0)
+    with LocalStack(args.workers) as stack:
+        stack.push(network, args.name, [args.workers], images)
+        request = {"model": args.name, "workers": args.workers, "images": {"stored": True}}
+        path = Path(stack.dir) / "request.json"
+        path.write_text(json.dumps(request))
+        log.info("coordinator: %s   workers: %s", stack.url, stack.env["FSD_WORKER_URL"])
+        log.info("try:  curl -s --data @%s %s", path, stack.url)
+        log.info("Ctrl-C stops everything")
+        stopped = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopped
+            stopped = True
+
+        signal.signal(signal.SIGTERM, stop)
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stopped:
+                time.sleep(0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

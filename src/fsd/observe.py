@@ -1,0 +1,232 @@
+"""Prometheus metrics of fsd: what the serverless functions expose at ``GET /metrics``.
+
+Why these metrics: a sparse-DNN inference spread over FaaS workers is slow for one of three
+reasons, and each has its own series so a dashboard can tell them apart:
+
+* the whole request is slow (``fsd_request_seconds``, by function: coordinator or worker);
+* one worker computes or waits longer than the others on some layers
+  (``fsd_layer_compute_seconds`` / ``fsd_layer_comm_seconds``, by worker);
+* a worker starts cold and spends its time loading its shard (``fsd_shard_load_seconds``,
+  cache hit vs miss).
+
+Traffic (``fsd_bytes_total``, ``fsd_messages_total``) and failures (``fsd_errors_total``, by kind)
+complete the picture. Everything lives in prometheus_client's default registry, which the
+functions' HTTP server serves; nothing here starts a server.
+
+A short-lived CLI run is not scraped, so :func:`push_run` sends one run's summary to a Prometheus
+Pushgateway instead, in its own registry (so per-process series are not pushed twice), grouped by
+``run_id``. Monitoring is best effort: a push that fails is logged as a warning and never raised,
+because an unreachable Pushgateway must not fail an inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
+
+from fsd.metrics import RunResult
+
+log = logging.getLogger(__name__)
+
+FUNCTIONS: Final = ("coordinator", "worker")
+ERROR_KINDS: Final = ("bad_request", "worker_failed", "timeout", "channel")
+
+# 1 ms .. 10 min: a warm worker answers in milliseconds, a big cold run takes minutes
+REQUEST_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+# 10 us .. 10 s: one layer of one worker, from a tiny shard to a large slow one
+LAYER_BUCKETS: Final = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+REQUEST_SECONDS: Final = Histogram(
+    "fsd_request_seconds",
+    "Seconds one function invocation took, by function (coordinator or worker).",
+    ["function", "model", "channel"],
+    buckets=REQUEST_BUCKETS,
+)
+LAYER_COMPUTE_SECONDS: Final = Histogram(
+    "fsd_layer_compute_seconds",
+    "Seconds one worker spent computing one layer.",
+    ["model", "channel", "worker"],
+    buckets=LAYER_BUCKETS,
+)
+LAYER_COMM_SECONDS: Final = Histogram(
+    "fsd_layer_comm_seconds",
+    "Seconds one worker spent sending and waiting for activations of one layer.",
+    ["model", "channel", "worker"],
+    buckets=LAYER_BUCKETS,
+)
+BYTES: Final = Counter(
+    "fsd_bytes",
+    "Bytes sent over the channel (worker='all' when only the run total is known).",
+    ["model", "channel", "worker"],
+)
+MESSAGES: Final = Counter(
+    "fsd_messages",
+    "Messages sent over the channel (worker='all' when only the run total is known).",
+    ["model", "channel", "worker"],
+)
+ERRORS: Final = Counter(
+    "fsd_errors",
+    "Failed requests, by function and kind (bad_request, worker_failed, timeout, channel).",
+    ["function", "kind"],
+)
+SHARD_LOAD_SECONDS: Final = Histogram(
+    "fsd_shard_load_seconds",
+    "Seconds a worker spent getting its shard: cache hit (warm) or miss (cold).",
+    ["model", "cache"],
+    buckets=REQUEST_BUCKETS,
+)
+
+# series pushed by push_run, one registry per run (see _run_registry)
+RUN_METRICS: Final = (
+    "fsd_run_seconds",
+    "fsd_run_comm_share",
+    "fsd_run_bytes",
+    "fsd_run_messages",
+    "fsd_run_cost_usd",
+    "fsd_run_layer_compute_seconds",
+    "fsd_run_layer_comm_seconds",
+)
+# every metric family name this module defines, as written in PromQL (counters end in _total)
+METRIC_NAMES: Final = (
+    "fsd_request_seconds",
+    "fsd_layer_compute_seconds",
+    "fsd_layer_comm_seconds",
+    "fsd_bytes_total",
+    "fsd_messages_total",
+    "fsd_errors_total",
+    "fsd_shard_load_seconds",
+    *RUN_METRICS,
+)
+
+
+def observe_request(function: str, model: str, channel: str, seconds: float) -> None:
+    """Record one invocation of ``function`` ("coordinator" or "worker") lasting ``seconds``."""
+    REQUEST_SECONDS.labels(function=function, model=model, channel=channel).observe(seconds)
+
+
+def observe_error(function: str, kind: str) -> None:
+    """Count one failed request of ``function``; ``kind`` is one of :data:`ERROR_KINDS`."""
+    ERRORS.labels(function=function, kind=kind).inc()
+
+
+def observe_shard_load(model: str, hit: bool, seconds: float) -> None:
+    """Record how long a worker took to get its shard, so warm and cold starts are compared."""
+    SHARD_LOAD_SECONDS.labels(model=model, cache="hit" if hit else "miss").observe(seconds)
+
+
+def _per_worker(result: RunResult, name: str) -> np.ndarray | None:
+    """An optional per-worker total (``worker_bytes``, ``worker_messages``) if the result has it.
+
+    RunResult carries only run totals today; a per-worker array (shape (workers,) or
+    (workers, layers)) is used when present, so the counters get finer without an API change.
+    """
+    value: Any = getattr(result, name, None)
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.ndim == 0 or array.shape[0] != result.workers or array.size == 0:
+        return None
+    totals: np.ndarray = array.reshape(array.shape[0], -1).sum(axis=1)
+    return totals
+
+
+def observe_run(result: RunResult, model: str) -> None:
+    """Fill the layer histograms (one observation per worker and layer) and the traffic counters.
+
+    The histograms take every worker's seconds, not the per-layer maximum, so a dashboard can see
+    which worker is the straggler. Counters are per worker when the result has per-worker totals,
+    else the run totals go to ``worker="all"``.
+    """
+    channel = result.channel
+    for matrix, histogram in (
+        (result.worker_compute, LAYER_COMPUTE_SECONDS),
+        (result.worker_comm, LAYER_COMM_SECONDS),
+    ):
+        array = np.asarray(matrix, dtype=float)
+        if array.ndim != 2:
+            continue
+        for w, row in enumerate(array):
+            child = histogram.labels(model=model, channel=channel, worker=str(w))
+            for seconds in row.tolist():
+                child.observe(max(float(seconds), 0.0))
+    for counter, total, per_worker_name in (
+        (BYTES, result.bytes_sent, "worker_bytes"),
+        (MESSAGES, result.messages, "worker_messages"),
+    ):
+        per_worker = _per_worker(result, per_worker_name)
+        if per_worker is None:
+            counter.labels(model=model, channel=channel, worker="all").inc(max(total, 0))
+        else:
+            for w, amount in enumerate(per_worker.tolist()):
+                counter.labels(model=model, channel=channel, worker=str(w)).inc(max(amount, 0))
+
+
+def _run_registry(result: RunResult, model: str) -> CollectorRegistry:
+    """A fresh registry holding one run's summary as gauges, ready to push."""
+    registry = CollectorRegistry()
+    labels = {
+        "model": model,
+        "channel": result.channel,
+        "partition": result.partition,
+        "workers": str(result.workers),
+    }
+    names = list(labels)
+    scalars = (
+        ("fsd_run_seconds", "Inference seconds of the run.", result.seconds),
+        ("fsd_run_comm_share", "Communication share of total worker time.", result.comm_share),
+        ("fsd_run_bytes", "Bytes sent over the channel during the run.", result.bytes_sent),
+        ("fsd_run_messages", "Messages sent over the channel during the run.", result.messages),
+    )
+    for name, doc, value in scalars:
+        Gauge(name, doc, names, registry=registry).labels(**labels).set(value)
+    if result.cost is not None:
+        Gauge(
+            "fsd_run_cost_usd", "Estimated cost of the run at AWS list prices.", names,
+            registry=registry,
+        ).labels(**labels).set(result.cost.total_usd)  # fmt: skip
+    compute = Gauge(
+        "fsd_run_layer_compute_seconds",
+        "Per layer, the slowest worker's compute seconds.",
+        [*names, "layer"],
+        registry=registry,
+    )
+    comm = Gauge(
+        "fsd_run_layer_comm_seconds",
+        "Per layer, the slowest worker's communication seconds.",
+        [*names, "layer"],
+        registry=registry,
+    )
+    for m in result.per_layer:
+        compute.labels(**labels, layer=str(m.layer)).set(m.compute_s)
+        comm.labels(**labels, layer=str(m.layer)).set(m.comm_s)
+    return registry
+
+
+def push_run(
+    result: RunResult, model: str, gateway: str, job: str = "fsd", *, timeout: float = 5.0
+) -> bool:
+    """Push one run's summary to the Pushgateway at ``gateway``, grouped by its ``run_id``.
+
+    Returns whether the push succeeded. Never raises: the run already happened, and losing its
+    metrics is better than failing it because monitoring is down (``timeout`` bounds the wait).
+    """
+    run_id = result.run_id or "unknown"
+    try:
+        registry = _run_registry(result, model)
+        push_to_gateway(
+            gateway, job=job, registry=registry, grouping_key={"run_id": run_id}, timeout=timeout
+        )
+    except Exception as exc:  # monitoring is best effort, whatever went wrong
+        log.warning("could not push run %s metrics to Pushgateway %s: %s", run_id, gateway, exc)
+        return False
+    log.debug("pushed run %s metrics to %s (job %s)", run_id, gateway, job)
+    return True

@@ -1,0 +1,472 @@
+"""Metrics, Pushgateway, timeline plot and Grafana dashboard, against real Prometheus binaries.
+
+The Prometheus and Pushgateway tests start the real Debian binaries (``make install`` installs them
+with apt-get when it can); they are skipped, with the reason, only when the binaries are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fsd import observe, plot
+from fsd.cli import main
+from fsd.cost import Cost
+from fsd.errors import InputError
+from fsd.metrics import LayerMetrics, RunResult
+from fsd.services import pick_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+START_TIMEOUT = 15.0
+QUERY_TIMEOUT = 30.0
+
+
+def _model() -> str:
+    """A label value no other test uses, so the global registry's series start empty."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def _fake_result(workers: int = 3, layers: int = 5, run_id: str = "") -> RunResult:
+    rng = np.random.default_rng(7)
+    compute = rng.uniform(0.001, 0.01, (workers, layers))
+    comm = rng.uniform(0.0001, 0.005, (workers, layers))
+    return RunResult(
+        categories=np.array([1, 2, 3]),
+        row_sums=np.array([1.0, 2.0, 3.0]),
+        seconds=float((compute + comm).sum(axis=1).max()),
+        images=10,
+        edges=1000,
+        workers=workers,
+        channel="nats",
+        partition="contiguous",
+        dtype="float32",
+        bytes_sent=123_456,
+        messages=42,
+        activation_bytes=100_000,
+        planned_volume=500,
+        comm_share=float(comm.sum() / (compute.sum() + comm.sum())),
+        plan_seconds=0.01,
+        per_layer=[
+            LayerMetrics(k + 1, float(compute[:, k].max()), float(comm[:, k].max()), 1000)
+            for k in range(layers)
+        ],
+        cost=Cost(total_usd=1.25e-6),
+        worker_compute=compute,
+        worker_comm=comm,
+        run_id=run_id or uuid.uuid4().hex,
+    )
+
+
+def _value(name: str, labels: dict[str, str]) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def _get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+        body: bytes = response.read()
+    return body.decode()
+
+
+# -- unit: the default registry --------------------------------------------------------------
+
+
+def test_observe_request_fills_histogram() -> None:
+    model = _model()
+    labels = {"function": "worker", "model": model, "channel": "s3"}
+    for seconds in (0.003, 0.2, 4.0):
+        observe.observe_request("worker", model, "s3", seconds)
+    assert _value("fsd_request_seconds_count", labels) == 3
+    assert _value("fsd_request_seconds_sum", labels) == pytest.approx(4.203)
+    assert _value("fsd_request_seconds_bucket", {**labels, "le": "0.005"}) == 1
+    assert _value("fsd_request_seconds_bucket", {**labels, "le": "0.25"}) == 2
+    assert _value("fsd_request_seconds_bucket", {**labels, "le": "600.0"}) == 3
+
+
+def test_observe_error_and_shard_load() -> None:
+    kind = f"timeout-{uuid.uuid4().hex[:6]}"
+    before = _value("fsd_errors_total", {"function": "coordinator", "kind": kind})
+    observe.observe_error("coordinator", kind)
+    observe.observe_error("coordinator", kind)
+    assert _value("fsd_errors_total", {"function": "coordinator", "kind": kind}) == before + 2
+    model = _model()
+    observe.observe_shard_load(model, hit=True, seconds=0.002)
+    observe.observe_shard_load(model, hit=False, seconds=1.5)
+    observe.observe_shard_load(model, hit=False, seconds=2.0)
+    assert _value("fsd_shard_load_seconds_count", {"model": model, "cache": "hit"}) == 1
+    assert _value("fsd_shard_load_seconds_count", {"model": model, "cache": "miss"}) == 2
+    assert _value("fsd_shard_load_seconds_sum", {"model": model, "cache": "miss"}) == 3.5
+
+
+def test_observe_run_fills_layer_histograms_and_totals() -> None:
+    model = _model()
+    result = _fake_result(workers=3, layers=5)
+    observe.observe_run(result, model)
+    for w in range(3):
+        labels = {"model": model, "channel": "nats", "worker": str(w)}
+        assert _value("fsd_layer_compute_seconds_count", labels) == 5
+        assert _value("fsd_layer_compute_seconds_sum", labels) == pytest.approx(
+            result.worker_compute[w].sum()
+        )
+        assert _value("fsd_layer_comm_seconds_sum", labels) == pytest.approx(
+            result.worker_comm[w].sum()
+        )
+    everyone = {"model": model, "channel": "nats", "worker": "all"}
+    assert _value("fsd_bytes_total", everyone) == 123_456
+    assert _value("fsd_messages_total", everyone) == 42
+
+
+def test_observe_run_counts_per_worker_when_known() -> None:
+    model = _model()
+    result = _fake_result(workers=2, layers=3)
+    vars(result)["worker_bytes"] = np.array([[10, 20, 30], [1, 2, 3]])  # (workers, layers)
+    vars(result)["worker_messages"] = np.array([4, 5])  # (workers,)
+    observe.observe_run(result, model)
+    assert _value("fsd_bytes_total", {"model": model, "channel": "nats", "worker": "0"}) == 60
+    assert _value("fsd_bytes_total", {"model": model, "channel": "nats", "worker": "1"}) == 6
+    assert _value("fsd_messages_total", {"model": model, "channel": "nats", "worker": "1"}) == 5
+    assert REGISTRY.get_sample_value(
+        "fsd_bytes_total", {"model": model, "channel": "nats", "worker": "all"}
+    ) is None  # fmt: skip
+
+
+def test_push_to_unreachable_gateway_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    (port,) = pick_ports(1)  # free: nothing listens there
+    with caplog.at_level(logging.WARNING, logger="fsd.observe"):
+        pushed = observe.push_run(_fake_result(), "m", f"http://127.0.0.1:{port}", timeout=2)
+    assert pushed is False
+    assert any(
+        r.levelno == logging.WARNING and "Pushgateway" in r.getMessage() for r in caplog.records
+    )
+
+
+# -- real Prometheus scraping a test server --------------------------------------------------
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] != "/metrics":
+            self.send_error(404)
+            return
+        body = generate_latest(REGISTRY)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+
+@pytest.fixture(scope="module")
+def metrics_server() -> Iterator[int]:
+    """Serves the default registry at http://127.0.0.1:<port>/metrics, as the functions do."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MetricsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip(
+        f"{names[0]} not on PATH; `make install` installs it "
+        f"(apt-get install prometheus prometheus-pushgateway)"
+    )
+
+
+class _Process:
+    """A real server binary in the background, its log in a file, stopped at teardown."""
+
+    def __init__(self, command: list[str], log: Path, ready_url: str) -> None:
+        self.log = log
+        self.handle = log.open("wb")
+        self.proc = subprocess.Popen(command, stdout=self.handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"{command[0]} exited {self.proc.returncode}: {self._tail()}")
+            try:
+                _get(ready_url, timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"{command[0]} not ready in {START_TIMEOUT} s: {self._tail()}")
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.handle.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, metrics_server: int) -> Iterator[int]:
+    """A real Prometheus scraping ``metrics_server`` every second; yields its port."""
+    binary = _binary("prometheus")
+    tmp_path = tmp_path_factory.mktemp("prometheus")
+    (port,) = pick_ports(1)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n"
+        "  scrape_interval: 1s\n"
+        "  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: fsd\n"
+        "    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{metrics_server}']\n"
+    )
+    process = _Process(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path / "prometheus.log",
+        f"http://127.0.0.1:{port}/-/ready",
+    )
+    try:
+        yield port
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pushgateway; yields its URL."""
+    binary = _binary("prometheus-pushgateway", "pushgateway")
+    (port,) = pick_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    process = _Process(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        tmp_path_factory.mktemp("pushgateway") / "pushgateway.log",
+        f"{url}/-/ready",
+    )
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+def _expected_quantile(q: float, values: list[float], buckets: tuple[float, ...]) -> float:
+    """What PromQL's histogram_quantile computes: linear interpolation inside the bucket."""
+    counts = [sum(v <= b for v in values) for b in buckets]
+    rank = q * len(values)
+    i = next(i for i, c in enumerate(counts) if c >= rank)
+    lower, below = (buckets[i - 1], counts[i - 1]) if i else (0.0, 0)
+    return lower + (buckets[i] - lower) * (rank - below) / (counts[i] - below)
+
+
+def test_prometheus_computes_request_median(prometheus: int) -> None:
+    model = _model()
+    values = np.linspace(0.01, 1.0, 31).tolist()  # odd count: the true median is one value
+    for seconds in values:
+        observe.observe_request("coordinator", model, "local", seconds)
+    median = float(np.median(values))
+    buckets = observe.REQUEST_BUCKETS
+    hi = next(b for b in buckets if median <= b)
+    lo = max((b for b in buckets if b < median), default=0.0)
+    query = f'histogram_quantile(0.5, sum by (le) (fsd_request_seconds_bucket{{model="{model}"}}))'
+    url = f"http://127.0.0.1:{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    deadline = time.monotonic() + QUERY_TIMEOUT
+    answer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = json.loads(_get(url))
+        result = answer.get("data", {}).get("result", [])
+        if answer.get("status") == "success" and result:
+            estimate = float(result[0]["value"][1])
+            if not math.isnan(estimate):
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no numeric median from Prometheus in {QUERY_TIMEOUT} s: {answer}")
+    assert lo < estimate <= hi, f"median {median} is in ({lo}, {hi}], Prometheus said {estimate}"
+    assert estimate == pytest.approx(_expected_quantile(0.5, values, buckets), rel=1e-6)
+
+
+def test_prometheus_accepts_dashboard_queries(prometheus: int) -> None:
+    """Every dashboard expression, its Grafana variables filled in, is valid PromQL."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    fill = {"$__rate_interval": "1m", "$model": ".*", "$channel": ".*"}
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in fill.items():
+                expr = expr.replace(var, value)
+            url = f"http://127.0.0.1:{prometheus}/api/v1/query?" + urllib.parse.urlencode(
+                {"query": expr}
+            )
+            try:
+                answer = json.loads(_get(url))
+            except urllib.error.HTTPError as exc:  # 400: bad_data, the query does not parse
+                pytest.fail(f"panel {panel['title']!r}: {expr!r}: {exc.read().decode()}")
+            assert answer["status"] == "success", (panel["title"], answer)
+
+
+# -- real Pushgateway ------------------------------------------------------------------------
+
+
+def _pushed(gateway: str, run_id: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Series pushed for ``run_id``: name -> {sorted labels, less those the gateway adds: value}."""
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(_get(f"{gateway}/metrics")):
+        for sample in family.samples:
+            if sample.labels.get("run_id") == run_id:
+                labels = {
+                    k: v for k, v in sample.labels.items() if k not in ("run_id", "job", "instance")
+                }
+                found.setdefault(sample.name, {})[tuple(sorted(labels.items()))] = sample.value
+    return found
+
+
+def test_push_run_to_real_pushgateway(pushgateway: str) -> None:
+    result = _fake_result(workers=2, layers=4, run_id=f"run{uuid.uuid4().hex[:12]}")
+    assert observe.push_run(result, "neuron1024", pushgateway) is True
+    series = _pushed(pushgateway, result.run_id)
+    common = (("channel", "nats"), ("model", "neuron1024"), ("partition", "contiguous"),
+              ("workers", "2"))  # fmt: skip
+    assert series["fsd_run_seconds"] == {common: pytest.approx(result.seconds)}
+    assert series["fsd_run_bytes"] == {common: 123_456}
+    assert series["fsd_run_messages"] == {common: 42}
+    assert series["fsd_run_cost_usd"] == {common: pytest.approx(1.25e-6)}
+    assert series["fsd_run_comm_share"] == {common: pytest.approx(result.comm_share)}
+    layers = series["fsd_run_layer_compute_seconds"]
+    assert len(layers) == 4
+    assert layers[tuple(sorted((*common, ("layer", "3"))))] == pytest.approx(
+        result.per_layer[2].compute_s
+    )
+    assert len(series["fsd_run_layer_comm_seconds"]) == 4
+
+
+# -- timeline plot and the CLI ---------------------------------------------------------------
+
+
+def test_segments_are_consecutive() -> None:
+    compute_starts, comm_starts = plot._segments(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0, 1]))
+    assert compute_starts.tolist() == [0.0, 1.5, 3.5]
+    assert comm_starts.tolist() == [1.0, 3.5, 6.5]
+
+
+def test_timeline_writes_png(tmp_path: Path) -> None:
+    out = plot.timeline(_fake_result(workers=4, layers=6), tmp_path / "run.png", "neuron1024")
+    data = out.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_timeline_without_matplotlib_hints_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(InputError, match=r"pip install 'fsd\[plot\]'"):
+        plot.timeline(_fake_result(), tmp_path / "run.png")
+    with pytest.raises(InputError, match=r"pip install 'fsd\[plot\]'"):
+        plot.check_available()
+
+
+def test_timeline_bad_path_is_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot write plot"):
+        plot.timeline(_fake_result(), tmp_path / "missing" / "run.png")
+
+
+def test_cli_plot_and_pushgateway(
+    tmp_path: Path,
+    pushgateway: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FSD_PUSHGATEWAY", pushgateway)
+    out = tmp_path / "t.png"
+    code = main(["run", "--neurons", "256", "--layers", "4", "--images", "20", "--workers", "2",
+                 "--plot", str(out), "--json"])  # fmt: skip
+    assert code == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    series = _pushed(pushgateway, run_id)
+    ((labels, seconds),) = series["fsd_run_seconds"].items()
+    assert dict(labels)["model"] == "generated" and seconds > 0
+    assert len(series["fsd_run_layer_compute_seconds"]) == 4
+
+
+@pytest.mark.parametrize("name", ["missing/t.png", "t.txt"])
+def test_cli_bad_plot_path_exits_2_before_running(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.perf_counter()
+    code = main(["run", "--neurons", "256", "--layers", "4", "--images", "20", "--workers", "2",
+                 "--plot", str(tmp_path / name)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("fsd: error:") and "plot" in err
+    assert time.perf_counter() - t0 < 2  # rejected before the inference
+
+
+# -- Grafana dashboard -----------------------------------------------------------------------
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # collapsed rows nest their panels
+
+
+def test_grafana_dashboard_queries_known_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    graphs = [p for p in _panels(dashboard["panels"]) if p.get("type") != "row"]
+    assert len(graphs) >= 5
+    used: set[str] = set()
+    for panel in graphs:
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = {n for n in observe.METRIC_NAMES if n in target["expr"]}
+            assert names, f"panel {panel['title']!r}: {target['expr']!r} uses no fsd metric"
+            used |= names
+    default_metrics = set(observe.METRIC_NAMES) - set(observe.RUN_METRICS)
+    assert used >= default_metrics, f"no panel for {default_metrics - used}"
+    exposed = generate_latest(REGISTRY).decode()
+    for name in default_metrics:  # the names exist in what /metrics serves
+        assert f"# HELP {name.removesuffix('_total')}" in exposed, name
