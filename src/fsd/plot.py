@@ -66,7 +66,7 @@ def timeline(result: RunResult, path: Path | str, model: str | None = None) -> P
             f"no per-worker timings to plot (compute {compute.shape}, comm {comm.shape})"
         )
     workers, layers = compute.shape
-    figure = Figure(figsize=(10, 1.5 + 0.5 * workers), layout="constrained")
+    figure = Figure(figsize=(11, 1.5 + 0.5 * workers), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for w in range(workers):
@@ -75,11 +75,15 @@ def timeline(result: RunResult, path: Path | str, model: str | None = None) -> P
             list(zip(c_starts.tolist(), compute[w].tolist(), strict=True)),
             (w - 0.4, 0.8),
             facecolors=COMPUTE_COLOUR,
+            edgecolors="white",  # a thin line between layers
+            linewidth=0.3,
         )
         axes.broken_barh(
             list(zip(m_starts.tolist(), comm[w].tolist(), strict=True)),
             (w - 0.4, 0.8),
             facecolors=COMM_COLOUR,
+            edgecolors="white",  # a thin line between layers
+            linewidth=0.3,
         )
     axes.set_yticks(range(workers), [f"worker {w}" for w in range(workers)])
     axes.invert_yaxis()  # worker 0 on top
@@ -91,7 +95,8 @@ def timeline(result: RunResult, path: Path | str, model: str | None = None) -> P
             Patch(color=COMPUTE_COLOUR, label="compute"),
             Patch(color=COMM_COLOUR, label="communication"),
         ],
-        loc="upper right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),  # outside the axes: never hides a bar
     )
     axes.set_title(
         f"{model or 'model'}: {layers} layers, channel {result.channel}, "

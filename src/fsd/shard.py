@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,5 +201,5 @@ def shard_from_bytes(data: bytes) -> Shard:
                 )
             )
         return Shard(int(meta["worker"]), arrays["inputs"], layers)
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise InputError(f"not a valid fsd shard: {type(exc).__name__}: {exc}") from None
