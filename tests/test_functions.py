@@ -1,0 +1,142 @@
+"""Both functions served by the template's index.py, workers invoked over HTTP, real NATS and S3.
+
+One stack for the module: an embedded nats-server and SeaweedFS, the shared Graph Challenge model
+pushed for 4 workers with its images, 4 worker instances and a coordinator instance.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fsd.localstack import LocalStack
+from fsd.model import Images, Network
+from fsd.services import NatsServer, S3Server
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    nats_server: NatsServer, s3_server: S3Server, shared_net: Network, shared_images: Images
+) -> Iterator[LocalStack]:
+    env = {
+        "FSD_NATS_URL": nats_server.url,
+        "FSD_S3_ENDPOINT": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FSD_MAX_BODY_BYTES": str(64 * 1024),
+        "FSD_LAYER_TIMEOUT": "20",
+        "PATH": "/usr/bin:/bin",
+    }
+    with LocalStack(workers=4, env=env) as s:
+        s.push(shared_net, "gc1024", [4], shared_images)
+        yield s
+
+
+def post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def ask(stack: LocalStack, **request: Any) -> tuple[int, dict[str, Any]]:
+    return post(stack.url, json.dumps(request).encode())
+
+
+def test_end_to_end_over_http_then_warm(stack: LocalStack, shared_images: Images) -> None:
+    status, cold = ask(stack, model="gc1024", workers=4, channel="nats", images={"stored": True})
+    assert status == 200, cold
+    assert cold["categories"] == shared_images.truth[120].tolist()
+    assert cold["correct"] is True and cold["n_categories"] == 73
+    assert cold["shard_cache"]["miss"] == 4
+    status, warm = ask(stack, model="gc1024", workers=4, channel="s3", images={"stored": True})
+    assert status == 200, warm
+    assert warm["categories"] == cold["categories"]
+    assert warm["shard_cache"] == {**warm["shard_cache"], "hit": 4, "miss": 0}
+    assert warm["run_id"] != cold["run_id"]
+    assert warm["cost_usd"]["total_usd"] > 0
+
+
+def test_inline_inputs(stack: LocalStack, shared_images: Images) -> None:
+    first = shared_images.matrix[:300].tocoo()
+    inputs = {
+        "count": 300,
+        "rows": (first.row + 1).tolist(),
+        "cols": (first.col + 1).tolist(),
+        "values": first.data.tolist(),
+    }
+    body = json.dumps({"model": "gc1024", "workers": 4, "inputs": inputs}).encode()
+    if len(body) > 64 * 1024:  # the stack's body limit: send fewer images
+        inputs = {k: v[:2000] if isinstance(v, list) else v for k, v in inputs.items()}
+    status, reply = ask(stack, model="gc1024", workers=4, inputs=inputs)
+    assert status == 200, reply
+    assert all(1 <= c <= 300 for c in reply["categories"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b'{"model": "gc1024"}', 400, "invalid request"),  # neither images nor inputs
+        (
+            b'{"model": "gc1024", "images": {"stored": true}, "workers": "4"}',
+            400,
+            "invalid request",
+        ),
+        (b'{"model": "gc1024", "images": {"stored": true}, "extra": 1}', 400, "invalid request"),
+        (b'{"model": "nope", "images": {"stored": true}}', 404, "unknown model"),
+        (b'{"model": "gc1024", "images": {"stored": true}, "workers": 3}', 400, "invalid request"),
+        (
+            b'{"model": "gc1024", "images": {"stored": true}, "workers": 4000}',
+            400,
+            "invalid request",
+        ),
+    ],
+)
+def test_bad_requests_get_documented_4xx(
+    stack: LocalStack, body: bytes, status: int, error: str
+) -> None:
+    got, reply = post(stack.url, body)
+    assert (got, reply["error"]) == (status, error), reply
+    assert reply["detail"]
+
+
+def test_too_large_body_is_413(stack: LocalStack) -> None:
+    got, reply = post(stack.url, b"x" * (65 * 1024))
+    assert got == 413, reply
+
+
+def test_killed_worker_is_named_within_the_timeout(stack: LocalStack) -> None:
+    victim = stack.worker_servers[2]
+    outcome: list[tuple[int, dict[str, Any]]] = []
+    t0 = time.monotonic()
+
+    def call() -> None:
+        request = {"model": "gc1024", "workers": 4, "channel": "s3", "images": {"stored": True}}
+        outcome.append(ask(stack, **request, timeout=30))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.5)  # the workers are in their layer loops (an s3 run takes seconds)
+    victim.kill()
+    thread.join(60)
+    elapsed = time.monotonic() - t0
+    try:
+        assert outcome, "no answer"
+        status, reply = outcome[0]
+        assert status in (502, 504), reply
+        assert reply["worker"] == 2 and "worker 2" in reply["detail"]
+        assert elapsed < 40
+    finally:
+        stack.restart_worker(2)
