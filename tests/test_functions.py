@@ -10,15 +10,18 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fsd.localstack import LocalStack
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server
+from fsd.services import NatsServer, S3Server, pick_ports
+from procs import Process, binary
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -140,3 +143,52 @@ def test_killed_worker_is_named_within_the_timeout(stack: LocalStack) -> None:
         assert elapsed < 40
     finally:
         stack.restart_worker(2)
+
+
+def test_prometheus_scrapes_the_functions_during_inference(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """A real Prometheus scrapes every served function; p50 of fsd_request_seconds answers."""
+    prometheus = binary("prometheus")
+    (port,) = pick_ports(1)
+    targets = ", ".join(
+        f"'127.0.0.1:{s.port}'" for s in [*stack.worker_servers, stack.coordinator] if s
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: fsd-functions\n    static_configs: [{{targets: [{targets}]}}]\n"
+    )
+    server = Process(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path / "prometheus.log",
+        f"http://127.0.0.1:{port}/-/ready",
+    )
+    try:
+        for _ in range(3):
+            status, reply = ask(stack, model="gc1024", workers=4, images={"stored": True})
+            assert status == 200, reply
+        query = (
+            "histogram_quantile(0.5, sum by (le, function) "
+            '(fsd_request_seconds_bucket{function="coordinator"}))'
+        )
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        deadline = time.monotonic() + 30
+        value = None
+        while time.monotonic() < deadline and value is None:
+            with OPENER.open(url, timeout=5) as resp:
+                result = json.loads(resp.read())["data"]["result"]
+            if result:
+                value = float(result[0]["value"][1])
+            else:
+                time.sleep(0.5)
+        assert value is not None, "Prometheus never answered the p50 query"
+        assert 0.05 < value < 60  # an inference takes about a second here
+    finally:
+        server.stop()

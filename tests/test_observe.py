@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +32,8 @@ from fsd.cost import Cost
 from fsd.errors import InputError
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
+from procs import Process as _Process
+from procs import binary as _binary
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -192,51 +192,6 @@ def metrics_server() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-def _binary(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip(
-        f"{names[0]} not on PATH; `make install` installs it "
-        f"(apt-get install prometheus prometheus-pushgateway)"
-    )
-
-
-class _Process:
-    """A real server binary in the background, its log in a file, stopped at teardown."""
-
-    def __init__(self, command: list[str], log: Path, ready_url: str) -> None:
-        self.log = log
-        self.handle = log.open("wb")
-        self.proc = subprocess.Popen(command, stdout=self.handle, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"{command[0]} exited {self.proc.returncode}: {self._tail()}")
-            try:
-                _get(ready_url, timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"{command[0]} not ready in {START_TIMEOUT} s: {self._tail()}")
-
-    def _tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.handle.close()
 
 
 @pytest.fixture(scope="module")

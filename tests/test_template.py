@@ -1,0 +1,550 @@
+"""The OpenFaaS template's HTTP server (template/fsd-python3-http/index.py), run as a real process.
+
+There is no Docker engine here, so the image is not built: index.py is started exactly as the
+watchdog starts it (``python index.py``, with ``--handler``/``--port`` instead of the container's
+environment) against a throwaway handler, and spoken to over HTTP on loopback. The Dockerfile and
+template.yml are checked statically at the end.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "template" / "fsd-python3-http"
+INDEX = TEMPLATE / "index.py"
+LIMIT = 1024  # FSD_MAX_BODY_BYTES for the shared server
+SECRET = "do-not-leak-this-secret"
+
+HANDLER = f'''
+from __future__ import annotations
+
+import pathlib
+import time
+
+from .helper import GREETING  # relative imports work: the folder is loaded as a package
+
+
+def handle(event, context):
+    p = event.path
+    if p.startswith("/echo"):
+        return {{
+            "statusCode": 200,
+            "body": {{
+                "method": event.method,
+                "path": event.path,
+                "query": event.query,
+                "body": event.body.decode("utf-8"),
+                "header": event.headers.get("x-fsd-echo"),
+                "header_upper": event.headers["X-FSD-ECHO"] if "X-FSD-ECHO" in event.headers else None,
+                "header_names": sorted(event.headers),
+                "hostname": context.hostname,
+            }},
+            "headers": {{"X-Handler": "echo"}},
+        }}
+    if p == "/text":
+        return GREETING
+    if p == "/bytes":
+        return b"\\x00\\xffraw"
+    if p == "/list":
+        return {{"statusCode": 201, "body": [1, "two", None]}}
+    if p == "/empty":
+        return {{"statusCode": 204}}
+    if p == "/typed":
+        return {{"body": "<p>x</p>", "headers": {{"Content-Type": "text/html", "X-Num": 7}}}}
+    if p == "/raise":
+        raise ValueError("{SECRET}")
+    if p == "/bad-status":
+        return {{"statusCode": "200", "body": "x"}}
+    if p == "/bool-status":
+        return {{"statusCode": True, "body": "x"}}
+    if p == "/bad-body":
+        return {{"body": 3.5}}
+    if p == "/none":
+        return None
+    if p == "/int":
+        return 42
+    if p == "/nan":
+        return {{"body": {{"x": float("nan")}}}}
+    if p == "/inject":
+        return {{"body": "x", "headers": {{"X-Bad": "a\\r\\nSet-Cookie: y=1"}}}}
+    if p == "/slow":
+        pathlib.Path(event.query["marker"]).touch()
+        time.sleep(float(event.query.get("seconds", "1")))
+        return "done"
+    return {{"statusCode": 404, "body": {{"error": "not found", "path": p}}}}
+'''
+
+
+def write_handler(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "handler.py").write_text(HANDLER)
+    (folder / "helper.py").write_text('GREETING = "hello from fsd"\n')
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
+        """Send raw bytes, then read until the server closes the connection."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log())
+            if match or time.monotonic() > deadline:
+                assert match, f"{pattern!r} not in the server log:\n{self.log()}"
+                return match
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(
+    handler: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+    pass_port: bool = True,
+) -> Server:
+    port = free_port() if port is None else port
+    args = [sys.executable, str(INDEX)]
+    if handler is not None:
+        args += ["--handler", str(handler)]
+    if pass_port:
+        args += ["--port", str(port)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = Server(proc, port)
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            server.lines.append(line)
+
+    threading.Thread(target=read_log, daemon=True).start()
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            time.sleep(0.1)  # let the reader catch the last lines
+            pytest.fail(f"index.py exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if server.request("GET", "/_/health").status == 200:
+                return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            pytest.fail(f"index.py did not answer /_/health:\n{server.log()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    handler = write_handler(tmp_path_factory.mktemp("fn") / "handler")
+    srv = start_server(handler, env={"FSD_MAX_BODY_BYTES": str(LIMIT), "HOSTNAME": "fsd-test"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def status_of(raw: bytes) -> int:
+    first = raw.split(b"\r\n", 1)[0].decode()
+    match = re.match(r"HTTP/1\.1 (\d{3}) ", first)
+    assert match, f"not an HTTP/1.1 status line: {first!r}"
+    return int(match.group(1))
+
+
+def body_of(raw: bytes) -> Any:
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+# -- the python3-http contract ------------------------------------------------------------------
+
+
+def test_health(server: Server) -> None:
+    reply = server.request("GET", "/_/health")
+    assert reply.status == 200
+    assert reply.body == b"OK"
+    assert reply.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "GET"])
+def test_echo_contract(server: Server, method: str) -> None:
+    payload = "héllo wörld" if method != "GET" else ""
+    reply = server.request(
+        method,
+        "/echo/a%20b?x=1&x=2&empty=&k=v",
+        body=payload.encode() if payload else None,
+        headers={"X-FSD-Echo": "Hi There", "Content-Type": "text/plain"},
+    )
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["x-handler"] == "echo"
+    got = reply.json()
+    assert got["method"] == method
+    assert got["path"] == "/echo/a b"  # percent-decoded, no query
+    assert got["query"] == {"x": "2", "empty": "", "k": "v"}  # last value wins
+    assert got["body"] == payload
+    assert got["header"] == "Hi There"  # case-insensitive lookup ...
+    assert got["header_upper"] == "Hi There"
+    assert "X-FSD-Echo" in got["header_names"]  # ... of names kept as sent
+    assert got["hostname"] == "fsd-test"
+
+
+def test_plain_str_and_bytes(server: Server) -> None:
+    text = server.request("GET", "/text")
+    assert (text.status, text.body) == (200, b"hello from fsd")
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    raw = server.request("GET", "/bytes")
+    assert (raw.status, raw.body) == (200, b"\x00\xffraw")
+    assert raw.headers["content-type"] == "application/octet-stream"
+
+
+def test_json_list_body_and_status(server: Server) -> None:
+    reply = server.request("POST", "/list", body=b"{}")
+    assert reply.status == 201
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == [1, "two", None]
+    assert reply.headers["content-length"] == str(len(reply.body))
+
+
+def test_handler_headers_and_content_type_kept(server: Server) -> None:
+    reply = server.request("GET", "/typed")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/html"
+    assert reply.headers["x-num"] == "7"
+    assert reply.body == b"<p>x</p>"
+
+
+def test_no_body_statuses_and_head(server: Server) -> None:
+    empty = server.request("GET", "/empty")
+    assert (empty.status, empty.body) == (204, b"")
+    head = server.request("HEAD", "/text")
+    assert head.status == 200
+    assert head.body == b""
+    assert head.headers["content-length"] == str(len(b"hello from fsd"))
+
+
+def test_keep_alive(server: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        bodies = []
+        for _ in range(3):
+            conn.request("POST", "/echo", body=b"again")
+            resp = conn.getresponse()
+            bodies.append(json.loads(resp.read())["body"])
+            assert resp.getheader("Connection") is None
+        assert bodies == ["again"] * 3
+    finally:
+        conn.close()
+
+
+def test_unknown_path_goes_to_the_handler(server: Server) -> None:
+    reply = server.request("GET", "/nowhere")
+    assert reply.status == 404
+    assert reply.json() == {"error": "not found", "path": "/nowhere"}
+
+
+def test_metrics_exposition(server: Server) -> None:
+    server.request("GET", "/text")
+    reply = server.request("GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
+    text = reply.body.decode()
+    assert "python_info" in text or "process_" in text
+    assert re.search(r'fsd_http_server_requests_total\{method="GET",status="200"\} \d', text)
+
+
+def test_access_log_one_line_per_request(server: Server) -> None:
+    server.request("GET", "/text?secret=x")
+    server.wait_log(r"INFO fsd\.http GET /text 200 \d+\.\d{6}s\n")
+    assert "secret=x" not in server.log()  # the query string is not logged
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def test_handler_exception_is_500_without_traceback(server: Server) -> None:
+    reply = server.request("POST", "/raise", body=b"x")
+    assert reply.status == 500
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"error": "internal error", "detail": "ValueError"}
+    assert b"Traceback" not in reply.body
+    assert SECRET.encode() not in reply.body
+    # ... the traceback is in the log instead
+    server.wait_log(rf"Traceback \(most recent call last\):(.|\n)*ValueError: {SECRET}")
+    server.wait_log(r"POST /raise 500 ")
+
+
+@pytest.mark.parametrize(
+    "path", ["/bad-status", "/bool-status", "/bad-body", "/none", "/int", "/nan", "/inject"]
+)
+def test_invalid_handler_result_is_500(server: Server, path: str) -> None:
+    reply = server.request("GET", path)
+    assert reply.status == 500
+    got = reply.json()
+    assert got["error"] == "internal error"
+    assert got["detail"].startswith("invalid handler response")
+    assert "set-cookie" not in reply.headers
+
+
+def test_too_large_content_length_is_413_without_reading(server: Server) -> None:
+    # a body is declared but never sent: a server that tried to read it would hang here
+    raw = server.raw(
+        b"POST /echo HTTP/1.1\r\nHost: fsd\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
+    assert status_of(raw) == 413
+    assert b"Connection: close" in raw
+    got = body_of(raw)
+    assert got["error"] == "request too large"
+    assert "1000000000" in got["detail"]
+    server.wait_log(r"POST /echo 413 ")
+
+
+def test_too_large_with_expect_100_is_refused_before_continue(server: Server) -> None:
+    raw = server.raw(
+        b"PUT /echo HTTP/1.1\r\nHost: fsd\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+    )
+    assert status_of(raw) == 413  # no "100 Continue" first
+    assert body_of(raw)["error"] == "request too large"
+
+
+def test_body_at_the_limit_is_accepted(server: Server) -> None:
+    reply = server.request("POST", "/echo", body=b"a" * LIMIT)
+    assert reply.status == 200
+    assert reply.json()["body"] == "a" * LIMIT
+
+
+def test_chunked_body_is_read(server: Server) -> None:
+    # what of-watchdog sends by default: it streams the body upstream with chunked encoding
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("POST", "/echo", body=iter([b"ab", b"cd", b"e"]), encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read())["body"] == "abcde"
+    finally:
+        conn.close()
+
+
+def test_chunked_body_over_the_limit_is_413(server: Server) -> None:
+    head = b"POST /echo HTTP/1.1\r\nHost: fsd\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = LIMIT // 2
+    # the first chunk fits; the second chunk's size line alone already passes the limit
+    raw = server.raw(head + f"{first:x}\r\n".encode() + b"x" * first + b"\r\n" + f"{first + 1:x}\r\n".encode())
+    assert status_of(raw) == 413
+    assert "chunked" in body_of(raw)["detail"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (b"Content-Length: ten\r\n", 400),
+        (b"Content-Length: -1\r\n", 400),
+        (b"Transfer-Encoding: gzip\r\n", 501),
+    ],
+)
+def test_bad_framing_is_refused(server: Server, headers: bytes, status: int) -> None:
+    raw = server.raw(b"POST /echo HTTP/1.1\r\nHost: fsd\r\n" + headers + b"\r\n")
+    assert status_of(raw) == status
+    assert b"Connection: close" in raw
+
+
+# -- start-up and shutdown ---------------------------------------------------------------------------
+
+
+def test_default_handler_folder_and_port_from_env(tmp_path: Path) -> None:
+    write_handler(tmp_path / "function")  # the build context's layout: ./function/handler.py
+    port = free_port()
+    srv = start_server(None, cwd=tmp_path, env={"FSD_PORT": str(port)}, port=port, pass_port=False)
+    try:
+        assert srv.request("GET", "/text").body == b"hello from fsd"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_handler_folder_from_env(tmp_path: Path) -> None:
+    handler = write_handler(tmp_path / "elsewhere")
+    srv = start_server(None, cwd=tmp_path, env={"FSD_HANDLER_DIR": str(handler)})
+    try:
+        assert srv.request("GET", "/text").status == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_missing_handler_exits_with_a_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(INDEX), "--handler", str(tmp_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "no handler.py" in proc.stderr
+
+
+def test_sigterm_when_idle_exits_quickly(tmp_path: Path) -> None:
+    srv = start_server(write_handler(tmp_path / "h"))
+    start = time.monotonic()
+    assert srv.stop(timeout=5) == 0
+    assert time.monotonic() - start < 3
+    srv.wait_log(r"SIGTERM")
+    srv.wait_log(r"stopped")
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
+    srv = start_server(write_handler(tmp_path / "h"))
+    marker = tmp_path / "entered"
+    replies: list[Reply] = []
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            replies.append(srv.request("GET", f"/slow?seconds=2&marker={marker}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    client = threading.Thread(target=slow)
+    client.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the slow request never reached the handler"
+        time.sleep(0.01)
+    sent = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    # new connections are refused while the request in flight is still running
+    refused = False
+    while time.monotonic() - sent < 1.5 and not refused:
+        try:
+            socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+            time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+    assert refused, "the listening socket was still open during the drain"
+    assert srv.proc.wait(timeout=10) == 0
+    client.join(timeout=10)
+    assert not errors, errors
+    assert len(replies) == 1
+    assert replies[0].status == 200
+    assert replies[0].body == b"done"  # written in full, not cut by the shutdown
+    assert replies[0].headers["connection"] == "close"
+    assert time.monotonic() - sent < 6
+    srv.wait_log(r"draining 1 request")
+    srv.wait_log(r"GET /slow 200 ")
+
+
+# -- the image recipe (static: no Docker engine here) -----------------------------------------------
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in (TEMPLATE / "Dockerfile").read_text().splitlines():
+        match = re.match(r'^ENV (\w+)=("([^"]*)"|\S+)\s*$', line)
+        if match:
+            env[match.group(1)] = match.group(3) if match.group(3) is not None else match.group(2)
+    return env
+
+
+def test_template_yml() -> None:
+    spec = yaml.safe_load((TEMPLATE / "template.yml").read_text())
+    assert spec["language"] == TEMPLATE.name == "fsd-python3-http"
+    assert spec["fprocess"] == "python index.py"
+    assert dockerfile_env()["fprocess"] == spec["fprocess"]
+
+
+def test_dockerfile_follows_the_python3_http_layout() -> None:
+    text = (TEMPLATE / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM (?:--platform=\S+ )?(\S+)(?: AS (\w+))?$", text, re.MULTILINE)
+    watchdog = [image for image, alias in froms if alias == "watchdog"]
+    assert len(watchdog) == 1
+    assert re.fullmatch(r"ghcr\.io/openfaas/of-watchdog:\d+\.\d+\.\d+", watchdog[0])  # pinned
+    assert froms[-1][0] == "python:3.11-slim"
+    assert "COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog" in text
+    assert re.search(r"^USER app$", text, re.MULTILINE)
+    assert text.rstrip().endswith('CMD ["fwatchdog"]')
+    assert "HEALTHCHECK" in text
+    env = dockerfile_env()
+    assert env["mode"] == "http"
+    assert env["FSD_BIND"] == "127.0.0.1"
+    # the watchdog forwards to exactly where index.py listens
+    assert env["upstream_url"] == f"http://{env['FSD_BIND']}:{env['FSD_PORT']}"
+    assert env["FSD_HANDLER_DIR"] == "/home/app/function"
