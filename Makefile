@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean functions-up
 
 install: $(STAMP)
 	@# Prometheus + Pushgateway for tests/test_observe.py (skipped there when absent); non-fatal
@@ -34,6 +34,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+functions-up: install  # both functions on index.py + embedded NATS and S3; Ctrl-C stops
+	$(BIN)/python -m fsd.localstack --data ../shared/graphchallenge --name gc1024 --workers 4
 
 bench: install
 	$(BIN)/python benchmarks/run.py

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,3 +87,35 @@ def test_unknown_model_and_bad_names(s3_server: S3Server) -> None:
     for bad in ("", "../etc", "a/b", "x" * 65, ".hidden"):
         with pytest.raises(InputError, match="invalid model name"):
             store.manifest(bad)
+
+
+def test_cli_model_push_and_show(
+    s3_server: S3Server,
+    shared_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fsd.cli import main
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    where = ["--s3-endpoint", s3_server.endpoint, "--s3-bucket", "cli-models"]
+    args = [
+        "model",
+        "push",
+        str(shared_dir),
+        "--name",
+        "gc-cli",
+        "--workers",
+        "2",
+        "4",
+        "--layers",
+        "6",
+    ]
+    assert main([*args, *where]) == 0
+    assert "cut for 2-min-comm, 4-min-comm" in capsys.readouterr().out
+    assert main(["model", "show", "gc-cli", *where]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["layers"] == 6 and shown["images"] == 2000
+    assert main(["model", "show", "missing", *where]) == 1
+    assert main([*args[:5], "--workers", "0", *where]) == 2

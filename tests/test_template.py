@@ -53,7 +53,7 @@ def handle(event, context):
                 "query": event.query,
                 "body": event.body.decode("utf-8"),
                 "header": event.headers.get("x-fsd-echo"),
-                "header_upper": event.headers["X-FSD-ECHO"] if "X-FSD-ECHO" in event.headers else None,
+                "header_upper": event.headers.get("X-FSD-ECHO"),
                 "header_names": sorted(event.headers),
                 "hostname": context.hostname,
             }},
@@ -234,7 +234,7 @@ def body_of(raw: bytes) -> Any:
     return json.loads(raw.split(b"\r\n\r\n", 1)[1])
 
 
-# -- the python3-http contract ------------------------------------------------------------------
+# -- the python3-http contract ---------------------------------------------------------------------
 
 
 def test_health(server: Server) -> None:
@@ -381,7 +381,7 @@ def test_too_large_content_length_is_413_without_reading(server: Server) -> None
 def test_too_large_with_expect_100_is_refused_before_continue(server: Server) -> None:
     raw = server.raw(
         b"PUT /echo HTTP/1.1\r\nHost: fsd\r\nExpect: 100-continue\r\n"
-        f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+        + f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
     )
     assert status_of(raw) == 413  # no "100 Continue" first
     assert body_of(raw)["error"] == "request too large"
@@ -409,7 +409,9 @@ def test_chunked_body_over_the_limit_is_413(server: Server) -> None:
     head = b"POST /echo HTTP/1.1\r\nHost: fsd\r\nTransfer-Encoding: chunked\r\n\r\n"
     first = LIMIT // 2
     # the first chunk fits; the second chunk's size line alone already passes the limit
-    raw = server.raw(head + f"{first:x}\r\n".encode() + b"x" * first + b"\r\n" + f"{first + 1:x}\r\n".encode())
+    raw = server.raw(
+        head + f"{first:x}\r\n".encode() + b"x" * first + b"\r\n" + f"{first + 1:x}\r\n".encode()
+    )
     assert status_of(raw) == 413
     assert "chunked" in body_of(raw)["detail"]
 
@@ -428,7 +430,7 @@ def test_bad_framing_is_refused(server: Server, headers: bytes, status: int) -> 
     assert b"Connection: close" in raw
 
 
-# -- start-up and shutdown ---------------------------------------------------------------------------
+# -- start-up and shutdown -------------------------------------------------------------------------
 
 
 def test_default_handler_folder_and_port_from_env(tmp_path: Path) -> None:
@@ -512,7 +514,7 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     srv.wait_log(r"GET /slow 200 ")
 
 
-# -- the image recipe (static: no Docker engine here) -----------------------------------------------
+# -- the image recipe (static: no Docker engine here) ----------------------------------------------
 
 
 def dockerfile_env() -> dict[str, str]:

@@ -83,6 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("--layers", type=_positive)
     part.add_argument("--seed", type=int, default=0)
     part.add_argument("--json", action="store_true")
+
+    model = sub.add_parser("model", help="the model store (an S3 bucket) used by the functions")
+    verbs = model.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    push = verbs.add_parser("push", help="cut a model for worker counts and upload it")
+    push.add_argument("data", type=Path, help="Graph Challenge folder (official layout)")
+    push.add_argument("--name", required=True, help="model name for requests")
+    push.add_argument("--workers", type=int, nargs="+", required=True, help="worker counts")
+    push.add_argument("--partition", nargs="+", default=["min-comm"], help=", ".join(PARTITIONERS))
+    push.add_argument("--neurons", type=_positive)
+    push.add_argument("--layers", type=_positive)
+    push.add_argument("--no-images", action="store_true", help="do not store the images")
+    push.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT)")
+    push.add_argument("--s3-bucket", help="bucket (env FSD_S3_BUCKET; default fsd)")
+    show = verbs.add_parser("show", help="print a stored model's manifest")
+    show.add_argument("name")
+    show.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT)")
+    show.add_argument("--s3-bucket", help="bucket (env FSD_S3_BUCKET; default fsd)")
     return top
 
 
@@ -235,10 +252,35 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from fsd.store import ModelStore  # noqa: PLC0415
+
+    store = ModelStore(channel_config("s3", s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket))
+    if args.verb == "show":
+        print(json.dumps(asdict(store.manifest(args.name)), indent=2))
+        return 0
+    for method in args.partition:
+        if method not in PARTITIONERS:
+            raise InputError(
+                f"unknown partitioner {method!r}; choose one of {', '.join(PARTITIONERS)}"
+            )
+    network = load_network(args.data, args.neurons, args.layers)
+    for w in args.workers:
+        check_workers(w, network.neurons)
+    images = None if args.no_images else load_images(args.data, network.neurons)
+    manifest = store.push(network, args.name, args.workers, args.partition, images)
+    cuts = ", ".join(sorted(manifest.partitions))
+    print(f"pushed {args.name}: {network.neurons} x {network.depth}, cut for {cuts}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "generate": _cmd_generate,
     "partition": _cmd_partition,
+    "model": _cmd_model,
 }
 
 
