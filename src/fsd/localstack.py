@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,7 @@ class LocalStack:
         for svc in (self.nats, self.s3):
             if svc is not None:
                 svc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

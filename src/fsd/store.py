@@ -82,6 +82,7 @@ def _client(config: ChannelConfig) -> Minio:
         raise InputError("the model store needs an S3 endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
     parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
     http = urllib3.PoolManager(
+        maxsize=8,
         timeout=urllib3.Timeout(connect=config.connect_timeout, read=60.0),
         retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
