@@ -58,7 +58,8 @@ def main() -> int:
                 ok &= bool(reply.get("correct"))
                 state = "cold" if cache.get("miss") else "warm"
                 print(
-                    f"{channel:<5} {state}  request {wall:6.3f} s  inference {reply['seconds']:6.3f} s"
+                    f"{channel:<5} {state}  request {wall:6.3f} s"
+                    f"  inference {reply['seconds']:6.3f} s"
                     f"  shard load max {cache.get('load_seconds_max', 0):.3f} s"
                     f"  correct={reply.get('correct')}",
                     flush=True,
