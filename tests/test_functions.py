@@ -192,3 +192,32 @@ def test_prometheus_scrapes_the_functions_during_inference(
         assert 0.05 < value < 60  # an inference takes about a second here
     finally:
         server.stop()
+
+
+def test_fan_out_tree_invokes_workers_through_workers(
+    stack: LocalStack, shared_images: Images
+) -> None:
+    """With fanout 1 the coordinator invokes worker 0 only; 0 invokes 1, 1 invokes 2, ..."""
+    from fsd.channels.settings import channel_config
+    from fsd.coordinator import RunConfig, infer, prepare_stored
+    from fsd.launch.openfaas import children
+    from fsd.store import ModelRef
+
+    assert children(0, 7, 2) == [2, 3] and children(2, 7, 2) == [6] and children(3, 7, 2) == []
+    env = stack.env
+    ref = ModelRef("gc1024", 4, "min-comm")
+    prepared = prepare_stored(stack.store(), ref)
+    config = RunConfig(
+        workers=4,
+        channel="nats",
+        partition="min-comm",
+        timeout=60,
+        layer_timeout=20,
+        channel_config=channel_config("nats", env=env),
+        launcher="openfaas",
+        worker_urls=tuple(env["FSD_WORKER_URL"].split(",")),
+        fanout=1,
+    )
+    result = infer(prepared, shared_images.matrix, config)
+    assert result.categories.tolist() == shared_images.truth[120].tolist()
+    assert sorted(result.worker_replies) == [0, 1, 2, 3]  # replies came up the chain

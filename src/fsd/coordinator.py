@@ -48,6 +48,7 @@ class RunConfig:
     worker_urls: tuple[str, ...] = ()  # openfaas: the worker function's URL(s)
     gateway_user: str = ""
     gateway_password: str = field(default="", repr=False)
+    fanout: int = 0  # openfaas: above this many workers, workers invoke workers (0: never)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
 
     def validate(self, network: Network) -> None:
@@ -260,6 +261,7 @@ def infer(
             config.timeout,
             config.gateway_user,
             config.gateway_password,
+            config.fanout,
         )
         with launcher, open_channel(cc, run, COORDINATOR) as channel:
             launcher.launch(tasks)

@@ -105,11 +105,12 @@ class LocalStack:
             env.setdefault("FSD_S3_BUCKET", self.s3.bucket)
         ports = pick_ports(self.workers + 1)
         functions = ROOT / "functions"
+        # workers know each other too: in a fan-out tree they invoke their children
+        env["FSD_WORKER_URL"] = ",".join(f"http://127.0.0.1:{p}/" for p in ports[:-1])
         self.worker_servers = [
             FunctionServer(f"worker-{i}", functions / "worker", env, ports[i])
             for i in range(self.workers)
         ]
-        env["FSD_WORKER_URL"] = ",".join(s.url for s in self.worker_servers)
         self.coordinator = FunctionServer("coordinator", functions / "coordinator", env, ports[-1])
         for server in [*self.worker_servers, self.coordinator]:
             server.wait_ready()

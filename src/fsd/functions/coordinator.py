@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")  # docs/api/ links to it
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_FANOUT = 16  # above this many workers they are invoked as a tree (FSD_FANOUT)
 
 Reply = tuple[int, dict[str, Any]]
 
@@ -121,6 +122,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
             worker_urls=urls,
             gateway_user=env.get("FSD_GATEWAY_USER", "admin"),
             gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
+            fanout=int(env.get("FSD_FANOUT", DEFAULT_FANOUT)),
         )
         if not config.channel_config.address:
             return _error(503, "channel unreachable", f"no {kind} server configured")

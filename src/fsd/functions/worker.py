@@ -15,11 +15,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from fsd import observe
-from fsd.channels import ChannelConfig, open_channel
+import numpy as np
+
+from fsd import observe, wire
+from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.channels.settings import channel_config
-from fsd.errors import FsdError, InputError
+from fsd.errors import FsdError, InputError, WorkerError
 from fsd.functions.secrets import function_env
+from fsd.launch.openfaas import OpenFaaSLauncher, children
 from fsd.store import ModelRef, ModelStore, ShardCache
 from fsd.worker import WorkerTask, run_worker
 
@@ -79,6 +82,7 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
         return 400, {"error": "invalid request", "detail": str(exc)}
     assert task.model is not None
     model = task.model.name
+    subtree = _launch_children(request, task, env)
     try:
         store = ModelStore(channel_config("s3", env=env))
         t1 = time.perf_counter()
@@ -87,10 +91,26 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
         observe.observe_shard_load(model, hit, load_seconds)
         task.shard = shard
         with open_channel(task.channel, task.run, task.worker) as channel:
-            run_worker(task, channel)
+
+            def watch_children(layer: int) -> None:
+                """A child that could not even start fails the run now, not a timeout later."""
+                failed = subtree.failures() if subtree is not None else {}
+                if failed:
+                    child, why = min(failed.items())
+                    _report(channel, task, child, why)
+                    raise WorkerError(child, why)
+
+            run_worker(task, channel, watch_children)
     except FsdError as exc:  # run_worker has told the coordinator when it could
         observe.observe_error("worker", type(exc).__name__)
+        if subtree is not None:
+            subtree.close(grace=0)
         return 500, {"error": "worker failed", "worker": task.worker, "detail": str(exc)}
+    reply: dict[str, Any] = {}
+    if subtree is not None:
+        subtree.close(grace=task.layer_timeout)
+        reply["children"] = list(subtree.replies.values())
+        reply["child_failures"] = {str(k): v for k, v in subtree.failures().items()}
     seconds = time.perf_counter() - t0
     observe.observe_request("worker", model, task.channel.kind, seconds)
     return 200, {
@@ -98,4 +118,32 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
         "shard_cache": "hit" if hit else "miss",
         "shard_load_seconds": round(load_seconds, 6),
         "seconds": round(seconds, 6),
+        **reply,
     }
+
+
+def _launch_children(
+    request: dict[str, Any], task: WorkerTask, env: dict[str, str]
+) -> OpenFaaSLauncher | None:
+    """In a fan-out tree, invoke this worker's children first (they carry the fanout on)."""
+    fanout = int(request.get("fanout") or 0)
+    kids = children(task.worker, task.workers, fanout)
+    if not kids:
+        return None
+    urls = [u for u in env.get("FSD_WORKER_URL", "").split(",") if u]
+    launcher = OpenFaaSLauncher(
+        urls,
+        timeout=float(env.get("FSD_TIMEOUT", 600)),
+        user=env.get("FSD_GATEWAY_USER", "admin"),
+        password=env.get("FSD_GATEWAY_PASSWORD", ""),
+    )
+    for child in kids:
+        launcher.invoke(child, {**request, "worker": child})
+    return launcher
+
+
+def _report(channel: Channel, task: WorkerTask, child: int, why: str) -> None:
+    """Tell the coordinator, on the child's behalf, that it failed (it never could)."""
+    header = wire.Header(wire.Kind.RESULT, task.run, 0, child, COORDINATOR, flags=wire.FLAG_ERROR)
+    detail = np.frombuffer(f"could not be invoked: {why}".encode(), np.uint8)
+    channel.send(wire.Message(header, [detail]))

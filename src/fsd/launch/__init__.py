@@ -16,6 +16,7 @@ def make_launcher(
     timeout: float = 600.0,
     user: str = "",
     password: str = "",
+    fanout: int = 0,
 ) -> Launcher:
     if kind == "local":
         from fsd.launch.local import LocalLauncher  # noqa: PLC0415
@@ -24,7 +25,7 @@ def make_launcher(
     if kind == "openfaas":
         from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
 
-        return OpenFaaSLauncher(urls, timeout, user, password)
+        return OpenFaaSLauncher(urls, timeout, user, password, fanout=fanout)
     raise InputError(f"unknown launcher {kind!r}; choose one of {', '.join(LAUNCHERS)}")
 
 

@@ -5,6 +5,10 @@ URLs (several URLs: worker p goes to ``urls[p % len(urls)]``). They are synchron
 one thread each: OpenFaaS CE's asynchronous queue holds only 10 items of 256 KB, and a sync call's
 end tells us at once when and why a worker stopped. Gateway basic auth comes from the
 ``fsd-gateway-password`` secret (user ``admin`` unless ``FSD_GATEWAY_USER`` says otherwise).
+
+For many workers the coordinator does not open W connections itself: with ``fanout`` F it invokes
+workers 0..F-1, and every worker p invokes its children F(p+1) .. F(p+1)+F-1 before starting its
+own layer loop (:func:`children`), a tree of depth log_F(W).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import urllib3
 
@@ -22,6 +27,14 @@ from fsd.launch.base import Launcher
 from fsd.worker import WorkerTask
 
 log = logging.getLogger(__name__)
+
+
+def children(worker: int, workers: int, fanout: int) -> list[int]:
+    """The workers that ``worker`` invokes in a fan-out tree (BFS numbering, roots 0..F-1)."""
+    if fanout <= 0:
+        return []
+    first = fanout * (worker + 1)
+    return list(range(first, min(first + fanout, workers)))
 
 
 class OpenFaaSLauncher(Launcher):
@@ -34,6 +47,7 @@ class OpenFaaSLauncher(Launcher):
         user: str = "",
         password: str = "",
         connect_timeout: float = 10.0,
+        fanout: int = 0,
     ) -> None:
         if not urls:
             raise InputError(
@@ -46,23 +60,29 @@ class OpenFaaSLauncher(Launcher):
         if password:
             token = base64.b64encode(f"{user or 'admin'}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
+        self.fanout = fanout
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._failed: dict[int, str] = {}
-        self.replies: dict[int, dict[str, object]] = {}
+        self.replies: dict[int, dict[str, Any]] = {}
 
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
-        for task in tasks:
-            body = json.dumps(task.to_json()).encode()
-            url = self._urls[task.worker % len(self._urls)]
-            thread = threading.Thread(
-                target=self._invoke,
-                args=(task.worker, url, body),
-                daemon=True,
-                name=f"fsd-invoke-{task.worker}",
-            )
-            thread.start()
-            self._threads.append(thread)
+        tree = 0 < self.fanout < len(tasks)
+        for task in tasks[: self.fanout] if tree else tasks:
+            payload = task.to_json()
+            if tree:
+                payload["fanout"] = self.fanout
+            self.invoke(task.worker, payload)
+
+    def invoke(self, worker: int, payload: dict[str, object]) -> None:
+        """Start one invocation (in a thread) of the worker function for ``worker``."""
+        body = json.dumps(payload).encode()
+        url = self._urls[worker % len(self._urls)]
+        thread = threading.Thread(
+            target=self._invoke, args=(worker, url, body), daemon=True, name=f"fsd-invoke-{worker}"
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def _invoke(self, worker: int, url: str, body: bytes) -> None:
         try:
@@ -83,8 +103,16 @@ class OpenFaaSLauncher(Launcher):
             detail = reply.get("detail") or reply.get("error") or f"HTTP {resp.status}"
             self._fail(worker, f"HTTP {resp.status}: {detail}")
             return
+        if not isinstance(reply, dict):
+            reply = {}
         with self._lock:
-            self.replies[worker] = reply if isinstance(reply, dict) else {}
+            self.replies[worker] = reply
+            # a tree: the worker's reply carries its subtree's replies and failures
+            for child in reply.get("children") or []:
+                if isinstance(child, dict) and isinstance(child.get("worker"), int):
+                    self.replies[child["worker"]] = child
+            for key, why in (reply.get("child_failures") or {}).items():
+                self._failed[int(key)] = str(why)
 
     def _fail(self, worker: int, why: str) -> None:
         log.warning("worker %d: %s", worker, why)
