@@ -189,7 +189,8 @@ def test_prometheus_scrapes_the_functions_during_inference(
             else:
                 time.sleep(0.5)
         assert value is not None, "Prometheus never answered the p50 query"
-        assert 0.05 < value < 60  # an inference takes about a second here
+        # every coordinator request of this module counts, quick 4xx ones included
+        assert 0 < value < 60
     finally:
         server.stop()
 

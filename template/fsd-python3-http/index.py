@@ -326,7 +326,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 log.warning("client went away: %s", type(exc).__name__)
             finally:
                 seconds = time.perf_counter() - start
-                HTTP_REQUESTS.labels(self.command, str(status)).inc()
+                HTTP_REQUESTS.labels(self.command, str(int(status))).inc()
                 HTTP_SECONDS.labels(self.command).observe(seconds)
                 log.info("%s %s %d %.6fs", self.command, self._log_path(), status, seconds)
 

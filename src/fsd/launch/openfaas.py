@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from fsd.launch.base import Launcher
 from fsd.worker import WorkerTask
 
 log = logging.getLogger(__name__)
+
+_BUSY_SECONDS = 60.0
 
 
 def children(worker: int, workers: int, fanout: int) -> list[int]:
@@ -86,9 +89,7 @@ class OpenFaaSLauncher(Launcher):
 
     def _invoke(self, worker: int, url: str, body: bytes) -> None:
         try:
-            resp = self._http.request(
-                "POST", url, body=body, headers=self._headers, timeout=self._timeout
-            )
+            resp = self._post(url, body)
         except urllib3.exceptions.TimeoutError:
             self._fail(worker, f"invocation timed out at {url}")
             return
@@ -113,6 +114,21 @@ class OpenFaaSLauncher(Launcher):
                     self.replies[child["worker"]] = child
             for key, why in (reply.get("child_failures") or {}).items():
                 self._failed[int(key)] = str(why)
+
+    def _post(self, url: str, body: bytes) -> urllib3.BaseHTTPResponse:
+        """POST, retrying while the platform says the call never started: 429 (every replica at
+        max_inflight) or 503 (no replica ready yet), for up to a minute. Not 502: a worker that
+        died half-way cannot be re-run (its peers have moved on), so that is reported at once."""
+        deadline = time.monotonic() + _BUSY_SECONDS
+        delay = 0.05
+        while True:
+            resp = self._http.request(
+                "POST", url, body=body, headers=self._headers, timeout=self._timeout
+            )
+            if resp.status not in (429, 503) or time.monotonic() + delay > deadline:
+                return resp
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _fail(self, worker: int, why: str) -> None:
         log.warning("worker %d: %s", worker, why)
