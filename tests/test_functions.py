@@ -222,3 +222,51 @@ def test_fan_out_tree_invokes_workers_through_workers(
     result = infer(prepared, shared_images.matrix, config)
     assert result.categories.tolist() == shared_images.truth[120].tolist()
     assert sorted(result.worker_replies) == [0, 1, 2, 3]  # replies came up the chain
+
+
+def test_unreachable_channel_is_503(stack: LocalStack) -> None:
+    from fsd.functions.coordinator import handle_request
+
+    env = {**stack.env, "FSD_NATS_URL": "nats://127.0.0.1:1", "FSD_SECRETS_DIR": stack.dir}
+    body = json.dumps(
+        {"model": "gc1024", "workers": 4, "channel": "nats", "images": {"stored": True}}
+    )
+    t0 = time.monotonic()
+    status, reply = handle_request(body.encode(), env)
+    assert status == 503 and reply["error"] == "channel unreachable", reply
+    assert "127.0.0.1:1" in reply["detail"]
+    assert time.monotonic() - t0 < 40
+
+
+def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
+    """The launcher authenticates to the gateway with the fsd-gateway-password secret."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fsd.functions.secrets import function_env
+    from fsd.launch.openfaas import OpenFaaSLauncher
+
+    seen: list[str] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "fsd-gateway-password").write_text("s3cret\n")
+    env = function_env({"FSD_SECRETS_DIR": str(tmp_path)})
+    url = f"http://127.0.0.1:{server.server_address[1]}/function/worker"
+    launcher = OpenFaaSLauncher([url], timeout=5, password=env["FSD_GATEWAY_PASSWORD"])
+    launcher.invoke(0, {"run": "x"})
+    launcher.close()
+    server.shutdown()
+    assert seen == ["Basic " + base64.b64encode(b"admin:s3cret").decode()]
+    assert launcher.failures() == {} and launcher.replies == {0: {}}
