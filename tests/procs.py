@@ -62,3 +62,29 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
         self.handle.close()
+
+
+def start_prometheus(folder: Path, targets: list[str]) -> tuple[Process, int]:
+    """A real Prometheus scraping ``targets`` (host:port) every second; stop() it when done."""
+    from fsd.services import pick_ports
+
+    prometheus = binary("prometheus")
+    (port,) = pick_ports(1)
+    config = folder / "prometheus.yml"
+    listed = ", ".join(f"'{t}'" for t in targets)
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: fsd\n    static_configs: [{{targets: [{listed}]}}]\n"
+    )
+    process = Process(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        folder / "prometheus.log",
+        f"http://127.0.0.1:{port}/-/ready",
+    )
+    return process, port

@@ -20,8 +20,8 @@ import pytest
 
 from fsd.localstack import LocalStack
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server, pick_ports
-from procs import Process, binary
+from fsd.services import NatsServer, S3Server
+from procs import start_prometheus
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -149,27 +149,8 @@ def test_prometheus_scrapes_the_functions_during_inference(
     stack: LocalStack, tmp_path: Path
 ) -> None:
     """A real Prometheus scrapes every served function; p50 of fsd_request_seconds answers."""
-    prometheus = binary("prometheus")
-    (port,) = pick_ports(1)
-    targets = ", ".join(
-        f"'127.0.0.1:{s.port}'" for s in [*stack.worker_servers, stack.coordinator] if s
-    )
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: fsd-functions\n    static_configs: [{{targets: [{targets}]}}]\n"
-    )
-    server = Process(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        tmp_path / "prometheus.log",
-        f"http://127.0.0.1:{port}/-/ready",
-    )
+    targets = [f"127.0.0.1:{s.port}" for s in [*stack.worker_servers, stack.coordinator] if s]
+    server, port = start_prometheus(tmp_path, targets)
     try:
         for _ in range(3):
             status, reply = ask(stack, model="gc1024", workers=4, images={"stored": True})

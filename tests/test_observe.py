@@ -34,6 +34,7 @@ from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
 from procs import Process as _Process
 from procs import binary as _binary
+from procs import start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -197,29 +198,8 @@ def metrics_server() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, metrics_server: int) -> Iterator[int]:
     """A real Prometheus scraping ``metrics_server`` every second; yields its port."""
-    binary = _binary("prometheus")
-    tmp_path = tmp_path_factory.mktemp("prometheus")
-    (port,) = pick_ports(1)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: fsd\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{metrics_server}']\n"
-    )
-    process = _Process(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        tmp_path / "prometheus.log",
-        f"http://127.0.0.1:{port}/-/ready",
-    )
+    folder = tmp_path_factory.mktemp("prometheus")
+    process, port = start_prometheus(folder, [f"127.0.0.1:{metrics_server}"])
     try:
         yield port
     finally:

@@ -24,7 +24,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +32,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import ChannelConfig
+from fsd.channels.s3 import minio_client
 from fsd.errors import ChannelError, FsdError, InputError
 from fsd.model import Images, Network
 from fsd.partition import make_plan
@@ -80,20 +80,9 @@ class ModelRef:
 def _client(config: ChannelConfig) -> Minio:
     if not config.address:
         raise InputError("the model store needs an S3 endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
-    parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
-    http = urllib3.PoolManager(
-        maxsize=8,
-        timeout=urllib3.Timeout(connect=config.connect_timeout, read=60.0),
-        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-    )
-    return Minio(
-        parts.netloc,
-        access_key=config.access_key or None,
-        secret_key=config.secret_key or None,
-        secure=parts.scheme == "https",
-        region=config.region,
-        http_client=http,
-    )
+    retries = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+    client, _ = minio_client(config, maxsize=8, read_timeout=60.0, retries=retries)
+    return client
 
 
 class ModelStore:

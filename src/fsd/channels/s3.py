@@ -42,6 +42,30 @@ _MAX_WAIT = 0.02  # the backoff doubles up to this (bounds added latency and the
 _MISSING = ("NoSuchKey", "NoSuchObject")
 
 
+def minio_client(
+    config: ChannelConfig, *, maxsize: int, read_timeout: float, retries: urllib3.Retry
+) -> tuple[Minio, str]:
+    """A minio client for ``config``'s endpoint, and the endpoint as a loggable URL."""
+    parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ChannelError(f"s3 endpoint must be http(s)://host[:port], got {config.address!r}")
+    where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=config.connect_timeout, read=read_timeout),
+        maxsize=maxsize,
+        retries=retries,
+    )
+    client = Minio(
+        parts.netloc,
+        access_key=config.access_key or None,
+        secret_key=config.secret_key or None,
+        secure=parts.scheme == "https",
+        region=config.region,
+        http_client=http,
+    )
+    return client, where
+
+
 def _endpoint_token(endpoint: int) -> str:
     return "c" if endpoint == COORDINATOR else str(endpoint)
 
@@ -53,24 +77,9 @@ class S3Channel(Channel):
         super().__init__(config, run, me)
         if not config.address:
             raise ChannelError("s3 channel needs an endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
-        parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ChannelError(f"s3 endpoint must be http(s)://host[:port], got {parts.netloc!r}")
-        self._where = f"{parts.scheme}://{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=config.connect_timeout, read=30.0),
-            maxsize=32,
-            retries=urllib3.Retry(total=0),  # we retry ourselves, within retry_seconds
-        )
-        self._s3 = Minio(
-            parts.netloc,
-            access_key=config.access_key or None,
-            secret_key=config.secret_key or None,
-            secure=parts.scheme == "https",
-            region=config.region,
-            http_client=http,
+        # no client retries: we retry ourselves, within retry_seconds
+        self._s3, self._where = minio_client(
+            config, maxsize=32, read_timeout=30.0, retries=urllib3.Retry(total=0)
         )
         self._bucket = config.bucket
         self._prefix = f"{config.namespace}/{run.hex()}"
