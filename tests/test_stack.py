@@ -156,11 +156,12 @@ def test_environment(stack: dict[str, Any], name: str) -> None:
     assert env["FSD_NATS_URL"].startswith("nats://")
     assert env["FSD_S3_ENDPOINT"].startswith("http")
     assert env["FSD_S3_BUCKET"] == "fsd"
-    if name == "coordinator":
-        assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/worker"
-    else:
-        assert "FSD_WORKER_URL" not in env
+    # both invoke workers: the coordinator always, workers as inner nodes of a fan-out tree
+    assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/worker"
+    if name == "worker":
         assert int(env["max_inflight"]) >= 1
+    else:
+        assert int(env["FSD_FANOUT"]) >= 1
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -173,7 +174,7 @@ def test_secrets_documented_and_read(stack: dict[str, Any], docs: str, name: str
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", secret), secret
         assert secret in known, f"fsd.functions.secrets does not read {secret}"
         assert f"faas-cli secret create {secret} " in docs, f"{secret} is not in {DOCS.name}"
-    assert ("fsd-gateway-password" in secrets) == (name == "coordinator")
+    assert "fsd-gateway-password" in secrets  # both call the gateway
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
