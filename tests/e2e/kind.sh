@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# End to end on a throwaway kind cluster: docs/deploy-kubernetes.md, automated.
+#
+# Needs: a Docker engine, kind, kubectl, helm, faas-cli, network access (OpenFaaS and NATS charts,
+# base images), this repository's venv (`make install`: its Python uploads the model folder with
+# the minio package when the aws CLI is absent), and the Graph Challenge folder (DATA).
+# It cannot run in CI here: that machine has no Docker engine, hence no kind cluster.
+#
+#   tests/e2e/kind.sh              # create, install, infer, and tear everything down
+#   KEEP=1 tests/e2e/kind.sh       # leave the cluster up afterwards
+#
+# Environment: CLUSTER (fsd-e2e), DATA (../shared/graphchallenge), KEEP (0).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+CLUSTER="${CLUSTER:-fsd-e2e}"
+DATA="${DATA:-$ROOT/../shared/graphchallenge}"
+KEEP="${KEEP:-0}"
+export REGISTRY=fsd.local
+OPERATOR_IMAGE=fsd.local/fsd-operator:0.1.0
+PIDS=()
+
+log() { printf '\n== %s\n' "$*"; }
+
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [[ $status -ne 0 ]]; then
+        log "failed (exit $status): operator log and InferenceModels"
+        kubectl -n fsd logs deploy/fsd-operator --tail=100 2>/dev/null || true
+        kubectl get im -A -o wide 2>/dev/null || true
+    fi
+    if [[ "$KEEP" != 1 ]]; then
+        kind delete cluster --name "$CLUSTER" || true
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+
+port_forward() {  # namespace service local:remote
+    kubectl -n "$1" port-forward "svc/$2" "$3" >/dev/null 2>&1 &
+    PIDS+=("$!")
+    local port="${3%%:*}"
+    for _ in $(seq 1 60); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 1
+    done
+    echo "port-forward to $1/$2 did not come up" >&2
+    return 1
+}
+
+for tool in docker kind kubectl helm faas-cli; do
+    command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
+done
+[[ -d "$DATA/neuron1024" ]] || { echo "no Graph Challenge folder at $DATA" >&2; exit 2; }
+
+log "1. kind cluster $CLUSTER"
+kind create cluster --name "$CLUSTER" --wait 120s
+kubectl cluster-info --context "kind-$CLUSTER"
+
+log "2. OpenFaaS CE"
+kubectl apply -f https://raw.githubusercontent.com/openfaas/faas-netes/master/namespaces.yml
+helm repo add openfaas https://openfaas.github.io/faas-netes/ --force-update
+helm repo update
+helm upgrade openfaas --install openfaas/openfaas \
+    --namespace openfaas \
+    --set functionNamespace=openfaas-fn \
+    --set generateBasicAuth=true \
+    --set functions.imagePullPolicy=IfNotPresent \
+    --set gateway.upstreamTimeout=320s \
+    --set gateway.readTimeout=325s \
+    --set gateway.writeTimeout=325s \
+    --set faasnetes.readTimeout=325s \
+    --set faasnetes.writeTimeout=325s
+kubectl -n openfaas rollout status deploy/gateway --timeout=300s
+
+log "3. images: faas-cli build, docker build, kind load docker-image"
+faas-cli build -f stack.yml
+docker build -f operator/Dockerfile -t "$OPERATOR_IMAGE" .
+kind load docker-image fsd.local/fsd-coordinator:latest fsd.local/fsd-worker:latest \
+    "$OPERATOR_IMAGE" --name "$CLUSTER"
+
+log "4. helm dependency build charts/fsd"
+helm repo add nats https://nats-io.github.io/k8s/helm/charts/ --force-update
+helm repo update
+helm dependency build charts/fsd
+
+log "5. helm install fsd charts/fsd -n fsd --create-namespace"
+helm install fsd charts/fsd -n fsd --create-namespace
+kubectl -n fsd rollout status deploy/fsd-operator --timeout=300s
+kubectl -n fsd rollout status statefulset/fsd-nats --timeout=300s
+kubectl -n fsd rollout status deploy/fsd-minio --timeout=300s
+
+log "6. upload the Graph Challenge folder to s3://fsd/graphchallenge/"
+port_forward fsd fsd-minio 9000:9000
+AWS_ACCESS_KEY_ID="$(kubectl -n fsd get secret fsd-credentials \
+    -o jsonpath='{.data.fsd-s3-access-key}' | base64 -d)"
+AWS_SECRET_ACCESS_KEY="$(kubectl -n fsd get secret fsd-credentials \
+    -o jsonpath='{.data.fsd-s3-secret-key}' | base64 -d)"
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:9000
+if command -v aws >/dev/null; then
+    aws s3 mb s3://fsd || true
+    aws s3 cp --recursive "$DATA/" s3://fsd/graphchallenge/
+else
+    "$ROOT/.venv/bin/python" - "$DATA" <<'PY'
+import os, pathlib, sys
+from minio import Minio
+
+client = Minio("127.0.0.1:9000", access_key=os.environ["AWS_ACCESS_KEY_ID"],
+               secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], secure=False, region="us-east-1")
+if not client.bucket_exists(bucket_name="fsd"):
+    client.make_bucket(bucket_name="fsd")
+root = pathlib.Path(sys.argv[1])
+for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    key = f"graphchallenge/{path.relative_to(root).as_posix()}"
+    client.fput_object(bucket_name="fsd", object_name=key, file_path=str(path))
+    print("uploaded", key)
+PY
+fi
+
+log "7. kubectl apply -f examples/inferencemodel-gc1024.yaml"
+kubectl apply -f examples/inferencemodel-gc1024.yaml
+kubectl get im
+kubectl wait --for=jsonpath='{.status.phase}'=Ready im/gc1024 --timeout=15m
+kubectl get im -o wide
+
+log "8. faas-cli invoke coordinator < examples/request.json"
+port_forward openfaas gateway 8080:8080
+export OPENFAAS_URL=http://127.0.0.1:8080
+kubectl -n openfaas get secret basic-auth -o jsonpath='{.data.basic-auth-password}' \
+    | base64 -d | faas-cli login --username admin --password-stdin
+answer="$(faas-cli invoke coordinator < examples/request.json)"
+echo "$answer"
+"$ROOT/.venv/bin/python" -c '
+import json, sys
+answer = json.loads(sys.argv[1])
+assert "error" not in answer, answer
+assert answer["model"] == "gc1024" and "categories" in answer, answer
+print("answered:", answer["n_categories"], "categories,", answer.get("correct"), "correct")
+' "$answer"
+
+log "9. uninstall"
+kubectl delete -f examples/inferencemodel-gc1024.yaml --wait --timeout=5m
+helm uninstall fsd -n fsd --wait
+kubectl delete namespace fsd --wait
+kubectl delete crd inferencemodels.fsd.dev
+helm uninstall openfaas -n openfaas
+log "done"
