@@ -1,0 +1,25 @@
+"""The fsd operator: ``InferenceModel`` objects (``fsd.dev/v1alpha1``) served on OpenFaaS.
+
+One concern per module:
+
+- :mod:`fsd.k8s.config`: the operator's settings, from its environment;
+- :mod:`fsd.k8s.spec`: an InferenceModel's spec, parsed and defaulted as the CRD says;
+- :mod:`fsd.k8s.names`: names of the functions and of the model in the store;
+- :mod:`fsd.k8s.desired`: the two OpenFaaS functions a model needs (pure functions);
+- :mod:`fsd.k8s.openfaas`: a small client of the OpenFaaS gateway's REST API;
+- :mod:`fsd.k8s.functions`: deploying them (gateway REST, or ``Function`` resources for Pro);
+- :mod:`fsd.k8s.source`: fetching a Graph Challenge folder from S3;
+- :mod:`fsd.k8s.models`: making sure the model store holds the model, and removing it;
+- :mod:`fsd.k8s.status`: the status block (phase, conditions) the operator reports;
+- :mod:`fsd.k8s.handlers`: the kopf handlers that tie it together.
+
+Run it with ``python -m fsd.k8s`` or ``kopf run --standalone --all-namespaces operator/main.py``.
+The CRD is charts/fsd/crds/inferencemodels.fsd.dev.yaml.
+"""
+
+from __future__ import annotations
+
+GROUP = "fsd.dev"
+VERSION = "v1alpha1"
+PLURAL = "inferencemodels"
+KIND = "InferenceModel"

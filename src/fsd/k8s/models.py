@@ -1,0 +1,270 @@
+"""Make sure the model store holds an InferenceModel's model, cut as its spec asks; remove it.
+
+- ``source.model``: a model pushed with ``fsd model push``; its manifest must exist and list the
+  cut ``<workers>-<partition>``. The operator cannot cut it again (the store keeps shards, not the
+  network), so a missing model or cut is a permanent problem of the object.
+- ``source.url``: a Graph Challenge folder in S3 that the operator downloads, loads, partitions
+  and pushes under ``models/<name>/`` (``<name>``: the InferenceModel's name), unless the manifest
+  already has the cut and came from the same URL. A new cut replaces the old ones (the
+  coordinator's default worker count is the smallest cut in the manifest), and their objects are
+  removed.
+
+The operator owns only what it pushed: it writes ``models/<name>/fsd-operator-owner.json``
+(namespace, name and source of the InferenceModel) before pushing, refuses to push over a model
+it does not own (``ModelNameConflict``), and on deletion removes ``models/<name>/`` only when
+the marker names the object being deleted. A model given as ``source.model`` is never removed.
+
+Store objects are removed here with the same minio client as :mod:`fsd.store` (which has no
+delete of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+
+from fsd.channels.base import ChannelConfig
+from fsd.channels.s3 import minio_client
+from fsd.errors import ChannelError, InputError
+from fsd.k8s import source as sources
+from fsd.k8s.errors import SourceError, StoreUnreachable
+from fsd.k8s.spec import ModelSpec
+from fsd.model import load_images, load_network
+from fsd.store import PREFIX, Manifest, ModelNotFound, ModelStore
+
+log = logging.getLogger(__name__)
+
+OWNER_FILE = "fsd-operator-owner.json"
+_MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceModel a pushed model belongs to, and where it was pushed from."""
+
+    namespace: str
+    name: str
+    source: str = ""
+
+    def same_object(self, other: Owner) -> bool:
+        return (self.namespace, self.name) == (other.namespace, other.name)
+
+
+@dataclass(frozen=True)
+class Ensured:
+    """The model the functions will serve, and whether it was pushed just now."""
+
+    model: str
+    pushed: bool
+    neurons: int
+    layers: int
+
+
+class ModelKeeper:
+    """The model store of ``config`` (an ``s3`` ChannelConfig), as the operator uses it."""
+
+    def __init__(self, config: ChannelConfig, *, max_source_bytes: int) -> None:
+        self.config = dataclasses.replace(config, connect_timeout=min(config.connect_timeout, 5.0))
+        self.max_source_bytes = max_source_bytes
+        retries = urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+        try:
+            self._s3: Minio = minio_client(
+                self.config, maxsize=4, read_timeout=60.0, retries=retries
+            )[0]
+            self._store = ModelStore(self.config)
+        except (ChannelError, InputError) as exc:
+            raise SourceError(
+                f"the model store is misconfigured: {exc}", reason="StoreMisconfigured"
+            ) from None
+        self.bucket = self.config.bucket
+
+    # -- owner marker -------------------------------------------------------------------------
+
+    def _owner_key(self, model: str) -> str:
+        return f"{PREFIX}/{model}/{OWNER_FILE}"
+
+    def owner(self, model: str) -> Owner | None:
+        """Who pushed ``model`` through the operator (None: nobody did)."""
+        try:
+            resp = self._s3.get_object(self.bucket, self._owner_key(model))
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise StoreUnreachable(
+                f"model store: cannot read the owner of {model}: {exc.code}"
+            ) from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnreachable(f"model store unreachable: {type(exc).__name__}") from None
+        try:
+            raw = json.loads(resp.read())
+        except ValueError:
+            return Owner("", "")  # unreadable: owned by nobody we know
+        finally:
+            resp.close()
+            resp.release_conn()
+        return Owner(
+            str(raw.get("namespace", "")), str(raw.get("name", "")), str(raw.get("source", ""))
+        )
+
+    def _claim(self, model: str, owner: Owner) -> None:
+        data = json.dumps(dataclasses.asdict(owner)).encode()
+        try:
+            if not self._s3.bucket_exists(self.bucket):
+                self._s3.make_bucket(self.bucket, location=self.config.region)
+            self._s3.put_object(self.bucket, self._owner_key(model), io.BytesIO(data), len(data))
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnreachable(
+                f"model store: cannot write the owner of {model}: {exc}"
+            ) from None
+
+    # -- ensure ---------------------------------------------------------------------------------
+
+    def _manifest(self, model: str) -> Manifest | None:
+        try:
+            return self._store.manifest(model)
+        except ModelNotFound:
+            return None
+        except InputError as exc:
+            raise SourceError(str(exc), reason="InvalidSpec") from None
+        except ChannelError as exc:
+            raise StoreUnreachable(str(exc)) from None
+
+    def ensure(self, spec: ModelSpec, owner: Owner, model: str) -> Ensured:
+        """Check (``source.model``) or push (``source.url``) the model; see the module doc."""
+        if spec.source.model:
+            return self._check_pushed(spec)
+        return self._push_from_url(spec, owner, model)
+
+    def _check_pushed(self, spec: ModelSpec) -> Ensured:
+        name = spec.source.model
+        manifest = self._manifest(name)
+        if manifest is None:
+            raise SourceError(
+                f"the model store has no model {name!r}: push it with `fsd model push`",
+                reason="ModelNotFound",
+            )
+        _check_shape(spec, manifest)
+        if not manifest.has(spec.workers, spec.partition):
+            cuts = ", ".join(sorted(manifest.partitions)) or "none"
+            raise SourceError(
+                f"model {name!r} is not cut for {spec.workers} workers ({spec.partition}); it has: "
+                f"{cuts}. Push it with `fsd model push --workers {spec.workers} "
+                f"--partition {spec.partition}`",
+                reason="PartitionMissing",
+            )
+        return Ensured(name, False, manifest.neurons, manifest.layers)
+
+    def _push_from_url(self, spec: ModelSpec, owner: Owner, model: str) -> Ensured:
+        current = self.owner(model)
+        manifest = self._manifest(model)
+        if current is None and manifest is not None:
+            raise SourceError(
+                f"the model store already has a model {model!r} that this operator did not push",
+                reason="ModelNameConflict",
+            )
+        if current is not None and not current.same_object(owner):
+            raise SourceError(
+                f"model {model!r} in the store belongs to InferenceModel "
+                f"{current.namespace}/{current.name}",
+                reason="ModelNameConflict",
+            )
+        same_source = current is not None and current.source == owner.source
+        if (
+            manifest is not None
+            and same_source
+            and manifest.has(spec.workers, spec.partition)
+            and _shape_mismatch(spec, manifest) is None
+        ):
+            return Ensured(model, False, manifest.neurons, manifest.layers)
+        self._claim(model, owner)
+        pushed = self._load_and_push(spec, model)
+        stale = set(manifest.partitions) - set(pushed.partitions) if manifest else set()
+        for cut in sorted(stale):
+            self._remove_prefix(f"{PREFIX}/{model}/{cut}/")
+        return Ensured(model, True, pushed.neurons, pushed.layers)
+
+    def _load_and_push(self, spec: ModelSpec, model: str) -> Manifest:
+        src = spec.source
+        with tempfile.TemporaryDirectory(prefix="fsd-operator-") as tmp:
+            fetched = sources.fetch(self._s3, src, Path(tmp), max_bytes=self.max_source_bytes)
+            try:
+                network = load_network(fetched.root, src.neurons, src.layers, cache=False)
+                images = load_images(fetched.root, network.neurons) if fetched.images else None
+            except InputError as exc:  # incl. ModelFormatError: names the file and line
+                raise SourceError(f"{src.url}: {exc}", reason="InvalidSource") from None
+            try:
+                manifest = self._store.push(
+                    network, model, [spec.workers], [spec.partition], images=images
+                )
+            except ChannelError as exc:
+                raise StoreUnreachable(str(exc)) from None
+            except InputError as exc:  # e.g. more workers than neurons
+                raise SourceError(str(exc), reason="InvalidSpec") from None
+        log.info("pushed %s from %s for %d workers", model, src.url, spec.workers)
+        return manifest
+
+    # -- delete ---------------------------------------------------------------------------------
+
+    def delete(self, model: str, owner: Owner) -> int:
+        """Remove ``models/<model>/`` if ``owner`` pushed it; the number of objects removed."""
+        current = self.owner(model)
+        if current is None or not current.same_object(owner):
+            log.info(
+                "no model pushed for %s/%s under %s/%s/: nothing to remove",
+                owner.namespace,
+                owner.name,
+                PREFIX,
+                model,
+            )
+            return 0
+        return self._remove_prefix(f"{PREFIX}/{model}/")
+
+    def _remove_prefix(self, prefix: str) -> int:
+        try:
+            keys = [
+                obj.object_name
+                for obj in self._s3.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name
+            ]
+            # the owner marker goes last: a failed removal can be retried by its owner
+            keys.sort(key=lambda k: k.endswith(OWNER_FILE))
+            for start in range(0, len(keys), 1000):
+                batch = [DeleteObject(k) for k in keys[start : start + 1000]]
+                errors = list(self._s3.remove_objects(self.bucket, batch))
+                if errors:
+                    raise StoreUnreachable(f"model store: cannot remove {prefix}: {errors[0]}")
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return 0
+            raise StoreUnreachable(f"model store: cannot remove {prefix}: {exc.code}") from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnreachable(f"model store unreachable: {type(exc).__name__}") from None
+        log.info("removed %d objects under %s", len(keys), prefix)
+        return len(keys)
+
+
+def _shape_mismatch(spec: ModelSpec, manifest: Manifest) -> str | None:
+    """Why the model does not have the spec's neurons/layers (None: it has, or none given)."""
+    wanted: dict[str, Any] = {"neurons": spec.source.neurons, "layers": spec.source.layers}
+    actual = {"neurons": manifest.neurons, "layers": manifest.layers}
+    for key, value in wanted.items():
+        if value is not None and value != actual[key]:
+            return f"spec.source.{key} is {value} but model {manifest.name!r} has {actual[key]}"
+    return None
+
+
+def _check_shape(spec: ModelSpec, manifest: Manifest) -> None:
+    why = _shape_mismatch(spec, manifest)
+    if why is not None:
+        raise SourceError(why, reason="InvalidSource")

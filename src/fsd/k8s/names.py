@@ -1,0 +1,50 @@
+"""Names derived from an InferenceModel: its two functions, label values, its model in the store.
+
+Kubernetes object names may be DNS-1123 *subdomains* (253 characters, dots allowed); OpenFaaS
+function names become Deployment and Service names, which must be DNS-1123 *labels* (63
+characters, ``[a-z0-9-]``), and label values are limited to 63 characters. A name too long is cut
+and given a hash of the full name, so two long names never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+#: The suffixes of the two functions: ``<model>-coordinator`` and ``<model>-worker``.
+ROLES = ("coordinator", "worker")
+DNS_LABEL = 63
+STORE_NAME = 64  # fsd.store's limit on model names
+_NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _fit(base: str, limit: int, full: str) -> str:
+    """``base`` if it fits in ``limit``, else its head and a hash of ``full``."""
+    if len(base) <= limit:
+        return base
+    head = base[: limit - 9].rstrip("-._")
+    return f"{head}-{_digest(full)}"
+
+
+def function_name(model: str, role: str) -> str:
+    """``<model>-<role>`` as a DNS-1123 label (63 characters at most)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown function role {role!r}")
+    base = _NOT_LABEL.sub("-", model.lower()).strip("-") or "model"
+    return f"{_fit(base, DNS_LABEL - len(role) - 1, model)}-{role}"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a label value: 63 characters, ``[A-Za-z0-9._-]``, alphanumeric at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return _fit(value, DNS_LABEL, text)
+
+
+def store_name(model: str) -> str:
+    """The model's name in the store (:mod:`fsd.store`: 64 characters of ``[A-Za-z0-9._-]``)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", model).lstrip(".") or "model"
+    return _fit(value, STORE_NAME, model)

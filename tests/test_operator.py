@@ -1,0 +1,615 @@
+"""The fsd operator (src/fsd/k8s) running for real: kopf against an emulated Kubernetes API.
+
+- Kubernetes: kmock's in-process API emulator (tests/k8s_api.py adds what an API server keeps:
+  resourceVersion, generation); the tests drive it with the official ``kubernetes`` client.
+- OpenFaaS: tests/k8s_gateway.py, a real HTTP server that validates every request body against
+  the gateway API's ``FunctionDeployment`` and answers ``availableReplicas``.
+- S3: the session's real SeaweedFS (``s3_server``), holding the model store and source folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import jsonschema
+import kopf
+import kubernetes  # type: ignore[import-untyped,unused-ignore]
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from minio import Minio
+
+from fsd.channels.settings import channel_config
+from fsd.k8s import GROUP, PLURAL, VERSION
+from fsd.k8s.config import OperatorConfig
+from fsd.k8s.desired import function_deployments, function_resource, worker_scale
+from fsd.k8s.errors import SourceError
+from fsd.k8s.functions import FUNCTION_GROUP, FUNCTION_PLURAL, FUNCTION_VERSION, merge_patch
+from fsd.k8s.handlers import FINALIZER, register
+from fsd.k8s.names import function_name, store_name
+from fsd.k8s.spec import parse_spec
+from fsd.model import write_images, write_network
+from fsd.model.generate import generate
+from fsd.services import S3Server
+from fsd.store import ModelStore
+from k8s_api import Cluster, add_login, kubeconfig, running, wait_for
+from k8s_gateway import FakeGateway
+
+ROOT = Path(__file__).resolve().parents[1]
+CRDS = sorted((ROOT / "charts" / "fsd" / "crds").glob("*.yaml"))
+SOURCE_BUCKET = "fsd-src"
+REFRESH = 0.3  # the readiness timer's interval here (30 s in production)
+
+#: The ``Function`` CRD's schema (openfaas/faas-netes artifacts/crds/openfaas.com_functions.yaml,
+#: openfaas.com/v1), as JSON Schema; stricter than the CRD: unknown fields are refused.
+_STRINGS_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_RESOURCES = {
+    "type": "object",
+    "properties": {"cpu": {"type": "string"}, "memory": {"type": "string"}},
+    "additionalProperties": False,
+}
+FUNCTION_CRD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "openfaas.com/v1"},
+        "kind": {"const": "Function"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": _STRINGS_MAP,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["name", "image"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "image": {"type": "string", "minLength": 1},
+                "handler": {"type": "string"},
+                "annotations": _STRINGS_MAP,
+                "labels": _STRINGS_MAP,
+                "environment": _STRINGS_MAP,
+                "constraints": {"type": "array", "items": {"type": "string"}},
+                "secrets": {"type": "array", "items": {"type": "string"}},
+                "limits": _RESOURCES,
+                "requests": _RESOURCES,
+                "readOnlyRootFilesystem": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+
+# -- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def challenge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Graph Challenge folder in the official layout (``fsd generate`` writes the same)."""
+    root = tmp_path_factory.mktemp("challenge")
+    network, images = generate(256, 4, 20)
+    write_network(root, network)
+    write_images(root, images)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pushed(s3_server: S3Server, challenge: Path) -> str:
+    """A model pushed to the store the usual way (``fsd model push``), cut for 2 workers."""
+    from fsd.model import load_images, load_network
+
+    name = f"pushed-{uuid.uuid4().hex[:8]}"
+    network = load_network(challenge, cache=False)
+    ModelStore(store_config(s3_server)).push(
+        network, name, [2], ["min-comm"], images=load_images(challenge, network.neurons)
+    )
+    return name
+
+
+@pytest.fixture
+def gateway() -> Iterator[FakeGateway]:
+    gw = FakeGateway().start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def store_config(s3: S3Server) -> Any:
+    return channel_config(
+        "s3",
+        env={
+            "FSD_S3_ENDPOINT": s3.endpoint,
+            "FSD_S3_BUCKET": "fsd",
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        },
+    )
+
+
+def operator_config(s3: S3Server, gateway_url: str, **overrides: Any) -> OperatorConfig:
+    settings: dict[str, Any] = {
+        "store": store_config(s3),
+        "gateway_url": gateway_url,
+        "gateway_password": "secret",
+        "gateway_timeout": 2.0,
+        "retry_seconds": 0.2,
+        "refresh_seconds": REFRESH,
+        **overrides,
+    }
+    return OperatorConfig(**settings)
+
+
+def upload(client: Minio, folder: Path) -> str:
+    """Copy ``folder`` to a fresh prefix of the source bucket; its s3:// URL."""
+    if not client.bucket_exists(SOURCE_BUCKET):
+        client.make_bucket(SOURCE_BUCKET)
+    prefix = f"challenge-{uuid.uuid4().hex[:8]}"
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.fput_object(SOURCE_BUCKET, f"{prefix}/{path.relative_to(folder)}", str(path))
+    return f"s3://{SOURCE_BUCKET}/{prefix}"
+
+
+def keys(client: Minio, prefix: str, bucket: str = "fsd") -> list[str]:
+    return [o.object_name or "" for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
+
+
+def model(name: str, source: dict[str, Any], workers: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceModel",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"source": source, "workers": workers, **spec},
+    }
+
+
+class Kube:
+    """The tests' side of the cluster: the official client against the emulated API."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
+        self.api = kubernetes.client.CustomObjectsApi(api)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.api.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(cast(dict[str, Any], found))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict((self.get(name) or {}).get("status") or {})
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, name, {"spec": spec}
+        )
+
+    def delete(self, name: str) -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+
+    def functions(self, namespace: str = "openfaas-fn") -> list[dict[str, Any]]:
+        listed = cast(
+            dict[str, Any],
+            self.api.list_namespaced_custom_object(
+                FUNCTION_GROUP, FUNCTION_VERSION, namespace, FUNCTION_PLURAL
+            ),
+        )
+        return [dict(item) for item in listed.get("items", [])]
+
+    def wait_status(
+        self, name: str, what: str, check: Any, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if check(status) else None
+
+        result: dict[str, Any] = wait_for(f"{name}: {what}", probe, timeout)
+        return result
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == kind)
+
+
+def is_ready(status: dict[str, Any]) -> bool:
+    return status.get("phase") == "Ready"
+
+
+@contextmanager
+def operator(config: OperatorConfig, *, pro: bool = False) -> Iterator[Kube]:
+    registry = register(kopf.OperatorRegistry(), refresh_every=REFRESH)
+    add_login(registry)
+
+    def prepare(url: str, memo: kopf.Memo) -> None:
+        memo["config"] = dataclasses.replace(config, kube_url=url)
+
+    with running(registry, kopf.Memo(), with_functions=pro, prepare=prepare) as cluster:
+        yield Kube(cluster)
+        assert cluster.alive, "the operator died"
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+def test_create_deploys_both_functions_and_reports_ready(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    gateway.hold = True  # the functions have no replica available yet
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("alpha", {"model": pushed}, 2, channel="s3"))
+
+        status = kube.wait_status("alpha", "Deploying", lambda s: s.get("phase") == "Deploying")
+        assert condition(status, "Ready")["status"] == "False"
+        assert condition(status, "Ready")["reason"] == "WaitingForReplicas"
+        assert condition(status, "Degraded")["status"] == "False"
+        assert status["readyWorkers"] == 0
+        assert status["modelName"] == pushed
+
+        gateway.hold = False  # replicas come up: the timer notices
+        status = kube.wait_status("alpha", "Ready", is_ready)
+        ready = condition(status, "Ready")
+        assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
+            "True",
+            "Ready",
+            1,
+        )
+        assert condition(status, "Degraded")["reason"] == "AsExpected"
+        assert status["readyWorkers"] == 1  # ceil(2 workers / max_inflight 4), scaling.min 1
+        assert status["observedGeneration"] == 1
+
+        assert gateway.rejected == []
+        coordinator, worker = (
+            gateway.calls("POST", "alpha-coordinator"),
+            gateway.calls("POST", "alpha-worker"),
+        )
+        assert len(coordinator) == len(worker) == 1
+        env = worker[0]["envVars"]
+        assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/alpha-worker"
+        assert env["FSD_CHANNEL"] == "s3"
+        assert env["FSD_S3_ENDPOINT"] == s3_server.endpoint
+        assert env["max_inflight"] == "4" and "FSD_FANOUT" not in env
+        assert coordinator[0]["envVars"]["FSD_FANOUT"] == "16"
+        assert coordinator[0]["envVars"]["exec_timeout"] == "310s"
+        assert worker[0]["labels"]["com.openfaas.scale.min"] == "1"
+        assert worker[0]["labels"]["app.kubernetes.io/managed-by"] == "fsd-operator"
+        assert worker[0]["labels"]["fsd.dev/model"] == "alpha"
+        assert worker[0]["annotations"]["prometheus.io.scrape"] == "true"
+        assert worker[0]["limits"] == worker[0]["requests"] == {"memory": "1Gi", "cpu": "1"}
+        assert worker[0]["secrets"] == [
+            "fsd-nats-token",
+            "fsd-s3-access-key",
+            "fsd-s3-secret-key",
+            "fsd-gateway-password",
+        ]
+        assert worker[0]["readOnlyRootFilesystem"] is False
+
+        obj = kube.get("alpha") or {}
+        assert FINALIZER in obj["metadata"]["finalizers"]
+        assert "kopf" not in obj["status"]  # kopf's progress lives in annotations
+
+        # a function removed behind the operator's back comes back (the timer redeploys it)
+        with gateway.lock:
+            del gateway.functions["alpha-worker"]
+        wait_for("the worker redeployed", lambda: len(gateway.calls("POST", "alpha-worker")) == 2)
+        kube.wait_status("alpha", "Ready again", is_ready)
+        assert gateway.rejected == []
+
+
+def test_update_of_workers_recuts_the_model_and_redeploys(
+    s3_server: S3Server, gateway: FakeGateway, challenge: Path
+) -> None:
+    client = s3_server.client()
+    url = upload(client, challenge)
+    store = ModelStore(store_config(s3_server))
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("beta", {"url": url}, 2, scaling={"min": 1, "max": 8}))
+        status = kube.wait_status("beta", "Ready", is_ready)
+        assert status["modelName"] == "beta"
+        assert set(store.manifest("beta").partitions) == {"2-min-comm"}
+        assert keys(client, "models/beta/2-min-comm/")
+
+        kube.patch_spec("beta", {"workers": 8, "resources": {"memory": "2Gi", "cpu": "500m"}})
+        status = kube.wait_status(
+            "beta", "generation 2 Ready", lambda s: s.get("observedGeneration") == 2 and is_ready(s)
+        )
+        assert status["readyWorkers"] == 2  # ceil(8 / 4)
+        assert condition(status, "Ready")["observedGeneration"] == 2
+
+        puts = {b["service"]: b for b in gateway.calls("PUT")}
+        assert set(puts) == {"beta-coordinator", "beta-worker"}
+        assert puts["beta-worker"]["labels"]["com.openfaas.scale.min"] == "2"
+        assert puts["beta-worker"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert puts["beta-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
+        assert puts["beta-coordinator"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert gateway.rejected == []
+
+        manifest = store.manifest("beta")
+        assert set(manifest.partitions) == {"8-min-comm"}  # cut again for 8 workers
+        assert len(keys(client, "models/beta/8-min-comm/")) == 9  # owners0 + 8 shards
+        assert keys(client, "models/beta/2-min-comm/") == []  # the old cut is gone
+
+
+def test_delete_removes_functions_and_the_operators_model(
+    s3_server: S3Server, gateway: FakeGateway, challenge: Path, pushed: str
+) -> None:
+    client = s3_server.client()
+    url = upload(client, challenge)
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("gamma", {"url": url}, 2))
+        kube.create(model("delta", {"model": pushed}, 2))
+        kube.wait_status("gamma", "Ready", is_ready)
+        kube.wait_status("delta", "Ready", is_ready)
+        assert keys(client, "models/gamma/")
+
+        kube.delete("gamma")
+        kube.delete("delta")
+        wait_for("gamma released by the finalizer", lambda: kube.get("gamma") is None)
+        wait_for("delta released by the finalizer", lambda: kube.get("delta") is None)
+
+        for name in ("gamma-coordinator", "gamma-worker", "delta-coordinator", "delta-worker"):
+            assert gateway.calls("DELETE", name)  # (a repeated cleanup gets a 404: fine)
+            assert name not in gateway.functions
+        assert keys(client, "models/gamma/") == []  # pushed by the operator: removed
+        assert ModelStore(store_config(s3_server)).manifest(pushed).has(2, "min-comm")  # kept
+        assert gateway.rejected == []
+
+
+def test_unreachable_gateway_degrades_then_recovers(s3_server: S3Server, pushed: str) -> None:
+    with socket.socket() as sock:  # a port nobody listens on (until the gateway starts there)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    late: list[FakeGateway] = []  # stopped after the operator, which still talks to it
+    try:
+        with operator(operator_config(s3_server, f"http://127.0.0.1:{port}")) as kube:
+            kube.create(model("epsilon", {"model": pushed}, 2))
+            status = kube.wait_status(
+                "epsilon", "Degraded", lambda s: s.get("phase") == "Degraded", timeout=10
+            )
+            degraded = condition(status, "Degraded")
+            assert (degraded["status"], degraded["reason"]) == ("True", "GatewayUnreachable")
+            assert "unreachable" in degraded["message"]
+            assert condition(status, "Ready")["status"] == "False"
+            assert kube.cluster.alive
+
+            late.append(FakeGateway(port).start())  # the gateway comes up: a retry deploys
+            status = kube.wait_status("epsilon", "Ready after the outage", is_ready)
+            assert condition(status, "Degraded")["status"] == "False"
+            assert len(late[0].calls("POST")) == 2
+            assert late[0].rejected == []
+    finally:
+        for gateway in late:
+            gateway.stop()
+
+
+def test_unreachable_store_degrades_and_is_retried(
+    s3_server: S3Server, gateway: FakeGateway
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = dataclasses.replace(store_config(s3_server), address=f"http://127.0.0.1:{port}")
+    with operator(operator_config(s3_server, gateway.url, store=store)) as kube:
+        kube.create(model("kappa", {"model": "anything"}, 2))
+        status = kube.wait_status("kappa", "Degraded", lambda s: s.get("phase") == "Degraded")
+        assert condition(status, "Degraded")["reason"] == "StoreUnreachable"
+        assert gateway.calls("POST") == []
+
+        def retried() -> bool:  # kopf keeps retrying: the progress annotation counts them
+            meta = (kube.get("kappa") or {}).get("metadata", {})
+            record = meta.get("annotations", {}).get("fsd.dev/reconcile", "{}")
+            return int(json.loads(record).get("retries", 0)) >= 2
+
+        wait_for("a second retry", retried)
+        assert kube.cluster.alive
+
+
+def test_bad_sources_are_permanent_failures(s3_server: S3Server, gateway: FakeGateway) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("zeta", {"model": "no-such-model"}, 2))
+        kube.create(model("eta", {"url": f"s3://{SOURCE_BUCKET}/nothing-here"}, 2))
+        for name, reason in (("zeta", "ModelNotFound"), ("eta", "SourceNotFound")):
+            status = kube.wait_status(name, reason, lambda s: s.get("phase") == "Degraded")
+            assert condition(status, "Degraded")["reason"] == reason
+        assert gateway.calls("POST") == []  # nothing deployed for a model that is not there
+
+
+def test_pro_mode_function_resources(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    """Pro: Function resources in the API; the gateway (here: the test) reports their replicas."""
+    config = operator_config(s3_server, gateway.url, mode="pro")
+    with operator(config, pro=True) as kube:
+        kube.create(model("theta", {"model": pushed}, 2))
+        functions = wait_for(
+            "two Function resources", lambda: len(kube.functions()) == 2 and kube.functions()
+        )
+        validator = jsonschema.Draft202012Validator(FUNCTION_CRD_SCHEMA)
+        for fn in functions:
+            validator.validate(fn)
+            # what the OpenFaaS operator would do: deploy it, so the gateway knows it
+            spec = fn["spec"]
+            gateway.adopt(
+                {"service": spec["name"], "image": spec["image"], "labels": spec["labels"]}
+            )
+        assert {f["metadata"]["name"] for f in functions} == {"theta-coordinator", "theta-worker"}
+        kube.wait_status("theta", "Ready", is_ready)
+        assert gateway.calls("POST") == []  # deployed through the API, not the gateway
+
+        kube.patch_spec("theta", {"scaling": {"min": 3, "max": 5}})
+
+        def worker_min() -> Any:
+            worker = next(f for f in kube.functions() if f["metadata"]["name"] == "theta-worker")
+            return worker["spec"]["labels"]["com.openfaas.scale.min"] == "3"
+
+        wait_for("the worker Function patched", worker_min)
+        kube.delete("theta")
+        wait_for("Functions deleted", lambda: kube.functions() == [])
+        wait_for("theta released", lambda: kube.get("theta") is None)
+
+
+# -- manifests -------------------------------------------------------------------------------------
+
+
+def test_crds_pass_kubernetes_validate() -> None:
+    assert CRDS, "no CRD files in charts/fsd/crds"
+    for path in CRDS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_inference_models_used_here_match_the_crd() -> None:
+    crd = yaml.safe_load(CRDS[0].read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft7Validator(schema)
+    samples = [
+        model("a", {"model": "gc1024"}, 2, channel="s3"),
+        model("b", {"url": "s3://fsd-src/challenge"}, 8, scaling={"min": 1, "max": 8}),
+        model("c", {"url": "s3://fsd-src/x", "neurons": 256, "layers": 4}, 4, partition="random"),
+    ]
+    for sample in samples:
+        validator.validate(sample)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(model("d", {"model": "x", "url": "s3://fsd-src/x"}, 2))  # oneOf
+
+
+def test_function_resources_match_the_openfaas_crd(s3_server: S3Server) -> None:
+    """Pro-mode objects: the OpenFaaS CRD's schema (jsonschema), not Kubernetes' own schemas."""
+    config = operator_config(s3_server, "http://127.0.0.1:1", function_namespace="fns")
+    spec = parse_spec({"source": {"model": "m"}, "workers": 16, "resources": {"cpu": "2"}})
+    validator = jsonschema.Draft202012Validator(FUNCTION_CRD_SCHEMA)
+    for deployment in function_deployments(
+        name="a-rather-long-inference-model-name-that-needs-cutting-down-to-size",
+        namespace="team",
+        spec=spec,
+        config=config,
+        store_model="m",
+    ):
+        resource = function_resource(deployment, "fns")
+        validator.validate(resource)
+        assert len(resource["metadata"]["name"]) <= 63
+        assert deployment["namespace"] == "fns"
+        assert deployment["envVars"]["FSD_WORKER_URL"].endswith(".fns")
+        # kubernetes-validate knows only Kubernetes' own kinds, not openfaas.com's
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(
+                resource, kubernetes_validate.latest_version(), strict=True
+            )
+
+
+# -- the entry point, as the image runs it ---------------------------------------------------------
+
+
+def test_kopf_run_entrypoint(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str, tmp_path: Path
+) -> None:
+    """``kopf run --standalone --all-namespaces operator/main.py`` (the image's ENTRYPOINT) as a
+    process configured only by its environment and a kubeconfig; liveness probe included."""
+    cluster = Cluster(kopf.OperatorRegistry(), kopf.Memo()).start(operator=False)
+    (tmp_path / "kubeconfig").write_text(kubeconfig(cluster.url))
+    (tmp_path / "password").write_text("secret\n")
+    (tmp_path / "secrets").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        liveness = sock.getsockname()[1]
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(tmp_path / "kubeconfig"),
+        "FSD_SECRETS_DIR": str(tmp_path / "secrets"),
+        "FSD_S3_ENDPOINT": s3_server.endpoint,
+        "FSD_S3_BUCKET": "fsd",
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FSD_OPENFAAS_URL": gateway.url,
+        "FSD_GATEWAY_PASSWORD_FILE": str(tmp_path / "password"),
+        "FSD_OPERATOR_RETRY_SECONDS": "0.2",
+        "FSD_OPERATOR_REFRESH_SECONDS": "0.5",
+        "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+    }
+    kopf_bin = Path(sys.executable).with_name("kopf")
+    command = [str(kopf_bin), "run", "--standalone", "--all-namespaces"]
+    command += [f"--liveness=http://127.0.0.1:{liveness}/healthz", str(ROOT / "operator/main.py")]
+    log = (tmp_path / "operator.log").open("w")
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        kube = Kube(cluster)
+        kube.create(model("iota", {"model": pushed}, 2))
+        status = kube.wait_status("iota", "Ready", is_ready, timeout=40)
+        assert status["readyWorkers"] == 1
+        assert set(gateway.functions) == {"iota-coordinator", "iota-worker"}
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for("the liveness probe", healthy)
+        kube.delete("iota")
+        wait_for("iota released", lambda: kube.get("iota") is None)
+        assert gateway.functions == {}
+        assert proc.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        cluster.stop()
+
+
+# -- the pure parts --------------------------------------------------------------------------------
+
+
+def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
+    long = "m" * 80
+    a, b = function_name(long, "worker"), function_name(long + "x", "worker")
+    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-worker")
+    assert function_name("My.Model", "coordinator") == "my-model-coordinator"
+    assert len(store_name("s" * 100)) <= 64
+
+    config = operator_config(s3_server, "http://127.0.0.1:1")
+    for workers, scaling, expected in [
+        (2, {}, (1, 64)),
+        (16, {"min": 1, "max": 8}, (4, 8)),
+        (64, {"min": 1, "max": 8}, (8, 8)),  # capped by scaling.max
+        (16, {"min": 0, "max": 8}, (0, 8)),  # scale to zero kept
+    ]:
+        spec = parse_spec({"source": {"model": "m"}, "workers": workers, "scaling": scaling})
+        assert worker_scale(spec, config.max_inflight) == expected
+
+    old = {"labels": {"a": "1", "b": "2"}, "image": "x", "secrets": ["s"]}
+    new = {"labels": {"a": "1", "c": "3"}, "image": "y", "secrets": ["s"]}
+    assert merge_patch(old, new) == {"labels": {"b": None, "c": "3"}, "image": "y"}
+
+    with pytest.raises(SourceError) as bad:
+        parse_spec({"source": {"url": "s3://fsd-src/../x"}, "workers": 2})
+    assert bad.value.reason == "InvalidSpec" and not bad.value.temporary
