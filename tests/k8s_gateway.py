@@ -85,6 +85,7 @@ class FakeGateway:
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, body) that were valid
         self.rejected: list[tuple[str, str, str]] = []  # (method, path, why)
         self.hold = False  # while True, functions report 0 available replicas
+        self.metrics: dict[str, str] = {}  # function -> its /metrics exposition
         self.lock = threading.Lock()
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
@@ -149,6 +150,11 @@ class FakeGateway:
         if auth != self._auth:
             self.rejected.append((method, path, "unauthorized"))
             return 401, "Unauthorized"
+        if method == "GET" and path.startswith("/function/") and path.endswith("/metrics"):
+            name = unquote(path.removeprefix("/function/").removesuffix("/metrics"))
+            with self.lock:
+                text = self.metrics.get(name)
+            return (200, text) if text is not None else (404, "Not Found")
         if method == "GET" and path.startswith("/system/function/"):
             status = self.status_of(unquote(path.removeprefix("/system/function/")))
             return (200, status) if status is not None else (404, "Not Found")

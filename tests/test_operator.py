@@ -613,3 +613,41 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     with pytest.raises(SourceError) as bad:
         parse_spec({"source": {"url": "s3://fsd-src/../x"}, "workers": 2})
     assert bad.value.reason == "InvalidSpec" and not bad.value.temporary
+
+
+def _exposition(total: float, count: float) -> str:
+    labels = 'function="coordinator",model="m",channel="nats"'
+    return (
+        "# HELP fsd_request_seconds Seconds per request.\n"
+        "# TYPE fsd_request_seconds histogram\n"
+        f'fsd_request_seconds_bucket{{{labels},le="+Inf"}} {count}\n'
+        f"fsd_request_seconds_count{{{labels}}} {count}\n"
+        f"fsd_request_seconds_sum{{{labels}}} {total}\n"
+    )
+
+
+def test_latency_of_recent_inferences() -> None:
+    from fsd.k8s.latency import coordinator_totals, recent_latency
+
+    assert coordinator_totals(_exposition(2.0, 4)) == (2.0, 4.0)
+    assert coordinator_totals("no metrics here {") is None
+    assert coordinator_totals("") is None
+    assert recent_latency((2.0, 4.0), None) == 0.5
+    assert recent_latency((4.0, 6.0), (2.0, 4.0)) == 1.0
+    assert recent_latency((4.0, 6.0), (4.0, 6.0)) is None  # nothing new
+    assert recent_latency((1.0, 2.0), (4.0, 6.0)) == 0.5  # the coordinator restarted
+
+
+def test_status_reports_the_latency_of_recent_inferences(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("lat", {"model": pushed}, 2, channel="s3"))
+        kube.wait_status("lat", "Ready", is_ready)
+        with gateway.lock:
+            gateway.metrics["lat-coordinator"] = _exposition(2.0, 4)
+        kube.wait_status("lat", "first latency", lambda s: s.get("lastLatencySeconds") == 0.5)
+        with gateway.lock:
+            gateway.metrics["lat-coordinator"] = _exposition(4.0, 6)
+        kube.wait_status("lat", "new latency", lambda s: s.get("lastLatencySeconds") == 1.0)
+        assert gateway.rejected == []

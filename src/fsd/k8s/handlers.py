@@ -32,6 +32,7 @@ from fsd.k8s.config import OperatorConfig, refresh_seconds
 from fsd.k8s.desired import function_deployments
 from fsd.k8s.errors import ReconcileError
 from fsd.k8s.functions import Readiness, deployer, readiness
+from fsd.k8s.latency import coordinator_totals, recent_latency
 from fsd.k8s.models import ModelKeeper, Owner
 from fsd.k8s.names import ROLES, function_name, store_name
 from fsd.k8s.openfaas import GatewayClient, GatewayError
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "fsd.dev/finalizer"
 _DEPLOYED = "fsd_deployed_generation"  # per-object memo: the generation last reconciled
+_TOTALS = "fsd_latency_totals"  # per-object memo: the coordinator's request totals last seen
 _MAX_DELAY = 300.0
 _TIMER_POLLING = 2.0
 
@@ -264,11 +266,31 @@ def refresh(
                     logger.warning(f"functions vanished, deploying them again: {state.message}")
                 _apply(config, gateway, [d for d in deployments if d["service"] in state.missing])
                 state = readiness(gateway, deployments)
-        fields = _ready_fields(status, state, generation, model)
+            fields = _ready_fields(status, state, generation, model)
+            if state.ready:
+                latency = _latency(gateway, memo, function_name(name, "coordinator"), namespace)
+                if latency is not None:
+                    fields["lastLatencySeconds"] = round(latency, 6)
     except ReconcileError as exc:
         fields = report.failed(status, exc.reason, str(exc), generation)
     if report.changed(status, fields):
         patch.status.update(fields)
+
+
+def _latency(gateway: GatewayClient, memo: Any, coordinator: str, namespace: str) -> float | None:
+    """Mean latency of the inferences since the timer last looked (see fsd.k8s.latency)."""
+    try:
+        exposition = gateway.metrics(coordinator)
+    except ReconcileError:
+        return None  # metrics are a nicety: never degrade a model over them
+    now = coordinator_totals(exposition) if exposition else None
+    if now is None:
+        return None
+    seen = memo.setdefault(_TOTALS, {})
+    key = (namespace, coordinator)
+    latency = recent_latency(now, seen.get(key))
+    seen[key] = now
+    return latency
 
 
 def register(

@@ -147,6 +147,11 @@ class GatewayClient:
             raise GatewayError(f"gateway {self.url}: odd status of {name}", temporary=True)
         return FunctionStatus.from_json(data)
 
+    def metrics(self, name: str) -> str | None:
+        """The function's own /metrics (through the gateway), or None if it has none."""
+        resp = self._request("GET", f"/function/{quote(name)}/metrics", missing_ok=True)
+        return None if resp is None else resp.data.decode(errors="replace")
+
     def deploy(self, deployment: dict[str, Any]) -> str:
         """Create the function, or update it if it exists; ``"created"`` or ``"updated"``."""
         name = str(deployment["service"])
