@@ -83,23 +83,20 @@ def _s3_config(server: S3Server, retry: float) -> RunConfig:
     )
 
 
-def test_nats_server_crash_mid_run_gives_the_exact_answer(
-    own_nats: NatsServer, shared_net: Network, shared_images: Images
+@pytest.mark.parametrize(("kind", "retry", "down"), [("nats", 20, 1.0), ("s3", 30, 0.5)])
+def test_server_crash_mid_run_gives_the_exact_answer(
+    kind: str,
+    retry: float,
+    down: float,
+    request: pytest.FixtureRequest,
+    shared_net: Network,
+    shared_images: Images,
 ) -> None:
-    crash = _Crash(own_nats, after=5, down=1.0)
+    server = request.getfixturevalue(f"own_{kind}")
+    cfg = _nats_config(server, retry) if kind == "nats" else _s3_config(server, retry)
+    crash = _Crash(server, after=5, down=down)
     t0 = time.monotonic()
-    result = run(shared_net, shared_images.matrix, _nats_config(own_nats, 20), crash)
-    assert crash.at_layer is not None and crash.at_layer < shared_net.depth
-    assert result.categories.tolist() == shared_images.truth[120].tolist()
-    assert time.monotonic() - t0 < BOUND
-
-
-def test_s3_server_crash_mid_run_gives_the_exact_answer(
-    own_s3: S3Server, shared_net: Network, shared_images: Images
-) -> None:
-    crash = _Crash(own_s3, after=5, down=0.5)
-    t0 = time.monotonic()
-    result = run(shared_net, shared_images.matrix, _s3_config(own_s3, 30), crash)
+    result = run(shared_net, shared_images.matrix, cfg, crash)
     assert crash.at_layer is not None and crash.at_layer < shared_net.depth
     assert result.categories.tolist() == shared_images.truth[120].tolist()
     assert time.monotonic() - t0 < BOUND

@@ -108,10 +108,13 @@ def prepare(network: Network, config: RunConfig) -> Prepared:
     )
 
 
-def prepare_stored(store: ModelStore, ref: ModelRef) -> Prepared:
-    """A model already cut and pushed (``fsd model push``): only the manifest and input owners."""
+def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None = None) -> Prepared:
+    """A model already cut and pushed (``fsd model push``): only the manifest and input owners.
+
+    Pass ``manifest`` when it was just read, so it is not fetched twice.
+    """
     t0 = time.perf_counter()
-    manifest = store.manifest(ref.name)
+    manifest = manifest if manifest is not None else store.manifest(ref.name)
     if not manifest.has(ref.workers, ref.partition):
         cut = ", ".join(sorted(manifest.partitions)) or "none"
         raise InputError(
@@ -273,11 +276,9 @@ def infer(
                 channel, launcher, prepared.workers, time.monotonic() + config.timeout, on_progress
             )
             seconds = time.perf_counter() - t0
-            purge = getattr(channel, "purge_run", None)
-            if purge is not None:
-                purge()
+            channel.purge_run()
     result = _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
-    result.worker_replies = dict(getattr(launcher, "replies", {}))
+    result.worker_replies = dict(launcher.replies)
     return result
 
 

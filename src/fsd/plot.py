@@ -71,20 +71,17 @@ def timeline(result: RunResult, path: Path | str, model: str | None = None) -> P
     axes = figure.add_subplot()
     for w in range(workers):
         c_starts, m_starts = _segments(compute[w], comm[w])
-        axes.broken_barh(
-            list(zip(c_starts.tolist(), compute[w].tolist(), strict=True)),
-            (w - 0.4, 0.8),
-            facecolors=COMPUTE_COLOUR,
-            edgecolors="white",  # a thin line between layers
-            linewidth=0.3,
-        )
-        axes.broken_barh(
-            list(zip(m_starts.tolist(), comm[w].tolist(), strict=True)),
-            (w - 0.4, 0.8),
-            facecolors=COMM_COLOUR,
-            edgecolors="white",  # a thin line between layers
-            linewidth=0.3,
-        )
+        for starts, widths, colour in (
+            (c_starts, compute[w], COMPUTE_COLOUR),
+            (m_starts, comm[w], COMM_COLOUR),
+        ):
+            axes.broken_barh(
+                list(zip(starts.tolist(), widths.tolist(), strict=True)),
+                (w - 0.4, 0.8),
+                facecolors=colour,
+                edgecolors="white",  # a thin line between layers
+                linewidth=0.3,
+            )
     axes.set_yticks(range(workers), [f"worker {w}" for w in range(workers)])
     axes.invert_yaxis()  # worker 0 on top
     axes.set_xlabel("seconds (worker time, layers in order)")

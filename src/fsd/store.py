@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import ChannelConfig
-from fsd.channels.s3 import minio_client
+from fsd.channels.s3 import delete_prefix, minio_client
 from fsd.errors import ChannelError, FsdError, InputError
 from fsd.model import Images, Network
 from fsd.partition import make_plan
@@ -90,22 +90,27 @@ class ModelStore:
 
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config
-        self._s3 = _client(config)
-        self._bucket = config.bucket
+        self.client = _client(config)
+        self.bucket = config.bucket
+        self._bucket_ready = False
 
     # -- raw objects ---------------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes) -> None:
+        """Put one object (the bucket is created on the first write if it does not exist)."""
         try:
-            if not self._s3.bucket_exists(self._bucket):
-                self._s3.make_bucket(self._bucket, location=self.config.region)
-            self._s3.put_object(self._bucket, key, io.BytesIO(data), len(data))
+            if not self._bucket_ready:
+                if not self.client.bucket_exists(self.bucket):
+                    self.client.make_bucket(self.bucket, location=self.config.region)
+                self._bucket_ready = True
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ChannelError(f"model store: cannot write {key}: {exc}") from None
 
-    def _get(self, key: str) -> bytes:
+    def read(self, key: str) -> bytes:
+        """One object's bytes; ModelNotFound when it (or the bucket) does not exist."""
         try:
-            resp = self._s3.get_object(self._bucket, key)
+            resp = self.client.get_object(self.bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 raise ModelNotFound(f"model store has no {key}") from None
@@ -117,6 +122,20 @@ class ModelStore:
         finally:
             resp.close()
             resp.release_conn()
+
+    def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
+        """Delete every object under ``prefix``; how many there were (0: no bucket)."""
+        try:
+            removed, failed = delete_prefix(self.client, self.bucket, prefix, last=last)
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return 0
+            raise ChannelError(f"model store: cannot remove {prefix}: {exc.code}") from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ChannelError(f"model store unreachable removing {prefix}: {exc}") from None
+        if failed:
+            raise ChannelError(f"model store: cannot remove {prefix}: {failed[0]}")
+        return removed
 
     # -- models --------------------------------------------------------------------------------
 
@@ -146,9 +165,9 @@ class ModelStore:
                 plan = make_plan(network, w, method)
                 shards = build_shards(network, plan, np.dtype(dtype))
                 base = f"{PREFIX}/{name}/{Manifest.key(w, method)}"
-                self._put(f"{base}/owners0.npy", _npy(plan.owners[0].astype(np.int32)))
+                self.write(f"{base}/owners0.npy", _npy(plan.owners[0].astype(np.int32)))
                 for shard in shards:
-                    self._put(f"{base}/shard-{shard.worker}.npz", shard_to_bytes(shard))
+                    self.write(f"{base}/shard-{shard.worker}.npz", shard_to_bytes(shard))
                 manifest.partitions[Manifest.key(w, method)] = {
                     "workers": w,
                     "partition": method,
@@ -168,16 +187,16 @@ class ModelStore:
                 vals=coo.data.astype(np.float32),
                 **truth,  # type: ignore[arg-type]
             )
-            self._put(f"{PREFIX}/{name}/images.npz", buf.getvalue())
+            self.write(f"{PREFIX}/{name}/images.npz", buf.getvalue())
             manifest.images = int(images.matrix.shape[0])
             manifest.truth_layers = sorted(int(k) for k in images.truth)
-        self._put(f"{PREFIX}/{name}/manifest.json", json.dumps(asdict(manifest)).encode())
+        self.write(f"{PREFIX}/{name}/manifest.json", json.dumps(asdict(manifest)).encode())
         return manifest
 
     def manifest(self, name: str) -> Manifest:
         _check_name(name)
         try:
-            raw = json.loads(self._get(f"{PREFIX}/{name}/manifest.json"))
+            raw = json.loads(self.read(f"{PREFIX}/{name}/manifest.json"))
             return Manifest(**raw)
         except ModelNotFound:
             raise ModelNotFound(f"unknown model {name!r}") from None
@@ -185,7 +204,7 @@ class ModelStore:
             raise ChannelError(f"model {name!r} has a malformed manifest: {exc}") from None
 
     def owners0(self, ref: ModelRef) -> np.ndarray:
-        data = self._get(
+        data = self.read(
             f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/owners0.npy"
         )
         owners: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
@@ -193,10 +212,10 @@ class ModelStore:
 
     def shard(self, ref: ModelRef, worker: int) -> Shard:
         key = f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/shard-{worker}.npz"
-        return shard_from_bytes(self._get(key))
+        return shard_from_bytes(self.read(key))
 
     def images(self, name: str, first: int | None = None) -> Images:
-        data = self._get(f"{PREFIX}/{name}/images.npz")
+        data = self.read(f"{PREFIX}/{name}/images.npz")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             nrows, ncols = (int(x) for x in z["shape"])
             m = sp.csr_matrix((z["vals"], (z["rows"], z["cols"])), shape=(nrows, ncols))

@@ -128,6 +128,9 @@ class Channel(ABC):
             )
         return got
 
+    def purge_run(self) -> None:  # noqa: B027 (an optional hook)
+        """Remove whatever is left of this run on the transport (the coordinator calls it)."""
+
     def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release connections. Idempotent."""
 

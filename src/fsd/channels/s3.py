@@ -66,6 +66,26 @@ def minio_client(
     return client, where
 
 
+def delete_prefix(
+    client: Minio, bucket: str, prefix: str, *, last: Callable[[str], bool] | None = None
+) -> tuple[int, list[str]]:
+    """Delete every object under ``prefix`` (one LIST, DELETEs batched by 1000).
+
+    Returns how many objects there were and "name: why" for each that could not be deleted;
+    keys for which ``last`` is true are deleted after the others. Transport errors propagate.
+    """
+    keys = [
+        o.object_name for o in client.list_objects(bucket, prefix, recursive=True) if o.object_name
+    ]
+    if last is not None:
+        keys.sort(key=last)
+    failed: list[str] = []
+    for i in range(0, len(keys), 1000):
+        batch = [DeleteObject(k) for k in keys[i : i + 1000]]
+        failed += [f"{e.name}: {e.message}" for e in client.remove_objects(bucket, batch)]
+    return len(keys), failed
+
+
 def _endpoint_token(endpoint: int) -> str:
     return "c" if endpoint == COORDINATOR else str(endpoint)
 
@@ -249,19 +269,11 @@ class S3Channel(Channel):
     def purge_run(self) -> None:
         """Delete every object of this run (the coordinator calls it at the end)."""
         try:
-            self.stats.count("list")
-            names = [
-                o.object_name
-                for o in self._s3.list_objects(self._bucket, f"{self._prefix}/", recursive=True)
-                if o.object_name
-            ]
-            self.stats.count("list", len(names) // 1000)
-            for i in range(0, len(names), 1000):
-                batch = [DeleteObject(n) for n in names[i : i + 1000]]
-                errors = list(self._s3.remove_objects(self._bucket, batch))
-                self.stats.count("delete", len(batch))
-                for err in errors:
-                    log.warning("could not delete %s: %s", err.name, err.message)
+            removed, failed = delete_prefix(self._s3, self._bucket, f"{self._prefix}/")
+            self.stats.count("list", 1 + removed // 1000)
+            self.stats.count("delete", removed)
+            for why in failed:
+                log.warning("could not delete %s", why)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             log.warning("could not purge run %s: %s (the lifecycle rule will)", self.run.hex(), exc)
 

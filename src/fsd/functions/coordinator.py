@@ -100,7 +100,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
                 400, "invalid request", f"workers: {workers} > {manifest.neurons} neurons"
             )
         ref = ModelRef(name, workers, partition)
-        prepared = prepare_stored(store, ref)
+        prepared = prepare_stored(store, ref, manifest)
         if "images" in request:
             if not manifest.images:
                 return _error(404, "no stored images", f"model {name!r} was pushed without images")

@@ -21,7 +21,6 @@ delete of its own).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import tempfile
@@ -29,13 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import urllib3
-from minio import Minio
-from minio.deleteobjects import DeleteObject
-from minio.error import MinioException, S3Error
-
 from fsd.channels.base import ChannelConfig
-from fsd.channels.s3 import minio_client
 from fsd.errors import ChannelError, InputError
 from fsd.k8s import source as sources
 from fsd.k8s.errors import SourceError, StoreUnreachable
@@ -46,7 +39,6 @@ from fsd.store import PREFIX, Manifest, ModelNotFound, ModelStore
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "fsd-operator-owner.json"
-_MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 
 
 @dataclass(frozen=True)
@@ -77,17 +69,12 @@ class ModelKeeper:
     def __init__(self, config: ChannelConfig, *, max_source_bytes: int) -> None:
         self.config = dataclasses.replace(config, connect_timeout=min(config.connect_timeout, 5.0))
         self.max_source_bytes = max_source_bytes
-        retries = urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
         try:
-            self._s3: Minio = minio_client(
-                self.config, maxsize=4, read_timeout=60.0, retries=retries
-            )[0]
             self._store = ModelStore(self.config)
         except (ChannelError, InputError) as exc:
             raise SourceError(
                 f"the model store is misconfigured: {exc}", reason="StoreMisconfigured"
             ) from None
-        self.bucket = self.config.bucket
 
     # -- owner marker -------------------------------------------------------------------------
 
@@ -97,22 +84,15 @@ class ModelKeeper:
     def owner(self, model: str) -> Owner | None:
         """Who pushed ``model`` through the operator (None: nobody did)."""
         try:
-            resp = self._s3.get_object(self.bucket, self._owner_key(model))
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return None
+            raw = json.loads(self._store.read(self._owner_key(model)))
+        except ModelNotFound:
+            return None
+        except ChannelError as exc:
             raise StoreUnreachable(
-                f"model store: cannot read the owner of {model}: {exc.code}"
+                f"model store: cannot read the owner of {model}: {exc}"
             ) from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnreachable(f"model store unreachable: {type(exc).__name__}") from None
-        try:
-            raw = json.loads(resp.read())
         except ValueError:
             return Owner("", "")  # unreadable: owned by nobody we know
-        finally:
-            resp.close()
-            resp.release_conn()
         return Owner(
             str(raw.get("namespace", "")), str(raw.get("name", "")), str(raw.get("source", ""))
         )
@@ -120,10 +100,8 @@ class ModelKeeper:
     def _claim(self, model: str, owner: Owner) -> None:
         data = json.dumps(dataclasses.asdict(owner)).encode()
         try:
-            if not self._s3.bucket_exists(self.bucket):
-                self._s3.make_bucket(self.bucket, location=self.config.region)
-            self._s3.put_object(self.bucket, self._owner_key(model), io.BytesIO(data), len(data))
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self._store.write(self._owner_key(model), data)
+        except ChannelError as exc:
             raise StoreUnreachable(
                 f"model store: cannot write the owner of {model}: {exc}"
             ) from None
@@ -197,7 +175,9 @@ class ModelKeeper:
     def _load_and_push(self, spec: ModelSpec, model: str) -> Manifest:
         src = spec.source
         with tempfile.TemporaryDirectory(prefix="fsd-operator-") as tmp:
-            fetched = sources.fetch(self._s3, src, Path(tmp), max_bytes=self.max_source_bytes)
+            fetched = sources.fetch(
+                self._store.client, src, Path(tmp), max_bytes=self.max_source_bytes
+            )
             try:
                 network = load_network(fetched.root, src.neurons, src.layers, cache=False)
                 images = load_images(fetched.root, network.neurons) if fetched.images else None
@@ -232,26 +212,12 @@ class ModelKeeper:
 
     def _remove_prefix(self, prefix: str) -> int:
         try:
-            keys = [
-                obj.object_name
-                for obj in self._s3.list_objects(self.bucket, prefix=prefix, recursive=True)
-                if obj.object_name
-            ]
             # the owner marker goes last: a failed removal can be retried by its owner
-            keys.sort(key=lambda k: k.endswith(OWNER_FILE))
-            for start in range(0, len(keys), 1000):
-                batch = [DeleteObject(k) for k in keys[start : start + 1000]]
-                errors = list(self._s3.remove_objects(self.bucket, batch))
-                if errors:
-                    raise StoreUnreachable(f"model store: cannot remove {prefix}: {errors[0]}")
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
-                return 0
-            raise StoreUnreachable(f"model store: cannot remove {prefix}: {exc.code}") from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreUnreachable(f"model store unreachable: {type(exc).__name__}") from None
-        log.info("removed %d objects under %s", len(keys), prefix)
-        return len(keys)
+            removed = self._store.delete_prefix(prefix, last=lambda k: k.endswith(OWNER_FILE))
+        except ChannelError as exc:
+            raise StoreUnreachable(str(exc)) from None
+        log.info("removed %d objects under %s", removed, prefix)
+        return removed
 
 
 def _shape_mismatch(spec: ModelSpec, manifest: Manifest) -> str | None:

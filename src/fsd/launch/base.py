@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from fsd.worker import WorkerTask
 
 
 class Launcher(ABC):
     """Starts one worker per task; the workers then talk only through their channel."""
+
+    #: what each worker's platform answered when it finished (remote launchers fill it)
+    replies: dict[int, dict[str, Any]]
+
+    def __init__(self) -> None:
+        self.replies = {}
 
     @abstractmethod
     def launch(self, tasks: Sequence[WorkerTask]) -> None:

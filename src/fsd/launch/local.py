@@ -33,6 +33,7 @@ def _entry(task: WorkerTask, progress: Any, last_words: Any) -> None:
 
 class LocalLauncher(Launcher):
     def __init__(self) -> None:
+        super().__init__()
         self._ctx = mp.get_context("fork")
         self._procs: list[mp.process.BaseProcess] = []
         self._progress: Any = None

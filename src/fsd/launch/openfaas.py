@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import urllib3
 
@@ -52,6 +51,7 @@ class OpenFaaSLauncher(Launcher):
         connect_timeout: float = 10.0,
         fanout: int = 0,
     ) -> None:
+        super().__init__()
         if not urls:
             raise InputError(
                 "the openfaas launcher needs the worker function's URL (FSD_WORKER_URL)"
@@ -67,7 +67,6 @@ class OpenFaaSLauncher(Launcher):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._failed: dict[int, str] = {}
-        self.replies: dict[int, dict[str, Any]] = {}
 
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
         tree = 0 < self.fanout < len(tasks)
