@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks functions template
 	$(BIN)/ruff format --check src tests benchmarks functions template
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q

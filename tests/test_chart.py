@@ -464,7 +464,7 @@ def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
         ("AWS_SECRET_ACCESS_KEY", "fsd-s3-secret-key"),
     ]:
         assert env[var] == {"secretKeyRef": {"name": "fsd-credentials", "key": key}}
-    # the same secrets as files, named as OpenFaaS names them (fsd.functions.secrets)
+    # the same secrets as files, named as OpenFaaS names them (fsd.settings)
     (secrets,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
     files = {i["path"] for s in secrets["projected"]["sources"] for i in s["secret"]["items"]}
     assert files == GENERATED

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from fsd.cost import PRICES, Cost, Prices, Usage, estimate, lambda_gb_seconds, units_64k
+from fsd.channels.base import units_64k
+from fsd.cost import PRICES, Cost, Prices, Usage, estimate, lambda_gb_seconds
 from fsd.errors import InputError
 
 KIB = 1024

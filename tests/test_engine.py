@@ -14,6 +14,7 @@ from fsd.coordinator import RunConfig, infer, prepare, run
 from fsd.errors import WorkerError
 from fsd.model import Images, Network
 from fsd.partition import PARTITIONERS
+from fsd.task import WorkerTask
 
 
 @pytest.mark.parametrize("partition", PARTITIONERS)
@@ -84,7 +85,7 @@ def _tagging_input(monkeypatch: pytest.MonkeyPatch) -> object:
 
     real = worker._input_matrix
 
-    def tag(task: worker.WorkerTask, msg: object) -> kernels.Csr:
+    def tag(task: WorkerTask, msg: object) -> kernels.Csr:
         os.environ["FSD_TEST_WORKER"] = str(task.worker)
         return real(task, msg)  # type: ignore[arg-type]
 
@@ -97,7 +98,7 @@ def test_dead_worker_is_detected_quickly(monkeypatch: pytest.MonkeyPatch) -> Non
 
     real = worker._input_matrix
 
-    def die(task: worker.WorkerTask, msg: object) -> kernels.Csr:
+    def die(task: WorkerTask, msg: object) -> kernels.Csr:
         if task.worker == 2:
             os._exit(9)  # like an OOM kill: no report at all
         return real(task, msg)  # type: ignore[arg-type]

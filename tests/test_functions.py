@@ -183,7 +183,7 @@ def test_fan_out_tree_invokes_workers_through_workers(
     from fsd.channels.settings import channel_config
     from fsd.coordinator import RunConfig, infer, prepare_stored
     from fsd.launch.openfaas import children
-    from fsd.store import ModelRef
+    from fsd.task import ModelRef
 
     assert children(0, 7, 2) == [2, 3] and children(2, 7, 2) == [6] and children(3, 7, 2) == []
     env = stack.env
@@ -224,8 +224,8 @@ def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
     import base64
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from fsd.functions.secrets import function_env
     from fsd.launch.openfaas import OpenFaaSLauncher
+    from fsd.settings import function_env
 
     seen: list[str] = []
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from fsd.functions.secrets import CREDS_FILE, SECRET_VARS
+from fsd.settings import CREDS_FILE, SECRET_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "stack.yml"
@@ -172,7 +172,7 @@ def test_secrets_documented_and_read(stack: dict[str, Any], docs: str, name: str
     known = {*SECRET_VARS, CREDS_FILE}
     for secret in secrets:
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", secret), secret
-        assert secret in known, f"fsd.functions.secrets does not read {secret}"
+        assert secret in known, f"fsd.settings does not read {secret}"
         assert f"faas-cli secret create {secret} " in docs, f"{secret} is not in {DOCS.name}"
     assert "fsd-gateway-password" in secrets  # both call the gateway
 

@@ -14,7 +14,8 @@ from fsd.model.generate import generate
 from fsd.partition import make_plan
 from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
-from fsd.store import ModelNotFound, ModelRef, ModelStore, ShardCache
+from fsd.store import ModelNotFound, ModelStore, ShardCache
+from fsd.task import ModelRef
 
 
 def _store(server: S3Server) -> ModelStore:

@@ -14,11 +14,11 @@ import pytest
 
 from fsd import cli, wire
 from fsd.channels import ChannelConfig, open_channel
-from fsd.channels.base import redact
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, InputError
 from fsd.model import Images, Network
+from fsd.redact import redact
 from fsd.services import NatsServer, S3Server
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]

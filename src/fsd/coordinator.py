@@ -26,8 +26,8 @@ from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
 from fsd.partition import make_plan
 from fsd.shard import Shard, build_shards
-from fsd.store import Manifest, ModelRef, ModelStore
-from fsd.worker import WorkerTask
+from fsd.store import Manifest, ModelStore
+from fsd.task import ModelRef, WorkerTask
 
 log = logging.getLogger(__name__)
 

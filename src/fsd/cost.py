@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, fields
 
 from fsd.errors import InputError
 
-CHUNK_BYTES = 64 * 1024  # SNS and SQS bill each request per 64 KB chunk of its payload
 GIB = 2**30  # a billed "GB" in this module
 SQS_DELETE_BATCH = 10  # DeleteMessageBatch removes up to 10 messages per request
 CHANNELS = ("nats", "s3", "local")
@@ -88,13 +87,6 @@ class Cost:
 
 def _sig9(x: float) -> float:
     return float(f"{x:.9g}")
-
-
-def units_64k(nbytes: int) -> int:
-    """Billed 64 KB chunks of one message: an empty message is still one request."""
-    if nbytes < 0:
-        raise InputError(f"message size must be >= 0 bytes, got {nbytes}")
-    return max(1, -(-nbytes // CHUNK_BYTES))
 
 
 def lambda_gb_seconds(seconds_per_function: Iterable[float], memory_mb: int) -> float:

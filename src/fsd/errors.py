@@ -49,3 +49,8 @@ class WorkerError(FsdError):
 
 class ServiceError(FsdError):
     """An embedded server (nats-server, SeaweedFS) could not be found, started or reached."""
+
+
+class AuthError(FsdError):
+    """Something received is not authentic (bad or missing MAC, expired, unknown key), or this
+    component has no usable secret to check it with. Never says which byte was wrong."""

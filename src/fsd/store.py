@@ -32,11 +32,12 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import ChannelConfig
-from fsd.channels.s3 import delete_prefix, minio_client
 from fsd.errors import ChannelError, FsdError, InputError
 from fsd.model import Images, Network
 from fsd.partition import make_plan
+from fsd.s3client import delete_prefix, minio_client
 from fsd.shard import Shard, build_shards, shard_from_bytes, shard_to_bytes
+from fsd.task import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,6 @@ class Manifest:
 
     def has(self, workers: int, partition: str) -> bool:
         return self.key(workers, partition) in self.partitions
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a worker needs to fetch its shard: the model and how it was cut."""
-
-    name: str
-    workers: int
-    partition: str
 
 
 def _client(config: ChannelConfig) -> Minio:

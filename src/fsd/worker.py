@@ -11,69 +11,16 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from fsd import kernels, wire
-from fsd.channels.base import COORDINATOR, OPS, Channel, ChannelConfig, redact
+from fsd.channels.base import COORDINATOR, OPS, Channel
 from fsd.errors import FsdError, WireError
-from fsd.shard import LayerShard, Shard
-from fsd.store import ModelRef
+from fsd.shard import LayerShard
+from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerTask:
-    """Everything a worker needs; travels to the worker with its launch.
-
-    A forked local worker inherits ``shard``; a remote one gets ``model`` instead and downloads
-    its shard from the model store (``shard`` is None on the wire, see :meth:`to_json`).
-    """
-
-    run: bytes
-    worker: int
-    workers: int
-    images: int
-    shard: Shard | None
-    bias: float
-    ymax: float
-    dtype: str
-    channel: ChannelConfig
-    layer_timeout: float = 60.0
-    model: ModelRef | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The task as a function invocation body: no shard, no secrets."""
-        if self.model is None:
-            raise FsdError("a remote worker needs a model in the store (fsd model push)")
-        ch = self.channel
-        return {
-            "run": self.run.hex(),
-            "worker": self.worker,
-            "workers": self.workers,
-            "images": self.images,
-            "bias": self.bias,
-            "ymax": self.ymax,
-            "dtype": self.dtype,
-            "layer_timeout": self.layer_timeout,
-            "model": {
-                "name": self.model.name,
-                "workers": self.model.workers,
-                "partition": self.model.partition,
-            },
-            "channel": {
-                "kind": ch.kind,
-                "address": redact(ch.address),
-                "max_frame": ch.max_frame,
-                "compress": ch.compress,
-                "namespace": ch.namespace,
-                "bucket": ch.bucket,
-                "region": ch.region,
-            },
-        }
 
 
 def _check_coo(what: str, rows: np.ndarray, cols: np.ndarray, nrows: int, ncols: int) -> None:

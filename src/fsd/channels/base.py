@@ -13,25 +13,22 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from fsd import wire
-from fsd.errors import ChannelTimeout
+from fsd.errors import ChannelTimeout, InputError
 
 log = logging.getLogger(__name__)
 
 
-def redact(url: str) -> str:
-    """``url`` without user, password or token, for logs and error messages."""
-    out = []
-    for one in url.split(","):
-        parts = urlsplit(one.strip())
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-            parts = parts._replace(netloc=netloc)
-        out.append(urlunsplit(parts))
-    return ",".join(out)
+CHUNK_BYTES = 64 * 1024
+"""SNS and SQS bill each request per 64 KB chunk of its payload."""
+
+
+def units_64k(nbytes: int) -> int:
+    """Billed 64 KB chunks of one message: an empty message is still one request."""
+    if nbytes < 0:
+        raise InputError(f"message size must be >= 0 bytes, got {nbytes}")
+    return max(1, -(-nbytes // CHUNK_BYTES))
 
 
 #: The coordinator's endpoint id; workers are 0..W-1.

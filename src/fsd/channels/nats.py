@@ -49,9 +49,9 @@ from nats.js.api import (
 )
 
 from fsd import wire
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, redact
-from fsd.cost import units_64k
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, units_64k
 from fsd.errors import ChannelError, WireError
+from fsd.redact import redact
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,14 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import urllib3
-from minio import Minio
-from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 
 from fsd import wire
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
 from fsd.errors import ChannelError, WireError
+from fsd.s3client import delete_prefix, minio_client
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +38,6 @@ _FAST_POLLS = 10
 _FIRST_WAIT = 0.002
 _MAX_WAIT = 0.02  # the backoff doubles up to this (bounds added latency and the GET bill)
 _MISSING = ("NoSuchKey", "NoSuchObject")
-
-
-def minio_client(
-    config: ChannelConfig, *, maxsize: int, read_timeout: float, retries: urllib3.Retry
-) -> tuple[Minio, str]:
-    """A minio client for ``config``'s endpoint, and the endpoint as a loggable URL."""
-    parts = urlsplit(config.address if "://" in config.address else f"http://{config.address}")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ChannelError(f"s3 endpoint must be http(s)://host[:port], got {config.address!r}")
-    where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=config.connect_timeout, read=read_timeout),
-        maxsize=maxsize,
-        retries=retries,
-    )
-    client = Minio(
-        parts.netloc,
-        access_key=config.access_key or None,
-        secret_key=config.secret_key or None,
-        secure=parts.scheme == "https",
-        region=config.region,
-        http_client=http,
-    )
-    return client, where
-
-
-def delete_prefix(
-    client: Minio, bucket: str, prefix: str, *, last: Callable[[str], bool] | None = None
-) -> tuple[int, list[str]]:
-    """Delete every object under ``prefix`` (one LIST, DELETEs batched by 1000).
-
-    Returns how many objects there were and "name: why" for each that could not be deleted;
-    keys for which ``last`` is true are deleted after the others. Transport errors propagate.
-    """
-    keys = [
-        o.object_name for o in client.list_objects(bucket, prefix, recursive=True) if o.object_name
-    ]
-    if last is not None:
-        keys.sort(key=last)
-    failed: list[str] = []
-    for i in range(0, len(keys), 1000):
-        batch = [DeleteObject(k) for k in keys[i : i + 1000]]
-        failed += [f"{e.name}: {e.message}" for e in client.remove_objects(bucket, batch)]
-    return len(keys), failed
 
 
 def _endpoint_token(endpoint: int) -> str:

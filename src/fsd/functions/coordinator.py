@@ -24,8 +24,9 @@ from fsd import observe
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, infer, prepare_stored
 from fsd.errors import ChannelError, FsdError, InputError, WorkerError
-from fsd.functions.secrets import function_env
-from fsd.store import ModelNotFound, ModelRef, ModelStore
+from fsd.settings import function_env
+from fsd.store import ModelNotFound, ModelStore
+from fsd.task import ModelRef
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from fsd import observe, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.channels.settings import channel_config
 from fsd.errors import FsdError, InputError, WorkerError
-from fsd.functions.secrets import function_env
 from fsd.launch.openfaas import OpenFaaSLauncher, children
-from fsd.store import ModelRef, ModelStore, ShardCache
-from fsd.worker import WorkerTask, run_worker
+from fsd.settings import function_env
+from fsd.store import ModelStore, ShardCache
+from fsd.task import ModelRef, WorkerTask
+from fsd.worker import run_worker
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@
 ``FSD_NATS_URL``                 NATS for the functions (default ``nats://nats.fsd:4222``)
 ``FSD_S3_ENDPOINT``              the model store (required), ``FSD_S3_BUCKET`` (default ``fsd``),
                                  ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION``
-                                 or the ``fsd-s3-*`` secret files (:mod:`fsd.functions.secrets`)
+                                 or the ``fsd-s3-*`` secret files (:mod:`fsd.settings`)
 ``FSD_FUNCTION_S3_ENDPOINT``     the store as the functions see it (default: ``FSD_S3_ENDPOINT``)
 ``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides), as in stack.yml:
 ``FSD_WORKER_IMAGE``             ``ttl.sh/fsd-coordinator:latest``, ``ttl.sh/fsd-worker:latest``
@@ -42,7 +42,7 @@ from pathlib import Path
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import InputError
-from fsd.functions.secrets import function_env
+from fsd.settings import function_env
 
 DEFAULT_SECRETS = (
     "fsd-nats-token",

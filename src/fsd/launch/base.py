@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from fsd.worker import WorkerTask
+from fsd.task import WorkerTask
 
 
 class Launcher(ABC):

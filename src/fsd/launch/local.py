@@ -11,7 +11,8 @@ from typing import Any
 
 from fsd.channels import open_channel
 from fsd.launch.base import Launcher
-from fsd.worker import WorkerTask, run_worker
+from fsd.task import WorkerTask
+from fsd.worker import run_worker
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import urllib3
 
 from fsd.errors import InputError
 from fsd.launch.base import Launcher
-from fsd.worker import WorkerTask
+from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
 
