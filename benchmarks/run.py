@@ -95,7 +95,7 @@ def _channel_configs(kinds: list[str], stack: contextlib.ExitStack) -> dict[str,
             from fsd.services import NatsServer
 
             nats = stack.enter_context(NatsServer())
-            configs[kind] = ChannelConfig("nats", nats.url)
+            configs[kind] = ChannelConfig("nats", nats.url, token=nats.token)
         elif kind == "s3":
             from fsd.services import S3Server
 

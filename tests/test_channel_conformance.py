@@ -28,7 +28,7 @@ def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
             yield ChannelConfig("local", box.address, max_frame=64 * 1024)
     elif kind == "nats":
         server = request.getfixturevalue("nats_server")
-        yield ChannelConfig("nats", server.url, max_frame=64 * 1024)
+        yield ChannelConfig("nats", server.url, max_frame=64 * 1024, token=server.token)
     elif kind == "s3":
         server = request.getfixturevalue("s3_server")
         yield ChannelConfig(

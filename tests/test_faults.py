@@ -62,7 +62,7 @@ def _nats_config(server: NatsServer, retry: float) -> RunConfig:
         partition="min-comm",
         layer_timeout=30,
         timeout=BOUND,
-        channel_config=ChannelConfig("nats", server.url, retry_seconds=retry),
+        channel_config=ChannelConfig("nats", server.url, token=server.token, retry_seconds=retry),
     )
 
 

@@ -32,6 +32,7 @@ def stack(
 ) -> Iterator[LocalStack]:
     env = {
         "FSD_NATS_URL": nats_server.url,
+        "FSD_NATS_TOKEN": nats_server.token,
         "FSD_S3_ENDPOINT": s3_server.endpoint,
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
@@ -183,6 +184,7 @@ def test_fan_out_tree_invokes_workers_through_workers(
     from fsd.channels.settings import channel_config
     from fsd.coordinator import RunConfig, infer, prepare_stored
     from fsd.launch.openfaas import children
+    from fsd.settings import function_env
     from fsd.task import ModelRef
 
     assert children(0, 7, 2) == [2, 3] and children(2, 7, 2) == [6] and children(3, 7, 2) == []
@@ -195,7 +197,7 @@ def test_fan_out_tree_invokes_workers_through_workers(
         partition="min-comm",
         timeout=60,
         layer_timeout=20,
-        channel_config=channel_config("nats", env=env),
+        channel_config=channel_config("nats", env=function_env(env)),
         launcher="openfaas",
         worker_urls=tuple(env["FSD_WORKER_URL"].split(",")),
         fanout=1,

@@ -32,8 +32,8 @@ def _healthz(server: NatsServer) -> int:
         return int(resp.status)
 
 
-async def _js_publish(url: str, payload: bytes) -> int:
-    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+async def _js_publish(url: str, token: str, payload: bytes) -> int:
+    nc = await nats.connect(url, token=token, connect_timeout=2, allow_reconnect=False)
     try:
         js = nc.jetstream()
         await js.add_stream(name="SVC", subjects=["svc.>"], storage=StorageType.FILE)
@@ -43,8 +43,8 @@ async def _js_publish(url: str, payload: bytes) -> int:
         await nc.close()
 
 
-async def _js_get(url: str, seq: int) -> bytes:
-    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+async def _js_get(url: str, token: str, seq: int) -> bytes:
+    nc = await nats.connect(url, token=token, connect_timeout=2, allow_reconnect=False)
     try:
         msg = await nc.jetstream().get_msg("SVC", seq)
         assert msg.data is not None
@@ -58,10 +58,10 @@ def test_nats_jetstream_survives_restart_and_stop_frees_port() -> None:
         assert server.running
         assert server.url.startswith("nats://127.0.0.1:")
         assert _healthz(server) == 200
-        seq = asyncio.run(_js_publish(server.url, b"kept on disk"))
+        seq = asyncio.run(_js_publish(server.url, server.token, b"kept on disk"))
         server.restart()
         assert server.running
-        assert asyncio.run(_js_get(server.url, seq)) == b"kept on disk"
+        assert asyncio.run(_js_get(server.url, server.token, seq)) == b"kept on disk"
         assert any(Path(server.store_dir).iterdir())
         workdir = Path(server.workdir)
     assert not server.running

@@ -82,7 +82,7 @@ def test_nothing_is_left_behind_after_runs(
 ) -> None:
     images = shared_images.matrix[:200]
     nats_server = NatsServer().start()  # its own, so other tests' traffic cannot interfere
-    nats_cfg = ChannelConfig("nats", nats_server.url)
+    nats_cfg = ChannelConfig("nats", nats_server.url, token=nats_server.token)
     s3_cfg = ChannelConfig(
         "s3",
         s3_server.endpoint,
@@ -94,7 +94,7 @@ def test_nothing_is_left_behind_after_runs(
         run(shared_net, images, RunConfig(workers=3, channel=cfg.kind, channel_config=cfg))
 
     async def consumers_and_messages() -> tuple[list[str], int]:
-        nc = await nats.connect(nats_server.url)
+        nc = await nats.connect(nats_server.url, token=nats_server.token)
         js = nc.jetstream()
         names = [c.name for c in await js.consumers_info("FSD")]
         info = await js.stream_info("FSD")

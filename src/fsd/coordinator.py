@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import cost, kernels, wire
+from fsd import auth, cost, kernels, wire
 from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.channels.base import OPS
-from fsd.errors import FsdError, InputError, WorkerError
+from fsd.errors import ChannelError, FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
@@ -140,8 +140,19 @@ def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None =
 
 @contextlib.contextmanager
 def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
-    """The channel configuration to use, starting an embedded server when none is configured."""
+    """The channel configuration to use, starting an embedded server when none is configured.
+
+    Local workers are forked from this process, so every run gets a fresh secret of its own;
+    remote workers (functions) must share the deployment's, which this refuses to run without.
+    """
     cc = dataclasses.replace(config.channel_config, kind=config.channel)
+    if config.launcher == "local":
+        cc = dataclasses.replace(cc, secret=auth.new_secret())
+    elif not cc.secret:
+        raise ChannelError(
+            "no deployment secret to authenticate frames and workers: set FSD_RUN_KEY "
+            "(functions: mount the fsd-run-key secret)"
+        )
     if cc.address:
         yield cc
     elif cc.kind == "local":
@@ -154,7 +165,9 @@ def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
 
         log.info("no NATS URL configured: starting an embedded nats-server")
         with NatsServer() as nats_server:
-            yield dataclasses.replace(cc, address=nats_server.url)
+            yield dataclasses.replace(
+                cc, address=nats_server.url, token=nats_server.token, user="", password=""
+            )
     elif cc.kind == "s3":
         from fsd.services import S3Server  # noqa: PLC0415
 
@@ -265,6 +278,7 @@ def infer(
             config.gateway_user,
             config.gateway_password,
             config.fanout,
+            secret=cc.secret,
         )
         with launcher, open_channel(cc, run, COORDINATOR) as channel:
             launcher.launch(tasks)

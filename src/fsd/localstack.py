@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -94,9 +95,14 @@ class LocalStack:
 
     def start(self) -> Self:
         env = {**self.base_env, "FSD_STACK_DIR": self.dir, "FSD_SECRETS_DIR": self.dir}
+        if not env.get("FSD_RUN_KEY"):  # the deployment secret, mounted as OpenFaaS would
+            key = Path(self.dir) / "fsd-run-key"
+            key.touch(mode=0o600)
+            key.write_text(secrets.token_hex(32))
         if not env.get("FSD_NATS_URL"):
             self.nats = NatsServer().start()
             env["FSD_NATS_URL"] = self.nats.url
+            env["FSD_NATS_TOKEN"] = self.nats.token
         if not env.get("FSD_S3_ENDPOINT"):
             self.s3 = S3Server().start(timeout=30.0)
             env["FSD_S3_ENDPOINT"] = self.s3.endpoint

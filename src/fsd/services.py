@@ -288,7 +288,10 @@ class NatsServer(_Server):
         token: str = "",
     ) -> None:
         super().__init__(workdir)
-        # optional client authentication (user + password, or a token), for tests of credentials
+        # clients must authenticate: with user + password when given, else with a token (a
+        # fresh random one unless given), so nobody else on the machine can use the server
+        if not user and not token:
+            token = secrets.token_urlsafe(24)
         self._user, self._password, self._token = user, password, token
         if port is None:
             port, self.monitor_port = pick_ports(2)
@@ -302,8 +305,13 @@ class NatsServer(_Server):
         # never route loopback health checks through an HTTP proxy from the environment
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # no secrets here: repr ends up in logs
         return f"NatsServer({self.url})"
+
+    @property
+    def token(self) -> str:
+        """The token clients authenticate with (empty when the server takes user + password)."""
+        return "" if self._user else self._token
 
     def _prepare(self) -> None:
         # json.dumps quotes the path the way the NATS config parser expects

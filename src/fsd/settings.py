@@ -21,6 +21,7 @@ SECRET_VARS = {
     "fsd-s3-access-key": "AWS_ACCESS_KEY_ID",
     "fsd-s3-secret-key": "AWS_SECRET_ACCESS_KEY",
     "fsd-gateway-password": "FSD_GATEWAY_PASSWORD",
+    "fsd-run-key": "FSD_RUN_KEY",
 }
 CREDS_FILE = "fsd-nats-credentials"
 

@@ -58,6 +58,8 @@ class ChannelConfig:
     token: str = field(default="", repr=False)  # nats
     user: str = field(default="", repr=False)  # nats
     password: str = field(default="", repr=False)  # nats
+    # the deployment secret frames are authenticated with (fsd.auth); never sent anywhere
+    secret: bytes = field(default=b"", repr=False)
 
 
 #: Transport operations counted per endpoint, in the fixed order a worker reports them.

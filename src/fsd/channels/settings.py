@@ -14,6 +14,8 @@ process listings.
 ``AWS_ACCESS_KEY_ID``         S3 access key
 ``AWS_SECRET_ACCESS_KEY``     S3 secret key
 ``AWS_REGION``                S3 region (default ``us-east-1``)
+``FSD_RUN_KEY``               deployment secret that authenticates frames and invocations
+                              (at least 32 characters; ``fsd run`` makes its own per run)
 ============================  ============================================================
 """
 
@@ -23,8 +25,9 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from fsd.auth import load_secret
 from fsd.channels.base import ChannelConfig
-from fsd.errors import InputError
+from fsd.errors import AuthError, InputError
 
 
 def channel_config(
@@ -39,6 +42,11 @@ def channel_config(
     """The configuration for ``kind``; an empty address means "start an embedded server"."""
     env = os.environ if env is None else env
     cfg = dataclasses.replace(base or ChannelConfig(), kind=kind)
+    if env.get("FSD_RUN_KEY"):
+        try:
+            cfg = dataclasses.replace(cfg, secret=load_secret(env["FSD_RUN_KEY"]))
+        except AuthError as exc:
+            raise InputError(str(exc)) from None
     if kind == "nats":
         creds = env.get("FSD_NATS_CREDS", "")
         if creds and not os.path.isfile(creds):

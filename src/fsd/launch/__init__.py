@@ -17,6 +17,8 @@ def make_launcher(
     user: str = "",
     password: str = "",
     fanout: int = 0,
+    *,
+    secret: bytes = b"",
 ) -> Launcher:
     if kind == "local":
         from fsd.launch.local import LocalLauncher  # noqa: PLC0415
@@ -25,7 +27,7 @@ def make_launcher(
     if kind == "openfaas":
         from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
 
-        return OpenFaaSLauncher(urls, timeout, user, password, fanout=fanout)
+        return OpenFaaSLauncher(urls, timeout, user, password, fanout=fanout, secret=secret)
     raise InputError(f"unknown launcher {kind!r}; choose one of {', '.join(LAUNCHERS)}")
 
 

@@ -50,6 +50,7 @@ class OpenFaaSLauncher(Launcher):
         password: str = "",
         connect_timeout: float = 10.0,
         fanout: int = 0,
+        secret: bytes = b"",
     ) -> None:
         super().__init__()
         if not urls:
@@ -64,6 +65,7 @@ class OpenFaaSLauncher(Launcher):
             token = base64.b64encode(f"{user or 'admin'}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self.fanout = fanout
+        self._secret = secret  # signs invocations (fsd.auth); never sent
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._failed: dict[int, str] = {}
