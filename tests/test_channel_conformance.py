@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
-from fsd import wire
+from fsd import auth, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel
+from fsd.channels.base import Slot
 from fsd.coordinator import RunConfig, run
-from fsd.errors import ChannelTimeout
+from fsd.errors import ChannelError, ChannelTimeout
 from fsd.model import Images, Network
 
 CHANNEL_KINDS = ["local", "nats", "s3"]
+KEY = auth.new_secret()  # the deployment secret every endpoint of these tests shares
 
 
 @pytest.fixture(params=CHANNEL_KINDS)
@@ -25,10 +28,10 @@ def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
         from fsd.channels.local import LocalMailbox
 
         with LocalMailbox() as box:
-            yield ChannelConfig("local", box.address, max_frame=64 * 1024)
+            yield ChannelConfig("local", box.address, max_frame=64 * 1024, secret=KEY)
     elif kind == "nats":
         server = request.getfixturevalue("nats_server")
-        yield ChannelConfig("nats", server.url, max_frame=64 * 1024, token=server.token)
+        yield ChannelConfig("nats", server.url, max_frame=64 * 1024, token=server.token, secret=KEY)
     elif kind == "s3":
         server = request.getfixturevalue("s3_server")
         yield ChannelConfig(
@@ -37,6 +40,7 @@ def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
             max_frame=64 * 1024,
             access_key=server.access_key,
             secret_key=server.secret_key,
+            secret=KEY,
         )
 
 
@@ -144,3 +148,75 @@ def test_exact_truth_through_the_channel(
     )
     result = run(shared_net, shared_images.matrix, cfg)
     assert result.categories.tolist() == shared_images.truth[120].tolist()
+
+
+def _sealed(frame: bytes, run_id: bytes, secret: bytes = KEY) -> bytes:
+    return wire.seal(frame, auth.frame_key(secret, run_id))
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x01
+    return bytes(out)
+
+
+# Each attack: what someone who can write to the transport, but lacks the deployment secret, puts
+# in the slot of (ACT, layer 5, from 0 to 1) before the genuine frame is there.
+ATTACKS: dict[str, Callable[[wire.Message, bytes], bytes]] = {
+    "well-formed, sealed with another key": lambda m, r: _sealed(
+        wire.encode(m), r, auth.new_secret()
+    ),
+    "well-formed, not sealed": lambda m, r: wire.encode(m),
+    "genuine with a flipped body byte": lambda m, r: _flip(_sealed(wire.encode(m), r), 60),
+    "genuine with a flipped tag byte": lambda m, r: _flip(_sealed(wire.encode(m), r), -1),
+    "genuine, truncated": lambda m, r: _sealed(wire.encode(m), r)[:-40],
+    "genuine of another layer, replayed here": lambda m, r: _sealed(
+        wire.encode(_act(r, 6, 0, 1, 10)), r
+    ),
+    "genuine of another sender, replayed here": lambda m, r: _sealed(
+        wire.encode(_act(r, 5, 2, 1, 10)), r
+    ),
+    "genuine of another run, replayed here": lambda m, r: _sealed(
+        wire.encode(_act(b"x" * 16, 5, 0, 1, 10)), b"x" * 16
+    ),
+    "garbage": lambda m, r: bytes(range(256)) * 4,
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_a_forged_frame_is_rejected_and_the_genuine_one_still_wins(
+    config: ChannelConfig, attack: str
+) -> None:
+    run_id = uuid.uuid4().bytes
+    genuine = _act(run_id, 5, 0, 1, 50)
+    forged = ATTACKS[attack](genuine, run_id)
+    slot = Slot(int(wire.Kind.ACT), 5, 0, 1, 0)
+    mallory_config = dataclasses.replace(config, secret=auth.new_secret())
+    with (
+        open_channel(mallory_config, run_id, 7) as mallory,
+        open_channel(config, run_id, 0) as a,
+        open_channel(config, run_id, 1) as b,
+    ):
+        mallory._transmit([(slot, forged)])  # straight onto the transport, as an attacker would
+        mallory.flush()
+        assert b.collect(wire.Kind.ACT, 5, [0], timeout=1.0) == {}
+        assert b.stats.rejected == 1
+        a.send(genuine)
+        assert b.expect(wire.Kind.ACT, 5, [0], timeout=5)[0] == genuine
+        assert b.stats.rejected == 1  # counted once, however often the transport showed it
+
+
+def test_a_duplicate_of_a_genuine_frame_is_no_rejection(config: ChannelConfig) -> None:
+    run_id = uuid.uuid4().bytes
+    with open_channel(config, run_id, 0) as a, open_channel(config, run_id, 1) as b:
+        msg = _act(run_id, 3, 0, 1, 20)
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 3, [0], timeout=5)[0] == msg
+        a.send(msg)  # a retry, or a replay on the same slot: harmless
+        assert b.collect(wire.Kind.ACT, 3, [0], timeout=0.3) == {}
+        assert b.stats.rejected == 0
+
+
+def test_a_channel_without_a_secret_refuses_to_open(config: ChannelConfig) -> None:
+    with pytest.raises(ChannelError, match="secret"):
+        open_channel(dataclasses.replace(config, secret=b""), uuid.uuid4().bytes, 0)

@@ -1,20 +1,28 @@
-"""Servers that crash and come back mid-run: the exact answer or a clear error, in bounded time.
+"""Faults mid-run: the exact answer or a clear error in bounded time, and nothing left behind.
 
-Each test owns its server (the session ones stay untouched), starts a real distributed inference,
-and kills the server (SIGKILL, like a crash) from the coordinator's progress callback once the
-workers are past the first layers; the server comes back on the same port with the same data.
+Each test owns its server (the session ones stay untouched) and starts a real distributed
+inference. Servers are killed (SIGKILL, like a crash) from the coordinator's progress callback once
+the workers are past the first layers and come back on the same port with the same data; workers
+are killed or hung from inside. Whatever happened, the run's frames, objects and consumers are
+gone afterwards: a failed run cleans up like a successful one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import nats
 import pytest
 
+import fsd.worker
 from fsd.channels import ChannelConfig
 from fsd.coordinator import RunConfig, run
-from fsd.errors import FsdError
+from fsd.errors import FsdError, WorkerError
 from fsd.model import Images, Network
 from fsd.services import NatsServer, S3Server
 
@@ -100,6 +108,7 @@ def test_server_crash_mid_run_gives_the_exact_answer(
     assert crash.at_layer is not None and crash.at_layer < shared_net.depth
     assert result.categories.tolist() == shared_images.truth[120].tolist()
     assert time.monotonic() - t0 < BOUND
+    _nothing_left(server)
 
 
 @pytest.mark.parametrize("kind", ["nats", "s3"])
@@ -118,3 +127,81 @@ def test_server_that_stays_down_gives_a_clear_error_in_bounded_time(
     assert elapsed < 30, f"took {elapsed:.1f} s to give up"
     message = str(info.value)
     assert kind in message or "worker" in message
+
+
+def _nothing_left(server: NatsServer | S3Server) -> None:
+    """No frame, object or consumer of any run remains on ``server``."""
+    if isinstance(server, S3Server):
+        assert list(server.client().list_objects("fsd", "fsd/", recursive=True)) == []
+        return
+
+    async def look() -> tuple[list[str], int]:
+        nc = await nats.connect(server.url, token=server.token)
+        try:
+            js = nc.jetstream()
+            consumers = [c.name for c in await js.consumers_info("FSD")]
+            return consumers, (await js.stream_info("FSD")).state.messages
+        finally:
+            await nc.close()
+
+    assert asyncio.run(look()) == ([], 0)
+
+
+def _config(kind: str, server: NatsServer | S3Server) -> RunConfig:
+    if isinstance(server, NatsServer):
+        return _nats_config(server, 20)
+    return _s3_config(server, 30)
+
+
+class _Sabotage:
+    """Replaces fsd.worker._assemble in forked workers: worker ``victim`` dies (SIGKILL) or
+    hangs after ``after`` layers; the others run normally."""
+
+    def __init__(self, victim: int, after: int, how: str) -> None:
+        self.real = fsd.worker._assemble
+        self.victim, self.after, self.how = victim, after, how
+        self.calls = 0
+
+    def __call__(self, task: Any, got: Any, layer: Any) -> Any:
+        if task.worker == self.victim:
+            self.calls += 1
+            if self.calls > self.after and self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.calls > self.after and self.how == "hang":
+                time.sleep(3600)
+        return self.real(task, got, layer)
+
+
+@pytest.mark.parametrize("kind", ["nats", "s3"])
+def test_a_killed_worker_fails_the_run_and_leaves_nothing_behind(
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_net: Network,
+    shared_images: Images,
+) -> None:
+    server = request.getfixturevalue(f"own_{kind}")
+    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim=1, after=10, how="kill"))
+    with pytest.raises(WorkerError) as info:
+        run(shared_net, shared_images.matrix, _config(kind, server))
+    assert info.value.worker == 1 and "-9" in str(info.value)
+    _nothing_left(server)
+
+
+@pytest.mark.parametrize("kind", ["nats", "s3"])
+def test_a_run_that_times_out_leaves_nothing_behind(
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_net: Network,
+    shared_images: Images,
+) -> None:
+    server = request.getfixturevalue(f"own_{kind}")
+    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim=0, after=10, how="hang"))
+    cfg = _config(kind, server)
+    cfg.timeout = 6  # the whole run; each layer may take longer, so the coordinator gives up
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="timed out"):
+        run(shared_net, shared_images.matrix, cfg)
+    assert time.monotonic() - t0 < BOUND
+    _nothing_left(server)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import nats
 import numpy as np
 import pytest
 
-from fsd import cli, wire
+from fsd import auth, cli, wire
 from fsd.channels import ChannelConfig, open_channel
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, run
@@ -22,6 +23,7 @@ from fsd.redact import redact
 from fsd.services import NatsServer, S3Server
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
+KEY = auth.new_secret()
 
 
 def _ping(config: ChannelConfig) -> None:
@@ -37,21 +39,25 @@ def _ping(config: ChannelConfig) -> None:
 def test_nats_user_password_and_token_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with NatsServer(user="fsd", password=SECRET) as server:
-        _ping(ChannelConfig("nats", server.url, user="fsd", password=SECRET))
+        _ping(ChannelConfig("nats", server.url, user="fsd", password=SECRET, secret=KEY))
         embedded = server.url.replace("nats://", f"nats://fsd:{SECRET}@")
-        _ping(ChannelConfig("nats", embedded))
+        _ping(ChannelConfig("nats", embedded, secret=KEY))
         with pytest.raises(ChannelError) as info:
             open_channel(
-                ChannelConfig("nats", embedded.replace(SECRET, "wrong"), retry_seconds=1),
+                ChannelConfig(
+                    "nats", embedded.replace(SECRET, "wrong"), retry_seconds=1, secret=KEY
+                ),
                 b"r" * 16,
                 0,
             )
         assert "wrong" not in str(info.value)
         assert "***@" in str(info.value)
     with NatsServer(token=SECRET) as server:
-        _ping(ChannelConfig("nats", server.url, token=SECRET))
+        _ping(ChannelConfig("nats", server.url, token=SECRET, secret=KEY))
         with pytest.raises(ChannelError):
-            open_channel(ChannelConfig("nats", server.url, retry_seconds=1), b"r" * 16, 0)
+            open_channel(
+                ChannelConfig("nats", server.url, retry_seconds=1, secret=KEY), b"r" * 16, 0
+            )
     assert SECRET not in caplog.text
     assert SECRET not in repr(ChannelConfig("nats", "x", password=SECRET, token=SECRET))
 
@@ -63,7 +69,7 @@ def test_redact_hides_credentials_in_every_url() -> None:
 
 def test_s3_wrong_keys_fail_fast_and_clearly(s3_server: S3Server) -> None:
     config = ChannelConfig(
-        "s3", s3_server.endpoint, access_key=s3_server.access_key, secret_key=SECRET
+        "s3", s3_server.endpoint, access_key=s3_server.access_key, secret_key=SECRET, secret=KEY
     )
     with pytest.raises(ChannelError, match="check the keys") as info:
         open_channel(config, uuid.uuid4().bytes, 0)
@@ -72,7 +78,7 @@ def test_s3_wrong_keys_fail_fast_and_clearly(s3_server: S3Server) -> None:
 
 def test_unreachable_servers_give_a_clear_error_in_bounded_time() -> None:
     for kind, address in (("nats", "nats://127.0.0.1:1"), ("s3", "http://127.0.0.1:1")):
-        config = ChannelConfig(kind, address, connect_timeout=1, retry_seconds=1)
+        config = ChannelConfig(kind, address, connect_timeout=1, retry_seconds=1, secret=KEY)
         with pytest.raises(ChannelError, match=r"127\.0\.0\.1:1"):
             open_channel(config, uuid.uuid4().bytes, 0)
 
@@ -157,3 +163,26 @@ def test_cli_runs_on_an_embedded_server(
     assert out["cost_usd"]["total_usd"] > 0
     billed = ("publish", "receive") if channel == "nats" else ("put", "get")
     assert all(out["requests"][op] >= 4 * 120 for op in billed)
+
+
+@pytest.mark.parametrize("kind", ["nats", "s3"])
+def test_refused_credentials_are_reported_as_such_at_once(
+    kind: str, nats_server: NatsServer, s3_server: S3Server
+) -> None:
+    """A wrong token or key is an authorization error within 2 s, not a 'did not answer' later.
+
+    Both transports would otherwise retry for retry_seconds (30 s here) or the connect timeout.
+    """
+    if kind == "nats":
+        config = ChannelConfig("nats", nats_server.url, token=SECRET, secret=KEY)
+        expected = "refused the credentials"
+    else:
+        config = ChannelConfig(
+            "s3", s3_server.endpoint, access_key="nobody", secret_key=SECRET, secret=KEY
+        )
+        expected = "check the keys"
+    t0 = time.monotonic()
+    with pytest.raises(ChannelError, match=expected) as info:
+        open_channel(config, uuid.uuid4().bytes, 0)
+    assert time.monotonic() - t0 < 2.0
+    assert SECRET not in str(info.value)

@@ -391,7 +391,7 @@ def test_bad_version() -> None:
 
 
 def test_unknown_kind() -> None:
-    for kind in (0, 4, 255):
+    for kind in (0, 5, 255):
         with pytest.raises(WireError, match="kind"):
             decode(patch(encode(sample_message()), OFF_KIND, "<B", kind))
 

@@ -237,6 +237,24 @@ def _gather(
     return results
 
 
+def _end_run(channel: Channel, launcher: Launcher, workers: int, finished: bool) -> None:
+    """Leave nothing behind, however the run ended (answer, failure, timeout, interrupt).
+
+    A failed run first tells every worker to stop (ABORT) and lets the launcher stop them or wait
+    for them, so nothing they send lands after the purge; the transport's TTL is only a backstop.
+    """
+    if not finished:
+        for p in range(workers):
+            header = wire.Header(wire.Kind.ABORT, channel.run, 0, COORDINATOR, p)
+            try:
+                channel.send(wire.Message(header, []))
+            except FsdError as exc:  # the transport may be what failed: clean up what we can
+                log.warning("could not tell worker %d to stop: %s", p, exc)
+                break
+        launcher.abort()
+    channel.purge_run([COORDINATOR, *range(workers)])
+
+
 def infer(
     prepared: Prepared,
     images: sp.csr_matrix,
@@ -281,16 +299,19 @@ def infer(
             secret=cc.secret,
         )
         with launcher, open_channel(cc, run, COORDINATOR) as channel:
-            launcher.launch(tasks)
-            input_bytes = 0
-            for p, arrays in enumerate(inputs):
-                header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
-                input_bytes += channel.send(wire.Message(header, arrays))
-            results = _gather(
-                channel, launcher, prepared.workers, time.monotonic() + config.timeout, on_progress
-            )
-            seconds = time.perf_counter() - t0
-            channel.purge_run()
+            finished = False
+            try:
+                launcher.launch(tasks)
+                input_bytes = 0
+                for p, arrays in enumerate(inputs):
+                    header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
+                    input_bytes += channel.send(wire.Message(header, arrays))
+                deadline = time.monotonic() + config.timeout
+                results = _gather(channel, launcher, prepared.workers, deadline, on_progress)
+                seconds = time.perf_counter() - t0
+                finished = True
+            finally:
+                _end_run(channel, launcher, prepared.workers, finished)
     result = _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
     result.worker_replies = dict(launcher.replies)
     return result
@@ -315,10 +336,12 @@ def _summarise(
     result_bytes = 0
     ops = dict(channel.stats.ops)
     walls = [seconds]  # the coordinator runs as long as the inference
+    rejected = channel.stats.rejected
     for p, msg in results.items():
-        if len(msg.arrays) != 8:
-            raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 8")
-        rows, row_sums, compute[p], comm[p], sent[p], msgs[p], counted, wall = msg.arrays
+        if len(msg.arrays) != 9:
+            raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 9")
+        rows, row_sums, compute[p], comm[p], sent[p], msgs[p], counted, wall, refused = msg.arrays
+        rejected += int(refused[0])
         for op, n in zip(OPS, counted.tolist(), strict=True):
             ops[op] += int(n)
         walls.append(float(wall[0]))
@@ -352,6 +375,7 @@ def _summarise(
         plan_seconds=prepared.plan_seconds,
         per_layer=per_layer,
         ops=ops,
+        frames_rejected=rejected,
         worker_compute=compute,
         worker_comm=comm,
         run_id=channel.run.hex(),

@@ -38,6 +38,10 @@ class ChannelTimeout(ChannelError):
         self.missing = missing
 
 
+class RunAborted(ChannelError):
+    """The coordinator gave the run up (another worker failed, a timeout): stop, send nothing."""
+
+
 class WorkerError(FsdError):
     """A worker failed or died; names the worker."""
 

@@ -42,6 +42,7 @@ class RunResult:
     checked_against: str | None = None  # "truth" or "oracle"
     load_seconds: float = 0.0
     ops: dict[str, int] = field(default_factory=dict)  # transport operations (fsd.channels.OPS)
+    frames_rejected: int = 0  # frames dropped by any endpoint: forged, damaged, misplaced
     cost: Cost | None = None
     # per worker and layer: seconds computing and communicating, shape (workers, layers)
     worker_compute: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
@@ -77,6 +78,7 @@ class RunResult:
             "comm_share": round(self.comm_share, 4),
             **self._shard_cache(),
             "requests": dict(self.ops),
+            "frames_rejected": self.frames_rejected,
             "cost_usd": self.cost.to_json() if self.cost is not None else None,
             "per_layer": [
                 {

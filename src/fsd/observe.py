@@ -9,9 +9,11 @@ reasons, and each has its own series so a dashboard can tell them apart:
 * a worker starts cold and spends its time loading its shard (``fsd_shard_load_seconds``,
   cache hit vs miss).
 
-Traffic (``fsd_bytes_total``, ``fsd_messages_total``) and failures (``fsd_errors_total``, by kind)
-complete the picture. Everything lives in prometheus_client's default registry, which the
-functions' HTTP server serves; nothing here starts a server.
+Traffic (``fsd_bytes_total``, ``fsd_messages_total``), failures (``fsd_errors_total``, by kind) and
+frames dropped as forged or damaged (``fsd_frames_rejected_total``: non-zero means someone is
+writing into the channel who should not, or a transport corrupts data) complete the picture.
+Everything lives in prometheus_client's default registry, which the functions' HTTP server serves;
+nothing here starts a server.
 
 A short-lived CLI run is not scraped, so :func:`push_run` sends one run's summary to a Prometheus
 Pushgateway instead, in its own registry (so per-process series are not pushed twice), grouped by
@@ -78,6 +80,11 @@ ERRORS: Final = Counter(
     "Failed requests, by function and kind (bad_request, worker_failed, timeout, channel).",
     ["function", "kind"],
 )
+FRAMES_REJECTED: Final = Counter(
+    "fsd_frames_rejected",
+    "Frames dropped by any endpoint of a run: bad MAC (forged, damaged), misplaced, malformed.",
+    ["model", "channel"],
+)
 SHARD_LOAD_SECONDS: Final = Histogram(
     "fsd_shard_load_seconds",
     "Seconds a worker spent getting its shard: cache hit (warm) or miss (cold).",
@@ -91,6 +98,7 @@ RUN_METRICS: Final = (
     "fsd_run_comm_share",
     "fsd_run_bytes",
     "fsd_run_messages",
+    "fsd_run_frames_rejected",
     "fsd_run_cost_usd",
     "fsd_run_layer_compute_seconds",
     "fsd_run_layer_comm_seconds",
@@ -103,6 +111,7 @@ METRIC_NAMES: Final = (
     "fsd_bytes_total",
     "fsd_messages_total",
     "fsd_errors_total",
+    "fsd_frames_rejected_total",
     "fsd_shard_load_seconds",
     *RUN_METRICS,
 )
@@ -147,6 +156,7 @@ def observe_run(result: RunResult, model: str) -> None:
     else the run totals go to ``worker="all"``.
     """
     channel = result.channel
+    FRAMES_REJECTED.labels(model=model, channel=channel).inc(max(result.frames_rejected, 0))
     for matrix, histogram in (
         (result.worker_compute, LAYER_COMPUTE_SECONDS),
         (result.worker_comm, LAYER_COMM_SECONDS),
@@ -185,6 +195,11 @@ def _run_registry(result: RunResult, model: str) -> CollectorRegistry:
         ("fsd_run_comm_share", "Communication share of total worker time.", result.comm_share),
         ("fsd_run_bytes", "Bytes sent over the channel during the run.", result.bytes_sent),
         ("fsd_run_messages", "Messages sent over the channel during the run.", result.messages),
+        (
+            "fsd_run_frames_rejected",
+            "Frames any endpoint of the run dropped (bad MAC, misplaced, malformed).",
+            result.frames_rejected,
+        ),
     )
     for name, doc, value in scalars:
         Gauge(name, doc, names, registry=registry).labels(**labels).set(value)

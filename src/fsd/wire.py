@@ -22,6 +22,11 @@ Body of an unchunked frame (``nchunks == 1``)::
 
 A chunk frame's body is one consecutive piece of the unchunked body.
 
+Sealing: on a channel every frame (each chunk frame, too) travels sealed, followed by a
+``TAG_SIZE``-byte HMAC-SHA256 of everything before it under the run's frame key
+(:func:`fsd.auth.frame_key`). :func:`unseal` checks the tag in constant time before anything else
+looks at the bytes, so a frame nobody with the key made is dropped before its header is parsed.
+
 Compression (flag bit 1, ``FLAG_ZSTD``): the body after the header is one zstd frame of the body
 above. ``encode(msg, compress=True)`` uses it only when it pays (at least ``COMPRESS_MIN`` bytes and
 10% smaller); activations compress very well because live images saturate at YMAX. Decoding clears
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hmac
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ __all__ = [
     "HEADER_SIZE",
     "RUN_ID_BYTES",
     "SUPPORTED_DTYPES",
+    "TAG_SIZE",
     "Header",
     "Kind",
     "Message",
@@ -58,7 +65,9 @@ __all__ = [
     "encode",
     "frame_length",
     "peek_header",
+    "seal",
     "split",
+    "unseal",
 ]
 
 
@@ -68,6 +77,7 @@ class Kind(enum.IntEnum):
     INPUT = 1  # coordinator -> worker: its slice of the input images
     ACT = 2  # worker -> worker: activations for one layer
     RESULT = 3  # worker -> coordinator: final rows + metrics (or an error report)
+    ABORT = 4  # coordinator -> worker: the run failed, stop now (no arrays)
 
 
 MAGIC = b"FSD1"
@@ -96,6 +106,8 @@ _DESC_PAD = bytes(7)
 
 HEADER_SIZE: int = _HEADER.size
 """Fixed size of the frame header in bytes."""
+TAG_SIZE = 32
+"""Size of the HMAC-SHA256 tag that follows a sealed frame."""
 
 _CODE_TO_DTYPE: dict[int, np.dtype[Any]] = {
     1: np.dtype("<u1"),
@@ -467,3 +479,23 @@ class Reassembler:
         whole = dataclasses.replace(header, chunk=0, nchunks=1)
         parts = [group.pieces[i] for i in range(group.nchunks)]
         return decode(b"".join([_pack_header(whole, size - HEADER_SIZE), *parts]))
+
+
+def seal(frame: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """``frame`` followed by its HMAC-SHA256 tag under ``key`` (see the module doc)."""
+    return b"".join([frame, hmac.digest(key, frame, "sha256")])
+
+
+def unseal(data: bytes | bytearray | memoryview, key: bytes) -> memoryview:
+    """The frame inside a sealed ``data`` once its tag verifies under ``key``, else WireError.
+
+    Only the tag is checked here (in constant time); the frame itself is validated by
+    :func:`peek_header` / :func:`decode` afterwards, as any frame is.
+    """
+    mv = _as_view(data)
+    if len(mv) < HEADER_SIZE + TAG_SIZE:
+        raise WireError(f"{len(mv)} bytes: too short for a sealed frame")
+    frame = mv[:-TAG_SIZE]
+    if not hmac.compare_digest(hmac.digest(key, frame, "sha256"), mv[-TAG_SIZE:]):
+        raise WireError("the frame's MAC does not verify (forged, damaged or another run's)")
+    return frame

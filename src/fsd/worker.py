@@ -16,7 +16,7 @@ import numpy as np
 
 from fsd import kernels, wire
 from fsd.channels.base import COORDINATOR, OPS, Channel
-from fsd.errors import FsdError, WireError
+from fsd.errors import FsdError, RunAborted, WireError
 from fsd.shard import LayerShard
 from fsd.task import WorkerTask
 
@@ -84,6 +84,9 @@ def run_worker(
     me = task.worker
     try:
         _run(task, channel, on_layer)
+    except RunAborted:
+        log.info("worker %d stops: the coordinator aborted run %s", me, task.run.hex())
+        raise
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}"
         log.error("worker %d failed: %s\n%s", me, detail, traceback.format_exc())
@@ -166,6 +169,7 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     )
     ops = np.array([channel.stats.ops[op] for op in OPS], np.int64)
     wall = np.array([time.perf_counter() - started])
+    rejected = np.array([channel.stats.rejected], np.int64)
     header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
-    arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, ops, wall]
+    arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, ops, wall, rejected]
     channel.send(wire.Message(header, arrays))

@@ -1,10 +1,11 @@
 """The ``local`` transport: per-run mailboxes of files on tmpfs, for workers on one machine.
 
-A message is one file per chunk at ``<root>/<run>/<dst>/<kind>.<layer>.<src>.<chunk>``, written to
-a temporary name and renamed, so a reader never sees half a frame and a re-sent message simply
-replaces itself. Receivers know whom they wait for and read exactly those keys (no listing), like
-the object-store transport; a datagram "doorbell" per endpoint wakes a waiting receiver instead of
-polling. There is no broker process: on a small machine every core goes to the workers.
+A message is one file per sealed chunk frame at ``<root>/<run>/<dst>/<kind>.<layer>.<src>.<chunk>``,
+written to a temporary name and renamed, so a reader never sees half a frame and a re-sent message
+simply replaces itself. The mailbox root is private to its user (mode 0700). Receivers know whom
+they wait for and read exactly those keys (no listing), like the object-store transport; a datagram
+"doorbell" per endpoint wakes a waiting receiver instead of polling. There is no broker process: on
+a small machine every core goes to the workers.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 
-from fsd import wire
-from fsd.channels.base import Channel, ChannelConfig
-from fsd.errors import ChannelError, WireError
+from fsd.channels.base import Channel, ChannelConfig, Slot
+from fsd.errors import ChannelError
 
 log = logging.getLogger(__name__)
 
@@ -63,94 +63,68 @@ class LocalChannel(Channel):
         self._bell.bind(str(self._inbox) + ".bell")
         self._ring = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._ring.setblocking(False)
-        self._assembler = wire.Reassembler()
-        self._seen: set[tuple[int, int, int]] = set()
 
     def _box(self, endpoint: int) -> Path:
         path = self._run_dir / str(endpoint)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
 
-    def send(self, msg: wire.Message) -> int:
-        h = msg.header
-        box = self._box(h.dst)
-        frame = wire.encode(msg, compress=self.config.compress)
-        total = 0
-        for chunk, piece in enumerate(wire.split(frame, self.config.max_frame)):
-            name = f"{int(h.kind)}.{h.layer}.{h.src}.{chunk}"
+    @staticmethod
+    def _name(slot: Slot) -> str:
+        return f"{slot.kind}.{slot.layer}.{slot.src}.{slot.chunk}"
+
+    def _transmit(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
+        boxes = set()
+        for slot, data in frames:
+            box = self._box(slot.dst)
+            name = self._name(slot)
             tmp = box / f".{name}.{os.getpid()}.tmp"
             try:
                 with open(tmp, "wb") as fh:
-                    fh.write(piece)
+                    fh.write(data)
                 os.replace(tmp, box / name)
             except OSError as exc:
                 raise ChannelError(f"cannot write to local mailbox {box}: {exc}") from None
-            total += len(piece)
-            self.stats.messages += 1
             self.stats.requests += 1
-        self.stats.bytes += total
-        with contextlib.suppress(OSError):  # receiver not started yet, or bell queue full: fine
-            self._ring.sendto(b"!", str(box) + ".bell")
-        return total
+            boxes.add(box)
+        for box in boxes:
+            with contextlib.suppress(OSError):  # receiver not started yet, or bell queue full
+                self._ring.sendto(b"!", str(box) + ".bell")
 
-    def _take(self, kind: int, layer: int, src: int) -> wire.Message | None:
-        """The complete message for one key, if all its chunks are there; consumes the files."""
-        chunk = 0
-        paths = []
-        msg = None
-        while msg is None:
-            path = self._inbox / f"{kind}.{layer}.{src}.{chunk}"
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise ChannelError(f"cannot read local mailbox {path}: {exc}") from None
-            paths.append(path)
-            try:
-                header = wire.peek_header(data)
-                if header.run != self.run or header.dst != self.me or header.src != src:
-                    raise WireError("frame does not belong to this mailbox key")
-                msg = self._assembler.add(data)
-            except WireError as exc:
-                log.warning("endpoint %d dropped invalid frame %s: %s", self.me, path.name, exc)
-                path.unlink(missing_ok=True)
-                return None
-            chunk += 1
-        for path in paths:
-            path.unlink(missing_ok=True)
-        return msg
-
-    def collect(
-        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
-    ) -> dict[int, wire.Message]:
-        todo = [s for s in sources if (int(kind), layer, s) not in self._seen]
-        got: dict[int, wire.Message] = {}
-        deadline = time.monotonic() + timeout
+    def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
+        """Read (and consume) the wanted files that are there; else wait for a doorbell."""
         while True:
-            for src in list(todo):
-                msg = self._take(int(kind), layer, src)
-                if msg is not None:
-                    self._seen.add((int(kind), layer, src))
-                    got[src] = msg
-                    todo.remove(src)
+            accepted = False
+            for slot in wanted:
+                path = self._inbox / self._name(slot)
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ChannelError(f"cannot read local mailbox {path}: {exc}") from None
+                path.unlink(missing_ok=True)
+                accepted = self._deliver(slot, data) or accepted
             left = deadline - time.monotonic()
-            if not todo or left <= 0:
-                return got
-            self._bell.settimeout(min(left, _BELL_WAIT))
-            try:
-                self._bell.recv(64)
-                self._bell.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    while True:  # drain: one look at the files answers every ring so far
-                        self._bell.recv(64)
-            except TimeoutError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    raise ChannelError(f"local doorbell failed: {exc}") from None
+            if accepted or left <= 0:
+                return
+            self._wait_bell(min(left, _BELL_WAIT))
 
-    def purge_run(self) -> None:
+    def _wait_bell(self, seconds: float) -> None:
+        self._bell.settimeout(seconds)
+        try:
+            self._bell.recv(64)
+            self._bell.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # drain: one look at the files answers every ring so far
+                    self._bell.recv(64)
+        except TimeoutError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                raise ChannelError(f"local doorbell failed: {exc}") from None
+
+    def purge_run(self, endpoints: Sequence[int] = ()) -> None:
         """Remove everything left of this run (the coordinator calls it at the end)."""
         shutil.rmtree(self._run_dir, ignore_errors=True)
 

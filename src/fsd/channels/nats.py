@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,10 +48,9 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from fsd import wire
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, units_64k
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError, WireError
-from fsd.redact import redact
+from fsd.redact import redact, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,8 @@ _MAX_PAYLOAD_DEFAULT = 1024 * 1024  # the server's default max_payload
 _ACK_WAIT = 5.0  # the server redelivers frames we did not ack after this (dedupe absorbs it)
 _ACK_TIMEOUT = 2.0  # we re-publish a frame whose stream ack has not come after this
 _DUPLICATE_WINDOW = 120.0
+# what nats-server says when it refuses a login or an action (error_cb), in lower case
+_REFUSED = ("authorization violation", "authentication", "permissions violation")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -72,12 +73,22 @@ def _endpoint_token(endpoint: int) -> str:
     return "c" if endpoint == COORDINATOR else str(endpoint)
 
 
+def _endpoint_id(token: str) -> int:
+    """Inverse of _endpoint_token; ValueError for anything else."""
+    if token == "c":
+        return COORDINATOR
+    if not token.isdigit() or len(token) > 5:
+        raise ValueError(token)
+    return int(token)
+
+
 @dataclass
 class _Pending:
     """A published frame whose stream acknowledgement has not been seen yet."""
 
     subject: str
     data: bytes
+    msg_id: str
     ack: asyncio.Future[Any]
     sent: float
     first: float
@@ -93,10 +104,7 @@ class NatsChannel(Channel):
         self._ns = config.namespace
         self._stream = config.namespace.upper().replace(".", "_")
         self._prefix = f"{self._ns}.{run.hex()}"
-        self._durable = f"{self._ns}_{run.hex()}_{_endpoint_token(me)}".replace(".", "_")
-        self._assembler = wire.Reassembler()
-        self._ready: dict[tuple[int, int, int], wire.Message] = {}
-        self._seen: set[tuple[int, int, int]] = set()
+        self._durable = self._consumer(me)
         self._pending: list[_Pending] = []
         self._closed = False
         self._nc: Client | None = None
@@ -104,12 +112,29 @@ class NatsChannel(Channel):
         self._max_payload = _MAX_PAYLOAD_DEFAULT
         self._loop = asyncio.new_event_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._refused = ""  # why the server refused our login or a permission, once it did
+        self._refusal: asyncio.Future[None] | None = None
         try:
             self._run(self._connect(), config.connect_timeout + 5)
         except BaseException:
             self._loop.close()
             raise
-        self._limit = min(config.max_frame, self._max_payload - 1024)
+        self.frame_limit = min(config.max_frame, self._max_payload - 1024)
+
+    def _consumer(self, endpoint: int) -> str:
+        """The durable consumer name of ``endpoint`` in this run (the coordinator purges them)."""
+        return f"{self._ns}_{self.run.hex()}_{_endpoint_token(endpoint)}"
+
+    def _slot(self, subject: str) -> Slot | None:
+        """The slot a subject of this endpoint names, or None when it names none."""
+        parts = subject.split(".")
+        if len(parts) != 7 or ".".join(parts[:2]) != self._prefix:
+            return None
+        dst, kind, layer, src, chunk = parts[2:]
+        try:
+            return Slot(int(kind), int(layer), _endpoint_id(src), _endpoint_id(dst), int(chunk))
+        except ValueError:
+            return None
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Drive the endpoint's loop until ``coro`` is done (bounded by ``timeout``)."""
@@ -133,8 +158,11 @@ class NatsChannel(Channel):
             kwargs["user"] = cfg.user
             kwargs["password"] = cfg.password
         attempts = max(1, int(cfg.retry_seconds / 0.25))
-        try:
-            self._nc = await nats.connect(
+        # nats-py retries a refused login like an unreachable server (10 s and more): a refusal
+        # reported through error_cb ends the attempt at once instead
+        self._refusal = self._loop.create_future()
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 servers=[s.strip() for s in cfg.address.split(",")],
                 connect_timeout=max(1, int(cfg.connect_timeout)),
                 reconnect_time_wait=0.25,
@@ -147,9 +175,20 @@ class NatsChannel(Channel):
                 allow_reconnect=True,
                 **kwargs,
             )
+        )
+        racing: list[asyncio.Future[Any]] = [connecting, self._refusal]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            self._raise_refused()
+        try:
+            self._nc = connecting.result()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ChannelError(
-                f"cannot connect to nats at {redact(cfg.address)}: {type(exc).__name__}: {exc}"
+                f"cannot connect to nats at {redact(cfg.address)}: {type(exc).__name__}: "
+                f"{redact_text(str(exc))}"
             ) from None
         self._max_payload = self._nc.max_payload or _MAX_PAYLOAD_DEFAULT
         self._js = self._nc.jetstream(timeout=cfg.connect_timeout)
@@ -206,7 +245,25 @@ class NatsChannel(Channel):
         )
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("endpoint %d: nats error: %s", self.me, exc)
+        text = redact_text(str(exc))
+        if not any(word in text.lower() for word in _REFUSED):
+            log.debug("endpoint %d: nats error: %s", self.me, text)
+            return
+        if not self._refused:
+            log.error("endpoint %d: nats refused us: %s", self.me, text)
+            self._refused = text
+        if self._refusal is not None and not self._refusal.done():
+            self._refusal.set_result(None)
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def _raise_refused(self) -> None:
+        """Report a refused login or permission as such (not as a timeout), at the next call."""
+        if self._refused:
+            raise ChannelError(
+                f"endpoint {self.me}: nats at {redact(self.config.address)} refused the "
+                f"credentials or permissions: {self._refused}"
+            )
 
     async def _on_disconnect(self) -> None:
         if not self._closed:
@@ -220,55 +277,38 @@ class NatsChannel(Channel):
     async def _on_msg(self, msg: Msg) -> None:
         self.stats.count("receive")
         self.stats.count("receive_units", units_64k(len(msg.data)))
-        try:
-            header = wire.peek_header(msg.data)
-            if header.run != self.run or header.dst != self.me:
-                raise WireError("frame does not belong to this endpoint")
-            whole = self._assembler.add(msg.data)
-        except WireError as exc:
-            log.warning("endpoint %d dropped invalid frame on %s: %s", self.me, msg.subject, exc)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.term()
-            return
-        if whole is not None:
-            key = (int(whole.header.kind), whole.header.layer, whole.header.src)
-            if key not in self._seen and key not in self._ready:
-                self._ready[key] = whole
-                if self._waiter is not None:
-                    _wake(self._waiter)
+        slot = self._slot(msg.subject)
+        if slot is None:
+            accepted = False
+            self._reject(Slot(0, 0, 0, self.me, 0), msg.data, WireError("unknown subject"))
+        else:
+            accepted = self._deliver(slot, msg.data)
         with contextlib.suppress(nats.errors.Error):  # a lost ack only means a redelivery
-            await msg.ack()
-            self.stats.count("ack")
+            if accepted:
+                await msg.ack()
+                self.stats.count("ack")
+            else:
+                await msg.term()  # never redelivered: the genuine frame is still welcome
+        if accepted and self._waiter is not None:
+            _wake(self._waiter)
 
-    def collect(
-        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
-    ) -> dict[int, wire.Message]:
-        wanted = [(int(kind), layer, s) for s in sources]
-        got: dict[int, wire.Message] = {}
-        # no timeout wrapper (a task per call, ~0.1 ms): _collect keeps its own deadline
+    def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
+        # no timeout wrapper (a task per call, ~0.1 ms): _wait keeps its own deadline
         try:
-            self._loop.run_until_complete(self._collect(wanted, got, timeout))
+            self._loop.run_until_complete(self._wait(deadline))
         except (nats.errors.Error, OSError) as exc:
             raise ChannelError(
                 f"endpoint {self.me}: nats at {redact(self.config.address)} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        return got
+        self._raise_refused()
 
-    async def _collect(
-        self, wanted: list[tuple[int, int, int]], got: dict[int, wire.Message], timeout: float
-    ) -> None:
-        deadline = time.monotonic() + timeout
+    async def _wait(self, deadline: float) -> None:
+        """Let frames arrive (the subscription delivers them) until collect has all it waits for."""
         while True:
             await self._check_acks()
-            for key in wanted:
-                msg = self._ready.pop(key, None)
-                if msg is not None:
-                    self._seen.add(key)
-                    got[key[2]] = msg
-            wanted = [k for k in wanted if k[2] not in got and k not in self._seen]
             left = deadline - time.monotonic()
-            if not wanted or left <= 0:
+            if self._satisfied() or left <= 0 or self._refused:
                 return
             waiter = self._waiter = self._loop.create_future()
             timer = self._loop.call_later(min(left, _ACK_TIMEOUT / 4), _wake, waiter)
@@ -277,43 +317,39 @@ class NatsChannel(Channel):
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, msg: wire.Message) -> int:
-        h = msg.header
-        frame = wire.encode(msg, compress=self.config.compress)
-        chunks = wire.split(frame, self._limit)
-        base = f"{self._prefix}.{_endpoint_token(h.dst)}.{int(h.kind)}.{h.layer}.{h.src}"
+    def _transmit(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
         # no timeout wrapper (it costs a task per call): _send never waits on the network
         try:
-            self._loop.run_until_complete(self._send(base, chunks))
+            self._loop.run_until_complete(self._send(frames))
         except (nats.errors.Error, OSError) as exc:
             raise ChannelError(
                 f"endpoint {self.me}: cannot publish to nats at {redact(self.config.address)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        total = sum(len(c) for c in chunks)
-        self.stats.messages += len(chunks)
-        self.stats.bytes += total
-        return total
+        self._raise_refused()
 
-    async def _send(self, base: str, chunks: list[bytes]) -> None:
+    async def _send(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
         await self._check_acks()
         now = time.monotonic()
-        for i, chunk in enumerate(chunks):
-            subject = f"{base}.{i}"
-            ack = await self._publish(subject, chunk)
-            self._pending.append(_Pending(subject, chunk, ack, now, now))
+        for slot, data in frames:
+            s = slot
+            subject = (
+                f"{self._prefix}.{_endpoint_token(s.dst)}.{s.kind}.{s.layer}."
+                f"{_endpoint_token(s.src)}.{s.chunk}"
+            )
+            msg_id = self._slot_id(slot)
+            ack = await self._publish(subject, data, msg_id)
+            self._pending.append(_Pending(subject, data, msg_id, ack, now, now))
         await self._push_out()
 
-    async def _publish(self, subject: str, data: bytes) -> asyncio.Future[Any]:
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> asyncio.Future[Any]:
         assert self._js is not None
         self.stats.count("publish")
         self.stats.count("publish_units", units_64k(len(data)))
-        # the subject is unique per frame in a run: the server drops a re-publish as a duplicate
+        # the server drops a re-publish of the same frame inside its duplicate window; only key
+        # holders can compute the id, so nobody else can claim it before the genuine frame
         return await self._js.publish_async(
-            subject,
-            data,
-            headers={"Nats-Msg-Id": subject},
-            wait_stall=self.config.retry_seconds,
+            subject, data, headers={"Nats-Msg-Id": msg_id}, wait_stall=self.config.retry_seconds
         )
 
     async def _push_out(self) -> None:
@@ -361,7 +397,7 @@ class NatsChannel(Channel):
                 if not p.ack.done():
                     p.ack.cancel()
                 try:
-                    p.ack = await self._publish(p.subject, p.data)
+                    p.ack = await self._publish(p.subject, p.data, p.msg_id)
                 except (nats.errors.Error, OSError) as exc:
                     log.debug("endpoint %d: re-publish of %s failed: %s", self.me, p.subject, exc)
                     p.ack = self._loop.create_future()
@@ -372,6 +408,11 @@ class NatsChannel(Channel):
         self._pending = keep
         if resent:
             await self._push_out()
+
+    @property
+    def _cleanup_seconds(self) -> float:
+        """How long clean-up may wait for the server: through a blip, not through an outage."""
+        return min(10.0, max(2.0, self.config.retry_seconds))
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every send so far is stored by the server (or raise why not)."""
@@ -390,13 +431,24 @@ class NatsChannel(Channel):
 
     # -- cleanup -------------------------------------------------------------------------------
 
-    def purge_run(self) -> None:
-        """Delete whatever is left of this run on the stream (the coordinator calls it)."""
-        assert self._js is not None
+    def purge_run(self, endpoints: Sequence[int] = ()) -> None:
+        """Delete this run's frames and the consumers of ``endpoints`` (a killed worker's too)."""
         try:
-            self._run(self._js.purge_stream(self._stream, subject=f"{self._prefix}.>"), 10)
+            self._run(self._purge(endpoints), self._cleanup_seconds)
         except (ChannelError, nats.errors.Error) as exc:
             log.warning("could not purge run %s: %s (max_age will)", self.run.hex(), exc)
+
+    async def _purge(self, endpoints: Sequence[int]) -> None:
+        assert self._js is not None
+        js = self._js
+        await js.purge_stream(self._stream, subject=f"{self._prefix}.>")
+
+        async def drop(name: str) -> None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer(self._stream, name)
+
+        names = {self._consumer(e) for e in endpoints} - {self._durable}
+        await asyncio.gather(*(drop(n) for n in sorted(names)))
 
     def close(self) -> None:
         if self._closed:
@@ -408,7 +460,7 @@ class NatsChannel(Channel):
             log.error("endpoint %d: closing with undelivered sends: %s", self.me, exc)
         if self._nc is not None:
             try:
-                self._run(self._shutdown(), 10)
+                self._run(self._shutdown(), self._cleanup_seconds)
             except ChannelError as exc:
                 log.warning("endpoint %d: nats shutdown: %s", self.me, exc)
         self._loop.close()

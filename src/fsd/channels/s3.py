@@ -5,7 +5,8 @@ knows from the plan exactly whom it waits for, so it GETs those keys directly, w
 backoff while they are not there yet: no LIST polling (FSD-Inference listed the bucket until
 objects appeared). Every request is counted, because object stores bill per request and a GET
 that finds nothing is billed too. Re-sending a frame overwrites the same key, so duplicates
-collapse; the receiver also remembers what it delivered.
+collapse; the receiver also remembers what it delivered. An object that fails its MAC is left in
+place and polled again (counted once): the genuine frame overwrites it when its sender writes it.
 
 Objects are removed by the coordinator at the end of a run (one LIST and batched DELETEs on the
 run's prefix). Abandoned runs are for the bucket's lifecycle rule (docs/channels.md).
@@ -16,16 +17,15 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import urllib3
 from minio.error import MinioException, S3Error
 
-from fsd import wire
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig
-from fsd.errors import ChannelError, WireError
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot
+from fsd.errors import ChannelError
 from fsd.s3client import delete_prefix, minio_client
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ class S3Channel(Channel):
         self._bucket = config.bucket
         self._prefix = f"{config.namespace}/{run.hex()}"
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"fsd-s3-{me}")
-        self._seen: set[tuple[int, int, int]] = set()
         self._puts: list[Future[None]] = []
         self._retry(self._ensure_bucket, "open the bucket")
 
@@ -99,28 +98,22 @@ class S3Channel(Channel):
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def _key(self, kind: int, layer: int, dst: int, src: int, chunk: int) -> str:
-        return f"{self._prefix}/{layer}/{_endpoint_token(dst)}/{kind}.{src}.{chunk}"
+    def _object(self, slot: Slot) -> str:
+        s = slot
+        return f"{self._prefix}/{s.layer}/{_endpoint_token(s.dst)}/{s.kind}.{s.src}.{s.chunk}"
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, msg: wire.Message) -> int:
+    def _transmit(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
         """Start the upload and return: the worker computes while S3 stores (see :meth:`flush`)."""
         self._reap()
-        h = msg.header
-        frame = wire.encode(msg, compress=self.config.compress)
-        chunks = wire.split(frame, self.config.max_frame)
-        keys = [self._key(int(h.kind), h.layer, h.dst, h.src, i) for i in range(len(chunks))]
-        self._puts.append(self._pool.submit(self._upload, keys, chunks))
-        total = sum(len(c) for c in chunks)
-        self.stats.messages += len(chunks)
-        self.stats.bytes += total
-        return total
+        uploads = [(self._object(slot), data) for slot, data in frames]
+        self._puts.append(self._pool.submit(self._upload, uploads))
 
-    def _upload(self, keys: list[str], chunks: list[bytes]) -> None:
-        # later chunks first: a receiver that finds chunk 0 finds the rest already there
-        for i in range(len(chunks) - 1, -1, -1):
-            self._put(keys[i], chunks[i])
+    def _upload(self, uploads: list[tuple[str, bytes]]) -> None:
+        # later chunks first: a receiver that finds chunk 0 soon finds the rest there too
+        for key, data in reversed(uploads):
+            self._put(key, data)
 
     def _reap(self, wait: bool = False) -> None:
         """Forget finished uploads; raise the first failure; with ``wait``, finish them all."""
@@ -165,54 +158,24 @@ class S3Channel(Channel):
 
         return self._retry(op, f"get {key}")
 
-    def _fetch(self, kind: int, layer: int, src: int) -> wire.Message | None:
-        """The whole message from ``src`` if its first chunk is there (then the rest is too)."""
-        first = self._get(self._key(kind, layer, self.me, src, 0))
-        if first is None:
-            return None
-        try:
-            header = wire.peek_header(first)
-            if header.run != self.run or header.dst != self.me or header.src != src:
-                raise WireError("frame does not belong to this key")
-            if header.nchunks == 1:
-                return wire.decode(first)
-            assembler = wire.Reassembler()
-            assembler.add(first)
-            keys = [self._key(kind, layer, self.me, src, i) for i in range(1, header.nchunks)]
-            msg = None
-            for key, data in zip(keys, self._pool.map(self._get, keys), strict=True):
-                if data is None:
-                    raise WireError(f"chunk {key} is missing")
-                msg = assembler.add(data) or msg
-            if msg is None:
-                raise WireError("chunks did not reassemble")
-            return msg
-        except WireError as exc:
-            raise ChannelError(f"endpoint {self.me}: invalid frame from {src}: {exc}") from None
-
-    def collect(
-        self, kind: wire.Kind, layer: int, sources: Iterable[int], timeout: float
-    ) -> dict[int, wire.Message]:
-        todo = [s for s in sources if (int(kind), layer, s) not in self._seen]
-        got: dict[int, wire.Message] = {}
-        deadline = time.monotonic() + timeout
+    def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
+        """GET the wanted objects, with a short backoff while none of them is there yet."""
         # peers upload at about the time we do: once ours are stored, theirs are about due
         self._reap(wait=True)
         wait = _FIRST_WAIT
         polls = 0
         while True:
-            if len(todo) == 1:
-                found = [self._fetch(int(kind), layer, todo[0])]
-            else:
-                found = list(self._pool.map(lambda s: self._fetch(int(kind), layer, s), todo))
-            for src, msg in zip(todo, found, strict=True):
-                if msg is not None:
-                    self._seen.add((int(kind), layer, src))
-                    got[src] = msg
-            todo = [s for s in todo if s not in got]
+            keys = [self._object(slot) for slot in wanted]
+            found = (
+                [self._get(keys[0])] if len(keys) == 1 else list(self._pool.map(self._get, keys))
+            )
+            accepted = False
+            for slot, data in zip(wanted, found, strict=True):
+                if data is not None:
+                    accepted = self._deliver(slot, data) or accepted
             left = deadline - time.monotonic()
-            if not todo or left <= 0:
-                return got
+            if accepted or left <= 0:
+                return
             time.sleep(min(wait, left))
             polls += 1
             if polls >= _FAST_POLLS:
@@ -220,8 +183,8 @@ class S3Channel(Channel):
 
     # -- cleanup -------------------------------------------------------------------------------
 
-    def purge_run(self) -> None:
-        """Delete every object of this run (the coordinator calls it at the end)."""
+    def purge_run(self, endpoints: Sequence[int] = ()) -> None:
+        """Delete every object of this run (the coordinator calls it on every exit path)."""
         try:
             removed, failed = delete_prefix(self._s3, self._bucket, f"{self._prefix}/")
             self.stats.count("list", 1 + removed // 1000)

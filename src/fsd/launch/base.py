@@ -34,6 +34,11 @@ class Launcher(ABC):
     def close(self) -> None:
         """Stop whatever is still running and release resources. Idempotent."""
 
+    def abort(self) -> None:
+        """The run failed: stop the workers now, or wait (bounded) until they have stopped, so
+        nothing they send lands after the coordinator's clean-up."""
+        self.close()
+
     def __enter__(self) -> Launcher:
         return self
 

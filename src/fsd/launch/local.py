@@ -65,6 +65,10 @@ class LocalLauncher(Launcher):
     def progress(self) -> int:
         return min(self._progress) if self._progress is not None and len(self._progress) else -1
 
+    def abort(self) -> None:
+        """Kill every worker at once: a failed run has nothing left to wait for."""
+        self.close(grace=0.0)
+
     def close(self, grace: float = 2.0) -> None:
         """Give workers ``grace`` seconds in all to exit, then kill the rest."""
         deadline = time.monotonic() + grace

@@ -29,6 +29,7 @@ from fsd.task import WorkerTask
 log = logging.getLogger(__name__)
 
 _BUSY_SECONDS = 60.0
+ABORT_GRACE = 15.0  # seconds a failed run waits for its aborted workers before cleaning up
 
 
 def children(worker: int, workers: int, fanout: int) -> list[int]:
@@ -140,7 +141,13 @@ class OpenFaaSLauncher(Launcher):
         with self._lock:
             return dict(self._failed)
 
+    def abort(self) -> None:
+        """Remote workers can't be killed: they were sent ABORT; wait (bounded) for them to end."""
+        self.close(grace=ABORT_GRACE)
+
     def close(self, grace: float = 5.0) -> None:
+        """Wait up to ``grace`` seconds in all for the invocations to return."""
+        deadline = time.monotonic() + grace
         for thread in self._threads:
-            thread.join(timeout=grace)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads = []
