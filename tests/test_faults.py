@@ -173,35 +173,27 @@ class _Sabotage:
 
 
 @pytest.mark.parametrize("kind", ["nats", "s3"])
-def test_a_killed_worker_fails_the_run_and_leaves_nothing_behind(
+@pytest.mark.parametrize(
+    ("how", "victim", "expected"),
+    [("kill", 1, r"worker 1 failed: .*-9"), ("hang", 0, r"worker \d failed: timed out")],
+)
+def test_a_failed_run_leaves_nothing_behind(
     kind: str,
+    how: str,
+    victim: int,
+    expected: str,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
     shared_net: Network,
     shared_images: Images,
 ) -> None:
+    """A worker killed mid-run, or one that hangs until the whole run times out."""
     server = request.getfixturevalue(f"own_{kind}")
-    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim=1, after=10, how="kill"))
-    with pytest.raises(WorkerError) as info:
-        run(shared_net, shared_images.matrix, _config(kind, server))
-    assert info.value.worker == 1 and "-9" in str(info.value)
-    _nothing_left(server)
-
-
-@pytest.mark.parametrize("kind", ["nats", "s3"])
-def test_a_run_that_times_out_leaves_nothing_behind(
-    kind: str,
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-    shared_net: Network,
-    shared_images: Images,
-) -> None:
-    server = request.getfixturevalue(f"own_{kind}")
-    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim=0, after=10, how="hang"))
+    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim, after=10, how=how))
     cfg = _config(kind, server)
-    cfg.timeout = 6  # the whole run; each layer may take longer, so the coordinator gives up
+    cfg.timeout = 6  # the whole run; a layer may wait longer, so a hang ends the run here
     t0 = time.monotonic()
-    with pytest.raises(WorkerError, match="timed out"):
+    with pytest.raises(WorkerError, match=expected):
         run(shared_net, shared_images.matrix, cfg)
     assert time.monotonic() - t0 < BOUND
     _nothing_left(server)
