@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fsd import cli
 from fsd.cli import main
 
 JSON_KEYS = {
@@ -90,7 +92,7 @@ def test_partition_report(shared_dir: Path, capsys: pytest.CaptureFixture[str]) 
     ("args", "message"),
     [
         (["run", "--data", "/nonexistent/folder"], "not found"),
-        (["run", "--workers", "0", "--neurons", "256", "--layers", "2"], "between 1 and 256"),
+        (["run", "--workers", "0", "--neurons", "256", "--layers", "2"], "must be >= 1"),
         (["run", "--workers", "300", "--neurons", "256", "--layers", "2"], "between 1 and 256"),
         (["run", "--channel", "carrier-pigeon"], "unknown channel"),
         (["run", "--partition", "magic"], "unknown partitioner"),
@@ -129,3 +131,76 @@ def test_bad_data_files_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert f"{layer}:5" in proc.stderr and "not a number" in proc.stderr
+
+
+def _raises(exc: BaseException) -> object:
+    def command(args: object) -> int:
+        raise exc
+
+    return command
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (
+            RuntimeError("boom at nats://AKID42:hunter2@h:4222\nsecond line"),
+            1,
+            "fsd: internal error: RuntimeError: boom at nats://***@h:4222 second line (a bug;",
+        ),
+        (PermissionError(13, "Permission denied", "/a/file"), 2, "/a/file: Permission denied"),
+        (MemoryError(), 1, "fsd: failed: out of memory"),
+    ],
+    ids=["bug", "oserror-on-a-path", "memory"],
+)
+def test_unexpected_errors_are_one_line(
+    exc: BaseException,
+    code: int,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(cli.COMMANDS, "run", _raises(exc))
+    assert main(["run"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err
+    assert "Traceback" not in err and "hunter2" not in err
+    assert main(["-v", "run"]) == code  # the traceback on request
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_non_utf8_paths_work(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 in a path: written, read and printed (escaped) without a crash,
+    even with a strict stdout encoding."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/gen\xff")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "FSD_CACHE_DIR": str(tmp_path / "cache")}
+    fsd = [sys.executable, "-m", "fsd.cli"]
+    made = subprocess.run(
+        [*fsd, "generate", "--neurons", "256", "--layers", "3", "--images", "10", "--out", out],
+        capture_output=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert b"gen\\xff: 256 neurons" in made.stdout
+    ran = subprocess.run(
+        [*fsd, "run", "--data", out, "--workers", "2", "--json"],
+        capture_output=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[-1])["checked_against"] == "truth"
+
+
+def test_weights_checked_in_the_dtype_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "gen"
+    main(["generate", "--neurons", "256", "--layers", "2", "--images", "10", "--out", str(out)])
+    layer = out / "neuron256" / "n256-l1.tsv"
+    lines = layer.read_text().splitlines()
+    lines[4] = lines[4].rsplit("\t", 1)[0] + "\t1e300"  # finite in float64, not in float32
+    layer.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["run", "--data", str(out), "--workers", "2", "--json"]) == 2
+    assert f"{layer}:5: value 1e300 overflows float32" in capsys.readouterr().err
+    code = main(["run", "--data", str(out), "--workers", "2", "--dtype", "float64", "--json"])
+    assert code in (0, 1)  # runs (the truth was computed for the unchanged weight)

@@ -3,6 +3,7 @@ official Graph Challenge network on real and synthetic images."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,20 @@ def test_canvas_shape() -> None:
 def test_synthetic_bad_arguments(neurons: int, count: int) -> None:
     with pytest.raises(InputError):
         synthetic_images(neurons, count)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: radix_net(2**40, 2),  # a power of two, but 4 TiB of column ids
+        lambda: radix_net(256, 2, seed=-1),
+        lambda: synthetic_images(256, 5, seed=-1),
+    ],
+    ids=["radix-huge", "radix-negative-seed", "images-negative-seed"],
+)
+def test_generator_bounds_before_allocating(make: Callable[[], object]) -> None:
+    with pytest.raises(InputError):
+        make()
 
 
 def test_generate_keeps_some_synthetic_images_alive() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +83,14 @@ def _corrupt(root: Path, line: int, text: str) -> Path:
         ("1.5\t2\t0.5", "not an integer"),
         ("1\t17\t0.5", "outside 1..16"),
         ("0\t3\t0.5", "outside 1..16"),
+        ("1\t2\t1e39", "value 1e39 overflows float32"),  # finite in float64 only
+        ("{line2}", "duplicate entry"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path: Path, text: str, reason: str) -> None:
-    path = _corrupt(_tiny(tmp_path), 3, text)
+    root = _tiny(tmp_path)
+    line2 = (root / "neuron16" / "n16-l2.tsv").read_text().splitlines()[1]
+    path = _corrupt(root, 3, text.replace("{line2}", line2))
     with pytest.raises(ModelFormatError) as info:
         load_network(tmp_path, cache=False)
     assert f"{path}:3" in str(info.value)
@@ -124,3 +131,123 @@ def test_ambiguous_neuron_folders(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot infer --neurons"):
         load_network(root)
     assert load_network(root, neurons=16, cache=False).neurons == 16
+
+
+def _rewrite_member(cache: Path, member: str, change: Callable[[bytes], bytes]) -> None:
+    """Replace the bytes of one member of an npz cache by ``change(bytes)``, keeping the rest."""
+    with zipfile.ZipFile(cache) as zin:
+        members = {info.filename: zin.read(info) for info in zin.infolist()}
+    members[member] = change(members[member])
+    with zipfile.ZipFile(cache, "w") as zout:
+        for name, raw in members.items():
+            zout.writestr(name, raw)
+
+
+def _array_change(change: Callable[[np.ndarray], None]) -> Callable[[bytes], bytes]:
+    def apply(raw: bytes) -> bytes:
+        array = np.load(io.BytesIO(raw))
+        change(array)
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return buf.getvalue()
+
+    return apply
+
+
+def _garbage(cache: Path) -> None:
+    cache.write_bytes(b"PK\x03\x04" + bytes(100))
+
+
+def _truncated(cache: Path) -> None:
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+
+
+def _forged_header(cache: Path) -> None:
+    """A header that claims 80 billion values (640 GB) for a short array: never allocated."""
+
+    def forge(raw: bytes) -> bytes:
+        fh = io.BytesIO(raw)
+        np.lib.format.read_magic(fh)
+        np.lib.format.read_array_header_1_0(fh)
+        out = io.BytesIO()
+        header = {"descr": "<f8", "fortran_order": False, "shape": (80_000_000_000,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        return out.getvalue() + raw[fh.tell() :]
+
+    _rewrite_member(cache, "x1.npy", forge)
+
+
+def _not_finite(cache: Path) -> None:
+    def poison(array: np.ndarray) -> None:
+        array[3] = np.inf
+
+    _rewrite_member(cache, "x2.npy", _array_change(poison))
+
+
+def _column_out_of_range(cache: Path) -> None:
+    def stray(array: np.ndarray) -> None:
+        array[-1] = 10**6
+
+    _rewrite_member(cache, "i0.npy", _array_change(stray))
+
+
+def _unsorted(cache: Path) -> None:
+    def swap(array: np.ndarray) -> None:
+        array[[0, 1]] = array[[1, 0]]
+
+    _rewrite_member(cache, "i0.npy", _array_change(swap))
+
+
+@pytest.mark.parametrize(
+    "damage", [_garbage, _truncated, _forged_header, _not_finite, _column_out_of_range, _unsorted]
+)
+def test_unusable_cache_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], None]
+) -> None:
+    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
+    root = _tiny(tmp_path / "data")
+    truth = load_network(root, cache=False)
+    load_network(root)
+    (cache,) = (tmp_path / "cache").glob("net-*.npz")
+    damage(cache)
+    again = load_network(root)
+    for a, b in zip(truth.layers, again.layers, strict=True):
+        assert a.shape == b.shape and abs(a - b).max() == 0
+        assert np.array_equal(a.indices, b.indices)
+    assert load_network(root).depth == 3  # the rebuilt cache is good
+
+
+def test_weights_are_checked_in_the_engine_dtype(tmp_path: Path) -> None:
+    root = _tiny(tmp_path)
+    row, col, _ = (root / "neuron16" / "n16-l2.tsv").read_text().splitlines()[2].split("\t")
+    path = _corrupt(root, 3, f"{row}\t{col}\t1e300")
+    assert load_network(root, cache=False, dtype="float64").layers[1].max() == 1e300
+    with pytest.raises(ModelFormatError, match=rf"{path}:3: value 1e300 overflows float32"):
+        load_network(root, dtype="float32")  # also when the float64 load left a cache
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt"])
+def test_broken_gzip_names_the_file(tmp_path: Path, cut: str) -> None:
+    root = _tiny(tmp_path, gz=True)
+    path = root / "neuron16" / "n16-l2.tsv.gz"
+    data = gzip.compress(b"".join(b"%d\t%d\t0.5\n" % (r, c) for r in range(1, 17) for c in (1, 2)))
+    if cut == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data = data[:12] + bytes(len(data) - 20) + data[-8:]
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError, match=rf"{path}:\d+: corrupt or truncated gzip"):
+        load_network(root, cache=False)
+
+
+def test_image_ids_are_capped_unless_a_count_is_given(tmp_path: Path) -> None:
+    from fsd.model.network import MAX_IMAGES
+
+    root = _tiny(tmp_path)
+    far = MAX_IMAGES + 1
+    with (root / "sparse-images-16.tsv").open("a") as fh:
+        fh.write(f"{far}\t3\t1\n")
+    with pytest.raises(ModelFormatError, match=f"id {far} in field 1 is outside 1..{MAX_IMAGES}"):
+        load_images(root, 16)
+    head = load_images(root, 16, 2)  # only the first 2 rows are kept: nothing sized by the id
+    assert head.matrix.shape == (2, 16)

@@ -1,13 +1,19 @@
-"""``fsd`` command line: run, generate, partition. Bad input: one line on stderr and exit code 2."""
+"""``fsd`` command line: run, generate, partition. Bad input: one line on stderr and exit code 2.
+
+Every message is one printable line with URL credentials scrubbed; even an unexpected exception
+is one line (exit 1), its traceback shown only with ``-v``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,27 +27,83 @@ from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult
 from fsd.model import Images, Network, load_images, load_network, write_images, write_network
+from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
+from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
+from fsd.redact import redact_text
 
 log = logging.getLogger("fsd")
 
 EXIT_WRONG = 1
 EXIT_USAGE = 2
 DEFAULT_NEURONS, DEFAULT_LAYERS, DEFAULT_IMAGES = 1024, 120, 2000
+#: Bounds of numeric flags (sizes: see fsd.model.network); seeds are 32 bits.
+MAX_SEED = 2**32 - 1
+MAX_TIMEOUT = 86400.0
+
+
+def _line(text: object) -> str:
+    """``text`` as one printable line: URL userinfo scrubbed, line breaks turned into spaces,
+    bytes of non-UTF-8 paths (surrogate escapes) shown as ``\\xNN``, other controls escaped."""
+    out = []
+    for ch in redact_text(str(text)):
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in "\n\r\t":
+            out.append(" ")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out).strip()
+
+
+def _say(kind: str, message: object) -> None:
+    print(f"fsd: {kind}: {_line(message)}", file=sys.stderr)
+
+
+def _traceback(verbose: bool) -> None:
+    """With -v, the traceback of the exception being handled (URL credentials scrubbed)."""
+    if verbose:
+        sys.stderr.write(redact_text(traceback.format_exc()))
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not a usage dump
-        self.exit(EXIT_USAGE, f"fsd: error: {message} (see fsd {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_USAGE, f"fsd: error: {_line(message)} (see {self.prog} --help)\n")
 
 
-def _positive(text: str) -> int:
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # also more than 4300 digits
+            raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    return parse
+
+
+_neurons = _workers = _count(1, MAX_NEURONS)
+_layers = _count(1, MAX_LAYERS)
+_images = _count(1, MAX_IMAGES)
+_seed = _count(0, MAX_SEED)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite duration in (0, MAX_TIMEOUT] seconds."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= {MAX_TIMEOUT:g} seconds, got {text}")
     return value
 
 
@@ -52,15 +114,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="distributed inference, checked against truth or the oracle")
     run.add_argument("--data", type=Path, help="Graph Challenge folder (official layout)")
-    run.add_argument("--neurons", type=_positive, help="neurons per layer (N)")
-    run.add_argument("--layers", type=_positive, help="layers to run (default: all)")
-    run.add_argument("--images", type=_positive, help="use the first K images")
-    run.add_argument("--workers", type=int, default=4, help="workers (1..N, default 4)")
+    run.add_argument("--neurons", type=_neurons, help="neurons per layer (N)")
+    run.add_argument("--layers", type=_layers, help="layers to run (default: all)")
+    run.add_argument("--images", type=_images, help="use the first K images")
+    run.add_argument("--workers", type=_workers, default=4, help="workers (1..N, default 4)")
     run.add_argument("--channel", default="local", help=f"one of {', '.join(CHANNELS)}")
     run.add_argument("--partition", default="contiguous", help=", ".join(PARTITIONERS))
     run.add_argument("--dtype", default="float32", help=", ".join(DTYPES))
-    run.add_argument("--seed", type=int, default=0, help="seed of generator and partitioner")
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds for the inference")
+    run.add_argument("--seed", type=_seed, default=0, help="seed of generator and partitioner")
+    run.add_argument("--timeout", type=_seconds, default=600.0, help="seconds for the inference")
     run.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     run.add_argument("--nats-url", help="NATS server URL (env FSD_NATS_URL; none: embedded)")
     run.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT; none: embedded)")
@@ -70,18 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     gen = sub.add_parser("generate", help="write a RadiX-Net network and images (official layout)")
-    gen.add_argument("--neurons", type=_positive, required=True)
-    gen.add_argument("--layers", type=_positive, required=True)
-    gen.add_argument("--images", type=_positive, required=True)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--neurons", type=_neurons, required=True)
+    gen.add_argument("--layers", type=_layers, required=True)
+    gen.add_argument("--images", type=_images, required=True)
+    gen.add_argument("--seed", type=_seed, default=0)
     gen.add_argument("--out", type=Path, required=True)
 
     part = sub.add_parser("partition", help="planned crossing activations per partitioner")
     part.add_argument("--data", type=Path, required=True)
-    part.add_argument("--workers", type=int, required=True)
-    part.add_argument("--neurons", type=_positive)
-    part.add_argument("--layers", type=_positive)
-    part.add_argument("--seed", type=int, default=0)
+    part.add_argument("--workers", type=_workers, required=True)
+    part.add_argument("--neurons", type=_neurons)
+    part.add_argument("--layers", type=_layers)
+    part.add_argument("--seed", type=_seed, default=0)
     part.add_argument("--json", action="store_true")
 
     model = sub.add_parser("model", help="the model store (an S3 bucket) used by the functions")
@@ -89,10 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     push = verbs.add_parser("push", help="cut a model for worker counts and upload it")
     push.add_argument("data", type=Path, help="Graph Challenge folder (official layout)")
     push.add_argument("--name", required=True, help="model name for requests")
-    push.add_argument("--workers", type=int, nargs="+", required=True, help="worker counts")
+    push.add_argument("--workers", type=_workers, nargs="+", required=True, help="worker counts")
     push.add_argument("--partition", nargs="+", default=["min-comm"], help=", ".join(PARTITIONERS))
-    push.add_argument("--neurons", type=_positive)
-    push.add_argument("--layers", type=_positive)
+    push.add_argument("--neurons", type=_neurons)
+    push.add_argument("--layers", type=_layers)
     push.add_argument("--no-images", action="store_true", help="do not store the images")
     push.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT)")
     push.add_argument("--s3-bucket", help="bucket (env FSD_S3_BUCKET; default fsd)")
@@ -117,8 +179,8 @@ def _load(args: argparse.Namespace) -> tuple[Network, Images]:
             args.images or DEFAULT_IMAGES,
             args.seed,
         )
-    network = load_network(args.data, args.neurons, args.layers)
-    return network, load_images(args.data, network.neurons, args.images)
+    network = load_network(args.data, args.neurons, args.layers, dtype=args.dtype)
+    return network, load_images(args.data, network.neurons, args.images, args.dtype)
 
 
 def _check(result: RunResult, network: Network, images: Images) -> None:
@@ -166,9 +228,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise InputError(
             f"unknown partitioner {args.partition!r}; choose one of {', '.join(PARTITIONERS)}"
         )
+    if args.dtype not in DTYPES:  # before loading: weights are checked in this dtype
+        raise InputError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     if args.plot is not None:  # fail before a long run, not after it
         plot.check_available()
         plot.check_path(args.plot)
+    settings = channel_config(  # addresses checked before any loading or connecting
+        args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
+    )
     t0 = time.perf_counter()
     network, images = _load(args)
     check_workers(args.workers, network.neurons)
@@ -179,12 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
         timeout=args.timeout,
-        channel_config=channel_config(
-            args.channel,
-            nats_url=args.nats_url,
-            s3_endpoint=args.s3_endpoint,
-            s3_bucket=args.s3_bucket,
-        ),
+        channel_config=settings,
     )
     prepared = prepare(network, config)
     load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
@@ -210,14 +272,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from fsd.model.generate import generate  # noqa: PLC0415
+    from fsd.model.generate import check_sizes, generate  # noqa: PLC0415
 
+    check_sizes(args.neurons, args.layers, args.images, args.seed)
+    output_folder(args.out)  # an impossible place fails now, not after generating
     network, images = generate(args.neurons, args.layers, args.images, args.seed)
     write_network(args.out, network)
     write_images(args.out, images)
     alive = len(images.truth[args.layers])
     print(
-        f"wrote {args.out}: {args.neurons} neurons x {args.layers} layers, "
+        f"wrote {_line(args.out)}: {args.neurons} neurons x {args.layers} layers, "
         f"{args.images} images ({alive} alive after {args.layers} layers)"
     )
     return 0
@@ -285,7 +349,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; every failure is one line on stderr and an exit code (see README)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -293,14 +361,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:
-        print(f"fsd: error: {exc}", file=sys.stderr)
+        _say("error", exc)
         return EXIT_USAGE
     except FsdError as exc:
-        print(f"fsd: failed: {exc}", file=sys.stderr)
+        _say("failed", exc)
         return EXIT_WRONG
     except KeyboardInterrupt:
         print("fsd: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        _traceback(args.verbose)
+        _say("failed", "out of memory (try fewer images, layers or neurons, or more workers)")
+        return EXIT_WRONG
+    except OSError as exc:  # a file or folder the user named that the code did not wrap
+        _traceback(args.verbose)
+        if exc.filename is not None:
+            _say("error", f"{exc.filename}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        _say("failed", exc)
+        return EXIT_WRONG
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        _traceback(args.verbose)
+        _say(
+            "internal error",
+            f"{type(exc).__name__}: {exc} (a bug; run fsd -v ... for the traceback)",
+        )
+        return EXIT_WRONG
 
 
 if __name__ == "__main__":

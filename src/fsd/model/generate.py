@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd.errors import InputError
-from fsd.model.network import Images, Network, bias_for
+from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS, Images, Network, bias_for
 from fsd.reference import categories, infer
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,25 @@ _STAMPS = 1 << 21
 
 
 def _check_neurons(neurons: int) -> None:
-    if neurons < MIN_NEURONS or neurons & (neurons - 1):
-        raise InputError(f"neurons must be a power of two >= {MIN_NEURONS}, got {neurons}")
+    if not MIN_NEURONS <= neurons <= MAX_NEURONS or neurons & (neurons - 1):
+        raise InputError(
+            f"neurons must be a power of two from {MIN_NEURONS} to {MAX_NEURONS}, got {neurons}"
+        )
+
+
+def check_sizes(neurons: int, layers: int, images: int, seed: int = 0) -> None:
+    """Raise InputError unless ``generate`` accepts these (cheap: before any folder or array)."""
+    _check_neurons(neurons)
+    if not 1 <= layers <= MAX_LAYERS:
+        raise InputError(f"layers must be between 1 and {MAX_LAYERS}, got {layers}")
+    if not 1 <= images <= MAX_IMAGES:
+        raise InputError(f"image count must be between 1 and {MAX_IMAGES}, got {images}")
+    _check_seed(seed)
+
+
+def _check_seed(seed: int) -> None:
+    if seed < 0:  # numpy's generators take only non-negative seeds
+        raise InputError(f"seed must be >= 0, got {seed}")
 
 
 def _group_columns(neurons: int) -> list[np.ndarray]:
@@ -74,8 +91,9 @@ def radix_net(neurons: int, layers: int, seed: int = 0) -> Network:
     random relabelling ``W[p(i), p(j)] = pattern[i, j]`` drawn from ``seed``.
     """
     _check_neurons(neurons)
-    if layers < 1:
-        raise InputError(f"layers must be >= 1, got {layers}")
+    _check_seed(seed)
+    if not 1 <= layers <= MAX_LAYERS:
+        raise InputError(f"layers must be between 1 and {MAX_LAYERS}, got {layers}")
     pattern = _group_columns(neurons)
     length = len(pattern)
     rng = np.random.default_rng(seed)
@@ -146,10 +164,11 @@ def synthetic_images(neurons: int, count: int, seed: int = 0) -> Images:
     makes a generated net keep some, not all, of them alive. The first k images do not depend
     on ``count``.
     """
-    if neurons < 1:
-        raise InputError(f"neurons must be >= 1, got {neurons}")
-    if count < 1:
-        raise InputError(f"image count must be >= 1, got {count}")
+    if not 1 <= neurons <= MAX_NEURONS:
+        raise InputError(f"neurons must be between 1 and {MAX_NEURONS}, got {neurons}")
+    if not 1 <= count <= MAX_IMAGES:
+        raise InputError(f"image count must be between 1 and {MAX_IMAGES}, got {count}")
+    _check_seed(seed)
     height, width = canvas_shape(neurons)
     scale = math.sqrt(neurons) / 32.0  # pixel lengths are tuned on the 32x32 canvas
     pen = (_PEN[0] * scale, _PEN[1] * scale)

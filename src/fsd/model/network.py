@@ -13,6 +13,12 @@ from fsd.errors import InputError
 CHALLENGE_BIAS: dict[int, float] = {1024: -0.30, 4096: -0.35, 16384: -0.40, 65536: -0.45}
 #: Activations are capped at this value after ReLU.
 YMAX = 32.0
+#: Caps on sizes that come from flags, folder names or file contents, checked before anything
+#: sized by them is allocated, so no hostile number can force a huge allocation. Each is far above
+#: the Graph Challenge's largest (65536 neurons, 1920 layers, 60000 images).
+MAX_NEURONS = 1 << 20
+MAX_LAYERS = 1 << 15
+MAX_IMAGES = 1 << 20
 
 
 def bias_for(neurons: int) -> float:

@@ -1,0 +1,313 @@
+"""Hostile CLI input: every row exits 2 with exactly one stderr line, no traceback, no secret.
+
+Rows run through ``fsd.cli.main`` in process, or through ``python -m fsd.cli`` (``sub``) where the
+real exit code, the real stderr encoding or a memory limit matter. Data rows start from a small
+generated folder (256 neurons x 3 layers, 20 images) and break one thing in it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fsd.channels import ChannelConfig
+from fsd.channels.settings import channel_config
+from fsd.cli import main
+from fsd.errors import InputError
+from fsd.model import write_images, write_network
+from fsd.model.generate import generate
+
+LAYER2 = Path("neuron256") / "n256-l2.tsv"
+IMAGES = Path("sparse-images-256.tsv")
+TRUTH = Path("neuron256-l3-categories.tsv")
+#: Address-space cap of subprocess rows: an unbounded allocation fails fast instead of swapping.
+MEMORY_CAP = 4 << 30
+TINY = ["--neurons", "256", "--layers", "2", "--images", "10"]
+
+
+@dataclass
+class Row:
+    argv: list[str]  # "{data}" stands for the (possibly broken) data folder
+    message: str  # must appear in the one stderr line
+    breaks: Callable[[Path], Path] | None = None  # damages the data folder, returns its path
+    env: dict[str, str] = field(default_factory=dict)
+    sub: bool = False  # run as a real process
+
+
+def _gzip(path: Path) -> Path:
+    packed = path.with_name(path.name + ".gz")
+    packed.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+    path.unlink()
+    return packed
+
+
+def _truncate_gzip(rel: Path) -> Callable[[Path], Path]:
+    def breaks(root: Path) -> Path:
+        packed = _gzip(root / rel)
+        data = packed.read_bytes()
+        packed.write_bytes(data[: len(data) // 2])
+        return root
+
+    return breaks
+
+
+def _corrupt_gzip(root: Path) -> Path:
+    packed = _gzip(root / LAYER2)
+    data = bytearray(packed.read_bytes())
+    data[500:520] = bytes(20)
+    packed.write_bytes(bytes(data))
+    return root
+
+
+def _set_line(rel: Path, line: int, text: str) -> Callable[[Path], Path]:
+    def breaks(root: Path) -> Path:
+        lines = (root / rel).read_text().splitlines()
+        lines[line - 1] = text
+        (root / rel).write_text("\n".join(lines) + "\n")
+        return root
+
+    return breaks
+
+
+def _append(rel: Path, text: str) -> Callable[[Path], Path]:
+    def breaks(root: Path) -> Path:
+        with (root / rel).open("a") as fh:
+            fh.write(text)
+        return root
+
+    return breaks
+
+
+def _duplicate(root: Path) -> Path:
+    path = root / LAYER2
+    path.write_text(path.read_text() + path.read_text().splitlines()[6] + "\n")
+    return root
+
+
+def _truth_is_a_folder(root: Path) -> Path:
+    (root / "neuron256-l5-categories.tsv").mkdir()
+    return root
+
+
+def _huge_neuron_folder(root: Path) -> Path:
+    shutil.rmtree(root / "neuron256")
+    (root / "neuron999999999").mkdir()
+    (root / "neuron999999999" / "n999999999-l1.tsv").write_text("1\t1\t0.5\n")
+    return root
+
+
+def _non_utf8_name(root: Path) -> Path:
+    """The folder renamed to a name with byte 0xff (not UTF-8), its first layer overflowing."""
+    _set_line(Path("neuron256") / "n256-l1.tsv", 5, "1\t5\t1e308")(root)
+    renamed = Path(os.fsdecode(os.fsencode(root) + b"\xff"))
+    root.rename(renamed)
+    return renamed
+
+
+#: Credentials planted in addresses; neither may ever reach a message.
+USER, PASSWORD = "AKID42", "hunter2"
+SECRET_S3 = f"ftp://{USER}:{PASSWORD}@host"
+ROWS = {
+    # numeric flags: bounded and finite
+    "seed-negative": Row(["run", *TINY, "--seed", "-1"], "argument --seed: must be >= 0"),
+    "seed-too-big": Row(["run", *TINY, "--seed", str(2**64)], "argument --seed: must be <="),
+    "timeout-nan": Row(["run", *TINY, "--timeout", "nan"], "argument --timeout"),
+    "timeout-inf": Row(["run", *TINY, "--timeout", "inf"], "argument --timeout"),
+    "timeout-huge": Row(["run", *TINY, "--timeout", "1e9"], "argument --timeout"),
+    "neurons-huge": Row(
+        ["generate", "--neurons", str(2**40), "--layers", "2", "--images", "5", "--out", "{data}"],
+        "argument --neurons: must be <=",
+        sub=True,
+    ),
+    # model and image files
+    "gzip-truncated": Row(
+        ["run", "--data", "{data}"], "n256-l2.tsv.gz:", _truncate_gzip(LAYER2), sub=True
+    ),
+    "gzip-corrupt": Row(["run", "--data", "{data}"], "n256-l2.tsv.gz:1: corrupt", _corrupt_gzip),
+    "truth-gzip-truncated": Row(
+        ["run", "--data", "{data}"], "categories.tsv.gz:", _truncate_gzip(TRUTH)
+    ),
+    "image-id-2e9": Row(
+        ["run", "--data", "{data}"],
+        "sparse-images-256.tsv:446: id 2000000000 in field 1 is outside 1..1048576",
+        _append(IMAGES, "2000000000\t5\t1\n"),
+        sub=True,
+    ),
+    "weight-inf-in-float32": Row(
+        ["run", "--data", "{data}"],
+        "n256-l1.tsv:5: value 1e308 overflows float32",
+        _set_line(Path("neuron256") / "n256-l1.tsv", 5, "1\t5\t1e308"),
+    ),
+    "pixel-inf-in-float32": Row(
+        ["run", "--data", "{data}"],
+        "sparse-images-256.tsv:3: value 1e300 overflows float32",
+        _set_line(IMAGES, 3, "1\t54\t1e300"),
+    ),
+    "duplicate-entry": Row(
+        ["run", "--data", "{data}"], "n256-l2.tsv:8193: duplicate entry 1 49", _duplicate
+    ),
+    "truth-is-a-folder": Row(["run", "--data", "{data}"], "Is a directory", _truth_is_a_folder),
+    "truth-id-beyond-images": Row(
+        ["run", "--data", "{data}"],
+        "categories.tsv:10: image id 99999 is outside 1..20",
+        _append(TRUTH, "99999\n"),
+    ),
+    "neuron-folder-huge": Row(
+        ["run", "--data", "{data}"],
+        "neurons must be between 1 and 1048576",
+        _huge_neuron_folder,
+        sub=True,
+    ),
+    "non-utf8-data-path": Row(
+        ["run", "--data", "{data}"], "\\xff/neuron256/n256-l1.tsv:5", _non_utf8_name, sub=True
+    ),
+    # output paths
+    "out-in-proc": Row(["generate", *TINY, "--out", "/proc/nope"], "cannot create folder"),
+    "out-is-a-file": Row(["generate", *TINY, "--out", f"{{data}}/{IMAGES}"], "not a folder"),
+    "out-non-utf8": Row(
+        ["generate", *TINY, "--out", "/proc/\udcffnope"], "/proc/\\xffnope", sub=True
+    ),
+    # addresses: checked before use, never echoed with their credentials
+    "s3-endpoint-ftp-with-keys": Row(
+        ["run", *TINY, "--channel", "s3", "--s3-endpoint", SECRET_S3], "--s3-endpoint must use"
+    ),
+    "nats-url-bad-port": Row(
+        ["run", *TINY, "--channel", "nats", "--nats-url", f"nats://{USER}:{PASSWORD}@h:bad-port"],
+        "--nats-url is not a valid URL: nats://***@h:bad-port",
+    ),
+    "s3-endpoint-env-with-keys": Row(
+        ["model", "show", "m"],
+        "FSD_S3_ENDPOINT must not hold credentials",
+        env={"FSD_S3_ENDPOINT": f"https://{USER}:{PASSWORD}@h"},
+        sub=True,
+    ),
+    "stray-url-argument": Row(
+        ["run", "--nats-url=x", f"nats://{USER}:{PASSWORD}@host"],
+        "unrecognized arguments: nats://***@host",
+    ),
+    # messages stay one line whatever the input holds
+    "newline-in-path": Row(["run", "--data", "/nonexistent\nsecond line"], "not found"),
+}
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clean") / "data"
+    network, images = generate(256, 3, 20, seed=0)
+    write_network(root, network)
+    write_images(root, images)
+    return root
+
+
+#: ``python -m fsd.cli`` under an address-space cap (set in the child: no preexec_fn in a
+#: possibly threaded test process).
+CAPPED_CLI = (
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_CAP}, {MEMORY_CAP})); "
+    "runpy.run_module('fsd.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def _in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def _subprocess(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPPED_CLI, *argv],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.decode("utf-8", "backslashreplace")
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_hostile_input_exits_2_with_one_line(
+    name: str,
+    clean: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    row = ROWS[name]
+    for var in [v for v in os.environ if v.startswith(("FSD_", "AWS_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # strict stdout: no encoding error hides
+    for var, value in row.env.items():
+        monkeypatch.setenv(var, value)
+    root = tmp_path / "data"
+    shutil.copytree(clean, root)
+    if row.breaks is not None:
+        root = row.breaks(root)
+    argv = [arg.replace("{data}", str(root)) for arg in row.argv]
+    code, err = _subprocess(argv, dict(os.environ)) if row.sub else _in_process(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fsd: error: ")
+    assert row.message in lines[0]
+    assert "Traceback" not in err
+    assert USER not in err and PASSWORD not in err
+
+
+GOOD_ADDRESSES = [
+    ("nats", "nats://127.0.0.1:4222"),
+    ("nats", f"nats://{USER}:{PASSWORD}@a:4222, tls://b:4443,ws://c/path,wss://[::1]:443"),
+    ("nats", "host:4222"),  # nats:// implied, as the client does
+    ("s3", "http://127.0.0.1:8333"),
+    ("s3", "https://s3.amazonaws.com/"),
+    ("s3", "minio:9000"),  # http:// implied, as the S3 client does
+]
+BAD_ADDRESSES = [
+    ("nats", f"nats://{USER}:{PASSWORD}@h:bad-port", "not a valid URL"),
+    ("nats", f"http://{USER}:{PASSWORD}@h:4222", "must use nats, tls, ws, wss"),
+    ("nats", "nats://a:4222,,nats://b:4222", "empty URL"),
+    ("nats", "nats://h:0", "port in 1..65535"),
+    ("nats", "nats://h:4222\nX", "control characters"),
+    ("s3", SECRET_S3, "must use http, https"),
+    ("s3", f"https://{USER}:{PASSWORD}@h", "must not hold credentials"),
+    ("s3", f"{USER}:{PASSWORD}@h:9000", "must not hold credentials"),
+    ("s3", f"https://h/bucket?X-Amz-Signature={PASSWORD}", "nothing after"),
+    ("s3", "https://h:99999", "not a valid URL"),
+]
+
+
+def _settings(kind: str, address: str, source: str) -> ChannelConfig:
+    """channel_config with ``address`` given by flag (``source`` starts with --) or environment."""
+    if source.startswith("--"):
+        nats, s3 = (address, None) if kind == "nats" else (None, address)
+        return channel_config(kind, nats_url=nats, s3_endpoint=s3, env={})
+    return channel_config(kind, env={source: address})
+
+
+SOURCES = {"nats": ("--nats-url", "FSD_NATS_URL"), "s3": ("--s3-endpoint", "FSD_S3_ENDPOINT")}
+
+
+def test_addresses_are_checked_where_cli_and_functions_read_them() -> None:
+    """channel_config is the one place flags and environment become addresses (the functions
+    call it too): bad ones are InputErrors naming their source, never showing credentials."""
+    for kind, address in GOOD_ADDRESSES:
+        for source in SOURCES[kind]:
+            assert _settings(kind, address, source).address == address
+    for kind, address, reason in BAD_ADDRESSES:
+        for source in SOURCES[kind]:
+            with pytest.raises(InputError, match=reason) as info:
+                _settings(kind, address, source)
+            message = str(info.value)
+            assert message.startswith(source)
+            assert USER not in message and PASSWORD not in message
