@@ -154,12 +154,14 @@ def test_observe_run_counts_per_worker_when_known() -> None:
 
 def test_push_to_unreachable_gateway_only_warns(caplog: pytest.LogCaptureFixture) -> None:
     (port,) = pick_ports(1)  # free: nothing listens there
-    with caplog.at_level(logging.WARNING, logger="fsd.observe"):
-        pushed = observe.push_run(_fake_result(), "m", f"http://127.0.0.1:{port}", timeout=2)
+    gateway = f"http://fsd:pa55word@127.0.0.1:{port}"  # credentials must never reach a log
+    with caplog.at_level(logging.DEBUG, logger="fsd.observe"):
+        pushed = observe.push_run(_fake_result(), "m", gateway, timeout=2)
     assert pushed is False
     assert any(
         r.levelno == logging.WARNING and "Pushgateway" in r.getMessage() for r in caplog.records
     )
+    assert "pa55word" not in caplog.text
 
 
 # -- real Prometheus scraping a test server --------------------------------------------------

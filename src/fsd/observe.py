@@ -30,6 +30,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
 
 from fsd.metrics import RunResult
+from fsd.redact import redact, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def push_run(
             gateway, job=job, registry=registry, grouping_key={"run_id": run_id}, timeout=timeout
         )
     except Exception as exc:  # monitoring is best effort, whatever went wrong
-        log.warning("could not push run %s metrics to Pushgateway %s: %s", run_id, gateway, exc)
+        where, why = redact(gateway), redact_text(str(exc))
+        log.warning("could not push run %s metrics to Pushgateway %s: %s", run_id, where, why)
         return False
-    log.debug("pushed run %s metrics to %s (job %s)", run_id, gateway, job)
+    log.debug("pushed run %s metrics to %s (job %s)", run_id, redact(gateway), job)
     return True
