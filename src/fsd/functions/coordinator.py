@@ -43,6 +43,7 @@ from fsd.task import ModelRef
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")  # docs/api/ links to it
+BULK = (("inputs", "rows"), ("inputs", "cols"), ("inputs", "values"))  # up to a million each
 
 
 def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Reply:
@@ -91,7 +92,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
         request = load_json(body)
     except InputError as exc:
         return error(400, "malformed JSON", str(exc))
-    where = problem(SCHEMA_PATH, request)
+    where = problem(SCHEMA_PATH, request, bulk=BULK)
     if where:
         return error(400, "invalid request", where)
     name = request["model"]
