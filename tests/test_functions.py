@@ -1,7 +1,8 @@
 """Both functions served by the template's index.py, workers invoked over HTTP, real NATS and S3.
 
 One stack for the module: an embedded nats-server and SeaweedFS, the shared Graph Challenge model
-pushed for 4 workers with its images, 4 worker instances and a coordinator instance.
+pushed for 4 workers with its images, 4 worker instances and a coordinator instance, serving
+that model only (FSD_MODELS). tests/test_function_trust.py has the bounds and forgeries.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from typing import Any
 
 import pytest
 
-from fsd.localstack import LocalStack
+from fsd import auth
+from fsd.localstack import ROOT, FunctionServer, LocalStack
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server
+from fsd.model.generate import generate
+from fsd.services import NatsServer, S3Server, pick_ports
+from listeners import NATS_INFO, Recorder
 from procs import start_prometheus
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -38,6 +42,7 @@ def stack(
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         "FSD_MAX_BODY_BYTES": str(64 * 1024),
         "FSD_LAYER_TIMEOUT": "20",
+        "FSD_MODELS": "gc1024",
         "PATH": "/usr/bin:/bin",
     }
     with LocalStack(workers=4, env=env) as s:
@@ -222,7 +227,8 @@ def test_unreachable_channel_is_503(stack: LocalStack) -> None:
 
 
 def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
-    """The launcher authenticates to the gateway with the fsd-gateway-password secret."""
+    """The launcher authenticates to the gateway with the fsd-gateway-password secret, and
+    signs the invocation with the deployment secret (fsd-run-key)."""
     import base64
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -230,11 +236,12 @@ def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
     from fsd.settings import function_env
 
     seen: list[str] = []
+    bodies: list[bytes] = []
 
     class Gateway(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             seen.append(self.headers.get("Authorization", ""))
-            self.rfile.read(int(self.headers["Content-Length"]))
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"{}")
@@ -245,11 +252,87 @@ def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     (tmp_path / "fsd-gateway-password").write_text("s3cret\n")
+    (tmp_path / "fsd-run-key").write_text("k" * 40 + "\n")
     env = function_env({"FSD_SECRETS_DIR": str(tmp_path)})
     url = f"http://127.0.0.1:{server.server_address[1]}/function/worker"
-    launcher = OpenFaaSLauncher([url], timeout=5, password=env["FSD_GATEWAY_PASSWORD"])
+    secret = auth.load_secret(env["FSD_RUN_KEY"])
+    launcher = OpenFaaSLauncher(
+        [url], timeout=5, password=env["FSD_GATEWAY_PASSWORD"], secret=secret
+    )
     launcher.invoke(0, {"run": "x"})
     launcher.close()
     server.shutdown()
     assert seen == ["Basic " + base64.b64encode(b"admin:s3cret").decode()]
     assert launcher.failures() == {} and launcher.replies == {0: {}}
+    assert auth.verify_invocation(secret, json.loads(bodies[0])) == {"run": "x"}
+    assert b"k" * 40 not in bodies[0]
+
+
+def test_launcher_without_a_secret_refuses_to_invoke() -> None:
+    from fsd.errors import AuthError
+    from fsd.launch.openfaas import OpenFaaSLauncher
+
+    with pytest.raises(AuthError, match="FSD_RUN_KEY"):
+        OpenFaaSLauncher(["http://127.0.0.1:1/"], timeout=5)
+
+
+def test_worker_never_connects_where_an_invocation_says(stack: LocalStack) -> None:
+    """A worker deployed without FSD_NATS_URL, invoked with a stranger's NATS address: the body
+    main's coordinator sent (unsigned), the same signed with the deployment's own key, and one
+    naming no address. 401, 400, 503, and the stranger (a listener that greets like NATS and
+    records what comes) never hears from it: no connection, no token."""
+    stranger = Recorder(NATS_INFO)
+    env = {k: v for k, v in stack.env.items() if k != "FSD_NATS_URL"}
+    bare = FunctionServer("bare-worker", ROOT / "functions" / "worker", env, pick_ports(1)[0])
+    key = (Path(stack.dir) / "fsd-run-key").read_text().strip().encode()
+    old = {
+        "run": "ab" * 16,
+        "worker": 0,
+        "workers": 4,
+        "images": 10,
+        "bias": -0.3,
+        "ymax": 32.0,
+        "dtype": "float32",
+        "layer_timeout": 5.0,
+        "model": {"name": "gc1024", "workers": 4, "partition": "min-comm"},
+        "channel": {
+            "kind": "nats",
+            "address": f"nats://{stranger.url}",
+            "max_frame": 4 * 1024 * 1024,
+            "compress": True,
+            "namespace": "fsd",
+            "bucket": "fsd",
+            "region": "us-east-1",
+        },
+    }
+    mine = {**old, "run": "cd" * 16, "channel": {"kind": "nats", "compress": True}}
+    try:
+        bare.wait_ready()
+        unsigned = post(bare.url, json.dumps(old).encode())
+        assert stranger.count() == 0, stranger.received
+        named = post(bare.url, json.dumps(auth.sign_invocation(key, old, 60)).encode())
+        assert stranger.count() == 0, stranger.received
+        none = post(bare.url, json.dumps(auth.sign_invocation(key, mine, 60)).encode())
+        assert stranger.count() == 0, stranger.received
+    finally:
+        bare.stop()
+        stranger.close()
+    assert (unsigned[0], unsigned[1]["error"]) == (401, "unauthenticated"), unsigned
+    assert (named[0], named[1]["error"]) == (400, "invalid request"), named
+    assert "channel/address" in named[1]["detail"]
+    assert (none[0], none[1]["error"]) == (503, "not configured"), none
+    assert "FSD_NATS_URL" in none[1]["detail"]
+    for _, reply in (unsigned, named, none):
+        assert stack.env["FSD_NATS_TOKEN"] not in json.dumps(reply)
+
+
+def test_a_model_of_another_tenant_is_unknown(stack: LocalStack) -> None:
+    """The store holds a model this deployment does not serve (FSD_MODELS): it cannot be run,
+    and the reply is the one for a model that does not exist."""
+    network, images = generate(1024, 2, 4, 0)
+    stack.push(network, "other-tenant", [4], images)
+    status, reply = ask(stack, model="other-tenant", workers=4, images={"stored": True})
+    assert (status, reply["error"]) == (404, "unknown model"), reply
+    status, missing = ask(stack, model="no-such-model", workers=4, images={"stored": True})
+    assert (status, missing["detail"]) == (404, "unknown model 'no-such-model'")
+    assert reply["detail"] == "unknown model 'other-tenant'"

@@ -292,8 +292,12 @@ def test_create_deploys_both_functions_and_reports_ready(
         assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/alpha-worker"
         assert env["FSD_CHANNEL"] == "s3"
         assert env["FSD_S3_ENDPOINT"] == s3_server.endpoint
-        assert env["max_inflight"] == "4" and "FSD_FANOUT" not in env
-        assert coordinator[0]["envVars"]["FSD_FANOUT"] == "16"
+        assert env["max_inflight"] == "4"
+        # both serve this model only, and agree on the fan-out the workers accept
+        for function in (coordinator[0], worker[0]):
+            assert function["envVars"]["FSD_MODELS"] == pushed
+            assert function["envVars"]["FSD_FANOUT"] == "16"
+            assert "fsd-run-key" in function["secrets"]
         assert coordinator[0]["envVars"]["exec_timeout"] == "310s"
         assert worker[0]["labels"]["com.openfaas.scale.min"] == "1"
         assert worker[0]["labels"]["app.kubernetes.io/managed-by"] == "fsd-operator"
@@ -305,6 +309,7 @@ def test_create_deploys_both_functions_and_reports_ready(
             "fsd-s3-access-key",
             "fsd-s3-secret-key",
             "fsd-gateway-password",
+            "fsd-run-key",
         ]
         assert worker[0]["readOnlyRootFilesystem"] is False
 

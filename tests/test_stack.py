@@ -8,6 +8,7 @@ chain that would cut a run short.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,29 @@ def test_docs_deploy_with_this_stack(docs: str) -> None:
     assert "not run" in docs  # says plainly that none of it ran here
     for name in FUNCTIONS:
         assert f"functions/{name}" in docs
+
+
+def test_functions_serve_named_models_within_consistent_limits(stack: dict[str, Any]) -> None:
+    """Both functions serve named models only, and the workers accept what the coordinator
+    sends them: its fan-out, worker and image counts, and layer timeout."""
+    from fsd.functions.config import Limits, ModelFilter
+
+    coordinator = function(stack, "coordinator")["environment"]
+    worker = function(stack, "worker")["environment"]
+    assert coordinator["FSD_MODELS"] == worker["FSD_MODELS"]
+    assert "*" not in coordinator["FSD_MODELS"]
+    request = json.loads((ROOT / "examples" / "request.json").read_text())
+    assert ModelFilter.from_env(coordinator).allows(request["model"])
+    c, w = Limits.from_env(coordinator), Limits.from_env(worker)  # both parse
+    assert c.fanout <= w.fanout
+    assert c.max_workers <= w.max_workers and c.max_images <= w.max_images
+    assert min(c.layer_timeout, c.max_timeout) <= w.max_timeout
+    assert c.max_timeout < seconds(coordinator["exec_timeout"])
+    assert w.max_timeout <= seconds(worker["exec_timeout"])
+
+
+def test_docs_link_the_worker_invocation_schema() -> None:
+    shipped = ROOT / "src" / "fsd" / "functions" / "invocation.schema.json"
+    assert (ROOT / "docs" / "api" / "invocation.schema.json").read_text() == shipped.read_text()
+    assert "api/invocation.schema.json" in (ROOT / "docs" / "api.md").read_text()
+    assert "faas-cli secret create fsd-run-key " in DOCS.read_text()

@@ -95,10 +95,16 @@ class LocalStack:
 
     def start(self) -> Self:
         env = {**self.base_env, "FSD_STACK_DIR": self.dir, "FSD_SECRETS_DIR": self.dir}
+        # the functions run this checkout's fsd, whatever the interpreter's own path points at
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT / "src"), self.base_env.get("PYTHONPATH", "")) if p
+        )
         if not env.get("FSD_RUN_KEY"):  # the deployment secret, mounted as OpenFaaS would
             key = Path(self.dir) / "fsd-run-key"
             key.touch(mode=0o600)
             key.write_text(secrets.token_hex(32))
+        # the models the functions serve (FSD_MODELS): on one machine, every pushed one
+        env.setdefault("FSD_MODELS", "*")
         if not env.get("FSD_NATS_URL"):
             self.nats = NatsServer().start()
             env["FSD_NATS_URL"] = self.nats.url

@@ -6,12 +6,13 @@ functions can build, bound and serialise tasks without loading the engine.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fsd.channels.base import ChannelConfig
 from fsd.errors import FsdError
-from fsd.redact import redact
 
 if TYPE_CHECKING:
     from fsd.shard import Shard
@@ -47,10 +48,14 @@ class WorkerTask:
     model: ModelRef | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The task as a function invocation body: no shard, no secrets."""
+        """The task as a function invocation body: no shard, no secret, and no address.
+
+        Where to connect (address, credentials, namespace, bucket, region) is the receiving
+        function's own configuration: a body that could name it would let whoever can invoke a
+        worker point it, and the secrets it holds, anywhere.
+        """
         if self.model is None:
             raise FsdError("a remote worker needs a model in the store (fsd model push)")
-        ch = self.channel
         return {
             "run": self.run.hex(),
             "worker": self.worker,
@@ -66,12 +71,35 @@ class WorkerTask:
                 "partition": self.model.partition,
             },
             "channel": {
-                "kind": ch.kind,
-                "address": redact(ch.address),
-                "max_frame": ch.max_frame,
-                "compress": ch.compress,
-                "namespace": ch.namespace,
-                "bucket": ch.bucket,
-                "region": ch.region,
+                "kind": self.channel.kind,
+                "max_frame": self.channel.max_frame,
+                "compress": self.channel.compress,
             },
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], channel: ChannelConfig) -> WorkerTask:
+        """The task of a body made by :meth:`to_json`, on the receiver's own ``channel``.
+
+        ``data`` must already be validated (the worker function checks it against its schema
+        and its limits); only ``max_frame`` and ``compress`` are taken from it for the channel.
+        """
+        ch, model = data["channel"], data["model"]
+        config = dataclasses.replace(
+            channel,
+            max_frame=int(ch.get("max_frame", channel.max_frame)),
+            compress=bool(ch.get("compress", channel.compress)),
+        )
+        return cls(
+            run=bytes.fromhex(data["run"]),
+            worker=int(data["worker"]),
+            workers=int(data["workers"]),
+            images=int(data["images"]),
+            shard=None,
+            bias=float(data["bias"]),
+            ymax=float(data["ymax"]),
+            dtype=str(data["dtype"]),
+            channel=config,
+            layer_timeout=float(data["layer_timeout"]),
+            model=ModelRef(str(model["name"]), int(model["workers"]), str(model["partition"])),
+        )

@@ -1,22 +1,25 @@
 """The coordinator function: validate a request, run the inference on worker functions, answer.
 
-Status codes (docs/api.md): 200 answer; 400 malformed or invalid request (JSON Schema in
-docs/api/request.schema.json); 404 unknown model or no stored images; 413 body too large (the
-template's server, before this runs); 503 channel or model store unreachable; 502 a worker failed;
-504 a worker or the run timed out. Errors are ``{"error", "detail"}`` (plus ``worker`` for 502/504).
+Everything in the request is checked before any side effect (a store request, a connection, a
+worker invoked): strict, finite JSON within limits (:mod:`fsd.functions.parse`), the schema
+``request.schema.json`` (docs/api/), this function's own limits (:class:`Limits`), and whether
+it serves the model at all (``FSD_MODELS``: a model it does not serve is an unknown model, and
+the store is not even asked).
+
+Status codes (docs/api.md): 200 answer; 400 malformed JSON or invalid request; 404 unknown model
+or no stored images; 413 body too large (the template's server, before this runs); 503 not
+configured, or channel or model store unreachable; 502 a worker failed; 504 a worker or the run
+timed out. Errors are ``{"error", "detail"}`` (plus ``worker`` for 502/504), never with a secret.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 import scipy.sparse as sp
 
@@ -24,6 +27,15 @@ from fsd import observe
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, infer, prepare_stored
 from fsd.errors import ChannelError, FsdError, InputError, WorkerError
+from fsd.functions.config import (
+    Limits,
+    ModelFilter,
+    NotConfigured,
+    deployment_secret,
+    secret_values,
+)
+from fsd.functions.http import Reply, error, scrub
+from fsd.functions.parse import load_json, problem
 from fsd.settings import function_env
 from fsd.store import ModelNotFound, ModelStore
 from fsd.task import ModelRef
@@ -31,47 +43,14 @@ from fsd.task import ModelRef
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("request.schema.json")  # docs/api/ links to it
-DEFAULT_TIMEOUT = 120.0
-DEFAULT_FANOUT = 16  # above this many workers they are invoked as a tree (FSD_FANOUT)
-
-Reply = tuple[int, dict[str, Any]]
-
-
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-
-
-def _error(status: int, error: str, detail: str, **extra: Any) -> Reply:
-    return status, {"error": error, "detail": detail, **extra}
-
-
-def _invalid(request: Any) -> str | None:
-    errors = sorted(_validator().iter_errors(request), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return None
-    first = errors[0]
-    where = "/".join(str(p) for p in first.absolute_path) or "request"
-    return f"{where}: {first.message}"
-
-
-def _inline_images(inputs: dict[str, Any], neurons: int) -> sp.csr_matrix:
-    rows, cols = inputs["rows"], inputs["cols"]
-    values = inputs.get("values") or [1.0] * len(rows)
-    if not len(rows) == len(cols) == len(values):
-        raise InputError("inputs: rows, cols and values must have the same length")
-    r = np.asarray(rows, np.int64) - 1
-    c = np.asarray(cols, np.int64) - 1
-    count = int(inputs["count"])
-    if len(r) and (r.max() >= count or c.max() >= neurons):
-        raise InputError(f"inputs: a triple lies outside {count} images x {neurons} pixels")
-    return sp.csr_matrix((np.asarray(values, np.float64), (r, c)), shape=(count, neurons))
+BULK = (("inputs", "rows"), ("inputs", "cols"), ("inputs", "values"))  # up to a million each
 
 
 def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Reply:
     """One inference request; never raises (every failure is a status and a JSON error)."""
     t0 = time.perf_counter()
-    status, reply = _handle(body, function_env(environ))
+    env = function_env(environ)
+    status, reply = scrub(_handle(body, env), secret_values(env))
     model = str(reply.get("model", "unknown"))
     observe.observe_request(
         "coordinator", model, str(reply.get("channel", "")), time.perf_counter() - t0
@@ -81,69 +60,136 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
     return status, reply
 
 
+def _check_inline(inputs: dict[str, Any]) -> None:
+    """What can be checked of inline images without the model (their width needs it)."""
+    rows, cols = inputs["rows"], inputs["cols"]
+    values = inputs.get("values")
+    if len(rows) != len(cols) or (values is not None and len(values) != len(rows)):
+        raise InputError("inputs: rows, cols and values must have the same length")
+    if rows and max(rows) > inputs["count"]:
+        raise InputError(f"inputs/rows: row {max(rows)} > count {inputs['count']}")
+
+
+def _inline_images(inputs: dict[str, Any], neurons: int) -> sp.csr_matrix:
+    rows, cols = inputs["rows"], inputs["cols"]
+    values = inputs.get("values") or [1.0] * len(rows)
+    if cols and max(cols) > neurons:
+        raise InputError(f"inputs/cols: column {max(cols)} > {neurons} pixels of the model")
+    r = np.asarray(rows, np.int64) - 1
+    c = np.asarray(cols, np.int64) - 1
+    shape = (int(inputs["count"]), neurons)
+    return sp.csr_matrix((np.asarray(values, np.float64), (r, c)), shape=shape)
+
+
 def _handle(body: bytes, env: dict[str, str]) -> Reply:
     try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return _error(400, "malformed JSON", str(exc))
-    problem = _invalid(request)
-    if problem:
-        return _error(400, "invalid request", problem)
-    name = request["model"]
-    kind = request.get("channel", env.get("FSD_CHANNEL", "nats"))
+        limits = Limits.from_env(env)
+        served = ModelFilter.from_env(env)
+        deployment_secret(env)  # refuse to run at all without one (the launcher signs with it)
+    except NotConfigured as exc:
+        return error(503, "not configured", str(exc))
     try:
-        store = ModelStore(channel_config("s3", env=env))
-        manifest = store.manifest(name)
-        workers = int(request.get("workers") or _default_workers(manifest.partitions))
-        partition = request.get("partition") or _default_partition(manifest.partitions, workers)
-        if workers > manifest.neurons:
-            return _error(
-                400, "invalid request", f"workers: {workers} > {manifest.neurons} neurons"
-            )
-        ref = ModelRef(name, workers, partition)
-        prepared = prepare_stored(store, ref, manifest)
-        if "images" in request:
-            if not manifest.images:
-                return _error(404, "no stored images", f"model {name!r} was pushed without images")
-            images = store.images(name, request["images"].get("first"))
-        else:
-            images = None
-            matrix = _inline_images(request["inputs"], manifest.neurons)
-        timeout = float(request.get("timeout", env.get("FSD_TIMEOUT", DEFAULT_TIMEOUT)))
-        urls = tuple(u for u in env.get("FSD_WORKER_URL", "").split(",") if u)
-        config = RunConfig(
-            workers=workers,
-            channel=kind,
-            partition=partition,
-            dtype=manifest.dtype,
-            timeout=timeout,
-            layer_timeout=min(timeout, float(env.get("FSD_LAYER_TIMEOUT", 60))),
-            channel_config=channel_config(kind, env=env),
-            launcher="openfaas",
-            worker_urls=urls,
-            gateway_user=env.get("FSD_GATEWAY_USER", "admin"),
-            gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
-            fanout=int(env.get("FSD_FANOUT", DEFAULT_FANOUT)),
-        )
-        if not config.channel_config.address:
-            return _error(503, "channel unreachable", f"no {kind} server configured")
-        result = infer(prepared, images.matrix if images is not None else matrix, config)
+        request = load_json(body)
+    except InputError as exc:
+        return error(400, "malformed JSON", str(exc))
+    where = problem(SCHEMA_PATH, request, bulk=BULK)
+    if where:
+        return error(400, "invalid request", where)
+    name = request["model"]
+    if not served.allows(name):
+        return error(404, "unknown model", f"unknown model {name!r}")
+    try:
+        return _infer(request, env, limits)
     except ModelNotFound as exc:
-        return _error(404, "unknown model", str(exc))
+        return error(404, "unknown model", str(exc))
     except WorkerError as exc:
         timed_out = "timed out" in exc.detail
-        return _error(
+        return error(
             504 if timed_out else 502,
             "worker timed out" if timed_out else "worker failed",
             str(exc),
             worker=exc.worker,
         )
+    except NotConfigured as exc:
+        return error(503, "not configured", str(exc))
     except ChannelError as exc:
-        return _error(503, "channel unreachable", str(exc))
+        return error(503, "channel unreachable", str(exc))
     except InputError as exc:
-        return _error(400, "invalid request", str(exc))
+        return error(400, "invalid request", str(exc))
     except FsdError as exc:
-        return _error(500, "internal error", str(exc))
+        return error(500, "internal error", str(exc))
+
+
+def _bounds(request: dict[str, Any], limits: Limits) -> None:
+    """The request against this function's own limits (the schema's bounds are wider)."""
+    if request.get("workers", 1) > limits.max_workers:
+        raise InputError(f"workers: {request['workers']} > {limits.max_workers} (FSD_MAX_WORKERS)")
+    if request.get("timeout", 0) > limits.max_timeout:
+        raise InputError(
+            f"timeout: {request['timeout']:g} s > {limits.max_timeout:g} s (FSD_MAX_TIMEOUT)"
+        )
+    count = request["images"].get("first") if "images" in request else request["inputs"]["count"]
+    if count is not None and count > limits.max_images:
+        raise InputError(f"images: {count} > {limits.max_images} (FSD_MAX_IMAGES)")
+    if "inputs" in request:
+        _check_inline(request["inputs"])
+
+
+def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Reply:
+    _bounds(request, limits)
+    name = request["model"]
+    kind = request.get("channel", env.get("FSD_CHANNEL", "nats"))
+    if kind not in ("nats", "s3"):
+        raise NotConfigured(f"FSD_CHANNEL must be nats or s3, got {kind[:20]!r}")
+    try:
+        transport = channel_config(kind, env=env)
+        store_config = channel_config("s3", env=env)
+    except InputError as exc:  # a malformed setting of this function, not of the request
+        raise NotConfigured(str(exc)) from None
+    if not transport.address:
+        return error(503, "channel unreachable", f"no {kind} server configured")
+    if not store_config.address:
+        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
+    timeout = float(request.get("timeout", limits.timeout))
+    store = ModelStore(store_config)
+    manifest = store.manifest(name)
+    workers = int(request.get("workers") or _default_workers(manifest.partitions))
+    partition = request.get("partition") or _default_partition(manifest.partitions, workers)
+    if workers > manifest.neurons:
+        return error(400, "invalid request", f"workers: {workers} > {manifest.neurons} neurons")
+    if workers > limits.max_workers:
+        raise InputError(f"workers: {workers} > {limits.max_workers} (FSD_MAX_WORKERS)")
+    ref = ModelRef(name, workers, partition)
+    prepared = prepare_stored(store, ref, manifest)
+    if "images" in request:
+        if not manifest.images:
+            return error(404, "no stored images", f"model {name!r} was pushed without images")
+        if request["images"].get("first", manifest.images) > limits.max_images:
+            raise InputError(
+                f"images: the model stores {manifest.images} images, more than "
+                f"{limits.max_images} (FSD_MAX_IMAGES): ask for the first ones"
+            )
+        images = store.images(name, request["images"].get("first"))
+        matrix = images.matrix
+    else:
+        images = None
+        matrix = _inline_images(request["inputs"], manifest.neurons)
+    urls = tuple(u for u in env.get("FSD_WORKER_URL", "").split(",") if u)
+    config = RunConfig(
+        workers=workers,
+        channel=kind,
+        partition=partition,
+        dtype=manifest.dtype,
+        timeout=timeout,
+        layer_timeout=min(timeout, limits.layer_timeout),
+        channel_config=transport,
+        launcher="openfaas",
+        worker_urls=urls,
+        gateway_user=env.get("FSD_GATEWAY_USER", "admin"),
+        gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
+        fanout=limits.fanout,
+    )
+    result = infer(prepared, matrix, config)
     out = result.to_json()
     out["model"] = name
     truth = images.truth.get(manifest.layers) if images is not None else None

@@ -1,93 +1,227 @@
-"""The worker function: fetch this worker's shard (or reuse it while warm), run the layer loop.
+"""The worker function: verify the invocation, check it, fetch the shard (or reuse it), run.
 
-The invocation body is :meth:`fsd.worker.WorkerTask.to_json`: it names the model, not its
-weights, and carries no secrets; connection settings and secrets come from the function's own
-environment and mounted secrets. The reply says whether the shard came from the warm cache.
+The body is a task signed with the deployment secret (:func:`fsd.auth.sign_invocation` of
+:meth:`fsd.task.WorkerTask.to_json`, schema ``invocation.schema.json``). Nothing dangerous is
+taken from it: the channel's address, credentials, namespace, bucket and region, the model
+store and the secret are this function's own configuration (environment and mounted secrets),
+and a body that names any of them is refused. In order, before any side effect (a child
+invoked, a shard loaded, a connection opened):
+
+1. this function's configuration: limits, served models, the secret (else 503 not configured);
+2. the body parsed with limits (400 malformed JSON);
+3. the signature and expiry (401 unsigned, 403 forged or expired; 409 replayed to this
+   instance);
+4. the task: schema, then bounds against this function's limits (400; 404 for a model it does
+   not serve; 503 when the channel it names is not configured here).
+
+Replies: 200 ``{"worker", "shard_cache", "shard_load_seconds", "seconds"}`` (plus ``children``
+and ``child_failures`` in a fan-out tree); errors ``{"error", "detail"}`` (docs/api.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
-import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fsd import observe, wire
+from fsd import auth, observe, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.channels.settings import channel_config
-from fsd.errors import FsdError, InputError, WorkerError
+from fsd.errors import AuthError, FsdError, InputError, WorkerError
+from fsd.functions.config import (
+    Limits,
+    ModelFilter,
+    NotConfigured,
+    deployment_secret,
+    secret_values,
+)
+from fsd.functions.http import Reply, error, scrub
+from fsd.functions.parse import load_json, problem
 from fsd.launch.openfaas import OpenFaaSLauncher, children
 from fsd.settings import function_env
 from fsd.store import ModelStore, ShardCache
-from fsd.task import ModelRef, WorkerTask
+from fsd.task import WorkerTask
 from fsd.worker import run_worker
 
 log = logging.getLogger(__name__)
 
-CACHE = ShardCache(int(os.environ.get("FSD_SHARD_CACHE", "4")))
+SCHEMA_PATH = Path(__file__).with_name("invocation.schema.json")  # docs/api/ links to it
 
-Reply = tuple[int, dict[str, Any]]
+#: what only this function's own configuration may say (a body naming one is refused)
+OWN_SETTINGS = (
+    "address",
+    "namespace",
+    "bucket",
+    "region",
+    "access_key",
+    "secret_key",
+    "token",
+    "user",
+    "password",
+    "creds_file",
+    "secret",
+)
 
 
-def _task(request: dict[str, Any], env: dict[str, str]) -> WorkerTask:
-    try:
-        ch = request["channel"]
-        kind = str(ch["kind"])
-        if kind not in ("nats", "s3"):
-            raise InputError(f"unknown channel {kind!r}")
-        # this function's own settings (with its secrets) win; the request's address is a fallback
-        base = ChannelConfig(bucket=str(ch.get("bucket", "fsd")))
-        cfg = channel_config(kind, env=env, base=base)
-        if not cfg.address:
-            cfg = dataclasses.replace(cfg, address=str(ch["address"]))
-        cfg = dataclasses.replace(
-            cfg,
-            max_frame=int(ch.get("max_frame", cfg.max_frame)),
-            compress=bool(ch.get("compress", True)),
-            namespace=str(ch.get("namespace", cfg.namespace)),
-        )
-        model = request["model"]
-        return WorkerTask(
-            run=bytes.fromhex(request["run"]),
-            worker=int(request["worker"]),
-            workers=int(request["workers"]),
-            images=int(request["images"]),
-            shard=None,
-            bias=float(request["bias"]),
-            ymax=float(request["ymax"]),
-            dtype=str(request["dtype"]),
-            channel=cfg,
-            layer_timeout=float(request.get("layer_timeout", 60.0)),
-            model=ModelRef(str(model["name"]), int(model["workers"]), str(model["partition"])),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"invalid worker invocation: {type(exc).__name__}: {exc}") from None
+@functools.cache
+def _shard_cache(capacity: int) -> ShardCache:
+    """The warm instance's shard cache (FSD_SHARD_CACHE shards), made on first use."""
+    return ShardCache(capacity)
+
+
+class _Seen:
+    """MACs of invocations this instance accepted, until they expire: a replay is refused."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._items: OrderedDict[str, int] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def first_time(self, mac: str, expires: int) -> bool:
+        now = time.time()
+        with self._lock:
+            for old in [k for k, exp in self._items.items() if exp < now]:
+                del self._items[old]
+            if mac in self._items:
+                return False
+            self._items[mac] = expires
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+            return True
+
+
+SEEN = _Seen()
+
+
+@dataclasses.dataclass
+class _Checked:
+    """An invocation that passed every check, with what running it needs."""
+
+    task: WorkerTask
+    data: dict[str, Any]  # the verified task as sent (children get it with their own index)
+    kids: list[int]
+    limits: Limits
+    store: ChannelConfig  # the model store, this function's own
 
 
 def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Reply:
     """Run one worker to the end; never raises."""
     t0 = time.perf_counter()
     env = function_env(environ)
+    status, reply = scrub(_handle(body, env, t0), secret_values(env))
+    if status >= 400:
+        observe.observe_error("worker", reply["error"].replace(" ", "_"))
+    return status, reply
+
+
+def _handle(body: bytes, env: dict[str, str], t0: float) -> Reply:
     try:
-        request = json.loads(body)
-        if not isinstance(request, dict):
-            raise InputError("the invocation body must be a JSON object")
-        task = _task(request, env)
-    except (UnicodeDecodeError, json.JSONDecodeError, InputError) as exc:
-        observe.observe_error("worker", "bad_request")
-        return 400, {"error": "invalid request", "detail": str(exc)}
+        checked = _check(body, env)
+    except NotConfigured as exc:
+        return error(503, "not configured", str(exc))
+    except _Refused as exc:
+        return exc.reply
+    except InputError as exc:
+        return error(400, "invalid request", str(exc))
+    return _run(checked, env, t0)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error_: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reply = error(status, error_, detail)
+
+
+def _check(body: bytes, env: dict[str, str]) -> _Checked:
+    """Everything a worker checks before it does anything (see the module's docstring)."""
+    limits = Limits.from_env(env)
+    served = ModelFilter.from_env(env)
+    secret = deployment_secret(env)
+    try:
+        request = load_json(body)
+    except InputError as exc:
+        raise _Refused(400, "malformed JSON", str(exc)) from None
+    if not isinstance(request, dict) or set(request) != {"task", "expires", "mac"}:
+        raise _Refused(401, "unauthenticated", "the invocation is not signed (task, expires, mac)")
+    try:
+        data = auth.verify_invocation(secret, request)
+    except AuthError as exc:
+        raise _Refused(403, "forbidden", str(exc)) from None
+    _refuse_own_settings(data)
+    where = problem(SCHEMA_PATH, request)
+    if where:
+        raise InputError(where)
+    worker, workers = data["worker"], data["workers"]
+    if not worker < workers <= limits.max_workers:
+        raise InputError(
+            f"task/worker, task/workers: need 0 <= worker < workers <= {limits.max_workers} "
+            f"(FSD_MAX_WORKERS), got worker {worker} of {workers}"
+        )
+    if data["model"]["workers"] != workers:
+        raise InputError(f"task/model/workers: {data['model']['workers']} != workers {workers}")
+    if data["images"] > limits.max_images:
+        raise InputError(f"task/images: {data['images']} > {limits.max_images} (FSD_MAX_IMAGES)")
+    if data["layer_timeout"] > limits.max_timeout:
+        raise InputError(
+            f"task/layer_timeout: {data['layer_timeout']:g} s > {limits.max_timeout:g} s "
+            "(FSD_MAX_TIMEOUT)"
+        )
+    fanout = data.get("fanout", 0)
+    if fanout > limits.fanout:
+        raise InputError(f"task/fanout: {fanout} > {limits.fanout} (FSD_FANOUT)")
+    name = data["model"]["name"]
+    if not served.allows(name):
+        raise _Refused(404, "unknown model", f"unknown model {name!r}")
+    kind = data["channel"]["kind"]
+    try:
+        own = channel_config(kind, env=env)
+        store = channel_config("s3", env=env)
+    except InputError as exc:  # a malformed setting of this function, not of the request
+        raise NotConfigured(str(exc)) from None
+    if not own.address:
+        variable = "FSD_NATS_URL" if kind == "nats" else "FSD_S3_ENDPOINT"
+        raise NotConfigured(f"no {kind} server configured ({variable}): this worker cannot run")
+    if not store.address:
+        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT): this worker cannot run")
+    kids = children(worker, workers, fanout)
+    if kids and not env.get("FSD_WORKER_URL"):
+        raise NotConfigured("a fan-out tree needs the worker function's URL (FSD_WORKER_URL)")
+    if not SEEN.first_time(request["mac"], request["expires"]):
+        raise _Refused(409, "replayed invocation", "this invocation was already accepted here")
+    own = dataclasses.replace(own, secret=secret)
+    return _Checked(WorkerTask.from_json(data, own), data, kids, limits, store)
+
+
+def _refuse_own_settings(data: dict[str, Any]) -> None:
+    """A body naming where to connect is refused by name (not just as an unknown field)."""
+    channel = data.get("channel")
+    named = [k for k in OWN_SETTINGS if k in data]
+    if isinstance(channel, dict):
+        named += [f"channel/{k}" for k in OWN_SETTINGS if k in channel]
+    if named:
+        raise InputError(
+            f"task/{named[0]}: a worker takes its channel, credentials, namespace, bucket and "
+            "region from its own configuration, never from an invocation"
+        )
+
+
+def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
+    task = checked.task
     assert task.model is not None
     model = task.model.name
-    subtree = _launch_children(request, task, env)
+    subtree = _launch_children(checked, env)
     try:
-        store = ModelStore(channel_config("s3", env=env))
+        store = ModelStore(checked.store)
         t1 = time.perf_counter()
-        shard, hit = CACHE.get(store, task.model, task.worker)
+        shard, hit = _shard_cache(checked.limits.shard_cache).get(store, task.model, task.worker)
         load_seconds = time.perf_counter() - t1
         observe.observe_shard_load(model, hit, load_seconds)
         task.shard = shard
@@ -106,7 +240,7 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
         observe.observe_error("worker", type(exc).__name__)
         if subtree is not None:
             subtree.close(grace=0)
-        return 500, {"error": "worker failed", "worker": task.worker, "detail": str(exc)}
+        return error(500, "worker failed", str(exc), worker=task.worker)
     reply: dict[str, Any] = {}
     if subtree is not None:
         subtree.close(grace=task.layer_timeout)
@@ -123,23 +257,21 @@ def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Rep
     }
 
 
-def _launch_children(
-    request: dict[str, Any], task: WorkerTask, env: dict[str, str]
-) -> OpenFaaSLauncher | None:
-    """In a fan-out tree, invoke this worker's children first (they carry the fanout on)."""
-    fanout = int(request.get("fanout") or 0)
-    kids = children(task.worker, task.workers, fanout)
-    if not kids:
+def _launch_children(checked: _Checked, env: dict[str, str]) -> OpenFaaSLauncher | None:
+    """In a fan-out tree, invoke this worker's children first (they carry the fanout on),
+    each with an invocation this worker signs."""
+    if not checked.kids:
         return None
     urls = [u for u in env.get("FSD_WORKER_URL", "").split(",") if u]
     launcher = OpenFaaSLauncher(
         urls,
-        timeout=float(env.get("FSD_TIMEOUT", 600)),
+        timeout=checked.limits.max_timeout,
         user=env.get("FSD_GATEWAY_USER", "admin"),
         password=env.get("FSD_GATEWAY_PASSWORD", ""),
+        secret=checked.task.channel.secret,
     )
-    for child in kids:
-        launcher.invoke(child, {**request, "worker": child})
+    for child in checked.kids:
+        launcher.invoke(child, {**checked.data, "worker": child})
     return launcher
 
 

@@ -21,8 +21,9 @@
 ``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides), as in stack.yml:
 ``FSD_WORKER_IMAGE``             ``ttl.sh/fsd-coordinator:latest``, ``ttl.sh/fsd-worker:latest``
 ``FSD_FUNCTION_SECRETS``         comma-separated OpenFaaS secrets the functions mount (default:
-                                 stack.yml's four)
-``FSD_FANOUT``                   the coordinator's fan-out (default 16)
+                                 stack.yml's five, ``fsd-run-key`` included)
+``FSD_FANOUT``                   the coordinator's fan-out, and the largest the workers accept
+                                 (default 16)
 ``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4)
 ``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15)
 ``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never)
@@ -49,6 +50,7 @@ DEFAULT_SECRETS = (
     "fsd-s3-access-key",
     "fsd-s3-secret-key",
     "fsd-gateway-password",
+    "fsd-run-key",
 )
 MODES = ("ce", "pro")
 

@@ -103,21 +103,25 @@ def worker_url(config: OperatorConfig, model: str) -> str:
     return f"{config.function_gateway_url.rstrip('/')}/function/{name}"
 
 
-def _environment(role: str, spec: ModelSpec, config: OperatorConfig, model: str) -> dict[str, str]:
+def _environment(
+    role: str, spec: ModelSpec, config: OperatorConfig, model: str, store_model: str
+) -> dict[str, str]:
     env = {
         "FSD_NATS_URL": config.nats_url,
         "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.address,
         "FSD_S3_BUCKET": config.store.bucket,
         "FSD_WORKER_URL": worker_url(config, model),
         "FSD_CHANNEL": spec.channel,
+        # the one model these functions serve: any other in the store is a 404 (docs/api.md)
+        "FSD_MODELS": store_model,
+        # the coordinator's fan-out; workers refuse invocations that carry a larger one
+        "FSD_FANOUT": str(config.fanout),
         **_TIMEOUTS[role],
         "healthcheck_interval": "5s",
         "FSD_SHUTDOWN_DELAY_SECONDS": "5",
         "FSD_DRAIN_SECONDS": _DRAIN[role],
     }
-    if role == "coordinator":
-        env["FSD_FANOUT"] = str(config.fanout)
-    else:
+    if role == "worker":
         env["max_inflight"] = str(config.max_inflight)
     return env
 
@@ -140,7 +144,7 @@ def function_deployment(
     body: dict[str, Any] = {
         "service": function_name(name, role),
         "image": image or (config.worker_image if role == "worker" else config.coordinator_image),
-        "envVars": _environment(role, spec, config, name),
+        "envVars": _environment(role, spec, config, name, store_model),
         "labels": {
             SCALE_MIN: str(low),
             SCALE_MAX: str(high),

@@ -9,6 +9,11 @@ end tells us at once when and why a worker stopped. Gateway basic auth comes fro
 For many workers the coordinator does not open W connections itself: with ``fanout`` F it invokes
 workers 0..F-1, and every worker p invokes its children F(p+1) .. F(p+1)+F-1 before starting its
 own layer loop (:func:`children`), a tree of depth log_F(W).
+
+Every invocation is signed with the deployment secret (:func:`fsd.auth.sign_invocation`, valid
+for :data:`INVOCATION_TTL` seconds): the worker function refuses any body it cannot verify, so
+whoever can reach it, but does not hold the secret, cannot make it compute, connect or publish.
+A worker re-signs its children's invocations with its own copy of the secret.
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from collections.abc import Sequence
 
 import urllib3
 
-from fsd.errors import InputError
+from fsd.auth import sign_invocation
+from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch.base import Launcher
+from fsd.redact import redact, redact_text
 from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
 
 _BUSY_SECONDS = 60.0
 ABORT_GRACE = 15.0  # seconds a failed run waits for its aborted workers before cleaning up
+INVOCATION_TTL = _BUSY_SECONDS + 60.0
+"""How long a signed invocation stays valid: the retries on 429/503, plus clock skew."""
+_MAX_DETAIL = 500
 
 
 def children(worker: int, workers: int, fanout: int) -> list[int]:
@@ -54,6 +64,11 @@ class OpenFaaSLauncher(Launcher):
         secret: bytes = b"",
     ) -> None:
         super().__init__()
+        if not secret:
+            raise AuthError(
+                "no deployment secret to sign worker invocations with: set FSD_RUN_KEY "
+                "(functions: mount the fsd-run-key secret)"
+            )
         if not urls:
             raise InputError(
                 "the openfaas launcher needs the worker function's URL (FSD_WORKER_URL)"
@@ -80,8 +95,12 @@ class OpenFaaSLauncher(Launcher):
             self.invoke(task.worker, payload)
 
     def invoke(self, worker: int, payload: dict[str, object]) -> None:
-        """Start one invocation (in a thread) of the worker function for ``worker``."""
-        body = json.dumps(payload).encode()
+        """Start one invocation (in a thread) of the worker function for ``worker``: the task
+        ``payload`` (:meth:`WorkerTask.to_json`), signed."""
+        try:
+            body = json.dumps(sign_invocation(self._secret, payload, INVOCATION_TTL)).encode()
+        except (TypeError, ValueError) as exc:  # NaN or a non-JSON value: a bug upstream
+            raise FsdError(f"worker {worker}: the task cannot be sent: {exc}") from None
         url = self._urls[worker % len(self._urls)]
         thread = threading.Thread(
             target=self._invoke, args=(worker, url, body), daemon=True, name=f"fsd-invoke-{worker}"
@@ -93,29 +112,32 @@ class OpenFaaSLauncher(Launcher):
         try:
             resp = self._post(url, body)
         except urllib3.exceptions.TimeoutError:
-            self._fail(worker, f"invocation timed out at {url}")
+            self._fail(worker, f"invocation timed out at {redact(url)}")
             return
         except urllib3.exceptions.HTTPError as exc:
-            self._fail(worker, f"invocation failed at {url}: {type(exc).__name__}: {exc}")
+            self._fail(worker, f"invocation failed at {redact(url)}: {type(exc).__name__}: {exc}")
             return
         try:
             reply = json.loads(resp.data or b"{}")
         except ValueError:
             reply = {"detail": resp.data[:200].decode(errors="replace")}
+        if not isinstance(reply, dict):
+            reply = {}
         if resp.status >= 400:
             detail = reply.get("detail") or reply.get("error") or f"HTTP {resp.status}"
             self._fail(worker, f"HTTP {resp.status}: {detail}")
             return
-        if not isinstance(reply, dict):
-            reply = {}
         with self._lock:
             self.replies[worker] = reply
             # a tree: the worker's reply carries its subtree's replies and failures
-            for child in reply.get("children") or []:
+            children = reply.get("children")
+            for child in children if isinstance(children, list) else []:
                 if isinstance(child, dict) and isinstance(child.get("worker"), int):
                     self.replies[child["worker"]] = child
-            for key, why in (reply.get("child_failures") or {}).items():
-                self._failed[int(key)] = str(why)
+            failures = reply.get("child_failures")
+            for key, why in (failures if isinstance(failures, dict) else {}).items():
+                if str(key).isdigit() and len(str(key)) <= 6:
+                    self._failed[int(key)] = str(why)[:_MAX_DETAIL]
 
     def _post(self, url: str, body: bytes) -> urllib3.BaseHTTPResponse:
         """POST, retrying while the platform says the call never started: 429 (every replica at
@@ -129,10 +151,13 @@ class OpenFaaSLauncher(Launcher):
             )
             if resp.status not in (429, 503) or time.monotonic() + delay > deadline:
                 return resp
+            if resp.status == 503 and b'"not configured"' in resp.data[:200]:
+                return resp  # the function itself refuses: waiting will not change it
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     def _fail(self, worker: int, why: str) -> None:
+        why = redact_text(str(why))[:_MAX_DETAIL]
         log.warning("worker %d: %s", worker, why)
         with self._lock:
             self._failed[worker] = why

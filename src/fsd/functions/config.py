@@ -1,0 +1,137 @@
+"""A function's own configuration: its limits, the models it serves and its secret.
+
+Everything that bounds or authorises a request comes from here, never from the request. A value
+that is missing where it is required, or malformed, makes the function refuse every request with
+``503 not configured`` (:class:`NotConfigured`): the operator's mistake, said plainly, not a 500
+traceback nor a silent default.
+
+==========================  =======  ========================================================
+``FSD_MAX_WORKERS``         1024     largest ``workers`` a request or invocation may name
+``FSD_MAX_IMAGES``          100000   most images one inference may carry
+``FSD_TIMEOUT``             120      coordinator: seconds for a request without ``timeout``
+``FSD_MAX_TIMEOUT``         300      longest ``timeout`` (coordinator) or ``layer_timeout``
+                                     (worker) accepted: keep it under the ``exec_timeout``
+``FSD_LAYER_TIMEOUT``       60       coordinator: seconds a worker waits for one layer
+``FSD_FANOUT``              16       coordinator: invoke workers as a tree above this many;
+                                     worker: the largest ``fanout`` an invocation may carry
+``FSD_SHARD_CACHE``         4        worker: shards kept warm
+``FSD_MODELS``              (none)   models served: comma-separated names and prefixes ending
+                                     in ``*`` (``*`` alone: every model); unset or empty: none
+``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)
+==========================  =======  ========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fsd import auth
+from fsd.errors import AuthError, FsdError
+from fsd.settings import SECRET_VARS
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+"""What a model name looks like (the request schemas use the same pattern)."""
+
+_HOUR = 3600.0
+
+
+class NotConfigured(FsdError):
+    """This function's own configuration is missing or malformed (HTTP 503)."""
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
+        raise NotConfigured(f"{name} must be an integer in {low}..{high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= _HOUR):
+        raise NotConfigured(f"{name} must be a number of seconds in (0, 3600], got {raw[:40]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds a function puts on every request (see the table above)."""
+
+    max_workers: int = 1024
+    max_images: int = 100_000
+    timeout: float = 120.0
+    max_timeout: float = 300.0
+    layer_timeout: float = 60.0
+    fanout: int = 16
+    shard_cache: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        limits = cls(
+            max_workers=_integer(env, "FSD_MAX_WORKERS", cls.max_workers, 1, 65536),
+            max_images=_integer(env, "FSD_MAX_IMAGES", cls.max_images, 1, 10_000_000),
+            timeout=_seconds(env, "FSD_TIMEOUT", cls.timeout),
+            max_timeout=_seconds(env, "FSD_MAX_TIMEOUT", cls.max_timeout),
+            layer_timeout=_seconds(env, "FSD_LAYER_TIMEOUT", cls.layer_timeout),
+            fanout=_integer(env, "FSD_FANOUT", cls.fanout, 0, 1024),
+            shard_cache=_integer(env, "FSD_SHARD_CACHE", cls.shard_cache, 1, 1024),
+        )
+        if limits.timeout > limits.max_timeout:
+            raise NotConfigured(
+                f"FSD_TIMEOUT ({limits.timeout:g} s) exceeds FSD_MAX_TIMEOUT "
+                f"({limits.max_timeout:g} s)"
+            )
+        return limits
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    """The models a function serves (``FSD_MODELS``); everything else is an unknown model."""
+
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ModelFilter:
+        names: set[str] = set()
+        prefixes: list[str] = []
+        for item in (s.strip() for s in env.get("FSD_MODELS", "").split(",")):
+            if not item:
+                continue
+            if item.endswith("*") and (item == "*" or MODEL_NAME.fullmatch(item[:-1])):
+                prefixes.append(item[:-1])
+            elif MODEL_NAME.fullmatch(item):
+                names.add(item)
+            else:
+                raise NotConfigured(
+                    f"FSD_MODELS: {item[:70]!r} is neither a model name nor a prefix ending in *"
+                )
+        return cls(frozenset(names), tuple(prefixes))
+
+    def allows(self, name: str) -> bool:
+        return name in self.names or any(name.startswith(p) for p in self.prefixes)
+
+
+def deployment_secret(env: Mapping[str, str]) -> bytes:
+    """The secret invocations are signed with; NotConfigured (never showing it) if unusable."""
+    try:
+        return auth.load_secret(env.get("FSD_RUN_KEY", ""))
+    except AuthError as exc:
+        raise NotConfigured(f"{exc} (mount the fsd-run-key secret)") from None
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """Every secret this function holds, to scrub from anything it answers."""
+    found = [env.get(var, "").strip() for var in SECRET_VARS.values()]
+    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
