@@ -142,7 +142,7 @@ def _mutate(
     arrays = list(arrays)
     for _ in range(data.draw(st.integers(1, 3))):
         if arity and data.draw(st.integers(0, 9)) == 0:
-            if len(arrays) and data.draw(st.booleans()):
+            if bool(arrays) and data.draw(st.booleans()):
                 arrays.pop()
             else:
                 arrays.append(np.zeros(3, np.uint32))
