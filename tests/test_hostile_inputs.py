@@ -8,6 +8,7 @@ capped so that a huge allocation fails too instead of swapping the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -579,3 +580,27 @@ def test_compressed_members_are_refused() -> None:
     bad = _zip(members, zipfile.ZIP_DEFLATED)
     assert len(bad) < 1 << 20
     in_child(_refused(lambda: shard_from_bytes(bad), InputError, "compressed"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"worker": 1}, "shard of worker 0"),
+        ({"workers": 2}, "outside 0..1"),  # the shard names worker 2 as a peer
+        ({"dtype": "float64"}, "not float64"),
+        ({"dtype": "object"}, "not float32 or float64"),
+        ({"images": 2**33}, "images"),
+    ],
+)
+def test_worker_refuses_a_shard_or_task_that_does_not_fit(edit: dict[str, Any], match: str) -> None:
+    """A store may serve another worker's shard, or one cut for another run: refused up front."""
+    assert any(2 in layer.sources for layer in _shards()[0].layers)
+    task = dataclasses.replace(_task(0), **edit)
+    in_child(
+        _refused(
+            lambda: worker._check_task(task),
+            InputError,
+            match,
+            lambda: worker._check_task(_task(0)),
+        )
+    )

@@ -71,6 +71,8 @@ def _check_task(task: WorkerTask) -> None:
         raise InputError(f"images={task.images} is outside 0..{MAX_IMAGES}")
     if shard.worker != task.worker:
         raise InputError(f"worker {task.worker} was given the shard of worker {shard.worker}")
+    if task.dtype not in ("float32", "float64"):
+        raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
     dtype = np.dtype(task.dtype)
     for k, layer in enumerate(shard.layers):
         peers = [*layer.sources, *(dst for dst, _, _ in layer.sends)]
