@@ -66,7 +66,8 @@ def _check_task(task: WorkerTask) -> None:
     """The shard must be this worker's, for this many workers and this dtype (a model store may
     serve another), and the image count must fit the u32 row ids, before any kernel runs."""
     shard = task.shard
-    assert shard is not None
+    if shard is None:
+        raise FsdError("worker started without its shard")
     if not 0 <= task.images <= MAX_IMAGES:
         raise InputError(f"images={task.images} is outside 0..{MAX_IMAGES}")
     if shard.worker != task.worker:
