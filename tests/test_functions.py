@@ -336,3 +336,17 @@ def test_a_model_of_another_tenant_is_unknown(stack: LocalStack) -> None:
     status, missing = ask(stack, model="no-such-model", workers=4, images={"stored": True})
     assert (status, missing["detail"]) == (404, "unknown model 'no-such-model'")
     assert reply["detail"] == "unknown model 'other-tenant'"
+
+
+def test_a_malformed_stored_model_is_502_not_the_callers_fault(stack: LocalStack) -> None:
+    """A manifest that fails its checks is the store's problem: 502, never 400 or a 500."""
+    store = stack.store()
+    key = "models/gc1024/manifest.json"
+    original = store.read(key)
+    store.write(key, b'{"name": "gc1024", "neurons": "1e9", "layers": -1}')
+    try:
+        status, reply = ask(stack, model="gc1024", workers=4, images={"stored": True})
+    finally:
+        store.write(key, original)
+    assert (status, reply["error"]) == (502, "malformed model"), reply
+    assert "manifest" in reply["detail"]

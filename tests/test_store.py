@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fsd.channels import ChannelConfig
-from fsd.errors import InputError
+from fsd.errors import InputError, ModelFormatError
 from fsd.model.generate import generate
 from fsd.partition import make_plan
 from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
-from fsd.store import ModelNotFound, ModelStore, ShardCache
+from fsd.store import MAX_MANIFEST, ModelNotFound, ModelStore, ShardCache
 from fsd.task import ModelRef
 
 
@@ -120,3 +122,127 @@ def test_cli_model_push_and_show(
     assert shown["layers"] == 6 and shown["images"] == 2000
     assert main(["model", "show", "missing", *where]) == 1
     assert main([*args[:5], "--workers", "0", *where]) == 2
+
+
+# -- what the store holds comes from outside: every read is checked ------------------------------
+
+
+@pytest.fixture(scope="module")
+def pushed(s3_server: S3Server) -> ModelStore:
+    """A tiny model cut for 3 workers, with images, in its own bucket."""
+    network, images = generate(256, 3, 20, seed=4)
+    store = _store(s3_server)
+    store.push(network, "hostile", [3], ("min-comm",), images)
+    return store
+
+
+def _manifest(store: ModelStore) -> dict[str, object]:
+    raw: dict[str, object] = json.loads(store.read("models/hostile/manifest.json"))
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("bias", math.nan, "bias"),
+        ("ymax", math.inf, "ymax"),
+        ("neurons", True, "neurons"),
+        ("neurons", -4, "neurons"),
+        ("layers", 2.5, "layers"),
+        ("dtype", "object", "dtype"),
+        ("name", "other", "names model"),
+        ("partitions", {"3-min-comm": {"workers": 0, "partition": "min-comm"}}, "workers"),
+        ("partitions", {"9-min-comm": {"workers": 3, "partition": "min-comm"}}, "partition"),
+        ("truth_layers", ["3"], "truth_layers"),
+        ("surprise", 1, "fields"),
+    ],
+)
+def test_malformed_manifest_fields_are_refused(
+    pushed: ModelStore, field: str, value: object, match: str
+) -> None:
+    raw = {**_manifest(pushed), "name": "bad-manifest"}
+    raw[field] = value
+    pushed.write("models/bad-manifest/manifest.json", json.dumps(raw).encode())
+    with pytest.raises(ModelFormatError, match=match):
+        pushed.manifest("bad-manifest")
+
+
+def test_deeply_nested_or_huge_manifest_is_refused(pushed: ModelStore) -> None:
+    pushed.write("models/deep/manifest.json", b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ModelFormatError, match="not JSON"):
+        pushed.manifest("deep")
+    pushed.write("models/huge/manifest.json", b" " * (MAX_MANIFEST + 1) + b"{}")
+    with pytest.raises(ModelFormatError, match="larger than"):
+        pushed.manifest("huge")
+
+
+def _owners_case(store: ModelStore, owners: np.ndarray) -> ModelRef:
+    buf = io.BytesIO()
+    np.save(buf, owners)
+    store.write("models/hostile/3-contiguous/owners0.npy", buf.getvalue())
+    return ModelRef("hostile", 3, "contiguous")
+
+
+@pytest.mark.parametrize(
+    ("owners", "match"),
+    [
+        (np.full(256, 3, np.int32), "out of range"),  # worker 3 of 3
+        (np.full(256, -1, np.int32), "negative"),
+        (np.zeros(256, np.float32), "dtype"),
+        (np.zeros(255, np.int32), "255 owners"),
+    ],
+)
+def test_malformed_owners_are_refused(pushed: ModelStore, owners: np.ndarray, match: str) -> None:
+    ref = _owners_case(pushed, owners)
+    with pytest.raises(InputError, match=match):
+        pushed.owners0(ref, neurons=256)
+
+
+def _images_case(store: ModelStore, edit: dict[str, np.ndarray]) -> None:
+    with np.load(io.BytesIO(store.read("models/hostile/images.npz"))) as z:
+        arrays = {name: z[name] for name in z.files}
+    one = {
+        "rows": np.zeros(1, np.int32),
+        "cols": np.zeros(1, np.int32),
+        "vals": np.ones(1, np.float32),
+    }
+    arrays.update({**one, **edit})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    store.write("models/bad-images/images.npz", buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"rows": np.array([-1], np.int32)}, "negative"),
+        ({"cols": np.array([256], np.int32)}, "out of range"),
+        ({"vals": np.array([np.nan], np.float32)}, "finite"),
+        ({"shape": np.array([2**40, 256], np.int64)}, "out of bounds"),
+        ({"truthxyz": np.array([1], np.int64)}, "truth<k>"),
+        ({"truth3": np.array([0], np.int64)}, "negative"),
+        ({"truth3": np.array([1.0])}, "float64"),
+    ],
+)
+def test_malformed_images_are_refused(
+    pushed: ModelStore, edit: dict[str, np.ndarray], match: str
+) -> None:
+    _images_case(pushed, edit)
+    with pytest.raises(InputError, match=match):
+        pushed.images("bad-images")
+
+
+def test_store_serves_only_the_shard_asked_for(pushed: ModelStore) -> None:
+    ref = ModelRef("hostile", 3, "min-comm")
+    other = pushed.read("models/hostile/3-min-comm/shard-1.npz")
+    pushed.write("models/swapped/3-min-comm/shard-0.npz", other)
+    with pytest.raises(InputError, match="worker 1's shard, not worker 0's"):
+        pushed.shard(ModelRef("swapped", 3, "min-comm"), 0)
+    # a 3-worker shard served for a 2-worker run names a peer that does not exist
+    pushed.write("models/swapped/2-min-comm/shard-0.npz", pushed.read(ref_key(ref, 0)))
+    with pytest.raises(InputError, match="must ascend, exist"):
+        pushed.shard(ModelRef("swapped", 2, "min-comm"), 0)
+
+
+def ref_key(ref: ModelRef, worker: int) -> str:
+    return f"models/{ref.name}/{ref.workers}-{ref.partition}/shard-{worker}.npz"

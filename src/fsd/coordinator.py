@@ -131,7 +131,7 @@ def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None =
         ref.workers,
         ref.partition,
         int(info.get("planned_volume", 0)),
-        store.owners0(ref),
+        store.owners0(ref, neurons=manifest.neurons),
         manifest.dtype,
         time.perf_counter() - t0,
         model=ref,

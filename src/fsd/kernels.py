@@ -2,6 +2,15 @@
 
 CSR is passed as three arrays (indptr int64, indices int32, values float32/64). Column order within
 a row is not kept sorted: nothing downstream needs it, and skipping the sort saves a pass per layer.
+
+The kernels do no bounds checks (that is where their speed comes from): an index out of range is
+a write out of bounds, not an exception. Every array from outside is therefore checked before it
+gets here: received frames by :mod:`fsd.worker` (``_input_matrix``, ``_assemble``), shards by
+:func:`fsd.shard.check_shard`. What they rely on: indptr rises from 0 to nnz with one entry per row
+plus one; indices lie in [0, ncols) and fit int32; a weight matrix has one row per input column of
+the activations it multiplies and its transposed copy the swapped shape; ``selmap`` has one entry
+per input column, values in [-1, wanted), each position hit once (so positions fit the u16/u32
+``pos_like``); coo_to_csr's rows lie in [0, nrows) and its cols in [0, ncols).
 """
 
 from __future__ import annotations

@@ -7,13 +7,15 @@ a worker never sees weights or activations it does not need.
 from __future__ import annotations
 
 import io
+import itertools
 import json
-import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from fsd import untrusted
 from fsd.errors import InputError
 from fsd.kernels import Csr, Weights
 from fsd.model.network import Network
@@ -170,36 +172,229 @@ def shard_to_bytes(shard: Shard) -> bytes:
     return buf.getvalue()
 
 
-def shard_from_bytes(data: bytes) -> Shard:
-    """Inverse of :func:`shard_to_bytes`; malformed input raises InputError, never executes."""
+_INT32 = np.dtype(np.int32)
+_INT64 = np.dtype(np.int64)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_SHARD_DTYPES = (_INT64, _INT32, *_FLOATS, np.dtype(np.uint8))
+MAX_WIDTH = (1 << 31) - 1
+"""Widest layer a shard may describe: every kernel holds column indices as int32."""
+MAX_WORKERS = 1 << 20
+"""Most workers a shard may name as a peer when the caller does not say how many there are."""
+
+
+def _names(layers: list[dict[str, Any]]) -> set[str]:
+    """The npz members a shard with these layers must have, and nothing else."""
+    names = {"inputs"}
+    for k, m in enumerate(layers):
+        names.update(f"{k}.send{i}" for i in range(len(m["sends"])))
+        for j in range(len(m["widths"])):
+            names.update(f"{k}.{j}.{side}{n}" for side in ("local", "remote") for n in range(6))
+    return names
+
+
+def _int_list(value: object, what: str, lo: int, hi: int) -> list[int]:
+    if not isinstance(value, list):
+        raise InputError(f"{what} must be a list, got {type(value).__name__}")
+    return [untrusted.json_int(v, f"{what}[{i}]", lo, hi) for i, v in enumerate(value)]
+
+
+def _layer_meta(m: object, where: str) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise InputError(f"{where} must be an object")
+    sends = m.get("sends")
+    if not isinstance(sends, list) or not all(isinstance(s, list) and len(s) == 2 for s in sends):
+        raise InputError(f"{where}.sends must be a list of [dst, wanted] pairs")
+    widths = _int_list(m.get("widths"), f"{where}.widths", 0, MAX_WIDTH)
+    if not 1 <= len(widths) <= 2:  # the worker loop stacks at most two parts
+        raise InputError(f"{where}: a layer has one or two parts, not {len(widths)}")
+    return {
+        "n_out": untrusted.json_int(m.get("n_out"), f"{where}.n_out", 0, MAX_WIDTH),
+        "n_boundary": untrusted.json_int(m.get("n_boundary"), f"{where}.n_boundary", 0, MAX_WIDTH),
+        "widths": widths,
+        "sends": [
+            (
+                untrusted.json_int(dst, f"{where}.sends[{i}] dst", 0, MAX_WORKERS - 1),
+                untrusted.json_int(wanted, f"{where}.sends[{i}] wanted", 1, MAX_WIDTH),
+            )
+            for i, (dst, wanted) in enumerate(sends)
+        ],
+        "sources": _int_list(m.get("sources"), f"{where}.sources", 0, MAX_WORKERS - 1),
+        "offsets": _int_list(m.get("offsets"), f"{where}.offsets", 0, MAX_WIDTH),
+    }
+
+
+def _meta(raw: np.ndarray) -> tuple[int, list[dict[str, Any]]]:
+    """The shard's JSON description with every field's type and bounds checked."""
+    if raw.dtype != np.uint8:
+        raise InputError(f"meta must be uint8 (JSON text), got {raw.dtype}")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-        meta = json.loads(bytes(arrays.pop("meta")).decode())
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"meta is not JSON: {type(exc).__name__}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
+        raise InputError("meta must be an object with a list of layers")
+    worker = untrusted.json_int(meta.get("worker"), "meta.worker", 0, MAX_WORKERS - 1)
+    if not meta["layers"]:
+        raise InputError("meta.layers is empty")
+    layers = [_layer_meta(m, f"meta.layers[{k}]") for k, m in enumerate(meta["layers"])]
+    return worker, layers
+
+
+def shard_from_bytes(data: bytes, worker: int | None = None, workers: int | None = None) -> Shard:
+    """Inverse of :func:`shard_to_bytes`; anything malformed raises InputError, never executes.
+
+    The file comes from outside (a model store), so it is checked completely (:func:`check_shard`)
+    before any kernel sees it; pass ``worker`` and ``workers`` to also check it is the shard asked
+    for and names only peers that exist.
+    """
+    try:
+        arrays = untrusted.read_npz(data, "shard", _SHARD_DTYPES)
+        if "meta" not in arrays:
+            raise InputError("no meta member")
+        me, metas = _meta(arrays.pop("meta"))
+        expected = _names(metas)
+        if set(arrays) != expected:
+            odd = sorted(set(arrays) ^ expected)
+            raise InputError(f"members missing or unexpected: {', '.join(odd[:5])}")
         layers = []
-        for k, m in enumerate(meta["layers"]):
+        for k, m in enumerate(metas):
             parts = [
                 Part(
-                    int(width),
+                    width,
                     tuple(arrays[f"{k}.{j}.local{n}"] for n in range(6)),  # type: ignore[arg-type]
                     tuple(arrays[f"{k}.{j}.remote{n}"] for n in range(6)),  # type: ignore[arg-type]
                 )
                 for j, width in enumerate(m["widths"])
             ]
             sends = [
-                (int(dst), arrays[f"{k}.send{i}"], int(wanted))
-                for i, (dst, wanted) in enumerate(m["sends"])
+                (dst, arrays[f"{k}.send{i}"], wanted) for i, (dst, wanted) in enumerate(m["sends"])
             ]
             layers.append(
-                LayerShard(
-                    int(m["n_out"]),
-                    int(m["n_boundary"]),
-                    parts,
-                    sends,
-                    [int(s) for s in m["sources"]],
-                    [int(o) for o in m["offsets"]],
-                )
+                LayerShard(m["n_out"], m["n_boundary"], parts, sends, m["sources"], m["offsets"])
             )
-        return Shard(int(meta["worker"]), arrays["inputs"], layers)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise InputError(f"not a valid fsd shard: {type(exc).__name__}: {exc}") from None
+        shard = Shard(me, arrays["inputs"], layers)
+        check_shard(shard, worker, workers)
+    except InputError as exc:
+        raise InputError(f"not a valid fsd shard: {exc}") from None
+    return shard
+
+
+def _check_csr(
+    what: str, csr: Csr, nrows: int, ncols: int, dtype: np.dtype[Any] | None
+) -> np.dtype[Any]:
+    """A CSR matrix as every kernel reads it: indptr int64 from 0 to nnz, monotone; indices int32
+    in [0, ncols); values finite, of ``dtype`` (the shard's, once known). Returns the dtype."""
+    indptr, indices, values = csr
+    if indptr.dtype != _INT64 or indptr.ndim != 1 or len(indptr) != nrows + 1:
+        raise InputError(
+            f"{what}: indptr must be {nrows + 1} int64, got {untrusted.describe(indptr)}"
+        )
+    if indices.dtype != _INT32 or values.ndim != 1 or len(values) != len(indices):
+        raise InputError(f"{what}: indices must be int32 and as many as the values")
+    if values.dtype not in _FLOATS or (dtype is not None and values.dtype != dtype):
+        raise InputError(f"{what}: values are {values.dtype}, expected {dtype or 'float32/64'}")
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise InputError(f"{what}: indptr must rise from 0 to {len(indices)}")
+    untrusted.check_index(f"{what}: indices", indices, ncols, InputError)
+    untrusted.check_finite(f"{what}: values", values, InputError)
+    dt: np.dtype[Any] = values.dtype
+    return dt
+
+
+def _check_weights(
+    what: str, w: Weights, nrows: int, ncols: int, dtype: np.dtype[Any] | None
+) -> np.dtype[Any]:
+    """Both copies of a weight matrix (by rows, then transposed), the same shape and size."""
+    if len(w) != 6:
+        raise InputError(f"{what}: weights are six arrays, got {len(w)}")
+    dtype = _check_csr(what, w[:3], nrows, ncols, dtype)
+    _check_csr(f"{what} transposed", w[3:], ncols, nrows, dtype)
+    if len(w[1]) != len(w[4]):
+        raise InputError(f"{what}: the transposed copy has {len(w[4])} entries, not {len(w[1])}")
+    return dtype
+
+
+def _ascending(values: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(values))
+
+
+def _check_sends(
+    what: str, layer: LayerShard, width_in: int, boundary: int, me: int, peers: int
+) -> None:
+    """Selection maps as gather_columns reads them: int32, one per input, each wanted position
+    hit exactly once (positions fit the peer's u16/u32 list), only boundary inputs selected."""
+    dsts = [dst for dst, _, _ in layer.sends]
+    if not _ascending(dsts) or any(d == me or not 0 <= d < peers for d in dsts):
+        raise InputError(f"{what}: send destinations {dsts} must ascend, exist, not be {me}")
+    for dst, selmap, wanted in layer.sends:
+        where = f"{what}: selmap for {dst}"
+        if selmap.dtype != _INT32 or selmap.ndim != 1 or len(selmap) != width_in:
+            raise InputError(f"{where} must be {width_in} int32, got {untrusted.describe(selmap)}")
+        hits = selmap[selmap >= 0]
+        untrusted.check_index(where, hits, wanted, InputError)
+        # as many hits as positions (checked first: it bounds the count below), each hit once
+        if len(hits) != wanted or (np.bincount(hits, minlength=wanted) != 1).any():
+            raise InputError(f"{where} must select each of its {wanted} positions once")
+        if (selmap < -1).any() or (selmap[boundary:] >= 0).any():
+            raise InputError(f"{where} selects a non-boundary input or holds a value below -1")
+
+
+def _check_layer(
+    what: str, layer: LayerShard, width_in: int, boundary: int, me: int, peers: int,
+    dtype: np.dtype[Any] | None,
+) -> np.dtype[Any] | None:  # fmt: skip
+    nb, n_out, parts = layer.n_boundary, layer.n_out, layer.parts
+    widths = [p.width for p in parts]
+    if not 1 <= len(parts) <= 2 or sum(widths) != n_out or not 0 <= nb <= n_out:
+        raise InputError(f"{what}: parts {widths} do not add up to {n_out} outputs")
+    if (len(parts) == 2 and (widths[0] != nb or 0 in widths)) or (
+        len(parts) == 1 and nb not in (0, n_out)
+    ):
+        raise InputError(f"{what}: parts {widths} do not put the {nb} boundary outputs first")
+    _check_sends(what, layer, width_in, boundary, me, peers)
+    sources, offsets = layer.sources, layer.offsets
+    if not _ascending(sources) or any(s == me or not 0 <= s < peers for s in sources):
+        raise InputError(f"{what}: sources {sources} must ascend, exist, not be {me}")
+    n_remote = layer.n_remote
+    if len(offsets) != len(sources) or (
+        sources and (offsets[0] != 0 or not _ascending([*offsets, n_remote]))
+    ):
+        raise InputError(f"{what}: offsets {offsets} do not split {n_remote} received columns")
+    if not sources and n_remote:
+        raise InputError(f"{what}: {n_remote} received columns but no sources")
+    for j, part in enumerate(parts):
+        rows_remote = len(part.w_remote[0]) - 1 if len(part.w_remote) == 6 else -1
+        if rows_remote != n_remote:
+            raise InputError(f"{what}: part {j} receives {rows_remote} columns, not {n_remote}")
+        dtype = _check_weights(f"{what} part {j} local", part.w_local, width_in, part.width, dtype)
+        dtype = _check_weights(
+            f"{what} part {j} remote", part.w_remote, n_remote, part.width, dtype
+        )
+    return dtype
+
+
+def check_shard(shard: Shard, worker: int | None = None, workers: int | None = None) -> None:
+    """Everything the worker loop and the kernels assume of a shard, or InputError.
+
+    Kernels do no bounds checks, so each weight matrix must be a well-formed CSR whose rows match
+    the activations it multiplies (the previous layer's outputs, or what the sources send) and
+    whose columns match its part; selection maps must be permutations into the peer's list; peers
+    must exist. ``worker``/``workers``: the shard asked for and how many workers the run has.
+    """
+    peers = MAX_WORKERS if workers is None else workers
+    if not 0 <= shard.worker < peers:
+        raise InputError(f"worker {shard.worker} is outside 0..{peers - 1}")
+    if worker is not None and shard.worker != worker:
+        raise InputError(f"this is worker {shard.worker}'s shard, not worker {worker}'s")
+    inputs = shard.inputs
+    if inputs.dtype != _INT64 or inputs.ndim != 1 or len(inputs) > MAX_WIDTH:
+        raise InputError(f"inputs must be int64, got {untrusted.describe(inputs)}")
+    if len(inputs) and (inputs[0] < 0 or (np.diff(inputs) <= 0).any()):
+        raise InputError("inputs must be distinct neuron ids in ascending order")
+    if not shard.layers:
+        raise InputError("a shard has at least one layer")
+    width_in, boundary = len(inputs), len(inputs)  # level 0 has no boundary order
+    dtype: np.dtype[Any] | None = None
+    for k, layer in enumerate(shard.layers):
+        dtype = _check_layer(f"layer {k}", layer, width_in, boundary, shard.worker, peers, dtype)
+        width_in, boundary = layer.n_out, layer.n_boundary

@@ -18,11 +18,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -32,12 +34,21 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import ChannelConfig
-from fsd.errors import ChannelError, FsdError, InputError
+from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError
 from fsd.model import Images, Network
-from fsd.partition import make_plan
+from fsd.partition import PARTITIONERS, make_plan
 from fsd.s3client import delete_prefix, minio_client
 from fsd.shard import Shard, build_shards, shard_from_bytes, shard_to_bytes
 from fsd.task import ModelRef
+from fsd.untrusted import (
+    check_finite,
+    check_index,
+    describe,
+    json_float,
+    json_int,
+    read_npy,
+    read_npz,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +110,11 @@ class ModelStore:
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ChannelError(f"model store: cannot write {key}: {exc}") from None
 
-    def read(self, key: str) -> bytes:
-        """One object's bytes; ModelNotFound when it (or the bucket) does not exist."""
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """One object's bytes; ModelNotFound when it (or the bucket) does not exist.
+
+        With ``limit``, an object larger than that many bytes is refused without reading it all.
+        """
         try:
             resp = self.client.get_object(self.bucket, key)
         except S3Error as exc:
@@ -110,10 +124,13 @@ class ModelStore:
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ChannelError(f"model store unreachable reading {key}: {exc}") from None
         try:
-            return resp.read()
+            data: bytes = resp.read() if limit is None else resp.read(limit + 1)
         finally:
             resp.close()
             resp.release_conn()
+        if limit is not None and len(data) > limit:
+            raise ModelFormatError(key, None, f"larger than {limit} bytes")
+        return data
 
     def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
         """Delete every object under ``prefix``; how many there were (0: no bucket)."""
@@ -186,36 +203,145 @@ class ModelStore:
         return manifest
 
     def manifest(self, name: str) -> Manifest:
+        """The model's manifest, every field's type and bounds checked (it comes from outside)."""
         _check_name(name)
+        key = f"{PREFIX}/{name}/manifest.json"
         try:
-            raw = json.loads(self.read(f"{PREFIX}/{name}/manifest.json"))
-            return Manifest(**raw)
+            raw = json.loads(self.read(key, MAX_MANIFEST))
         except ModelNotFound:
             raise ModelNotFound(f"unknown model {name!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise ChannelError(f"model {name!r} has a malformed manifest: {exc}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelFormatError(key, None, f"not JSON: {type(exc).__name__}") from None
+        try:
+            return _check_manifest(raw, name)
+        except InputError as exc:
+            raise ModelFormatError(key, None, f"malformed manifest: {exc}") from None
 
-    def owners0(self, ref: ModelRef) -> np.ndarray:
-        data = self.read(
-            f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/owners0.npy"
-        )
-        owners: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
+    def owners0(self, ref: ModelRef, neurons: int | None = None) -> np.ndarray:
+        """Who owns each input pixel: integers in [0, workers), one per neuron when ``neurons``
+        is given (the manifest's; its size then bounds the download too)."""
+        key = f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/owners0.npy"
+        limit = None if neurons is None else _NPY_HEADER + 8 * neurons
+        owners = read_npy(self.read(key, limit), key, _INTS)
+        if neurons is not None and len(owners) != neurons:
+            raise ModelFormatError(key, None, f"{len(owners)} owners for {neurons} neurons")
+        check_index(key, owners, ref.workers, InputError)
         return owners
 
     def shard(self, ref: ModelRef, worker: int) -> Shard:
+        """Worker ``worker``'s shard, checked completely and checked to be the one asked for."""
         key = f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/shard-{worker}.npz"
-        return shard_from_bytes(self.read(key))
+        return shard_from_bytes(self.read(key), worker, ref.workers)
 
-    def images(self, name: str, first: int | None = None) -> Images:
-        data = self.read(f"{PREFIX}/{name}/images.npz")
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            nrows, ncols = (int(x) for x in z["shape"])
-            m = sp.csr_matrix((z["vals"], (z["rows"], z["cols"])), shape=(nrows, ncols))
-            truth = {int(k[5:]): z[k] for k in z.files if k.startswith("truth")}
+    def images(
+        self, name: str, first: int | None = None, manifest: Manifest | None = None
+    ) -> Images:
+        """The stored images and truth, checked; exactly the manifest's shape when it is given."""
+        key = f"{PREFIX}/{name}/images.npz"
+        data = self.read(key)
+        z = read_npz(data, key, (_I64, _I32, _F32))
+        try:
+            m, truth = _check_images(z, len(data), manifest)
+        except InputError as exc:
+            raise ModelFormatError(key, None, str(exc)) from None
         if first is not None:
             m = m[:first]
             truth = {k: v[v <= first] for k, v in truth.items()}
         return Images(m, truth)
+
+
+_I32, _I64, _F32 = np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32)
+_INTS = (np.dtype(np.int8), np.dtype(np.int16), _I32, _I64)
+_NPY_HEADER = 4096  # bytes an npy file may spend before its data
+MAX_MANIFEST = 1 << 22
+"""Largest manifest.json read (bytes): a few hundred bytes per partition."""
+MAX_LAYERS = 1 << 20
+MAX_NEURONS = (1 << 31) - 1
+MAX_IMAGES = 1 << 32
+
+
+def _check_manifest(raw: object, name: str) -> Manifest:
+    """A Manifest from its JSON, or InputError naming the first field out of type or bounds."""
+    if not isinstance(raw, dict) or set(raw) - {f.name for f in fields(Manifest)}:
+        raise InputError("not an object with the manifest's fields")
+    if raw.get("name") != name:
+        raise InputError(f"names model {raw.get('name')!r}, not {name!r}")
+    neurons = json_int(raw.get("neurons"), "neurons", 1, MAX_NEURONS)
+    layers = json_int(raw.get("layers"), "layers", 1, MAX_LAYERS)
+    dtype = raw.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise InputError(f"dtype {dtype!r} is not float32 or float64")
+    partitions = raw.get("partitions", {})
+    if not isinstance(partitions, dict):
+        raise InputError("partitions must be an object")
+    for key, info in partitions.items():
+        if not isinstance(info, dict):
+            raise InputError(f"partitions[{key!r}] must be an object")
+        workers = json_int(info.get("workers"), f"partitions[{key!r}].workers", 1, neurons)
+        method = info.get("partition")
+        if method not in PARTITIONERS or key != Manifest.key(workers, method):
+            raise InputError(f"partitions[{key!r}] names partition {method!r}")
+        json_int(info.get("planned_volume"), f"partitions[{key!r}].planned_volume", 0, 1 << 62)
+        json_float(info.get("plan_seconds"), f"partitions[{key!r}].plan_seconds", 0, 1e9)
+    truth = raw.get("truth_layers", [])
+    if not isinstance(truth, list):
+        raise InputError("truth_layers must be a list")
+    for i, k in enumerate(truth):  # may exceed layers: truth of the full net, pushed cut short
+        json_int(k, f"truth_layers[{i}]", 1, MAX_LAYERS)
+    return Manifest(
+        name,
+        neurons,
+        layers,
+        json_float(raw.get("bias"), "bias", -math.inf, math.inf),
+        json_float(raw.get("ymax"), "ymax", math.ulp(0.0), math.inf),
+        json_int(raw.get("edges"), "edges", 0, 1 << 62),
+        dtype,
+        partitions,
+        json_int(raw.get("images", 0), "images", 0, MAX_IMAGES),
+        truth,
+    )
+
+
+def _check_images(
+    z: dict[str, np.ndarray], size: int, manifest: Manifest | None
+) -> tuple[sp.csr_matrix, dict[int, np.ndarray]]:
+    """Images (COO triplets in a bounded shape) and truth (ascending 1-based image ids)."""
+    names = {"shape", "rows", "cols", "vals"}
+    if not names <= set(z) or any(not _TRUTH.fullmatch(k) for k in set(z) - names):
+        raise InputError(f"members {sorted(z)[:8]} are not shape, rows, cols, vals, truth<k>")
+    shape = z["shape"]
+    if shape.dtype != _I64 or len(shape) != 2:
+        raise InputError(f"shape is {describe(shape)}, not 2 int64")
+    nrows, ncols = int(shape[0]), int(shape[1])
+    if manifest is not None and (nrows, ncols) != (manifest.images, manifest.neurons):
+        raise InputError(
+            f"shape {nrows}x{ncols}, manifest says {manifest.images}x{manifest.neurons}"
+        )
+    # without a manifest, no more images than bytes: allocation stays proportional to the file
+    if not (0 <= nrows <= max(size, 1) and 1 <= ncols <= MAX_NEURONS):
+        raise InputError(f"shape {nrows}x{ncols} out of bounds")
+    rows, cols, vals = z["rows"], z["cols"], z["vals"]
+    if rows.dtype != _I32 or cols.dtype != _I32 or vals.dtype != _F32:
+        raise InputError("rows and cols must be int32, vals float32")
+    if not len(rows) == len(cols) == len(vals):
+        raise InputError("rows, cols and vals differ in length")
+    check_index("rows", rows, nrows, InputError)
+    check_index("cols", cols, ncols, InputError)
+    check_finite("vals", vals, InputError)
+    m = sp.csr_matrix((vals, (rows, cols)), shape=(nrows, ncols))
+    truth = {}
+    for k in sorted(set(z) - names):
+        layer, ids = int(k[5:]), z[k]
+        if not 1 <= layer <= MAX_LAYERS or ids.dtype != _I64:
+            raise InputError(f"{k}: truth of layer {layer} as {ids.dtype}")
+        check_index(k, ids - 1, nrows, InputError)
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            raise InputError(f"{k}: image ids must ascend")
+        truth[layer] = ids
+    return m, truth
+
+
+_TRUTH = re.compile(r"truth[1-9][0-9]{0,6}")
 
 
 def _npy(a: np.ndarray) -> bytes:

@@ -14,32 +14,86 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fsd import kernels, wire
+from fsd import kernels, untrusted, wire
 from fsd.channels.base import COORDINATOR, OPS, Channel
-from fsd.errors import FsdError, RunAborted, WireError
+from fsd.errors import FsdError, InputError, RunAborted, WireError
 from fsd.shard import LayerShard
 from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
 
 
-def _check_coo(what: str, rows: np.ndarray, cols: np.ndarray, nrows: int, ncols: int) -> None:
-    """Indices from another endpoint are checked before a kernel (no bounds checks) sees them."""
-    if len(rows) and int(rows.max()) >= nrows:
-        raise WireError(f"{what}: row {int(rows.max())} out of range ({nrows} images)")
-    if len(cols) and int(cols.max()) >= ncols:
-        raise WireError(f"{what}: column {int(cols.max())} out of range ({ncols})")
+MAX_IMAGES = 1 << 32
+"""Most images a worker takes: row ids travel as u32."""
+_MAX_ENTRIES = 1 << 31  # more non-zeros than any frame can carry (wire.MAX_BODY is 1 GiB)
+
+
+def _indices(what: str, a: np.ndarray, bound: int) -> np.ndarray:
+    """``a`` checked as indices in [0, bound), as u32 (the type the kernels are compiled for)."""
+    untrusted.check_index(what, a, bound, WireError)
+    return a.astype(np.uint32, copy=False)
+
+
+def _values(
+    what: str, v: np.ndarray, dtype: np.dtype[np.floating], cap: float | None
+) -> np.ndarray:
+    """Values of the run's dtype (no lossy cast), finite; within (0, cap] when ``cap`` is given
+    (a layer's outputs: bias only on non-zeros, ReLU, then the cap)."""
+    if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype != dtype:
+        raise WireError(f"{what}: expected 1-D {dtype} values, got {untrusted.describe(v)}")
+    if cap is None:
+        untrusted.check_finite(what, v, WireError)
+    elif len(v) and not (v.min() > 0 and v.max() <= dtype.type(cap)):
+        raise WireError(f"{what}: activations must lie in (0, {cap}]")
+    return v
+
+
+def _counts(what: str, n: np.ndarray, rows: int, total: int) -> np.ndarray:
+    """Per-row counts: one per row, each at least 1, summing exactly to ``total``."""
+    if not isinstance(n, np.ndarray) or n.ndim != 1 or n.dtype.kind not in "ui":
+        raise WireError(f"{what}: counts must be a 1-D integer array, got {untrusted.describe(n)}")
+    if len(n) != rows or total >= _MAX_ENTRIES:
+        raise WireError(f"{what}: {len(n)} counts for {rows} rows and {total} values")
+    if rows and (int(n.min()) < 1 or int(n.max()) > total):
+        raise WireError(f"{what}: counts must lie in 1..{total}")
+    # rows <= MAX_IMAGES and each count <= total < 2**31: the sum cannot wrap in 64 bits
+    if int(n.sum(dtype=np.uint64)) != total:
+        raise WireError(f"{what}: counts add up to {int(n.sum(dtype=np.uint64))}, not {total}")
+    return n
+
+
+def _check_task(task: WorkerTask) -> None:
+    """The shard must be this worker's, for this many workers and this dtype (a model store may
+    serve another), and the image count must fit the u32 row ids, before any kernel runs."""
+    shard = task.shard
+    if shard is None:
+        raise FsdError("worker started without its shard")
+    if not 0 <= task.images <= MAX_IMAGES:
+        raise InputError(f"images={task.images} is outside 0..{MAX_IMAGES}")
+    if shard.worker != task.worker:
+        raise InputError(f"worker {task.worker} was given the shard of worker {shard.worker}")
+    if task.dtype not in ("float32", "float64"):
+        raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
+    dtype = np.dtype(task.dtype)
+    for k, layer in enumerate(shard.layers):
+        peers = [*layer.sources, *(dst for dst, _, _ in layer.sends)]
+        if any(not 0 <= p < task.workers for p in peers):
+            raise InputError(f"layer {k} of the shard names a worker outside 0..{task.workers - 1}")
+        if any(
+            a.dtype != dtype for part in layer.parts for a in (part.w_local[2], part.w_remote[2])
+        ):
+            raise InputError(f"layer {k} of the shard is not {dtype}")
 
 
 def _input_matrix(task: WorkerTask, msg: wire.Message) -> kernels.Csr:
+    """This worker's input columns, from the coordinator's (row, local column, value) triplets."""
     if len(msg.arrays) != 3 or len({len(a) for a in msg.arrays}) != 1:
         raise WireError("INPUT must carry three arrays of equal length")
-    rows, cols, vals = msg.arrays
     width = len(task.shard.inputs) if task.shard is not None else 0
-    _check_coo("INPUT", rows, cols, task.images, width)
-    csr: kernels.Csr = kernels.coo_to_csr(
-        task.images, rows, cols, vals.astype(task.dtype, copy=False)
-    )
+    rows = _indices("INPUT rows", msg.arrays[0], task.images)
+    cols = _indices("INPUT columns", msg.arrays[1], width)
+    vals = _values("INPUT values", msg.arrays[2], np.dtype(task.dtype), None)
+    csr: kernels.Csr = kernels.coo_to_csr(task.images, rows, cols, vals)
     return csr
 
 
@@ -54,25 +108,31 @@ def _activations(y: kernels.Csr, selmap: np.ndarray, wanted: int) -> list[np.nda
 
 
 def _assemble(task: WorkerTask, got: dict[int, wire.Message], layer: LayerShard) -> kernels.Csr:
-    """Stack the received activations into one CSR over the remote columns, sources in order."""
+    """Stack the received activations into one CSR over the remote columns, sources in order.
+
+    Each source's arrays are checked as gather_columns makes them: rows strictly ascending and
+    in range, counts matching, positions within that source's block, values of the run's dtype
+    (and, past the first layer, a layer's outputs: in (0, ymax]).
+    """
+    dtype = np.dtype(task.dtype)
     rows, cols, vals = [], [], []
     ends = [*layer.offsets[1:], layer.n_remote]
     for src, off, end in zip(layer.sources, layer.offsets, ends, strict=True):
-        arrays = got[src].arrays
-        if len(arrays) != 4:
-            raise WireError(f"ACT from {src} has {len(arrays)} arrays, expected 4")
-        r, n, c, v = arrays
-        if len(r) != len(n) or len(c) != len(v) or int(n.sum()) != len(c):
-            raise WireError(f"ACT from {src} has inconsistent array lengths")
-        _check_coo(f"ACT from {src}", r, c, task.images, end - off)
+        msg = got[src]
+        what = f"ACT from {src}"
+        if len(msg.arrays) != 4:
+            raise WireError(f"{what} has {len(msg.arrays)} arrays, expected 4")
+        r = _indices(f"{what}: rows", msg.arrays[0], task.images)
+        if len(r) > 1 and not (r[1:] > r[:-1]).all():
+            raise WireError(f"{what}: rows must be strictly ascending")
+        c = _indices(f"{what}: positions", msg.arrays[2], end - off)
+        n = _counts(what, msg.arrays[1], len(r), len(c))
+        cap = task.ymax if msg.header.layer > 1 else None  # layer 1 carries the input values
+        vals.append(_values(f"{what}: values", msg.arrays[3], dtype, cap))
         rows.append(np.repeat(r, n))
-        cols.append(c.astype(np.uint32) + np.uint32(off))
-        vals.append(v)
+        cols.append(c + np.uint32(off))
     csr: kernels.Csr = kernels.coo_to_csr(
-        task.images,
-        np.concatenate(rows),
-        np.concatenate(cols),
-        np.concatenate(vals).astype(task.dtype, copy=False),
+        task.images, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     )
     return csr
 
@@ -101,6 +161,7 @@ def run_worker(
 def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None) -> None:
     if task.shard is None:
         raise FsdError("worker started without its shard")
+    _check_task(task)
     me, run = task.worker, task.run
     started = time.perf_counter()
     dtype = np.dtype(task.dtype)

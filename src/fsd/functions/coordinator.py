@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from fsd import observe
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, infer, prepare_stored
-from fsd.errors import ChannelError, FsdError, InputError, WorkerError
+from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError, WorkerError
 from fsd.functions.config import (
     Limits,
     ModelFilter,
@@ -102,6 +102,8 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
         return _infer(request, env, limits)
     except ModelNotFound as exc:
         return error(404, "unknown model", str(exc))
+    except ModelFormatError as exc:  # the store's fault, not the request's
+        return error(502, "malformed model", str(exc))
     except WorkerError as exc:
         timed_out = "timed out" in exc.detail
         return error(
@@ -169,7 +171,7 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
                 f"images: the model stores {manifest.images} images, more than "
                 f"{limits.max_images} (FSD_MAX_IMAGES): ask for the first ones"
             )
-        images = store.images(name, request["images"].get("first"))
+        images = store.images(name, request["images"].get("first"), manifest=manifest)
         matrix = images.matrix
     else:
         images = None
