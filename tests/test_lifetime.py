@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def test_only_folders_whose_owners_are_all_gone_are_reaped(tmp_path: Path) -> No
     )
     dead_owner = Path(child.communicate(timeout=30)[0].strip())
     assert child.returncode == 0 and dead_owner.is_dir()
-    ours = Path(lifetime.make_workdir(prefix, tmp_path))  # we live: kept
+    ours = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_path))  # we live: kept
+    lifetime.claim(ours)
     unstamped = tmp_path / f"{prefix}unstamped"  # not ours to judge: kept
     unstamped.mkdir()
     reused = tmp_path / f"{prefix}reused"  # our pid, but another process's start time: stale
@@ -49,7 +51,7 @@ def test_only_folders_whose_owners_are_all_gone_are_reaped(tmp_path: Path) -> No
     earlier_boot = tmp_path / f"{prefix}rebooted"
     earlier_boot.mkdir()
     (earlier_boot / lifetime.OWNER_FILE).write_text(f"boot not-this-one\n{os.getpid()} 1\n")
-    with_live_child = Path(lifetime.make_workdir(prefix, tmp_path))
+    with_live_child = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_path))
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         # the owner stamp names a second process (a server) that still runs: kept
@@ -76,7 +78,12 @@ def test_only_folders_whose_owners_are_all_gone_are_reaped(tmp_path: Path) -> No
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert lifetime.reap_stale(prefix, [tmp_path]) == [with_live_child]
+    # once the server child is gone too, the next folder made there takes the stale one away
+    fresh = Path(lifetime.make_workdir(prefix, tmp_path))
+    assert not with_live_child.exists()
+    assert sorted(p.name for p in tmp_path.glob(f"{prefix}*")) == sorted(
+        [ours.name, unstamped.name, foreign.name, fresh.name]
+    )
 
 
 def test_sockets_nobody_serves_are_removed_served_ones_kept(tmp_path: Path) -> None:

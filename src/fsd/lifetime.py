@@ -163,8 +163,12 @@ def reap_stale(prefix: str, roots: Iterable[str | os.PathLike[str]] | None = Non
 
 
 def make_workdir(prefix: str, parent: str | os.PathLike[str] | None = None) -> str:
-    """A fresh folder ``<parent>/<prefix>XXXX`` stamped as ours, after reaping stale ones."""
-    reap_stale(prefix)
+    """A fresh folder ``<parent>/<prefix>XXXX`` stamped as ours, after reaping stale ones
+    (in ``parent`` and in :func:`temp_roots`)."""
+    roots = temp_roots()
+    if parent is not None:
+        roots = list(dict.fromkeys([Path(parent), *roots]))
+    reap_stale(prefix, roots)
     path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     claim(path)
     return path
