@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fsd import observe, plot, reference
+from fsd import lifetime, observe, plot, reference
 from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
@@ -359,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return COMMANDS[args.command](args)
+        with lifetime.exit_on_sigterm():  # SIGTERM: unwind (stop workers, servers), exit 143
+            return COMMANDS[args.command](args)
     except InputError as exc:
         _say("error", exc)
         return EXIT_USAGE

@@ -20,13 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from fsd import lifetime
 from fsd.errors import ServiceError
 from fsd.model import Images, Network
 from fsd.services import NatsServer, S3Server, pick_ports
@@ -49,7 +49,11 @@ class FunctionServer:
         cmd = [sys.executable, str(INDEX), "--handler", str(handler), "--port", str(port)]
         with open(self.log_path, "ab") as fh:
             self.proc = subprocess.Popen(
-                cmd, env={**env, "FSD_BIND": "127.0.0.1"}, stdout=fh, stderr=subprocess.STDOUT
+                cmd,
+                env={**env, "FSD_BIND": "127.0.0.1"},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lifetime.preexec_die_with_parent(),  # noqa: PLW1509 (only prctl)
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -86,7 +90,8 @@ class LocalStack:
             raise ServiceError(f"the function template is missing: {INDEX}")
         self.workers = workers
         self.base_env = dict(os.environ if env is None else env)
-        self.dir = tempfile.mkdtemp(prefix="fsd-stack-")
+        # stamped with its owner: a later stack removes it if we are killed before stop()
+        self.dir = lifetime.make_workdir("fsd-stack-")
         self.nats: NatsServer | None = None
         self.s3: S3Server | None = None
         self.worker_servers: list[FunctionServer] = []
@@ -160,7 +165,11 @@ class LocalStack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ will not run: stop what did start
+            self.stop()
+            raise
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

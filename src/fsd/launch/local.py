@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from fsd import lifetime
 from fsd.channels import open_channel
 from fsd.launch.base import Launcher
 from fsd.task import WorkerTask
@@ -17,7 +19,14 @@ from fsd.worker import run_worker
 log = logging.getLogger(__name__)
 
 
-def _entry(task: WorkerTask, progress: Any, last_words: Any) -> None:
+def _entry(task: WorkerTask, progress: Any, last_words: Any, parent: int) -> None:
+    # die with the coordinator even when it is SIGKILLed, and let SIGTERM kill a worker at once
+    # (a fork inherits the coordinator's handler, which would unwind the coordinator's state)
+    lifetime.die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     def on_layer(layer: int) -> None:
         progress[task.worker] = layer
 
@@ -46,7 +55,7 @@ class LocalLauncher(Launcher):
         for task in tasks:
             proc = self._ctx.Process(
                 target=_entry,
-                args=(task, self._progress, self._last_words),
+                args=(task, self._progress, self._last_words, os.getpid()),
                 name=f"fsd-worker-{task.worker}",
             )
             proc.start()
