@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,47 @@ def test_sigkill_of_the_local_stack_takes_its_functions_and_servers_along() -> N
     assert stack_dir.is_dir()
     LocalStack(1).stop()  # a later stack removes what the killed one left
     assert not stack_dir.exists()
+
+
+def _mailboxes() -> set[Path]:
+    from fsd.channels.local import _default_root
+
+    return set(Path(_default_root()).glob("fsd-mailbox-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_local_run_leaves_no_mailbox_behind(sig: signal.Signals) -> None:
+    """The local channel's mailbox folder goes with the run (SIGTERM) or with the next one made
+    after its owner died (SIGKILL)."""
+    from fsd.channels.local import LocalMailbox
+
+    require_proc()
+    before = _mailboxes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsd.cli", *RUN, "--channel", "local"],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    found: dict[str, Any] = {}
+
+    def mid_run() -> bool:
+        assert proc.poll() is None, f"fsd run ended early: {proc.communicate()[1][-2000:]}"
+        found["all"] = descendants(proc.pid)
+        found["boxes"] = _mailboxes() - before
+        workers = [pid for pid in found["all"] if "fsd.cli" in cmdline(pid)]
+        return len(workers) == 2 and len(found["boxes"]) == 1
+
+    wait_for(mid_run, 120, "fsd run --channel local mid-run")
+    (box,) = found["boxes"]
+    try:
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    wait_for(lambda: not any(alive(p) for p in found["all"]), 10, "no process of the run left")
+    if sig == signal.SIGKILL:
+        assert box.is_dir()  # nothing ran to remove it...
+        LocalMailbox().close()  # ...the next mailbox made does
+    assert not box.exists()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fsd import lifetime
 from fsd.channels.base import Channel, ChannelConfig, Slot
 from fsd.errors import ChannelError
 
@@ -38,7 +39,8 @@ class LocalMailbox:
     """Creates (and finally removes) the mailbox root; ``address`` goes into ChannelConfig."""
 
     def __init__(self, parent: str | None = None) -> None:
-        self.address = tempfile.mkdtemp(prefix="fsd-mailbox-", dir=parent or _default_root())
+        # a mailbox whose owner died (SIGKILL) is removed by the next one made
+        self.address = lifetime.make_workdir("fsd-mailbox-", parent or _default_root())
 
     def close(self) -> None:
         shutil.rmtree(self.address, ignore_errors=True)
