@@ -1,0 +1,140 @@
+"""Docs are tests: every shell command in README.md and docs/*.md that can run here runs here.
+
+Each command line of every ``sh`` block is either run (``fsd`` commands, with the few
+substitutions a reader would make: their own data folder, server and output folder) or named in
+:data:`ELSEWHERE` with the reason it cannot run on this machine. A command of a new kind in the
+docs fails :func:`test_every_documented_command_is_run_or_excused` until it is one or the other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.services import NatsServer, S3Server
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FSD = str(Path(sys.executable).with_name("fsd"))
+
+#: first word of a command -> why it cannot run on this machine (no cluster, no Docker engine,
+#: no internet, no AWS account); the walk-throughs that use them are automated in tests/e2e.
+ELSEWHERE = {
+    "make": "the Makefile targets run fsd and pytest, which this suite is (CI runs `make test`)",
+    "kubectl": "needs a Kubernetes cluster",
+    "helm": "needs a Kubernetes cluster (the chart is linted and installed into kmock instead)",
+    "kind": "needs a Docker engine",
+    "docker": "needs a Docker engine",
+    "faas-cli": "needs an OpenFaaS gateway",
+    "arkade": "downloads binaries from the internet",
+    "curl": "downloads from the internet or calls a gateway",
+    "aws": "needs an AWS account",
+    "mc": "needs a MinIO client and server",
+    "export": "sets variables for the commands that follow it",
+    "cat": "writes a values file for helm",
+    "echo": "pipes a password to faas-cli",
+    "EOF": "ends a here-document",
+}
+
+
+def _commands(path: Path) -> list[str]:
+    """The command lines of a file's ``sh`` blocks: continuations joined, comments dropped."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", path.read_text(), re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        heredoc = None
+        pending = ""  # a command whose quotes span lines
+        for line in text.splitlines():
+            stripped = line.split("  #")[0].strip()
+            if heredoc is not None:  # inside a here-document: data, not commands
+                if stripped == heredoc:
+                    heredoc = None
+                continue
+            if not pending and (not stripped or stripped.startswith("#")):
+                continue
+            pending = f"{pending}\n{stripped}" if pending else stripped
+            try:
+                shlex.split(pending)
+            except ValueError:  # an open quote: the command goes on
+                continue
+            match = re.search(r"<<-?'?(\w+)'?", pending)
+            if match:
+                heredoc = match.group(1)
+            found.append(pending)
+            pending = ""
+    return found
+
+
+def _program(command: str) -> str:
+    """The program a command line runs, past ``VAR=value`` prefixes."""
+    for word in command.split():
+        if not re.fullmatch(r"[A-Z_]+=\S*", word):
+            return Path(word).name
+    return ""
+
+
+ALL = [(path.relative_to(ROOT), c) for path in DOCS for c in _commands(path)]
+RUNNABLE = [(path, c) for path, c in ALL if _program(c) == "fsd"]
+
+
+def test_every_documented_command_is_run_or_excused() -> None:
+    unknown = [(str(p), c) for p, c in ALL if _program(c) != "fsd" and _program(c) not in ELSEWHERE]
+    assert not unknown, f"run these in tests/test_docs.py or say in ELSEWHERE why not: {unknown}"
+    assert len(RUNNABLE) >= 8  # the parser still finds the README's fsd commands
+
+
+@pytest.fixture(scope="module")
+def places(
+    shared_dir: Path,
+    nats_server: NatsServer,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """What a reader puts in for the docs' placeholders: their data, servers and folders."""
+    return {
+        "../shared/graphchallenge": str(shared_dir),
+        "DIR": str(shared_dir),
+        "/tmp/net4096": str(tmp_path_factory.mktemp("docs") / "net4096"),
+        "nats://nats:4222": nats_server.url,
+        "http://127.0.0.1:9000": s3_server.endpoint,
+    }
+
+
+def _environment(nats_server: NatsServer, s3_server: S3Server) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSD_", "AWS_"))}
+    return {
+        **env,
+        "FSD_NATS_TOKEN": nats_server.token,
+        "FSD_S3_ENDPOINT": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FSD_S3_BUCKET": "fsd-docs",  # models pushed here stay apart from other tests'
+    }
+
+
+@pytest.mark.parametrize(("doc", "command"), RUNNABLE, ids=[c for _, c in RUNNABLE])
+def test_documented_fsd_command_runs(
+    doc: Path,
+    command: str,
+    places: dict[str, str],
+    nats_server: NatsServer,
+    s3_server: S3Server,
+) -> None:
+    words = shlex.split(command)
+    env = _environment(nats_server, s3_server)
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = places.get(value, value)
+    args = [places.get(w, w) for w in words[1:]]
+    done = subprocess.run(
+        [FSD, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, f"{doc}: {command}\n{done.stderr[-3000:]}"
+    if "--json" in args:
+        assert '"correct": true' in done.stdout.splitlines()[-1]
