@@ -40,9 +40,10 @@ test: lint
 functions-up: install  # both functions on index.py + embedded NATS and S3; Ctrl-C stops
 	$(BIN)/python -m fsd.localstack --data ../shared/graphchallenge --name gc1024 --workers 4
 
-bench: install  # engine and channels side by side, then cold against warm functions
+bench: install  # engine and channels side by side, cold against warm functions, frame MACs
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/functions.py
+	$(BIN)/python benchmarks/auth.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -50,7 +50,7 @@ def _measure(data: Path, runs: int, stub_mac: bool) -> list[float]:
         tag = bytes(32)
         wire.seal = lambda frame, key: b"".join([frame, tag])  # type: ignore[assignment]
         wire.unseal = lambda data, key: memoryview(data)[:-32]  # type: ignore[assignment]
-        base.Channel._slot_id = lambda self, slot: f"{slot}"  # type: ignore[method-assign]
+        base.Channel._slot_id = lambda self, slot: f"{self.run.hex()}{slot}"  # type: ignore[method-assign]
     network = load_network(data)
     images = load_images(data, 1024)
     times = []
@@ -111,8 +111,12 @@ def main() -> int:
             print(f"skipping 'before': {made.stderr.strip()}", file=sys.stderr)
     times: dict[str, list[float]] = {name: [] for name in variants}
     try:
+        names = list(variants)
         for turn in range(args.turns):
-            for name, src in variants.items():
+            # each turn starts with another variant, so none always runs first (or last)
+            order = names[turn % len(names) :] + names[: turn % len(names)]
+            for name in order:
+                src = variants[name]
                 child = "no-mac" if name == "no-mac" else "current"
                 times[name] += _child(child, src, args.data, args.runs)
                 print(f"turn {turn + 1}: {name:<8} median {statistics.median(times[name]):.4f} s")
