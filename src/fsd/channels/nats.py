@@ -441,6 +441,8 @@ class NatsChannel(Channel):
     async def _purge(self, endpoints: Sequence[int]) -> None:
         assert self._js is not None
         js = self._js
+        with contextlib.suppress(ChannelError):  # our own frames (an ABORT) are stored first
+            await self._drain()
         await js.purge_stream(self._stream, subject=f"{self._prefix}.>")
 
         async def drop(name: str) -> None:

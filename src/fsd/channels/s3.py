@@ -186,6 +186,10 @@ class S3Channel(Channel):
     def purge_run(self, endpoints: Sequence[int] = ()) -> None:
         """Delete every object of this run (the coordinator calls it on every exit path)."""
         try:
+            self._reap(wait=True)  # our own uploads (an ABORT, say) land before the listing
+        except ChannelError as exc:
+            log.warning("purging run %s with uploads still failing: %s", self.run.hex(), exc)
+        try:
             removed, failed = delete_prefix(self._s3, self._bucket, f"{self._prefix}/")
             self.stats.count("list", 1 + removed // 1000)
             self.stats.count("delete", removed)
