@@ -16,6 +16,7 @@ receiver started; the shared conformance suite (tests/test_channel_conformance.p
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -316,8 +317,7 @@ class Channel(ABC):
 
     def _reject(self, slot: Slot, data: bytes | bytearray | memoryview, why: WireError) -> None:
         """Count a dropped frame once, however often a transport shows it to us again."""
-        tail = bytes(memoryview(data)[-wire.TAG_SIZE :])
-        seen = (slot, tail)
+        seen = (slot, hashlib.blake2b(data, digest_size=16).digest())
         if seen in self._rejected_seen:
             return
         self._rejected_seen[seen] = None
