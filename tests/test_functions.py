@@ -24,10 +24,8 @@ from fsd.localstack import ROOT, FunctionServer, LocalStack
 from fsd.model import Images, Network
 from fsd.model.generate import generate
 from fsd.services import NatsServer, S3Server, pick_ports
-from listeners import NATS_INFO, Recorder
+from listeners import NATS_INFO, OPENER, Recorder, post
 from procs import start_prometheus
-
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +46,6 @@ def stack(
     with LocalStack(workers=4, env=env) as s:
         s.push(shared_net, "gc1024", [4], shared_images)
         yield s
-
-
-def post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with OPENER.open(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 def ask(stack: LocalStack, **request: Any) -> tuple[int, dict[str, Any]]:

@@ -29,7 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fsd import auth
-from fsd.errors import AuthError, FsdError
+from fsd.channels.base import ChannelConfig
+from fsd.channels.settings import channel_config
+from fsd.errors import AuthError, FsdError, InputError
 from fsd.settings import SECRET_VARS
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
@@ -135,3 +137,20 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     """Every secret this function holds, to scrub from anything it answers."""
     found = [env.get(var, "").strip() for var in SECRET_VARS.values()]
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+
+
+def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:
+    """This function's transport for ``kind`` and its model store, from its own configuration
+    only; a malformed or missing setting is this function's fault (NotConfigured), never the
+    request's."""
+    try:
+        transport = channel_config(kind, env=env)
+        store = channel_config("s3", env=env)
+    except InputError as exc:
+        raise NotConfigured(str(exc)) from None
+    if not transport.address:
+        variable = "FSD_NATS_URL" if kind == "nats" else "FSD_S3_ENDPOINT"
+        raise NotConfigured(f"no {kind} server configured ({variable})")
+    if not store.address:
+        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
+    return transport, store

@@ -24,7 +24,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd import observe
-from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig, infer, prepare_stored
 from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError, WorkerError
 from fsd.functions.config import (
@@ -32,6 +31,7 @@ from fsd.functions.config import (
     ModelFilter,
     NotConfigured,
     deployment_secret,
+    own_channels,
     secret_values,
 )
 from fsd.functions.http import Reply, error, scrub
@@ -143,15 +143,7 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     kind = request.get("channel", env.get("FSD_CHANNEL", "nats"))
     if kind not in ("nats", "s3"):
         raise NotConfigured(f"FSD_CHANNEL must be nats or s3, got {kind[:20]!r}")
-    try:
-        transport = channel_config(kind, env=env)
-        store_config = channel_config("s3", env=env)
-    except InputError as exc:  # a malformed setting of this function, not of the request
-        raise NotConfigured(str(exc)) from None
-    if not transport.address:
-        return error(503, "channel unreachable", f"no {kind} server configured")
-    if not store_config.address:
-        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
+    transport, store_config = own_channels(kind, env)
     timeout = float(request.get("timeout", limits.timeout))
     store = ModelStore(store_config)
     manifest = store.manifest(name)

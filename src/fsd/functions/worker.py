@@ -34,13 +34,13 @@ import numpy as np
 
 from fsd import auth, observe, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
-from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError, WorkerError
 from fsd.functions.config import (
     Limits,
     ModelFilter,
     NotConfigured,
     deployment_secret,
+    own_channels,
     secret_values,
 )
 from fsd.functions.http import Reply, error, scrub
@@ -181,16 +181,7 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
     if not served.allows(name):
         raise _Refused(404, "unknown model", f"unknown model {name!r}")
     kind = data["channel"]["kind"]
-    try:
-        own = channel_config(kind, env=env)
-        store = channel_config("s3", env=env)
-    except InputError as exc:  # a malformed setting of this function, not of the request
-        raise NotConfigured(str(exc)) from None
-    if not own.address:
-        variable = "FSD_NATS_URL" if kind == "nats" else "FSD_S3_ENDPOINT"
-        raise NotConfigured(f"no {kind} server configured ({variable}): this worker cannot run")
-    if not store.address:
-        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT): this worker cannot run")
+    own, store = own_channels(kind, env)
     kids = children(worker, workers, fanout)
     if kids and not env.get("FSD_WORKER_URL"):
         raise NotConfigured("a fan-out tree needs the worker function's URL (FSD_WORKER_URL)")
