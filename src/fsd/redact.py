@@ -7,6 +7,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 # scheme://userinfo@ anywhere in a text; userinfo stops at whitespace, '/', or the last '@'
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@]*@")
+# user:password@ without a scheme in front (an endpoint written "KEY:SECRET@host:9000")
+_BARE_USERINFO = re.compile(r"(?<![\w/*])[^\s/@'\"(),:]+:[^\s/@'\"(),]*@")
 
 
 def redact(url: str) -> str:
@@ -28,5 +30,5 @@ def redact(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the userinfo of every URL in it replaced by ``***``."""
-    return _USERINFO.sub(r"\1***@", text)
+    """``text`` with the userinfo of every URL in it (with a scheme or not) replaced by ``***``."""
+    return _BARE_USERINFO.sub("***@", _USERINFO.sub(r"\1***@", text))

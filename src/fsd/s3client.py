@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 
-from fsd.errors import ChannelError
-from fsd.redact import redact
+from fsd.errors import ChannelError, InputError
+from fsd.urls import check_s3_endpoint
 
 
 class S3Settings(Protocol):
@@ -34,18 +33,11 @@ def minio_client(
     config: S3Settings, *, read_timeout: float, maxsize: int, retries: urllib3.Retry
 ) -> tuple[Minio, str]:
     """A minio client for ``config``'s endpoint, and the endpoint as a loggable URL."""
-    address = config.address
     try:
-        parts = urlsplit(address if "://" in address else f"http://{address}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise ChannelError(f"s3 endpoint is not a valid URL: {redact(address)}") from None
-    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        raise ChannelError(
-            f"s3 endpoint must be http(s)://host[:port] (keys go in AWS_ACCESS_KEY_ID and "
-            f"AWS_SECRET_ACCESS_KEY), got {redact(address)}"
-        )
-    where = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+        parts = check_s3_endpoint(config.address, "s3 endpoint")
+    except InputError as exc:  # a config made without channel_config: refused all the same
+        raise ChannelError(str(exc)) from None
+    where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=config.connect_timeout, read=read_timeout),
         maxsize=maxsize,

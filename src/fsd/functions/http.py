@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,10 +11,6 @@ Reply = tuple[int, dict[str, Any]]
 
 MAX_DETAIL = 1000
 """Longest ``detail`` an error reply carries."""
-
-# user:password@ without a scheme in front (an endpoint written "KEY:SECRET@host:9000"), which
-# fsd.redact.redact_text, looking for scheme://, lets through
-_BARE_USERINFO = re.compile(r"(?<![\w/*])[^\s/@'\"(),:]+:[^\s/@'\"(),]*@")
 
 
 def error(status: int, error: str, detail: str, **extra: Any) -> Reply:
@@ -34,7 +29,7 @@ def scrub(reply: Reply, secrets: Sequence[str]) -> Reply:
         return reply
     clean = dict(body)
     for key in ("error", "detail"):
-        text = _BARE_USERINFO.sub("***@", redact_text(str(clean.get(key, ""))))
+        text = redact_text(str(clean.get(key, "")))
         for secret in secrets:
             text = text.replace(secret, "***")
         if len(text) > MAX_DETAIL:

@@ -187,7 +187,6 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
         raise NotConfigured("a fan-out tree needs the worker function's URL (FSD_WORKER_URL)")
     if not SEEN.first_time(request["mac"], request["expires"]):
         raise _Refused(409, "replayed invocation", "this invocation was already accepted here")
-    own = dataclasses.replace(own, secret=secret)
     return _Checked(WorkerTask.from_json(data, own), data, kids, limits, store)
 
 
