@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 import numpy as np
@@ -186,3 +187,26 @@ def test_refused_credentials_are_reported_as_such_at_once(
         open_channel(config, uuid.uuid4().bytes, 0)
     assert time.monotonic() - t0 < 2.0
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"max_frame": 0}, "max_frame"),
+        ({"max_frame": 1 << 40}, "max_frame"),
+        ({"connect_timeout": float("nan")}, "connect_timeout"),
+        ({"retry_seconds": float("inf")}, "retry_seconds"),
+        ({"ttl_seconds": -1.0}, "ttl_seconds"),
+        ({"namespace": "fsd.>"}, "namespace"),
+        ({"namespace": ""}, "namespace"),
+    ],
+)
+def test_channel_settings_out_of_bounds_are_refused(change: dict[str, Any], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        ChannelConfig("nats", "nats://127.0.0.1:4222", secret=KEY, **change)
+
+
+def test_a_short_deployment_secret_is_refused() -> None:
+    with pytest.raises(InputError, match="FSD_RUN_KEY is too short"):
+        channel_config("nats", env={"FSD_RUN_KEY": "short"})
+    assert channel_config("nats", env={"FSD_RUN_KEY": "k" * 32}).secret == b"k" * 32
