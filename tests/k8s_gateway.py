@@ -1,30 +1,61 @@
 """A stand-in OpenFaaS gateway for the operator tests: a real HTTP server that checks requests.
 
-It serves the function-management part of the gateway's REST API as openfaas/faas documents it
-(``api-docs/spec.openapi.yml``), and keeps the deployed functions in memory:
+It serves the gateway's REST API as openfaas/faas documents it (``api-docs/spec.openapi.yml``)
+with the rules of OpenFaaS CE's provider, faas-netes (read at openfaas/faas-netes ``master``), and
+keeps functions and secrets in memory. Each rule names the upstream file it copies:
 
-- ``POST /system/functions`` (202; 400 if the function exists) and ``PUT /system/functions``
-  (200; 404 if it does not): the body must be a ``FunctionDeployment``
-  (:data:`FUNCTION_DEPLOYMENT`): ``service`` and ``image`` required, ``envVars``/``labels``/
-  ``annotations`` maps of strings, ``secrets``/``constraints`` lists of strings, ``limits``/
-  ``requests`` ``{memory, cpu}`` strings, no unknown top-level field (400 otherwise);
-- ``DELETE /system/functions`` with ``{"functionName": ...}`` (200; 404 if absent);
-- ``GET /system/function/{name}``: a ``FunctionStatus`` whose ``availableReplicas`` is the
-  function's ``com.openfaas.scale.min`` (0 while :attr:`FakeGateway.hold` is set), omitted when 0
-  as faas-provider's ``omitempty`` does; ``GET /system/functions`` lists them.
+- basic auth on ``/system/*`` only; ``/function/*`` is open (openfaas/faas ``gateway/main.go``:
+  only the system handlers are wrapped in ``decorateExternalAuth``);
+- ``POST /system/functions`` (202) and ``PUT /system/functions`` (202; 404 if absent) take a
+  ``FunctionDeployment`` (faas-provider ``types/model.go``): ``envVars``/``labels``/
+  ``annotations`` are maps of strings and ``secrets``/``constraints`` lists of strings, else
+  Go's ``json.Unmarshal`` fails: 400 "failed to unmarshal request" (faas-netes
+  ``pkg/handlers/deploy.go``, ``update.go``; :data:`FUNCTION_DEPLOYMENT`, strict here: unknown
+  fields refused too); ``service`` must be a DNS-1123 label and ``image`` set, and CE refuses
+  ``com.openfaas.scale.zero: "true"`` and ``scale.zero-duration`` (400 "validation failed: ...",
+  ``pkg/handlers/validate.go``); ``namespace``, when given, must be the gateway's (400 "namespace
+  must be: ...", ``deploy.go``/``update.go``); every secret named must exist in the function
+  namespace (400 "unable to fetch secrets: ...", ``deploy.go`` over ``pkg/k8s/secrets.go``
+  ``GetSecrets``); a second ``POST`` of a name fails creating the Deployment (500 "unable create
+  Deployment", ``deploy.go``);
+- ``DELETE /system/functions`` ``{"functionName"}`` (202; 404 if absent; 400 without a name),
+  the ``namespace`` query parameter must be the gateway's (400; ``pkg/handlers/delete.go``);
+- ``GET /system/function/{name}`` a ``FunctionStatus`` (404 if absent; ``replicas`` and
+  ``availableReplicas`` omitted when 0, faas-provider's ``omitempty``) and ``GET
+  /system/functions`` the list; a ``namespace`` query parameter other than the gateway's is a 400
+  (``pkg/handlers/replica_reader.go``, ``reader.go``);
+- ``/system/secrets`` (``pkg/handlers/secrets.go``, types.Secret ``{name, namespace, value,
+  rawValue}`` in faas-provider ``types/secret.go``): ``GET`` lists ``[{name, namespace}]``, never
+  values (200); ``POST`` creates (202; 409 if it exists), ``PUT`` replaces (202; 404 if absent),
+  ``DELETE`` ``{name}`` removes (202; 404 if absent); a name that is no DNS-1123 subdomain is the
+  API server's Invalid (422) and an empty one a plain error (500), as ``ProcessErrorReasons``
+  (``pkg/handlers/errors.go``) maps them; the namespace (query for GET, body for the others,
+  the gateway's when absent) must be the gateway's: 400 otherwise (``pkg/handlers/namespaces.go``
+  ``NewNamespaceResolver``); a body that is not JSON is a 400;
+- ``/function/<name>[.<namespace>][/...]``: a function that is not deployed is a 404 "unable to
+  find function: <name>" (openfaas/faas ``gateway/handlers/scaling.go``), one without an available
+  replica a 503 "No endpoints available for: <name>." (faas-provider ``proxy/proxy.go``).
 
-Every request needs basic auth. Rejected requests are kept in :attr:`FakeGateway.rejected` so a
-test can assert that the operator never sent one.
+A :class:`FunctionHost` can be plugged in (``host=``) to run the functions: the gateway tells it
+what is deployed (with the values of the secrets it mounts) and removed, asks it how many
+replicas are available, and forwards invocations to it. Without one, ``availableReplicas`` is the
+function's ``com.openfaas.scale.min`` (0 while :attr:`FakeGateway.hold` is set, or for a name in
+:attr:`FakeGateway.idle`: scaled to zero) and ``/function/<name>/metrics`` answers
+:attr:`FakeGateway.metrics`.
+
+Rejected requests are kept in :attr:`FakeGateway.rejected` so a test can assert that the
+operator never sent one; secret values are kept in :attr:`FakeGateway.secrets`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jsonschema
 
@@ -75,18 +106,50 @@ DELETE_FUNCTION: dict[str, Any] = {
 
 _DEPLOYMENT = jsonschema.Draft202012Validator(FUNCTION_DEPLOYMENT)
 _DELETE = jsonschema.Draft202012Validator(DELETE_FUNCTION)
+#: faas-netes pkg/handlers/validate.go: ``validDNS`` (RFC 1123 label)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: Kubernetes' name rule for a Secret (a DNS-1123 subdomain, 253 characters)
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+Reply = tuple[int, Any]
+
+
+class FunctionHost(Protocol):
+    """Runs the deployed functions for the gateway (e.g. the template's entry, locally)."""
+
+    def deployed(self, deployment: dict[str, Any], secrets: dict[str, str]) -> None: ...
+
+    def removed(self, name: str) -> None: ...
+
+    def available(self, name: str) -> int: ...
+
+    def forward(
+        self, name: str, method: str, subpath: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]: ...
 
 
 class FakeGateway:
     """The gateway's function API on 127.0.0.1:``port`` (0: any free port)."""
 
-    def __init__(self, port: int = 0, *, user: str = "admin", password: str = "secret") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        user: str = "admin",
+        password: str = "secret",
+        namespace: str = "openfaas-fn",
+        host: FunctionHost | None = None,
+    ) -> None:
         self.functions: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, str] = {}  # the function namespace's secrets: name -> value
+        self.namespace = namespace
+        self.host = host
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, body) that were valid
         self.rejected: list[tuple[str, str, str]] = []  # (method, path, why)
         self.hold = False  # while True, functions report 0 available replicas
+        self.idle: set[str] = set()  # functions scaled to zero (Pro's idler, by hand)
+        self.refuse_secrets = 0  # answer this many secret writes 403 (RBAC: Forbidden)
         self.metrics: dict[str, str] = {}  # function -> its /metrics exposition
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
@@ -123,14 +186,16 @@ class FakeGateway:
         with self.lock:
             fn = self.functions.get(name)
             hold = self.hold
+            idle = name in self.idle
         if fn is None:
             return None
         labels = fn.get("labels") or {}
-        replicas = int(labels.get("com.openfaas.scale.min", "1"))
+        replicas = 0 if idle else int(labels.get("com.openfaas.scale.min", "1"))
+        available = self.host.available(name) if self.host is not None else replicas
         status: dict[str, Any] = {
             "name": fn["service"],
             "image": fn["image"],
-            "namespace": fn.get("namespace", "openfaas-fn"),
+            "namespace": self.namespace,
             "envVars": fn.get("envVars", {}),
             "labels": labels,
             "annotations": fn.get("annotations") or {},
@@ -142,56 +207,180 @@ class FakeGateway:
         }
         if replicas:
             status["replicas"] = replicas
-        if replicas and not hold:
-            status["availableReplicas"] = replicas
+        if available and not hold:
+            status["availableReplicas"] = available
         return status
 
-    def handle(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
+    def _reject(self, method: str, path: str, status: int, why: str) -> Reply:
+        self.rejected.append((method, path, why))
+        return status, why
+
+    def handle(
+        self, method: str, path: str, query: str, auth: str, raw: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        if path.startswith("/function/"):
+            return self.invoke(method, path.removeprefix("/function/"), headers, raw)
         if auth != self._auth:
             self.rejected.append((method, path, "unauthorized"))
-            return 401, "Unauthorized"
-        if method == "GET" and path.startswith("/function/") and path.endswith("/metrics"):
-            name = unquote(path.removeprefix("/function/").removesuffix("/metrics"))
+            return 401, "Unauthorized", {}
+        namespace = (parse_qs(query).get("namespace") or [""])[0]
+        status, payload = self.system(method, path, namespace, raw)
+        return status, payload, {}
+
+    def invoke(
+        self, method: str, rest: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        """``/function/<name>[.<namespace>][/subpath]``: forwarded to the host, if any."""
+        target, _, subpath = rest.partition("/")
+        name = unquote(target)
+        if name.endswith(f".{self.namespace}"):
+            name = name.removesuffix(f".{self.namespace}")
+        status = self.status_of(name)
+        if status is None:  # openfaas/faas gateway/handlers/scaling.go
+            return 404, f"unable to find function: {name}", {}
+        if self.host is None:
             with self.lock:
                 text = self.metrics.get(name)
-            return (200, text) if text is not None else (404, "Not Found")
+            if method == "GET" and subpath == "metrics" and text is not None:
+                return 200, text, {}
+            return 404, "Not Found", {}
+        if not status.get("availableReplicas"):  # faas-provider proxy/proxy.go
+            return 503, f"No endpoints available for: {name}.", {"X-OpenFaaS-Internal": "proxy"}
+        code, answer_headers, body = self.host.forward(name, method, subpath, headers, raw)
+        return code, body, answer_headers
+
+    def system(self, method: str, path: str, namespace: str, raw: bytes) -> Reply:
+        if path == "/system/secrets":
+            return self.secrets_api(method, path, namespace, raw)
         if method == "GET" and path.startswith("/system/function/"):
+            if namespace and namespace != self.namespace:  # pkg/handlers/replica_reader.go
+                return self._reject(method, path, 400, f"namespace must be: {self.namespace}")
             status = self.status_of(unquote(path.removeprefix("/system/function/")))
-            return (200, status) if status is not None else (404, "Not Found")
+            return (200, status) if status is not None else (404, "")
         if method == "GET" and path == "/system/functions":
+            if namespace and namespace != self.namespace:  # pkg/handlers/reader.go
+                return self._reject(method, path, 400, f"namespace must be: {self.namespace}")
             with self.lock:
                 names = list(self.functions)
             return 200, [self.status_of(n) for n in names]
         if path != "/system/functions" or method not in ("POST", "PUT", "DELETE"):
             return 404, "Not Found"
+        if method == "DELETE" and namespace and namespace != self.namespace:  # delete.go
+            return self._reject(method, path, 400, f"namespace must be: {self.namespace}")
         try:
             body = json.loads(raw)
         except ValueError:
-            self.rejected.append((method, path, "not JSON"))
-            return 400, "malformed JSON"
+            return self._reject(method, path, 400, "failed to unmarshal request: not JSON")
         validator = _DELETE if method == "DELETE" else _DEPLOYMENT
         errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if errors:
             where = "/".join(str(p) for p in errors[0].absolute_path) or "body"
-            why = f"{where}: {errors[0].message}"
-            self.rejected.append((method, path, why))
-            return 400, why
+            return self._reject(
+                method, path, 400, f"failed to unmarshal request: {where}: {errors[0].message}"
+            )
+        if method == "DELETE":
+            return self.delete(path, body)
+        why = self.invalid_deployment(body)
+        if why:
+            return self._reject(method, path, 400, why)
+        return self.deploy(method, path, body)
+
+    def invalid_deployment(self, body: dict[str, Any]) -> str:
+        """faas-netes' checks of a FunctionDeployment, in its order ('' when it passes)."""
+        service = body["service"]
+        if not _DNS_LABEL.match(service):  # pkg/handlers/validate.go
+            return (
+                f"validation failed: service: ({service}) is invalid, must be a valid DNS entry"
+            )
+        labels = body.get("labels") or {}
+        if labels.get("com.openfaas.scale.zero") == "true":
+            return "validation failed: com.openfaas.scale.zero not available for Community Edition"
+        if "com.openfaas.scale.zero-duration" in labels:
+            return (
+                "validation failed: com.openfaas.scale.zero-duration not available for "
+                "Community Edition"
+            )
+        if body.get("namespace") and body["namespace"] != self.namespace:  # deploy.go, update.go
+            return f"namespace must be: {self.namespace}"
         with self.lock:
-            self.requests.append((method, path, body))
-            name = body["functionName"] if method == "DELETE" else body["service"]
+            missing = [s for s in body.get("secrets") or [] if s not in self.secrets]
+        if missing:  # deploy.go (and update.go, through the same factory), pkg/k8s/secrets.go
+            return f'unable to fetch secrets: secrets "{missing[0]}" not found'
+        return ""
+
+    def deploy(self, method: str, path: str, body: dict[str, Any]) -> Reply:
+        name = body["service"]
+        with self.lock:
             exists = name in self.functions
-            if method == "POST":
-                if exists:
-                    return 400, f"function {name} already exists"
-                self.functions[name] = body
-                return 202, ""
-            if not exists:
-                return 404, f"function {name} not found"
-            if method == "PUT":
-                self.functions[name] = body
-                return 200, ""
+            if method == "POST" and exists:  # deploy.go: the Deployment exists
+                return self._reject(
+                    method, path, 500, f'unable create Deployment: "{name}" already exists'
+                )
+            if method == "PUT" and not exists:  # update.go
+                return 404, f"unable update Deployment: {name}.{self.namespace}, not found"
+            self.requests.append((method, path, body))
+            self.functions[name] = body
+            mounted = {s: self.secrets[s] for s in body.get("secrets") or []}
+        if self.host is not None:
+            self.host.deployed(body, mounted)
+        return 202, ""
+
+    def delete(self, path: str, body: dict[str, Any]) -> Reply:
+        name = body["functionName"]
+        with self.lock:
+            self.requests.append(("DELETE", path, body))
+            if name not in self.functions:  # delete.go
+                return 404, f'deployments.apps "{name}" not found'
             del self.functions[name]
-            return 200, ""
+            self.idle.discard(name)
+        if self.host is not None:
+            self.host.removed(name)
+        return 202, ""
+
+    def secrets_api(self, method: str, path: str, namespace: str, raw: bytes) -> Reply:
+        """``/system/secrets`` as faas-netes pkg/handlers/secrets.go serves it."""
+        if method == "GET":
+            if namespace and namespace != self.namespace:  # namespaces.go: 400, no body
+                return self._reject(method, path, 400, "")
+            with self.lock:
+                listed = [{"name": n, "namespace": self.namespace} for n in sorted(self.secrets)]
+            return 200, listed
+        if method not in ("POST", "PUT", "DELETE"):
+            return self._reject(method, path, 400, "")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._reject(method, path, 400, "")
+        if not isinstance(body, dict):
+            return self._reject(method, path, 400, "")
+        if body.get("namespace", self.namespace) != self.namespace:  # namespaces.go
+            return self._reject(method, path, 400, "")
+        name, value = body.get("name"), body.get("value")
+        if not isinstance(name, str) or not isinstance(value, str | None):
+            return self._reject(method, path, 400, "")  # Go's json.Unmarshal fails
+        if "rawValue" in body:
+            value = base64.b64decode(str(body["rawValue"])).decode(errors="replace")
+        with self.lock:
+            if method == "DELETE":
+                if name not in self.secrets:
+                    return 404, ""
+                del self.secrets[name]
+                self.requests.append((method, path, {"name": name}))
+                return 202, ""
+            if not name.strip():  # pkg/k8s/secrets.go validateSecret: not a k8s error: 500
+                return self._reject(method, path, 500, "")
+            if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):  # the API server: Invalid
+                return self._reject(method, path, 422, "")
+            if self.refuse_secrets > 0:
+                self.refuse_secrets -= 1
+                return self._reject(method, path, 403, "")
+            if method == "POST" and name in self.secrets:  # AlreadyExists
+                return self._reject(method, path, 409, "")
+            if method == "PUT" and name not in self.secrets:  # NotFound
+                return self._reject(method, path, 404, "")
+            self.secrets[name] = value or ""
+            self.requests.append((method, path, {"name": name}))  # never the value
+        return 202, ""
 
 
 def _handler(gateway: FakeGateway) -> type[BaseHTTPRequestHandler]:
@@ -201,21 +390,32 @@ def _handler(gateway: FakeGateway) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            path = urlsplit(self.path).path
-            status, payload = gateway.handle(
-                self.command, path, self.headers.get("Authorization", ""), raw
+            parts = urlsplit(self.path)
+            headers = {k: v for k, v in self.headers.items()}
+            status, payload, extra = gateway.handle(
+                self.command,
+                parts.path,
+                parts.query,
+                self.headers.get("Authorization", ""),
+                raw,
+                headers,
             )
-            if isinstance(payload, str):
+            if isinstance(payload, bytes):
+                data, kind = payload, extra.pop("Content-Type", "application/octet-stream")
+            elif isinstance(payload, str):
                 data, kind = payload.encode(), "text/plain"
             else:
                 data, kind = json.dumps(payload).encode(), "application/json"
             self.send_response(status)
             self.send_header("Content-Type", kind)
+            for key, value in extra.items():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_DELETE = _serve
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass

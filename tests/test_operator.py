@@ -15,6 +15,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import jsonschema
+import kmock
 import kopf
 import kubernetes  # type: ignore[import-untyped,unused-ignore]
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -32,7 +35,7 @@ from minio import Minio
 
 from fsd.channels.settings import channel_config
 from fsd.k8s import GROUP, PLURAL, VERSION
-from fsd.k8s.config import OperatorConfig
+from fsd.k8s.config import DEFAULT_SECRETS, OperatorConfig
 from fsd.k8s.desired import function_deployments, function_resource, worker_scale
 from fsd.k8s.errors import SourceError
 from fsd.k8s.functions import FUNCTION_GROUP, FUNCTION_PLURAL, FUNCTION_VERSION, merge_patch
@@ -43,13 +46,14 @@ from fsd.model import write_images, write_network
 from fsd.model.generate import generate
 from fsd.services import S3Server
 from fsd.store import ModelStore
-from k8s_api import Cluster, add_login, kubeconfig, running, wait_for
+from k8s_api import Cluster, add_login, kubeconfig, wait_for
 from k8s_gateway import FakeGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = sorted((ROOT / "charts" / "fsd" / "crds").glob("*.yaml"))
 SOURCE_BUCKET = "fsd-src"
 REFRESH = 0.3  # the readiness timer's interval here (30 s in production)
+SECRET_VALUES = {name: f"value-of-{name}-{'x' * 32}" for name in DEFAULT_SECRETS}
 
 #: The ``Function`` CRD's schema (openfaas/faas-netes artifacts/crds/openfaas.com_functions.yaml,
 #: openfaas.com/v1), as JSON Schema; stricter than the CRD: unknown fields are refused.
@@ -144,9 +148,18 @@ def store_config(s3: S3Server) -> Any:
     )
 
 
+def secrets_dir(values: dict[str, str] | None = None) -> Path:
+    """A folder of the operator's mounted secrets (the chart's credentials Secret), one per name."""
+    folder = Path(tempfile.mkdtemp(prefix="fsd-operator-secrets-"))
+    for name, value in (values if values is not None else SECRET_VALUES).items():
+        (folder / name).write_text(value)
+    return folder
+
+
 def operator_config(s3: S3Server, gateway_url: str, **overrides: Any) -> OperatorConfig:
     settings: dict[str, Any] = {
         "store": store_config(s3),
+        "secrets_dir": str(secrets_dir()),
         "gateway_url": gateway_url,
         "gateway_password": "secret",
         "gateway_timeout": 2.0,
@@ -172,11 +185,13 @@ def keys(client: Minio, prefix: str, bucket: str = "fsd") -> list[str]:
     return [o.object_name or "" for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
 
 
-def model(name: str, source: dict[str, Any], workers: int, **spec: Any) -> dict[str, Any]:
+def model(
+    name: str, source: dict[str, Any], workers: int, namespace: str = "default", **spec: Any
+) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceModel",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"source": source, "workers": workers, **spec},
     }
 
@@ -190,27 +205,28 @@ class Kube:
         self.api = kubernetes.client.CustomObjectsApi(api)
 
     def create(self, body: dict[str, Any]) -> None:
-        self.api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+        namespace = body["metadata"]["namespace"]
+        self.api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         try:
-            found = self.api.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+            found = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         except kubernetes.client.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return dict(cast(dict[str, Any], found))
 
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
+    def status(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return dict((self.get(name, namespace) or {}).get("status") or {})
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object(
             GROUP, VERSION, "default", PLURAL, name, {"spec": spec}
         )
 
-    def delete(self, name: str) -> None:
-        self.api.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+    def delete(self, name: str, namespace: str = "default") -> None:
+        self.api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
     def functions(self, namespace: str = "openfaas-fn") -> list[dict[str, Any]]:
         listed = cast(
@@ -221,11 +237,16 @@ class Kube:
         )
         return [dict(item) for item in listed.get("items", [])]
 
+    def secrets(self, namespace: str = "openfaas-fn") -> dict[str, dict[str, Any]]:
+        core = kubernetes.client.CoreV1Api(self.api.api_client)
+        listed = core.list_namespaced_secret(namespace)
+        return {item.metadata.name: item.to_dict() for item in listed.items}
+
     def wait_status(
-        self, name: str, what: str, check: Any, timeout: float = 20.0
+        self, name: str, what: str, check: Any, timeout: float = 20.0, namespace: str = "default"
     ) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
-            status = self.status(name)
+            status = self.status(name, namespace)
             return status if check(status) else None
 
         result: dict[str, Any] = wait_for(f"{name}: {what}", probe, timeout)
@@ -247,10 +268,21 @@ def operator(config: OperatorConfig, *, pro: bool = False) -> Iterator[Kube]:
 
     def prepare(url: str, memo: kopf.Memo) -> None:
         memo["config"] = dataclasses.replace(config, kube_url=url)
+        if pro:  # Pro mode keeps the function secrets as Kubernetes Secrets
+            assert cluster.api is not None
+            cluster.api.resources["v1/secrets"] = kmock.ResourceInfo(
+                kind="Secret",
+                namespaced=True,
+                verbs={"list", "watch", "get", "create", "patch", "delete"},
+            )
 
-    with running(registry, kopf.Memo(), with_functions=pro, prepare=prepare) as cluster:
+    cluster = Cluster(registry, kopf.Memo(), with_functions=pro, prepare=prepare)
+    cluster.start()
+    try:
         yield Kube(cluster)
         assert cluster.alive, "the operator died"
+    finally:
+        cluster.stop()
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -284,12 +316,12 @@ def test_create_deploys_both_functions_and_reports_ready(
 
         assert gateway.rejected == []
         coordinator, worker = (
-            gateway.calls("POST", "alpha-coordinator"),
-            gateway.calls("POST", "alpha-worker"),
+            gateway.calls("POST", "alpha-default-coordinator"),
+            gateway.calls("POST", "alpha-default-worker"),
         )
         assert len(coordinator) == len(worker) == 1
         env = worker[0]["envVars"]
-        assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/alpha-worker"
+        assert env["FSD_WORKER_URL"] == "http://gateway.openfaas:8080/function/alpha-default-worker"
         assert env["FSD_CHANNEL"] == "s3"
         assert env["FSD_S3_ENDPOINT"] == s3_server.endpoint
         assert env["max_inflight"] == "4"
@@ -311,7 +343,9 @@ def test_create_deploys_both_functions_and_reports_ready(
             "fsd-gateway-password",
             "fsd-run-key",
         ]
-        assert worker[0]["readOnlyRootFilesystem"] is False
+        assert worker[0]["labels"]["fsd.dev/owner-uid"] == (kube.get("alpha") or {})[
+            "metadata"
+        ]["uid"]
 
         obj = kube.get("alpha") or {}
         assert FINALIZER in obj["metadata"]["finalizers"]
@@ -319,8 +353,8 @@ def test_create_deploys_both_functions_and_reports_ready(
 
         # a function removed behind the operator's back comes back (the timer redeploys it)
         with gateway.lock:
-            del gateway.functions["alpha-worker"]
-        wait_for("the worker redeployed", lambda: len(gateway.calls("POST", "alpha-worker")) == 2)
+            del gateway.functions["alpha-default-worker"]
+        wait_for("the worker redeployed", lambda: len(gateway.calls("POST", "alpha-default-worker")) == 2)
         kube.wait_status("alpha", "Ready again", is_ready)
         assert gateway.rejected == []
 
@@ -346,11 +380,11 @@ def test_update_of_workers_recuts_the_model_and_redeploys(
         assert condition(status, "Ready")["observedGeneration"] == 2
 
         puts = {b["service"]: b for b in gateway.calls("PUT")}
-        assert set(puts) == {"beta-coordinator", "beta-worker"}
-        assert puts["beta-worker"]["labels"]["com.openfaas.scale.min"] == "2"
-        assert puts["beta-worker"]["labels"]["com.openfaas.scale.max"] == "8"
-        assert puts["beta-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
-        assert puts["beta-coordinator"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert set(puts) == {"beta-default-coordinator", "beta-default-worker"}
+        assert puts["beta-default-worker"]["labels"]["com.openfaas.scale.min"] == "2"
+        assert puts["beta-default-worker"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert puts["beta-default-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
+        assert puts["beta-default-coordinator"]["labels"]["com.openfaas.scale.max"] == "8"
         assert gateway.rejected == []
 
         manifest = store.manifest("beta")
@@ -376,7 +410,7 @@ def test_delete_removes_functions_and_the_operators_model(
         wait_for("gamma released by the finalizer", lambda: kube.get("gamma") is None)
         wait_for("delta released by the finalizer", lambda: kube.get("delta") is None)
 
-        for name in ("gamma-coordinator", "gamma-worker", "delta-coordinator", "delta-worker"):
+        for name in ("gamma-default-coordinator", "gamma-default-worker", "delta-default-coordinator", "delta-default-worker"):
             assert gateway.calls("DELETE", name)  # (a repeated cleanup gets a 404: fine)
             assert name not in gateway.functions
         assert keys(client, "models/gamma/") == []  # pushed by the operator: removed
@@ -461,14 +495,14 @@ def test_pro_mode_function_resources(
             gateway.adopt(
                 {"service": spec["name"], "image": spec["image"], "labels": spec["labels"]}
             )
-        assert {f["metadata"]["name"] for f in functions} == {"theta-coordinator", "theta-worker"}
+        assert {f["metadata"]["name"] for f in functions} == {"theta-default-coordinator", "theta-default-worker"}
         kube.wait_status("theta", "Ready", is_ready)
         assert gateway.calls("POST") == []  # deployed through the API, not the gateway
 
         kube.patch_spec("theta", {"scaling": {"min": 3, "max": 5}})
 
         def worker_min() -> Any:
-            worker = next(f for f in kube.functions() if f["metadata"]["name"] == "theta-worker")
+            worker = next(f for f in kube.functions() if f["metadata"]["name"] == "theta-default-worker")
             return worker["spec"]["labels"]["com.openfaas.scale.min"] == "3"
 
         wait_for("the worker Function patched", worker_min)
@@ -538,12 +572,22 @@ def test_kopf_run_entrypoint(
     (tmp_path / "kubeconfig").write_text(kubeconfig(cluster.url))
     (tmp_path / "password").write_text("secret\n")
     (tmp_path / "secrets").mkdir()
+    # the chart mounts the credentials here; the operator reads its own S3 keys from them too
+    mounted = {
+        **SECRET_VALUES,
+        "fsd-s3-access-key": s3_server.access_key,
+        "fsd-s3-secret-key": s3_server.secret_key,
+        "fsd-gateway-password": "secret",
+    }
+    for name, value in mounted.items():
+        (tmp_path / "secrets" / name).write_text(value)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         liveness = sock.getsockname()[1]
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT / "src"),  # this checkout's operator, not an installed one
         "KUBECONFIG": str(tmp_path / "kubeconfig"),
         "FSD_SECRETS_DIR": str(tmp_path / "secrets"),
         "FSD_S3_ENDPOINT": s3_server.endpoint,
@@ -566,7 +610,8 @@ def test_kopf_run_entrypoint(
         kube.create(model("iota", {"model": pushed}, 2))
         status = kube.wait_status("iota", "Ready", is_ready, timeout=40)
         assert status["readyWorkers"] == 1
-        assert set(gateway.functions) == {"iota-coordinator", "iota-worker"}
+        assert set(gateway.functions) == {"iota-default-coordinator", "iota-default-worker"}
+        assert gateway.secrets == mounted  # made by the operator from its mounted files
 
         def healthy() -> bool:
             try:
@@ -596,9 +641,10 @@ def test_kopf_run_entrypoint(
 
 def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     long = "m" * 80
-    a, b = function_name(long, "worker"), function_name(long + "x", "worker")
+    a, b = function_name(long, "default", "worker"), function_name(long + "x", "default", "worker")
     assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-worker")
-    assert function_name("My.Model", "coordinator") == "my-model-coordinator"
+    assert function_name("My.Model", "team", "coordinator") == "my-model-team-coordinator"
+    assert function_name("gc1024", "default", "worker") == "gc1024-default-worker"
     assert len(store_name("s" * 100)) <= 64
 
     config = operator_config(s3_server, "http://127.0.0.1:1")
@@ -606,7 +652,7 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
         (2, {}, (1, 64)),
         (16, {"min": 1, "max": 8}, (4, 8)),
         (64, {"min": 1, "max": 8}, (8, 8)),  # capped by scaling.max
-        (16, {"min": 0, "max": 8}, (0, 8)),  # scale to zero kept
+        (16, {"min": 0, "max": 8}, (1, 8)),  # scale to zero wakes up to one replica
     ]:
         spec = parse_spec({"source": {"model": "m"}, "workers": workers, "scaling": scaling})
         assert worker_scale(spec, config.max_inflight) == expected
@@ -618,41 +664,3 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     with pytest.raises(SourceError) as bad:
         parse_spec({"source": {"url": "s3://fsd-src/../x"}, "workers": 2})
     assert bad.value.reason == "InvalidSpec" and not bad.value.temporary
-
-
-def _exposition(total: float, count: float) -> str:
-    labels = 'function="coordinator",model="m",channel="nats"'
-    return (
-        "# HELP fsd_request_seconds Seconds per request.\n"
-        "# TYPE fsd_request_seconds histogram\n"
-        f'fsd_request_seconds_bucket{{{labels},le="+Inf"}} {count}\n'
-        f"fsd_request_seconds_count{{{labels}}} {count}\n"
-        f"fsd_request_seconds_sum{{{labels}}} {total}\n"
-    )
-
-
-def test_latency_of_recent_inferences() -> None:
-    from fsd.k8s.latency import coordinator_totals, recent_latency
-
-    assert coordinator_totals(_exposition(2.0, 4)) == (2.0, 4.0)
-    assert coordinator_totals("no metrics here {") is None
-    assert coordinator_totals("") is None
-    assert recent_latency((2.0, 4.0), None) == 0.5
-    assert recent_latency((4.0, 6.0), (2.0, 4.0)) == 1.0
-    assert recent_latency((4.0, 6.0), (4.0, 6.0)) is None  # nothing new
-    assert recent_latency((1.0, 2.0), (4.0, 6.0)) == 0.5  # the coordinator restarted
-
-
-def test_status_reports_the_latency_of_recent_inferences(
-    s3_server: S3Server, gateway: FakeGateway, pushed: str
-) -> None:
-    with operator(operator_config(s3_server, gateway.url)) as kube:
-        kube.create(model("lat", {"model": pushed}, 2, channel="s3"))
-        kube.wait_status("lat", "Ready", is_ready)
-        with gateway.lock:
-            gateway.metrics["lat-coordinator"] = _exposition(2.0, 4)
-        kube.wait_status("lat", "first latency", lambda s: s.get("lastLatencySeconds") == 0.5)
-        with gateway.lock:
-            gateway.metrics["lat-coordinator"] = _exposition(4.0, 6)
-        kube.wait_status("lat", "new latency", lambda s: s.get("lastLatencySeconds") == 1.0)
-        assert gateway.rejected == []

@@ -8,7 +8,7 @@
 ``FSD_GATEWAY_USER``             basic-auth user (default ``admin``)
 ``FSD_GATEWAY_PASSWORD``         basic-auth password, or
 ``FSD_GATEWAY_PASSWORD_FILE``    a file holding it (read on every use: rotated secrets work)
-``FSD_GATEWAY_TIMEOUT``          seconds per gateway request (default 10)
+``FSD_GATEWAY_TIMEOUT``          seconds per gateway request (default 10; 0.1..600)
 ``FSD_FUNCTION_NAMESPACE``       where functions go (CE default: the gateway's, usually
                                  ``openfaas-fn``; Pro default ``openfaas-fn``)
 ``FSD_FUNCTION_GATEWAY_URL``     the gateway as the functions see it, for ``FSD_WORKER_URL``
@@ -20,22 +20,37 @@
 ``FSD_FUNCTION_S3_ENDPOINT``     the store as the functions see it (default: ``FSD_S3_ENDPOINT``)
 ``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides), as in stack.yml:
 ``FSD_WORKER_IMAGE``             ``ttl.sh/fsd-coordinator:latest``, ``ttl.sh/fsd-worker:latest``
+``FSD_ALLOWED_IMAGES``           comma-separated image prefixes ``spec.image`` may use (default:
+                                 the repositories of the two default images); a prefix matches
+                                 the image itself, ``prefix:tag``, ``prefix@digest``, or anything
+                                 under it when it ends with ``/``
 ``FSD_FUNCTION_SECRETS``         comma-separated OpenFaaS secrets the functions mount (default:
                                  stack.yml's five, ``fsd-run-key`` included)
+``FSD_SECRETS_DIR``              where the operator's own copies of those secrets are mounted
+                                 (default ``/var/openfaas/secrets``): the operator creates and
+                                 keeps the function secrets from ``<dir>/<secret name>``
+``FSD_PROMETHEUS_URL``           where ``status.lastLatencySeconds`` comes from (default
+                                 ``http://prometheus.openfaas:9090``; empty: not reported)
 ``FSD_FANOUT``                   the coordinator's fan-out, and the largest the workers accept
-                                 (default 16)
-``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4)
-``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15)
-``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never)
-``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3 (default 8192)
+                                 (default 16; 1..1024)
+``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4; 1..1024)
+``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15; 0..3600)
+``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never; ..86400)
+``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3 (default 8192;
+                                 1..1048576)
 ``FSD_KUBE_URL``                 Pro mode: the Kubernetes API (default: in-cluster config,
                                  else the kubeconfig)
 ===============================  ==============================================================
+
+Numbers must be finite and within the bounds shown; anything else is an :class:`InputError`
+naming the variable (the operator refuses to start rather than run on a bad setting).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +68,34 @@ DEFAULT_SECRETS = (
     "fsd-run-key",
 )
 MODES = ("ce", "pro")
+SECRETS_DIR = "/var/openfaas/secrets"
+PROMETHEUS_URL = "http://prometheus.openfaas:9090"
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Secret's name
+
+
+def repository(image: str) -> str:
+    """``image`` without tag or digest: ``ttl.sh/fsd-worker:latest`` -> ``ttl.sh/fsd-worker``."""
+    image = image.split("@", 1)[0]
+    head, _, tail = image.rpartition("/")
+    return f"{head}/{tail.split(':', 1)[0]}" if head else tail.split(":", 1)[0]
+
+
+def image_allowed(image: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``image`` is one of ``prefixes``' images (see ``FSD_ALLOWED_IMAGES``).
+
+    ``ttl.sh/fsd-worker`` allows ``ttl.sh/fsd-worker``, ``:tag`` and ``@sha256:...`` but not
+    ``ttl.sh/fsd-worker-evil``; ``registry.example/fsd/`` allows every image under it.
+    """
+    if not image or any(c.isspace() for c in image):
+        return False
+    for prefix in prefixes:
+        if not prefix:
+            continue
+        if image == prefix:
+            return True
+        if image.startswith(prefix) and (prefix.endswith("/") or image[len(prefix)] in ":@"):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -73,6 +116,9 @@ class OperatorConfig:
     coordinator_image: str = "ttl.sh/fsd-coordinator:latest"
     worker_image: str = "ttl.sh/fsd-worker:latest"
     secrets: tuple[str, ...] = DEFAULT_SECRETS
+    secrets_dir: str = SECRETS_DIR
+    allowed_images: tuple[str, ...] = ()  # empty: the repositories of the two default images
+    prometheus_url: str = PROMETHEUS_URL
     fanout: int = 16
     max_inflight: int = 4
     retry_seconds: float = 15.0
@@ -87,6 +133,16 @@ class OperatorConfig:
             raise InputError("the operator needs the model store's endpoint (FSD_S3_ENDPOINT)")
         if self.fanout < 1 or self.max_inflight < 1:
             raise InputError("FSD_FANOUT and FSD_MAX_INFLIGHT must be >= 1")
+        for name in self.secrets:
+            if not _SECRET_NAME.match(name):
+                raise InputError(f"FSD_FUNCTION_SECRETS: {name!r} is not a valid secret name")
+
+    @property
+    def image_prefixes(self) -> tuple[str, ...]:
+        """``FSD_ALLOWED_IMAGES``, or the repositories of the default images."""
+        if self.allowed_images:
+            return self.allowed_images
+        return (repository(self.coordinator_image), repository(self.worker_image))
 
     @property
     def pro(self) -> bool:
@@ -111,7 +167,7 @@ class OperatorConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         env = function_env(os.environ if environ is None else environ)
-        secrets = tuple(s.strip() for s in env.get("FSD_FUNCTION_SECRETS", "").split(",") if s)
+        secrets = _names(env.get("FSD_FUNCTION_SECRETS", ""))
         return cls(
             store=channel_config("s3", env=env),
             gateway_url=env.get("FSD_OPENFAAS_URL", cls.gateway_url),
@@ -119,7 +175,9 @@ class OperatorConfig:
             gateway_user=env.get("FSD_GATEWAY_USER", cls.gateway_user),
             gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
             gateway_password_file=env.get("FSD_GATEWAY_PASSWORD_FILE", ""),
-            gateway_timeout=_number(env, "FSD_GATEWAY_TIMEOUT", cls.gateway_timeout),
+            gateway_timeout=_number(
+                env, "FSD_GATEWAY_TIMEOUT", cls.gateway_timeout, low=0.1, high=600
+            ),
             function_namespace=env.get("FSD_FUNCTION_NAMESPACE", ""),
             function_gateway_url=env.get("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
             nats_url=env.get("FSD_NATS_URL", cls.nats_url),
@@ -127,11 +185,20 @@ class OperatorConfig:
             coordinator_image=env.get("FSD_COORDINATOR_IMAGE", cls.coordinator_image),
             worker_image=env.get("FSD_WORKER_IMAGE", cls.worker_image),
             secrets=secrets or DEFAULT_SECRETS,
-            fanout=int(_number(env, "FSD_FANOUT", cls.fanout)),
-            max_inflight=int(_number(env, "FSD_MAX_INFLIGHT", cls.max_inflight)),
-            retry_seconds=_number(env, "FSD_OPERATOR_RETRY_SECONDS", cls.retry_seconds),
+            secrets_dir=env.get("FSD_SECRETS_DIR", SECRETS_DIR),
+            allowed_images=_names(env.get("FSD_ALLOWED_IMAGES", "")),
+            prometheus_url=env.get("FSD_PROMETHEUS_URL", PROMETHEUS_URL).strip(),
+            fanout=int(_number(env, "FSD_FANOUT", cls.fanout, low=1, high=1024, whole=True)),
+            max_inflight=int(
+                _number(env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=1024, whole=True)
+            ),
+            retry_seconds=_number(env, "FSD_OPERATOR_RETRY_SECONDS", cls.retry_seconds, high=3600),
             refresh_seconds=refresh_seconds(env),
-            max_source_bytes=int(_number(env, "FSD_OPERATOR_MAX_SOURCE_MB", 8192) * 1024 * 1024),
+            max_source_bytes=int(
+                _number(env, "FSD_OPERATOR_MAX_SOURCE_MB", 8192, low=1, high=1024 * 1024)
+                * 1024
+                * 1024
+            ),
             kube_url=env.get("FSD_KUBE_URL", ""),
         )
 
@@ -139,17 +206,33 @@ class OperatorConfig:
 def refresh_seconds(environ: Mapping[str, str] | None = None) -> float:
     """How often the readiness timer runs (it is registered before the config is built)."""
     env = os.environ if environ is None else environ
-    return _number(env, "FSD_OPERATOR_REFRESH_SECONDS", OperatorConfig.refresh_seconds)
+    return _number(env, "FSD_OPERATOR_REFRESH_SECONDS", OperatorConfig.refresh_seconds, high=86400)
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    whole: bool = False,
+) -> float:
+    """``env[name]`` as a finite number in ``low..high`` (``default`` when unset)."""
+    raw = env.get(name, "").strip()
     if not raw:
         return float(default)
     try:
         value = float(raw)
     except ValueError:
         raise InputError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise InputError(f"{name} must be >= 0, got {raw!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        bounds = f">= {low:g}" if math.isinf(high) else f"in {low:g}..{high:g}"
+        raise InputError(f"{name} must be a finite number {bounds}, got {raw!r}")
+    if whole and value != int(value):
+        raise InputError(f"{name} must be a whole number, got {raw!r}")
     return value

@@ -26,8 +26,23 @@ Field names follow OpenFaaS's own definitions, read for this module:
   (``apiVersion: openfaas.com/v1``, ``kind: Function``, ``spec.name``/``image``/``labels``/
   ``annotations``/``environment``/``limits``/``requests``/``secrets``).
 
-Scaling uses the labels ``com.openfaas.scale.min``/``max`` as stack.yml does; the environment
-mirrors stack.yml's (timeouts chained worker < coordinator < gateway, see docs/deploy-openfaas.md).
+Scaling uses the labels ``com.openfaas.scale.min``/``max`` as stack.yml does. faas-netes never
+scales a function below one replica on its own (``com.openfaas.scale.min`` is a lower bound the
+autoscaler keeps, default 1: docs.openfaas.com/architecture/autoscaling); scaling to zero is
+OpenFaaS Pro's, switched on per function by ``com.openfaas.scale.zero: "true"`` (same page, and
+docs.openfaas.com/openfaas-pro/scale-to-zero). OpenFaaS CE's faas-netes refuses that label
+with a 400 (faas-netes ``pkg/handlers/validate.go``, ``validateScalingLabels``: "not available
+for Community Edition"). So ``spec.scaling.min: 0`` becomes ``scale.min: "1"`` (the size it wakes
+up to) plus, in Pro mode, ``scale.zero: "true"``; in CE mode it is ``scale.min: "1"`` alone (CE
+cannot scale to zero). A function is ready when at least one replica is available, never
+because zero were required (:func:`required_replicas`).
+
+The environment mirrors stack.yml's (timeouts chained worker < coordinator < gateway, see
+docs/deploy-openfaas.md): of-watchdog cuts a request at ``exec_timeout`` with a non-JSON
+answer, so ``FSD_MAX_TIMEOUT`` (the longest ``timeout``/``layer_timeout`` a request may ask)
+stays below it, and both functions get one ``FSD_TIMEOUT`` default. Functions run with a
+read-only root filesystem (only ``/tmp`` is writable: faas-netes mounts it,
+``pkg/k8s/securityContext.go``).
 """
 
 from __future__ import annotations
@@ -41,6 +56,8 @@ from fsd.k8s.spec import ModelSpec
 
 SCALE_MIN = "com.openfaas.scale.min"
 SCALE_MAX = "com.openfaas.scale.max"
+SCALE_ZERO = "com.openfaas.scale.zero"
+OWNER_LABEL = "fsd.dev/owner-uid"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "fsd-operator"
 MODEL_LABEL = "fsd.dev/model"
@@ -68,12 +85,24 @@ DEPLOYMENT_FIELDS = frozenset(
     }
 )
 
-# stack.yml: per-function timeouts (Go durations) and drain times, one chain from the client
-_TIMEOUTS = {
-    "coordinator": {"exec_timeout": "310s", "read_timeout": "315s", "write_timeout": "315s"},
-    "worker": {"exec_timeout": "300s", "read_timeout": "305s", "write_timeout": "305s"},
-}
+# stack.yml: per-function timeouts (Go durations) and drain times, one chain from the client;
+# FSD_MAX_TIMEOUT below exec_timeout, so the function answers (JSON) before the watchdog cuts it
+EXEC_SECONDS = {"coordinator": 310, "worker": 300}
+MAX_TIMEOUT = {"coordinator": 300, "worker": 290}
+DEFAULT_TIMEOUT = 120  # FSD_TIMEOUT: seconds of a request that asks none, in both functions
 _DRAIN = {"coordinator": "315", "worker": "305"}
+
+
+def _timeouts(role: str) -> dict[str, str]:
+    exec_seconds = EXEC_SECONDS[role]
+    assert DEFAULT_TIMEOUT <= MAX_TIMEOUT[role] < exec_seconds
+    return {
+        "exec_timeout": f"{exec_seconds}s",
+        "read_timeout": f"{exec_seconds + 5}s",
+        "write_timeout": f"{exec_seconds + 5}s",
+        "FSD_TIMEOUT": str(DEFAULT_TIMEOUT),
+        "FSD_MAX_TIMEOUT": str(MAX_TIMEOUT[role]),
+    }
 
 
 def worker_scale(spec: ModelSpec, max_inflight: int) -> tuple[int, int]:
@@ -81,42 +110,55 @@ def worker_scale(spec: ModelSpec, max_inflight: int) -> tuple[int, int]:
 
     A replica accepts ``max_inflight`` invocations before answering 429, so ``W`` workers want
     ``ceil(W / max_inflight)`` replicas up front (docs/deploy-openfaas.md, "Replicas"), within
-    ``spec.scaling``; ``scaling.min: 0`` keeps scale-to-zero.
+    ``spec.scaling``; ``scaling.min: 0`` (scale to zero) wakes up to one replica.
     """
     if spec.scale_min == 0:
-        return 0, spec.scale_max
+        return 1, spec.scale_max
     wanted = max(spec.scale_min, math.ceil(spec.workers / max_inflight))
     low = min(wanted, spec.scale_max)
     return low, max(spec.scale_max, low)
 
 
 def coordinator_scale(spec: ModelSpec) -> tuple[int, int]:
-    """(min, max) replicas of the coordinator: one (none with scale-to-zero), up to 8."""
-    return (1 if spec.scale_min > 0 else 0), COORDINATOR_MAX
+    """(min, max) replicas of the coordinator: one (scaled to zero when idle, if asked), up to 8."""
+    return 1, COORDINATOR_MAX
 
 
-def worker_url(config: OperatorConfig, model: str) -> str:
+def worker_url(config: OperatorConfig, model: str, namespace: str) -> str:
     """The worker function's URL as the functions reach it through the gateway."""
-    name = function_name(model, "worker")
+    name = function_name(model, namespace, "worker")
     if config.function_namespace:
         name = f"{name}.{config.function_namespace}"
     return f"{config.function_gateway_url.rstrip('/')}/function/{name}"
 
 
+def coordinator_url(config: OperatorConfig, model: str, namespace: str) -> str:
+    """The coordinator's URL through the gateway users invoke (``FSD_OPENFAAS_URL``)."""
+    name = function_name(model, namespace, "coordinator")
+    if config.function_namespace:
+        name = f"{name}.{config.function_namespace}"
+    return f"{config.gateway_url.rstrip('/')}/function/{name}"
+
+
 def _environment(
-    role: str, spec: ModelSpec, config: OperatorConfig, model: str, store_model: str
+    role: str,
+    spec: ModelSpec,
+    config: OperatorConfig,
+    model: str,
+    namespace: str,
+    store_model: str,
 ) -> dict[str, str]:
     env = {
         "FSD_NATS_URL": config.nats_url,
         "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.address,
         "FSD_S3_BUCKET": config.store.bucket,
-        "FSD_WORKER_URL": worker_url(config, model),
+        "FSD_WORKER_URL": worker_url(config, model, namespace),
         "FSD_CHANNEL": spec.channel,
         # the one model these functions serve: any other in the store is a 404 (docs/api.md)
         "FSD_MODELS": store_model,
         # the coordinator's fan-out; workers refuse invocations that carry a larger one
         "FSD_FANOUT": str(config.fanout),
-        **_TIMEOUTS[role],
+        **_timeouts(role),
         "healthcheck_interval": "5s",
         "FSD_SHUTDOWN_DELAY_SECONDS": "5",
         "FSD_DRAIN_SECONDS": _DRAIN[role],
@@ -134,25 +176,36 @@ def function_deployment(
     spec: ModelSpec,
     config: OperatorConfig,
     store_model: str,
+    owner_uid: str = "",
 ) -> dict[str, Any]:
-    """One function as the gateway's ``FunctionDeployment`` (``POST``/``PUT /system/functions``)."""
+    """One function as the gateway's ``FunctionDeployment`` (``POST``/``PUT /system/functions``).
+
+    ``owner_uid`` (the InferenceModel's ``metadata.uid``) goes into the ``fsd.dev/owner-uid``
+    label: the operator touches only functions that carry its object's uid.
+    """
     low, high = (
         worker_scale(spec, config.max_inflight) if role == "worker" else coordinator_scale(spec)
     )
     image = spec.worker_image if role == "worker" else spec.coordinator_image
     resources = {"memory": spec.memory, "cpu": spec.cpu}
+    labels = {
+        SCALE_MIN: str(low),
+        SCALE_MAX: str(high),
+        MODEL_LABEL: label_value(name),
+        NAMESPACE_LABEL: namespace,
+        ROLE_LABEL: role,
+        MANAGED_BY: OPERATOR,
+        OWNER_LABEL: label_value(owner_uid) if owner_uid else "",
+    }
+    if not owner_uid:
+        del labels[OWNER_LABEL]
+    if spec.scale_min == 0 and config.pro:
+        labels[SCALE_ZERO] = "true"
     body: dict[str, Any] = {
-        "service": function_name(name, role),
+        "service": function_name(name, namespace, role),
         "image": image or (config.worker_image if role == "worker" else config.coordinator_image),
-        "envVars": _environment(role, spec, config, name, store_model),
-        "labels": {
-            SCALE_MIN: str(low),
-            SCALE_MAX: str(high),
-            MODEL_LABEL: label_value(name),
-            NAMESPACE_LABEL: namespace,
-            ROLE_LABEL: role,
-            MANAGED_BY: OPERATOR,
-        },
+        "envVars": _environment(role, spec, config, name, namespace, store_model),
+        "labels": labels,
         "annotations": {
             "prometheus.io.scrape": "true",
             "prometheus.io.port": "8080",
@@ -163,7 +216,7 @@ def function_deployment(
         "secrets": list(config.secrets),
         "limits": dict(resources),
         "requests": dict(resources),
-        "readOnlyRootFilesystem": False,
+        "readOnlyRootFilesystem": True,
     }
     if config.function_namespace:
         body["namespace"] = config.function_namespace
@@ -171,20 +224,40 @@ def function_deployment(
 
 
 def function_deployments(
-    *, name: str, namespace: str, spec: ModelSpec, config: OperatorConfig, store_model: str
+    *,
+    name: str,
+    namespace: str,
+    spec: ModelSpec,
+    config: OperatorConfig,
+    store_model: str,
+    owner_uid: str = "",
 ) -> list[dict[str, Any]]:
     """The coordinator and the worker function of the InferenceModel ``namespace/name``."""
     return [
         function_deployment(
-            role, name=name, namespace=namespace, spec=spec, config=config, store_model=store_model
+            role,
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            config=config,
+            store_model=store_model,
+            owner_uid=owner_uid,
         )
         for role in ("coordinator", "worker")
     ]
 
 
 def required_replicas(deployment: dict[str, Any]) -> int:
-    """Replicas a deployed function must have available to be ready: its scale.min."""
-    return int(deployment.get("labels", {}).get(SCALE_MIN, "1"))
+    """Replicas a function must have available to be ready: its scale.min, and at least one.
+
+    Zero replicas never make a model ready: a function scaled to zero is reported as such
+    (``ScaledToZero``), not as served.
+    """
+    return max(1, int(deployment.get("labels", {}).get(SCALE_MIN, "1")))
+
+
+def scales_to_zero(deployment: dict[str, Any]) -> bool:
+    return bool(deployment.get("labels", {}).get(SCALE_ZERO) == "true")
 
 
 def function_resource(deployment: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -209,7 +282,9 @@ def function_resource(deployment: dict[str, Any], namespace: str) -> dict[str, A
             "name": deployment["service"],
             "namespace": namespace,
             "labels": {
-                k: labels[k] for k in (MANAGED_BY, MODEL_LABEL, NAMESPACE_LABEL, ROLE_LABEL)
+                k: labels[k]
+                for k in (MANAGED_BY, MODEL_LABEL, NAMESPACE_LABEL, ROLE_LABEL, OWNER_LABEL)
+                if k in labels
             },
         },
         "spec": spec,

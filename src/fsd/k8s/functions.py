@@ -9,7 +9,14 @@ Two ways to deploy (:class:`Deployer`):
   function namespace, for the OpenFaaS operator to reconcile.
 
 Either way readiness comes from the gateway (``GET /system/function/<name>``: the
-``availableReplicas`` of each function against its ``com.openfaas.scale.min``).
+``availableReplicas`` of each function against its ``com.openfaas.scale.min``, at least one).
+
+Ownership (contract 2): every function carries ``fsd.dev/owner-uid: <InferenceModel uid>``.
+Before an update or a delete the deployer reads the function and touches it only if that label
+is this object's uid; a function of another owner (another namespace's model whose name maps to
+the same function, or one deployed by hand) is never updated or deleted: deploying raises
+``FunctionNameTaken`` (temporary: retried, so the model recovers once the name is free), and
+deleting leaves it be.
 """
 
 from __future__ import annotations
@@ -24,8 +31,15 @@ from kubernetes import client as kube  # type: ignore[import-untyped,unused-igno
 from kubernetes import config as kubeconfig
 
 from fsd.k8s.config import OperatorConfig
-from fsd.k8s.desired import ROLE_LABEL, function_resource, required_replicas
-from fsd.k8s.errors import KubernetesApiError
+from fsd.k8s.desired import (
+    OWNER_LABEL,
+    ROLE_LABEL,
+    function_resource,
+    required_replicas,
+    scales_to_zero,
+)
+from fsd.k8s.errors import KubernetesApiError, ReconcileError
+from fsd.k8s.names import label_value
 from fsd.k8s.openfaas import GatewayClient
 
 log = logging.getLogger(__name__)
@@ -36,9 +50,27 @@ FUNCTION_PLURAL = "functions"
 
 
 class Deployer(Protocol):
-    def apply(self, deployments: Sequence[dict[str, Any]]) -> None: ...
+    def apply(self, deployments: Sequence[dict[str, Any]], owner_uid: str) -> None: ...
 
-    def remove(self, names: Sequence[str]) -> None: ...
+    def remove(self, names: Sequence[str], owner_uid: str) -> None: ...
+
+
+class NameTaken(ReconcileError):
+    """A function of this name exists and belongs to someone else: retried, never touched."""
+
+    def __init__(self, name: str, owner: str) -> None:
+        whose = f"InferenceModel uid {owner}" if owner else "nobody the operator knows"
+        super().__init__(
+            f"function {name} exists and belongs to {whose}: not updated; rename this "
+            "InferenceModel or delete that function",
+            temporary=True,
+            reason="FunctionNameTaken",
+        )
+
+
+def owned(labels: Any, owner_uid: str) -> bool:
+    """Whether a function with ``labels`` belongs to the object of ``owner_uid``."""
+    return bool(owner_uid) and (labels or {}).get(OWNER_LABEL) == label_value(owner_uid)
 
 
 class GatewayDeployer:
@@ -47,12 +79,25 @@ class GatewayDeployer:
     def __init__(self, gateway: GatewayClient) -> None:
         self.gateway = gateway
 
-    def apply(self, deployments: Sequence[dict[str, Any]]) -> None:
+    def apply(self, deployments: Sequence[dict[str, Any]], owner_uid: str) -> None:
         for deployment in deployments:
-            self.gateway.deploy(deployment)
+            name = str(deployment["service"])
+            found = self.gateway.status(name)
+            if found is None:
+                self.gateway.create(deployment)
+            elif not owned(found.labels, owner_uid):
+                raise NameTaken(name, found.labels.get(OWNER_LABEL, ""))
+            elif not self.gateway.update(deployment):
+                self.gateway.create(deployment)  # deleted between our GET and PUT
 
-    def remove(self, names: Sequence[str]) -> None:
+    def remove(self, names: Sequence[str], owner_uid: str) -> None:
         for name in names:
+            found = self.gateway.status(name)
+            if found is None:
+                continue
+            if not owned(found.labels, owner_uid):
+                log.warning("function %s is not this object's: left in place", name)
+                continue
             self.gateway.delete(name)
 
 
@@ -120,11 +165,16 @@ class ResourceDeployer:
         )
         return dict(found) if isinstance(found, dict) else None
 
-    def apply(self, deployments: Sequence[dict[str, Any]]) -> None:
+    def apply(self, deployments: Sequence[dict[str, Any]], owner_uid: str) -> None:
         for deployment in deployments:
             body = function_resource(deployment, self.namespace)
             name = body["metadata"]["name"]
             existing = self.get(name)
+            if existing is not None and not owned(
+                existing.get("metadata", {}).get("labels"), owner_uid
+            ):
+                theirs = (existing.get("metadata", {}).get("labels") or {}).get(OWNER_LABEL, "")
+                raise NameTaken(name, str(theirs))
             if existing is None:
                 self._call(
                     f"create Function {name}", self._api.create_namespaced_custom_object, body
@@ -146,8 +196,16 @@ class ResourceDeployer:
                 )
                 log.info("updated Function %s/%s", self.namespace, name)
 
-    def remove(self, names: Sequence[str]) -> None:
+    def remove(self, names: Sequence[str], owner_uid: str) -> None:
         for name in names:
+            existing = self.get(name)
+            if existing is None:
+                continue
+            if not owned(existing.get("metadata", {}).get("labels"), owner_uid):
+                log.warning(
+                    "Function %s/%s is not this object's: left in place", self.namespace, name
+                )
+                continue
             self._call(
                 f"delete Function {name}",
                 self._api.delete_namespaced_custom_object,
@@ -164,12 +222,19 @@ class Readiness:
     ready_workers: int  # availableReplicas of the worker function
     missing: tuple[str, ...]  # functions the gateway does not know
     message: str
+    idle: tuple[str, ...] = ()  # scale-to-zero functions at zero replicas (the idler's doing)
 
 
 def readiness(gateway: GatewayClient, deployments: Sequence[dict[str, Any]]) -> Readiness:
-    """Ready when every function has at least its ``scale.min`` replicas available."""
+    """Ready when every function has at least its ``scale.min`` replicas available (and one).
+
+    A function that may scale to zero and has no replica (none wanted, none available) is
+    *idle*, not ready: the next invocation wakes it with a cold start. The model then reports
+    ``Ready=False`` with reason ``ScaledToZero`` (phase Deploying), never Ready on 0 replicas.
+    """
     missing: list[str] = []
     waiting: list[str] = []
+    idle: list[str] = []
     ready_workers = 0
     for deployment in deployments:
         name = str(deployment["service"])
@@ -180,15 +245,22 @@ def readiness(gateway: GatewayClient, deployments: Sequence[dict[str, Any]]) -> 
         need = required_replicas(deployment)
         if deployment.get("labels", {}).get(ROLE_LABEL) == "worker":
             ready_workers = status.available_replicas
-        if status.available_replicas < need:
+        if status.available_replicas >= need:
+            continue
+        if scales_to_zero(deployment) and status.replicas == 0:
+            idle.append(name)
+        else:
             waiting.append(f"{name} {status.available_replicas}/{need}")
     if missing:
         message = f"not deployed yet: {', '.join(missing)}"
     elif waiting:
         message = f"waiting for replicas: {', '.join(waiting)}"
+    elif idle:
+        message = f"scaled to zero (the next invocation starts them): {', '.join(idle)}"
     else:
         message = "all functions have their replicas available"
-    return Readiness(not missing and not waiting, ready_workers, tuple(missing), message)
+    ready = not missing and not waiting and not idle
+    return Readiness(ready, ready_workers, tuple(missing), message, tuple(idle))
 
 
 def deployer(config: OperatorConfig, gateway: GatewayClient) -> tuple[Deployer, Any]:

@@ -1,18 +1,29 @@
 """kopf handlers for ``InferenceModel`` (``fsd.dev/v1alpha1``, plural ``inferencemodels``).
 
-- create / update of ``spec`` / resume (operator restart): :func:`reconcile`: (1) the model in the
-  store (:mod:`fsd.k8s.models`), (2) both functions deployed (POST, or PUT when they exist; or
-  ``Function`` resources in Pro mode), (3) status: phase, ``Ready``/``Degraded``,
-  ``readyWorkers``, ``observedGeneration``, ``modelName``. Every step is idempotent.
-- a temporary failure (gateway, S3 or the Kubernetes API unreachable) reports ``Degraded=True``
-  with its reason and raises ``kopf.TemporaryError`` (kopf retries, backing off); a permanent one
-  (a bad spec or source) reports it and raises ``kopf.PermanentError`` (the next spec change
-  retries). Nothing escapes as a crash.
-- delete (kopf's finalizer): :func:`cleanup` removes both functions and the model the operator
-  pushed for this object (404s are fine), then kopf releases the object.
-- a timer (:func:`refresh`, every ``FSD_OPERATOR_REFRESH_SECONDS``): re-reads readiness from the
-  gateway, redeploys a function that disappeared, and patches the status only when it changed.
-  It acts only after a successful reconcile of the current generation (kept in the object's memo).
+- create / update of ``spec`` / resume (operator restart): :func:`reconcile`: (0) phase
+  ``Pending`` on a new object, the spec checked (``spec.image`` against ``FSD_ALLOWED_IMAGES``:
+  an image elsewhere is a permanent ``ImageNotAllowed`` and nothing is deployed, so no secret is
+  ever mounted into an arbitrary image), (1) the model in the store (:mod:`fsd.k8s.models`;
+  phase ``Partitioning`` while shards are pushed), (2) the function secrets created or updated
+  from the operator's mounted files (:mod:`fsd.k8s.secrets`), (3) both functions deployed (POST,
+  or PUT of the functions this object owns; or ``Function`` resources in Pro mode), (4) status:
+  phase, ``Ready``/``Degraded``, ``readyWorkers``, ``observedGeneration``, ``modelName``,
+  ``coordinator: {function, url}``. Every step is idempotent.
+- a temporary failure (gateway, S3 or the Kubernetes API unreachable, a secret missing or
+  refused, a function name taken by another owner) reports ``Degraded=True`` with its reason and
+  raises ``kopf.TemporaryError`` (kopf retries, backing off); a permanent one (a bad spec or
+  source) reports it and raises ``kopf.PermanentError`` (the next spec change retries). Nothing
+  escapes as a crash.
+- delete (kopf's finalizer): :func:`cleanup` reports ``Deleting``, removes both functions (only
+  those this object owns) and the model the operator pushed for it, then kopf releases it.
+- a timer (:func:`refresh`, every ``FSD_OPERATOR_REFRESH_SECONDS``): keeps the secrets current
+  (rotated files are copied again), re-reads readiness from the gateway, redeploys a function
+  that disappeared, asks Prometheus for ``lastLatencySeconds`` (:mod:`fsd.k8s.latency`), and
+  patches the status only when it changed. It acts only after a successful reconcile of the
+  current generation (kept in the object's memo).
+
+The in-between phases (Pending, Partitioning, Deleting) are written at once with the official
+client (kopf patches only when a handler returns); a failure to write one is logged, not fatal.
 
 Nothing is registered on import: :func:`register` puts the handlers into a registry
 (operator/main.py and ``python -m fsd.k8s`` use kopf's default one; tests their own).
@@ -24,25 +35,26 @@ import logging
 from typing import Any, NoReturn
 
 import kopf
+from kubernetes import client as kube  # type: ignore[import-untyped,unused-ignore]
 
 from fsd.errors import InputError
-from fsd.k8s import GROUP, PLURAL, VERSION
+from fsd.k8s import GROUP, PLURAL, VERSION, latency
 from fsd.k8s import status as report
-from fsd.k8s.config import OperatorConfig, refresh_seconds
-from fsd.k8s.desired import function_deployments
-from fsd.k8s.errors import ReconcileError
-from fsd.k8s.functions import Readiness, deployer, readiness
-from fsd.k8s.latency import coordinator_totals, recent_latency
+from fsd.k8s.config import OperatorConfig, image_allowed, refresh_seconds
+from fsd.k8s.desired import coordinator_url, function_deployments
+from fsd.k8s.errors import ReconcileError, SourceError
+from fsd.k8s.functions import Readiness, deployer, kube_client, readiness
 from fsd.k8s.models import ModelKeeper, Owner
 from fsd.k8s.names import ROLES, function_name, store_name
 from fsd.k8s.openfaas import GatewayClient, GatewayError
+from fsd.k8s.secrets import GatewaySecrets, KubeSecrets, read_secrets
 from fsd.k8s.spec import ModelSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "fsd.dev/finalizer"
 _DEPLOYED = "fsd_deployed_generation"  # per-object memo: the generation last reconciled
-_TOTALS = "fsd_latency_totals"  # per-object memo: the coordinator's request totals last seen
+_WRITTEN = "fsd_secret_digests"  # global memo: digests of the secret values written (CE)
 _MAX_DELAY = 300.0
 _TIMER_POLLING = 2.0
 
@@ -55,6 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="fsd.dev")
     if not isinstance(memo.get("config"), OperatorConfig):
         memo["config"] = OperatorConfig.from_env()
+    memo.setdefault(_WRITTEN, {})  # shared by every object's (shallow-copied) memo
     config: OperatorConfig = memo["config"]
     # a deleted object waits for its timer to stop: give the timer a moment to exit at once,
     # and if it is busy (a sync call in a thread) look again soon, not in kopf's default 60 s
@@ -119,14 +132,20 @@ def _fail(
 
 
 def _ready_fields(
-    status: Any, state: Readiness, generation: int | None, model: str | None
+    status: Any,
+    state: Readiness,
+    generation: int | None,
+    model: str | None,
+    coordinator: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     if state.ready:
         reason = "Ready"
     elif state.missing:
         reason = "FunctionsMissing"
-    else:
+    elif state.message.startswith("waiting"):
         reason = "WaitingForReplicas"
+    else:
+        reason = "ScaledToZero"
     return report.report(
         status,
         phase="Ready" if state.ready else "Deploying",
@@ -138,26 +157,88 @@ def _ready_fields(
         generation=generation,
         ready_workers=state.ready_workers,
         model=model,
+        coordinator=coordinator,
     )
+
+
+def _coordinator(config: OperatorConfig, name: str, namespace: str) -> dict[str, str]:
+    """``status.coordinator``: the coordinator function and its URL (contract 3)."""
+    return {
+        "function": function_name(name, namespace, "coordinator"),
+        "url": coordinator_url(config, name, namespace),
+    }
 
 
 def _deployments(
-    config: OperatorConfig, spec: ModelSpec, name: str, namespace: str, model: str
+    config: OperatorConfig, spec: ModelSpec, name: str, namespace: str, model: str, uid: str
 ) -> list[dict[str, Any]]:
     return function_deployments(
-        name=name, namespace=namespace, spec=spec, config=config, store_model=model
+        name=name, namespace=namespace, spec=spec, config=config, store_model=model, owner_uid=uid
     )
 
 
+def _check_images(config: OperatorConfig, spec: ModelSpec) -> None:
+    """``spec.image`` must be under ``FSD_ALLOWED_IMAGES``: a permanent spec error otherwise."""
+    prefixes = config.image_prefixes
+    for field, image in (("coordinator", spec.coordinator_image), ("worker", spec.worker_image)):
+        if image and not image_allowed(image, prefixes):
+            raise SourceError(
+                f"spec.image.{field} {image!r} is not under FSD_ALLOWED_IMAGES "
+                f"({', '.join(prefixes)}): nothing deployed",
+                reason="ImageNotAllowed",
+            )
+
+
 def _apply(
-    config: OperatorConfig, gateway: GatewayClient, deployments: list[dict[str, Any]]
+    config: OperatorConfig,
+    gateway: GatewayClient,
+    deployments: list[dict[str, Any]],
+    uid: str,
+    memo: Any,
 ) -> None:
+    """The function secrets, then the functions (secrets first: faas-netes needs them)."""
+    values = read_secrets(config.secrets_dir, config.secrets)
     chosen, api_client = deployer(config, gateway)
     try:
-        chosen.apply(deployments)
+        if api_client is not None:
+            KubeSecrets(api_client, config.namespace_for_functions).ensure(values)
+        else:
+            GatewaySecrets(gateway, _written(memo)).ensure(values)
+        chosen.apply(deployments, uid)
     finally:
         if api_client is not None:
             api_client.close()
+
+
+def _written(memo: Any) -> dict[str, str]:
+    written = memo.get(_WRITTEN) if hasattr(memo, "get") else None
+    if not isinstance(written, dict):
+        written = {}
+        memo[_WRITTEN] = written
+    return written
+
+
+def _set_phase(
+    config: OperatorConfig, namespace: str, name: str, fields: dict[str, Any], logger: Any
+) -> None:
+    """Write an in-between phase now (kopf patches only when the handler returns)."""
+    try:
+        api_client = kube_client(config)
+    except Exception as exc:  # no API config: the phase is informative only
+        logger.warning(f"cannot report phase {fields.get('phase')}: {exc}")
+        return
+    try:
+        kube.CustomObjectsApi(api_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": fields}
+        )
+    except Exception as exc:
+        logger.warning(f"cannot report phase {fields.get('phase')}: {type(exc).__name__}")
+    finally:
+        api_client.close()
+
+
+def _uid(meta: Any) -> str:
+    return str(meta.get("uid") or "")
 
 
 def reconcile(
@@ -178,16 +259,33 @@ def reconcile(
     generation = _generation(meta)
     memo.pop(_DEPLOYED, None)  # the timer stands aside until this succeeds
     name, namespace = str(name), str(namespace or "default")
+    uid = _uid(meta)
+    if not status.get("phase"):
+        fields = report.progress(status, "Pending", "accepted; nothing done yet", generation)
+        _set_phase(config, namespace, name, fields, logger)
+
+    def partitioning() -> None:
+        message = "partitioning the source and pushing the shards to the store"
+        _set_phase(
+            config,
+            namespace,
+            name,
+            report.progress(status, "Partitioning", message, generation),
+            logger,
+        )
+
     try:
         parsed = parse_spec(spec)
+        _check_images(config, parsed)
         model = parsed.source.model or store_name(name)
         keeper = ModelKeeper(config.store, max_source_bytes=config.max_source_bytes)
-        ensured = keeper.ensure(parsed, Owner(namespace, name, parsed.source.url), model)
+        owner = Owner(namespace, name, parsed.source.url)
+        ensured = keeper.ensure(parsed, owner, model, on_push=partitioning)
         if ensured.pushed:
             logger.info(f"pushed model {model} for {parsed.workers} workers")
-        deployments = _deployments(config, parsed, name, namespace, ensured.model)
+        deployments = _deployments(config, parsed, name, namespace, ensured.model, uid)
         with _gateway(config) as gateway:
-            _apply(config, gateway, deployments)
+            _apply(config, gateway, deployments, uid, memo)
             state = readiness(gateway, deployments)
     except ReconcileError as exc:
         _fail(patch, status, exc, generation, config, retry)
@@ -197,7 +295,8 @@ def reconcile(
             f"{type(exc).__name__}: {exc}", temporary=True, reason="InternalError"
         )
         _fail(patch, status, internal, generation, config, retry)
-    patch.status.update(_ready_fields(status, state, generation, ensured.model))
+    coordinator = _coordinator(config, name, namespace)
+    patch.status.update(_ready_fields(status, state, generation, ensured.model, coordinator))
     memo[_DEPLOYED] = generation
     logger.info(f"reconciled: {state.message}")
 
@@ -220,11 +319,16 @@ def cleanup(
     memo.pop(_DEPLOYED, None)
     name, namespace = str(name), str(namespace or "default")
     generation = _generation(meta)
+    if status.get("phase") != "Deleting":
+        message = "removing the functions and the model pushed for this object"
+        fields = report.progress(status, "Deleting", message, generation)
+        _set_phase(config, namespace, name, fields, logger)
     try:
         with _gateway(config) as gateway:
             chosen, api_client = deployer(config, gateway)
             try:
-                chosen.remove([function_name(name, role) for role in ROLES])
+                names = [function_name(name, namespace, role) for role in ROLES]
+                chosen.remove(names, _uid(meta))
             finally:
                 if api_client is not None:
                     api_client.close()
@@ -253,44 +357,54 @@ def refresh(
         return
     config = _config(memo)
     name, namespace = str(name), str(namespace or "default")
+    uid = _uid(meta)
     try:
         parsed = parse_spec(spec)
-        model = parsed.source.model or store_name(name)
-        deployments = _deployments(config, parsed, name, namespace, model)
+        model = str(status.get("modelName") or parsed.source.model or store_name(name))
+        deployments = _deployments(config, parsed, name, namespace, model, uid)
         with _gateway(config) as gateway:
             state = readiness(gateway, deployments)
-            if state.missing:
-                # CE: deleted behind our back. Pro: maybe not reconciled by OpenFaaS yet; either
-                # way, make sure they are (re)declared: applying is idempotent
-                if not config.pro:
-                    logger.warning(f"functions vanished, deploying them again: {state.message}")
-                _apply(config, gateway, [d for d in deployments if d["service"] in state.missing])
+            # the secrets are kept current (a rotated file is copied again); vanished functions
+            # (CE: deleted behind our back; Pro: maybe not reconciled by OpenFaaS yet) are
+            # declared again: applying is idempotent
+            if state.missing and not config.pro:
+                logger.warning(f"functions vanished, deploying them again: {state.message}")
+            missing = [d for d in deployments if d["service"] in state.missing]
+            _apply(config, gateway, missing, uid, memo)
+            if missing:
                 state = readiness(gateway, deployments)
-            fields = _ready_fields(status, state, generation, model)
+            coordinator = _coordinator(config, name, namespace)
+            fields = _ready_fields(status, state, generation, model, coordinator)
             if state.ready:
-                latency = _latency(gateway, memo, function_name(name, "coordinator"), namespace)
-                if latency is not None:
-                    fields["lastLatencySeconds"] = round(latency, 6)
+                seconds = _latency(config, coordinator["function"])
+                if seconds is not None:
+                    fields["lastLatencySeconds"] = round(seconds, 6)
     except ReconcileError as exc:
         fields = report.failed(status, exc.reason, str(exc), generation)
     if report.changed(status, fields):
         patch.status.update(fields)
 
 
-def _latency(gateway: GatewayClient, memo: Any, coordinator: str, namespace: str) -> float | None:
-    """Mean latency of the inferences since the timer last looked (see fsd.k8s.latency)."""
-    try:
-        exposition = gateway.metrics(coordinator)
-    except ReconcileError:
-        return None  # metrics are a nicety: never degrade a model over them
-    now = coordinator_totals(exposition) if exposition else None
-    if now is None:
+def _latency(config: OperatorConfig, coordinator: str) -> float | None:
+    """Mean request seconds of the coordinator from Prometheus (contract 8); None: unknown.
+
+    ``fsd.k8s.latency.last_latency`` asks ``FSD_PROMETHEUS_URL``; until that module has it, no
+    latency is reported (an empty ``FSD_PROMETHEUS_URL`` turns it off).
+    """
+    query = getattr(latency, "last_latency", None)
+    if not config.prometheus_url or query is None:
         return None
-    seen = memo.setdefault(_TOTALS, {})
-    key = (namespace, coordinator)
-    latency = recent_latency(now, seen.get(key))
-    seen[key] = now
-    return latency
+    try:
+        value = query(
+            config.prometheus_url,
+            coordinator,
+            config.namespace_for_functions,
+            timeout=config.gateway_timeout,
+        )
+    except Exception as exc:  # a nicety: never degrade a model over it
+        log.debug("no latency from Prometheus: %s", type(exc).__name__)
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def register(

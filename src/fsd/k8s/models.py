@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,20 @@ class ModelKeeper:
         except ChannelError as exc:
             raise StoreUnreachable(str(exc)) from None
 
-    def ensure(self, spec: ModelSpec, owner: Owner, model: str) -> Ensured:
-        """Check (``source.model``) or push (``source.url``) the model; see the module doc."""
+    def ensure(
+        self,
+        spec: ModelSpec,
+        owner: Owner,
+        model: str,
+        on_push: Callable[[], None] | None = None,
+    ) -> Ensured:
+        """Check (``source.model``) or push (``source.url``) the model; see the module doc.
+
+        ``on_push`` is called once a push is decided, before the download (phase Partitioning).
+        """
         if spec.source.model:
             return self._check_pushed(spec)
-        return self._push_from_url(spec, owner, model)
+        return self._push_from_url(spec, owner, model, on_push)
 
     def _check_pushed(self, spec: ModelSpec) -> Ensured:
         name = spec.source.model
@@ -143,7 +153,13 @@ class ModelKeeper:
             )
         return Ensured(name, False, manifest.neurons, manifest.layers)
 
-    def _push_from_url(self, spec: ModelSpec, owner: Owner, model: str) -> Ensured:
+    def _push_from_url(
+        self,
+        spec: ModelSpec,
+        owner: Owner,
+        model: str,
+        on_push: Callable[[], None] | None = None,
+    ) -> Ensured:
         current = self.owner(model)
         manifest = self._manifest(model)
         if current is None and manifest is not None:
@@ -165,6 +181,8 @@ class ModelKeeper:
             and _shape_mismatch(spec, manifest) is None
         ):
             return Ensured(model, False, manifest.neurons, manifest.layers)
+        if on_push is not None:
+            on_push()
         self._claim(model, owner)
         pushed = self._load_and_push(spec, model)
         stale = set(manifest.partitions) - set(pushed.partitions) if manifest else set()

@@ -1,5 +1,10 @@
 """Names derived from an InferenceModel: its two functions, label values, its model in the store.
 
+One rule for the functions (contract 1): ``<name>-<namespace>-<role>``, so ``a/gc1024`` and
+``b/gc1024`` get functions of their own (``gc1024-a-coordinator``, ``gc1024-b-coordinator``), and
+the example ``gc1024`` in ``default`` deploys ``gc1024-default-coordinator`` and
+``gc1024-default-worker``.
+
 Kubernetes object names may be DNS-1123 *subdomains* (253 characters, dots allowed); OpenFaaS
 function names become Deployment and Service names, which must be DNS-1123 *labels* (63
 characters, ``[a-z0-9-]``), and label values are limited to 63 characters. A name too long is cut
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-#: The suffixes of the two functions: ``<model>-coordinator`` and ``<model>-worker``.
+#: The suffixes of the two functions: ``<name>-<namespace>-coordinator`` and ``...-worker``.
 ROLES = ("coordinator", "worker")
 DNS_LABEL = 63
 STORE_NAME = 64  # fsd.store's limit on model names
@@ -30,12 +35,17 @@ def _fit(base: str, limit: int, full: str) -> str:
     return f"{head}-{_digest(full)}"
 
 
-def function_name(model: str, role: str) -> str:
-    """``<model>-<role>`` as a DNS-1123 label (63 characters at most)."""
+def function_name(name: str, namespace: str, role: str) -> str:
+    """``<name>-<namespace>-<role>`` as a DNS-1123 label (63 characters at most).
+
+    A name too long keeps its head and gets a hash of ``namespace/name``: two InferenceModels
+    seldom share a function name (``a-b``/``c`` and ``a``/``b-c`` do: the owner label keeps
+    them apart, :mod:`fsd.k8s.functions`, and the second reports ``FunctionNameTaken``).
+    """
     if role not in ROLES:
         raise ValueError(f"unknown function role {role!r}")
-    base = _NOT_LABEL.sub("-", model.lower()).strip("-") or "model"
-    return f"{_fit(base, DNS_LABEL - len(role) - 1, model)}-{role}"
+    base = _NOT_LABEL.sub("-", f"{name}-{namespace}".lower()).strip("-") or "model"
+    return f"{_fit(base, DNS_LABEL - len(role) - 1, f'{namespace}/{name}')}-{role}"
 
 
 def label_value(text: str) -> str:

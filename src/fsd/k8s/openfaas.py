@@ -7,9 +7,18 @@ Endpoints (openfaas/faas ``api-docs/spec.openapi.yml``): ``POST /system/function
 absent; the ``namespace`` query parameter picks a non-default namespace). The gateway wants basic
 auth (user ``admin`` and the ``basic-auth`` secret's password in a default installation).
 
+Secrets (faas-netes ``pkg/handlers/secrets.go`` over faas-provider ``types/secret.go``'s
+``Secret {name, namespace, value, rawValue}``): ``GET /system/secrets`` lists names only (never
+values), ``POST`` creates (202; 409 if it exists), ``PUT`` replaces the value (202; 404 if
+absent); the namespace comes from the ``namespace`` query parameter (GET) or body field
+(POST/PUT/DELETE) and must be the gateway's function namespace (faas-netes
+``pkg/handlers/namespaces.go``, ``NewNamespaceResolver``: 400 otherwise).
+
 Failures raise :class:`GatewayError`: *temporary* when the gateway cannot be reached, times out,
 or answers 5xx or 429 (retry later); *permanent* for other 4xx (the request itself is wrong, or
-the credentials are).
+the credentials are) except faas-netes' 400 "unable to fetch secrets" on a deploy
+(``pkg/handlers/deploy.go``): a secret the function mounts is missing in its namespace, which
+the operator itself creates, so that one is temporary (``SecretMissing``).
 """
 
 from __future__ import annotations
@@ -30,8 +39,16 @@ log = logging.getLogger(__name__)
 class GatewayError(ReconcileError):
     """The gateway failed a request; ``status`` is its HTTP status (None: no answer)."""
 
-    def __init__(self, message: str, *, temporary: bool, status: int | None = None) -> None:
-        reason = "GatewayUnreachable" if temporary else "GatewayRejected"
+    def __init__(
+        self,
+        message: str,
+        *,
+        temporary: bool,
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        if reason is None:
+            reason = "GatewayUnreachable" if temporary else "GatewayRejected"
         super().__init__(message, temporary=temporary, reason=reason)
         self.status = status
 
@@ -120,10 +137,14 @@ class GatewayClient:
         if resp.status >= 400:
             detail = resp.data[:300].decode(errors="replace").strip()
             temporary = resp.status >= 500 or resp.status == 429
+            reason = None
+            if resp.status == 400 and "unable to fetch secrets" in detail:
+                temporary, reason = True, "SecretMissing"  # the operator creates them: retry
             raise GatewayError(
                 f"gateway {self.url}: {method} {path} -> HTTP {resp.status}: {detail}",
                 temporary=temporary,
                 status=resp.status,
+                reason=reason,
             )
         return resp
 
@@ -147,24 +168,17 @@ class GatewayClient:
             raise GatewayError(f"gateway {self.url}: odd status of {name}", temporary=True)
         return FunctionStatus.from_json(data)
 
-    def metrics(self, name: str) -> str | None:
-        """The function's own /metrics (through the gateway), or None if it has none."""
-        resp = self._request("GET", f"/function/{quote(name)}/metrics", missing_ok=True)
-        return None if resp is None else resp.data.decode(errors="replace")
+    def create(self, deployment: dict[str, Any]) -> None:
+        """``POST /system/functions``: deploy a new function."""
+        self._request("POST", "/system/functions", deployment)
+        log.info("deployed function %s", deployment["service"])
 
-    def deploy(self, deployment: dict[str, Any]) -> str:
-        """Create the function, or update it if it exists; ``"created"`` or ``"updated"``."""
-        name = str(deployment["service"])
-        if self.status(name) is None:
-            self._request("POST", "/system/functions", deployment)
-            log.info("deployed function %s", name)
-            return "created"
-        if self._request("PUT", "/system/functions", deployment, missing_ok=True) is None:
-            # deleted between our GET and PUT: create it
-            self._request("POST", "/system/functions", deployment)
-            return "created"
-        log.info("updated function %s", name)
-        return "updated"
+    def update(self, deployment: dict[str, Any]) -> bool:
+        """``PUT /system/functions``; False if the function is gone (404)."""
+        found = self._request("PUT", "/system/functions", deployment, missing_ok=True) is not None
+        if found:
+            log.info("updated function %s", deployment["service"])
+        return found
 
     def delete(self, name: str) -> bool:
         """Remove the function; False if there was none (deleting twice is fine)."""
@@ -174,3 +188,25 @@ class GatewayClient:
         if resp is not None:
             log.info("deleted function %s", name)
         return resp is not None
+
+    # -- secrets --------------------------------------------------------------------------------
+
+    def secret_names(self) -> set[str]:
+        """Names of the function secrets the gateway knows (``GET /system/secrets``)."""
+        resp = self._request("GET", f"/system/secrets{self._query()}")
+        assert resp is not None
+        try:
+            data = json.loads(resp.data or b"[]")
+        except ValueError:
+            data = None
+        if not isinstance(data, list):
+            raise GatewayError(f"gateway {self.url}: odd list of secrets", temporary=True)
+        return {str(item.get("name", "")) for item in data if isinstance(item, dict)}
+
+    def put_secret(self, name: str, value: str, *, exists: bool) -> None:
+        """Create (``POST``) or replace (``PUT``) the secret ``name``; its value is never logged."""
+        body: dict[str, Any] = {"name": name, "value": value}
+        if self.namespace:
+            body["namespace"] = self.namespace
+        self._request("PUT" if exists else "POST", "/system/secrets", body)
+        log.info("%s function secret %s", "updated" if exists else "created", name)

@@ -2,20 +2,33 @@
 
 Conditions follow the Kubernetes convention (``type``, ``status`` "True"/"False"/"Unknown",
 ``reason`` in CamelCase, ``message``, ``lastTransitionTime`` kept while the status does not
-change, ``observedGeneration``). Phases are the CRD's enum: Pending, Partitioning, Deploying,
-Ready, Degraded, Deleting.
+change, ``observedGeneration``). Phases are the CRD's enum:
+
+================  ==============================================================================
+``Pending``       accepted, nothing done yet (a new object, before the first step)
+``Partitioning``  the operator is cutting the source and pushing the shards to the store
+``Deploying``     functions declared, not all replicas available (or scaled to zero)
+``Ready``         every function has its replicas (at least one) available
+``Degraded``      a step failed (the ``Degraded`` condition says which and why)
+``Deleting``      the object is being deleted: functions and the pushed model go first
+================  ==============================================================================
 
 Reasons used:
 
 ========================  =====================================================================
-``Ready``                 ``Ready`` (True); ``WaitingForReplicas``, ``FunctionsMissing``,
-                          or the ``Degraded`` reason (False)
+``Ready``                 ``Ready`` (True); ``Pending``, ``Partitioning``,
+                          ``WaitingForReplicas``, ``FunctionsMissing``, ``ScaledToZero``, or
+                          the ``Degraded`` reason (False)
 ``Degraded``              ``AsExpected`` (False); ``GatewayUnreachable``, ``StoreUnreachable``,
-                          ``KubernetesApiError`` (temporary: retried); ``InvalidSpec``,
-                          ``InvalidSource``, ``SourceNotFound``, ``SourceTooLarge``,
-                          ``ModelNotFound``, ``PartitionMissing``, ``ModelNameConflict``,
-                          ``GatewayRejected`` (permanent: fixed by changing the spec)
+                          ``KubernetesApiError``, ``SecretMissing``, ``SecretRejected``,
+                          ``SecretNotManaged``, ``FunctionNameTaken`` (temporary: retried with
+                          backoff); ``InvalidSpec``, ``ImageNotAllowed``, ``InvalidSource``,
+                          ``SourceNotFound``, ``SourceTooLarge``, ``ModelNotFound``,
+                          ``PartitionMissing``, ``ModelNameConflict``, ``GatewayRejected``
+                          (permanent: fixed by changing the spec)
 ========================  =====================================================================
+
+``coordinator: {function, url}`` names the coordinator function and where it is invoked.
 """
 
 from __future__ import annotations
@@ -70,6 +83,7 @@ def report(
     generation: int | None,
     ready_workers: int | None = None,
     model: str | None = None,
+    coordinator: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The status fields to patch, given the previous status (for transition times)."""
     old = previous.get("conditions") or []
@@ -96,7 +110,25 @@ def report(
         fields["readyWorkers"] = ready_workers
     if model is not None:
         fields["modelName"] = model
+    if coordinator is not None:
+        fields["coordinator"] = dict(coordinator)
     return fields
+
+
+def progress(
+    previous: Mapping[str, Any], phase: str, message: str, generation: int | None
+) -> dict[str, Any]:
+    """A step under way (Pending, Partitioning, Deleting): not ready, not degraded."""
+    return report(
+        previous,
+        phase=phase,
+        ready=False,
+        ready_reason=phase,
+        degraded=False,
+        degraded_reason="AsExpected",
+        message=message,
+        generation=generation,
+    )
 
 
 def failed(
