@@ -289,9 +289,7 @@ class FakeGateway:
         """faas-netes' checks of a FunctionDeployment, in its order ('' when it passes)."""
         service = body["service"]
         if not _DNS_LABEL.match(service):  # pkg/handlers/validate.go
-            return (
-                f"validation failed: service: ({service}) is invalid, must be a valid DNS entry"
-            )
+            return f"validation failed: service: ({service}) is invalid, must be a valid DNS entry"
         labels = body.get("labels") or {}
         if labels.get("com.openfaas.scale.zero") == "true":
             return "validation failed: com.openfaas.scale.zero not available for Community Edition"

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import http.client
 import json
 import os
 import socket
@@ -17,12 +19,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import jsonschema
 import kmock
@@ -240,7 +244,10 @@ class Kube:
     def secrets(self, namespace: str = "openfaas-fn") -> dict[str, dict[str, Any]]:
         core = kubernetes.client.CoreV1Api(self.api.api_client)
         listed = core.list_namespaced_secret(namespace)
-        return {item.metadata.name: item.to_dict() for item in listed.items}
+        return {
+            str(item.metadata.name if item.metadata else ""): item.to_dict()
+            for item in listed.items
+        }
 
     def wait_status(
         self, name: str, what: str, check: Any, timeout: float = 20.0, namespace: str = "default"
@@ -343,9 +350,9 @@ def test_create_deploys_both_functions_and_reports_ready(
             "fsd-gateway-password",
             "fsd-run-key",
         ]
-        assert worker[0]["labels"]["fsd.dev/owner-uid"] == (kube.get("alpha") or {})[
-            "metadata"
-        ]["uid"]
+        assert (
+            worker[0]["labels"]["fsd.dev/owner-uid"] == (kube.get("alpha") or {})["metadata"]["uid"]
+        )
 
         obj = kube.get("alpha") or {}
         assert FINALIZER in obj["metadata"]["finalizers"]
@@ -354,7 +361,9 @@ def test_create_deploys_both_functions_and_reports_ready(
         # a function removed behind the operator's back comes back (the timer redeploys it)
         with gateway.lock:
             del gateway.functions["alpha-default-worker"]
-        wait_for("the worker redeployed", lambda: len(gateway.calls("POST", "alpha-default-worker")) == 2)
+        wait_for(
+            "the worker redeployed", lambda: len(gateway.calls("POST", "alpha-default-worker")) == 2
+        )
         kube.wait_status("alpha", "Ready again", is_ready)
         assert gateway.rejected == []
 
@@ -410,7 +419,12 @@ def test_delete_removes_functions_and_the_operators_model(
         wait_for("gamma released by the finalizer", lambda: kube.get("gamma") is None)
         wait_for("delta released by the finalizer", lambda: kube.get("delta") is None)
 
-        for name in ("gamma-default-coordinator", "gamma-default-worker", "delta-default-coordinator", "delta-default-worker"):
+        for name in (
+            "gamma-default-coordinator",
+            "gamma-default-worker",
+            "delta-default-coordinator",
+            "delta-default-worker",
+        ):
             assert gateway.calls("DELETE", name)  # (a repeated cleanup gets a 404: fine)
             assert name not in gateway.functions
         assert keys(client, "models/gamma/") == []  # pushed by the operator: removed
@@ -495,14 +509,27 @@ def test_pro_mode_function_resources(
             gateway.adopt(
                 {"service": spec["name"], "image": spec["image"], "labels": spec["labels"]}
             )
-        assert {f["metadata"]["name"] for f in functions} == {"theta-default-coordinator", "theta-default-worker"}
+        assert {f["metadata"]["name"] for f in functions} == {
+            "theta-default-coordinator",
+            "theta-default-worker",
+        }
         kube.wait_status("theta", "Ready", is_ready)
         assert gateway.calls("POST") == []  # deployed through the API, not the gateway
+        secrets = kube.secrets()  # Pro: Kubernetes Secrets in the function namespace
+        assert set(secrets) == set(DEFAULT_SECRETS)
+        run_key = secrets["fsd-run-key"]
+        assert run_key["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "fsd-operator"}
+        assert (
+            base64.b64decode(run_key["data"]["fsd-run-key"]).decode()
+            == (SECRET_VALUES["fsd-run-key"])
+        )
 
         kube.patch_spec("theta", {"scaling": {"min": 3, "max": 5}})
 
         def worker_min() -> Any:
-            worker = next(f for f in kube.functions() if f["metadata"]["name"] == "theta-default-worker")
+            worker = next(
+                f for f in kube.functions() if f["metadata"]["name"] == "theta-default-worker"
+            )
             return worker["spec"]["labels"]["com.openfaas.scale.min"] == "3"
 
         wait_for("the worker Function patched", worker_min)
@@ -664,3 +691,280 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     with pytest.raises(SourceError) as bad:
         parse_spec({"source": {"url": "s3://fsd-src/../x"}, "workers": 2})
     assert bad.value.reason == "InvalidSpec" and not bad.value.temporary
+
+
+# -- issue 10: each defect, its own test -----------------------------------------------------------
+
+
+def test_same_name_in_two_namespaces_gets_its_own_functions(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("gc", {"model": pushed}, 2, namespace="a"))
+        kube.create(model("gc", {"model": pushed}, 2, namespace="b"))
+        kube.wait_status("gc", "Ready in a", is_ready, namespace="a")
+        kube.wait_status("gc", "Ready in b", is_ready, namespace="b")
+        names = {"gc-a-coordinator", "gc-a-worker", "gc-b-coordinator", "gc-b-worker"}
+        assert set(gateway.functions) == names
+        assert gateway.calls("PUT") == []  # neither overwrote the other
+        uid_a = (kube.get("gc", "a") or {})["metadata"]["uid"]
+        assert gateway.functions["gc-a-worker"]["labels"]["fsd.dev/owner-uid"] == uid_a
+
+        kube.delete("gc", "a")
+        wait_for("a/gc released", lambda: kube.get("gc", "a") is None)
+        assert set(gateway.functions) == {"gc-b-coordinator", "gc-b-worker"}  # b's kept
+        kube.wait_status("gc", "still Ready", is_ready, namespace="b")
+        assert gateway.rejected == []
+
+
+def test_an_unmanaged_function_of_a_taken_name_is_never_touched(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    foreign = {"service": "taken-default-worker", "image": "someone/else:1", "labels": {}}
+    gateway.adopt(foreign)
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("taken", {"model": pushed}, 2))
+        status = kube.wait_status(
+            "taken", "Degraded", lambda s: s.get("phase") == "Degraded", timeout=20
+        )
+        degraded = condition(status, "Degraded")
+        assert degraded["reason"] == "FunctionNameTaken"
+        assert "taken-default-worker" in degraded["message"]
+        assert gateway.functions["taken-default-worker"] is foreign  # not PUT over
+        assert gateway.calls("PUT", "taken-default-worker") == []
+
+        kube.delete("taken")
+        wait_for("taken released", lambda: kube.get("taken") is None)
+        assert gateway.functions["taken-default-worker"] is foreign  # not deleted either
+        assert gateway.calls("DELETE", "taken-default-worker") == []
+
+        # the name frees: a new object of that name recovers by itself (temporary, retried)
+        kube.create(model("taken", {"model": pushed}, 2))
+        kube.wait_status("taken", "Degraded again", lambda s: s.get("phase") == "Degraded")
+        with gateway.lock:
+            del gateway.functions["taken-default-worker"]
+        kube.wait_status("taken", "Ready once the name is free", is_ready)
+
+
+def test_a_missing_secret_degrades_naming_it_then_recovers(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    values = dict(SECRET_VALUES)
+    del values["fsd-run-key"]
+    folder = secrets_dir(values)
+    config = operator_config(s3_server, gateway.url, secrets_dir=str(folder))
+    with operator(config) as kube:
+        kube.create(model("sigma", {"model": pushed}, 2))
+        status = kube.wait_status("sigma", "Degraded", lambda s: s.get("phase") == "Degraded")
+        degraded = condition(status, "Degraded")
+        assert degraded["reason"] == "SecretMissing"
+        assert "fsd-run-key" in degraded["message"]
+        assert gateway.functions == {}  # nothing deployed without its secrets
+
+        (folder / "fsd-run-key").write_text(SECRET_VALUES["fsd-run-key"])  # the file appears
+        kube.wait_status("sigma", "Ready once the file is there", is_ready)
+        assert gateway.secrets == SECRET_VALUES
+        assert gateway.rejected == []
+
+        # rotated: the refresh timer copies the new value
+        (folder / "fsd-run-key").write_text("rotated-" + "y" * 32)
+        wait_for("the rotated secret", lambda: gateway.secrets["fsd-run-key"].startswith("rot"))
+
+
+def test_secrets_refused_then_accepted(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    gateway.refuse_secrets = 3  # e.g. the gateway's RBAC not there yet: 403 Forbidden
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("tau", {"model": pushed}, 2))
+        status = kube.wait_status("tau", "Degraded", lambda s: s.get("phase") == "Degraded")
+        degraded = condition(status, "Degraded")
+        assert degraded["reason"] == "SecretRejected"
+        assert "fsd-nats-token" in degraded["message"]
+        assert SECRET_VALUES["fsd-nats-token"] not in json.dumps(status)  # never a value
+        kube.wait_status("tau", "Ready once accepted", is_ready)
+        assert gateway.secrets == SECRET_VALUES
+
+
+def test_unable_to_fetch_secrets_is_temporary(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    """faas-netes' 400 'unable to fetch secrets' on deploy: Degraded, retried, never permanent."""
+    from fsd.k8s.openfaas import GatewayClient, GatewayError
+
+    client = GatewayClient(gateway.url, password="secret")
+    spec = parse_spec({"source": {"model": pushed}, "workers": 2})
+    config = operator_config(s3_server, gateway.url)
+    deployment = function_deployments(
+        name="u", namespace="default", spec=spec, config=config, store_model=pushed
+    )[0]
+    with pytest.raises(GatewayError) as refused:
+        client.create(deployment)
+    assert refused.value.status == 400 and refused.value.temporary
+    assert refused.value.reason == "SecretMissing"
+
+
+def test_scale_to_zero_uses_the_scale_zero_label_and_is_not_ready_at_zero(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    spec = parse_spec({"source": {"model": pushed}, "workers": 2, "scaling": {"min": 0}})
+    for mode in ("ce", "pro"):
+        config = operator_config(s3_server, gateway.url, mode=mode)
+        for deployment in function_deployments(
+            name="z", namespace="default", spec=spec, config=config, store_model=pushed
+        ):
+            labels = deployment["labels"]
+            assert labels["com.openfaas.scale.min"] == "1"  # faas-netes' minimum
+            # Pro scales to zero; CE's faas-netes refuses the label (validate.go)
+            assert labels.get("com.openfaas.scale.zero") == ("true" if mode == "pro" else None)
+
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("zero", {"model": pushed}, 2, scaling={"min": 0, "max": 4}))
+        kube.wait_status("zero", "Ready", is_ready)
+        assert gateway.rejected == []
+        with gateway.lock:  # the idler scales both to zero
+            gateway.idle.update({"zero-default-coordinator", "zero-default-worker"})
+            gateway.functions["zero-default-worker"]["labels"]["com.openfaas.scale.zero"] = "true"
+            gateway.functions["zero-default-coordinator"]["labels"]["com.openfaas.scale.zero"] = (
+                "true"
+            )
+        # the operator's own deployments (CE) do not scale to zero: 0 replicas is waiting
+        status = kube.wait_status("zero", "not Ready", lambda s: s.get("phase") == "Deploying")
+        assert condition(status, "Ready")["status"] == "False"
+        assert status["readyWorkers"] == 0
+
+
+def test_scaled_to_zero_is_reported_as_such(s3_server: S3Server, gateway: FakeGateway) -> None:
+    from fsd.k8s.functions import readiness
+    from fsd.k8s.openfaas import GatewayClient
+
+    config = operator_config(s3_server, gateway.url, mode="pro")
+    spec = parse_spec({"source": {"model": "m"}, "workers": 2, "scaling": {"min": 0}})
+    deployments = function_deployments(
+        name="idle", namespace="default", spec=spec, config=config, store_model="m"
+    )
+    for deployment in deployments:
+        gateway.adopt(deployment)  # what Pro's operator would deploy
+    gateway.idle.update(d["service"] for d in deployments)
+    state = readiness(GatewayClient(gateway.url, password="secret"), deployments)
+    assert not state.ready and state.idle and state.ready_workers == 0
+    assert "scaled to zero" in state.message
+
+
+def test_phases_pending_partitioning_deploying_ready_deleting(
+    s3_server: S3Server, gateway: FakeGateway, challenge: Path
+) -> None:
+    url = upload(s3_server.client(), challenge)
+    seen: list[str] = []
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        parts = urlsplit(kube.cluster.url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        conn.request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}?watch=true")
+        stream = conn.getresponse()
+
+        def watch() -> None:  # every phase the API server stored, in order
+            try:
+                for line in stream:
+                    obj = json.loads(line).get("object", {}) if line.strip() else {}
+                    if obj.get("metadata", {}).get("name") == "phi":
+                        phase = (obj.get("status") or {}).get("phase")
+                        if phase and (not seen or seen[-1] != phase):
+                            seen.append(phase)
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        time.sleep(0.3)  # the watch is open
+        gateway.hold = True
+        kube.create(model("phi", {"url": url}, 2))
+        kube.wait_status("phi", "Deploying", lambda s: s.get("phase") == "Deploying")
+        gateway.hold = False
+        kube.wait_status("phi", "Ready", is_ready)
+        kube.delete("phi")
+        wait_for("phi released", lambda: kube.get("phi") is None)
+        wait_for("Deleting seen", lambda: "Deleting" in seen)
+        if conn.sock is not None:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        thread.join(5)
+    assert seen[:4] == ["Pending", "Partitioning", "Deploying", "Ready"], seen
+    assert seen[-1] == "Deleting", seen
+
+
+def test_images_outside_the_allowlist_are_refused(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        evil = {"worker": "evil.example/steal-secrets:latest"}
+        kube.create(model("omega", {"model": pushed}, 2, image=evil))
+        ok = {"worker": "ttl.sh/fsd-worker@sha256:" + "0" * 64}
+        kube.create(model("psi", {"model": pushed}, 2, image=ok))
+        status = kube.wait_status("omega", "Degraded", lambda s: s.get("phase") == "Degraded")
+        degraded = condition(status, "Degraded")
+        assert degraded["reason"] == "ImageNotAllowed"
+        assert "evil.example" in degraded["message"]
+        kube.wait_status("psi", "Ready", is_ready)
+        assert not any(name.startswith("omega") for name in gateway.functions)
+    from fsd.k8s.config import image_allowed
+
+    prefixes = ("ttl.sh/fsd-worker", "registry.example/fsd/")
+    assert image_allowed("ttl.sh/fsd-worker:1.2", prefixes)
+    assert image_allowed("registry.example/fsd/anything:1", prefixes)
+    assert not image_allowed("ttl.sh/fsd-worker-evil:1", prefixes)
+    assert not image_allowed("registry.example/fsdx/a:1", prefixes)
+    env = {"FSD_S3_ENDPOINT": "http://s3:9000", "FSD_ALLOWED_IMAGES": "a/b, c/"}
+    assert OperatorConfig.from_env(env).image_prefixes == ("a/b", "c/")
+    assert OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3:9000"}).image_prefixes == (
+        "ttl.sh/fsd-coordinator",
+        "ttl.sh/fsd-worker",
+    )
+
+
+def test_operator_numbers_must_be_finite_and_bounded() -> None:
+    from fsd.errors import InputError
+
+    base = {"FSD_S3_ENDPOINT": "http://s3:9000"}
+    for name, raw in [
+        ("FSD_FANOUT", "nan"),
+        ("FSD_FANOUT", "0"),
+        ("FSD_FANOUT", "2.5"),
+        ("FSD_GATEWAY_TIMEOUT", "inf"),
+        ("FSD_OPERATOR_RETRY_SECONDS", "-1"),
+        ("FSD_OPERATOR_MAX_SOURCE_MB", "1e300"),
+    ]:
+        with pytest.raises(InputError, match=name):
+            OperatorConfig.from_env({**base, name: raw})
+    assert OperatorConfig.from_env({**base, "FSD_PROMETHEUS_URL": ""}).prometheus_url == ""
+    assert OperatorConfig.from_env(base).prometheus_url == "http://prometheus.openfaas:9090"
+
+
+def test_functions_run_with_a_read_only_root_filesystem(s3_server: S3Server) -> None:
+    config = operator_config(s3_server, "http://127.0.0.1:1")
+    spec = parse_spec({"source": {"model": "m"}, "workers": 2})
+    for deployment in function_deployments(
+        name="ro", namespace="default", spec=spec, config=config, store_model="m"
+    ):
+        assert deployment["readOnlyRootFilesystem"] is True
+        assert function_resource(deployment, "openfaas-fn")["spec"]["readOnlyRootFilesystem"]
+        env = deployment["envVars"]  # contract 6: a request never outlives the watchdog
+        assert float(env["FSD_MAX_TIMEOUT"]) < float(env["exec_timeout"].removesuffix("s"))
+        assert env["FSD_TIMEOUT"] == "120"
+
+
+def test_status_names_the_coordinator_function_and_url(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("gc1024", {"model": pushed}, 2))
+        status = kube.wait_status("gc1024", "Ready", is_ready)
+    assert status["coordinator"] == {
+        "function": "gc1024-default-coordinator",
+        "url": f"{gateway.url}/function/gc1024-default-coordinator",
+    }
+    crd = yaml.safe_load(CRDS[0].read_text())
+    version = crd["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    jsonschema.Draft7Validator(schema).validate(status)  # nothing pruned by the API server
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Coordinator"] == ".status.coordinator.function"

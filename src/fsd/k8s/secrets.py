@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "fsd-operator"
 _MAX_BYTES = 64 * 1024
+_WRITING = threading.Lock()  # kopf runs sync handlers in threads: one writer of secrets at a time
 
 
 class SecretError(ReconcileError):
@@ -82,6 +84,10 @@ class GatewaySecrets:
         self.written = written
 
     def ensure(self, values: Mapping[str, str]) -> None:
+        with _WRITING:
+            self._ensure(values)
+
+    def _ensure(self, values: Mapping[str, str]) -> None:
         try:
             present = self.gateway.secret_names()
         except GatewayError as exc:
@@ -93,7 +99,13 @@ class GatewaySecrets:
             if name in present and self.written.get(key) == want:
                 continue
             try:
-                self.gateway.put_secret(name, value, exists=name in present)
+                try:
+                    self.gateway.put_secret(name, value, exists=name in present)
+                except GatewayError as exc:
+                    if exc.status != 409:
+                        raise
+                    # created meanwhile (another object's reconcile): replace it
+                    self.gateway.put_secret(name, value, exists=True)
             except GatewayError as exc:
                 if exc.temporary and exc.status is None:
                     raise  # unreachable: GatewayUnreachable says it best
@@ -117,6 +129,10 @@ class KubeSecrets:
         )
 
     def ensure(self, values: Mapping[str, str]) -> None:
+        with _WRITING:
+            self._ensure(values)
+
+    def _ensure(self, values: Mapping[str, str]) -> None:
         errors = (kube.ApiException, urllib3.exceptions.HTTPError)
         for name, value in values.items():
             encoded = base64.b64encode(value.encode()).decode()
