@@ -968,3 +968,82 @@ def test_status_names_the_coordinator_function_and_url(
     jsonschema.Draft7Validator(schema).validate(status)  # nothing pruned by the API server
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Coordinator"] == ".status.coordinator.function"
+
+
+class _Host:
+    """A FunctionHost that echoes: what the gateway stand-in hands to a plugged-in host."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, dict[str, str]] = {}
+        self.replicas = 1
+
+    def deployed(self, deployment: dict[str, Any], secrets: dict[str, str]) -> None:
+        self.running[deployment["service"]] = secrets
+
+    def removed(self, name: str) -> None:
+        self.running.pop(name, None)
+
+    def available(self, name: str) -> int:
+        return self.replicas if name in self.running else 0
+
+    def forward(
+        self, name: str, method: str, subpath: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "application/json"}, json.dumps([name, subpath]).encode()
+
+
+def test_gateway_stand_in_follows_faas_netes() -> None:
+    """The stand-in's rules (tests/k8s_gateway.py cites the faas-netes file of each)."""
+    import urllib3
+
+    host = _Host()
+    gw = FakeGateway(host=host).start()
+    http = urllib3.PoolManager()
+    auth = urllib3.make_headers(basic_auth="admin:secret")
+
+    def call(method: str, path: str, body: Any = None, **headers: str) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        resp = http.request(method, gw.url + path, body=data, headers={**auth, **headers})
+        return resp.status, resp.data
+
+    try:
+        fn = {"service": "f", "image": "i", "secrets": ["s1"], "labels": {"a": "1"}}
+        assert call("POST", "/system/functions", {**fn, "service": "F_x"})[0] == 400
+        assert call("POST", "/system/functions", {**fn, "labels": {"a": 1}})[0] == 400
+        assert call("POST", "/system/functions", {**fn, "envVars": {"x": True}})[0] == 400
+        code, text = call("POST", "/system/functions", fn)
+        assert (code, b"unable to fetch secrets" in text) == (400, True)
+        zero = {**fn, "secrets": [], "labels": {"com.openfaas.scale.zero": "true"}}
+        assert call("POST", "/system/functions", zero)[0] == 400  # CE
+        # /system/secrets CRUD
+        assert call("POST", "/system/secrets", {"name": "s1", "value": "v1"})[0] == 202
+        assert call("POST", "/system/secrets", {"name": "s1", "value": "v1"})[0] == 409
+        assert call("PUT", "/system/secrets", {"name": "nope", "value": "v"})[0] == 404
+        assert call("POST", "/system/secrets", {"name": "Bad_Name", "value": "v"})[0] == 422
+        other = {"name": "s2", "value": "v", "namespace": "elsewhere"}
+        assert call("POST", "/system/secrets", other)[0] == 400
+        assert call("GET", "/system/secrets?namespace=elsewhere")[0] == 400
+        code, listed = call("GET", "/system/secrets")
+        assert json.loads(listed) == [{"name": "s1", "namespace": "openfaas-fn"}]  # no values
+        assert call("PUT", "/system/secrets", {"name": "s1", "value": "v2"})[0] == 202
+        # deploy, invoke through the host, delete
+        assert call("POST", "/system/functions", fn)[0] == 202
+        assert host.running == {"f": {"s1": "v2"}}
+        assert call("POST", "/system/functions", fn)[0] == 500  # the Deployment exists
+        assert call("PUT", "/system/functions", fn)[0] == 202
+        assert call("GET", "/system/function/f?namespace=elsewhere")[0] == 400
+        status = json.loads(call("GET", "/system/function/f")[1])
+        assert status["availableReplicas"] == 1
+        resp = http.request("POST", f"{gw.url}/function/f.openfaas-fn/sub", body=b"{}")
+        assert (resp.status, json.loads(resp.data)) == (200, ["f", "sub"])  # no auth needed
+        assert http.request("GET", f"{gw.url}/function/absent").status == 404
+        host.replicas = 0
+        assert http.request("GET", f"{gw.url}/function/f").status == 503
+        assert http.request("GET", f"{gw.url}/system/functions").status == 401
+        assert call("DELETE", "/system/functions", {"functionName": "f"})[0] == 202
+        assert call("DELETE", "/system/functions", {"functionName": "f"})[0] == 404
+        assert host.running == {}
+        assert call("DELETE", "/system/secrets", {"name": "s1"})[0] == 202
+        assert call("DELETE", "/system/secrets", {"name": "s1"})[0] == 404
+    finally:
+        gw.stop()

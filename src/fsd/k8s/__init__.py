@@ -4,10 +4,13 @@ One concern per module:
 
 - :mod:`fsd.k8s.config`: the operator's settings, from its environment;
 - :mod:`fsd.k8s.spec`: an InferenceModel's spec, parsed and defaulted as the CRD says;
-- :mod:`fsd.k8s.names`: names of the functions and of the model in the store;
+- :mod:`fsd.k8s.names`: names of the functions (``<name>-<namespace>-<role>``) and of the model
+  in the store;
 - :mod:`fsd.k8s.desired`: the two OpenFaaS functions a model needs (pure functions);
 - :mod:`fsd.k8s.openfaas`: a small client of the OpenFaaS gateway's REST API;
-- :mod:`fsd.k8s.functions`: deploying them (gateway REST, or ``Function`` resources for Pro);
+- :mod:`fsd.k8s.secrets`: the functions' OpenFaaS secrets, made from the operator's own files;
+- :mod:`fsd.k8s.functions`: deploying them (gateway REST, or ``Function`` resources for Pro),
+  touching only functions that carry this object's owner label;
 - :mod:`fsd.k8s.source`: fetching a Graph Challenge folder from S3;
 - :mod:`fsd.k8s.models`: making sure the model store holds the model, and removing it;
 - :mod:`fsd.k8s.status`: the status block (phase, conditions) the operator reports;
