@@ -328,7 +328,7 @@ def test_lint_rejects_bad_values(name: str, tmp_path: Path) -> None:
 
 
 def test_lint_with_vendored_nats() -> None:
-    """The lint a user runs after `helm dependency build charts/fsd`: no error, no warning."""
+    """The lint a user runs after `helm dependency update charts/fsd`: no error, no warning."""
     if not vendored_nats():
         pytest.skip(
             "the nats subchart is not vendored (charts/fsd/charts/nats-*.tgz): "
@@ -1005,6 +1005,22 @@ def test_docs_cover_every_step() -> None:
     for step in STEPS:
         assert step in text, step
         assert step.split(" <")[0] in script, step
+
+
+def test_no_dependency_build_without_repo_add() -> None:
+    """With Chart.lock naming an https repository, `helm dependency build` refuses to run unless
+    that repository was added (helm pkg/downloader/manager.go: Build -> hasAllRepos ->
+    ErrRepoNotFound); `helm dependency update` fetches it by URL (resolveRepoNames keeps a URL,
+    ensureMissingRepos downloads its index). So no page suggests `build` as a command."""
+    lock = load_yaml(CHART / "Chart.lock")
+    assert any(d["repository"].startswith("https://") for d in lock["dependencies"])
+    for path in (DOC, KIND_SH, ROOT / "README.md", CHART / "values.yaml"):
+        text = path.read_text()
+        for line in text.splitlines():
+            command = line.strip().lstrip("#").strip()
+            assert not command.startswith("helm dependency build"), (path.name, line)
+            assert "&& helm dependency build" not in command, (path.name, line)
+        assert "helm dependency update charts/fsd" in text, path.name
 
 
 @pytest.mark.parametrize("path", [DOC, KIND_SH, EXAMPLE, ROOT / "docs" / "api.md"])
