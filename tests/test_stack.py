@@ -135,7 +135,16 @@ def test_lang_is_a_local_template(stack: dict[str, Any], name: str) -> None:
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_image(stack: dict[str, Any], name: str) -> None:
-    assert function(stack, name)["image"] == f"${{REGISTRY:-ttl.sh}}/fsd-{name}:latest"
+    """A local default (fsd.local: nothing answers to it, images are loaded into the cluster) or
+    REGISTRY: never an anonymous public registry anyone can push over (issue 10, item 8)."""
+    assert function(stack, name)["image"] == f"${{REGISTRY:-fsd.local}}/fsd-{name}:latest"
+
+
+def test_no_public_registry_default(docs: str) -> None:
+    assert "ttl.sh" not in (ROOT / "stack.yml").read_text()
+    assert "REGISTRY=ttl.sh" not in docs
+    # the page says what happens without REGISTRY, and how to set one for pushing
+    assert "fsd.local" in docs and "export REGISTRY=" in docs
 
 
 def test_copy_paths_exist_and_reach_the_dockerfile(stack: dict[str, Any]) -> None:

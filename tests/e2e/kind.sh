@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# End to end on a throwaway kind cluster: docs/deploy-kubernetes.md, automated.
+# End to end on a throwaway kind cluster: docs/deploy-kubernetes.md, automated, step for step
+# (the same commands and names: the functions gc1024-default-coordinator/-worker, no secret
+# created by hand: the operator creates the functions' OpenFaaS secrets from the chart's).
+#
+# tests/test_walkthrough.py follows the same page on every `make test`, against stand-ins (kmock's
+# API emulator, a gateway emulator, functions as local processes, nats-server and SeaweedFS). What
+# only this script covers: the real images (the template's Dockerfile, of-watchdog, the operator
+# image, their Python packages), real faas-netes and the gateway (its auth, timeouts, secrets
+# API, label copying onto pods), the kubelet (read-only root filesystems, non-root users, probes,
+# resource limits, volume mounts of the secret files), cluster networking and DNS (the functions
+# reaching nats.fsd, fsd-minio.fsd and the gateway by name), the NATS chart itself (fetched by
+# `helm dependency update`), MinIO with its root keys apart and the bucket user its pod creates
+# with `mc`, and the operator's RBAC as the API server enforces it.
 #
 # Needs: a Docker engine, kind, kubectl, helm, faas-cli, network access (OpenFaaS and NATS charts,
 # base images), this repository's venv (`make install`: its Python uploads the model folder with
-# the minio package when the aws CLI is absent), and the Graph Challenge folder (DATA).
-# It cannot run in CI here: that machine has no Docker engine, hence no kind cluster.
+# the minio package when the aws CLI is absent, and provides `fsd invoke`), and the Graph
+# Challenge folder (DATA). It cannot run in CI here: that machine has no Docker engine.
 #
 #   tests/e2e/kind.sh              # create, install, infer, and tear everything down
 #   KEEP=1 tests/e2e/kind.sh       # leave the cluster up afterwards
@@ -81,10 +93,9 @@ docker build -f operator/Dockerfile -t "$OPERATOR_IMAGE" .
 kind load docker-image fsd.local/fsd-coordinator:latest fsd.local/fsd-worker:latest \
     "$OPERATOR_IMAGE" --name "$CLUSTER"
 
-log "4. helm dependency build charts/fsd"
-helm repo add nats https://nats-io.github.io/k8s/helm/charts/ --force-update
-helm repo update
-helm dependency build charts/fsd
+log "4. helm dependency update charts/fsd (the version locked in Chart.lock, no helm repo add)"
+helm dependency update charts/fsd
+git diff --exit-code charts/fsd/Chart.lock  # the lock is Helm's own: fetching leaves it as is
 
 log "5. helm install fsd charts/fsd -n fsd --create-namespace"
 helm install fsd charts/fsd -n fsd --create-namespace
@@ -94,15 +105,21 @@ kubectl -n fsd rollout status deploy/fsd-minio --timeout=300s
 
 log "6. upload the Graph Challenge folder to s3://fsd/graphchallenge/"
 port_forward fsd fsd-minio 9000:9000
+# the bucket user's keys (a MinIO user limited to the bucket fsd, not MinIO's root)
 AWS_ACCESS_KEY_ID="$(kubectl -n fsd get secret fsd-credentials \
     -o jsonpath='{.data.fsd-s3-access-key}' | base64 -d)"
 AWS_SECRET_ACCESS_KEY="$(kubectl -n fsd get secret fsd-credentials \
     -o jsonpath='{.data.fsd-s3-secret-key}' | base64 -d)"
 export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=us-east-1
-export AWS_ENDPOINT_URL=http://127.0.0.1:9000
+export FSD_S3_ENDPOINT=http://127.0.0.1:9000
+export AWS_ENDPOINT_URL=$FSD_S3_ENDPOINT
 if command -v aws >/dev/null; then
-    aws s3 mb s3://fsd || true
     aws s3 cp --recursive "$DATA/" s3://fsd/graphchallenge/
+    # the user is confined to its bucket: another one is refused
+    if aws s3 mb s3://fsd-not-allowed 2>/dev/null; then
+        echo "the bucket user could create another bucket" >&2
+        exit 1
+    fi
 else
     "$ROOT/.venv/bin/python" - "$DATA" <<'PY'
 import os, pathlib, sys
@@ -110,8 +127,7 @@ from minio import Minio
 
 client = Minio("127.0.0.1:9000", access_key=os.environ["AWS_ACCESS_KEY_ID"],
                secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], secure=False, region="us-east-1")
-if not client.bucket_exists(bucket_name="fsd"):
-    client.make_bucket(bucket_name="fsd")
+assert client.bucket_exists(bucket_name="fsd"), "MinIO's pod did not create the bucket"
 root = pathlib.Path(sys.argv[1])
 for path in sorted(p for p in root.rglob("*") if p.is_file()):
     key = f"graphchallenge/{path.relative_to(root).as_posix()}"
@@ -125,13 +141,24 @@ kubectl apply -f examples/inferencemodel-gc1024.yaml
 kubectl get im
 kubectl wait --for=jsonpath='{.status.phase}'=Ready im/gc1024 --timeout=15m
 kubectl get im -o wide
+coordinator="$(kubectl get im gc1024 -o jsonpath='{.status.coordinator.function}')"
+[[ "$coordinator" == gc1024-default-coordinator ]] || {
+    echo "status.coordinator.function is '$coordinator'" >&2
+    exit 1
+}
+# what the operator set on the functions, as faas-netes made the pods
+kubectl -n openfaas-fn get pods -l app.kubernetes.io/managed-by=fsd-operator,fsd.dev/role=coordinator \
+    -o jsonpath='{.items[0].spec.containers[0].securityContext.readOnlyRootFilesystem}' \
+    | grep -qx true || { echo "the coordinator's root filesystem is writable" >&2; exit 1; }
 
-log "8. faas-cli invoke coordinator < examples/request.json"
+log "8. faas-cli invoke gc1024-default-coordinator < examples/request.json"
 port_forward openfaas gateway 8080:8080
 export OPENFAAS_URL=http://127.0.0.1:8080
-kubectl -n openfaas get secret basic-auth -o jsonpath='{.data.basic-auth-password}' \
-    | base64 -d | faas-cli login --username admin --password-stdin
-answer="$(faas-cli invoke coordinator < examples/request.json)"
+OPENFAAS_PASSWORD="$(kubectl -n openfaas get secret basic-auth \
+    -o jsonpath='{.data.basic-auth-password}' | base64 -d)"
+export OPENFAAS_PASSWORD
+echo "$OPENFAAS_PASSWORD" | faas-cli login --username admin --password-stdin
+answer="$(faas-cli invoke gc1024-default-coordinator < examples/request.json)"
 echo "$answer"
 "$ROOT/.venv/bin/python" -c '
 import json, sys
@@ -140,6 +167,9 @@ assert "error" not in answer, answer
 assert answer["model"] == "gc1024" and "categories" in answer, answer
 print("answered:", answer["n_categories"], "categories,", answer.get("correct"), "correct")
 ' "$answer"
+log "8b. fsd invoke --inference-model gc1024 --namespace default --request examples/request.json"
+PATH="$ROOT/.venv/bin:$PATH" \
+    fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
 
 log "9. uninstall"
 kubectl delete -f examples/inferencemodel-gc1024.yaml --wait --timeout=5m

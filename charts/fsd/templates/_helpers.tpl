@@ -88,11 +88,21 @@ The subchart's name follows the nats chart's own rule (nats.fullname in its _hel
 {{- end }}
 {{- end }}
 
+{{/* The chart's credentials Secret (contract: <fullname>-credentials, release-prefixed). */}}
+{{- define "fsd.credentialsSecret" -}}
+{{- printf "%s-credentials" (include "fsd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* MinIO's root keys: their own Secret, read by the MinIO pod only. */}}
+{{- define "fsd.minio.rootSecret" -}}
+{{- printf "%s-minio-root" (include "fsd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Where each credential lives: {"name": secret, "key": key}, as JSON. */}}
 {{- define "fsd.secretRef.natsToken" -}}
 {{- with .Values.credentials.natsToken }}
 {{- if .existingSecret }}{{ dict "name" .existingSecret "key" .key | toJson }}
-{{- else }}{{ dict "name" $.Values.credentials.secretName "key" "fsd-nats-token" | toJson }}
+{{- else }}{{ dict "name" (include "fsd.credentialsSecret" $) "key" "fsd-nats-token" | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -100,7 +110,7 @@ The subchart's name follows the nats chart's own rule (nats.fullname in its _hel
 {{- define "fsd.secretRef.s3AccessKey" -}}
 {{- with .Values.credentials.s3 }}
 {{- if .existingSecret }}{{ dict "name" .existingSecret "key" .accessKeyKey | toJson }}
-{{- else }}{{ dict "name" $.Values.credentials.secretName "key" "fsd-s3-access-key" | toJson }}
+{{- else }}{{ dict "name" (include "fsd.credentialsSecret" $) "key" "fsd-s3-access-key" | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -108,7 +118,7 @@ The subchart's name follows the nats chart's own rule (nats.fullname in its _hel
 {{- define "fsd.secretRef.s3SecretKey" -}}
 {{- with .Values.credentials.s3 }}
 {{- if .existingSecret }}{{ dict "name" .existingSecret "key" .secretKeyKey | toJson }}
-{{- else }}{{ dict "name" $.Values.credentials.secretName "key" "fsd-s3-secret-key" | toJson }}
+{{- else }}{{ dict "name" (include "fsd.credentialsSecret" $) "key" "fsd-s3-secret-key" | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -116,18 +126,29 @@ The subchart's name follows the nats chart's own rule (nats.fullname in its _hel
 {{- define "fsd.secretRef.gatewayPassword" -}}
 {{- with .Values.credentials.gatewayPassword }}
 {{- if .existingSecret }}{{ dict "name" .existingSecret "key" .key | toJson }}
-{{- else }}{{ dict "name" $.Values.credentials.secretName "key" "fsd-gateway-password" | toJson }}
+{{- else }}{{ dict "name" (include "fsd.credentialsSecret" $) "key" "fsd-gateway-password" | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* The names of every Secret the operator reads (its Role grants get on these only). */}}
-{{- define "fsd.secretNames" -}}
-{{- $names := list }}
-{{- range $ref := list "natsToken" "s3AccessKey" "s3SecretKey" "gatewayPassword" }}
-{{- $names = append $names (include (printf "fsd.secretRef.%s" $ref) $ | fromJson).name }}
+{{- define "fsd.secretRef.runKey" -}}
+{{- with .Values.credentials.runKey }}
+{{- if .existingSecret }}{{ dict "name" .existingSecret "key" .key | toJson }}
+{{- else }}{{ dict "name" (include "fsd.credentialsSecret" $) "key" "fsd-run-key" | toJson }}
 {{- end }}
-{{- $names | uniq | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The five credential files the operator mounts at /var/openfaas/secrets: file name (the
+OpenFaaS secret name, fsd.settings.SECRET_VARS) -> where it lives, as JSON. */}}
+{{- define "fsd.credentialFiles" -}}
+{{- dict
+  "fsd-nats-token" (include "fsd.secretRef.natsToken" . | fromJson)
+  "fsd-s3-access-key" (include "fsd.secretRef.s3AccessKey" . | fromJson)
+  "fsd-s3-secret-key" (include "fsd.secretRef.s3SecretKey" . | fromJson)
+  "fsd-gateway-password" (include "fsd.secretRef.gatewayPassword" . | fromJson)
+  "fsd-run-key" (include "fsd.secretRef.runKey" . | fromJson)
+  | toJson }}
 {{- end }}
 
 {{/* A container's restricted securityContext (Pod Security Standard "restricted"). */}}
