@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -23,21 +26,29 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from fsd import observe, plot
 from fsd.cli import main
 from fsd.cost import Cost
-from fsd.errors import InputError
+from fsd.errors import ChannelTimeout, InputError, RunAborted, WorkerError
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
+from fsd.store import ModelNotFound
 from procs import Process as _Process
 from procs import binary as _binary
 from procs import start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
+API_DOC = ROOT / "docs" / "api.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 START_TIMEOUT = 15.0
 QUERY_TIMEOUT = 30.0
@@ -105,12 +116,69 @@ def test_observe_request_fills_histogram() -> None:
     assert _value("fsd_request_seconds_bucket", {**labels, "le": "600.0"}) == 3
 
 
-def test_observe_error_and_shard_load() -> None:
-    kind = f"timeout-{uuid.uuid4().hex[:6]}"
-    before = _value("fsd_errors_total", {"function": "coordinator", "kind": kind})
-    observe.observe_error("coordinator", kind)
-    observe.observe_error("coordinator", kind)
-    assert _value("fsd_errors_total", {"function": "coordinator", "kind": kind}) == before + 2
+def test_observe_error_counts_by_kind() -> None:
+    labels = {"function": "coordinator", "kind": "invalid_request"}
+    before = _value("fsd_errors_total", labels)
+    observe.observe_error("coordinator", "invalid request")  # the error code of the reply
+    observe.observe_error("coordinator", InputError("workers: 0 < 1"))
+    assert _value("fsd_errors_total", labels) == before + 2
+
+
+def _error_labels() -> set[tuple[str, str]]:
+    return {
+        (sample.labels["function"], sample.labels["kind"])
+        for family in REGISTRY.collect()
+        if family.name == "fsd_errors"
+        for sample in family.samples
+        if sample.name == "fsd_errors_total"
+    }
+
+
+class _Strange(Exception):
+    """An exception fsd does not know."""
+
+
+def test_error_kinds_are_a_closed_set() -> None:
+    """Whatever a caller passes (a message, a request's text, any exception), the errors
+    counter only ever carries known kinds and functions: its cardinality is bounded."""
+    hostile = [
+        f"timeout-{uuid.uuid4().hex}",
+        'invalid_request"} 1\nfsd_evil_total 1',
+        "x" * 100_000,
+        "",
+        "worker failed: worker 3 failed: detail",
+        "__class__",
+    ]
+    for text in hostile:
+        observe.observe_error("coordinator", text)
+        observe.observe_error(text or "empty", "worker failed")  # the function label is bounded too
+    labels = _error_labels()
+    assert {kind for _, kind in labels} <= set(observe.ERROR_KINDS)
+    assert {function for function, _ in labels} <= {*observe.FUNCTIONS, "other"}
+    for exc in (ValueError("a message"), _Strange(f"{uuid.uuid4()}"), KeyError("k")):
+        observe.observe_error("worker", exc)
+    assert {kind for _, kind in _error_labels()} <= set(observe.ERROR_KINDS)
+    assert all(observe.error_kind(text) is observe.ErrorKind.OTHER for text in hostile)
+
+
+def test_error_kinds_follow_fsd_errors_and_the_api() -> None:
+    """Exceptions map along their class hierarchy; every documented error code has a kind."""
+    kind, of = observe.error_kind, observe.ErrorKind
+    assert kind(ChannelTimeout("late", [1])) is of.WORKER_TIMED_OUT
+    assert kind(RunAborted("gave up")) is of.WORKER_FAILED
+    assert kind(WorkerError(2, "boom")) is of.WORKER_FAILED
+    assert kind(ModelNotFound("no gc9")) is of.UNKNOWN_MODEL
+    assert kind("WorkerError") is of.WORKER_FAILED  # type(exc).__name__, as callers pass
+    assert kind("NotConfigured") is of.NOT_CONFIGURED
+    assert kind("malformed_JSON") is of.MALFORMED_JSON  # reply["error"].replace(" ", "_")
+    rows = re.findall(r"^\| \d{3} \| ([^|]*)\|", API_DOC.read_text(), re.MULTILINE)
+    codes = {code for row in rows for code in re.findall(r"`([^`]+)`", row)}
+    assert {"invalid request", "worker timed out", "replayed invocation"} <= codes
+    for code in codes:
+        assert kind(code) is not of.OTHER, f"docs/api.md error {code!r} has no kind"
+
+
+def test_shard_load_by_cache() -> None:
     model = _model()
     observe.observe_shard_load(model, hit=True, seconds=0.002)
     observe.observe_shard_load(model, hit=False, seconds=1.5)
@@ -150,6 +218,67 @@ def test_observe_run_counts_per_worker_when_known() -> None:
     assert REGISTRY.get_sample_value(
         "fsd_bytes_total", {"model": model, "channel": "nats", "worker": "all"}
     ) is None  # fmt: skip
+
+
+BASE_UNITS = frozenset({"seconds", "bytes", "ratio", "usd"})
+COUNTS = frozenset({"fsd_run_messages", "fsd_run_frames_rejected"})
+"""Gauges that count things: no unit (Prometheus: "_total" is for counters only)."""
+
+
+def _families(registry: Collector) -> list[Any]:
+    return [f for f in registry.collect() if f.name.startswith("fsd_")]
+
+
+def _all_fsd_families() -> list[Any]:
+    observe.observe_run(_fake_result(), _model())  # every labelled family has a sample
+    observe.observe_error("worker", "worker failed")
+    observe.observe_shard_load(_model(), hit=True, seconds=0.1)
+    observe.observe_request("worker", _model(), "nats", 0.1)
+    return _families(REGISTRY) + _families(observe._run_registry(_fake_result(), "m"))
+
+
+def test_every_metric_follows_prometheus_naming() -> None:
+    """https://prometheus.io/docs/practices/naming/: counters end in _total, a unit is a base
+    unit and ends the name, and a unitless 0..1 share is a _ratio."""
+    families = _all_fsd_families()
+    names = {f.name for f in families}
+    assert len(names) == len(observe.METRIC_NAMES), names
+    for family in families:
+        name, kind, unit = family.name, family.type, family.unit
+        samples = {s.name for s in family.samples} - {f"{name}_created"}
+        if kind == "counter":
+            assert samples == {f"{name}_total"}, name
+            assert f"{name}_total" in observe.METRIC_NAMES, name
+        else:
+            assert name in observe.METRIC_NAMES, name
+            assert not name.endswith(("_total", "_count", "_sum", "_bucket")), name
+        if unit:
+            assert unit in BASE_UNITS and name.endswith(f"_{unit}"), (name, unit)
+        else:  # no unit: a count of things, never a share or an amount
+            assert kind == "counter" or name in COUNTS, f"{name} ({kind}) declares no unit"
+            assert not name.endswith(tuple(f"_{u}" for u in BASE_UNITS)), name
+    assert "fsd_run_comm_share_ratio" in names
+    promtool = shutil.which("promtool")  # Prometheus' own linter, where installed
+    if promtool is not None:
+        fsd_only = CollectorRegistry()
+        for family in families:
+            fsd_only.register(_Fixed(family))
+        exposition = generate_latest(fsd_only)
+        command = [promtool, "check", "metrics"]
+        done = subprocess.run(
+            command, input=exposition, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+class _Fixed(Collector):
+    """One already-collected family, to expose a chosen subset of families."""
+
+    def __init__(self, family: Any) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Any]:
+        yield self.family
 
 
 def test_push_to_unreachable_gateway_only_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -210,12 +339,16 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, metrics_server: int) ->
 
 @pytest.fixture(scope="module")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Pushgateway; yields its URL."""
+    """A real Pushgateway, empty; yields its URL.
+
+    Metrics in memory only: Debian's build persists to /var/lib/prometheus/pushgateway.data by
+    default, which every run on the machine would share (and start with).
+    """
     binary = _binary("prometheus-pushgateway", "pushgateway")
     (port,) = pick_ports(1)
     url = f"http://127.0.0.1:{port}"
     process = _Process(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
         tmp_path_factory.mktemp("pushgateway") / "pushgateway.log",
         f"{url}/-/ready",
     )
@@ -283,36 +416,75 @@ def test_prometheus_accepts_dashboard_queries(prometheus: int) -> None:
 # -- real Pushgateway ------------------------------------------------------------------------
 
 
-def _pushed(gateway: str, run_id: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Series pushed for ``run_id``: name -> {sorted labels, less those the gateway adds: value}."""
+def _pushed(gateway: str, model: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Series pushed for ``model``: name -> {sorted labels, less those the gateway adds: value}."""
     found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(_get(f"{gateway}/metrics")):
         for sample in family.samples:
-            if sample.labels.get("run_id") == run_id:
-                labels = {
-                    k: v for k, v in sample.labels.items() if k not in ("run_id", "job", "instance")
-                }
+            if sample.labels.get("model") == model and sample.name.startswith("fsd_"):
+                labels = {k: v for k, v in sample.labels.items() if k not in ("job", "instance")}
                 found.setdefault(sample.name, {})[tuple(sorted(labels.items()))] = sample.value
     return found
 
 
+def _groups(gateway: str, model: str) -> list[dict[str, str]]:
+    """The grouping keys of the groups holding series of ``model`` (GET /api/v1/metrics)."""
+    answer = json.loads(_get(f"{gateway}/api/v1/metrics"))
+    assert answer["status"] == "success", answer
+    return [
+        group["labels"]
+        for group in answer["data"]
+        if any(
+            series["labels"].get("model") == model
+            for family in group.values()
+            if isinstance(family, dict) and "metrics" in family
+            for series in family["metrics"]
+        )
+    ]
+
+
 def test_push_run_to_real_pushgateway(pushgateway: str) -> None:
+    model = _model()
     result = _fake_result(workers=2, layers=4, run_id=f"run{uuid.uuid4().hex[:12]}")
-    assert observe.push_run(result, "neuron1024", pushgateway) is True
-    series = _pushed(pushgateway, result.run_id)
-    common = (("channel", "nats"), ("model", "neuron1024"), ("partition", "contiguous"),
+    assert observe.push_run(result, model, pushgateway) is True
+    series = _pushed(pushgateway, model)
+    common = (("channel", "nats"), ("model", model), ("partition", "contiguous"),
               ("workers", "2"))  # fmt: skip
     assert series["fsd_run_seconds"] == {common: pytest.approx(result.seconds)}
     assert series["fsd_run_bytes"] == {common: 123_456}
     assert series["fsd_run_messages"] == {common: 42}
     assert series["fsd_run_cost_usd"] == {common: pytest.approx(1.25e-6)}
-    assert series["fsd_run_comm_share"] == {common: pytest.approx(result.comm_share)}
+    assert series["fsd_run_comm_share_ratio"] == {common: pytest.approx(result.comm_share)}
+    assert "fsd_run_comm_share" not in series
     layers = series["fsd_run_layer_compute_seconds"]
     assert len(layers) == 4
     assert layers[tuple(sorted((*common, ("layer", "3"))))] == pytest.approx(
         result.per_layer[2].compute_s
     )
     assert len(series["fsd_run_layer_comm_seconds"]) == 4
+
+
+def test_pushgateway_groups_stay_bounded(pushgateway: str) -> None:
+    """N runs of one configuration leave one group, holding the last run (the Pushgateway
+    forgets nothing, so a group per run id would grow forever); no run id becomes a label."""
+    model = f"{_model()}/with slash"  # a directory-like model name goes through the URL too
+    runs = [_fake_result(workers=2, layers=3) for _ in range(6)]
+    for i, result in enumerate(runs):
+        result.seconds = 1.0 + i
+        assert observe.push_run(result, model, pushgateway) is True
+    other = _fake_result(workers=3, layers=3)  # another configuration: its own group
+    assert observe.push_run(other, model, pushgateway) is True
+    groups = _groups(pushgateway, model)
+    assert len(groups) == 2, groups
+    assert all("run_id" not in g for g in groups)
+    assert {g["workers"] for g in groups} == {"2", "3"}
+    series = _pushed(pushgateway, model)
+    seconds = {
+        dict(labels)["workers"]: value for labels, value in series["fsd_run_seconds"].items()
+    }
+    assert seconds == {"2": 6.0, "3": pytest.approx(other.seconds)}  # the last run of each
+    exposed = _get(f"{pushgateway}/metrics")
+    assert not any(r.run_id in exposed for r in [*runs, other])
 
 
 # -- timeline plot and the CLI ---------------------------------------------------------------
@@ -358,10 +530,10 @@ def test_cli_plot_and_pushgateway(
                  "--plot", str(out), "--json"])  # fmt: skip
     assert code == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
-    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
-    series = _pushed(pushgateway, run_id)
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    series = _pushed(pushgateway, "generated")
     ((labels, seconds),) = series["fsd_run_seconds"].items()
-    assert dict(labels)["model"] == "generated" and seconds > 0
+    assert dict(labels)["workers"] == "2" and seconds == pytest.approx(report["seconds"], abs=1e-6)
     assert len(series["fsd_run_layer_compute_seconds"]) == 4
 
 
