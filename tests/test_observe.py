@@ -30,6 +30,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Histogram,
     generate_latest,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,6 +40,7 @@ from fsd import observe, plot
 from fsd.cli import main
 from fsd.cost import Cost
 from fsd.errors import ChannelTimeout, InputError, RunAborted, WorkerError
+from fsd.k8s.latency import last_latency, latency_query
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
 from fsd.store import ModelNotFound
@@ -296,12 +298,24 @@ def test_push_to_unreachable_gateway_only_warns(caplog: pytest.LogCaptureFixture
 # -- real Prometheus scraping a test server --------------------------------------------------
 
 
+# What the OpenFaaS gateway exposes about the functions it proxies (openfaas/faas at 8d803bf:
+# gateway/metrics/metrics.go: histogram gateway_functions_seconds{function_name, code}; observed in
+# gateway/handlers/notifiers.go with function_name "<name>.<namespace>"), served next to fsd's
+# metrics so the real Prometheus scrapes it and evaluates fsd.k8s.latency's PromQL.
+GATEWAY = CollectorRegistry()
+GATEWAY_SECONDS = Histogram(
+    "gateway_functions_seconds", "Function time taken", ["function_name", "code"], registry=GATEWAY
+)
+GATEWAY_LOCK = threading.Lock()  # a scrape sees whole batches of observations, never half of one
+
+
 class _MetricsHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.split("?")[0] != "/metrics":
             self.send_error(404)
             return
-        body = generate_latest(REGISTRY)
+        with GATEWAY_LOCK:
+            body = generate_latest(REGISTRY) + generate_latest(GATEWAY)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE_LATEST)
         self.send_header("Content-Length", str(len(body)))
@@ -411,6 +425,216 @@ def test_prometheus_accepts_dashboard_queries(prometheus: int) -> None:
             except urllib.error.HTTPError as exc:  # 400: bad_data, the query does not parse
                 pytest.fail(f"panel {panel['title']!r}: {expr!r}: {exc.read().decode()}")
             assert answer["status"] == "success", (panel["title"], answer)
+
+
+def _query(prometheus: int, query: str) -> list[Any]:
+    url = f"http://127.0.0.1:{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    answer = json.loads(_get(url))
+    assert answer["status"] == "success", answer
+    result: list[Any] = answer["data"]["result"]
+    return result
+
+
+def _wait_for(what: str, check: Any, every: Any = None) -> Any:
+    """Poll ``check()`` until it is not None (calling ``every()`` between tries)."""
+    deadline = time.monotonic() + QUERY_TIMEOUT
+    while time.monotonic() < deadline:
+        if every is not None:
+            every()
+        found = check()
+        if found is not None:
+            return found
+        time.sleep(0.3)
+    pytest.fail(f"{what}: nothing in {QUERY_TIMEOUT} s")
+
+
+def test_last_latency_from_real_prometheus(prometheus: int) -> None:
+    """The mean over the gateway's histogram, summed over codes, of this function only."""
+    function, namespace = f"gc{uuid.uuid4().hex[:6]}-default-coordinator", "openfaas-fn"
+    url = f"http://127.0.0.1:{prometheus}"
+    assert last_latency(url, function, namespace, timeout=5) is None  # never invoked
+
+    def traffic() -> None:
+        with GATEWAY_LOCK:  # per batch: mean (0.25 + 0.75) / 2 = 0.5
+            GATEWAY_SECONDS.labels(f"{function}.{namespace}", "200").observe(0.25)
+            GATEWAY_SECONDS.labels(f"{function}.{namespace}", "500").observe(0.75)
+            GATEWAY_SECONDS.labels(f"{function}.default", "200").observe(9.0)  # other namespace
+            GATEWAY_SECONDS.labels(f"{function}x.{namespace}", "200").observe(7.0)  # other name
+            GATEWAY_SECONDS.labels(function, "200").observe(5.0)  # no namespace
+
+    latency = _wait_for(
+        "a latency from Prometheus",
+        lambda: last_latency(url, function, namespace, timeout=5),
+        traffic,
+    )
+    assert latency == pytest.approx(0.5, rel=1e-9)
+
+
+def test_last_latency_none_without_recent_traffic(prometheus: int) -> None:
+    """A function with series but no request in the window: 0/0 is NaN to Prometheus, None here."""
+    function, namespace = f"gc{uuid.uuid4().hex[:6]}-default-coordinator", "team-a"
+    with GATEWAY_LOCK:
+        GATEWAY_SECONDS.labels(f"{function}.{namespace}", "200").observe(0.5)
+    label = f'function_name="{function}.{namespace}"'
+    _wait_for(  # Prometheus has scraped the unchanged count at least twice
+        "two scrapes",
+        lambda: (
+            _query(
+                prometheus, f"count_over_time(gateway_functions_seconds_count{{{label}}}[5m]) >= 2"
+            )
+            or None
+        ),
+    )
+    assert _query(prometheus, latency_query(function, namespace))[0]["value"][1] == "NaN"
+    assert last_latency(f"http://127.0.0.1:{prometheus}", function, namespace, timeout=5) is None
+
+
+def test_last_latency_unreachable_prometheus(caplog: pytest.LogCaptureFixture) -> None:
+    (port,) = pick_ports(1)  # nothing listens there
+    with caplog.at_level(logging.DEBUG, logger="fsd.k8s.latency"):
+        found = last_latency(f"http://op:s3cret@127.0.0.1:{port}", "f", "ns", timeout=2)
+    assert found is None
+    assert "s3cret" not in caplog.text
+    for url in ("", "prometheus:9090", "ftp://127.0.0.1/", "http://[::1/", "http://h:99999"):
+        assert last_latency(url, "f", "ns", timeout=2) is None
+
+
+class _HostilePrometheus(BaseHTTPRequestHandler):
+    """A stand-in for a Prometheus answering oddly: no real Prometheus can be made to (its answers
+    are well-formed), and the operator must survive a wrong URL or a proxy in between."""
+
+    answer: bytes = b""
+    status = 200
+    trickle = False
+    seen: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        self.send_response(self.status)
+        if self.status in (301, 302):
+            self.send_header("Location", "http://127.0.0.1:9/api/v1/query")
+        self.send_header("Content-Type", "application/json")
+        if self.trickle:  # headers, then a byte now and then for ever
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            return
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[tuple[str, type[_HostilePrometheus]]]:
+    handler = type("Handler", (_HostilePrometheus,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _vector(*values: Any) -> bytes:
+    result = [{"metric": {}, "value": [1767225600.0, v]} for v in values]
+    return json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": result}}
+    ).encode()
+
+
+def test_last_latency_reads_a_plain_answer(hostile: tuple[str, type[_HostilePrometheus]]) -> None:
+    """The stand-in's well-formed answer is read (so the None answers below mean refusal)."""
+    url, handler = hostile
+    handler.answer = _vector("0.125")
+    assert last_latency(url, "gc1024-default-coordinator", "openfaas-fn", timeout=2) == 0.125
+    (path,) = handler.seen
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)["query"]
+    assert query == [latency_query("gc1024-default-coordinator", "openfaas-fn")]
+    assert 'function_name="gc1024-default-coordinator.openfaas-fn"' in query[0]
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (200, b"not json"),
+        (200, b"[" * 100_000 + b"]" * 100_000),  # too big, and too deep
+        (200, b"[" * 10_000 + b"]" * 10_000),  # too deep for json
+        (200, _vector("0.1") + b" " * 70_000),  # too big
+        (200, b'{"status": "error", "errorType": "bad_data", "error": "x"}'),
+        (200, b'{"status": "success", "data": {"resultType": "matrix", "result": []}}'),
+        (200, b'{"status": "success", "data": {"resultType": "vector", "result": {}}}'),
+        (200, b'{"status": "success", "data": []}'),
+        (200, b"null"),
+        (200, _vector()),
+        (200, _vector("0.1", "0.2")),
+        (200, _vector("NaN")),
+        (200, _vector("+Inf")),
+        (200, _vector("1e999")),
+        (200, _vector("-0.5")),
+        (200, _vector(0.5)),  # a number, not Prometheus' string
+        (200, _vector(None)),
+        (200, _vector([1, 2])),
+        (
+            200,
+            json.dumps(
+                {"status": "success", "data": {"resultType": "vector", "result": [{"value": [1]}]}}
+            ).encode(),
+        ),
+        (
+            200,
+            json.dumps(
+                {"status": "success", "data": {"resultType": "vector", "result": ["x"]}}
+            ).encode(),
+        ),
+        (500, _vector("0.1")),
+        (302, _vector("0.1")),  # a redirect is not followed
+    ],
+)
+def test_last_latency_refuses_odd_answers(
+    hostile: tuple[str, type[_HostilePrometheus]], status: int, answer: bytes
+) -> None:
+    url, handler = hostile
+    handler.status, handler.answer = status, answer
+    assert last_latency(url, "gc1024-default-coordinator", "openfaas-fn", timeout=2) is None
+
+
+def test_last_latency_gives_up_on_a_trickle(hostile: tuple[str, type[_HostilePrometheus]]) -> None:
+    url, handler = hostile
+    handler.trickle = True
+    assert last_latency(url, "gc1024-default-coordinator", "openfaas-fn", timeout=0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("function", "namespace"),
+    [
+        ('x"}[5m])) or vector(1) #', "openfaas-fn"),
+        ("gc1024-default-coordinator", 'ns"} or vector(1)'),
+        ("Upper", "openfaas-fn"),
+        ("a" * 64, "openfaas-fn"),
+        ("", "openfaas-fn"),
+        ("f", ""),
+    ],
+)
+def test_last_latency_asks_nothing_for_a_bad_name(
+    hostile: tuple[str, type[_HostilePrometheus]], function: str, namespace: str
+) -> None:
+    """A name that is not a Kubernetes name never reaches PromQL."""
+    url, handler = hostile
+    handler.answer = _vector("1.0")
+    assert last_latency(url, function, namespace, timeout=2) is None
+    assert handler.seen == []
 
 
 # -- real Pushgateway ------------------------------------------------------------------------
