@@ -9,11 +9,11 @@ The page's steps, and what stands in for what it needs (nothing here has Docker 
   processes of the template's entry (tests/function_host.py);
 - the images (step 3): none; the function host serves ``functions/<role>`` as the image would;
 - ``helm install fsd charts/fsd`` (step 5): the real Helm library (helm-sdkpy,
-  ``HELM_DRIVER=memory``) installing the chart into that API; then, as the cluster would run
-  them, the chart's NATS and MinIO (the nats subchart is not vendored: no network) are a real nats-server and a real SeaweedFS
-  started with the credentials of the Secret the chart created, and the operator runs in this
-  process (kopf) with the environment and mounted secret files the chart rendered for its
-  Deployment, read back from the API;
+  ``HELM_DRIVER=memory``) installing the chart into that API. Then what the cluster would run:
+  the chart's NATS and MinIO (the nats subchart is not vendored: no network) are a real
+  nats-server and a real SeaweedFS started with the credentials of the Secret the chart created;
+  the operator runs in this process (kopf) with the environment and the mounted secret files the
+  chart rendered for its Deployment, read back from the API;
 - the upload (step 6), ``kubectl apply``/``wait`` (step 7), ``faas-cli invoke`` (step 8) and the
   deletion (step 10): the commands the page shows, parsed from it, done with the official clients.
 
