@@ -63,7 +63,6 @@ RELEASE = NAMESPACE = "fsd"  # helm install fsd charts/fsd -n fsd
 OPENFAAS = "openfaas"
 #: the in-cluster addresses of the page's services (step 5's table, OpenFaaS's defaults)
 GATEWAY = "http://gateway.openfaas:8080"
-PROMETHEUS = "http://prometheus.openfaas:9090"
 SECOND_NAMESPACE = "team-b"
 TICK = "0.5"  # the operator's timer and retry delay here (FSD_OPERATOR_*_SECONDS)
 READY_TIMEOUT = 90.0  # bounds a wait; never asserted on
@@ -154,12 +153,10 @@ class Kube:
             k: base64.b64encode(v.encode()).decode() for k, v in data.items()
         }
         meta = self.client.V1ObjectMeta(name=name, namespace=namespace)
-        body = self.client.V1Secret(metadata=meta, type="Opaque", data=encoded)
+        body = self.client.V1Secret(
+            api_version="v1", kind="Secret", metadata=meta, type="Opaque", data=encoded
+        )
         self.core.create_namespaced_secret(namespace, body)
-
-    def create_namespace(self, name: str) -> None:
-        meta = self.client.V1ObjectMeta(name=name)
-        self.core.create_namespace(self.client.V1Namespace(metadata=meta))
 
     def secret(self, namespace: str, name: str) -> dict[str, str]:
         found = self.core.read_namespaced_secret(name, namespace)
@@ -329,6 +326,7 @@ def _bridge(base: Any) -> Any:
         def handle(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
             if path.startswith("/function/") and not path.endswith("/metrics"):
                 name, _, sub = path.removeprefix("/function/").partition("/")
+                name = name.partition(".")[0]  # NAME.NAMESPACE names the namespace too
                 with self.lock:
                     known = name in self.functions
                 if not known:
@@ -436,7 +434,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
                 ]
             }
         }
-        helm_install(cluster.url, values, tmp_path)
+        helm_install(cluster.url, values, tmp_path)  # (no --create-namespace: kmock has none)
         credentials = kube.secret(NAMESPACE, f"{RELEASE}-credentials")
         assert credentials["fsd-gateway-password"] == gateway_password  # copied from OpenFaaS
         assert len(credentials.get("fsd-run-key", "")) >= 32, sorted(credentials)
@@ -460,8 +458,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         env.setdefault("FSD_FUNCTION_S3_ENDPOINT", in_cluster_s3)
         for var in ("FSD_OPENFAAS_URL", "FSD_S3_ENDPOINT"):
             env[var] = host.local(env[var])
-        if env.get("FSD_PROMETHEUS_URL", PROMETHEUS):
-            env["FSD_PROMETHEUS_URL"] = ""  # no Prometheus scrapes the local functions
+        env["FSD_PROMETHEUS_URL"] = ""  # lastLatencySeconds off: nothing scrapes the functions
         config = OperatorConfig.from_env(env)
         cluster.start_operator(config, refresh_seconds(env))
 
@@ -480,7 +477,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         uploaded = sorted(o.object_name or "" for o in client.list_objects(bucket, recursive=True))
 
         # 7. Declare the model (kubectl apply -f examples/..., kubectl wait ... Ready)
-        assert doc_command("kubectl apply -f")[-1] == "examples/inferencemodel-gc1024.yaml"
+        assert doc_command("kubectl apply -f examples/inferencemodel-gc1024.yaml")
         example = yaml.safe_load(EXAMPLE.read_text())
         name, namespace = example["metadata"]["name"], example["metadata"]["namespace"]
         kube.apply(example, namespace)
@@ -501,7 +498,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         assert answer["correct"] is True
 
         # (the issue) the same name in another namespace: its own functions, and it answers too
-        kube.create_namespace(SECOND_NAMESPACE)
+        # (kubectl create namespace team-b: kmock keeps no namespaces, nor needs them)
         kube.apply(example, SECOND_NAMESPACE)
         second = wait_for(
             f"{SECOND_NAMESPACE}/{name} Ready", lambda: is_ready(kube, SECOND_NAMESPACE, name)
@@ -513,6 +510,10 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         assert code == 200, body[:500]
         assert json.loads(body)["categories"] == truth
         assert len(host.names) == 4  # two coordinators, two workers
+        # and the first model's functions were left alone: it still answers as before
+        code, body = invoke(gateway.url, coordinator, REQUEST.read_bytes(), gateway_password)
+        assert code == 200, body[:500]
+        assert json.loads(body)["categories"] == truth
         pids = host.pids()
 
         # 10. Uninstall: the models first (kubectl delete -f ... --wait), so nothing is left
