@@ -319,8 +319,8 @@ def _bridge(base: Any) -> Any:
             status = cast(dict[str, Any] | None, super().status_of(name))
             if status is not None:
                 status.pop("availableReplicas", None)
-                if self.host.available(name):
-                    status["availableReplicas"] = self.host.available(name)
+                if available := self.host.available(name):  # omitempty, as faas-provider
+                    status["availableReplicas"] = available
             return status
 
         def handle(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
