@@ -436,8 +436,11 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         }
         helm_install(cluster.url, values, tmp_path)  # (no --create-namespace: kmock has none)
         credentials = kube.secret(NAMESPACE, f"{RELEASE}-credentials")
-        assert credentials["fsd-gateway-password"] == gateway_password  # copied from OpenFaaS
-        assert len(credentials.get("fsd-run-key", "")) >= 32, sorted(credentials)
+        # (booleans first: a failure shows no credential)
+        copied = credentials["fsd-gateway-password"] == gateway_password
+        assert copied, "the gateway password is not OpenFaaS's basic-auth one"
+        run_key = len(credentials.get("fsd-run-key", "")) >= 32
+        assert run_key, f"no fsd-run-key of 32+ characters in the Secret: {sorted(credentials)}"
         # the chart's NATS and MinIO, with the chart's credentials
         nats = NatsServer(token=credentials["fsd-nats-token"])
         s3 = S3Server()
