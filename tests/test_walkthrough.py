@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import os
 import re
@@ -67,7 +66,13 @@ SECOND_NAMESPACE = "team-b"
 TICK = "0.5"  # the operator's timer and retry delay here (FSD_OPERATOR_*_SECONDS)
 READY_TIMEOUT = 90.0  # bounds a wait; never asserted on
 #: what the chart's operator may read as files (contract 4), mapped onto our servers' settings
-SECRET_KEYS = ("fsd-nats-token", "fsd-s3-access-key", "fsd-s3-secret-key", "fsd-gateway-password")
+SECRET_KEYS = (
+    "fsd-nats-token",
+    "fsd-s3-access-key",
+    "fsd-s3-secret-key",
+    "fsd-gateway-password",
+    "fsd-run-key",
+)
 
 
 # -- the page's commands ---------------------------------------------------------------------------
@@ -289,89 +294,10 @@ class HelmCluster:
 
 
 def hosted_gateway(host: LocalFunctionHost, password: str) -> Any:
-    """The gateway stand-in serving ``host``'s functions (tests/k8s_gateway.py, ``host=``).
-
-    Until that stand-in takes a FunctionHost, :class:`_Bridge` plugs the host into today's.
-    """
+    """The gateway stand-in (tests/k8s_gateway.py) serving ``host``'s functions."""
     from k8s_gateway import FakeGateway
 
-    if "host" in inspect.signature(FakeGateway).parameters:
-        return FakeGateway(host=host, password=password).start()  # type: ignore[call-arg]
-    return _bridge(FakeGateway)(host, password).start()
-
-
-def _bridge(base: Any) -> Any:
-    """Today's FakeGateway with invocations, ``/system/secrets`` and the host wired in.
-
-    TEMPORARY: the operator helper's tests/k8s_gateway.py replaces this (FakeGateway(host=...)).
-    Rules as faas-netes has them: a deployment naming a secret that does not exist is refused
-    (``pkg/handlers/deploy.go``: "unable to fetch secrets"); ``/function/<name>`` of a function
-    that does not exist is 404 (gateway's proxy).
-    """
-
-    class Bridge(base):  # type: ignore[misc,valid-type]
-        def __init__(self, host: LocalFunctionHost, password: str) -> None:
-            super().__init__(password=password)
-            self.host = host
-            self.secrets: dict[str, str] = {}
-
-        def status_of(self, name: str) -> dict[str, Any] | None:
-            status = cast(dict[str, Any] | None, super().status_of(name))
-            if status is not None:
-                status.pop("availableReplicas", None)
-                if available := self.host.available(name):  # omitempty, as faas-provider
-                    status["availableReplicas"] = available
-            return status
-
-        def handle(self, method: str, path: str, auth: str, raw: bytes) -> tuple[int, Any]:
-            if path.startswith("/function/") and not path.endswith("/metrics"):
-                name, _, sub = path.removeprefix("/function/").partition("/")
-                name = name.partition(".")[0]  # NAME.NAMESPACE names the namespace too
-                with self.lock:
-                    known = name in self.functions
-                if not known:
-                    return 404, f"function {name} not found"
-                json_body = {"Content-Type": "application/json"}
-                status, _, answer = self.host.forward(name, method, "/" + sub, json_body, raw)
-                return status, answer.decode(errors="replace")
-            if path == "/system/secrets":
-                return self._secrets(method, auth, raw)
-            if method in ("POST", "PUT") and path == "/system/functions":
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = {}
-                missing = [s for s in body.get("secrets") or [] if s not in self.secrets]
-                if missing:
-                    why = f"unable to fetch secrets: {', '.join(missing)}"
-                    self.rejected.append((method, path, why))
-                    return 400, why
-            status, payload = super().handle(method, path, auth, raw)
-            if status < 300 and path == "/system/functions":
-                body = json.loads(raw)
-                if method == "DELETE":
-                    self.host.removed(body["functionName"])
-                else:
-                    self.host.deployed(body, dict(self.secrets))
-            return status, payload
-
-        def _secrets(self, method: str, auth: str, raw: bytes) -> tuple[int, Any]:
-            if auth != self._auth:
-                return 401, "Unauthorized"
-            if method == "GET":
-                return 200, [{"name": n} for n in sorted(self.secrets)]
-            body = json.loads(raw or b"{}")
-            name = str(body.get("name", ""))
-            if method == "DELETE":
-                return (200, "") if self.secrets.pop(name, None) is not None else (404, "")
-            if method == "POST" and name in self.secrets:
-                return 409, f"secret {name} exists"
-            if method == "PUT" and name not in self.secrets:
-                return 404, f"secret {name} not found"
-            self.secrets[name] = str(body.get("value", ""))
-            return (201 if method == "POST" else 200), ""
-
-    return Bridge
+    return FakeGateway(host=host, password=password).start()
 
 
 def invoke(gateway_url: str, name: str, body: bytes, password: str) -> tuple[int, bytes]:
@@ -461,6 +387,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         env.setdefault("FSD_FUNCTION_S3_ENDPOINT", in_cluster_s3)
         for var in ("FSD_OPENFAAS_URL", "FSD_S3_ENDPOINT"):
             env[var] = host.local(env[var])
+        env["FSD_KUBE_URL"] = cluster.url  # what in-cluster config finds in a pod
         env["FSD_PROMETHEUS_URL"] = ""  # lastLatencySeconds off: nothing scrapes the functions
         config = OperatorConfig.from_env(env)
         cluster.start_operator(config, refresh_seconds(env))
@@ -488,7 +415,8 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         coordinator = function_name(name, namespace, "coordinator")  # type: ignore[call-arg]
         assert coordinator == "gc1024-default-coordinator"  # contract 1
         assert status["coordinator"]["function"] == coordinator
-        assert status["coordinator"]["url"].endswith(f"/function/{coordinator}")
+        url_name = status["coordinator"]["url"].rpartition("/function/")[2]
+        assert url_name in (coordinator, f"{coordinator}.{env['FSD_FUNCTION_NAMESPACE']}")
 
         # 8. Invoke (faas-cli invoke <the documented name> < examples/request.json)
         invoked = doc_command("faas-cli invoke")
@@ -535,7 +463,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         # the functions' secrets are the operator's shared ones (contract 4); they stay until
         # `kubectl delete namespace fsd` and OpenFaaS's uninstall (step 10), as the page says
         kept = {k[-1] if isinstance(k, tuple) else k for k in getattr(gateway, "secrets", {})}
-        assert kept <= {*SECRET_KEYS, "fsd-run-key"}  # (keys: name, or (namespace, name))
+        assert kept <= set(SECRET_KEYS)  # (keys: name, or (namespace, name))
         assert gateway.rejected == []
 
 

@@ -388,23 +388,17 @@ def refresh(
 def _latency(config: OperatorConfig, coordinator: str) -> float | None:
     """Mean request seconds of the coordinator from Prometheus (contract 8); None: unknown.
 
-    ``fsd.k8s.latency.last_latency`` asks ``FSD_PROMETHEUS_URL``; until that module has it, no
-    latency is reported (an empty ``FSD_PROMETHEUS_URL`` turns it off).
+    An empty ``FSD_PROMETHEUS_URL`` turns it off; :func:`fsd.k8s.latency.last_latency` never
+    raises, so a missing Prometheus never degrades a model.
     """
-    query = getattr(latency, "last_latency", None)
-    if not config.prometheus_url or query is None:
+    if not config.prometheus_url:
         return None
-    try:
-        value = query(
-            config.prometheus_url,
-            coordinator,
-            config.namespace_for_functions,
-            timeout=config.gateway_timeout,
-        )
-    except Exception as exc:  # a nicety: never degrade a model over it
-        log.debug("no latency from Prometheus: %s", type(exc).__name__)
-        return None
-    return float(value) if isinstance(value, int | float) else None
+    return latency.last_latency(
+        config.prometheus_url,
+        coordinator,
+        config.namespace_for_functions,
+        timeout=config.gateway_timeout,
+    )
 
 
 def register(

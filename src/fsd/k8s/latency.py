@@ -16,10 +16,6 @@ The query is ``sum(rate(..._sum[5m])) / sum(rate(..._count[5m]))``: summed over 
 gateway replicas, then divided, which is the mean latency and not a mean of means. Latency is a
 nicety of the status: no traffic in the window (0/0 is NaN), an unreachable or slow Prometheus, or
 an answer that is not one finite, non-negative number all give None, and nothing here raises.
-
-The older helpers below read one coordinator replica's ``fsd_request_seconds`` through the gateway
-(:func:`coordinator_totals`, :func:`recent_latency`); they stay until the operator's timer calls
-:func:`last_latency` instead.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import urllib3
-from prometheus_client.parser import text_string_to_metric_families
 
 from fsd.redact import redact, redact_text
 
@@ -165,37 +160,3 @@ def _one_value(body: bytes | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) and value >= 0 else None
-
-
-# -- the older look through the gateway at one coordinator replica (see the module docstring) --
-
-Totals = tuple[float, float]  # (sum of seconds, number of requests)
-
-
-def coordinator_totals(exposition: str) -> Totals | None:
-    """Sum and count of the coordinator's requests in a Prometheus text exposition."""
-    total = count = 0.0
-    found = False
-    try:
-        for family in text_string_to_metric_families(exposition):
-            if family.name != "fsd_request_seconds":
-                continue
-            for sample in family.samples:
-                if sample.labels.get("function") != "coordinator":
-                    continue
-                if sample.name.endswith("_sum"):
-                    total += sample.value
-                    found = True
-                elif sample.name.endswith("_count"):
-                    count += sample.value
-    except ValueError:  # not an exposition: no sample
-        return None
-    return (total, count) if found else None
-
-
-def recent_latency(now: Totals, before: Totals | None) -> float | None:
-    """Mean seconds of the requests since ``before`` (all of them when None); None if none."""
-    total, count = now
-    if before is not None and count >= before[1]:
-        total, count = total - before[0], count - before[1]
-    return total / count if count > 0 else None
