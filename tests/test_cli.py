@@ -707,3 +707,34 @@ def test_invoke_waits_a_bounded_time() -> None:
 
     assert invoke.wait_seconds({"timeout": 5}) == 5 + invoke.MARGIN_SECONDS
     assert invoke.wait_seconds({}) == invoke.DEFAULT_WAIT_SECONDS + invoke.MARGIN_SECONDS
+
+
+def test_invoke_bounds_an_answer_that_trickles() -> None:
+    """A gateway that answers headers at once, then a byte at a time: the wait bounds the whole
+    answer, not each byte."""
+    from fsd import invoke
+
+    body = json.dumps({"categories": [], "padding": "x" * 40}).encode()
+    stop = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+            for i in range(len(body)):
+                if stop.wait(0.2):
+                    return
+                conn.sendall(body[i : i + 1])
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        target = invoke.Gateway(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        try:
+            with pytest.raises(invoke.GatewayError, match=r"no answer from .* within 1 s"):
+                invoke.invoke(target, "coordinator", b"{}", wait=1.0)
+        finally:
+            stop.set()
+            thread.join(timeout=10)

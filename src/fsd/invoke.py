@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,7 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
         headers.update(urllib3.make_headers(basic_auth=f"{target.user}:{target.password}"))
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0))
     where = f"{shown(target.url)} function {function}"
+    deadline = time.monotonic() + CONNECT_SECONDS + wait
     try:
         response = http.request(
             "POST",
@@ -212,10 +214,10 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
             redirect=False,
         )
         try:
-            data = response.read(MAX_REPLY_BYTES + 1)
+            data = _read_within(response, deadline)
         finally:
             response.release_conn()
-    except urllib3.exceptions.TimeoutError:
+    except (urllib3.exceptions.TimeoutError, TimeoutError):
         raise GatewayError(f"no answer from {where} within {wait:g} s") from None
     except urllib3.exceptions.HTTPError as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -229,6 +231,22 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
     if response.status != 200:
         raise _failure(response.status, data, where, target)
     return check_result(_json(data, where), where)
+
+
+def _read_within(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """The body, up to one byte over the limit, by the deadline: the read timeout bounds each
+    wait for a byte, not a body that trickles in."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_REPLY_BYTES:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.read1(min(1 << 16, MAX_REPLY_BYTES + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _json(data: bytes, where: str) -> Any:
