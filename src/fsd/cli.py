@@ -1,12 +1,14 @@
-"""``fsd`` command line: run, generate, partition. Bad input: one line on stderr and exit code 2.
+"""``fsd`` command line: run, invoke, generate, partition, model.
 
-Every message is one printable line with URL credentials scrubbed; even an unexpected exception
-is one line (exit 1), its traceback shown only with ``-v``.
+Bad input: one line on stderr and exit code 2. Every message is one printable line with URL
+credentials scrubbed; even an unexpected exception is one line (exit 1), its traceback shown
+only with ``-v``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import math
@@ -20,17 +22,19 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fsd import lifetime, observe, plot, reference
+import fsd
+from fsd import invoke, lifetime, observe, plot, reference
 from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
-from fsd.metrics import RunResult
+from fsd.metrics import RunResult, summary
 from fsd.model import Images, Network, load_images, load_network, write_images, write_network
 from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import redact_text
+from fsd.services import NatsServer, NotInstalled, S3Server, require
 
 log = logging.getLogger("fsd")
 
@@ -107,61 +111,267 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="fsd", description=__doc__)
-    top.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+DESCRIPTION = """\
+Fully serverless distributed inference of sparse DNNs: a model partitioned by neurons across
+workers that exchange activations through a channel (local, NATS JetStream or S3).
 
-    run = sub.add_parser("run", help="distributed inference, checked against truth or the oracle")
-    run.add_argument("--data", type=Path, help="Graph Challenge folder (official layout)")
-    run.add_argument("--neurons", type=_neurons, help="neurons per layer (N)")
-    run.add_argument("--layers", type=_layers, help="layers to run (default: all)")
-    run.add_argument("--images", type=_images, help="use the first K images")
-    run.add_argument("--workers", type=_workers, default=4, help="workers (1..N, default 4)")
-    run.add_argument("--channel", default="local", help=f"one of {', '.join(CHANNELS)}")
-    run.add_argument("--partition", default="contiguous", help=", ".join(PARTITIONERS))
-    run.add_argument("--dtype", default="float32", help=", ".join(DTYPES))
+Exit codes: 0 correct, 1 wrong answer or failed run, 2 bad input (one line on stderr).
+-v and --log-level go before or after the command.
+"""
+
+EPILOGS = {
+    "fsd": """\
+examples:
+  fsd run --workers 4 --channel nats
+  fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
+  fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
+  fsd COMMAND --help    (a command's options and examples)
+""",
+    "run": """\
+examples:
+  fsd run                                          (a generated 1024x120 network, 4 workers)
+  fsd run --data ../shared/graphchallenge --workers 8 --partition min-comm
+  fsd run --data DIR --layers 30 --images 500 --channel s3 --json
+  FSD_NATS_URL=nats://nats:4222 fsd run --channel nats
+
+Without --nats-url/--s3-endpoint (or their variables) nats and s3 start an embedded server,
+which needs the extra: pip install 'fsd[embedded]'.
+""",
+    "invoke": """\
+examples:
+  fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
+  fsd invoke --function gc1024-default-coordinator --model gc1024 --workers 4 --json
+  OPENFAAS_URL=https://gw.example.com fsd invoke --inference-model gc1024 --images 100
+
+The password of the gateway's basic auth comes from OPENFAAS_PASSWORD or --password-file,
+never from a flag. Flags given with --request replace the file's fields.
+""",
+    "generate": """\
+examples:
+  fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
+  fsd run --data /tmp/net1024 --workers 4
+""",
+    "partition": """\
+examples:
+  fsd partition --data ../shared/graphchallenge --workers 8
+  fsd partition --data DIR --workers 16 --layers 12 --json
+""",
+    "model": """\
+examples:
+  fsd model push ../shared/graphchallenge --name gc1024 --workers 4 8
+  fsd model show gc1024
+""",
+    "push": """\
+examples:
+  fsd model push ../shared/graphchallenge --name gc1024 --workers 4 8
+  AWS_ENDPOINT_URL=http://127.0.0.1:9000 fsd model push DIR --name gc1024 --workers 4
+""",
+    "show": """\
+examples:
+  fsd model show gc1024
+""",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+S3_ENDPOINT_HELP = (
+    "S3 endpoint URL (else env FSD_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL{})"
+)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one to show (not for flags and unset options, whose help
+    says what happens without them); descriptions and examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        if isinstance(action.default, list):  # nargs="+": shown as typed
+            return f"{action.help} (default: {' '.join(map(str, action.default))})"
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fsd")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return fsd.__version__
+
+
+def _common() -> _Parser:
+    """-v and --log-level, accepted before and after the command: SUPPRESS keeps a command's
+    parser from resetting what was given before it."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress details (--log-level DEBUG) and show tracebacks of internal errors",
+    )
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="log messages of this level and above (default: WARNING; DEBUG with -v)",
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = _Parser(
+        prog="fsd",
+        description=DESCRIPTION,
+        epilog=EPILOGS["fsd"],
+        formatter_class=_Help,
+        parents=[common],
+    )
+    top.add_argument("--version", action="version", version=f"fsd {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def command(
+        group: argparse._SubParsersAction[_Parser], name: str, about: str
+    ) -> argparse.ArgumentParser:
+        return group.add_parser(
+            name,
+            help=about,
+            description=about[0].upper() + about[1:] + ".",
+            epilog=EPILOGS[name],
+            formatter_class=_Help,
+            parents=[common],
+        )
+
+    run = command(sub, "run", "distributed inference, checked against truth or the oracle")
+    run.add_argument("--data", type=Path, help="Graph Challenge folder (default: generated net)")
+    run.add_argument(
+        "--neurons",
+        type=_neurons,
+        help=f"neurons per layer N (default: from --data, else {DEFAULT_NEURONS})",
+    )
+    run.add_argument(
+        "--layers",
+        type=_layers,
+        help=f"layers to run (default: all in --data, else {DEFAULT_LAYERS})",
+    )
+    run.add_argument(
+        "--images",
+        type=_images,
+        help=f"use the first K images (default: all in --data, else {DEFAULT_IMAGES})",
+    )
+    run.add_argument("--workers", type=_workers, default=4, help="workers (1..N)")
+    run.add_argument("--channel", default="local", choices=CHANNELS, help="how workers exchange")
+    run.add_argument(
+        "--partition",
+        default="contiguous",
+        choices=PARTITIONERS,
+        help="how neurons are split across workers",
+    )
+    run.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and activations")
     run.add_argument("--seed", type=_seed, default=0, help="seed of generator and partitioner")
     run.add_argument("--timeout", type=_seconds, default=600.0, help="seconds for the inference")
     run.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    run.add_argument("--nats-url", help="NATS server URL (env FSD_NATS_URL; none: embedded)")
-    run.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT; none: embedded)")
-    run.add_argument("--s3-bucket", help="S3 bucket (env FSD_S3_BUCKET; default fsd)")
+    run.add_argument("--nats-url", help="NATS server URL (else env FSD_NATS_URL; none: embedded)")
+    run.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format("; none: embedded"))
+    run.add_argument("--s3-bucket", help="S3 bucket (else env FSD_S3_BUCKET, else fsd)")
     run.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="write a per-worker timeline PNG of the run"
     )
 
-    gen = sub.add_parser("generate", help="write a RadiX-Net network and images (official layout)")
-    gen.add_argument("--neurons", type=_neurons, required=True)
-    gen.add_argument("--layers", type=_layers, required=True)
-    gen.add_argument("--images", type=_images, required=True)
-    gen.add_argument("--seed", type=_seed, default=0)
-    gen.add_argument("--out", type=Path, required=True)
+    inv = command(sub, "invoke", "send an inference request to a deployed coordinator function")
+    where = inv.add_mutually_exclusive_group(required=True)
+    where.add_argument("--function", metavar="NAME", help="the coordinator function's name")
+    where.add_argument(
+        "--inference-model",
+        metavar="NAME",
+        help="the InferenceModel whose coordinator to call (<name>-<namespace>-coordinator)",
+    )
+    inv.add_argument(
+        "--namespace",
+        default="default",
+        help="the InferenceModel's namespace (with --inference-model)",
+    )
+    inv.add_argument(
+        "--gateway",
+        metavar="URL",
+        help=f"OpenFaaS gateway (default: env OPENFAAS_URL, else {invoke.DEFAULT_GATEWAY})",
+    )
+    inv.add_argument(
+        "--user",
+        help=f"gateway basic-auth user (default: env OPENFAAS_USER, else {invoke.DEFAULT_USER})",
+    )
+    inv.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the gateway password (default: env OPENFAAS_PASSWORD; none: no auth)",
+    )
+    inv.add_argument(
+        "--request", type=Path, metavar="FILE", help="request JSON as in docs/api.md ('-': stdin)"
+    )
+    inv.add_argument(
+        "--model", help="model name in the request (default: the request's, else --inference-model)"
+    )
+    inv.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker functions (default: the smallest count the model was cut for)",
+    )
+    inv.add_argument(
+        "--partition",
+        choices=invoke.request_choices("partition"),
+        help="how the model was cut (default: min-comm if pushed)",
+    )
+    inv.add_argument(
+        "--channel",
+        choices=invoke.request_choices("channel"),
+        help="how workers exchange (default: the function's FSD_CHANNEL)",
+    )
+    inv.add_argument("--images", type=_images, help="use the first K stored images (default: all)")
+    inv.add_argument(
+        "--timeout",
+        type=_seconds,
+        help="seconds for the inference (default: the "
+        "function's FSD_TIMEOUT); the answer is awaited 30 s longer",
+    )
+    inv.add_argument("--json", action="store_true", help="last stdout line: the answer as JSON")
 
-    part = sub.add_parser("partition", help="planned crossing activations per partitioner")
-    part.add_argument("--data", type=Path, required=True)
-    part.add_argument("--workers", type=_workers, required=True)
-    part.add_argument("--neurons", type=_neurons)
-    part.add_argument("--layers", type=_layers)
-    part.add_argument("--seed", type=_seed, default=0)
-    part.add_argument("--json", action="store_true")
+    gen = command(sub, "generate", "write a RadiX-Net network and images (official layout)")
+    gen.add_argument("--neurons", type=_neurons, required=True, help="neurons per layer, 2^k")
+    gen.add_argument("--layers", type=_layers, required=True, help="layers")
+    gen.add_argument("--images", type=_images, required=True, help="images")
+    gen.add_argument("--seed", type=_seed, default=0, help="seed of network and images")
+    gen.add_argument("--out", type=Path, required=True, help="folder to write (created)")
 
-    model = sub.add_parser("model", help="the model store (an S3 bucket) used by the functions")
-    verbs = model.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    push = verbs.add_parser("push", help="cut a model for worker counts and upload it")
+    part = command(sub, "partition", "planned crossing activations per partitioner")
+    part.add_argument("--data", type=Path, required=True, help="Graph Challenge folder")
+    part.add_argument("--workers", type=_workers, required=True, help="workers (1..N)")
+    part.add_argument("--neurons", type=_neurons, help="neurons per layer (default: from --data)")
+    part.add_argument("--layers", type=_layers, help="layers to plan (default: all in --data)")
+    part.add_argument("--seed", type=_seed, default=0, help="seed of the random partitioners")
+    part.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+
+    model = command(sub, "model", "the model store (an S3 bucket) used by the functions")
+    verbs = model.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
+    push = command(verbs, "push", "cut a model for worker counts and upload it")
     push.add_argument("data", type=Path, help="Graph Challenge folder (official layout)")
     push.add_argument("--name", required=True, help="model name for requests")
     push.add_argument("--workers", type=_workers, nargs="+", required=True, help="worker counts")
-    push.add_argument("--partition", nargs="+", default=["min-comm"], help=", ".join(PARTITIONERS))
-    push.add_argument("--neurons", type=_neurons)
-    push.add_argument("--layers", type=_layers)
+    push.add_argument(
+        "--partition",
+        nargs="+",
+        default=["min-comm"],
+        choices=PARTITIONERS,
+        help="partitioners to cut with",
+    )
+    push.add_argument("--neurons", type=_neurons, help="neurons per layer (default: from DATA)")
+    push.add_argument("--layers", type=_layers, help="layers (default: all in DATA)")
     push.add_argument("--no-images", action="store_true", help="do not store the images")
-    push.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT)")
-    push.add_argument("--s3-bucket", help="bucket (env FSD_S3_BUCKET; default fsd)")
-    show = verbs.add_parser("show", help="print a stored model's manifest")
-    show.add_argument("name")
-    show.add_argument("--s3-endpoint", help="S3 endpoint URL (env FSD_S3_ENDPOINT)")
-    show.add_argument("--s3-bucket", help="bucket (env FSD_S3_BUCKET; default fsd)")
+    push.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
+    push.add_argument("--s3-bucket", help="bucket (else env FSD_S3_BUCKET, else fsd)")
+    show = command(verbs, "show", "print a stored model's manifest")
+    show.add_argument("name", help="model name given to fsd model push")
+    show.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
+    show.add_argument("--s3-bucket", help="bucket (else env FSD_S3_BUCKET, else fsd)")
     return top
 
 
@@ -221,21 +431,20 @@ class _Bar:
             sys.stderr.write("\n")
 
 
+#: The embedded server a channel starts when no address is configured.
+EMBEDDED = {"nats": NatsServer, "s3": S3Server}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.channel not in CHANNELS:
-        raise InputError(f"unknown channel {args.channel!r}; choose one of {', '.join(CHANNELS)}")
-    if args.partition not in PARTITIONERS:
-        raise InputError(
-            f"unknown partitioner {args.partition!r}; choose one of {', '.join(PARTITIONERS)}"
-        )
-    if args.dtype not in DTYPES:  # before loading: weights are checked in this dtype
-        raise InputError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    # channel, partition and dtype are argparse choices: checked before anything is loaded
     if args.plot is not None:  # fail before a long run, not after it
         plot.check_available()
         plot.check_path(args.plot)
     settings = channel_config(  # addresses checked before any loading or connecting
         args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
     )
+    if not settings.address and args.channel in EMBEDDED:  # not installed: say so before loading
+        require(EMBEDDED[args.channel])
     t0 = time.perf_counter()
     network, images = _load(args)
     check_workers(args.workers, network.neurons)
@@ -262,13 +471,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gateway = os.environ.get("FSD_PUSHGATEWAY")
     if gateway:  # best effort: push_run logs a warning instead of failing the run
         observe.push_run(result, model, gateway)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        print(result.summary())
+    _report(result.to_json(), args.json)
     if args.plot is not None:  # after the report, so a failing plot does not hide the result
         plot.timeline(result, args.plot, model)
     return 0 if result.correct else EXIT_WRONG
+
+
+def _report(data: dict[str, Any], as_json: bool) -> None:
+    """A run's result, local or from a deployed coordinator: one JSON line, or the table."""
+    print(json.dumps(data) if as_json else summary(data))
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    """One request to a deployed coordinator, everything checked before it is sent."""
+    target = invoke.gateway(args.gateway, args.user, args.password_file, os.environ)
+    if args.function is not None:
+        function = invoke.check_function_name(args.function)
+    else:
+        function = invoke.coordinator_function(args.inference_model, args.namespace)
+    request = invoke.read_request(args.request) if args.request is not None else {}
+    given = {
+        "model": args.model,
+        "workers": args.workers,
+        "partition": args.partition,
+        "channel": args.channel,
+        "timeout": args.timeout,
+    }
+    request.update({k: v for k, v in given.items() if v is not None})
+    if "model" not in request:
+        if args.inference_model is None:
+            raise InputError("name the model: --model NAME, or a --request FILE that has one")
+        request["model"] = args.inference_model
+    if args.images is not None:
+        request.pop("inputs", None)
+        request["images"] = {"stored": True, "first": args.images}
+    elif "images" not in request and "inputs" not in request:
+        request["images"] = {"stored": True}
+    body = invoke.check_request(request)
+    answer = invoke.invoke(target, function, body, invoke.wait_seconds(request))
+    _report(answer, args.json)
+    return EXIT_WRONG if answer.get("correct") is False else 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -325,11 +567,6 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.verb == "show":
         print(json.dumps(asdict(store.manifest(args.name)), indent=2))
         return 0
-    for method in args.partition:
-        if method not in PARTITIONERS:
-            raise InputError(
-                f"unknown partitioner {method!r}; choose one of {', '.join(PARTITIONERS)}"
-            )
     network = load_network(args.data, args.neurons, args.layers)
     for w in args.workers:
         check_workers(w, network.neurons)
@@ -342,6 +579,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
+    "invoke": _cmd_invoke,
     "generate": _cmd_generate,
     "partition": _cmd_partition,
     "model": _cmd_model,
@@ -354,14 +592,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    verbose = bool(getattr(args, "verbose", False))
+    args.verbose = verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=getattr(args, "log_level", None) or ("DEBUG" if verbose else "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         with lifetime.exit_on_sigterm():  # SIGTERM: unwind (stop workers, servers), exit 143
             return COMMANDS[args.command](args)
-    except InputError as exc:
+    except (InputError, NotInstalled) as exc:  # NotInstalled: pip install 'fsd[embedded]'
         _say("error", exc)
         return EXIT_USAGE
     except FsdError as exc:

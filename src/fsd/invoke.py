@@ -1,0 +1,334 @@
+"""A client of a deployed coordinator function: one inference request through an OpenFaaS gateway.
+
+The gateway routes ``POST <gateway>/function/<name>`` to the function and checks HTTP basic auth
+(user ``admin`` by default) when it has auth enabled; faas-cli reads the same ``OPENFAAS_URL``.
+The request is checked here exactly as the coordinator checks it (strict JSON, its schema)
+before anything is sent, and the answer is checked to be a run result before it is shown.
+Nothing here prints: :mod:`fsd.cli` does, with the same code as a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+
+from fsd.errors import FsdError, InputError
+from fsd.functions.coordinator import BULK, SCHEMA_PATH
+from fsd.functions.parse import load_json, problem
+from fsd.k8s import names
+from fsd.redact import redact_text
+from fsd.urls import shown
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+DEFAULT_USER = "admin"
+#: Largest request sent: the coordinator's default FSD_MAX_BODY_BYTES (docs/api.md).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: Largest answer read (100 000 categories and 32 768 layers fit many times over).
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+#: Largest password file read.
+MAX_PASSWORD_BYTES = 4096
+#: Seconds to connect to the gateway, and added to the inference's bound for the gateway, a cold
+#: start and the answer's way back.
+CONNECT_SECONDS = 10.0
+MARGIN_SECONDS = 30.0
+#: Seconds an answer is waited for when the request sets no ``timeout``: the coordinator's
+#: default FSD_MAX_TIMEOUT (docs/api.md), which bounds whatever its own default is.
+DEFAULT_WAIT_SECONDS = 300.0
+_DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class GatewayError(FsdError):
+    """The gateway or the function could not be reached, or failed (not the request's fault)."""
+
+
+def request_choices(name: str) -> tuple[str, ...]:
+    """The values the coordinator's request schema allows for ``name`` (``channel``, ...)."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    return tuple(schema["properties"][name]["enum"])
+
+
+def coordinator_function(name: str, namespace: str) -> str:
+    """The coordinator function of InferenceModel ``namespace/name`` (the naming contract:
+    ``<name>-<namespace>-coordinator``, made by :func:`fsd.k8s.names.function_name`)."""
+    # MERGE: written for function_name(name, namespace, role), the contract's signature
+    return names.function_name(name, namespace, "coordinator")  # type: ignore[call-arg]
+
+
+def check_function_name(name: str) -> str:
+    """``name`` or ``name.namespace``: DNS-1123 labels, as OpenFaaS routes them."""
+    parts = name.split(".")
+    if len(parts) > 2 or not all(_is_label(p) for p in parts):
+        raise InputError(
+            f"function name {name[:80]!r} is not a DNS-1123 label (a-z, 0-9, '-', at most 63 "
+            "characters), optionally followed by .namespace"
+        )
+    return name
+
+
+def _is_label(text: str) -> bool:
+    return (
+        0 < len(text) <= 63 and set(text) <= _DNS_LABEL_CHARS and text[0] != "-" and text[-1] != "-"
+    )
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Where the gateway is and how to log in; the password stays out of ``repr``."""
+
+    url: str
+    user: str = DEFAULT_USER
+    password: str = field(default="", repr=False)
+
+    def function_url(self, function: str) -> str:
+        return f"{self.url.rstrip('/')}/function/{check_function_name(function)}"
+
+
+def gateway(
+    url: str | None,
+    user: str | None,
+    password_file: Path | None,
+    env: Mapping[str, str],
+) -> Gateway:
+    """The gateway from flags, else ``OPENFAAS_URL``, ``OPENFAAS_USER``, ``OPENFAAS_PASSWORD``.
+
+    A password comes only from the environment or a file, never from a flag (shell history,
+    process listings); the URL carries none either.
+    """
+    source = "--gateway" if url else "OPENFAAS_URL"
+    address = url or env.get("OPENFAAS_URL", "") or DEFAULT_GATEWAY
+    _check_url(address, source)
+    name = user or env.get("OPENFAAS_USER", "") or DEFAULT_USER
+    if not name.isprintable() or ":" in name or len(name) > 256:
+        raise InputError("the gateway user must be printable, without ':', at most 256 characters")
+    if password_file is not None:
+        password = _read_password(password_file)
+    else:
+        password = env.get("OPENFAAS_PASSWORD", "").strip()
+    return Gateway(address, name, password)
+
+
+def _check_url(address: str, source: str) -> None:
+    if any(not c.isprintable() or c.isspace() for c in address):
+        raise InputError(f"{source} has spaces or control characters: {shown(address)}")
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        raise InputError(f"{source} is not a valid URL: {shown(address)}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise InputError(f"{source} must be http(s)://host[:port][/path]: {shown(address)}")
+    if "@" in parts.netloc:
+        raise InputError(
+            f"{source} must not hold credentials (use OPENFAAS_PASSWORD or --password-file): "
+            f"{shown(address)}"
+        )
+    if parts.query or parts.fragment:
+        raise InputError(f"{source} must not have a query or fragment: {shown(address)}")
+
+
+def _read_password(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_PASSWORD_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise InputError(f"the password file {path} is larger than {MAX_PASSWORD_BYTES} bytes")
+    try:
+        password = data.decode().strip()
+    except UnicodeDecodeError:
+        raise InputError(f"the password file {path} is not UTF-8 text") from None
+    if not password:
+        raise InputError(f"the password file {path} is empty")
+    return password
+
+
+def read_request(path: Path) -> dict[str, Any]:
+    """A request file (``-``: standard input) as strict JSON, an object within the size limit."""
+    where = "standard input" if str(path) == "-" else str(path)
+    try:
+        if str(path) == "-":
+            body = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        else:
+            with path.open("rb") as fh:
+                body = fh.read(MAX_REQUEST_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read the request {where}: {exc.strerror or exc}") from None
+    if len(body) > MAX_REQUEST_BYTES:
+        raise InputError(f"the request {where} is larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        value = load_json(body)
+    except InputError as exc:
+        raise InputError(f"the request {where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"the request {where} is not a JSON object")
+    return value
+
+
+def check_request(request: Mapping[str, Any]) -> bytes:
+    """The request as the body to send, once it passes the coordinator's own schema."""
+    found = problem(SCHEMA_PATH, request, bulk=BULK)
+    if found:
+        raise InputError(f"invalid request: {found}")
+    body = json.dumps(request, separators=(",", ":")).encode()
+    if len(body) > MAX_REQUEST_BYTES:
+        raise InputError(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
+    return body
+
+
+def wait_seconds(request: Mapping[str, Any]) -> float:
+    """How long to wait for the answer: the request's own bound (or the coordinator's largest
+    default) plus a margin; always finite."""
+    asked = request.get("timeout")
+    bound = float(asked) if isinstance(asked, int | float) else DEFAULT_WAIT_SECONDS
+    return bound + MARGIN_SECONDS
+
+
+def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str, Any]:
+    """POST ``body`` to ``function``; the answer when it is a run result, else an error:
+    InputError for what the caller can fix (4xx), GatewayError for the rest."""
+    url = target.function_url(function)
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if target.password:
+        headers.update(urllib3.make_headers(basic_auth=f"{target.user}:{target.password}"))
+    http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0))
+    where = f"{shown(target.url)} function {function}"
+    deadline = time.monotonic() + CONNECT_SECONDS + wait
+    try:
+        response = http.request(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=CONNECT_SECONDS, read=wait),
+            preload_content=False,
+            redirect=False,
+        )
+        try:
+            data = _read_within(response, deadline)
+        finally:
+            response.release_conn()
+    except (urllib3.exceptions.TimeoutError, TimeoutError):
+        raise GatewayError(f"no answer from {where} within {wait:g} s") from None
+    except urllib3.exceptions.HTTPError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise GatewayError(
+            f"cannot reach {where}: {_scrub(str(reason), target.password)}"
+        ) from None
+    finally:
+        http.clear()
+    if len(data) > MAX_REPLY_BYTES:
+        raise GatewayError(f"{where} answered more than {MAX_REPLY_BYTES} bytes")
+    if response.status != 200:
+        raise _failure(response.status, data, where, target)
+    return check_result(_json(data, where), where)
+
+
+def _read_within(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """The body, up to one byte over the limit, by the deadline: the read timeout bounds each
+    wait for a byte, not a body that trickles in."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_REPLY_BYTES:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.read1(min(1 << 16, MAX_REPLY_BYTES + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _json(data: bytes, where: str) -> Any:
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(data, parse_constant=constant)
+    except (ValueError, RecursionError):
+        raise GatewayError(f"{where} answered 200 with a body that is not JSON") from None
+
+
+def _failure(status: int, data: bytes, where: str, target: Gateway) -> FsdError:
+    """One line for an error answer: the coordinator's ``error: detail`` (docs/api.md), or the
+    start of the gateway's own text (its 401, 404 and 5xx are plain text)."""
+    detail = ""
+    try:
+        reply = json.loads(data[:65536])
+        if isinstance(reply, dict) and isinstance(reply.get("error"), str):
+            detail = str(reply["error"])
+            if isinstance(reply.get("detail"), str):
+                detail += f": {reply['detail']}"
+    except (ValueError, RecursionError):
+        pass
+    if not detail:
+        detail = data[:300].decode("utf-8", "replace").strip() or "(no body)"
+    message = f"{where} answered {status}: {_scrub(detail[:600], target.password)}"
+    if status in (401, 403):
+        return InputError(
+            f"{message} (the gateway refused user {target.user!r}: set OPENFAAS_PASSWORD "
+            "or --password-file)"
+        )
+    if 400 <= status < 500:  # bad request, unknown function or model, too large: fix the input
+        return InputError(message)
+    return GatewayError(message)
+
+
+def _scrub(text: str, password: str) -> str:
+    """``text`` without URL userinfo and without this client's own password."""
+    text = redact_text(text)
+    return text.replace(password, "***") if password else text
+
+
+#: A run result's fields the summary shows, with their JSON types (metrics.summary).
+_NUMBER = (int, float)
+RESULT_FIELDS: dict[str, tuple[type, ...]] = {
+    "categories": (list,),
+    "n_categories": (int,),
+    "images": (int,),
+    "seconds": _NUMBER,
+    "load_seconds": _NUMBER,
+    "plan_seconds": _NUMBER,
+    "edges_per_second": _NUMBER,
+    "workers": (int,),
+    "partition": (str,),
+    "dtype": (str,),
+    "channel": (str,),
+    "bytes_sent": (int,),
+    "messages": (int,),
+    "comm_share": _NUMBER,
+}
+
+
+def check_result(reply: Any, where: str) -> dict[str, Any]:
+    """``reply`` when it has every field of a run result with its type, else GatewayError."""
+    if not isinstance(reply, dict):
+        raise GatewayError(f"{where} answered 200 with something that is not a run result")
+    for key, kinds in RESULT_FIELDS.items():
+        value = reply.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise GatewayError(f"{where} answered 200 without a valid {key!r}: not a run result")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GatewayError(f"{where} answered 200 with a non-finite {key!r}")
+    if reply.get("correct") not in (True, False, None):
+        raise GatewayError(f"{where} answered 200 without a valid 'correct'")
+    if not isinstance(reply.get("checked_against"), str | None):
+        raise GatewayError(f"{where} answered 200 without a valid 'checked_against'")
+    cost = reply.get("cost_usd")
+    if cost is not None and not (
+        isinstance(cost, dict)
+        and isinstance(cost.get("total_usd"), _NUMBER)
+        and not isinstance(cost.get("total_usd"), bool)
+    ):
+        raise GatewayError(f"{where} answered 200 without a valid 'cost_usd'")
+    return reply
