@@ -7,15 +7,16 @@ keeps functions and secrets in memory. Each rule names the upstream file it copi
 - basic auth on ``/system/*`` only; ``/function/*`` is open (openfaas/faas ``gateway/main.go``:
   only the system handlers are wrapped in ``decorateExternalAuth``);
 - ``POST /system/functions`` (202) and ``PUT /system/functions`` (202; 404 if absent) take a
-  ``FunctionDeployment`` (faas-provider ``types/model.go``): ``envVars``/``labels``/
-  ``annotations`` are maps of strings and ``secrets``/``constraints`` lists of strings, else
-  Go's ``json.Unmarshal`` fails: 400 "failed to unmarshal request" (faas-netes
-  ``pkg/handlers/deploy.go``, ``update.go``; :data:`FUNCTION_DEPLOYMENT`, strict here: unknown
-  fields refused too); ``service`` must be a DNS-1123 label and ``image`` set, and CE refuses
-  ``com.openfaas.scale.zero: "true"`` and ``scale.zero-duration`` (400 "validation failed: ...",
-  ``pkg/handlers/validate.go``); ``namespace``, when given, must be the gateway's (400 "namespace
-  must be: ...", ``deploy.go``/``update.go``); every secret named must exist in the function
-  namespace (400 "unable to fetch secrets: ...", ``deploy.go`` over ``pkg/k8s/secrets.go``
+  ``FunctionDeployment`` (faas-provider ``types/model.go``): ``envVars``/``labels``/ ``annotations``
+  are maps of strings and ``secrets``/``constraints`` lists of strings, else Go's ``json.Unmarshal``
+  fails: 400 "failed to unmarshal request" (faas-netes ``pkg/handlers/deploy.go``, ``update.go``;
+  :data:`FUNCTION_DEPLOYMENT`, strict here: unknown fields refused too); ``service`` must be a
+  DNS-1123 label and ``image`` set, and CE refuses ``com.openfaas.scale.zero: "true"`` and
+  ``scale.zero-duration`` (400 "validation failed: ...", ``pkg/handlers/validate.go``), and
+  ``com.openfaas.scale.min``/``max`` above 5 (``MaxReplicas``, same file), and a sixteenth function
+  (``MaxFunctions``, ``deploy.go``); ``namespace``, when given, must be the gateway's (400
+  "namespace must be: ...", ``deploy.go``/``update.go``); every secret named must exist in the
+  function namespace (400 "unable to fetch secrets: ...", ``deploy.go`` over ``pkg/k8s/secrets.go``
   ``GetSecrets``); a second ``POST`` of a name fails creating the Deployment (500 "unable create
   Deployment", ``deploy.go``);
 - ``DELETE /system/functions`` ``{"functionName"}`` (202; 404 if absent; 400 without a name),
@@ -110,6 +111,10 @@ _DELETE = jsonschema.Draft202012Validator(DELETE_FUNCTION)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: Kubernetes' name rule for a Secret (a DNS-1123 subdomain, 253 characters)
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: faas-netes CE's limits (pkg/handlers, ``MaxReplicas`` and ``MaxFunctions``), kept here apart
+#: from fsd's own copy so the stand-in checks the operator rather than agreeing with it
+CE_MAX_REPLICAS = 5
+CE_MAX_FUNCTIONS = 15
 Reply = tuple[int, Any]
 
 
@@ -298,6 +303,13 @@ class FakeGateway:
                 "validation failed: com.openfaas.scale.zero-duration not available for "
                 "Community Edition"
             )
+        for bound in ("max", "min"):  # validate.go validateScalingLabels: MaxReplicas
+            value = labels.get(f"com.openfaas.scale.{bound}", "")
+            if value.isdigit() and int(value) > CE_MAX_REPLICAS:
+                return (
+                    f"validation failed: com.openfaas.scale.{bound} is set too high for "
+                    "Community Edition"
+                )
         if body.get("namespace") and body["namespace"] != self.namespace:  # deploy.go, update.go
             return f"namespace must be: {self.namespace}"
         with self.lock:
@@ -308,6 +320,11 @@ class FakeGateway:
 
     def deploy(self, method: str, path: str, body: dict[str, Any]) -> Reply:
         name = body["service"]
+        with self.lock:
+            full = method == "POST" and len(self.functions) + 1 > CE_MAX_FUNCTIONS
+        if full:  # deploy.go: functionList.Count() + 1 > MaxFunctions
+            why = f"unable to create function, maximum: {CE_MAX_FUNCTIONS}"
+            return self._reject(method, path, 400, why)
         with self.lock:
             exists = name in self.functions
             if method == "POST" and exists:  # deploy.go: the Deployment exists

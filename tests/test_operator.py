@@ -377,9 +377,9 @@ def test_update_of_workers_recuts_the_model_and_redeploys(
     with operator(operator_config(s3_server, gateway.url)) as kube:
         kube.create(model("beta", {"url": url}, 2, scaling={"min": 1, "max": 8}))
         status = kube.wait_status("beta", "Ready", is_ready)
-        assert status["modelName"] == "beta"
-        assert set(store.manifest("beta").partitions) == {"2-min-comm"}
-        assert keys(client, "models/beta/2-min-comm/")
+        assert status["modelName"] == "default.beta"  # <namespace>.<name>
+        assert set(store.manifest("default.beta").partitions) == {"2-min-comm"}
+        assert keys(client, "models/default.beta/2-min-comm/")
 
         kube.patch_spec("beta", {"workers": 8, "resources": {"memory": "2Gi", "cpu": "500m"}})
         status = kube.wait_status(
@@ -391,15 +391,17 @@ def test_update_of_workers_recuts_the_model_and_redeploys(
         puts = {b["service"]: b for b in gateway.calls("PUT")}
         assert set(puts) == {"beta-default-coordinator", "beta-default-worker"}
         assert puts["beta-default-worker"]["labels"]["com.openfaas.scale.min"] == "2"
-        assert puts["beta-default-worker"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert (
+            puts["beta-default-worker"]["labels"]["com.openfaas.scale.max"] == "5"
+        )  # scaling.max 8, CE cap 5
         assert puts["beta-default-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
-        assert puts["beta-default-coordinator"]["labels"]["com.openfaas.scale.max"] == "8"
+        assert puts["beta-default-coordinator"]["labels"]["com.openfaas.scale.max"] == "5"  # CE cap
         assert gateway.rejected == []
 
-        manifest = store.manifest("beta")
+        manifest = store.manifest("default.beta")
         assert set(manifest.partitions) == {"8-min-comm"}  # cut again for 8 workers
-        assert len(keys(client, "models/beta/8-min-comm/")) == 9  # owners0 + 8 shards
-        assert keys(client, "models/beta/2-min-comm/") == []  # the old cut is gone
+        assert len(keys(client, "models/default.beta/8-min-comm/")) == 9  # owners0 + 8 shards
+        assert keys(client, "models/default.beta/2-min-comm/") == []  # the old cut is gone
 
 
 def test_delete_removes_functions_and_the_operators_model(
@@ -412,7 +414,7 @@ def test_delete_removes_functions_and_the_operators_model(
         kube.create(model("delta", {"model": pushed}, 2))
         kube.wait_status("gamma", "Ready", is_ready)
         kube.wait_status("delta", "Ready", is_ready)
-        assert keys(client, "models/gamma/")
+        assert keys(client, "models/default.gamma/")
 
         kube.delete("gamma")
         kube.delete("delta")
@@ -427,7 +429,7 @@ def test_delete_removes_functions_and_the_operators_model(
         ):
             assert gateway.calls("DELETE", name)  # (a repeated cleanup gets a 404: fine)
             assert name not in gateway.functions
-        assert keys(client, "models/gamma/") == []  # pushed by the operator: removed
+        assert keys(client, "models/default.gamma/") == []  # pushed by the operator: removed
         assert ModelStore(store_config(s3_server)).manifest(pushed).has(2, "min-comm")  # kept
         assert gateway.rejected == []
 
@@ -672,7 +674,8 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-worker")
     assert function_name("My.Model", "team", "coordinator") == "my-model-team-coordinator"
     assert function_name("gc1024", "default", "worker") == "gc1024-default-worker"
-    assert len(store_name("s" * 100)) <= 64
+    assert len(store_name("s" * 100, "default")) <= 64
+    assert store_name("gc1024", "team-b") == "team-b.gc1024"
 
     config = operator_config(s3_server, "http://127.0.0.1:1")
     for workers, scaling, expected in [
@@ -694,6 +697,25 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
 
 
 # -- issue 10: each defect, its own test -----------------------------------------------------------
+
+
+def test_community_edition_replica_cap_holds_every_worker(
+    s3_server: S3Server, gateway: FakeGateway
+) -> None:
+    """CE refuses scale.min/max above 5: 64 workers fit as 5 replicas of 13 invocations each."""
+    spec = parse_spec({"source": {"model": "m"}, "workers": 64, "scaling": {"max": 64}})
+    ce = operator_config(s3_server, gateway.url)
+    pro = dataclasses.replace(ce, mode="pro")
+    kwargs: dict[str, Any] = {"name": "big", "namespace": "default", "spec": spec}
+    for deployment in function_deployments(config=ce, store_model="m", **kwargs):
+        labels = deployment["labels"]
+        assert int(labels["com.openfaas.scale.max"]) <= 5, deployment["service"]
+        assert gateway.invalid_deployment({**deployment, "secrets": []}) == ""
+    worker = function_deployments(config=ce, store_model="m", **kwargs)[1]
+    assert int(worker["envVars"]["max_inflight"]) * 5 >= 64  # every worker has a slot at once
+    worker = function_deployments(config=pro, store_model="m", **kwargs)[1]
+    assert worker["labels"]["com.openfaas.scale.max"] == "64"  # Pro: no cap
+    assert worker["envVars"]["max_inflight"] == str(pro.max_inflight)
 
 
 def test_same_name_in_two_namespaces_gets_its_own_functions(

@@ -59,8 +59,7 @@ def request_choices(name: str) -> tuple[str, ...]:
 def coordinator_function(name: str, namespace: str) -> str:
     """The coordinator function of InferenceModel ``namespace/name`` (the naming contract:
     ``<name>-<namespace>-coordinator``, made by :func:`fsd.k8s.names.function_name`)."""
-    # MERGE: written for function_name(name, namespace, role), the contract's signature
-    return names.function_name(name, namespace, "coordinator")  # type: ignore[call-arg]
+    return names.function_name(name, namespace, "coordinator")
 
 
 def check_function_name(name: str) -> str:

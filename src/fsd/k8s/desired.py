@@ -64,6 +64,9 @@ MODEL_LABEL = "fsd.dev/model"
 NAMESPACE_LABEL = "fsd.dev/namespace"
 ROLE_LABEL = "fsd.dev/role"
 COORDINATOR_MAX = 8  # stack.yml's coordinator scale.max
+#: OpenFaaS CE refuses com.openfaas.scale.min/max above this (faas-netes pkg/handlers/validate.go,
+#: validateScalingLabels against MaxReplicas: 400 "... is set too high for Community Edition")
+CE_MAX_REPLICAS = 5
 
 #: The gateway API's FunctionDeployment fields (spec.openapi.yml), for validation in tests too.
 DEPLOYMENT_FIELDS = frozenset(
@@ -105,23 +108,43 @@ def _timeouts(role: str) -> dict[str, str]:
     }
 
 
-def worker_scale(spec: ModelSpec, max_inflight: int) -> tuple[int, int]:
+def replica_cap(config: OperatorConfig) -> int | None:
+    """The most replicas the OpenFaaS edition allows a function (None: no limit, Pro)."""
+    return None if config.pro else CE_MAX_REPLICAS
+
+
+def worker_inflight(spec: ModelSpec, config: OperatorConfig) -> int:
+    """Invocations one worker replica accepts (of-watchdog ``max_inflight``).
+
+    ``FSD_MAX_INFLIGHT``, raised where CE's replica cap could not otherwise hold all ``W``
+    workers at once: 64 workers on at most 5 replicas need 13 per replica.
+    """
+    cap = replica_cap(config)
+    if cap is None:
+        return config.max_inflight
+    return max(config.max_inflight, math.ceil(spec.workers / cap))
+
+
+def worker_scale(spec: ModelSpec, max_inflight: int, cap: int | None = None) -> tuple[int, int]:
     """(min, max) replicas of the worker function.
 
     A replica accepts ``max_inflight`` invocations before answering 429, so ``W`` workers want
     ``ceil(W / max_inflight)`` replicas up front (docs/deploy-openfaas.md, "Replicas"), within
-    ``spec.scaling``; ``scaling.min: 0`` (scale to zero) wakes up to one replica.
+    ``spec.scaling`` and the edition's ``cap``; ``scaling.min: 0`` (scale to zero) wakes up to
+    one replica.
     """
     if spec.scale_min == 0:
-        return 1, spec.scale_max
-    wanted = max(spec.scale_min, math.ceil(spec.workers / max_inflight))
-    low = min(wanted, spec.scale_max)
-    return low, max(spec.scale_max, low)
+        low, high = 1, spec.scale_max
+    else:
+        wanted = max(spec.scale_min, math.ceil(spec.workers / max_inflight))
+        low = min(wanted, spec.scale_max)
+        high = max(spec.scale_max, low)
+    return (low, high) if cap is None else (min(low, cap), min(high, cap))
 
 
-def coordinator_scale(spec: ModelSpec) -> tuple[int, int]:
+def coordinator_scale(spec: ModelSpec, cap: int | None = None) -> tuple[int, int]:
     """(min, max) replicas of the coordinator: one (scaled to zero when idle, if asked), up to 8."""
-    return 1, COORDINATOR_MAX
+    return 1, COORDINATOR_MAX if cap is None else min(COORDINATOR_MAX, cap)
 
 
 def worker_url(config: OperatorConfig, model: str, namespace: str) -> str:
@@ -164,7 +187,7 @@ def _environment(
         "FSD_DRAIN_SECONDS": _DRAIN[role],
     }
     if role == "worker":
-        env["max_inflight"] = str(config.max_inflight)
+        env["max_inflight"] = str(worker_inflight(spec, config))
     return env
 
 
@@ -183,8 +206,11 @@ def function_deployment(
     ``owner_uid`` (the InferenceModel's ``metadata.uid``) goes into the ``fsd.dev/owner-uid``
     label: the operator touches only functions that carry its object's uid.
     """
+    cap = replica_cap(config)
     low, high = (
-        worker_scale(spec, config.max_inflight) if role == "worker" else coordinator_scale(spec)
+        worker_scale(spec, worker_inflight(spec, config), cap)
+        if role == "worker"
+        else coordinator_scale(spec, cap)
     )
     image = spec.worker_image if role == "worker" else spec.coordinator_image
     resources = {"memory": spec.memory, "cpu": spec.cpu}

@@ -277,7 +277,7 @@ def reconcile(
     try:
         parsed = parse_spec(spec)
         _check_images(config, parsed)
-        model = parsed.source.model or store_name(name)
+        model = parsed.source.model or store_name(name, namespace)
         keeper = ModelKeeper(config.store, max_source_bytes=config.max_source_bytes)
         owner = Owner(namespace, name, parsed.source.url)
         ensured = keeper.ensure(parsed, owner, model, on_push=partitioning)
@@ -333,7 +333,7 @@ def cleanup(
                 if api_client is not None:
                     api_client.close()
         keeper = ModelKeeper(config.store, max_source_bytes=config.max_source_bytes)
-        removed = keeper.delete(store_name(name), Owner(namespace, name))
+        removed = keeper.delete(store_name(name, namespace), Owner(namespace, name))
     except ReconcileError as exc:
         _fail(patch, status, exc, generation, config, retry, phase="Deleting")
     logger.info(f"deleted the functions and {removed} objects of the model")
@@ -360,7 +360,7 @@ def refresh(
     uid = _uid(meta)
     try:
         parsed = parse_spec(spec)
-        model = str(status.get("modelName") or parsed.source.model or store_name(name))
+        model = str(status.get("modelName") or parsed.source.model or store_name(name, namespace))
         deployments = _deployments(config, parsed, name, namespace, model, uid)
         with _gateway(config) as gateway:
             state = readiness(gateway, deployments)

@@ -54,7 +54,12 @@ def label_value(text: str) -> str:
     return _fit(value, DNS_LABEL, text)
 
 
-def store_name(model: str) -> str:
-    """The model's name in the store (:mod:`fsd.store`: 64 characters of ``[A-Za-z0-9._-]``)."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", model).lstrip(".") or "model"
-    return _fit(value, STORE_NAME, model)
+def store_name(name: str, namespace: str) -> str:
+    """The model's name in the store: ``<namespace>.<name>`` (64 characters of ``[A-Za-z0-9._-]``).
+
+    The namespace keeps ``a/gc1024`` and ``b/gc1024`` apart in the one store they share; a
+    namespace has no dot, so the name is unambiguous. The functions serve only this model, so a
+    request may leave ``model`` out (docs/api.md).
+    """
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{namespace}.{name}").lstrip(".") or "model"
+    return _fit(value, STORE_NAME, f"{namespace}/{name}")
