@@ -619,7 +619,7 @@ def test_invoke_by_inference_model_name(
     gateway: _Gateway, tiny_stack: tuple[LocalStack, Images], tmp_path: Path
 ) -> None:
     """--inference-model NAME --namespace NS calls <name>-<namespace>-coordinator (the naming
-    contract) and asks for the model NAME."""
+    contract) and leaves the model out: the coordinator serves one (FSD_MODELS)."""
     _, images = tiny_stack
     env = _invoke_env(tmp_path, OPENFAAS_PASSWORD=GATEWAY_PASSWORD)
     done = _fsd(

@@ -224,7 +224,6 @@ ROWS = {
     "invoke-two-functions": Row(
         [*INVOKE, "--inference-model", "gc1024"], "not allowed with argument --function"
     ),
-    "invoke-no-model": Row(["invoke", "--function", "f"], "name the model: --model NAME"),
     "invoke-channel-local": Row([*INVOKE, "--channel", "local"], "invalid choice: 'local'"),
     "invoke-workers-zero": Row([*INVOKE, "--workers", "0"], "argument --workers: must be >= 1"),
     "invoke-timeout-nan": Row([*INVOKE, "--timeout", "nan"], "argument --timeout"),

@@ -412,7 +412,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         name, namespace = example["metadata"]["name"], example["metadata"]["namespace"]
         kube.apply(example, namespace)
         status = wait_for(f"{namespace}/{name} Ready", lambda: is_ready(kube, namespace, name))
-        coordinator = function_name(name, namespace, "coordinator")  # type: ignore[call-arg]
+        coordinator = function_name(name, namespace, "coordinator")
         assert coordinator == "gc1024-default-coordinator"  # contract 1
         assert status["coordinator"]["function"] == coordinator
         url_name = status["coordinator"]["url"].rpartition("/function/")[2]
@@ -427,6 +427,21 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         truth = truth_categories(shared_dir)
         assert answer["categories"] == truth and len(truth) == 73
         assert answer["correct"] is True
+        # ... or `fsd invoke --inference-model gc1024 --namespace default --request ...`
+        cli = doc_command("fsd invoke")
+        env_cli = {**os.environ, "OPENFAAS_URL": gateway.url}
+        env_cli["OPENFAAS_PASSWORD"] = gateway_password
+        done = subprocess.run(
+            [sys.executable, "-m", "fsd.cli", *cli[1:], "--json"],
+            check=False,
+            cwd=ROOT,
+            env=env_cli,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.splitlines()[-1])["categories"] == truth
 
         # (the issue) the same name in another namespace: its own functions, and it answers too
         # (kubectl create namespace team-b: kmock keeps no namespaces, nor needs them)
@@ -434,10 +449,10 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         second = wait_for(
             f"{SECOND_NAMESPACE}/{name} Ready", lambda: is_ready(kube, SECOND_NAMESPACE, name)
         )
-        other = function_name(name, SECOND_NAMESPACE, "coordinator")  # type: ignore[call-arg]
+        other = function_name(name, SECOND_NAMESPACE, "coordinator")
         assert second["coordinator"]["function"] == other != coordinator
-        request = {**json.loads(REQUEST.read_text()), "model": second["modelName"]}
-        code, body = invoke(gateway.url, other, json.dumps(request).encode(), gateway_password)
+        assert second["modelName"] == f"{SECOND_NAMESPACE}.{name}" != status["modelName"]
+        code, body = invoke(gateway.url, other, REQUEST.read_bytes(), gateway_password)
         assert code == 200, body[:500]
         assert json.loads(body)["categories"] == truth
         assert len(host.names) == 4  # two coordinators, two workers
@@ -462,8 +477,7 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         assert not [k for k in left if k.startswith("models/")]
         # the functions' secrets are the operator's shared ones (contract 4); they stay until
         # `kubectl delete namespace fsd` and OpenFaaS's uninstall (step 10), as the page says
-        kept = {k[-1] if isinstance(k, tuple) else k for k in getattr(gateway, "secrets", {})}
-        assert kept <= set(SECRET_KEYS)  # (keys: name, or (namespace, name))
+        assert set(gateway.secrets) == set(SECRET_KEYS)
         assert gateway.rejected == []
 
 

@@ -309,7 +309,8 @@ def _parser() -> argparse.ArgumentParser:
         "--request", type=Path, metavar="FILE", help="request JSON as in docs/api.md ('-': stdin)"
     )
     inv.add_argument(
-        "--model", help="model name in the request (default: the request's, else --inference-model)"
+        "--model",
+        help="model name in the request (default: the request's, else the coordinator's own)",
     )
     inv.add_argument(
         "--workers",
@@ -498,10 +499,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
     }
     request.update({k: v for k, v in given.items() if v is not None})
-    if "model" not in request:
-        if args.inference_model is None:
-            raise InputError("name the model: --model NAME, or a --request FILE that has one")
-        request["model"] = args.inference_model
+    # no model: the coordinator's own (an InferenceModel's serves exactly one; others say 400)
     if args.images is not None:
         request.pop("inputs", None)
         request["images"] = {"stored": True, "first": args.images}

@@ -121,6 +121,11 @@ class ModelFilter:
                 )
         return cls(frozenset(names), tuple(prefixes))
 
+    @property
+    def only(self) -> str | None:
+        """The model when exactly one is served (a request may then leave ``model`` out)."""
+        return next(iter(self.names)) if len(self.names) == 1 and not self.prefixes else None
+
     def allows(self, name: str) -> bool:
         return name in self.names or any(name.startswith(p) for p in self.prefixes)
 

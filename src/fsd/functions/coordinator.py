@@ -95,7 +95,9 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
     where = problem(SCHEMA_PATH, request, bulk=BULK)
     if where:
         return error(400, "invalid request", where)
-    name = request["model"]
+    name = request.setdefault("model", served.only)
+    if name is None:
+        return error(400, "invalid request", "model: required (this deployment serves several)")
     if not served.allows(name):
         return error(404, "unknown model", f"unknown model {name!r}")
     try:
