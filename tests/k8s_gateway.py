@@ -46,6 +46,11 @@ function's ``com.openfaas.scale.min`` (0 while :attr:`FakeGateway.hold` is set, 
 
 Rejected requests are kept in :attr:`FakeGateway.rejected` so a test can assert that the
 operator never sent one; secret values are kept in :attr:`FakeGateway.secrets`.
+
+What it cannot cover: CE's check that the image is pullable anonymously (``deploy.go`` calls
+``isAnonymous``, a registry request: docs/deploy-kubernetes.md has users push public images),
+the Deployments, Services and probes faas-netes makes, the autoscaler, and the gateway's
+timeouts; tests/e2e/kind.sh runs against the real one.
 """
 
 from __future__ import annotations

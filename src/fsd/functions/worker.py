@@ -227,7 +227,6 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
 
             run_worker(task, channel, watch_children)
     except FsdError as exc:  # run_worker has told the coordinator when it could
-        observe.observe_error("worker", type(exc).__name__)
         if subtree is not None:
             subtree.close(grace=0)
         return error(500, "worker failed", str(exc), worker=task.worker)
