@@ -384,6 +384,15 @@ def test_too_large_content_length_is_413_without_reading(server: Server) -> None
     server.wait_log(r"POST /echo 413 ")
 
 
+def test_too_large_with_expect_100_is_refused_before_continue(server: Server) -> None:
+    raw = server.raw(
+        b"PUT /echo HTTP/1.1\r\nHost: fsd\r\nExpect: 100-continue\r\n"
+        + f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+    )
+    assert status_of(raw) == 413  # no "100 Continue" first
+    assert body_of(raw)["error"] == "request too large"
+
+
 def test_body_at_the_limit_is_accepted(server: Server) -> None:
     reply = server.request("POST", "/echo", body=b"a" * LIMIT)
     assert reply.status == 200

@@ -322,6 +322,12 @@ class LingeringChannel(HTTPChannel):  # type: ignore[misc]
         except OSError:
             super().handle_close()
 
+    def send_continue(self) -> None:
+        # waitress would send 100 Continue to a request it already refused (a body over the
+        # limit announced with Expect: 100-continue), then never answer it: refuse it instead
+        if self.request.error is None:
+            super().send_continue()
+
     def readable(self) -> bool:
         return True if self.lingering else bool(super().readable())
 
@@ -478,7 +484,6 @@ def main(argv: list[str] | None = None) -> int:
         max_request_header_size=MAX_HEADER_BYTES,
         expose_tracebacks=False,
         asyncore_use_poll=True,
-        clear_untrusted_proxy_headers=True,
     )
     server.channel_class = LingeringChannel
     log.info(
