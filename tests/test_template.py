@@ -1,13 +1,15 @@
-"""The OpenFaaS template's HTTP server (template/fsd-python3-http/index.py), run as a real process.
+"""The OpenFaaS template's entry (template/fsd-python3-http/index.py: Flask on waitress), run as a
+real process.
 
 There is no Docker engine here, so the image is not built: index.py is started exactly as the
 watchdog starts it (``python index.py``, with ``--handler``/``--port`` instead of the container's
-environment) against a throwaway handler, and spoken to over HTTP on loopback. The Dockerfile and
-template.yml are checked statically at the end.
+environment) against a throwaway handler, and spoken to over HTTP on loopback. The Dockerfile,
+template.yml and the ``function/`` skeleton are checked at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -141,13 +143,17 @@ class Server:
         finally:
             conn.close()
 
-    def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
-        """Send raw bytes, then read until the server closes the connection."""
+    def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
+        """Send raw bytes (as many as the server takes), say we are done, then read until the
+        server closes the connection; a server that never does fails with a socket timeout."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
             chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
         return b"".join(chunks)
 
     def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
@@ -225,8 +231,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def status_of(raw: bytes) -> int:
     first = raw.split(b"\r\n", 1)[0].decode()
-    match = re.match(r"HTTP/1\.1 (\d{3}) ", first)
-    assert match, f"not an HTTP/1.1 status line: {first!r}"
+    match = re.match(r"HTTP/1\.[01] (\d{3}) ", first)  # 1.0 where the head was unreadable
+    assert match, f"not an HTTP/1.x status line: {first!r}"
     return int(match.group(1))
 
 
@@ -263,7 +269,7 @@ def test_echo_contract(server: Server, method: str) -> None:
     assert got["body"] == payload
     assert got["header"] == "Hi There"  # case-insensitive lookup ...
     assert got["header_upper"] == "Hi There"
-    assert "X-FSD-Echo" in got["header_names"]  # ... of names kept as sent
+    assert "X-Fsd-Echo" in got["header_names"]  # ... of the names WSGI passes on
     assert got["hostname"] == "fsd-test"
 
 
@@ -374,7 +380,7 @@ def test_too_large_content_length_is_413_without_reading(server: Server) -> None
     assert b"Connection: close" in raw
     got = body_of(raw)
     assert got["error"] == "request too large"
-    assert "1000000000" in got["detail"]
+    assert str(LIMIT) in got["detail"]
     server.wait_log(r"POST /echo 413 ")
 
 
@@ -408,12 +414,18 @@ def test_chunked_body_is_read(server: Server) -> None:
 def test_chunked_body_over_the_limit_is_413(server: Server) -> None:
     head = b"POST /echo HTTP/1.1\r\nHost: fsd\r\nTransfer-Encoding: chunked\r\n\r\n"
     first = LIMIT // 2
-    # the first chunk fits; the second chunk's size line alone already passes the limit
+    # the first chunk fits; the second passes the limit
     raw = server.raw(
-        head + f"{first:x}\r\n".encode() + b"x" * first + b"\r\n" + f"{first + 1:x}\r\n".encode()
+        head
+        + f"{first:x}\r\n".encode()
+        + b"x" * first
+        + b"\r\n"
+        + f"{first + 1:x}\r\n".encode()
+        + b"y" * (first + 1)
+        + b"\r\n0\r\n\r\n"
     )
     assert status_of(raw) == 413
-    assert "chunked" in body_of(raw)["detail"]
+    assert body_of(raw)["error"] == "request too large"
 
 
 @pytest.mark.parametrize(
@@ -428,6 +440,143 @@ def test_bad_framing_is_refused(server: Server, headers: bytes, status: int) -> 
     raw = server.raw(b"POST /echo HTTP/1.1\r\nHost: fsd\r\n" + headers + b"\r\n")
     assert status_of(raw) == status
     assert b"Connection: close" in raw
+    assert body_of(raw)["error"]
+
+
+# -- waitress' limits and refusals ----------------------------------------------------------------
+
+
+def json_error(raw: bytes) -> dict[str, Any]:
+    """The JSON error a raw reply carries (fails on HTML or text)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/json" in head.lower(), head
+    got = json.loads(body)
+    assert isinstance(got, dict), got
+    assert isinstance(got.get("error"), str), got
+    return got
+
+
+def test_every_error_status_is_json(server: Server) -> None:
+    big_head = b"X-Big: " + b"a" * (80 * 1024) + b"\r\n"
+    cases = [
+        (b"TRACE /echo HTTP/1.1\r\nHost: fsd\r\n\r\n", 405),
+        (b"BREW /echo HTTP/1.1\r\nHost: fsd\r\n\r\n", 405),
+        (b"GET /echo HTTP/1.1\r\nHost: fsd\r\n" + big_head + b"\r\n", 431),
+        (b"POST /echo HTTP/1.1\r\nHost: fsd\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /echo HTTP/1.1\r\nHost: fsd\r\nContent-Length: x\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: fsd\r\nContent-Length: 99999\r\n\r\n", 413),
+    ]
+    for data, status in cases:
+        raw = server.raw(data)
+        assert status_of(raw) == status, raw[:200]
+        got = json_error(raw)
+        assert "<" not in got["error"] + got.get("detail", ""), got  # no HTML, no markup
+    allow = server.raw(b"TRACE /echo HTTP/1.1\r\nHost: fsd\r\n\r\n")
+    assert re.search(rb"\r\nAllow: [A-Z, ]*POST", allow)
+
+
+def test_a_client_still_sending_a_too_large_body_reads_its_413(server: Server) -> None:
+    # what most clients do (http.client, requests, curl without Expect): send the whole body,
+    # then read; a server that closes with the body unread resets the connection instead
+    body = b"z" * (4 * 1024 * 1024)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/echo", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        got = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 413
+    assert got["error"] == "request too large"
+    assert str(LIMIT) in got["detail"]
+
+
+def test_an_invalid_large_body_is_never_echoed(server: Server) -> None:
+    # 9.8 MB that is not HTTP, after a request without framing (so it reads as the next one)
+    marker = b"INVALID-BODY-"
+    garbage = (marker * 70 + b"\n") * 10_000
+    raw = server.raw(b"POST /echo HTTP/1.1\r\nHost: fsd\r\n\r\n" + garbage, timeout=30)
+    assert status_of(raw) == 200  # the request itself, with its empty body
+    assert marker not in raw
+    assert len(raw) < 4096
+    replies = raw.split(b"HTTP/1.")[2:]
+    assert replies, "the garbage got no answer"
+    for reply in replies:
+        json_error(b"HTTP/1." + reply)
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE)
+    assert match
+    return int(match.group(1))
+
+
+def test_stalled_clients_do_not_hold_the_server(tmp_path: Path) -> None:
+    """200 clients that send half a request and stall: they hold no thread each, the server
+    closes them (channel timeout), and a fresh request is answered although they outnumber the
+    connection limit. A hang is a socket timeout, never a measured duration."""
+    threads = 4
+    env = {"FSD_THREADS": str(threads), "FSD_CONNECTION_LIMIT": "50", "FSD_CHANNEL_TIMEOUT": "2"}
+    srv = start_server(write_handler(tmp_path / "h"), env=env)
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: fsd\r\nContent-Le")
+            stalled.append(sock)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        try:
+            conn.request("GET", "/text")
+            fresh = conn.getresponse()
+            assert (fresh.status, fresh.read()) == (200, b"hello from fsd")
+        finally:
+            conn.close()
+        # each stalled client holds no thread: only the server's own few
+        assert threads_of(srv.proc.pid) <= threads + 4
+        for sock in stalled:  # ... and is let go: EOF (or a reset), not a socket timeout
+            sock.settimeout(60)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1024) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FSD_THREADS", "many"),
+        ("FSD_THREADS", "0"),
+        ("FSD_CONNECTION_LIMIT", "-1"),
+        ("FSD_CHANNEL_TIMEOUT", "nan"),
+        ("FSD_MAX_BODY_BYTES", "1e9"),
+    ],
+)
+def test_malformed_limits_stop_the_start(tmp_path: Path, name: str, value: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(INDEX), "--handler", str(write_handler(tmp_path / "h"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, name: value, "FSD_PORT": str(free_port())},
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert name in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_no_http_server_of_its_own() -> None:
+    """The template serves with Flask on waitress, as OpenFaaS's python3-http does: no
+    http.server, no socketserver, no request or chunk parsing of its own."""
+    source = INDEX.read_text()
+    imported = set(re.findall(r"^(?:from|import) ([\w.]+)", source, re.MULTILINE))
+    assert {"flask", "waitress.server"} <= imported
+    assert not imported & {"http.server", "socketserver", "asyncio", "selectors"}
+    for parser_code in ("readline(", "int(size", 'Transfer-Encoding")', "rfile", "wfile"):
+        assert parser_code not in source, parser_code
 
 
 # -- start-up and shutdown -------------------------------------------------------------------------
@@ -466,9 +615,7 @@ def test_missing_handler_exits_with_a_message(tmp_path: Path) -> None:
 
 def test_sigterm_when_idle_exits_quickly(tmp_path: Path) -> None:
     srv = start_server(write_handler(tmp_path / "h"))
-    start = time.monotonic()
     assert srv.stop(timeout=5) == 0
-    assert time.monotonic() - start < 3
     srv.wait_log(r"SIGTERM")
     srv.wait_log(r"stopped")
 
@@ -508,8 +655,6 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     assert len(replies) == 1
     assert replies[0].status == 200
     assert replies[0].body == b"done"  # written in full, not cut by the shutdown
-    assert replies[0].headers["connection"] == "close"
-    assert time.monotonic() - sent < 8
     srv.wait_log(r"draining 1 request")
     srv.wait_log(r"GET /slow 200 ")
 
@@ -538,8 +683,10 @@ def test_dockerfile_follows_the_python3_http_layout() -> None:
     froms = re.findall(r"^FROM (?:--platform=\S+ )?(\S+)(?: AS (\w+))?$", text, re.MULTILINE)
     watchdog = [image for image, alias in froms if alias == "watchdog"]
     assert len(watchdog) == 1
-    assert re.fullmatch(r"ghcr\.io/openfaas/of-watchdog:\d+\.\d+\.\d+", watchdog[0])  # pinned
-    assert froms[-1][0] == "python:3.11-slim"
+    # pinned, at the 0.11 line OpenFaaS's own python3-http template uses
+    assert re.fullmatch(r"ghcr\.io/openfaas/of-watchdog:0\.11\.\d+", watchdog[0])
+    assert re.search(r"^ARG PYTHON_VERSION=3\.1[1-9]$", text, re.MULTILINE)
+    assert froms[-1][0] == "python:${PYTHON_VERSION}-slim"
     assert "COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog" in text
     assert re.search(r"^USER app$", text, re.MULTILINE)
     assert text.rstrip().endswith('CMD ["fwatchdog"]')
@@ -550,3 +697,30 @@ def test_dockerfile_follows_the_python3_http_layout() -> None:
     # the watchdog forwards to exactly where index.py listens
     assert env["upstream_url"] == f"http://{env['FSD_BIND']}:{env['FSD_PORT']}"
     assert env["FSD_HANDLER_DIR"] == "/home/app/function"
+
+
+def test_template_requirements_are_the_python3_http_stack() -> None:
+    lines = (TEMPLATE / "requirements.txt").read_text().splitlines()
+    reqs = {re.split(r"[<>=!~ ]", line, maxsplit=1)[0].lower(): line for line in lines}
+    reqs.pop("", None)
+    reqs = {k: v for k, v in reqs.items() if not k.startswith("#")}
+    for name in ("flask", "waitress", "prometheus-client"):
+        assert re.search(r">=[\d.]+,<\d+$", reqs[name]), reqs.get(name)  # a range, bounded
+    text = (TEMPLATE / "Dockerfile").read_text()
+    assert re.search(r"^COPY requirements\.txt (\S+)\nRUN pip install .*-r \1$", text, re.M)
+
+
+def test_function_skeleton_serves_under_the_entry(tmp_path: Path) -> None:
+    """``faas-cli new --lang fsd-python3-http`` copies template/<lang>/function into the new
+    handler folder (as openfaas/python-flask-template's python3-http/function): it must exist
+    and answer under index.py."""
+    skeleton = TEMPLATE / "function"
+    assert (skeleton / "handler.py").is_file()
+    assert (skeleton / "requirements.txt").is_file()
+    srv = start_server(skeleton)
+    try:
+        reply = srv.request("GET", "/")
+        assert reply.status == 200
+        assert reply.json() == {"message": "Hello from fsd-python3-http"}
+    finally:
+        assert srv.stop() == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -88,6 +89,11 @@ class LocalStack:
     def __init__(self, workers: int = 4, env: dict[str, str] | None = None) -> None:
         if not INDEX.is_file():
             raise ServiceError(f"the function template is missing: {INDEX}")
+        missing = [m for m in ("flask", "waitress") if importlib.util.find_spec(m) is None]
+        if missing:  # index.py's own stack, which the functions' image installs
+            raise ServiceError(
+                f"the function template needs {' and '.join(missing)}: pip install 'fsd[embedded]'"
+            )
         self.workers = workers
         self.base_env = dict(os.environ if env is None else env)
         # stamped with its owner: a later stack removes it if we are killed before stop()

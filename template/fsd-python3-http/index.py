@@ -1,48 +1,56 @@
 #!/usr/bin/env python
-"""fsd's OpenFaaS python3-http server: the upstream process of of-watchdog in ``mode=http``.
+"""fsd's OpenFaaS python3-http entry: a Flask app served by waitress, upstream of of-watchdog.
 
-Standard library only (``http.server``) plus ``prometheus_client``, which fsd already depends on.
-The watchdog owns port 8080, its own ``/_/health`` and ``/_/ready``, and forwards every other
-request to ``upstream_url`` (``http://127.0.0.1:5000``), where this server listens.
+The stack of OpenFaaS's own python3-http template (openfaas/python-flask-template,
+``template/python3-http/index.py``: Flask + waitress behind of-watchdog in ``mode=http``), with
+waitress' limits set, a JSON body on every error, ``/metrics``, and a graceful stop. The watchdog
+owns port 8080, its own ``/_/health`` and ``/_/ready``, and forwards every other request to
+``upstream_url`` (``http://127.0.0.1:5000``), where this listens.
 
 Contract with the handler (the python3-http one)::
 
     def handle(event, context) -> dict | str | bytes: ...
 
-``event`` has ``body`` (bytes), ``headers`` (a case-insensitive read-only mapping that keeps the
-names as sent; a header sent several times is joined with ", "), ``method``, ``query`` (a dict of
-str -> str, the last value wins) and ``path`` (percent-decoded, without the query). ``context`` has
-``hostname``. The handler returns ``{"statusCode": int, "body": str | bytes | dict | list,
-"headers": {...}}`` (each key optional: 200, empty, none; a dict or list body is sent as JSON with
-``Content-Type: application/json``) or a plain ``str`` (200, text/plain) or ``bytes`` (200,
-application/octet-stream). Anything else, a statusCode that is not an int in 200..599, and any
-exception answer 500 with JSON ``{"error": "internal error", "detail": ...}``; the traceback goes to
-the log, never to the client.
+``event`` has ``body`` (bytes), ``headers`` (a case-insensitive read-only mapping; WSGI does not
+keep the case a name was sent in, so names read ``X-Fsd-Echo``; a header sent several times is
+joined with ", "), ``method``, ``query`` (a dict of str -> str, the last value wins) and ``path``
+(percent-decoded, without the query). ``context`` has ``hostname``. The handler returns
+``{"statusCode": int, "body": str | bytes | dict | list, "headers": {...}}`` (each key optional:
+200, empty, none; a dict or list body is sent as JSON) or a plain ``str`` (200, text/plain) or
+``bytes`` (200, application/octet-stream). Anything else, a statusCode that is not an int in
+200..599, and any exception answer 500 ``{"error": "internal error", "detail": ...}``; the
+traceback goes to the log, never to the client.
 
-Served here, not by the handler: ``GET /_/health`` (200 "OK", as the watchdog answers it) and
-``GET /metrics`` (prometheus_client's default registry, where fsd's own metrics live).
+Served here, not by the handler: ``GET /_/health`` (200 "OK") and ``GET /metrics``
+(prometheus_client's default registry, where fsd's own metrics live).
 
-Request bodies: at most ``FSD_MAX_BODY_BYTES`` (default 16 MiB). A larger Content-Length is
-refused with 413 before any of the body is read (and the connection closed). A chunked body
-(what of-watchdog sends unless ``http_buffer_req_body=true``) is read chunk by chunk and refused
-with 413 as soon as it would pass the limit. A request with neither Content-Length nor
-Transfer-Encoding has an empty body (RFC 9112), so 411 is never needed.
+Every error status is JSON ``{"error", "detail"}``: Flask's (405 for a method not served, ...)
+through its error handler, waitress' own (400 malformed request, 413 body over the limit, 431
+head too large, 501 transfer coding) through :class:`JsonErrorTask`; none quotes the request.
+A client still sending a refused body gets to read its 413: :class:`LingeringChannel` half-closes
+and discards what follows (bounded) instead of closing with unread data, which makes the kernel
+reset the connection before the client reads the answer.
 
-Configuration: ``--handler DIR`` / ``FSD_HANDLER_DIR`` / ``./function`` (the folder holding
-``handler.py``), ``--port`` / ``FSD_PORT`` (5000), ``--bind`` / ``FSD_BIND`` (127.0.0.1: only the
-watchdog in the same container should reach it), ``FSD_MAX_BODY_BYTES``, ``FSD_LOG_LEVEL`` (INFO),
+Configuration (environment; integers, refused at start-up when malformed): ``--handler DIR`` /
+``FSD_HANDLER_DIR`` / ``./function``, ``--port`` / ``FSD_PORT`` (5000), ``--bind`` / ``FSD_BIND``
+(127.0.0.1: only the watchdog in the same container should reach it), ``FSD_MAX_BODY_BYTES``
+(16 MiB), ``FSD_THREADS`` (8: requests served at once; waitress gives a request a thread only
+once it has all of it, so a slow or stalled client holds none), ``FSD_CONNECTION_LIMIT`` (1000:
+open connections, idle ones cost a socket each; beyond it they wait in the backlog),
+``FSD_CHANNEL_TIMEOUT`` (30: seconds of silence before a connection, stalled mid-request or
+idle, is closed; a request being served is never cut), ``FSD_LOG_LEVEL`` (INFO),
 ``FSD_SHUTDOWN_DELAY_SECONDS`` (0) and ``FSD_DRAIN_SECONDS`` (30).
 
-Shutdown: on SIGTERM or SIGINT the server keeps serving for ``FSD_SHUTDOWN_DELAY_SECONDS`` (the
-watchdog forwards SIGTERM at once but keeps accepting requests for its ``healthcheck_interval``),
-then stops accepting connections, lets the requests in flight finish (up to
-``FSD_DRAIN_SECONDS``) so no response is cut half-written, and exits 0.
+Shutdown: on SIGTERM or SIGINT this keeps serving for ``FSD_SHUTDOWN_DELAY_SECONDS`` (the watchdog
+forwards SIGTERM at once but keeps accepting requests for its ``healthcheck_interval``), then
+closes its listening socket, closes each connection once idle, lets the requests in flight
+finish and their answers be written (up to ``FSD_DRAIN_SECONDS``), and exits 0. waitress has no
+drain of its own, so this runs waitress' loop itself (:func:`serve`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import logging
@@ -51,33 +59,38 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from waitress import wasyncore  # type: ignore[import-untyped]
+from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
+from waitress.server import create_server  # type: ignore[import-untyped]
+from waitress.task import ErrorTask  # type: ignore[import-untyped]
+from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("fsd.http")
 
-DEFAULT_PORT: Final = 5000
-DEFAULT_BIND: Final = "127.0.0.1"
-DEFAULT_HANDLER_DIR: Final = "function"
-DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
-DEFAULT_DRAIN_SECONDS: Final = 30.0
 HEALTH_PATH: Final = "/_/health"
 METRICS_PATH: Final = "/metrics"
-METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# headers this server computes itself; a handler's values for them are dropped
-HOP_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+MAX_HEADER_BYTES: Final = 64 * 1024
+# headers the server computes itself (or WSGI forbids): a handler's values for them are dropped
+HOP_HEADERS: Final = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
+)
 TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an HTTP field name (RFC 9110)
-MAX_CHUNK_LINE: Final = 4096
+ERRORS: Final = {  # waitress' own refusals, answered without quoting the request
+    400: ("bad request", "malformed HTTP request"),
+    413: ("request too large", "the body exceeds {body} bytes (FSD_MAX_BODY_BYTES)"),
+    431: ("request header fields too large", "the request head exceeds {head} bytes"),
+    501: ("not implemented", "only Transfer-Encoding: chunked is supported"),
+}
 
 HTTP_REQUESTS: Final = Counter(
     "fsd_http_server_requests",
@@ -93,20 +106,10 @@ HTTP_SECONDS: Final = Histogram(
 
 
 class Headers(Mapping[str, str]):
-    """Request headers: case-insensitive lookup, the names kept as the client sent them."""
+    """Request headers, read-only, looked up whatever the case."""
 
-    __slots__ = ("_items",)
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        items: dict[str, tuple[str, str]] = {}
-        for name, value in pairs:
-            key = name.lower()
-            if key in items:
-                first, seen = items[key]
-                items[key] = (first, f"{seen}, {value}")
-            else:
-                items[key] = (name, value)
-        self._items = items
+    def __init__(self, pairs: Iterator[tuple[str, str]]) -> None:
+        self._items = {name.lower(): (name, value) for name, value in pairs}
 
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()][1]
@@ -119,9 +122,6 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({dict(self.items())!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,41 +142,28 @@ Handle = Callable[[Event, Context], object]
 
 
 class InvalidResponse(Exception):
-    """The handler returned something this server cannot send."""
+    """The handler returned something that cannot be sent."""
 
 
-class RequestRejected(Exception):
-    """The request cannot be served as framed: answer ``status`` and close the connection."""
-
-    def __init__(self, status: HTTPStatus, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
+class Reply(Response):
+    default_mimetype = None  # no Content-Type unless there is a body to type
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+def json_reply(status: int, value: object, headers: list[tuple[str, str]] | None = None) -> Reply:
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Reply(body, status, headers, content_type="application/json")
 
 
-def json_bytes(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+def error_reply(status: int, error: str, detail: str) -> Reply:
+    return json_reply(status, {"error": error, "detail": detail})
 
 
-def error_response(status: int, error: str, detail: str) -> Response:
-    body = json_bytes({"error": error, "detail": detail})
-    return Response(status, [("Content-Type", "application/json")], body)
-
-
-def build_response(result: object) -> Response:
-    """The HTTP response for what the handler returned (raises InvalidResponse)."""
+def build_reply(result: object) -> Reply:
+    """The response for what the handler returned (raises InvalidResponse)."""
     if isinstance(result, str):
-        return Response(200, [("Content-Type", "text/plain; charset=utf-8")], result.encode())
+        return Reply(result, 200, content_type="text/plain; charset=utf-8")
     if isinstance(result, bytes | bytearray | memoryview):
-        return Response(200, [("Content-Type", "application/octet-stream")], bytes(result))
+        return Reply(bytes(result), 200, content_type="application/octet-stream")
     if not isinstance(result, Mapping):
         raise InvalidResponse(f"handler returned {type(result).__name__}")
     status = result.get("statusCode", 200)
@@ -184,24 +171,22 @@ def build_response(result: object) -> Response:
         raise InvalidResponse(f"statusCode must be an int in 200..599, got {type(status).__name__}")
     headers = _response_headers(result.get("headers"))
     body = result.get("body")
-    default_type: str | None
     if body is None:
-        payload, default_type = b"", None
+        reply = Reply(b"", status)
     elif isinstance(body, str):
-        payload, default_type = body.encode(), "text/plain; charset=utf-8"
+        reply = Reply(body, status, content_type="text/plain; charset=utf-8")
     elif isinstance(body, bytes | bytearray | memoryview):
-        payload, default_type = bytes(body), "application/octet-stream"
+        reply = Reply(bytes(body), status, content_type="application/octet-stream")
     elif isinstance(body, dict | list):
         try:
-            payload = json_bytes(body)
+            reply = json_reply(status, body)
         except (TypeError, ValueError) as exc:
             raise InvalidResponse(f"body is not JSON-serialisable: {type(exc).__name__}") from exc
-        default_type = "application/json"
     else:
         raise InvalidResponse(f"body must be str, bytes, dict or list, got {type(body).__name__}")
-    if default_type is not None and not any(n.lower() == "content-type" for n, _ in headers):
-        headers.append(("Content-Type", default_type))
-    return Response(status, headers, payload)
+    for name, value in headers:
+        reply.headers[name] = value  # the handler's Content-Type wins over the default
+    return reply
 
 
 def _response_headers(raw: object) -> list[tuple[str, str]]:
@@ -218,248 +203,148 @@ def _response_headers(raw: object) -> list[tuple[str, str]]:
         text = str(value)
         if any(c in text for c in "\r\n\0"):
             raise InvalidResponse(f"header {name} contains a line break")
-        if name.lower() in HOP_HEADERS:
-            log.debug("dropping handler header %s: the server sets it", name)
-            continue
-        headers.append((name, text))
+        if name.lower() not in HOP_HEADERS:
+            headers.append((name, text))
     return headers
 
 
-class InFlight:
-    """Counts requests being served, so shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            self._count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._count -= 1
-            if self._count == 0:
-                self._cond.notify_all()
-
-    @property
-    def count(self) -> int:
-        with self._cond:
-            return self._count
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count == 0, timeout=timeout)
+def method_label(method: str | None) -> str:
+    """A bounded metric label: the methods served, else ``other``."""
+    return method if method in METHODS else "other"
 
 
-class FunctionServer(ThreadingHTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not keep the process alive
-    allow_reuse_address = True
+def create_app(handle: Handle, context: Context) -> Flask:
+    """The Flask app: every path and method of :data:`METHODS` goes to ``handle``."""
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False  # the handler sees the path as sent, never a redirect
+    app.url_map.strict_slashes = False
+    app.response_class = Reply
 
-    def __init__(
-        self, address: tuple[str, int], handle: Handle, context: Context, max_body: int
-    ) -> None:
-        self.handle_fn = handle
-        self.context = context
-        self.max_body = max_body
-        self.inflight = InFlight()
-        self.stopping = threading.Event()
-        super().__init__(address, RequestHandler)
+    @app.before_request
+    def started() -> None:
+        g.started = time.perf_counter()
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        log.exception("unexpected error serving %s", client_address)
+    @app.after_request
+    def count(response: Response) -> Response:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        method = method_label(request.method)
+        HTTP_REQUESTS.labels(method, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(method).observe(seconds)
+        log.info("%s %s %d %.6fs", method, request.path, response.status_code, seconds)
+        return response
 
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Reply:
+        status = exc.code or 500
+        name = (exc.name or "error").lower()
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return json_reply(status, {"error": name, "detail": exc.description or name}, headers)
 
-class RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the watchdog reuses its connections
-    server_version = "fsd-python3-http"
+    @app.errorhandler(Exception)
+    def crash(exc: Exception) -> Reply:  # only a bug here: the handler's own are caught below
+        log.exception("unexpected %s on %s %s", type(exc).__name__, request.method, request.path)
+        return error_reply(500, "internal error", type(exc).__name__)
 
-    def version_string(self) -> str:
-        return self.server_version
-
-    @property
-    def fserver(self) -> FunctionServer:
-        return cast(FunctionServer, self.server)
-
-    # -- logging: one INFO line per request is written by _dispatch ------------------------------
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.warning("%s: " + format, self.address_string(), *args)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.address_string(), *args)
-
-    # -- request entry points ---------------------------------------------------------------------
-
-    def handle_expect_100(self) -> bool:
-        """Refuse a too-large body before the client sends it (no ``100 Continue``)."""
-        try:
-            self._check_length()
-        except RequestRejected as exc:
-            self._send_rejection(exc)
-            HTTP_REQUESTS.labels(self.command, str(int(exc.status))).inc()
-            log.info("%s %s %d %.6fs", self.command, self._log_path(), exc.status, 0.0)
-            return False
-        return super().handle_expect_100()
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
-
-    def _dispatch(self) -> None:
-        start = time.perf_counter()
-        status = 500
-        with self.fserver.inflight:
-            try:
-                response = self._serve()
-                status = response.status
-                self._write(response)
-            except RequestRejected as exc:
-                status = exc.status
-                self._send_rejection(exc)
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                self.close_connection = True
-                log.warning("client went away: %s", type(exc).__name__)
-            finally:
-                seconds = time.perf_counter() - start
-                HTTP_REQUESTS.labels(self.command, str(int(status))).inc()
-                HTTP_SECONDS.labels(self.command).observe(seconds)
-                log.info("%s %s %d %.6fs", self.command, self._log_path(), status, seconds)
-
-    def _serve(self) -> Response:
-        url = urlsplit(self.path)
-        path = unquote(url.path) or "/"
-        if self.command in ("GET", "HEAD"):
-            if path == HEALTH_PATH:
-                return Response(200, [("Content-Type", "text/plain; charset=utf-8")], b"OK")
-            if path == METRICS_PATH:
-                return Response(200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest())
-        body = self._read_body()
+    def call(path: str) -> Reply:
+        if request.method in ("GET", "HEAD"):
+            if request.path == HEALTH_PATH:
+                return Reply("OK", 200, content_type="text/plain; charset=utf-8")
+            if request.path == METRICS_PATH:
+                return Reply(generate_latest(), 200, content_type=CONTENT_TYPE_LATEST)
         event = Event(
-            body=body,
-            headers=Headers(list(self.headers.items())),
-            method=self.command,
-            query=dict(parse_qsl(url.query, keep_blank_values=True)),
-            path=path,
+            body=request.get_data(cache=False),
+            headers=Headers(iter(request.headers.items())),
+            method=request.method,
+            query={key: values[-1] for key, values in request.args.lists()},
+            path=request.path,
         )
         try:
-            result = self.fserver.handle_fn(event, self.fserver.context)
+            result = handle(event, context)
         except Exception as exc:
-            log.exception("handler raised %s on %s %s", type(exc).__name__, self.command, path)
-            return error_response(500, "internal error", type(exc).__name__)
+            log.exception("handler raised %s on %s %s", type(exc).__name__, event.method, path)
+            return error_reply(500, "internal error", type(exc).__name__)
         try:
-            return build_response(result)
+            return build_reply(result)
         except InvalidResponse as exc:
-            log.error("invalid handler response on %s %s: %s", self.command, path, exc)
-            return error_response(500, "internal error", f"invalid handler response: {exc}")
+            log.error("invalid handler response on %s %s: %s", event.method, event.path, exc)
+            return error_reply(500, "internal error", f"invalid handler response: {exc}")
 
-    # -- request body -----------------------------------------------------------------------------
-
-    def _check_length(self) -> int | None:
-        """The declared Content-Length (None if absent); RequestRejected if invalid or too big."""
-        raw = self.headers.get("Content-Length")
-        if raw is None or "Transfer-Encoding" in self.headers:
-            return None
-        text = raw.strip()
-        if not text.isdigit():
-            raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "invalid Content-Length")
-        length = int(text)
-        if length > self.fserver.max_body:
-            raise RequestRejected(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                "request too large",
-                f"Content-Length {length} exceeds the limit of {self.fserver.max_body} bytes",
-            )
-        return length
-
-    def _read_body(self) -> bytes:
-        encoding = self.headers.get("Transfer-Encoding")
-        if encoding is not None:
-            codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-            if codings != ["chunked"]:
-                raise RequestRejected(
-                    HTTPStatus.NOT_IMPLEMENTED,
-                    "unsupported transfer encoding",
-                    "only Transfer-Encoding: chunked is supported",
-                )
-            if "Content-Length" in self.headers:
-                self.close_connection = True  # ambiguous framing (RFC 9112 6.3): do not reuse
-            return self._read_chunked()
-        length = self._check_length()
-        if not length:
-            return b""
-        body = self.rfile.read(length)
-        if len(body) != length:
-            raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "body shorter than sent")
-        return body
-
-    def _read_chunked(self) -> bytes:
-        limit = self.fserver.max_body
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
-            if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
-                raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "bad chunk size line")
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise RequestRejected(
-                    HTTPStatus.BAD_REQUEST, "bad request", "bad chunk size"
-                ) from None
-            if size < 0:
-                raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "bad chunk size")
-            if size == 0:
-                break
-            if total + size > limit:
-                raise RequestRejected(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    "request too large",
-                    f"chunked body exceeds the limit of {limit} bytes",
-                )
-            chunk = self.rfile.read(size)
-            if len(chunk) != size or self.rfile.read(2) != b"\r\n":
-                raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "truncated chunk")
-            parts.append(chunk)
-            total += size
-        while True:  # trailer fields, up to the empty line
-            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
-            if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
-                raise RequestRejected(HTTPStatus.BAD_REQUEST, "bad request", "bad chunk trailer")
-            if line in (b"\r\n", b"\n"):
-                return b"".join(parts)
-
-    # -- response ---------------------------------------------------------------------------------
-
-    def _send_rejection(self, exc: RequestRejected) -> None:
-        self.close_connection = True  # the unread body must not be parsed as the next request
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._write(error_response(exc.status, exc.error, exc.detail))
-
-    def _write(self, response: Response) -> None:
-        if self.fserver.stopping.is_set():
-            self.close_connection = True
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD" and response.status not in (204, 304):
-            self.wfile.write(response.body)
-        self.wfile.flush()
-
-    def _log_path(self) -> str:
-        return urlsplit(self.path).path if isinstance(self.path, str) else "-"
+    for rule, defaults in (("/", {"path": ""}), ("/<path:path>", None)):
+        app.add_url_rule(
+            rule, "call", call, defaults=defaults, methods=METHODS, provide_automatic_options=False
+        )
+    return app
 
 
-# -- start-up --------------------------------------------------------------------------------------
+# -- waitress: JSON for its own refusals, and a client that is refused gets to read why ------------
+
+
+class JsonErrorTask(ErrorTask):  # type: ignore[misc]
+    """waitress' answer to a request it refuses before the app (400, 413, 431, 501), as JSON."""
+
+    def execute(self) -> None:
+        exc = self.request.error
+        adj = self.channel.server.adj
+        error, detail = ERRORS.get(exc.code, ("error", "request refused"))
+        detail = detail.format(body=adj.max_request_body_size - 1, head=adj.max_request_header_size)
+        body = json.dumps({"error": error, "detail": detail}).encode()
+        self.status = f"{exc.code} {exc.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        self.channel.linger = True
+        method = method_label(self.request.command)
+        HTTP_REQUESTS.labels(method, str(exc.code)).inc()
+        log.info("%s %s %d refused by the server", method, self.request.path or "-", exc.code)
+
+
+class LingeringChannel(HTTPChannel):  # type: ignore[misc]
+    """waitress' connection, which after an error answer half-closes and reads on (nginx's
+    ``lingering_close``) instead of closing with the refused body unread, which would reset the
+    connection and lose the answer; it discards at most ``linger_bytes``, and waitress closes
+    it after ``channel_timeout`` of silence as any idle connection."""
+
+    error_task_class = JsonErrorTask
+    linger_bytes = 64 * 1024 * 1024
+    linger = False  # set by JsonErrorTask
+    lingering = False
+    discarded = 0
+
+    def handle_close(self) -> None:
+        if self.lingering or not self.linger or not self.connected or self.total_outbufs_len:
+            super().handle_close()
+            return
+        self.lingering = True
+        self.will_close = self.close_when_flushed = False
+        try:
+            self.socket.shutdown(socket.SHUT_WR)  # the answer is out: the client reads it now
+        except OSError:
+            super().handle_close()
+
+    def send_continue(self) -> None:
+        # waitress would send 100 Continue to a request it already refused (a body over the
+        # limit announced with Expect: 100-continue), then never answer it: refuse it instead
+        if self.request.error is None:
+            super().send_continue()
+
+    def readable(self) -> bool:
+        return True if self.lingering else bool(super().readable())
+
+    def handle_read(self) -> None:
+        if not self.lingering:
+            super().handle_read()
+            return
+        try:
+            data = self.recv(self.adj.recv_bytes)  # b"" (and closed) at the client's end
+        except OSError:
+            data = b""
+        self.discarded += len(data)
+        if data and self.discarded > self.linger_bytes:
+            super().handle_close()
+
+
+# -- start-up and shutdown -----------------------------------------------------------------------
 
 
 def load_handler(folder: Path) -> Handle:
@@ -485,41 +370,93 @@ def load_handler(folder: Path) -> Handle:
     return cast(Handle, handle)
 
 
-def _env_number(name: str, default: float, env: Mapping[str, str]) -> float:
+def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SystemExit(f"fsd-python3-http: {name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SystemExit(f"fsd-python3-http: {name} must not be negative")
-    return value
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not low <= int(raw) <= high:
+        raise SystemExit(f"fsd-python3-http: {name} must be an integer in {low}..{high}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_body: int
+    threads: int
+    connection_limit: int
+    channel_timeout: int
+    shutdown_delay: int
+    drain: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        return cls(
+            max_body=env_int(env, "FSD_MAX_BODY_BYTES", 16 * 1024 * 1024, 1, 2**31),
+            threads=env_int(env, "FSD_THREADS", 8, 1, 256),
+            connection_limit=env_int(env, "FSD_CONNECTION_LIMIT", 1000, 1, 100_000),
+            channel_timeout=env_int(env, "FSD_CHANNEL_TIMEOUT", 30, 1, 3600),
+            shutdown_delay=env_int(env, "FSD_SHUTDOWN_DELAY_SECONDS", 0, 0, 3600),
+            drain=env_int(env, "FSD_DRAIN_SECONDS", 30, 0, 3600),
+        )
 
 
 def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--handler",
-        default=env.get("FSD_HANDLER_DIR") or DEFAULT_HANDLER_DIR,
+        default=env.get("FSD_HANDLER_DIR") or "function",
         help="folder holding handler.py (env FSD_HANDLER_DIR; default ./function)",
     )
     parser.add_argument(
         "--port",
         type=int,
-        default=env.get("FSD_PORT") or str(DEFAULT_PORT),
+        default=env.get("FSD_PORT") or "5000",
         help="TCP port (env FSD_PORT; default 5000)",
     )
     parser.add_argument(
         "--bind",
-        default=env.get("FSD_BIND") or DEFAULT_BIND,
+        default=env.get("FSD_BIND") or "127.0.0.1",
         help="address to listen on (env FSD_BIND; default 127.0.0.1)",
     )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in 0..65535")
     return args
+
+
+def serve(server: Any, settings: Settings) -> None:
+    """waitress' loop (its ``run``), run here so SIGTERM can stop it gracefully."""
+    stop_at: list[float] = []
+
+    def stop(signum: int, _frame: types.FrameType | None) -> None:
+        if not stop_at:
+            stop_at.append(time.monotonic() + settings.shutdown_delay)
+            log.info("%s: stopping in %ds", signal.Signals(signum).name, settings.shutdown_delay)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    deadline = 0.0
+    while True:
+        wasyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
+        if not stop_at or time.monotonic() < stop_at[0]:
+            continue
+        channels = list(server.active_channels.values())
+        if server.accepting:  # stop accepting: new connections are refused from now on
+            wasyncore.dispatcher.close(server)
+            deadline = time.monotonic() + settings.drain
+            busy = sum(1 for c in channels if c.requests)
+            if busy:
+                log.info("draining %d request(s), up to %ds", busy, settings.drain)
+        for channel in channels:  # close each connection once its answer is out
+            if not channel.requests and not channel.total_outbufs_len:
+                channel.will_close = True
+        if not channels:
+            break
+        if time.monotonic() >= deadline:
+            log.warning("exiting with %d connection(s) still busy", len(channels))
+            break
+    wasyncore.close_all(server._map)
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -530,48 +467,35 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args = parse_args(argv, env)
-    max_body = int(_env_number("FSD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, env))
-    delay = _env_number("FSD_SHUTDOWN_DELAY_SECONDS", 0.0, env)
-    drain = _env_number("FSD_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS, env)
-
+    settings = Settings.from_env(env)
     folder = Path(args.handler).resolve()
-    handle = load_handler(folder)
     context = Context(hostname=env.get("HOSTNAME") or socket.gethostname())
-    server = FunctionServer((args.bind, args.port), handle, context, max_body)
-
-    def stop(signum: int, _frame: types.FrameType | None) -> None:
-        if server.stopping.is_set():
-            return
-        server.stopping.set()
-        log.info("%s: stopping in %.1fs", signal.Signals(signum).name, delay)
-
-        def shutdown() -> None:
-            time.sleep(delay)
-            server.shutdown()  # from another thread: serve_forever runs in the main one
-
-        threading.Thread(target=shutdown, name="fsd-shutdown", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info(
-        "listening on http://%s:%d handler=%s max_body=%d",
-        args.bind,
-        server.server_port,
-        folder / "handler.py",
-        max_body,
+    app = create_app(load_handler(folder), context)
+    server = create_server(
+        app,
+        host=args.bind,
+        port=args.port,
+        ident="fsd-python3-http",
+        threads=settings.threads,
+        connection_limit=settings.connection_limit,
+        channel_timeout=settings.channel_timeout,
+        cleanup_interval=max(1, min(30, settings.channel_timeout // 2)),
+        max_request_body_size=settings.max_body + 1,  # waitress refuses a body of this size
+        max_request_header_size=MAX_HEADER_BYTES,
+        expose_tracebacks=False,
+        asyncore_use_poll=True,
     )
-    try:
-        server.serve_forever()
-    finally:
-        # close the listening socket first (new connections are refused rather than left in the
-        # backlog), then let the requests in flight finish: daemon threads, so nothing joins here
-        server.server_close()
-        pending = server.inflight.count
-        if pending:
-            log.info("draining %d request(s), up to %.0fs", pending, drain)
-        if not server.inflight.wait_idle(drain):
-            log.warning("exiting with %d request(s) still running", server.inflight.count)
-        log.info("stopped")
+    server.channel_class = LingeringChannel
+    log.info(
+        "listening on http://%s:%d handler=%s max_body=%d threads=%d",
+        args.bind,
+        server.effective_port,
+        folder / "handler.py",
+        settings.max_body,
+        settings.threads,
+    )
+    serve(server, settings)
+    log.info("stopped")
     return 0
 
 

@@ -9,8 +9,12 @@ traceback nor a silent default.
 ``FSD_MAX_WORKERS``         1024     largest ``workers`` a request or invocation may name
 ``FSD_MAX_IMAGES``          100000   most images one inference may carry
 ``FSD_TIMEOUT``             120      coordinator: seconds for a request without ``timeout``
+                                     (lowered to ``FSD_MAX_TIMEOUT`` when that is shorter)
 ``FSD_MAX_TIMEOUT``         300      longest ``timeout`` (coordinator) or ``layer_timeout``
-                                     (worker) accepted: keep it under the ``exec_timeout``
+                                     (worker) accepted; lowered to ``exec_timeout`` - 5 s
+                                     when that is shorter
+``exec_timeout``            (none)   of-watchdog's own limit on a request (a Go duration,
+                                     ``310s``, ``5m``, or whole seconds; 0: none)
 ``FSD_LAYER_TIMEOUT``       60       coordinator: seconds a worker waits for one layer
 ``FSD_FANOUT``              16       coordinator: invoke workers as a tree above this many;
                                      worker: the largest ``fanout`` an invocation may carry
@@ -19,6 +23,14 @@ traceback nor a silent default.
                                      in ``*`` (``*`` alone: every model); unset or empty: none
 ``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)
 ==========================  =======  ========================================================
+
+The watchdog cuts a request at ``exec_timeout`` with a bare 502/504 that is not this API's JSON,
+so a function never accepts a timeout it could not keep: ``FSD_MAX_TIMEOUT`` must stay
+:data:`EXEC_MARGIN` seconds under ``exec_timeout`` (the time to give up and answer). An explicit
+``FSD_MAX_TIMEOUT`` (or ``FSD_TIMEOUT``) that does not is refused as ``not configured``, never
+quietly lowered; an unset one is lowered to fit. A request asking more then gets a JSON 400.
+Numbers are plain decimals (``300``, ``0.5``): anything else, NaN, infinities, negatives and
+``exec_timeout`` strings of-watchdog would silently replace by its default, is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +50,15 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 """What a model name looks like (the request schemas use the same pattern)."""
 
 _HOUR = 3600.0
+_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+_UNITS = r"(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"  # Go's time.ParseDuration units
+_GO_DURATION = re.compile(rf"(?:(?:[0-9]{{1,12}}(?:\.[0-9]{{0,9}})?|\.[0-9]{{1,9}}){_UNITS})+")
+_GO_UNIT = re.compile(rf"([0-9.]+){_UNITS}")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0}
+_UNIT_SECONDS |= {"m": 60.0, "h": 3600.0}
+
+EXEC_MARGIN = 5.0
+"""Seconds a function keeps between its longest timeout and the watchdog's ``exec_timeout``."""
 
 
 class NotConfigured(FsdError):
@@ -57,13 +78,33 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
     if not (math.isfinite(value) and 0 < value <= _HOUR):
         raise NotConfigured(f"{name} must be a number of seconds in (0, 3600], got {raw[:40]!r}")
     return value
+
+
+def exec_timeout(env: Mapping[str, str]) -> float | None:
+    """of-watchdog's ``exec_timeout`` in seconds (None: unset or 0, no limit).
+
+    What of-watchdog accepts (``config/config.go``, ``parseIntOrDurationValue``): whole seconds
+    or a Go duration (``time.ParseDuration``: ``310s``, ``5m``, ``1m30s``); where the watchdog
+    falls back to its 30 s default on anything else, this refuses it.
+    """
+    raw = env.get("exec_timeout", "").strip()
+    if not raw:
+        return None
+    if re.fullmatch(r"[0-9]{1,9}", raw):
+        seconds = float(raw)
+    elif _GO_DURATION.fullmatch(raw):
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _GO_UNIT.findall(raw))
+    else:
+        raise NotConfigured(
+            f"exec_timeout must be whole seconds or a Go duration like 310s or 5m, got {raw[:40]!r}"
+        )
+    if not math.isfinite(seconds):
+        raise NotConfigured(f"exec_timeout is out of range, got {raw[:40]!r}")
+    return seconds or None
 
 
 @dataclass(frozen=True)
@@ -80,11 +121,24 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
+        watchdog = exec_timeout(env)
+        ceiling = _HOUR if watchdog is None else watchdog - EXEC_MARGIN
+        if ceiling <= 0:
+            raise NotConfigured(
+                f"exec_timeout ({watchdog:g} s) leaves no time for a request: give it more "
+                f"than {EXEC_MARGIN:g} s"
+            )
+        max_timeout = _seconds(env, "FSD_MAX_TIMEOUT", min(cls.max_timeout, ceiling))
+        if max_timeout > ceiling:
+            raise NotConfigured(
+                f"FSD_MAX_TIMEOUT ({max_timeout:g} s) must stay {EXEC_MARGIN:g} s under the "
+                f"watchdog's exec_timeout ({watchdog:g} s), which would cut longer requests"
+            )
         limits = cls(
             max_workers=_integer(env, "FSD_MAX_WORKERS", cls.max_workers, 1, 65536),
             max_images=_integer(env, "FSD_MAX_IMAGES", cls.max_images, 1, 10_000_000),
-            timeout=_seconds(env, "FSD_TIMEOUT", cls.timeout),
-            max_timeout=_seconds(env, "FSD_MAX_TIMEOUT", cls.max_timeout),
+            timeout=_seconds(env, "FSD_TIMEOUT", min(cls.timeout, max_timeout)),
+            max_timeout=max_timeout,
             layer_timeout=_seconds(env, "FSD_LAYER_TIMEOUT", cls.layer_timeout),
             fanout=_integer(env, "FSD_FANOUT", cls.fanout, 0, 1024),
             shard_cache=_integer(env, "FSD_SHARD_CACHE", cls.shard_cache, 1, 1024),
