@@ -79,6 +79,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "runKey": {"existingSecret": "my-run-key"},
         }
     },
+    # the function images pushed to a public registry, as OpenFaaS CE needs (docs step 3)
+    "public-images": {
+        "functions": {
+            "coordinator": {"image": "ghcr.io/you/fsd-coordinator:latest"},
+            "worker": {"image": "ghcr.io/you/fsd-worker:latest"},
+        }
+    },
     "allowed-images": {
         "operator": {"allowedImages": ["registry.example/fsd/", "fsd.local/"], "prometheusUrl": ""}
     },
@@ -959,6 +966,19 @@ def test_render_notes(rendered: dict[str, dict[str, Any]]) -> None:
     for phase in ("Pending", "Partitioning", "Deploying", "Ready", "Degraded"):
         assert phase in notes
     assert "FSD_S3_ENDPOINT=http://s3.storage:9000" in rendered["variant:minio-off"]["notes"]
+
+
+def test_render_notes_warn_of_unpushed_function_images(rendered: dict[str, dict[str, Any]]) -> None:
+    """OpenFaaS CE deploys only images it can pull anonymously (faas-netes pkg/handlers/deploy.go
+    calls isAnonymous, pkg/handlers/validate.go: remote.Head with authn.Anonymous): the default
+    fsd.local/ images, which no registry serves, are refused there, so the notes say so; Pro pulls
+    with imagePullSecrets, and pushed images need no warning."""
+    warning = "only allows public images"
+    notes = rendered["variant:defaults"]["notes"]
+    assert warning in notes and "fsd.local/fsd-coordinator:latest" in notes
+    assert "functions.coordinator.image and functions.worker.image" in notes
+    assert warning not in rendered["variant:public-images"]["notes"]
+    assert warning not in rendered["variant:openfaas-pro"]["notes"]
 
 
 # ---------------------------------------------------------------------------------------------

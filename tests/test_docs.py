@@ -149,3 +149,119 @@ def test_documented_fsd_command_runs(
     assert done.returncode == 0, f"{doc}: {command}\n{done.stderr[-3000:]}"
     if "--json" in args:
         assert '"correct": true' in done.stdout.splitlines()[-1]
+
+
+# -- the function images: OpenFaaS CE deploys only images it can pull anonymously ------------------
+#
+# faas-netes (CE) pkg/handlers/deploy.go calls isAnonymous(request.Image) after fetching the
+# function's secrets, update.go too; isAnonymous (pkg/handlers/validate.go) is
+# go-containerregistry's remote.Head with authn.Anonymous, else 400 "the Community Edition license
+# agreement only allows public images". An image loaded into kind is refused: the function images
+# must be pushed to a registry that serves them anonymously before the chart (or faas-cli deploy)
+# names them; only the operator's image, which the chart's Deployment runs, may be loaded into kind.
+
+KIND_SH = ROOT / "tests" / "e2e" / "kind.sh"
+K8S_DOC = ROOT / "docs" / "deploy-kubernetes.md"
+OPENFAAS_DOC = ROOT / "docs" / "deploy-openfaas.md"
+PUSH = ("faas-cli push", "faas-cli publish", "faas-cli up")
+IMAGE_VALUES = (
+    "functions.coordinator.image=$REGISTRY/fsd-coordinator:latest",
+    "functions.worker.image=$REGISTRY/fsd-worker:latest",
+)
+
+
+def _script_commands(path: Path) -> list[str]:
+    """A shell script's command lines: continuations joined, comments dropped, quotes removed and
+    its own ``NAME="..."`` variables expanded (so ``$COORDINATOR_IMAGE`` reads as its value)."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    lines = [line.split("  #")[0].strip() for line in text.splitlines()]
+    commands = [line.replace('"', "") for line in lines if line and not line.startswith("#")]
+    variables: dict[str, str] = {}
+    for command in commands:
+        if match := re.fullmatch(r"([A-Z_]+)=(\S+)", command):
+            variables[match[1]] = match[2]
+    expanded = []
+    for command in commands:
+        line = command
+        for name, value in variables.items():
+            line = re.sub(rf"\$\{{?{name}\b\}}?", value.replace("\\", "\\\\"), line)
+        expanded.append(line.replace("${REGISTRY}", "$REGISTRY"))
+    return expanded
+
+
+def _image_flow(commands: list[str]) -> tuple[int, int]:
+    """Where REGISTRY is set and the function images pushed; asserts what both texts must do."""
+    for command in (c for c in commands if c.startswith("kind load docker-image")):
+        words = command.split()[3:]
+        images = [
+            w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1] != "--name"
+        ]
+        assert images and all("fsd-operator" in i for i in images), command
+        assert not re.search(r"fsd-(coordinator|worker)", command), command
+    pushes = [i for i, c in enumerate(commands) if c.startswith(PUSH)]
+    assert pushes, "the function images are never pushed"
+    registry = [i for i, c in enumerate(commands) if c.startswith("export REGISTRY=")]
+    assert registry and registry[0] < pushes[0], "REGISTRY is not set before the push"
+    value = commands[registry[0]].split("=", 1)[1]
+    assert not value.startswith("fsd.local"), value  # a name no registry answers to
+    return registry[0], pushes[0]
+
+
+@pytest.mark.parametrize("path", [K8S_DOC, KIND_SH], ids=["deploy-kubernetes.md", "kind.sh"])
+def test_function_images_are_pushed_before_the_chart_names_them(path: Path) -> None:
+    commands = _script_commands(path) if path.suffix == ".sh" else _commands(path)
+    _, push = _image_flow(commands)
+    installs = [i for i, c in enumerate(commands) if c.startswith("helm install fsd charts/fsd")]
+    assert installs, "no helm install"
+    for index in installs:
+        assert index > push, f"{commands[index]} comes before the push"
+        for value in IMAGE_VALUES:
+            assert f"--set {value}" in commands[index], (commands[index], value)
+    operator_loaded = [c for c in commands if c.startswith("kind load docker-image")]
+    assert operator_loaded, "the operator's image is no longer loaded into kind"
+
+
+def test_kind_script_requires_a_registry() -> None:
+    """No default registry: the caller names one (pushing fsd's code is their choice)."""
+    text = KIND_SH.read_text()
+    assert re.search(r"^export REGISTRY=\"\$\{REGISTRY:\?", text, re.M)
+    assert "REGISTRY=ttl.sh/fsd-$(openssl rand -hex 6) tests/e2e/kind.sh" in text  # the header
+    done = subprocess.run(
+        ["bash", str(KIND_SH)],
+        env={k: v for k, v in os.environ.items() if k != "REGISTRY"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and "set REGISTRY to a registry" in done.stderr, done.stderr
+    done = subprocess.run(
+        ["bash", str(KIND_SH)],
+        env={**os.environ, "REGISTRY": "fsd.local"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "anonymously" in done.stderr, done.stderr
+
+
+def test_openfaas_doc_pushes_and_never_loads_function_images() -> None:
+    _, push = _image_flow(_commands(OPENFAAS_DOC))
+    deploys = [i for i, c in enumerate(_commands(OPENFAAS_DOC)) if c.startswith("faas-cli deploy")]
+    assert all(i > push for i in deploys), "faas-cli deploy before the images are pushed"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [K8S_DOC, OPENFAAS_DOC, KIND_SH],
+    ids=["deploy-kubernetes.md", "deploy-openfaas.md", "kind.sh"],
+)
+def test_the_ce_image_rule_is_explained(path: Path) -> None:
+    """The rule, its upstream source, the ephemeral registry's expiry and the paid alternative."""
+    text = " ".join(path.read_text().split())
+    for needed in ("isAnonymous", "validate.go", "deploy.go", "only allows public images"):
+        assert needed in text, needed
+    assert "private-registries" in text  # OpenFaaS Standard/Enterprise: imagePullSecrets
+    if "ttl.sh" in text:
+        assert "expire" in text

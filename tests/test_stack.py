@@ -135,14 +135,16 @@ def test_lang_is_a_local_template(stack: dict[str, Any], name: str) -> None:
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_image(stack: dict[str, Any], name: str) -> None:
-    """A local default (fsd.local: nothing answers to it, images are loaded into the cluster) or
-    REGISTRY: never an anonymous public registry anyone can push over (issue 10, item 8)."""
+    """A local default (fsd.local: nothing answers to it, so nothing is pushed by default) or
+    REGISTRY, which the user names: never an anonymous public registry anyone can push over
+    (issue 10, item 8). OpenFaaS CE deploys only images it can pull anonymously, so a deployment
+    does name one (tests/test_docs.py checks the pages push there)."""
     assert function(stack, name)["image"] == f"${{REGISTRY:-fsd.local}}/fsd-{name}:latest"
 
 
 def test_no_public_registry_default(docs: str) -> None:
     assert "ttl.sh" not in (ROOT / "stack.yml").read_text()
-    assert "REGISTRY=ttl.sh" not in docs
+    assert "REGISTRY=ttl.sh" not in docs  # the page's example is a registry of the reader's
     # the page says what happens without REGISTRY, and how to set one for pushing
     assert "fsd.local" in docs and "export REGISTRY=" in docs
 

@@ -14,14 +14,25 @@
 # with `mc`, and the operator's RBAC as the API server enforces it.
 #
 # Needs: a Docker engine, kind, kubectl, helm, faas-cli, network access (OpenFaaS and NATS charts,
-# base images), this repository's venv (`make install`: its Python uploads the model folder with
-# the minio package when the aws CLI is absent, and provides `fsd invoke`), and the Graph
-# Challenge folder (DATA). It cannot run in CI here: that machine has no Docker engine.
+# base images, the registry), this repository's venv (`make install`: its Python uploads the model
+# folder with the minio package when the aws CLI is absent, and provides `fsd invoke`), and the
+# Graph Challenge folder (DATA). It cannot run in CI here: that machine has no Docker engine.
 #
-#   tests/e2e/kind.sh              # create, install, infer, and tear everything down
-#   KEEP=1 tests/e2e/kind.sh       # leave the cluster up afterwards
+# REGISTRY (required, no default): where the two function images are pushed. OpenFaaS CE deploys
+# only images it can pull anonymously (faas-netes pkg/handlers/deploy.go and update.go call
+# isAnonymous(request.Image): pkg/handlers/validate.go, remote.Head with authn.Anonymous, else 400
+# "the Community Edition license agreement only allows public images"), so an image loaded into
+# kind is refused: name a registry that serves them to anyone, e.g. a public repository of yours
+# (after `docker login`), or for a throwaway run ttl.sh with a random name (anyone who learns the
+# name can push over it, and its images expire: within 24 hours). Pushing fsd's code there is
+# your choice; this script never picks a registry. The operator image is not deployed through
+# faas-netes: it is loaded into kind. (OpenFaaS Standard/Enterprise pulls from private registries
+# with an imagePullSecret: docs.openfaas.com/reference/private-registries.)
 #
-# Environment: CLUSTER (fsd-e2e), DATA (../shared/graphchallenge), KEEP (0).
+#   REGISTRY=ttl.sh/fsd-$(openssl rand -hex 6) tests/e2e/kind.sh   # create, install, infer, tear down
+#   REGISTRY=ghcr.io/you KEEP=1 tests/e2e/kind.sh                  # leave the cluster up afterwards
+#
+# Environment: REGISTRY (required), CLUSTER (fsd-e2e), DATA (../shared/graphchallenge), KEEP (0).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,8 +40,16 @@ cd "$ROOT"
 CLUSTER="${CLUSTER:-fsd-e2e}"
 DATA="${DATA:-$ROOT/../shared/graphchallenge}"
 KEEP="${KEEP:-0}"
-export REGISTRY=fsd.local
+# required: see the header (stack.yml names the images ${REGISTRY}/fsd-<function>:latest)
+export REGISTRY="${REGISTRY:?set REGISTRY to a registry that serves the function images anonymously, e.g. REGISTRY=ttl.sh/fsd-\$(openssl rand -hex 6) (see the header)}"
+COORDINATOR_IMAGE="$REGISTRY/fsd-coordinator:latest"
+WORKER_IMAGE="$REGISTRY/fsd-worker:latest"
 OPERATOR_IMAGE=fsd.local/fsd-operator:0.1.0
+if [[ "$REGISTRY" == fsd.local || "$REGISTRY" == fsd.local/* ]]; then
+    echo "REGISTRY=$REGISTRY: no registry serves fsd.local, and OpenFaaS CE refuses images it" \
+        "cannot pull anonymously (see the header)" >&2
+    exit 2
+fi
 PIDS=()
 
 log() { printf '\n== %s\n' "$*"; }
@@ -79,7 +98,6 @@ helm upgrade openfaas --install openfaas/openfaas \
     --namespace openfaas \
     --set functionNamespace=openfaas-fn \
     --set generateBasicAuth=true \
-    --set functions.imagePullPolicy=IfNotPresent \
     --set gateway.upstreamTimeout=320s \
     --set gateway.readTimeout=325s \
     --set gateway.writeTimeout=325s \
@@ -87,18 +105,30 @@ helm upgrade openfaas --install openfaas/openfaas \
     --set faasnetes.writeTimeout=325s
 kubectl -n openfaas rollout status deploy/gateway --timeout=300s
 
-log "3. images: faas-cli build, docker build, kind load docker-image"
+log "3. images: faas-cli build and push to $REGISTRY; the operator's: docker build, kind load"
 faas-cli build -f stack.yml
+faas-cli push -f stack.yml  # $COORDINATOR_IMAGE, $WORKER_IMAGE
 docker build -f operator/Dockerfile -t "$OPERATOR_IMAGE" .
-kind load docker-image fsd.local/fsd-coordinator:latest fsd.local/fsd-worker:latest \
-    "$OPERATOR_IMAGE" --name "$CLUSTER"
+kind load docker-image "$OPERATOR_IMAGE" --name "$CLUSTER"
+# what CE's faas-netes checks before it deploys them: a manifest answered without credentials (an
+# empty DOCKER_CONFIG has none), so a private image fails here, not as a Degraded model later
+anonymous="$(mktemp -d)"
+for image in "$COORDINATOR_IMAGE" "$WORKER_IMAGE"; do
+    DOCKER_CONFIG="$anonymous" docker manifest inspect "$image" >/dev/null || {
+        echo "$image cannot be pulled anonymously: OpenFaaS CE would refuse it (make it public)" >&2
+        exit 1
+    }
+done
+rmdir "$anonymous"
 
 log "4. helm dependency update charts/fsd (the version locked in Chart.lock, no helm repo add)"
 helm dependency update charts/fsd
 git diff --exit-code charts/fsd/Chart.lock  # the lock is Helm's own: fetching leaves it as is
 
-log "5. helm install fsd charts/fsd -n fsd --create-namespace"
-helm install fsd charts/fsd -n fsd --create-namespace
+log "5. helm install fsd charts/fsd -n fsd --create-namespace (the function images pushed in 3)"
+helm install fsd charts/fsd -n fsd --create-namespace \
+    --set "functions.coordinator.image=$COORDINATOR_IMAGE" \
+    --set "functions.worker.image=$WORKER_IMAGE"
 kubectl -n fsd rollout status deploy/fsd-operator --timeout=300s
 kubectl -n fsd rollout status statefulset/fsd-nats --timeout=300s
 kubectl -n fsd rollout status deploy/fsd-minio --timeout=300s
