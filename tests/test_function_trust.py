@@ -385,6 +385,23 @@ def test_coordinator_serves_only_its_models_without_asking_the_store(clean: Trap
         assert clean.connections() == NOTHING
 
 
+def test_a_request_may_leave_out_the_one_model_served(clean: Trap) -> None:
+    """An InferenceModel's coordinator serves one model: a request need not name it; where it
+    serves several (a prefix, ``*``), leaving it out is a 400 before the store is asked."""
+    anonymous = {k: v for k, v in STORED.items() if k != "model"}
+    got, reply = post(clean.coordinator, raw(anonymous))
+    assert (got, reply["error"]) == (503, "channel unreachable"), reply  # on to the store
+    assert clean.connections()["s3"] > 0
+    for served in ("gc1024,other", "gc*", "*"):
+        clean.reset()
+        status, reply = coordinator_fn.handle_request(
+            raw(anonymous), {**clean.env, "FSD_MODELS": served}
+        )
+        assert (status, reply["error"]) == (400, "invalid request"), reply
+        assert reply["detail"].startswith("model: required"), reply
+        assert clean.connections() == NOTHING
+
+
 # -- configuration: a function without a usable secret or with malformed limits refuses ------
 
 
