@@ -48,7 +48,8 @@ Rejected requests are kept in :attr:`FakeGateway.rejected` so a test can assert 
 operator never sent one; secret values are kept in :attr:`FakeGateway.secrets`.
 
 What it cannot cover: CE's check that the image is pullable anonymously (``deploy.go`` calls
-``isAnonymous``, a registry request: docs/deploy-kubernetes.md has users push public images),
+``isAnonymous``, a registry request: here a test lists the images that fail it in
+:attr:`FakeGateway.private`; docs/deploy-kubernetes.md has users push public images),
 the Deployments, Services and probes faas-netes makes, the autoscaler, and the gateway's
 timeouts; tests/e2e/kind.sh runs against the real one.
 """
@@ -158,6 +159,8 @@ class FakeGateway:
         self.hold = False  # while True, functions report 0 available replicas
         self.idle: set[str] = set()  # functions scaled to zero (Pro's idler, by hand)
         self.refuse_secrets = 0  # answer this many secret writes 403 (RBAC: Forbidden)
+        # images an anonymous pull would not get (CE's isAnonymous, which needs a registry here)
+        self.private: set[str] = set()
         self.metrics: dict[str, str] = {}  # function -> its /metrics exposition
         self.lock = threading.RLock()
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -319,8 +322,11 @@ class FakeGateway:
             return f"namespace must be: {self.namespace}"
         with self.lock:
             missing = [s for s in body.get("secrets") or [] if s not in self.secrets]
+            private = body["image"] in self.private
         if missing:  # deploy.go (and update.go, through the same factory), pkg/k8s/secrets.go
             return f'unable to fetch secrets: secrets "{missing[0]}" not found'
+        if private:  # deploy.go, update.go: isAnonymous (validate.go), after the secrets
+            return "the Community Edition license agreement only allows public images"
         return ""
 
     def deploy(self, method: str, path: str, body: dict[str, Any]) -> Reply:

@@ -826,6 +826,25 @@ def test_unable_to_fetch_secrets_is_temporary(
     assert refused.value.reason == "SecretMissing"
 
 
+def test_a_private_image_on_ce_is_degraded_then_retried(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    """CE deploys only images it can pull anonymously; made public, the model recovers by itself
+    (no spec change), so the 400 is temporary, not permanent."""
+    config = operator_config(s3_server, gateway.url)
+    with gateway.lock:
+        gateway.private.add(config.worker_image)
+    with operator(config) as kube:
+        kube.create(model("priv", {"model": pushed}, 2))
+        status = kube.wait_status("priv", "Degraded", lambda s: s.get("phase") == "Degraded")
+        degraded = condition(status, "Degraded")
+        assert degraded["reason"] == "ImageNotPublic", degraded
+        assert "public images" in degraded["message"]
+        with gateway.lock:
+            gateway.private.clear()  # the user made the image public
+        kube.wait_status("priv", "Ready once public", is_ready)
+
+
 def test_scale_to_zero_uses_the_scale_zero_label_and_is_not_ready_at_zero(
     s3_server: S3Server, gateway: FakeGateway, pushed: str
 ) -> None:

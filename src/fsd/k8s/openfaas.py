@@ -18,7 +18,10 @@ Failures raise :class:`GatewayError`: *temporary* when the gateway cannot be rea
 or answers 5xx or 429 (retry later); *permanent* for other 4xx (the request itself is wrong, or
 the credentials are) except faas-netes' 400 "unable to fetch secrets" on a deploy
 (``pkg/handlers/deploy.go``): a secret the function mounts is missing in its namespace, which
-the operator itself creates, so that one is temporary (``SecretMissing``).
+the operator itself creates, so that one is temporary (``SecretMissing``), and CE's 400 for an
+image it cannot pull anonymously ("... license agreement only supports/allows public images",
+``deploy.go``/``update.go`` calling ``isAnonymous`` in ``validate.go``): the user fixes that by
+making the image public, not by editing the spec, so it is retried too (``ImageNotPublic``).
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ class GatewayClient:
             reason = None
             if resp.status == 400 and "unable to fetch secrets" in detail:
                 temporary, reason = True, "SecretMissing"  # the operator creates them: retry
+            elif resp.status == 400 and "public images" in detail:
+                temporary, reason = True, "ImageNotPublic"  # made public later: retry
             raise GatewayError(
                 f"gateway {self.url}: {method} {path} -> HTTP {resp.status}: {detail}",
                 temporary=temporary,
