@@ -152,6 +152,31 @@ def _selects(request: Request, resource: Any, namespace: str | None, name: str |
     )
 
 
+def core_v1_discovery(api: Any) -> Any:
+    """``GET /api/v1`` as client-go (Helm) wants it: kmock names the core group's version "/v1"."""
+
+    async def core_v1(request: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "APIResourceList",
+            "groupVersion": "v1",
+            "resources": [
+                {
+                    "name": res.plural,
+                    "singularName": info.singular or res.plural,
+                    "kind": info.kind,
+                    "namespaced": bool(info.namespaced),
+                    "verbs": sorted(info.verbs),
+                }
+                for res in api.resources
+                for info in [api.resources[res]]
+                if res.group == "" and res.version == "v1"
+            ],
+        }
+
+    return core_v1
+
+
 def kubeconfig(url: str) -> str:
     """A kubeconfig (YAML is a superset of JSON) for the API at ``url``, no credentials."""
     return json.dumps(

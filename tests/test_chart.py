@@ -1095,6 +1095,8 @@ async def _install(case: dict[str, Any]) -> dict[str, Any]:
     import helm_sdkpy  # type: ignore[import-untyped]
     import kmock
 
+    from k8s_api import core_v1_discovery
+
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
         api.resources.load_bundled()  # the built-in kinds of a real cluster
         if case.get("monitoring", True):  # as if the Prometheus Operator's CRDs were installed
@@ -1103,27 +1105,7 @@ async def _install(case: dict[str, Any]) -> dict[str, Any]:
                     kind=kind, namespaced=True, verbs=VERBS
                 )
 
-        async def core_v1(request: Any) -> dict[str, Any]:
-            # kmock 0.8 names the core group's version "/v1"; client-go wants "v1"
-            return {
-                "apiVersion": "v1",
-                "kind": "APIResourceList",
-                "groupVersion": "v1",
-                "resources": [
-                    {
-                        "name": res.plural,
-                        "singularName": info.singular or res.plural,
-                        "kind": info.kind,
-                        "namespaced": bool(info.namespaced),
-                        "verbs": sorted(info.verbs),
-                    }
-                    for res in api.resources
-                    for info in [api.resources[res]]
-                    if res.group == "" and res.version == "v1"
-                ],
-            }
-
-        api["get /api/v1"] << core_v1
+        api["get /api/v1"] << core_v1_discovery(api)  # kmock's "/v1", client-go's "v1"
         for obj in case.get("objects", []):
             meta = obj["metadata"]
             api.objects["v1/secrets", meta["namespace"], meta["name"]] = obj

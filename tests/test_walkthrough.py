@@ -98,30 +98,6 @@ def doc_command(prefix: str) -> list[str]:
 # -- the cluster: kmock's API with the built-in kinds, Helm, and the operator ---------------------
 
 
-def _core_v1(api: Any) -> Any:
-    async def core_v1(request: Any) -> dict[str, Any]:
-        # kmock names the core group's version "/v1"; client-go (Helm) wants "v1" (test_chart.py)
-        return {
-            "apiVersion": "v1",
-            "kind": "APIResourceList",
-            "groupVersion": "v1",
-            "resources": [
-                {
-                    "name": res.plural,
-                    "singularName": info.singular or res.plural,
-                    "kind": info.kind,
-                    "namespaced": bool(info.namespaced),
-                    "verbs": sorted(info.verbs),
-                }
-                for res in api.resources
-                for info in [api.resources[res]]
-                if res.group == "" and res.version == "v1"
-            ],
-        }
-
-    return core_v1
-
-
 def helm_install(api_url: str, values: dict[str, Any], work: Path) -> dict[str, Any]:
     """``helm install fsd charts/fsd -n fsd --create-namespace`` into the API at ``api_url``."""
     pytest.importorskip("helm_sdkpy", reason="helm-sdkpy missing: make install adds it")
@@ -244,7 +220,7 @@ class HelmCluster:
         import kopf
 
         from fsd.k8s.handlers import register
-        from k8s_api import ApiServer, Cluster, add_login, declare
+        from k8s_api import ApiServer, Cluster, add_login, core_v1_discovery, declare
 
         self._kopf = kopf
 
@@ -255,7 +231,7 @@ class HelmCluster:
                 async with ApiServer() as api, kmock.Server(api):
                     api.resources.load_bundled()  # the built-in kinds of a real cluster
                     declare(api)
-                    api["get /api/v1"] << _core_v1(api)
+                    api["get /api/v1"] << core_v1_discovery(api)
                     self.api = api
                     self.url = str(api.url).rstrip("/")
                     self._api_ready.set()

@@ -134,36 +134,36 @@ def _check_url(address: str, source: str) -> None:
         raise InputError(f"{source} must not have a query or fragment: {shown(address)}")
 
 
-def _read_password(path: Path) -> str:
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of ``path`` (``-``: standard input), or a one-line InputError."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_PASSWORD_BYTES + 1)
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as fh:
+                data = fh.read(limit + 1)
     except OSError as exc:
-        raise InputError(f"cannot read the password file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_PASSWORD_BYTES:
-        raise InputError(f"the password file {path} is larger than {MAX_PASSWORD_BYTES} bytes")
+        raise InputError(f"cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError(f"{what} is larger than {limit} bytes")
+    return data
+
+
+def _read_password(path: Path) -> str:
+    what = f"the password file {path}"
     try:
-        password = data.decode().strip()
+        password = _read_bounded(path, MAX_PASSWORD_BYTES, what).decode().strip()
     except UnicodeDecodeError:
-        raise InputError(f"the password file {path} is not UTF-8 text") from None
+        raise InputError(f"{what} is not UTF-8 text") from None
     if not password:
-        raise InputError(f"the password file {path} is empty")
+        raise InputError(f"{what} is empty")
     return password
 
 
 def read_request(path: Path) -> dict[str, Any]:
     """A request file (``-``: standard input) as strict JSON, an object within the size limit."""
     where = "standard input" if str(path) == "-" else str(path)
-    try:
-        if str(path) == "-":
-            body = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
-        else:
-            with path.open("rb") as fh:
-                body = fh.read(MAX_REQUEST_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read the request {where}: {exc.strerror or exc}") from None
-    if len(body) > MAX_REQUEST_BYTES:
-        raise InputError(f"the request {where} is larger than {MAX_REQUEST_BYTES} bytes")
+    body = _read_bounded(path, MAX_REQUEST_BYTES, f"the request {where}")
     try:
         value = load_json(body)
     except InputError as exc:
