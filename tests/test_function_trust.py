@@ -14,12 +14,14 @@ import secrets
 import shutil
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fsd import auth
 from fsd.functions import coordinator as coordinator_fn
@@ -196,12 +198,26 @@ def test_forged_invocation_is_refused_without_side_effect(
     assert clean.connections() == NOTHING
 
 
+def worker_errors(url: str) -> float:
+    """The worker function's fsd_errors_total, every kind summed, from its own /metrics."""
+    with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "fsd_errors_total" and sample.labels.get("function") == "worker"
+    )
+
+
 def test_a_genuine_invocation_runs_once_and_its_replay_is_refused(clean: Trap) -> None:
     """The trap's control: a well-formed signed task does reach the store (and fails there);
     the same body sent again is refused before touching anything."""
     body = signed(task())
+    errors = worker_errors(clean.worker)
     got, reply = post(clean.worker, body)
     assert (got, reply["error"]) == (500, "worker failed"), reply
+    assert worker_errors(clean.worker) == errors + 1  # one failure, counted once
     no_secret_in(reply)
     touched = clean.connections()
     assert touched["s3"] > 0, touched  # it went for its shard: the trap sees side effects
