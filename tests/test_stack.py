@@ -9,14 +9,18 @@ chain that would cut a run short.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml  # type: ignore[import-untyped]
 
 from fsd.settings import CREDS_FILE, SECRET_VARS
+from k8s_gateway import CE_MAX_FUNCTIONS, CE_MAX_REPLICAS, FUNCTION_DEPLOYMENT, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "stack.yml"
@@ -195,9 +199,35 @@ def test_watchdog_timeouts_consistent(stack: dict[str, Any], name: str) -> None:
     exec_t, read_t, write_t = (seconds(env[key]) for key in TIMEOUTS)
     assert 0 < exec_t <= read_t
     assert exec_t <= write_t
-    # index.py's shutdown: serve while the watchdog still accepts, then drain up to write_timeout
-    assert float(env["FSD_SHUTDOWN_DELAY_SECONDS"]) <= seconds(env["healthcheck_interval"])
+    # index.py's shutdown: serve on 2 s past the moment of-watchdog stops accepting
+    # (healthcheck_interval after SIGTERM: of-watchdog pkg/watchdog.go listenUntilShutdown), so
+    # nothing it still forwards meets a closed listener; then drain up to write_timeout
+    interval = seconds(env["healthcheck_interval"])
+    assert float(env["FSD_SHUTDOWN_DELAY_SECONDS"]) == interval + 2
     assert float(env["FSD_DRAIN_SECONDS"]) >= write_t
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_timeouts_are_the_operators(stack: dict[str, Any], name: str) -> None:
+    """stack.yml and the operator (fsd.k8s.desired) give a function the same timeout chain:
+    one value each, not two that drift apart."""
+    from fsd.k8s import desired
+    from fsd.k8s.config import OperatorConfig
+    from fsd.k8s.spec import parse_spec
+
+    model = yaml.safe_load((ROOT / "examples" / "inferencemodel-gc1024.yaml").read_text())
+    config = OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3.fsd:9000"})
+    operator = desired.function_deployment(
+        name,
+        name="gc1024",
+        namespace="default",
+        spec=parse_spec(model["spec"]),
+        config=config,
+        store_model="default.gc1024",
+    )["envVars"]
+    env = function(stack, name)["environment"]
+    for key in (*TIMEOUTS, "healthcheck_interval", "FSD_MAX_TIMEOUT", "FSD_DRAIN_SECONDS"):
+        assert env[key] == operator[key], key
 
 
 def test_coordinator_outlasts_its_workers(stack: dict[str, Any]) -> None:
@@ -225,7 +255,64 @@ def test_gateway_timeouts_in_the_docs_cover_the_functions(stack: dict[str, Any],
         assert helm(key) > upstream, key
 
 
-@pytest.mark.parametrize(("name", "low", "high"), [("coordinator", 1, 8), ("worker", 4, 64)])
+@pytest.fixture(scope="module")
+def ce_gateway() -> Iterator[FakeGateway]:
+    """The stand-in gateway with OpenFaaS CE's rules (tests/k8s_gateway.py, each rule citing
+    faas-netes), holding the secrets stack.yml names: what is checked is CE's rules alone."""
+    gateway = FakeGateway().start()
+    gateway.secrets.update({name: "x" * 32 for name in (*SECRET_VARS, CREDS_FILE)})
+    yield gateway
+    gateway.stop()
+
+
+def deployment(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    """The FunctionDeployment faas-cli sends for a stack.yml function (faas-cli
+    proxy/deploy.go: environment -> envVars, the images' ${REGISTRY} at its default)."""
+    spec = function(stack, name)
+    return {
+        "service": name,
+        "image": spec["image"].replace("${REGISTRY:-fsd.local}", "fsd.local"),
+        "envVars": spec["environment"],
+        "labels": spec["labels"],
+        "annotations": spec["annotations"],
+        "secrets": spec["secrets"],
+        "limits": spec["limits"],
+        "requests": spec["requests"],
+    }
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_openfaas_ce_accepts_the_functions(
+    stack: dict[str, Any], ce_gateway: FakeGateway, name: str
+) -> None:
+    """``faas-cli up -f stack.yml`` on CE: faas-netes refuses com.openfaas.scale.min/max above
+    5 (pkg/handlers/validate.go validateScalingLabels, MaxReplicas), among its other rules."""
+    body = deployment(stack, name)
+    jsonschema.validate(body, FUNCTION_DEPLOYMENT)  # the gateway API's types
+    assert ce_gateway.invalid_deployment(body) == ""
+    assert len(FUNCTIONS) <= CE_MAX_FUNCTIONS
+
+
+def test_workers_fit_on_ce_replicas(stack: dict[str, Any]) -> None:
+    """Every worker of a run the functions accept (FSD_MAX_WORKERS) runs at once: a worker
+    invocation waits for its peers' activations, so one left queued (429 beyond of-watchdog's
+    max_inflight, or waiting for a waitress thread) stalls the run until its layer timeout.
+    CE allows 5 replicas, so a replica takes ceil(W / 5) invocations, and index.py serves
+    them with max_inflight + 2 threads (health checks and /metrics keep theirs)."""
+    worker = function(stack, "worker")
+    env = worker["environment"]
+    inflight = int(env["max_inflight"])
+    low = int(worker["labels"]["com.openfaas.scale.min"])
+    high = int(worker["labels"]["com.openfaas.scale.max"])
+    assert low <= high <= CE_MAX_REPLICAS
+    for name in FUNCTIONS:
+        most = int(function(stack, name)["environment"]["FSD_MAX_WORKERS"])
+        assert inflight >= math.ceil(most / CE_MAX_REPLICAS), name
+        assert low * inflight >= most, name  # replicas made up front (faas-netes deploy.go)
+    assert int(env["FSD_THREADS"]) == inflight + 2
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [("coordinator", 1, 5), ("worker", 5, 5)])
 def test_scaling_labels(stack: dict[str, Any], name: str, low: int, high: int) -> None:
     labels = function(stack, name)["labels"]
     assert int(labels["com.openfaas.scale.min"]) == low
@@ -273,3 +360,27 @@ def test_docs_link_the_worker_invocation_schema() -> None:
     assert (ROOT / "docs" / "api" / "invocation.schema.json").read_text() == shipped.read_text()
     assert "api/invocation.schema.json" in (ROOT / "docs" / "api.md").read_text()
     assert "faas-cli secret create fsd-run-key " in DOCS.read_text()
+
+
+def _section(path: Path, heading: str) -> str:
+    """The text of ``path`` under the level-2 heading that starts with ``heading``."""
+    text = path.read_text()
+    start = text.index(f"\n## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_teardown_removes_the_function_secrets(stack: dict[str, Any]) -> None:
+    """The functions' secrets live in the function namespace, where neither removing the
+    functions, nor deleting namespace fsd, nor uninstalling OpenFaaS takes them: both pages'
+    teardown removes each one (faas-cli secret remove takes one name at a time)."""
+    from fsd.k8s.config import DEFAULT_SECRETS
+
+    teardown = _section(DOCS, "Tearing down")
+    for name in FUNCTIONS:
+        for secret in function(stack, name)["secrets"]:
+            assert f"faas-cli secret remove {secret}\n" in teardown, secret
+    uninstall = _section(ROOT / "docs" / "deploy-kubernetes.md", "10. Uninstall")
+    removal = re.search(r"^kubectl -n openfaas-fn delete secret (.+)$", uninstall, re.M)
+    assert removal, "step 10 does not remove the functions' secrets from openfaas-fn"
+    assert set(removal.group(1).split()) == set(DEFAULT_SECRETS)

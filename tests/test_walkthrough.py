@@ -451,8 +451,9 @@ def test_walkthrough_of_deploy_kubernetes(shared_dir: Path, tmp_path: Path) -> N
         left = sorted(o.object_name or "" for o in client.list_objects(bucket, recursive=True))
         assert left == uploaded  # the operator's models gone, the user's folder kept
         assert not [k for k in left if k.startswith("models/")]
-        # the functions' secrets are the operator's shared ones (contract 4); they stay until
-        # `kubectl delete namespace fsd` and OpenFaaS's uninstall (step 10), as the page says
+        # the functions' secrets are the operator's shared ones (contract 4), in the function
+        # namespace: they outlive the models, namespace fsd and OpenFaaS's uninstall, so step 10
+        # deletes them there (`kubectl -n openfaas-fn delete secret ...`)
         assert set(gateway.secrets) == set(SECRET_KEYS)
         assert gateway.rejected == []
 
