@@ -8,6 +8,7 @@ import http.server
 import importlib.metadata
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -698,6 +699,40 @@ def test_invoke_unreachable_gateway_fails_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"fsd: failed: cannot reach http://127.0.0.1:{port} function")
     assert GATEWAY_PASSWORD not in done.stderr
+
+
+def _invoke_examples() -> list[list[str]]:
+    """The ``fsd invoke`` command lines of every epilog, as argv after ``fsd``."""
+    found = []
+    for text in cli.EPILOGS.values():
+        for line in (t for t in text.splitlines() if "fsd invoke" in t):
+            words = shlex.split(line.split("(")[0])
+            while words and "=" in words[0]:  # VAR=value prefixes
+                words.pop(0)
+            if words[:2] == ["fsd", "invoke"]:
+                found.append(words[1:])
+    return found
+
+
+def test_invoke_examples_ask_the_model_their_coordinator_serves() -> None:
+    """An InferenceModel's coordinator serves only its store model, <namespace>.<name>
+    (fsd.k8s.names.store_name): an example that calls it by function name with --model <name>
+    would be a 404. The examples leave the model out, or name that one."""
+    from fsd import invoke
+    from fsd.k8s import names
+
+    examples = _invoke_examples()
+    assert any("--function" in argv for argv in examples)
+    parser = cli._parser()
+    for argv in examples:
+        args = parser.parse_args(argv)
+        if args.function is not None:
+            name, namespace, role = args.function.rsplit("-", 2)
+            assert role == "coordinator"
+            assert invoke.coordinator_function(name, namespace) == args.function
+        else:
+            name, namespace = args.inference_model, args.namespace
+        assert args.model in (None, names.store_name(name, namespace)), argv
 
 
 def test_invoke_waits_a_bounded_time() -> None:

@@ -2,18 +2,22 @@
 
 Rows run through ``fsd.cli.main`` in process, or through ``python -m fsd.cli`` (``sub``) where the
 real exit code, the real stderr encoding or a memory limit matter. Data rows start from a small
-generated folder (256 neurons x 3 layers, 20 images) and break one thing in it.
+generated folder (256 neurons x 3 layers, 20 images) and break one thing in it. A deployed
+coordinator's answer to ``fsd invoke`` is hostile input too: refused in one line (exit 1) unless it
+is a run result, and shown without a control character.
 """
 
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,3 +395,128 @@ def test_addresses_are_checked_where_cli_and_functions_read_them() -> None:
             message = str(info.value)
             assert message.startswith(source)
             assert USER not in message and PASSWORD not in message
+
+
+# --- fsd invoke: a hostile answer -----------------------------------------------------------
+
+#: A run result as a coordinator function answers it (metrics.RunResult.to_json's fields).
+RESULT = {
+    "categories": [3, 7],
+    "n_categories": 2,
+    "correct": True,
+    "checked_against": "truth",
+    "seconds": 0.5,
+    "load_seconds": 0.25,
+    "plan_seconds": 0.125,
+    "edges_per_second": 2.5e9,
+    "images": 20,
+    "workers": 2,
+    "channel": "nats",
+    "partition": "min-comm",
+    "dtype": "float32",
+    "bytes_sent": 1000,
+    "messages": 4,
+    "comm_share": 0.25,
+    "cost_usd": {"total_usd": 1.5e-06},
+    "per_layer": [],
+}
+#: What each hostile answer changes: a field and the JSON text it takes, and the message
+#: (None: the answer is a run result, shown with its strings made one printable line).
+ANSWERS = {
+    "cost-inf": ("cost_usd", '{"total_usd": 1e400}', "non-finite number"),
+    "cost-negative": ("cost_usd", '{"total_usd": -1}', "without a valid 'cost_usd'"),
+    "seconds-inf": ("seconds", "-1e999", "non-finite number"),
+    "seconds-negative": ("seconds", "-3", "without a valid 'seconds'"),
+    "bytes-int-overflows-float": ("bytes_sent", "1" + "0" * 400, "without a valid 'bytes_sent'"),
+    "rate-int-overflows-float": ("edges_per_second", "9" * 330, "'edges_per_second'"),
+    "share-above-one": ("comm_share", "1e300", "without a valid 'comm_share'"),
+    "unprinted-field-inf": ("planned_volume", "1e400", "non-finite number"),  # --json prints it
+    "partition-too-long": ("partition", json.dumps("x" * 5000), "without a valid 'partition'"),
+    "partition-escapes": ("partition", json.dumps("min\x1b[2J\rcomm\nfsd: forged"), None),
+    "channel-bidi": ("channel", json.dumps("nats\u202e\x07"), None),
+    "checked-against-newline": ("checked_against", json.dumps("truth\n\nfsd: ok"), None),
+}
+
+
+@pytest.fixture(scope="module")
+def answering() -> Iterator[tuple[str, list[bytes]]]:
+    """A gateway that answers every POST 200 with the next body of its list (a compromised or
+    misconfigured coordinator: what it says is hostile until checked)."""
+    bodies: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = bodies.pop(0) if bodies else b"{}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", bodies
+    server.shutdown()
+    server.server_close()
+
+
+def _hostile(field: str, text: str) -> bytes:
+    answer = {**RESULT, field: "@HOSTILE@"}
+    return json.dumps(answer).replace('"@HOSTILE@"', text).encode()
+
+
+#: (answer, --json): refused answers both ways, strings in the table (JSON escapes them itself)
+HOSTILE = [
+    pytest.param(name, as_json, id=f"{name}-{'json' if as_json else 'table'}")
+    for name, (_, _, message) in ANSWERS.items()
+    for as_json in ((False, True) if message else (False,))
+]
+
+
+@pytest.mark.parametrize(("name", "as_json"), HOSTILE)
+def test_hostile_answer_is_refused_or_printed_safely(
+    name: str,
+    as_json: bool,
+    answering: tuple[str, list[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every number the summary prints is finite and within its bounds, and no number in the
+    answer is one JSON cannot carry (--json prints it back); strings from the gateway reach the
+    terminal as one printable line each: no escape sequence, no forged line."""
+    url, bodies = answering
+    for var in [v for v in os.environ if v.startswith(("FSD_", "OPENFAAS_"))]:
+        monkeypatch.delenv(var)
+    field, text, message = ANSWERS[name]
+    bodies.append(_hostile(field, text))
+    argv = ["invoke", "--function", "coordinator", "--gateway", url]
+    code = main([*argv, "--json"] if as_json else argv)
+    out, err = capsys.readouterr()
+    if message is not None:
+        assert code == 1, out + err
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fsd: failed: "), err
+        assert message in lines[0]
+        return
+    assert code == 0, err
+    assert err == ""
+    rows = out.splitlines()
+    assert [row.split()[0] for row in rows] == [
+        "categories",
+        "correct",
+        "inference",
+        "loading",
+        "rate",
+        "workers",
+        "channel",
+        "traffic",
+        "communication",
+        "cost",
+    ]
+    assert all(row.isprintable() for row in rows), rows

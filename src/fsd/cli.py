@@ -140,7 +140,7 @@ which needs the extra: pip install 'fsd[embedded]'.
     "invoke": """\
 examples:
   fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
-  fsd invoke --function gc1024-default-coordinator --model gc1024 --workers 4 --json
+  fsd invoke --function gc1024-default-coordinator --workers 4 --json
   OPENFAAS_URL=https://gw.example.com fsd invoke --inference-model gc1024 --images 100
 
 The password of the gateway's basic auth comes from OPENFAAS_PASSWORD or --password-file,
@@ -479,8 +479,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(data: dict[str, Any], as_json: bool) -> None:
-    """A run's result, local or from a deployed coordinator: one JSON line, or the table."""
-    print(json.dumps(data) if as_json else summary(data))
+    """A run's result, local or from a deployed coordinator: one JSON line (json escapes every
+    control character), or the table, its strings (a gateway's answer's too) one printable line
+    each, so no escape sequence or forged line reaches the terminal."""
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(summary({k: _line(v) if isinstance(v, str) else v for k, v in data.items()}))
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:

@@ -248,12 +248,25 @@ def _read_within(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+class _NotFinite(ValueError):
+    """A JSON number that overflows a float (``1e400``): not one ``--json`` could print back."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
 def _json(data: bytes, where: str) -> Any:
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        return json.loads(data, parse_constant=constant)
+        return json.loads(data, parse_constant=constant, parse_float=_finite_float)
+    except _NotFinite:
+        raise GatewayError(f"{where} answered 200 with a non-finite number") from None
     except (ValueError, RecursionError):
         raise GatewayError(f"{where} answered 200 with a body that is not JSON") from None
 
@@ -289,8 +302,12 @@ def _scrub(text: str, password: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-#: A run result's fields the summary shows, with their JSON types (metrics.summary).
+#: A run result's fields the summary shows, with their JSON types (metrics.summary): numbers
+#: are finite and at least 0 (``comm_share`` a share, at most 1), strings short; the CLI makes
+#: each string one printable line before showing it.
 _NUMBER = (int, float)
+MAX_RESULT_TEXT = 64
+_HIGHEST = {"comm_share": 1.0}
 RESULT_FIELDS: dict[str, tuple[type, ...]] = {
     "categories": (list,),
     "n_categories": (int,),
@@ -310,24 +327,49 @@ RESULT_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def check_result(reply: Any, where: str) -> dict[str, Any]:
-    """``reply`` when it has every field of a run result with its type, else GatewayError."""
+    """``reply`` when it has every field of a run result with its type and bounds, else
+    GatewayError."""
     if not isinstance(reply, dict):
         raise GatewayError(f"{where} answered 200 with something that is not a run result")
     for key, kinds in RESULT_FIELDS.items():
         value = reply.get(key)
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise GatewayError(f"{where} answered 200 without a valid {key!r}: not a run result")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise GatewayError(f"{where} answered 200 with a non-finite {key!r}")
+        if isinstance(value, int | float) and not _within(value, _HIGHEST.get(key, math.inf)):
+            raise GatewayError(f"{where} answered 200 without a valid {key!r}: {_shown(value)}")
+        if isinstance(value, str) and len(value) > MAX_RESULT_TEXT:
+            raise GatewayError(
+                f"{where} answered 200 without a valid {key!r}: over {MAX_RESULT_TEXT} characters"
+            )
     if reply.get("correct") not in (True, False, None):
         raise GatewayError(f"{where} answered 200 without a valid 'correct'")
-    if not isinstance(reply.get("checked_against"), str | None):
+    against = reply.get("checked_against")
+    if not (against is None or (isinstance(against, str) and len(against) <= MAX_RESULT_TEXT)):
         raise GatewayError(f"{where} answered 200 without a valid 'checked_against'")
     cost = reply.get("cost_usd")
     if cost is not None and not (
         isinstance(cost, dict)
         and isinstance(cost.get("total_usd"), _NUMBER)
         and not isinstance(cost.get("total_usd"), bool)
+        and _within(cost["total_usd"], math.inf)
     ):
         raise GatewayError(f"{where} answered 200 without a valid 'cost_usd'")
     return reply
+
+
+def _within(value: float, high: float) -> bool:
+    """``0 <= value <= high`` and finite, also for an int too large for a float (which the
+    summary's arithmetic would overflow on)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and 0.0 <= number <= high
+
+
+def _shown(value: float) -> str:
+    """A number for a message: not the hundreds of digits of a huge int."""
+    try:
+        return f"{float(value):g}"
+    except OverflowError:
+        return "an integer beyond any float"
