@@ -8,6 +8,7 @@ No server is needed: every refusal here happens before any side effect.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,46 @@ def test_a_timeout_misconfiguration_is_a_json_503(
     status, reply = coordinator.handle_request(request(), env_for(tmp_path, **extra))
     assert (status, reply["error"]) == (503, "not configured"), reply
     assert mention in reply["detail"]
+
+
+WATCHDOG = {"fprocess": "python index.py"}  # what of-watchdog starts the function from
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (
+        Path(__file__).resolve().parents[1] / "template/fsd-python3-http/Dockerfile"
+    ).read_text()
+    return {m[0]: m[1] for m in re.findall(r'^ENV (\w+)="?([^"\n]*)"?$', text, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("process", [WATCHDOG, {"function_process": "python index.py"}])
+def test_unset_exec_timeout_under_the_watchdog_is_its_default(process: dict[str, str]) -> None:
+    """of-watchdog cuts a request at 30 s when exec_timeout is unset or unreadable as a value
+    (config/config.go New: defaultTimeout, getDuration): the function's timeouts fit under it."""
+    assert exec_timeout(process) == 30.0
+    assert exec_timeout(process | {"exec_timeout": ""}) == 30.0  # set but empty: the default
+    assert exec_timeout(process | {"exec_timeout": "0"}) is None  # explicitly none
+    limits = Limits.from_env(process)
+    assert (limits.max_timeout, limits.timeout) == (25.0, 25.0)
+    with pytest.raises(NotConfigured, match=r"FSD_MAX_TIMEOUT \(300 s\).*exec_timeout \(30 s\)"):
+        Limits.from_env(process | {"FSD_MAX_TIMEOUT": "300"})
+
+
+def test_the_template_image_runs_under_the_watchdog() -> None:
+    """The image sets fprocess and leaves exec_timeout to each function's deployment: an image
+    deployed without one gets the watchdog's 30 s, and this says so."""
+    env = dockerfile_env()
+    assert "exec_timeout" not in env
+    assert exec_timeout(env) == 30.0
+
+
+def test_unset_exec_timeout_without_the_watchdog_is_no_limit() -> None:
+    """fsd.localstack and tests run index.py with nothing in front: no 30 s cut there."""
+    assert exec_timeout({}) is None
+    assert Limits.from_env({}).max_timeout == 300.0
+
+
+def test_a_request_beyond_the_watchdogs_default_gets_a_json_400(tmp_path: Path) -> None:
+    status, reply = coordinator.handle_request(request(timeout=100), env_for(tmp_path, **WATCHDOG))
+    assert (status, reply["error"]) == (400, "invalid request"), reply
+    assert "timeout: 100 s > 25 s" in reply["detail"]

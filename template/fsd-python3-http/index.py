@@ -33,9 +33,13 @@ reset the connection before the client reads the answer.
 
 Configuration (environment; integers, refused at start-up when malformed): ``--handler DIR`` /
 ``FSD_HANDLER_DIR`` / ``./function``, ``--port`` / ``FSD_PORT`` (5000), ``--bind`` / ``FSD_BIND``
-(127.0.0.1: only the watchdog in the same container should reach it), ``FSD_MAX_BODY_BYTES``
-(16 MiB), ``FSD_THREADS`` (8: requests served at once; waitress gives a request a thread only
-once it has all of it, so a slow or stalled client holds none), ``FSD_CONNECTION_LIMIT`` (1000:
+(127.0.0.1: only the watchdog in the same container should reach it; a literal IPv4 or IPv6
+address, as a host name may resolve to several and waitress would then serve each on a server
+of its own, which :func:`serve` does not drive), ``FSD_MAX_BODY_BYTES`` (16 MiB),
+``FSD_THREADS`` (requests served at once: of-watchdog's ``max_inflight`` + 2 when the watchdog
+has one, so every request it admits runs at once, which the workers of one inference need, else
+8; waitress gives a request a thread only once it has all of it, so a slow or stalled client
+holds none), ``FSD_CONNECTION_LIMIT`` (1000:
 open connections, idle ones cost a socket each; beyond it they wait in the backlog),
 ``FSD_CHANNEL_TIMEOUT`` (30: seconds of silence before a connection, stalled mid-request or
 idle, is closed; a request being served is never cut), ``FSD_LOG_LEVEL`` (INFO),
@@ -43,15 +47,17 @@ idle, is closed; a request being served is never cut), ``FSD_LOG_LEVEL`` (INFO),
 
 Shutdown: on SIGTERM or SIGINT this keeps serving for ``FSD_SHUTDOWN_DELAY_SECONDS`` (the watchdog
 forwards SIGTERM at once but keeps accepting requests for its ``healthcheck_interval``), then
-closes its listening socket, closes each connection once idle, lets the requests in flight
-finish and their answers be written (up to ``FSD_DRAIN_SECONDS``), and exits 0. waitress has no
-drain of its own, so this runs waitress' loop itself (:func:`serve`).
+closes its listening socket, closes each connection once idle, lets the requests in flight,
+and those still being received, finish and their answers be written (up to
+``FSD_DRAIN_SECONDS``; a stalled one still meets ``FSD_CHANNEL_TIMEOUT``), and exits 0.
+waitress has no drain of its own, so this runs waitress' loop itself (:func:`serve`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
 import json
 import logging
 import os
@@ -230,7 +236,8 @@ def create_app(handle: Handle, context: Context) -> Flask:
         method = method_label(request.method)
         HTTP_REQUESTS.labels(method, str(response.status_code)).inc()
         HTTP_SECONDS.labels(method).observe(seconds)
-        log.info("%s %s %d %.6fs", method, request.path, response.status_code, seconds)
+        # %r: the path is percent-decoded, and a %0a in it must not start a forged log line
+        log.info("%s %r %d %.6fs", method, request.path, response.status_code, seconds)
         return response
 
     @app.errorhandler(HTTPException)
@@ -242,7 +249,7 @@ def create_app(handle: Handle, context: Context) -> Flask:
 
     @app.errorhandler(Exception)
     def crash(exc: Exception) -> Reply:  # only a bug here: the handler's own are caught below
-        log.exception("unexpected %s on %s %s", type(exc).__name__, request.method, request.path)
+        log.exception("unexpected %s on %s %r", type(exc).__name__, request.method, request.path)
         return error_reply(500, "internal error", type(exc).__name__)
 
     def call(path: str) -> Reply:
@@ -261,12 +268,12 @@ def create_app(handle: Handle, context: Context) -> Flask:
         try:
             result = handle(event, context)
         except Exception as exc:
-            log.exception("handler raised %s on %s %s", type(exc).__name__, event.method, path)
+            log.exception("handler raised %s on %s %r", type(exc).__name__, event.method, path)
             return error_reply(500, "internal error", type(exc).__name__)
         try:
             return build_reply(result)
         except InvalidResponse as exc:
-            log.error("invalid handler response on %s %s: %s", event.method, event.path, exc)
+            log.error("invalid handler response on %s %r: %s", event.method, event.path, exc)
             return error_reply(500, "internal error", f"invalid handler response: {exc}")
 
     for rule, defaults in (("/", {"path": ""}), ("/<path:path>", None)):
@@ -296,7 +303,7 @@ class JsonErrorTask(ErrorTask):  # type: ignore[misc]
         self.channel.linger = True
         method = method_label(self.request.command)
         HTTP_REQUESTS.labels(method, str(exc.code)).inc()
-        log.info("%s %s %d refused by the server", method, self.request.path or "-", exc.code)
+        log.info("%s %r %d refused by the server", method, self.request.path or "-", exc.code)
 
 
 class LingeringChannel(HTTPChannel):  # type: ignore[misc]
@@ -379,6 +386,10 @@ def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int
     return int(raw)
 
 
+MAX_INFLIGHT: Final = 1024  # the operator's bound on max_inflight (fsd.k8s.config)
+SPARE_THREADS: Final = 2  # beyond max_inflight: /metrics and /_/health never wait behind them
+
+
 @dataclass(frozen=True)
 class Settings:
     max_body: int
@@ -390,9 +401,23 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        # of-watchdog admits max_inflight requests at once (config/config.go getInt, 0: no
+        # limit; pkg/watchdog.go wraps the handler in a concurrency limiter when > 0): serve
+        # them all at once, or the ones queued here wait for a thread while the workers of
+        # the same inference wait for them
+        inflight = env_int(env, "max_inflight", 0, 0, MAX_INFLIGHT)
+        default_threads = inflight + SPARE_THREADS if inflight else 8
+        threads = env_int(env, "FSD_THREADS", default_threads, 1, MAX_INFLIGHT + SPARE_THREADS)
+        if threads < inflight:
+            log.warning(
+                "FSD_THREADS=%d is under the watchdog's max_inflight=%d: admitted requests "
+                "will queue for a thread",
+                threads,
+                inflight,
+            )
         return cls(
             max_body=env_int(env, "FSD_MAX_BODY_BYTES", 16 * 1024 * 1024, 1, 2**31),
-            threads=env_int(env, "FSD_THREADS", 8, 1, 256),
+            threads=threads,
             connection_limit=env_int(env, "FSD_CONNECTION_LIMIT", 1000, 1, 100_000),
             channel_timeout=env_int(env, "FSD_CHANNEL_TIMEOUT", 30, 1, 3600),
             shutdown_delay=env_int(env, "FSD_SHUTDOWN_DELAY_SECONDS", 0, 0, 3600),
@@ -421,6 +446,13 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Names
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be in 0..65535")
+    try:
+        ipaddress.ip_address(args.bind)
+    except ValueError:
+        parser.error(
+            f"--bind / FSD_BIND must be a literal IP address (127.0.0.1, ::1), got "
+            f"{args.bind[:64]!r}: a host name may resolve to several addresses"
+        )
     return args
 
 
@@ -444,11 +476,15 @@ def serve(server: Any, settings: Settings) -> None:
         if server.accepting:  # stop accepting: new connections are refused from now on
             wasyncore.dispatcher.close(server)
             deadline = time.monotonic() + settings.drain
-            busy = sum(1 for c in channels if c.requests)
+            busy = sum(1 for c in channels if c.requests or c.request is not None)
             if busy:
                 log.info("draining %d request(s), up to %ds", busy, settings.drain)
-        for channel in channels:  # close each connection once its answer is out
-            if not channel.requests and not channel.total_outbufs_len:
+        # the closed listener no longer runs waitress' idle sweep: a stalled client still
+        # meets channel_timeout
+        server.maintenance(time.time())
+        for channel in channels:  # close each connection once idle and its answer is out
+            # (channel.request: one still being received, headers or body, is let finish)
+            if not channel.requests and channel.request is None and not channel.total_outbufs_len:
                 channel.will_close = True
         if not channels:
             break
@@ -487,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server.channel_class = LingeringChannel
     log.info(
-        "listening on http://%s:%d handler=%s max_body=%d threads=%d",
+        "listening on http://%s:%s handler=%s max_body=%d threads=%d",
         args.bind,
         server.effective_port,
         folder / "handler.py",

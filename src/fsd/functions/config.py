@@ -13,8 +13,9 @@ traceback nor a silent default.
 ``FSD_MAX_TIMEOUT``         300      longest ``timeout`` (coordinator) or ``layer_timeout``
                                      (worker) accepted; lowered to ``exec_timeout`` - 5 s
                                      when that is shorter
-``exec_timeout``            (none)   of-watchdog's own limit on a request (a Go duration,
-                                     ``310s``, ``5m``, or whole seconds; 0: none)
+``exec_timeout``            30 s     of-watchdog's own limit on a request (a Go duration,
+                                     ``310s``, ``5m``, or whole seconds; 0: none); unset,
+                                     of-watchdog's 30 s under the watchdog, none outside it
 ``FSD_LAYER_TIMEOUT``       60       coordinator: seconds a worker waits for one layer
 ``FSD_FANOUT``              16       coordinator: invoke workers as a tree above this many;
                                      worker: the largest ``fanout`` an invocation may carry
@@ -60,6 +61,15 @@ _UNIT_SECONDS |= {"m": 60.0, "h": 3600.0}
 EXEC_MARGIN = 5.0
 """Seconds a function keeps between its longest timeout and the watchdog's ``exec_timeout``."""
 
+WATCHDOG_EXEC_TIMEOUT = 30.0
+"""of-watchdog's ``exec_timeout`` when none is set: ``config/config.go`` ``New`` (``defaultTimeout
+:= time.Second * 30``, ``ExecTimeout: getDuration(envMap, "exec_timeout", defaultTimeout)``),
+applied to every request in ``executor/http_runner.go`` (``context.WithTimeout``)."""
+
+WATCHDOG_PROCESS_VARS = ("fprocess", "function_process")
+"""What of-watchdog starts the function from (``config/config.go``): set in every function it runs
+(the template's Dockerfile sets ``fprocess``), never by ``fsd.localstack`` or tests."""
+
 
 class NotConfigured(FsdError):
     """This function's own configuration is missing or malformed (HTTP 503)."""
@@ -84,16 +94,23 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def under_watchdog(env: Mapping[str, str]) -> bool:
+    """Whether this process runs behind of-watchdog (which set ``fprocess`` to start it)."""
+    return any(env.get(name, "").strip() for name in WATCHDOG_PROCESS_VARS)
+
+
 def exec_timeout(env: Mapping[str, str]) -> float | None:
-    """of-watchdog's ``exec_timeout`` in seconds (None: unset or 0, no limit).
+    """of-watchdog's ``exec_timeout`` in seconds (None: no limit).
 
     What of-watchdog accepts (``config/config.go``, ``parseIntOrDurationValue``): whole seconds
-    or a Go duration (``time.ParseDuration``: ``310s``, ``5m``, ``1m30s``); where the watchdog
-    falls back to its 30 s default on anything else, this refuses it.
+    or a Go duration (``time.ParseDuration``: ``310s``, ``5m``, ``1m30s``); ``0`` is no limit.
+    Unset (or empty) is the watchdog's default of 30 s when this runs under it
+    (:data:`WATCHDOG_EXEC_TIMEOUT`), and no limit when nothing stands in front (a local stack,
+    tests). Where the watchdog falls back to its default on anything else, this refuses it.
     """
     raw = env.get("exec_timeout", "").strip()
     if not raw:
-        return None
+        return WATCHDOG_EXEC_TIMEOUT if under_watchdog(env) else None
     if re.fullmatch(r"[0-9]{1,9}", raw):
         seconds = float(raw)
     elif _GO_DURATION.fullmatch(raw):
