@@ -160,10 +160,12 @@ def test_copy_paths_exist_and_reach_the_dockerfile(stack: dict[str, Any]) -> Non
     for path in copy:
         assert not Path(path).is_absolute() and ".." not in Path(path).parts
         assert (ROOT / path).exists(), f"{path} does not exist"
-        # faas-cli copies extra paths into the handler folder of the build context (function/)
-        for lang in langs:
-            dockerfile = (ROOT / "template" / lang / "Dockerfile").read_text()
-            assert f"function/{Path(path).as_posix()}" in dockerfile
+    # faas-cli copies extra paths into the handler folder of the build context (function/); the
+    # Dockerfile copies that folder whole and installs it as a project when pyproject.toml came
+    for lang in langs:
+        dockerfile = (ROOT / "template" / lang / "Dockerfile").read_text()
+        assert "COPY --chown=app:app function/ ./function/" in dockerfile
+        assert "if [ -f function/pyproject.toml ]" in dockerfile
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
