@@ -131,6 +131,8 @@ FETCH_SECRETS = 'unable to fetch secrets: secrets "{name}" not found\n'
 #: pkg/handlers/deploy.go (CE, MaxFunctions):
 #: ``fmt.Errorf("unable to create function, maximum: %d", MaxFunctions)``
 MAX_FUNCTIONS = "unable to create function, maximum: {limit}\n"
+#: why a POST of a secret that exists is refused (409 AlreadyExists), as :attr:`rejected` says
+CONFLICT = "secret exists"
 Reply = tuple[int, Any]
 
 
@@ -412,7 +414,7 @@ class FakeGateway:
                 self.refuse_secrets -= 1
                 return self._reject(method, path, 403, "")
             if method == "POST" and name in self.secrets:  # AlreadyExists
-                return self._reject(method, path, 409, "")
+                return self._reject(method, path, 409, CONFLICT)
             if method == "PUT" and name not in self.secrets:  # NotFound
                 return self._reject(method, path, 404, "")
             self.secrets[name] = value or ""

@@ -53,7 +53,7 @@ from fsd.model.generate import generate
 from fsd.services import S3Server
 from fsd.store import ModelStore
 from k8s_api import Cluster, add_login, kubeconfig, wait_for
-from k8s_gateway import FakeGateway
+from k8s_gateway import CONFLICT, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = sorted((ROOT / "charts" / "fsd" / "crds").glob("*.yaml"))
@@ -262,6 +262,13 @@ class Kube:
         return result
 
 
+def refused(gateway: FakeGateway) -> list[tuple[str, str, str]]:
+    """The requests the gateway refused, but for a secret two reconciles created at once: the
+    operator holds no lock across gateway calls, so the later one's POST meets a 409 and it
+    replaces the value instead (the same value, from the same mounted file)."""
+    return [r for r in gateway.rejected if r != ("POST", "/system/secrets", CONFLICT)]
+
+
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == kind)
 
@@ -330,7 +337,7 @@ def test_create_deploys_both_functions_and_reports_ready(
         assert status["readyWorkers"] == 1  # ceil(2 workers / max_inflight 4), scaling.min 1
         assert status["observedGeneration"] == 1
 
-        assert gateway.rejected == []
+        assert refused(gateway) == []
         coordinator, worker = (
             gateway.calls("POST", "alpha-default-coordinator"),
             gateway.calls("POST", "alpha-default-worker"),
@@ -374,7 +381,7 @@ def test_create_deploys_both_functions_and_reports_ready(
             "the worker redeployed", lambda: len(gateway.calls("POST", "alpha-default-worker")) == 2
         )
         kube.wait_status("alpha", "Ready again", is_ready)
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_update_of_workers_recuts_the_model_and_redeploys(
@@ -405,7 +412,7 @@ def test_update_of_workers_recuts_the_model_and_redeploys(
         )  # scaling.max 8, CE cap 5
         assert puts["beta-default-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
         assert puts["beta-default-coordinator"]["labels"]["com.openfaas.scale.max"] == "5"  # CE cap
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
         manifest = store.manifest("default.beta")
         assert set(manifest.partitions) == {"8-min-comm"}  # cut again for 8 workers
@@ -440,7 +447,7 @@ def test_delete_removes_functions_and_the_operators_model(
             assert name not in gateway.functions
         assert keys(client, "models/default.gamma/") == []  # pushed by the operator: removed
         assert ModelStore(store_config(s3_server)).manifest(pushed).has(2, "min-comm")  # kept
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_unreachable_gateway_degrades_then_recovers(s3_server: S3Server, pushed: str) -> None:
@@ -751,7 +758,7 @@ def test_same_name_in_two_namespaces_gets_its_own_functions(
         wait_for("a/gc released", lambda: kube.get("gc", "a") is None)
         assert set(gateway.functions) == {"gc-b-coordinator", "gc-b-worker"}  # b's kept
         kube.wait_status("gc", "still Ready", is_ready, namespace="b")
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_an_unmanaged_function_of_a_taken_name_is_never_touched(
@@ -801,7 +808,7 @@ def test_a_missing_secret_degrades_naming_it_then_recovers(
         (folder / "fsd-run-key").write_text(SECRET_VALUES["fsd-run-key"])  # the file appears
         kube.wait_status("sigma", "Ready once the file is there", is_ready)
         assert gateway.secrets == SECRET_VALUES
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
         # rotated: the refresh timer copies the new value
         (folder / "fsd-run-key").write_text("rotated-" + "y" * 32)
@@ -877,7 +884,7 @@ def test_scale_to_zero_uses_the_scale_zero_label_and_is_not_ready_at_zero(
     with operator(operator_config(s3_server, gateway.url)) as kube:
         kube.create(model("zero", {"model": pushed}, 2, scaling={"min": 0, "max": 4}))
         kube.wait_status("zero", "Ready", is_ready)
-        assert gateway.rejected == []
+        assert refused(gateway) == []
         with gateway.lock:  # the idler scales both to zero
             gateway.idle.update({"zero-default-coordinator", "zero-default-worker"})
             gateway.functions["zero-default-worker"]["labels"]["com.openfaas.scale.zero"] = "true"
