@@ -41,8 +41,11 @@ A :class:`FunctionHost` can be plugged in (``host=``) to run the functions: the 
 what is deployed (with the values of the secrets it mounts) and removed, asks it how many
 replicas are available, and forwards invocations to it. Without one, ``availableReplicas`` is the
 function's ``com.openfaas.scale.min`` (0 while :attr:`FakeGateway.hold` is set, or for a name in
-:attr:`FakeGateway.idle`: scaled to zero) and ``/function/<name>/metrics`` answers
-:attr:`FakeGateway.metrics`.
+:attr:`FakeGateway.idle`: scaled to zero) and an invocation is a 404.
+
+Misbehaviour on demand, for the operator's defences: :attr:`FakeGateway.echo_secrets` refuses
+secret writes with a 400 that echoes the request body (as a proxy or a verbose gateway might);
+:attr:`FakeGateway.odd_status` answers ``GET /system/function/<name>`` with that JSON instead.
 
 Rejected requests are kept in :attr:`FakeGateway.rejected` so a test can assert that the
 operator never sent one; secret values are kept in :attr:`FakeGateway.secrets`.
@@ -121,6 +124,15 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 #: from fsd's own copy so the stand-in checks the operator rather than agreeing with it
 CE_MAX_REPLICAS = 5
 CE_MAX_FUNCTIONS = 15
+#: faas-netes' texts, as its handlers format them (``http.Error`` adds the newline):
+#: pkg/handlers/deploy.go ``fmt.Errorf("unable to fetch secrets: %s", err.Error())`` over the
+#: API server's NotFound (``secrets "<name>" not found``, pkg/k8s/secrets.go ``GetSecrets``)
+FETCH_SECRETS = 'unable to fetch secrets: secrets "{name}" not found\n'
+#: pkg/handlers/deploy.go (CE, MaxFunctions):
+#: ``fmt.Errorf("unable to create function, maximum: %d", MaxFunctions)``
+MAX_FUNCTIONS = "unable to create function, maximum: {limit}\n"
+#: why a POST of a secret that exists is refused (409 AlreadyExists), as :attr:`rejected` says
+CONFLICT = "secret exists"
 Reply = tuple[int, Any]
 
 
@@ -161,7 +173,8 @@ class FakeGateway:
         self.refuse_secrets = 0  # answer this many secret writes 403 (RBAC: Forbidden)
         # images an anonymous pull would not get (CE's isAnonymous, which needs a registry here)
         self.private: set[str] = set()
-        self.metrics: dict[str, str] = {}  # function -> its /metrics exposition
+        self.echo_secrets = False  # refuse secret writes with a 400 echoing the body
+        self.odd_status: Any = None  # when set: the JSON of every function status
         self.lock = threading.RLock()
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
@@ -252,10 +265,6 @@ class FakeGateway:
         if status is None:  # openfaas/faas gateway/handlers/scaling.go
             return 404, f"unable to find function: {name}", {}
         if self.host is None:
-            with self.lock:
-                text = self.metrics.get(name)
-            if method == "GET" and subpath == "metrics" and text is not None:
-                return 200, text, {}
             return 404, "Not Found", {}
         if not status.get("availableReplicas"):  # faas-provider proxy/proxy.go
             return 503, f"No endpoints available for: {name}.", {"X-OpenFaaS-Internal": "proxy"}
@@ -269,6 +278,8 @@ class FakeGateway:
             if namespace and namespace != self.namespace:  # pkg/handlers/replica_reader.go
                 return self._reject(method, path, 400, f"namespace must be: {self.namespace}")
             status = self.status_of(unquote(path.removeprefix("/system/function/")))
+            if status is not None and self.odd_status is not None:
+                return 200, self.odd_status
             return (200, status) if status is not None else (404, "")
         if method == "GET" and path == "/system/functions":
             if namespace and namespace != self.namespace:  # pkg/handlers/reader.go
@@ -324,7 +335,7 @@ class FakeGateway:
             missing = [s for s in body.get("secrets") or [] if s not in self.secrets]
             private = body["image"] in self.private
         if missing:  # deploy.go (and update.go, through the same factory), pkg/k8s/secrets.go
-            return f'unable to fetch secrets: secrets "{missing[0]}" not found'
+            return FETCH_SECRETS.format(name=missing[0])
         if private:  # deploy.go, update.go: isAnonymous (validate.go), after the secrets
             return "the Community Edition license agreement only allows public images"
         return ""
@@ -334,7 +345,7 @@ class FakeGateway:
         with self.lock:
             full = method == "POST" and len(self.functions) + 1 > CE_MAX_FUNCTIONS
         if full:  # deploy.go: functionList.Count() + 1 > MaxFunctions
-            why = f"unable to create function, maximum: {CE_MAX_FUNCTIONS}"
+            why = MAX_FUNCTIONS.format(limit=CE_MAX_FUNCTIONS)
             return self._reject(method, path, 400, why)
         with self.lock:
             exists = name in self.functions
@@ -397,11 +408,13 @@ class FakeGateway:
                 return self._reject(method, path, 500, "")
             if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):  # the API server: Invalid
                 return self._reject(method, path, 422, "")
+            if self.echo_secrets:
+                return self._reject(method, path, 400, f"invalid secret: {raw.decode()}")
             if self.refuse_secrets > 0:
                 self.refuse_secrets -= 1
                 return self._reject(method, path, 403, "")
             if method == "POST" and name in self.secrets:  # AlreadyExists
-                return self._reject(method, path, 409, "")
+                return self._reject(method, path, 409, CONFLICT)
             if method == "PUT" and name not in self.secrets:  # NotFound
                 return self._reject(method, path, 404, "")
             self.secrets[name] = value or ""

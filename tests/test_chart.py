@@ -635,6 +635,8 @@ def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
     assert env["FSD_OPENFAAS_MODE"] == "ce"
     assert env["FSD_FUNCTION_NAMESPACE"] == "openfaas-fn"
     assert env["FSD_GATEWAY_USER"] == "admin"
+    # read on every use: a rotated basic-auth password needs no restart (review 10, finding 8)
+    assert env["FSD_GATEWAY_PASSWORD_FILE"] == "/var/openfaas/secrets/fsd-gateway-password"
     assert env["FSD_NATS_URL"] == f"nats://fsd-nats.{NAMESPACE}:4222"
     assert env["FSD_S3_ENDPOINT"] == f"http://fsd-minio.{NAMESPACE}:9000"
     assert env["FSD_S3_BUCKET"] == "fsd"
@@ -756,18 +758,25 @@ def test_render_openfaas_pro(rendered: dict[str, dict[str, Any]]) -> None:
     assert find(docs, "Role", "fsd-operator") == []  # nothing in its own namespace
     role = the(docs, "Role", "fsd-operator-functions")
     assert role["metadata"]["namespace"] == "openfaas-fn"
-    assert role["rules"] == [
-        {
-            "apiGroups": ["openfaas.com"],
-            "resources": ["functions"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-        },
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "verbs": ["get", "list", "create", "update", "patch"],
-        },
+    # exactly the verbs src/fsd/k8s calls (no list of Secrets: that returns every value)
+    used: dict[str, set[str]] = {"functions": set(), "secrets": set()}
+    calls = re.compile(
+        r"_api\.(read|get|list|create|patch|replace|delete)_namespaced_(custom_object|secret)\b"
+    )
+    for path in (ROOT / "src" / "fsd" / "k8s").glob("*.py"):
+        for verb, kind in calls.findall(path.read_text()):
+            used["functions" if kind == "custom_object" else "secrets"].add(
+                {"read": "get", "replace": "update"}.get(verb, verb)
+            )
+    assert used == {
+        "functions": {"get", "create", "patch", "delete"},
+        "secrets": {"get", "create", "patch"},
+    }
+    assert [(r["resources"], set(r["verbs"])) for r in role["rules"]] == [
+        (["functions"], used["functions"]),
+        (["secrets"], used["secrets"]),
     ]
+    assert [r["apiGroups"] for r in role["rules"]] == [["openfaas.com"], [""]]
     binding = the(docs, "RoleBinding", "fsd-operator-functions")
     assert binding["metadata"]["namespace"] == "openfaas-fn"
     assert (

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -51,7 +53,7 @@ from fsd.model.generate import generate
 from fsd.services import S3Server
 from fsd.store import ModelStore
 from k8s_api import Cluster, add_login, kubeconfig, wait_for
-from k8s_gateway import FakeGateway
+from k8s_gateway import CONFLICT, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = sorted((ROOT / "charts" / "fsd" / "crds").glob("*.yaml"))
@@ -260,6 +262,13 @@ class Kube:
         return result
 
 
+def refused(gateway: FakeGateway) -> list[tuple[str, str, str]]:
+    """The requests the gateway refused, but for a secret two reconciles created at once: the
+    operator holds no lock across gateway calls, so the later one's POST meets a 409 and it
+    replaces the value instead (the same value, from the same mounted file)."""
+    return [r for r in gateway.rejected if r != ("POST", "/system/secrets", CONFLICT)]
+
+
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == kind)
 
@@ -269,9 +278,16 @@ def is_ready(status: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def operator(config: OperatorConfig, *, pro: bool = False) -> Iterator[Kube]:
+def operator(config: OperatorConfig, *, pro: bool = False, events: bool = False) -> Iterator[Kube]:
     registry = register(kopf.OperatorRegistry(), refresh_every=REFRESH)
     add_login(registry)
+    if events:  # kopf posts its Events (tests/k8s_api.py turns them off by default)
+
+        def post_events(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.posting.level = logging.DEBUG
+            settings.posting.loggers = True  # what handlers log, too
+
+        kopf.on.startup(registry=registry)(post_events)
 
     def prepare(url: str, memo: kopf.Memo) -> None:
         memo["config"] = dataclasses.replace(config, kube_url=url)
@@ -321,7 +337,7 @@ def test_create_deploys_both_functions_and_reports_ready(
         assert status["readyWorkers"] == 1  # ceil(2 workers / max_inflight 4), scaling.min 1
         assert status["observedGeneration"] == 1
 
-        assert gateway.rejected == []
+        assert refused(gateway) == []
         coordinator, worker = (
             gateway.calls("POST", "alpha-default-coordinator"),
             gateway.calls("POST", "alpha-default-worker"),
@@ -365,7 +381,7 @@ def test_create_deploys_both_functions_and_reports_ready(
             "the worker redeployed", lambda: len(gateway.calls("POST", "alpha-default-worker")) == 2
         )
         kube.wait_status("alpha", "Ready again", is_ready)
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_update_of_workers_recuts_the_model_and_redeploys(
@@ -396,7 +412,7 @@ def test_update_of_workers_recuts_the_model_and_redeploys(
         )  # scaling.max 8, CE cap 5
         assert puts["beta-default-worker"]["limits"] == {"memory": "2Gi", "cpu": "500m"}
         assert puts["beta-default-coordinator"]["labels"]["com.openfaas.scale.max"] == "5"  # CE cap
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
         manifest = store.manifest("default.beta")
         assert set(manifest.partitions) == {"8-min-comm"}  # cut again for 8 workers
@@ -431,7 +447,7 @@ def test_delete_removes_functions_and_the_operators_model(
             assert name not in gateway.functions
         assert keys(client, "models/default.gamma/") == []  # pushed by the operator: removed
         assert ModelStore(store_config(s3_server)).manifest(pushed).has(2, "min-comm")  # kept
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_unreachable_gateway_degrades_then_recovers(s3_server: S3Server, pushed: str) -> None:
@@ -672,7 +688,13 @@ def test_names_scaling_and_merge_patches(s3_server: S3Server) -> None:
     long = "m" * 80
     a, b = function_name(long, "default", "worker"), function_name(long + "x", "default", "worker")
     assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-worker")
-    assert function_name("My.Model", "team", "coordinator") == "my-model-team-coordinator"
+    # cleaning changed the name: a hash keeps it from the name it was cleaned into
+    assert function_name("My.Model", "team", "coordinator").startswith("my-model-team-")
+    assert function_name("my-model", "team", "coordinator") == "my-model-team-coordinator"
+    assert function_name("gc.1024", "default", "worker") != function_name(
+        "gc-1024", "default", "worker"
+    )
+    assert len(function_name("a." * 40, "team", "coordinator")) <= 63
     assert function_name("gc1024", "default", "worker") == "gc1024-default-worker"
     assert len(store_name("s" * 100, "default")) <= 64
     assert store_name("gc1024", "team-b") == "team-b.gc1024"
@@ -736,7 +758,7 @@ def test_same_name_in_two_namespaces_gets_its_own_functions(
         wait_for("a/gc released", lambda: kube.get("gc", "a") is None)
         assert set(gateway.functions) == {"gc-b-coordinator", "gc-b-worker"}  # b's kept
         kube.wait_status("gc", "still Ready", is_ready, namespace="b")
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
 
 def test_an_unmanaged_function_of_a_taken_name_is_never_touched(
@@ -786,7 +808,7 @@ def test_a_missing_secret_degrades_naming_it_then_recovers(
         (folder / "fsd-run-key").write_text(SECRET_VALUES["fsd-run-key"])  # the file appears
         kube.wait_status("sigma", "Ready once the file is there", is_ready)
         assert gateway.secrets == SECRET_VALUES
-        assert gateway.rejected == []
+        assert refused(gateway) == []
 
         # rotated: the refresh timer copies the new value
         (folder / "fsd-run-key").write_text("rotated-" + "y" * 32)
@@ -862,7 +884,7 @@ def test_scale_to_zero_uses_the_scale_zero_label_and_is_not_ready_at_zero(
     with operator(operator_config(s3_server, gateway.url)) as kube:
         kube.create(model("zero", {"model": pushed}, 2, scaling={"min": 0, "max": 4}))
         kube.wait_status("zero", "Ready", is_ready)
-        assert gateway.rejected == []
+        assert refused(gateway) == []
         with gateway.lock:  # the idler scales both to zero
             gateway.idle.update({"zero-default-coordinator", "zero-default-worker"})
             gateway.functions["zero-default-worker"]["labels"]["com.openfaas.scale.zero"] = "true"
@@ -939,7 +961,7 @@ def test_images_outside_the_allowlist_are_refused(
     with operator(operator_config(s3_server, gateway.url)) as kube:
         evil = {"worker": "evil.example/steal-secrets:latest"}
         kube.create(model("omega", {"model": pushed}, 2, image=evil))
-        ok = {"worker": "ttl.sh/fsd-worker@sha256:" + "0" * 64}
+        ok = {"worker": "fsd.local/fsd-worker@sha256:" + "0" * 64}
         kube.create(model("psi", {"model": pushed}, 2, image=ok))
         status = kube.wait_status("omega", "Degraded", lambda s: s.get("phase") == "Degraded")
         degraded = condition(status, "Degraded")
@@ -956,9 +978,10 @@ def test_images_outside_the_allowlist_are_refused(
     assert not image_allowed("registry.example/fsdx/a:1", prefixes)
     env = {"FSD_S3_ENDPOINT": "http://s3:9000", "FSD_ALLOWED_IMAGES": "a/b, c/"}
     assert OperatorConfig.from_env(env).image_prefixes == ("a/b", "c/")
+    # the defaults are stack.yml's local names, no registry's (review 10, finding 12)
     assert OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3:9000"}).image_prefixes == (
-        "ttl.sh/fsd-coordinator",
-        "ttl.sh/fsd-worker",
+        "fsd.local/fsd-coordinator",
+        "fsd.local/fsd-worker",
     )
 
 
@@ -1088,3 +1111,279 @@ def test_gateway_stand_in_follows_faas_netes() -> None:
         assert call("DELETE", "/system/secrets", {"name": "s1"})[0] == 404
     finally:
         gw.stop()
+
+
+# -- review 10: each finding, its own test ---------------------------------------------------------
+
+
+def test_worker_threads_cover_every_admitted_invocation(s3_server: S3Server) -> None:
+    """Finding 2: of-watchdog admits max_inflight workers that must all run at once, so index.py
+    gets FSD_THREADS = max_inflight + 2; more workers than CE's replicas hold: a spec error."""
+    ce = operator_config(s3_server, "http://127.0.0.1:1")
+    for config in (ce, dataclasses.replace(ce, mode="pro")):
+        for workers in (2, 64, 1000):
+            spec = parse_spec({"source": {"model": "m"}, "workers": workers})
+            worker = function_deployments(
+                name="t", namespace="default", spec=spec, config=config, store_model="m"
+            )[1]
+            env = worker["envVars"]
+            assert int(env["FSD_THREADS"]) == int(env["max_inflight"]) + 2 <= 256, env
+    spec = parse_spec({"source": {"model": "m"}, "workers": 4096})
+    with pytest.raises(SourceError) as refused:
+        function_deployments(name="t", namespace="default", spec=spec, config=ce, store_model="m")
+    assert refused.value.reason == "InvalidSpec" and not refused.value.temporary
+    with pytest.raises(Exception, match="FSD_MAX_INFLIGHT"):
+        OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3:9000", "FSD_MAX_INFLIGHT": "255"})
+
+
+def test_timeouts_and_shutdown_follow_the_functions_rules(s3_server: S3Server) -> None:
+    """Findings 14 and 20: FSD_MAX_TIMEOUT is exec_timeout less the functions' own margin (one
+    value), and index.py closes its listener 2 s after the watchdog stops accepting."""
+    from fsd.functions.config import Limits, exec_timeout
+    from fsd.settings import EXEC_MARGIN  # the functions' margin (fsd.functions.config uses it)
+
+    config = operator_config(s3_server, "http://127.0.0.1:1")
+    spec = parse_spec({"source": {"model": "m"}, "workers": 2})
+    for deployment in function_deployments(
+        name="t", namespace="default", spec=spec, config=config, store_model="m"
+    ):
+        env = deployment["envVars"]
+        watchdog = exec_timeout(env)
+        assert watchdog is not None
+        limits = Limits.from_env(env)  # the function accepts what the operator sets
+        assert limits.max_timeout == watchdog - EXEC_MARGIN, deployment["service"]
+        interval = float(env["healthcheck_interval"].removesuffix("s"))
+        assert float(env["FSD_SHUTDOWN_DELAY_SECONDS"]) == interval + 2
+    assert worker_env(config)["FSD_MAX_TIMEOUT"] == "295"  # stack.yml's worker value
+
+
+def worker_env(config: OperatorConfig) -> dict[str, str]:
+    spec = parse_spec({"source": {"model": "m"}, "workers": 2})
+    deployments = function_deployments(
+        name="t", namespace="default", spec=spec, config=config, store_model="m"
+    )
+    return dict(deployments[1]["envVars"])
+
+
+def test_no_secret_value_in_status_events_or_logs(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 5: a gateway that echoes the secret call's body in its error answer."""
+    caplog.set_level(logging.DEBUG)
+    gateway.echo_secrets = True
+    with operator(operator_config(s3_server, gateway.url), events=True) as kube:
+        kube.create(model("echo", {"model": pushed}, 2))
+        status = kube.wait_status("echo", "Degraded", lambda s: s.get("phase") == "Degraded")
+        assert condition(status, "Degraded")["reason"] == "SecretRejected"
+        api = kube.cluster.api
+        assert api is not None
+
+        def events() -> list[str]:  # every Event kopf posted (kmock keeps the requests)
+            texts = [
+                r.text
+                for r in list(api)
+                if str(r.method).upper().endswith("POST") and r.url.path.endswith("/events")
+            ]
+            return texts if any("SecretRejected" in t for t in texts) else []
+
+        posted = wait_for("kopf's Event of the failure", events)
+        assert any("HTTP 400" in text for text in posted)
+        assert any(SECRET_VALUES["fsd-nats-token"] in why for _, _, why in gateway.rejected)
+        shown = json.dumps(status) + json.dumps(posted) + caplog.text
+        for value in SECRET_VALUES.values():
+            assert value not in shown
+
+
+class _Trickle:
+    """A gateway that answers a function status one byte at a time, slowly, or without end."""
+
+    def __init__(self, body: bytes, pause: float) -> None:
+        self.body, self.pause = body, pause
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.done = threading.Event()
+        self.accepted = threading.Event()  # a request came and is being answered
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            self.accepted.set()
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.body)}\r\n\r\n"
+            try:
+                conn.sendall(head.encode())
+                for i in range(len(self.body)):
+                    if self.done.wait(self.pause):
+                        return
+                    conn.sendall(self.body[i : i + 1])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+
+
+def test_gateway_answers_are_bounded_in_size_and_time(gateway: FakeGateway) -> None:
+    """Finding 6: a byte cap and a total deadline on every gateway answer."""
+    from fsd.k8s.openfaas import MAX_ANSWER, GatewayClient, GatewayError
+
+    gateway.adopt({"service": "f", "image": "i", "labels": {}})
+    gateway.odd_status = {"name": "f", "image": "i", "labels": {"x": "y" * MAX_ANSWER}}
+    with pytest.raises(GatewayError, match="more than") as large:
+        GatewayClient(gateway.url, password="secret").status("f")
+    assert large.value.temporary
+
+    body = json.dumps({"name": "f", "image": "i"}).encode() + b" " * 200
+    slow = _Trickle(body, pause=0.05)  # each byte within the read timeout, the whole far beyond
+    try:
+        with pytest.raises(GatewayError, match="unreachable") as late:
+            GatewayClient(slow.url, timeout=0.5).status("f")
+        assert late.value.temporary
+    finally:
+        slow.close()
+
+
+def test_secret_writes_hold_no_lock_across_calls(s3_server: S3Server, gateway: FakeGateway) -> None:
+    """Finding 6: one object's stalled secret call does not stop another's."""
+    from fsd.k8s.openfaas import GatewayClient, GatewayError
+    from fsd.k8s.secrets import GatewaySecrets
+
+    stalled = _Trickle(b"[]", pause=60)  # answers the list of secrets never
+
+    def stalls() -> None:
+        with contextlib.suppress(GatewayError):  # cut off when the test closes the stand-in
+            GatewaySecrets(GatewayClient(stalled.url, timeout=60), {}).ensure(SECRET_VALUES)
+
+    first = threading.Thread(target=stalls, daemon=True)
+    first.start()
+    second = threading.Thread(
+        target=lambda: GatewaySecrets(GatewayClient(gateway.url, password="secret"), {}).ensure(
+            SECRET_VALUES
+        ),
+        daemon=True,
+    )
+    try:
+        wait_for("the first call stalled in the gateway", stalled.accepted.is_set)
+        second.start()
+        second.join(30)  # a hang guard: with a lock it would wait for the first (60 s and more)
+        assert not second.is_alive() and gateway.secrets == SECRET_VALUES
+        assert first.is_alive()
+    finally:
+        stalled.close()
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"name": "f", "replicas": "x"},
+        {"name": "f", "availableReplicas": float("inf")},
+        {"name": "f", "replicas": 1.5},
+        {"name": "f", "replicas": -1},
+        {"name": "f", "labels": ["a"]},
+        {"name": "f", "labels": {"a": 1}},
+        {"name": ["f"]},
+    ],
+)
+def test_an_odd_function_status_is_a_temporary_gateway_error(
+    gateway: FakeGateway, odd: Any
+) -> None:
+    """Finding 7: the gateway's types are checked, never trusted into a ValueError or a crash."""
+    from fsd.k8s.openfaas import GatewayClient, GatewayError
+
+    gateway.adopt({"service": "f", "image": "i", "labels": {}})
+    gateway.odd_status = odd
+    with pytest.raises(GatewayError) as odd_answer:
+        GatewayClient(gateway.url, password="secret").status("f")
+    assert odd_answer.value.temporary
+
+
+def test_fixable_refusals_are_temporary_as_faas_netes_words_them(
+    s3_server: S3Server, gateway: FakeGateway
+) -> None:
+    """Findings 8 and 23: faas-netes' texts as its handlers send them (``http.Error`` appends a
+    newline): pkg/handlers/deploy.go ``fmt.Errorf("unable to fetch secrets: %s", err.Error())``
+    over the API server's ``secrets "<name>" not found``, and CE's ``fmt.Errorf("unable to
+    create function, maximum: %d", MaxFunctions)``; a 401 is a rotated password."""
+    from fsd.k8s.openfaas import GatewayClient, GatewayError, classify
+    from k8s_gateway import FETCH_SECRETS, MAX_FUNCTIONS
+
+    fetch = 'unable to fetch secrets: secrets "fsd-run-key" not found\n'
+    limit = "unable to create function, maximum: 15\n"
+    assert FETCH_SECRETS.format(name="fsd-run-key") == fetch  # the stand-in says it so
+    assert MAX_FUNCTIONS.format(limit=15) == limit
+    assert classify(400, fetch.strip()) == (True, "SecretMissing")
+    assert classify(400, limit.strip()) == (True, "FunctionLimit")
+    assert classify(401, "Unauthorized") == (True, "GatewayUnauthorized")
+    assert classify(400, "validation failed: service: (F) is invalid") == (False, None)
+
+    spec = parse_spec({"source": {"model": "m"}, "workers": 2})
+    config = operator_config(s3_server, gateway.url)
+    deployment = function_deployments(
+        name="u", namespace="default", spec=spec, config=config, store_model="m"
+    )[0]
+    client = GatewayClient(gateway.url, password="secret")
+    with pytest.raises(GatewayError) as missing:
+        client.create(deployment)
+    assert (missing.value.reason, missing.value.temporary) == ("SecretMissing", True)
+    for i in range(15):
+        gateway.adopt({"service": f"other-{i}", "image": "i", "labels": {}})
+    gateway.secrets.update(SECRET_VALUES)
+    with pytest.raises(GatewayError) as full:
+        client.create(deployment)
+    assert (full.value.reason, full.value.temporary) == ("FunctionLimit", True)
+    with pytest.raises(GatewayError) as unauthorized:
+        GatewayClient(gateway.url, password="old").status("u")
+    assert (unauthorized.value.reason, unauthorized.value.temporary) == (
+        "GatewayUnauthorized",
+        True,
+    )
+
+
+def test_a_rotated_gateway_password_is_picked_up(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str, tmp_path: Path
+) -> None:
+    """Finding 8: a 401 is retried and the password file read again (the chart names it)."""
+    password = tmp_path / "fsd-gateway-password"
+    password.write_text("old-password\n")
+    config = operator_config(
+        s3_server, gateway.url, gateway_password="", gateway_password_file=str(password)
+    )
+    with operator(config) as kube:
+        kube.create(model("rot", {"model": pushed}, 2))
+        status = kube.wait_status("rot", "Degraded", lambda s: s.get("phase") == "Degraded")
+        assert condition(status, "Degraded")["reason"] == "GatewayUnauthorized"
+        password.write_text("secret\n")  # the rotated Secret's file, as the kubelet updates it
+        kube.wait_status("rot", "Ready with the new password", is_ready)
+
+
+def test_refresh_takes_the_model_from_the_spec_not_the_status(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    """Finding 11: status is writable by others; a forged status.modelName is never served."""
+    from fsd.k8s.handlers import refresh
+
+    config = operator_config(s3_server, gateway.url, prometheus_url="")
+    memo = kopf.Memo(config=config, fsd_deployed_generation=1)
+    spec: Any = {"source": {"model": pushed}, "workers": 2}
+    meta: Any = {"generation": 1, "uid": "u-1", "name": "f11", "namespace": "default"}
+    status: Any = {"modelName": "forged-model", "phase": "Ready"}
+    refresh(
+        spec=spec,
+        meta=meta,
+        status=status,
+        name="f11",
+        namespace="default",
+        patch=kopf.Patch(),
+        memo=memo,
+        logger=logging.getLogger("test"),
+    )
+    posted = gateway.calls("POST")
+    assert len(posted) == 2  # both were missing: deployed again
+    assert {p["envVars"]["FSD_MODELS"] for p in posted} == {pushed}

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from fsd.bounded import read_within
 from fsd.errors import FsdError, InputError
 from fsd.functions.coordinator import BULK, SCHEMA_PATH
 from fsd.functions.parse import load_json, problem
@@ -213,7 +214,7 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
             redirect=False,
         )
         try:
-            data = _read_within(response, deadline)
+            data = read_within(response, MAX_REPLY_BYTES, deadline)
         finally:
             response.release_conn()
     except (urllib3.exceptions.TimeoutError, TimeoutError):
@@ -230,22 +231,6 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
     if response.status != 200:
         raise _failure(response.status, data, where, target)
     return check_result(_json(data, where), where)
-
-
-def _read_within(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """The body, up to one byte over the limit, by the deadline: the read timeout bounds each
-    wait for a byte, not a body that trickles in."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_REPLY_BYTES:
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        chunk = response.read1(min(1 << 16, MAX_REPLY_BYTES + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 class _NotFinite(ValueError):

@@ -13,6 +13,11 @@ from pathlib import Path
 
 SECRETS_DIR = "/var/openfaas/secrets"
 
+EXEC_MARGIN = 5.0
+"""Seconds a function keeps between its longest timeout (``FSD_MAX_TIMEOUT``) and of-watchdog's
+``exec_timeout``: the time to give up and answer. One value for the functions, which refuse less
+(:mod:`fsd.functions.config`), and the operator, which sets both (:mod:`fsd.k8s.desired`)."""
+
 #: secret file name -> the variable it sets (a creds file is passed by path, not content)
 SECRET_VARS = {
     "fsd-nats-token": "FSD_NATS_TOKEN",

@@ -45,7 +45,7 @@ from fsd import auth
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.settings import SECRET_VARS
+from fsd.settings import EXEC_MARGIN, SECRET_VARS
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 """What a model name looks like (the request schemas use the same pattern)."""
@@ -57,9 +57,6 @@ _GO_DURATION = re.compile(rf"(?:(?:[0-9]{{1,12}}(?:\.[0-9]{{0,9}})?|\.[0-9]{{1,9
 _GO_UNIT = re.compile(rf"([0-9.]+){_UNITS}")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0}
 _UNIT_SECONDS |= {"m": 60.0, "h": 3600.0}
-
-EXEC_MARGIN = 5.0
-"""Seconds a function keeps between its longest timeout and the watchdog's ``exec_timeout``."""
 
 WATCHDOG_EXEC_TIMEOUT = 30.0
 """of-watchdog's ``exec_timeout`` when none is set: ``config/config.go`` ``New`` (``defaultTimeout

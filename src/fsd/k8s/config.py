@@ -18,8 +18,9 @@
                                  ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION``
                                  or the ``fsd-s3-*`` secret files (:mod:`fsd.settings`)
 ``FSD_FUNCTION_S3_ENDPOINT``     the store as the functions see it (default: ``FSD_S3_ENDPOINT``)
-``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides), as in stack.yml:
-``FSD_WORKER_IMAGE``             ``ttl.sh/fsd-coordinator:latest``, ``ttl.sh/fsd-worker:latest``
+``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides): ``fsd.local/fsd-
+``FSD_WORKER_IMAGE``             coordinator:latest``, ``fsd.local/fsd-worker:latest``, names no
+                                 registry answers to (the chart sets the images users pushed)
 ``FSD_ALLOWED_IMAGES``           comma-separated image prefixes ``spec.image`` may use (default:
                                  the repositories of the two default images); a prefix matches
                                  the image itself, ``prefix:tag``, ``prefix@digest``, or anything
@@ -33,7 +34,8 @@
                                  ``http://prometheus.openfaas:9090``; empty: not reported)
 ``FSD_FANOUT``                   the coordinator's fan-out, and the largest the workers accept
                                  (default 16; 1..1024)
-``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4; 1..1024)
+``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4; 1..254: the worker
+                                 serves them with ``FSD_THREADS`` = this + 2, at most 256)
 ``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15; 0..3600)
 ``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never; ..86400)
 ``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3 (default 8192;
@@ -74,7 +76,7 @@ _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Secret
 
 
 def repository(image: str) -> str:
-    """``image`` without tag or digest: ``ttl.sh/fsd-worker:latest`` -> ``ttl.sh/fsd-worker``."""
+    """``image`` without tag or digest: ``fsd.local/fsd-worker:1`` -> ``fsd.local/fsd-worker``."""
     image = image.split("@", 1)[0]
     head, _, tail = image.rpartition("/")
     return f"{head}/{tail.split(':', 1)[0]}" if head else tail.split(":", 1)[0]
@@ -113,8 +115,8 @@ class OperatorConfig:
     function_gateway_url: str = "http://gateway.openfaas:8080"
     nats_url: str = "nats://nats.fsd:4222"
     function_s3_endpoint: str = ""
-    coordinator_image: str = "ttl.sh/fsd-coordinator:latest"
-    worker_image: str = "ttl.sh/fsd-worker:latest"
+    coordinator_image: str = "fsd.local/fsd-coordinator:latest"
+    worker_image: str = "fsd.local/fsd-worker:latest"
     secrets: tuple[str, ...] = DEFAULT_SECRETS
     secrets_dir: str = SECRETS_DIR
     allowed_images: tuple[str, ...] = ()  # empty: the repositories of the two default images
@@ -190,7 +192,7 @@ class OperatorConfig:
             prometheus_url=env.get("FSD_PROMETHEUS_URL", PROMETHEUS_URL).strip(),
             fanout=int(_number(env, "FSD_FANOUT", cls.fanout, low=1, high=1024, whole=True)),
             max_inflight=int(
-                _number(env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=1024, whole=True)
+                _number(env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=254, whole=True)
             ),
             retry_seconds=_number(env, "FSD_OPERATOR_RETRY_SECONDS", cls.retry_seconds, high=3600),
             refresh_seconds=refresh_seconds(env),

@@ -40,7 +40,18 @@ because zero were required (:func:`required_replicas`).
 The environment mirrors stack.yml's (timeouts chained worker < coordinator < gateway, see
 docs/deploy-openfaas.md): of-watchdog cuts a request at ``exec_timeout`` with a non-JSON
 answer, so ``FSD_MAX_TIMEOUT`` (the longest ``timeout``/``layer_timeout`` a request may ask)
-stays below it, and both functions get one ``FSD_TIMEOUT`` default. Functions run with a
+is ``exec_timeout`` less :data:`fsd.settings.EXEC_MARGIN`, the one margin the functions check
+(:mod:`fsd.functions.config`), and both functions get one ``FSD_TIMEOUT`` default.
+
+Threads: the worker's of-watchdog admits ``max_inflight`` invocations at once and every worker of
+one inference must run at the same time (they exchange layers), so index.py serves them with
+``FSD_THREADS`` = ``max_inflight`` + 2 threads (two more for health checks and metrics scrapes);
+fewer would queue admitted workers behind running ones until the layer timeout.
+
+Shutdown: of-watchdog stops accepting ``healthcheck_interval`` after SIGTERM (of-watchdog
+``pkg/watchdog.go``, ``listenUntilShutdown``); index.py closes its listener
+``FSD_SHUTDOWN_DELAY_SECONDS`` after it, 2 s later, so a request the watchdog admitted at the
+last moment still finds it open. Functions run with a
 read-only root filesystem (only ``/tmp`` is writable: faas-netes mounts it,
 ``pkg/k8s/securityContext.go``).
 """
@@ -51,8 +62,10 @@ import math
 from typing import Any
 
 from fsd.k8s.config import OperatorConfig
+from fsd.k8s.errors import SourceError
 from fsd.k8s.names import function_name, label_value
 from fsd.k8s.spec import ModelSpec
+from fsd.settings import EXEC_MARGIN
 
 SCALE_MIN = "com.openfaas.scale.min"
 SCALE_MAX = "com.openfaas.scale.max"
@@ -89,22 +102,31 @@ DEPLOYMENT_FIELDS = frozenset(
 )
 
 # stack.yml: per-function timeouts (Go durations) and drain times, one chain from the client;
-# FSD_MAX_TIMEOUT below exec_timeout, so the function answers (JSON) before the watchdog cuts it
+# FSD_MAX_TIMEOUT is exec_timeout - EXEC_MARGIN, so the function answers (JSON) before the
+# watchdog cuts it
 EXEC_SECONDS = {"coordinator": 310, "worker": 300}
-MAX_TIMEOUT = {"coordinator": 300, "worker": 290}
 DEFAULT_TIMEOUT = 120  # FSD_TIMEOUT: seconds of a request that asks none, in both functions
 _DRAIN = {"coordinator": "315", "worker": "305"}
+HEALTHCHECK_SECONDS = 5  # of-watchdog's healthcheck_interval
+SHUTDOWN_AFTER = 2  # seconds index.py keeps its listener open after the watchdog stops accepting
+EXTRA_THREADS = 2  # index.py threads beyond max_inflight: health checks and metrics scrapes
+#: the most FSD_THREADS index.py accepts (template/fsd-python3-http/index.py, Settings.from_env)
+MAX_THREADS = 256
+
+
+def max_timeout(role: str) -> int:
+    """``FSD_MAX_TIMEOUT`` of ``role``: its ``exec_timeout`` less the functions' margin."""
+    return int(EXEC_SECONDS[role] - EXEC_MARGIN)
 
 
 def _timeouts(role: str) -> dict[str, str]:
     exec_seconds = EXEC_SECONDS[role]
-    assert DEFAULT_TIMEOUT <= MAX_TIMEOUT[role] < exec_seconds
     return {
         "exec_timeout": f"{exec_seconds}s",
         "read_timeout": f"{exec_seconds + 5}s",
         "write_timeout": f"{exec_seconds + 5}s",
-        "FSD_TIMEOUT": str(DEFAULT_TIMEOUT),
-        "FSD_MAX_TIMEOUT": str(MAX_TIMEOUT[role]),
+        "FSD_TIMEOUT": str(min(DEFAULT_TIMEOUT, max_timeout(role))),
+        "FSD_MAX_TIMEOUT": str(max_timeout(role)),
     }
 
 
@@ -118,11 +140,21 @@ def worker_inflight(spec: ModelSpec, config: OperatorConfig) -> int:
 
     ``FSD_MAX_INFLIGHT``, raised where CE's replica cap could not otherwise hold all ``W``
     workers at once: 64 workers on at most 5 replicas need 13 per replica.
+    A replica serves them all at once (``FSD_THREADS``), at most ``MAX_THREADS`` - 2: more
+    workers than the capped replicas can hold is a permanent ``InvalidSpec``.
     """
     cap = replica_cap(config)
     if cap is None:
         return config.max_inflight
-    return max(config.max_inflight, math.ceil(spec.workers / cap))
+    inflight = max(config.max_inflight, math.ceil(spec.workers / cap))
+    if inflight + EXTRA_THREADS > MAX_THREADS:
+        most = cap * (MAX_THREADS - EXTRA_THREADS)
+        raise SourceError(
+            f"spec.workers {spec.workers} cannot run at once on OpenFaaS CE ({cap} replicas of "
+            f"at most {MAX_THREADS - EXTRA_THREADS} invocations): at most {most} workers",
+            reason="InvalidSpec",
+        )
+    return inflight
 
 
 def worker_scale(spec: ModelSpec, max_inflight: int, cap: int | None = None) -> tuple[int, int]:
@@ -147,17 +179,19 @@ def coordinator_scale(spec: ModelSpec, cap: int | None = None) -> tuple[int, int
     return 1, COORDINATOR_MAX if cap is None else min(COORDINATOR_MAX, cap)
 
 
-def worker_url(config: OperatorConfig, model: str, namespace: str) -> str:
-    """The worker function's URL as the functions reach it through the gateway."""
-    name = function_name(model, namespace, "worker")
+def worker_url(config: OperatorConfig, name: str, namespace: str) -> str:
+    """The worker function's URL (InferenceModel ``namespace/name``) as the functions reach it
+    through the gateway."""
+    name = function_name(name, namespace, "worker")
     if config.function_namespace:
         name = f"{name}.{config.function_namespace}"
     return f"{config.function_gateway_url.rstrip('/')}/function/{name}"
 
 
-def coordinator_url(config: OperatorConfig, model: str, namespace: str) -> str:
-    """The coordinator's URL through the gateway users invoke (``FSD_OPENFAAS_URL``)."""
-    name = function_name(model, namespace, "coordinator")
+def coordinator_url(config: OperatorConfig, name: str, namespace: str) -> str:
+    """The coordinator's URL (InferenceModel ``namespace/name``) through the gateway users invoke
+    (``FSD_OPENFAAS_URL``)."""
+    name = function_name(name, namespace, "coordinator")
     if config.function_namespace:
         name = f"{name}.{config.function_namespace}"
     return f"{config.gateway_url.rstrip('/')}/function/{name}"
@@ -167,27 +201,30 @@ def _environment(
     role: str,
     spec: ModelSpec,
     config: OperatorConfig,
-    model: str,
+    name: str,
     namespace: str,
     store_model: str,
 ) -> dict[str, str]:
+    """The environment of ``role`` for the InferenceModel ``namespace/name``."""
     env = {
         "FSD_NATS_URL": config.nats_url,
         "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.address,
         "FSD_S3_BUCKET": config.store.bucket,
-        "FSD_WORKER_URL": worker_url(config, model, namespace),
+        "FSD_WORKER_URL": worker_url(config, name, namespace),
         "FSD_CHANNEL": spec.channel,
         # the one model these functions serve: any other in the store is a 404 (docs/api.md)
         "FSD_MODELS": store_model,
         # the coordinator's fan-out; workers refuse invocations that carry a larger one
         "FSD_FANOUT": str(config.fanout),
         **_timeouts(role),
-        "healthcheck_interval": "5s",
-        "FSD_SHUTDOWN_DELAY_SECONDS": "5",
+        "healthcheck_interval": f"{HEALTHCHECK_SECONDS}s",
+        "FSD_SHUTDOWN_DELAY_SECONDS": str(HEALTHCHECK_SECONDS + SHUTDOWN_AFTER),
         "FSD_DRAIN_SECONDS": _DRAIN[role],
     }
     if role == "worker":
-        env["max_inflight"] = str(worker_inflight(spec, config))
+        inflight = worker_inflight(spec, config)
+        env["max_inflight"] = str(inflight)
+        env["FSD_THREADS"] = str(inflight + EXTRA_THREADS)
     return env
 
 

@@ -360,7 +360,8 @@ def refresh(
     uid = _uid(meta)
     try:
         parsed = parse_spec(spec)
-        model = str(status.get("modelName") or parsed.source.model or store_name(name, namespace))
+        # from the spec, as reconcile derives it: status is the object's, patchable by others
+        model = parsed.source.model or store_name(name, namespace)
         deployments = _deployments(config, parsed, name, namespace, model, uid)
         with _gateway(config) as gateway:
             state = readiness(gateway, deployments)

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from fsd.bounded import read_within
 from fsd.redact import redact, redact_text
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,12 @@ def _get(prometheus_url: str, query: str, timeout: float) -> bytes | None:
             if response.status != 200:
                 log.info("Prometheus answered HTTP %d to the latency query", response.status)
                 return None
-            body = b""
-            while len(body) <= MAX_ANSWER:
-                if time.monotonic() > deadline:
-                    log.info("Prometheus took too long to answer the latency query")
-                    return None
-                chunk: bytes = response.read1(4096)  # what has come, not a full 4 KiB
-                if not chunk:
-                    return body
-                body += chunk
-            return None
+            try:
+                body = read_within(response, MAX_ANSWER, deadline)
+            except TimeoutError:
+                log.info("Prometheus took too long to answer the latency query")
+                return None
+            return body if len(body) <= MAX_ANSWER else None
         finally:
             response.release_conn()
 

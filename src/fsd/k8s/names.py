@@ -8,7 +8,8 @@ the example ``gc1024`` in ``default`` deploys ``gc1024-default-coordinator`` and
 Kubernetes object names may be DNS-1123 *subdomains* (253 characters, dots allowed); OpenFaaS
 function names become Deployment and Service names, which must be DNS-1123 *labels* (63
 characters, ``[a-z0-9-]``), and label values are limited to 63 characters. A name too long is cut
-and given a hash of the full name, so two long names never collide.
+and given a hash of the full name, so two long names never collide; so is a name that cleaning
+changed (``gc.1024`` becomes ``gc-1024-default-<hash>-worker``, never ``gc-1024``'s own name).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def _fit(base: str, limit: int, full: str) -> str:
-    """``base`` if it fits in ``limit``, else its head and a hash of ``full``."""
-    if len(base) <= limit:
+def _fit(base: str, limit: int, full: str, *, hashed: bool = False) -> str:
+    """``base`` if it fits in ``limit`` and is not to be ``hashed``, else its head and a hash of
+    ``full``."""
+    if len(base) <= limit and not hashed:
         return base
     head = base[: limit - 9].rstrip("-._")
     return f"{head}-{_digest(full)}"
@@ -38,14 +40,18 @@ def _fit(base: str, limit: int, full: str) -> str:
 def function_name(name: str, namespace: str, role: str) -> str:
     """``<name>-<namespace>-<role>`` as a DNS-1123 label (63 characters at most).
 
-    A name too long keeps its head and gets a hash of ``namespace/name``: two InferenceModels
-    seldom share a function name (``a-b``/``c`` and ``a``/``b-c`` do: the owner label keeps
-    them apart, :mod:`fsd.k8s.functions`, and the second reports ``FunctionNameTaken``).
+    A name too long, or one that cleaning changed (an InferenceModel name may have dots: ``gc.1024``
+    and ``gc-1024`` must not share functions), keeps its head and gets a hash of
+    ``namespace/name``: two InferenceModels seldom share a function name (``a-b``/``c`` and
+    ``a``/``b-c`` do: the owner label keeps them apart, :mod:`fsd.k8s.functions`, and the second
+    reports ``FunctionNameTaken``).
     """
     if role not in ROLES:
         raise ValueError(f"unknown function role {role!r}")
-    base = _NOT_LABEL.sub("-", f"{name}-{namespace}".lower()).strip("-") or "model"
-    return f"{_fit(base, DNS_LABEL - len(role) - 1, f'{namespace}/{name}')}-{role}"
+    raw = f"{name}-{namespace}"
+    base = _NOT_LABEL.sub("-", raw.lower()).strip("-") or "model"
+    limit = DNS_LABEL - len(role) - 1
+    return f"{_fit(base, limit, f'{namespace}/{name}', hashed=base != raw)}-{role}"
 
 
 def label_value(text: str) -> str:

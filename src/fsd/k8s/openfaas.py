@@ -15,28 +15,60 @@ absent); the namespace comes from the ``namespace`` query parameter (GET) or bod
 ``pkg/handlers/namespaces.go``, ``NewNamespaceResolver``: 400 otherwise).
 
 Failures raise :class:`GatewayError`: *temporary* when the gateway cannot be reached, times out,
-or answers 5xx or 429 (retry later); *permanent* for other 4xx (the request itself is wrong, or
-the credentials are) except faas-netes' 400 "unable to fetch secrets" on a deploy
-(``pkg/handlers/deploy.go``): a secret the function mounts is missing in its namespace, which
-the operator itself creates, so that one is temporary (``SecretMissing``), and CE's 400 for an
-image it cannot pull anonymously ("... license agreement only supports/allows public images",
-``deploy.go``/``update.go`` calling ``isAnonymous`` in ``validate.go``): the user fixes that by
-making the image public, not by editing the spec, so it is retried too (``ImageNotPublic``).
+answers more than :data:`MAX_ANSWER` bytes or something that is not what the API says, or answers
+5xx or 429 (retry later); *permanent* for other 4xx (the request itself is wrong) except those the
+world fixes without a spec change (:func:`classify`): faas-netes' 400 "unable to fetch secrets" on a
+deploy (``SecretMissing``: the operator creates them), CE's 400 for an image it cannot pull
+anonymously (``ImageNotPublic``: made public later), CE's 400 "unable to create function,
+maximum: 15" (``FunctionLimit``: another function removed later) and a 401 (``GatewayUnauthorized``:
+the basic-auth password rotated; the operator reads ``FSD_GATEWAY_PASSWORD_FILE`` on every use).
+
+Answers are read with a byte cap and a total deadline (:func:`fsd.bounded.read_within`), so a
+slow or endless gateway answer fails this request rather than holding the reconcile. The answer to
+a ``/system/secrets`` call never reaches a message (the status code only): a gateway or a proxy
+that echoes the request would otherwise put a secret value into a status, an Event or a log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
 
+from fsd.bounded import read_within
 from fsd.k8s.errors import ReconcileError
 
 log = logging.getLogger(__name__)
+
+MAX_ANSWER = 1024 * 1024
+"""Bytes of a gateway answer read at most: a function's status or the secrets' list is a few KiB."""
+_MAX_REPLICAS = 1_000_000
+
+#: faas-netes' 400s that are not the request's fault (pkg/handlers/deploy.go, update.go): the
+#: start of the text, and the reason the operator reports while it retries
+_FIXABLE = (
+    ("unable to fetch secrets", "SecretMissing"),  # deploy.go: fmt.Errorf("unable to fetch ...
+    ("public images", "ImageNotPublic"),  # deploy.go/update.go after isAnonymous (validate.go)
+    ("unable to create function, maximum", "FunctionLimit"),  # deploy.go: MaxFunctions (CE)
+)
+
+
+def classify(status: int, detail: str) -> tuple[bool, str | None]:
+    """(temporary, reason) of a gateway's error answer ``status`` with body text ``detail``."""
+    if status == 401:
+        return True, "GatewayUnauthorized"  # a rotated password: the file is read again
+    if status >= 500 or status == 429:
+        return True, None
+    if status == 400:
+        for text, reason in _FIXABLE:
+            if text in detail:
+                return True, reason
+    return False, None
 
 
 class GatewayError(ReconcileError):
@@ -67,14 +99,39 @@ class FunctionStatus:
     labels: dict[str, str]
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FunctionStatus:
+    def from_json(cls, data: Any) -> FunctionStatus:
+        """Checked field by field (faas-provider ``types/model.go``); raises a temporary
+        :class:`GatewayError` for anything else (an odd gateway, never a crash of the caller)."""
+
+        def odd(what: str) -> GatewayError:
+            return GatewayError(f"the gateway's function status has {what}", temporary=True)
+
+        if not isinstance(data, dict):
+            raise odd("no JSON object")
+        texts = {}
+        for key in ("name", "image"):
+            value = data.get(key, "")
+            if not isinstance(value, str):
+                raise odd(f"a {key} that is not a string")
+            texts[key] = value
+        counts = {}
         # replicas and availableReplicas are omitted when 0 (omitempty in faas-provider)
+        for key in ("replicas", "availableReplicas"):
+            value = data.get(key) or 0
+            if type(value) is not int or not 0 <= value <= _MAX_REPLICAS:
+                raise odd(f"a {key} that is no count")
+            counts[key] = value
+        labels = data.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise odd("labels that are not a map of strings")
         return cls(
-            name=str(data.get("name", "")),
-            image=str(data.get("image", "")),
-            replicas=int(data.get("replicas") or 0),
-            available_replicas=int(data.get("availableReplicas") or 0),
-            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            name=texts["name"],
+            image=texts["image"],
+            replicas=counts["replicas"],
+            available_replicas=counts["availableReplicas"],
+            labels=dict(labels),
         )
 
 
@@ -97,6 +154,7 @@ class GatewayClient:
             )
         self.url = url.rstrip("/")
         self.namespace = namespace
+        self.timeout = timeout
         self._http = urllib3.PoolManager(
             maxsize=2,
             retries=urllib3.Retry(total=0),
@@ -124,34 +182,43 @@ class GatewayClient:
         body: dict[str, Any] | None = None,
         *,
         missing_ok: bool = False,
-    ) -> urllib3.BaseHTTPResponse | None:
-        """The response (None: 404 with ``missing_ok``); raises :class:`GatewayError`."""
+    ) -> bytes | None:
+        """The answer's body (None: 404 with ``missing_ok``); raises :class:`GatewayError`."""
         url = f"{self.url}{path}"
         data = None if body is None else json.dumps(body).encode()
+        deadline = time.monotonic() + 2 * self.timeout
         try:
-            resp = self._http.request(method, url, body=data, headers=self._headers)
-        except urllib3.exceptions.HTTPError as exc:
+            resp = self._http.request(
+                method, url, body=data, headers=self._headers, preload_content=False
+            )
+            try:
+                answer = read_within(resp, MAX_ANSWER, deadline)
+            finally:
+                resp.release_conn()
+        except (urllib3.exceptions.HTTPError, TimeoutError) as exc:
             raise GatewayError(
                 f"gateway {self.url} unreachable ({method} {path}): {type(exc).__name__}",
                 temporary=True,
             ) from None
+        if len(answer) > MAX_ANSWER:
+            raise GatewayError(
+                f"gateway {self.url}: {method} {path} answered more than {MAX_ANSWER} bytes",
+                temporary=True,
+            )
         if resp.status == 404 and missing_ok:
             return None
         if resp.status >= 400:
-            detail = resp.data[:300].decode(errors="replace").strip()
-            temporary = resp.status >= 500 or resp.status == 429
-            reason = None
-            if resp.status == 400 and "unable to fetch secrets" in detail:
-                temporary, reason = True, "SecretMissing"  # the operator creates them: retry
-            elif resp.status == 400 and "public images" in detail:
-                temporary, reason = True, "ImageNotPublic"  # made public later: retry
+            detail = answer[:300].decode(errors="replace").strip()
+            temporary, reason = classify(resp.status, detail)
+            # a secret call's answer may echo the value sent: its status code only
+            shown = "" if path.startswith("/system/secrets") else f": {detail}"
             raise GatewayError(
-                f"gateway {self.url}: {method} {path} -> HTTP {resp.status}: {detail}",
+                f"gateway {self.url}: {method} {path} -> HTTP {resp.status}{shown}",
                 temporary=temporary,
                 status=resp.status,
                 reason=reason,
             )
-        return resp
+        return answer
 
     def _query(self) -> str:
         return f"?{urlencode({'namespace': self.namespace})}" if self.namespace else ""
@@ -164,13 +231,11 @@ class GatewayClient:
         if resp is None:
             return None
         try:
-            data = json.loads(resp.data or b"{}")
-        except ValueError:
+            data = json.loads(resp or b"{}")
+        except (ValueError, RecursionError):
             raise GatewayError(
                 f"gateway {self.url}: status of {name} is not JSON", temporary=True
             ) from None
-        if not isinstance(data, dict):
-            raise GatewayError(f"gateway {self.url}: odd status of {name}", temporary=True)
         return FunctionStatus.from_json(data)
 
     def create(self, deployment: dict[str, Any]) -> None:
@@ -199,14 +264,13 @@ class GatewayClient:
     def secret_names(self) -> set[str]:
         """Names of the function secrets the gateway knows (``GET /system/secrets``)."""
         resp = self._request("GET", f"/system/secrets{self._query()}")
-        assert resp is not None
         try:
-            data = json.loads(resp.data or b"[]")
-        except ValueError:
+            data = json.loads(resp or b"[]")
+        except (ValueError, RecursionError):
             data = None
         if not isinstance(data, list):
             raise GatewayError(f"gateway {self.url}: odd list of secrets", temporary=True)
-        return {str(item.get("name", "")) for item in data if isinstance(item, dict)}
+        return {i["name"] for i in data if isinstance(i, dict) and isinstance(i.get("name"), str)}
 
     def put_secret(self, name: str, value: str, *, exists: bool) -> None:
         """Create (``POST``) or replace (``PUT``) the secret ``name``; its value is never logged."""

@@ -16,7 +16,12 @@ namespace. The operator copies one to the other, so nobody runs ``faas-cli secre
 
 Every failure is a *temporary* :class:`ReconcileError` naming the secret (``SecretMissing``: no
 file; ``SecretRejected``: refused), so the model is Degraded and retried with backoff until the
-file appears or the gateway accepts it. Values never reach a log or a message.
+file appears or the gateway accepts it. Values never reach a log or a message (the gateway's
+answers to secret calls are left out of its errors, :mod:`fsd.k8s.openfaas`).
+
+No lock is held across these calls (a slow gateway would stall every other object's reconcile
+behind it): two reconciles writing the same name at once meet as a 409 and the later one
+replaces (CE) or leaves (Pro: both copy the same mounted file) what the earlier wrote.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,6 @@ log = logging.getLogger(__name__)
 MANAGED_BY = "app.kubernetes.io/managed-by"
 OPERATOR = "fsd-operator"
 _MAX_BYTES = 64 * 1024
-_WRITING = threading.Lock()  # kopf runs sync handlers in threads: one writer of secrets at a time
 
 
 class SecretError(ReconcileError):
@@ -84,10 +87,6 @@ class GatewaySecrets:
         self.written = written
 
     def ensure(self, values: Mapping[str, str]) -> None:
-        with _WRITING:
-            self._ensure(values)
-
-    def _ensure(self, values: Mapping[str, str]) -> None:
         try:
             present = self.gateway.secret_names()
         except GatewayError as exc:
@@ -107,8 +106,8 @@ class GatewaySecrets:
                     # created meanwhile (another object's reconcile): replace it
                     self.gateway.put_secret(name, value, exists=True)
             except GatewayError as exc:
-                if exc.temporary and exc.status is None:
-                    raise  # unreachable: GatewayUnreachable says it best
+                if exc.temporary and (exc.status is None or exc.reason == "GatewayUnauthorized"):
+                    raise  # unreachable, or our password: the gateway's reason says it best
                 raise SecretError(f"secret {name} refused: {exc}", "SecretRejected") from None
             self.written[key] = want
 
@@ -129,10 +128,6 @@ class KubeSecrets:
         )
 
     def ensure(self, values: Mapping[str, str]) -> None:
-        with _WRITING:
-            self._ensure(values)
-
-    def _ensure(self, values: Mapping[str, str]) -> None:
         errors = (kube.ApiException, urllib3.exceptions.HTTPError)
         for name, value in values.items():
             encoded = base64.b64encode(value.encode()).decode()
@@ -155,6 +150,8 @@ class KubeSecrets:
                 try:
                     self._api.create_namespaced_secret(self.namespace, body)
                 except errors as exc:
+                    if getattr(exc, "status", None) == 409:
+                        continue  # created meanwhile by another reconcile, from the same file
                     raise self._fail(name, "create", exc) from None
                 log.info("created Secret %s/%s", self.namespace, name)
                 continue

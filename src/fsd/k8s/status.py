@@ -19,10 +19,12 @@ Reasons used:
 ``Ready``                 ``Ready`` (True); ``Pending``, ``Partitioning``,
                           ``WaitingForReplicas``, ``FunctionsMissing``, ``ScaledToZero``, or
                           the ``Degraded`` reason (False)
-``Degraded``              ``AsExpected`` (False); ``GatewayUnreachable``, ``StoreUnreachable``,
-                          ``KubernetesApiError``, ``SecretMissing``, ``SecretRejected``,
-                          ``SecretNotManaged``, ``FunctionNameTaken`` (temporary: retried with
-                          backoff); ``InvalidSpec``, ``ImageNotAllowed``, ``InvalidSource``,
+``Degraded``              ``AsExpected`` (False); ``GatewayUnreachable``,
+                          ``GatewayUnauthorized``, ``StoreUnreachable``, ``KubernetesApiError``,
+                          ``SecretMissing``, ``SecretRejected``, ``SecretNotManaged``,
+                          ``FunctionNameTaken``, ``FunctionLimit``, ``ImageNotPublic``,
+                          ``InternalError`` (temporary: retried with backoff);
+                          ``InvalidSpec``, ``ImageNotAllowed``, ``InvalidSource``,
                           ``SourceNotFound``, ``SourceTooLarge``, ``ModelNotFound``,
                           ``PartitionMissing``, ``ModelNameConflict``, ``GatewayRejected``
                           (permanent: fixed by changing the spec)
