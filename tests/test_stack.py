@@ -352,7 +352,7 @@ def test_functions_serve_named_models_within_consistent_limits(stack: dict[str, 
     c, w = Limits.from_env(coordinator), Limits.from_env(worker)  # both parse
     assert c.fanout <= w.fanout
     assert c.max_workers <= w.max_workers and c.max_images <= w.max_images
-    assert min(c.layer_timeout, c.max_timeout) <= w.max_timeout
+    assert c.max_timeout <= w.max_timeout  # a worker runs the whole inference it is part of
     assert c.max_timeout < seconds(coordinator["exec_timeout"])
     assert w.max_timeout <= seconds(worker["exec_timeout"])
 

@@ -102,8 +102,9 @@ DEPLOYMENT_FIELDS = frozenset(
 )
 
 # stack.yml: per-function timeouts (Go durations) and drain times, one chain from the client;
-# FSD_MAX_TIMEOUT is exec_timeout - EXEC_MARGIN, so the function answers (JSON) before the
-# watchdog cuts it
+# FSD_MAX_TIMEOUT is at most exec_timeout - EXEC_MARGIN, so the function answers (JSON) before
+# its watchdog cuts it, and the coordinator's is no longer than its workers' (they run the whole
+# inference for it: a longer deadline would let a worker's watchdog cut the run first)
 EXEC_SECONDS = {"coordinator": 310, "worker": 300}
 DEFAULT_TIMEOUT = 120  # FSD_TIMEOUT: seconds of a request that asks none, in both functions
 _DRAIN = {"coordinator": "315", "worker": "305"}
@@ -115,8 +116,10 @@ MAX_THREADS = 256
 
 
 def max_timeout(role: str) -> int:
-    """``FSD_MAX_TIMEOUT`` of ``role``: its ``exec_timeout`` less the functions' margin."""
-    return int(EXEC_SECONDS[role] - EXEC_MARGIN)
+    """``FSD_MAX_TIMEOUT`` of ``role``: its ``exec_timeout`` less the functions' margin, and for
+    the coordinator no more than the workers' (see above)."""
+    own = int(EXEC_SECONDS[role] - EXEC_MARGIN)
+    return own if role == "worker" else min(own, max_timeout("worker"))
 
 
 def _timeouts(role: str) -> dict[str, str]:
