@@ -20,7 +20,7 @@ from fsd.errors import InputError
 
 GIB = 2**30  # a billed "GB" in this module
 SQS_DELETE_BATCH = 10  # DeleteMessageBatch removes up to 10 messages per request
-CHANNELS = ("nats", "s3", "local")
+CHANNELS = ("nats", "s3", "sqs", "local")
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,17 @@ def estimate(usage: Usage, prices: Prices = PRICES) -> Cost:
         requests["sqs"] = sqs
         breakdown["sns_publish"] = publish_units * prices.sns_publish_per_million / 1e6
         breakdown["sns_data"] = usage.publish_bytes / GIB * prices.sns_data_per_gb
+        breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
+    elif usage.channel == "sqs":
+        # SendMessageBatch and ReceiveMessage per 64 KB unit, DeleteMessageBatch (``acks`` counts
+        # requests here) and CreateQueue (``puts``) one each
+        sqs = (
+            max(usage.publishes, usage.publish_units)
+            + max(usage.receives, usage.receive_units)
+            + usage.acks
+            + usage.puts
+        )
+        requests["sqs"] = sqs
         breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
     elif usage.channel == "s3":
         requests["s3_put"] = usage.puts
