@@ -16,7 +16,7 @@ from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, ChannelTimeout
 from fsd.model import Images, Network
 
-CHANNEL_KINDS = ["local", "nats", "s3", "sqs"]
+CHANNEL_KINDS = ["local", "nats", "s3", "sqs", "sns"]
 KEY = auth.new_secret()  # the deployment secret every endpoint of these tests shares
 
 

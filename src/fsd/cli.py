@@ -433,7 +433,7 @@ class _Bar:
 
 
 #: The embedded server a channel starts when no address is configured.
-EMBEDDED = {"nats": NatsServer, "s3": S3Server, "sqs": MotoServer}
+EMBEDDED = {"nats": NatsServer, "s3": S3Server, "sqs": MotoServer, "sns": MotoServer}
 
 
 def _on_aws(channel: str) -> bool:

@@ -10,7 +10,7 @@ from fsd.channels.base import (
 )
 from fsd.errors import InputError
 
-CHANNELS = ("local", "nats", "s3", "sqs")
+CHANNELS = ("local", "nats", "s3", "sqs", "sns")
 
 
 def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
@@ -31,6 +31,10 @@ def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
         from fsd.channels.sqs import SqsChannel  # noqa: PLC0415
 
         return SqsChannel(config, run, me)
+    if config.kind == "sns":
+        from fsd.channels.sns import SnsChannel  # noqa: PLC0415
+
+        return SnsChannel(config, run, me)
     raise InputError(f"unknown channel {config.kind!r}; choose one of {', '.join(CHANNELS)}")
 
 

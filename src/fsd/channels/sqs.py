@@ -39,10 +39,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
+from fsd.channels.aws import LONG_POLL, MISSING_QUEUE, aws_client, error_code, retry
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
 
@@ -57,49 +56,13 @@ MAX_MESSAGE = 1024 * 1024  # SQS: a message (body + attributes) and a whole batc
 MAX_BATCH = 10
 ATTRIBUTE = "f"  # the Binary message attribute that carries the frame
 _OVERHEAD = 256  # body (the slot's name) + attribute name and type, with room to spare
-_LONG_POLL = 20  # SQS's maximum WaitTimeSeconds
 _VISIBILITY = 30  # a receiver that dies between receive and delete: others see it again then
-_MISSING = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
-_REFUSED = (
-    "AccessDenied",
-    "AccessDeniedException",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-    "InvalidSecurity",
-)
 
 
 def queue_name(prefix: str, run: bytes, endpoint: int) -> str:
     """The queue of ``endpoint`` in ``run`` (letters, digits, '-', '_'; at most 80 characters)."""
     who = "c" if endpoint == COORDINATOR else f"w{endpoint}"
     return f"{prefix}-{run.hex()}-{who}"
-
-
-def aws_client(config: ChannelConfig, service: str, *, pool: int = 16) -> Any:
-    """A boto3 client for ``service`` at ``config.address`` (empty: AWS's own endpoint).
-
-    Keys come from the config when it has them (an embedded server's), else from boto3's own
-    chain (environment, shared files, the Lambda or container role). No client retries: the
-    channel retries transport failures itself, within ``retry_seconds``.
-    """
-    session = boto3.session.Session(
-        aws_access_key_id=config.access_key or None,
-        aws_secret_access_key=config.secret_key or None,
-        region_name=config.region,
-    )
-    settings = botocore.config.Config(
-        connect_timeout=config.connect_timeout,
-        read_timeout=_LONG_POLL + 10,
-        retries={"total_max_attempts": 1},
-        max_pool_connections=pool,
-    )
-    client = session.client  # service is a plain str: the stubs only type literal names
-    return client(service, endpoint_url=config.address or None, config=settings)  # type: ignore[call-overload]
-
-
-def error_code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class SqsChannel(Channel):
@@ -120,31 +83,7 @@ class SqsChannel(Channel):
     # -- plumbing ------------------------------------------------------------------------------
 
     def _retry(self, op: Callable[[], T], what: str) -> T:
-        """Run ``op``, retrying transport failures and throttling for ``retry_seconds``."""
-        deadline = time.monotonic() + self.config.retry_seconds
-        delay = 0.05
-        while True:
-            try:
-                return op()
-            except botocore.exceptions.ClientError as exc:
-                code = error_code(exc)
-                if code in _REFUSED:
-                    raise ChannelError(
-                        f"sqs at {self._where} refused to {what}: {code} (check the credentials)"
-                    ) from None
-                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                retryable = status >= 500 or "Throttl" in code or code == "RequestThrottled"
-                if not retryable or time.monotonic() + delay > deadline:
-                    raise ChannelError(f"sqs at {self._where}: cannot {what}: {code}") from None
-            except (botocore.exceptions.BotoCoreError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ChannelError(
-                        f"sqs at {self._where} unreachable for {self.config.retry_seconds:g} s "
-                        f"(could not {what}): {type(exc).__name__}"
-                    ) from None
-                log.debug("endpoint %d: sqs %s failed (%s); retrying", self.me, what, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        return retry(op, f"sqs at {self._where}", what, self.config.retry_seconds)
 
     def _create(self, endpoint: int) -> str:
         """Create (or find: same attributes, same answer) the queue of ``endpoint``; its URL."""
@@ -199,7 +138,7 @@ class SqsChannel(Channel):
                         Entries=list(entries.values()),  # type: ignore[arg-type]
                     )
                 except botocore.exceptions.ClientError as exc:
-                    if error_code(exc) not in _MISSING:
+                    if error_code(exc) not in MISSING_QUEUE:
                         raise
                     self._urls[dst] = self._create(dst)  # its receiver has not started yet
                     continue
@@ -222,7 +161,7 @@ class SqsChannel(Channel):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            wait = min(_LONG_POLL, max(1, math.ceil(left)))
+            wait = min(LONG_POLL, max(1, math.ceil(left)))
 
             def receive(wait: int = wait) -> list[Any]:
                 self.stats.count("receive")
@@ -273,7 +212,7 @@ class SqsChannel(Channel):
                 self.stats.count("delete")
                 self._sqs.delete_queue(QueueUrl=self._url_of(endpoint))
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) not in _MISSING:
+                if error_code(exc) not in MISSING_QUEUE:
                     log.warning("could not delete the queue of endpoint %d: %s", endpoint, exc)
             except (botocore.exceptions.BotoCoreError, OSError) as exc:
                 log.warning("could not delete the queue of endpoint %d: %s", endpoint, exc)
