@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import pytest
 from fsd import auth, cli, wire
 from fsd.channels import ChannelConfig, open_channel
 from fsd.channels.settings import AWS_CREDENTIAL_VARS, channel_config
+from fsd.channels.sns import SnsChannel
 from fsd.channels.sqs import SqsChannel
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, InputError
@@ -149,7 +151,7 @@ def test_settings_from_flags_and_environment(tmp_path: Path) -> None:
         channel_config("nats", env={"FSD_NATS_CREDS": str(tmp_path / "missing.creds")})
 
 
-@pytest.mark.parametrize("channel", ["nats", "s3", "sqs"])
+@pytest.mark.parametrize("channel", ["nats", "s3", "sqs", "sns"])
 def test_cli_runs_on_an_embedded_server(
     channel: str,
     shared_dir: Path,
@@ -157,7 +159,8 @@ def test_cli_runs_on_an_embedded_server(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    for var in ("FSD_NATS_URL", "FSD_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
+    endpoints = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS")
+    for var in ("FSD_NATS_URL", "FSD_S3_ENDPOINT", *endpoints):
         monkeypatch.delenv(var, raising=False)
     for var in AWS_CREDENTIAL_VARS:  # no endpoint, no credentials: an embedded moto_server
         monkeypatch.delenv(var, raising=False)
@@ -308,3 +311,76 @@ def test_sqs_settings_from_the_environment() -> None:
         channel_config("sqs", env={"AWS_ENDPOINT_URL": "http://user:pw@moto:5000"})
     with pytest.raises(InputError, match="namespace"):
         channel_config("sqs", env={"FSD_AWS_PREFIX": "Bad Prefix"})
+
+
+def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServer) -> None:
+    cfg = dataclasses.replace(_sqs_config(moto_server, namespace="snsroute"), kind="sns")
+    run_id = uuid.uuid4().bytes
+    with (
+        open_channel(cfg, run_id, 0) as a,
+        open_channel(cfg, run_id, 1),
+        open_channel(cfg, run_id, 2),
+    ):
+        a.send(wire.Message(wire.Header(wire.Kind.ACT, run_id, 1, 0, 1), []))
+    client = boto3.client(
+        "sqs",
+        endpoint_url=moto_server.endpoint,
+        region_name=moto_server.region,
+        aws_access_key_id=moto_server.access_key,
+        aws_secret_access_key=moto_server.secret_key,
+    )
+
+    def waiting(name: str) -> int:
+        url = client.get_queue_url(QueueName=name)["QueueUrl"]
+        attrs = client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"])
+
+    assert (waiting("snsroute-sns-w1"), waiting("snsroute-sns-w2")) == (1, 0)
+
+
+def test_sns_frames_of_another_run_are_left_for_it(moto_server: MotoServer) -> None:
+    """The deployment's queues serve every run: a receiver must not eat another run's frames."""
+    cfg = dataclasses.replace(_sqs_config(moto_server, namespace="snsruns"), kind="sns")
+    mine, theirs = uuid.uuid4().bytes, uuid.uuid4().bytes
+    theirs_msg = wire.Message(wire.Header(wire.Kind.ACT, theirs, 1, 0, 1), [np.arange(3)])
+    with open_channel(cfg, theirs, 0) as sender:
+        sender.send(theirs_msg)
+    with open_channel(cfg, mine, 1) as me:
+        assert me.collect(wire.Kind.ACT, 1, [0], timeout=1.5) == {}
+        assert me.stats.rejected == 0
+    with open_channel(cfg, theirs, 1) as owner:
+        assert owner.expect(wire.Kind.ACT, 1, [0], timeout=5)[0] == theirs_msg
+
+
+def test_sns_requests_stay_within_sns_limits(moto_server: MotoServer) -> None:
+    """moto checks only the body against 256 KiB; SNS counts the attributes too."""
+    sizes: list[list[int]] = []
+
+    def counted(params: dict[str, Any], **_: Any) -> None:
+        sizes.append(
+            [
+                len(e["Message"].encode())
+                + sum(
+                    len(name) + len(a["DataType"]) + len(a.get("StringValue", ""))
+                    for name, a in e.get("MessageAttributes", {}).items()
+                )
+                for e in params["PublishBatchRequestEntries"]
+            ]
+        )
+
+    run_id = uuid.uuid4().bytes
+    cfg = dataclasses.replace(_sqs_config(moto_server, max_frame=8 * 1024 * 1024), kind="sns")
+    with open_channel(cfg, run_id, 0) as a, open_channel(cfg, run_id, 1) as b:
+        assert isinstance(a, SnsChannel)
+        a._sns.meta.events.register("provide-client-params.sns.PublishBatch", counted)
+        n = 200_000  # ~2.4 MB
+        msg = wire.Message(
+            wire.Header(wire.Kind.ACT, run_id, 1, 0, 1),
+            [np.arange(n, dtype=np.uint32), np.random.default_rng(2).random(n).astype(np.float32)],
+        )
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 1, [0], timeout=20)[0] == msg
+    assert sum(len(batch) for batch in sizes) == a.stats.messages > 1
+    assert all(sum(batch) <= 256 * 1024 and len(batch) <= 10 for batch in sizes)
