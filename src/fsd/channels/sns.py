@@ -24,6 +24,10 @@ owner, and deletes only its own. What a failed run leaves in the queues is dropp
 ``ttl_seconds`` (``MessageRetentionPeriod``); :meth:`purge_run` removes nothing, the queues
 being the deployment's.
 
+Activations wait a moment in an outbox and go out together, up to 10 per PublishBatch whatever
+their receivers (the topic routes them): a worker publishes a layer in about W/10 requests, where
+SQS needs one SendMessageBatch per receiver.
+
 Counted operations: ``publish`` = PublishBatch requests, ``publish_units`` = their 64 KB units,
 ``receive`` = ReceiveMessage requests, ``receive_units``, ``ack`` = DeleteMessageBatch and
 ChangeMessageVisibilityBatch requests, ``put`` = CreateTopic, CreateQueue and Subscribe requests.
@@ -36,6 +40,7 @@ import binascii
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
+from fsd import wire
 from fsd.channels.aws import LONG_POLL, aws_client, retry
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
@@ -59,6 +65,7 @@ MAX_PUBLISH = 256 * 1024  # SNS standard topic: a message with its attributes, a
 MAX_BATCH = 10
 _OVERHEAD = 512  # attributes (dst, run, slot) with their names and types, with room to spare
 _VISIBILITY = 30
+_LINGER = 0.005  # an outbox not drained by a poll or a full batch goes out after this
 
 
 def _who(endpoint: int) -> str:
@@ -84,6 +91,11 @@ class SnsChannel(Channel):
         self._subscribed: set[int] = set()  # endpoints whose queue and subscription we made sure of
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"fsd-sns-{me}")
         self._acks: list[Future[None]] = []
+        self._lock = threading.Lock()  # the outbox, shared with the lingering publish
+        self._outbox: list[dict[str, Any]] = []
+        self._outbox_bytes = 0
+        self._lingering: Future[None] | None = None
+        self._late_failure: ChannelError | None = None
 
         def topic() -> str:
             self.stats.count("put")
@@ -148,27 +160,67 @@ class SnsChannel(Channel):
     # -- sending -------------------------------------------------------------------------------
 
     def _transmit(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
-        """Publish each frame to the topic for its receiver, in batches under SNS's limits."""
-        batch: list[dict[str, Any]] = []
-        size = 0
+        """Publish frames to the topic for their receivers, in batches under SNS's limits.
+
+        One PublishBatch carries frames for different receivers (the topic routes them), so
+        activations wait in an outbox until a batch is full, this endpoint polls, flushes or
+        closes, or ``_LINGER`` seconds pass: a worker's sends of one layer go out in about W/10
+        requests instead of W. Any other kind (RESULT, ABORT, ...) goes out at once, with
+        everything before it.
+        """
+        self._raise_late_failure()
         for slot, data in frames:
             if slot.dst not in self._subscribed:
                 self._ensure(slot.dst)
-            entry = self._entry(len(batch), slot, data)
+            entry = self._entry(slot, data)
             need = _size(entry)
-            if batch and (len(batch) == MAX_BATCH or size + need > MAX_PUBLISH):
-                self._publish(batch, size)
-                batch, size = [], 0
-                entry["Id"] = "0"
-            batch.append(entry)
-            size += need
-        if batch:
-            self._publish(batch, size)
+            with self._lock:
+                if self._outbox and (
+                    len(self._outbox) == MAX_BATCH or self._outbox_bytes + need > MAX_PUBLISH
+                ):
+                    self._drain_locked()
+                self._outbox.append(entry)
+                self._outbox_bytes += need
+        if any(slot.kind != int(wire.Kind.ACT) for slot, _ in frames):
+            self._drain()
+        elif self._lingering is None or self._lingering.done():
+            self._lingering = self._pool.submit(self._linger)
 
-    def _entry(self, i: int, slot: Slot, data: bytes) -> dict[str, Any]:
+    def _linger(self) -> None:
+        """Publish what the outbox holds a moment from now, should nothing else have."""
+        time.sleep(_LINGER)
+        try:
+            self._drain()
+        except ChannelError as exc:
+            self._late_failure = exc
+
+    def _raise_late_failure(self) -> None:
+        failure, self._late_failure = self._late_failure, None
+        if failure is not None:
+            raise failure
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        if not self._outbox:
+            return
+        batch, size = self._outbox, self._outbox_bytes
+        self._outbox, self._outbox_bytes = [], 0
+        for i, entry in enumerate(batch):
+            entry["Id"] = str(i)
+        self._publish(batch, size)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Publish the outbox; raise a failure of a publish made in the background."""
+        self._drain()
+        self._raise_late_failure()
+
+    def _entry(self, slot: Slot, data: bytes) -> dict[str, Any]:
         text = f"{slot.kind}.{slot.layer}.{slot.src}.{slot.dst}.{slot.chunk}"
         return {
-            "Id": str(i),
+            "Id": "",
             "Message": base64.b64encode(data).decode("ascii"),
             "MessageAttributes": {
                 "dst": {"DataType": "String", "StringValue": _who(slot.dst)},
@@ -203,6 +255,7 @@ class SnsChannel(Channel):
 
     def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
         """Long-poll our slot's queue; hand other runs' frames back at once."""
+        self.flush()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -268,6 +321,10 @@ class SnsChannel(Channel):
             log.debug("endpoint %d: delete failed (%s): the frames come again", self.me, e)
 
     def close(self) -> None:
+        try:
+            self.flush()
+        except ChannelError as exc:
+            log.error("endpoint %d: closing with unpublished frames: %s", self.me, exc)
         for fut in self._acks:
             fut.exception()
         self._acks = []
