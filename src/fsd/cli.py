@@ -25,7 +25,7 @@ import numpy as np
 import fsd
 from fsd import invoke, lifetime, observe, plot, reference
 from fsd.channels import CHANNELS
-from fsd.channels.settings import channel_config
+from fsd.channels.settings import aws_credentials_configured, channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult, summary
@@ -34,7 +34,7 @@ from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import redact_text
-from fsd.services import NatsServer, NotInstalled, S3Server, require
+from fsd.services import MotoServer, NatsServer, NotInstalled, S3Server, require
 
 log = logging.getLogger("fsd")
 
@@ -433,7 +433,12 @@ class _Bar:
 
 
 #: The embedded server a channel starts when no address is configured.
-EMBEDDED = {"nats": NatsServer, "s3": S3Server}
+EMBEDDED = {"nats": NatsServer, "s3": S3Server, "sqs": MotoServer, "sns": MotoServer}
+
+
+def _on_aws(channel: str) -> bool:
+    """sqs/sns with no endpoint but with credentials: AWS itself, no embedded server."""
+    return channel in ("sqs", "sns") and aws_credentials_configured()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -444,8 +449,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = channel_config(  # addresses checked before any loading or connecting
         args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
     )
-    if not settings.address and args.channel in EMBEDDED:  # not installed: say so before loading
-        require(EMBEDDED[args.channel])
+    if not settings.address and args.channel in EMBEDDED and not _on_aws(args.channel):
+        require(EMBEDDED[args.channel])  # not installed: say so before loading
     t0 = time.perf_counter()
     network, images = _load(args)
     check_workers(args.workers, network.neurons)

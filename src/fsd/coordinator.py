@@ -181,6 +181,23 @@ def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
                 bucket=s3_server.bucket,
                 region=s3_server.region,
             )
+    elif cc.kind in ("sqs", "sns"):
+        from fsd.channels.settings import aws_credentials_configured  # noqa: PLC0415
+
+        if aws_credentials_configured():  # no endpoint named: AWS itself
+            yield cc
+            return
+        from fsd.services import MotoServer  # noqa: PLC0415
+
+        log.info("no AWS endpoint or credentials configured: starting an embedded moto_server")
+        with MotoServer() as moto:
+            yield dataclasses.replace(
+                cc,
+                address=moto.endpoint,
+                access_key=moto.access_key,
+                secret_key=moto.secret_key,
+                region=moto.region,
+            )
     else:
         raise InputError(f"unknown channel {cc.kind!r}; choose one of {', '.join(CHANNELS)}")
 

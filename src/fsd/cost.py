@@ -20,7 +20,7 @@ from fsd.errors import InputError
 
 GIB = 2**30  # a billed "GB" in this module
 SQS_DELETE_BATCH = 10  # DeleteMessageBatch removes up to 10 messages per request
-CHANNELS = ("nats", "s3", "local")
+CHANNELS = ("nats", "s3", "sqs", "sns", "local")
 
 
 @dataclass(frozen=True)
@@ -128,15 +128,28 @@ def estimate(usage: Usage, prices: Prices = PRICES) -> Cost:
     _check(usage)
     breakdown: dict[str, float] = {}
     requests: dict[str, int] = {}
-    if usage.channel == "nats":
+    if usage.channel in ("nats", "sns"):
         publish_units = max(usage.publishes, usage.publish_units)
         receive_units = max(usage.receives, usage.receive_units)
         # each SNS->SQS delivery is an SQS send of the same size; then receive and delete
-        sqs = publish_units + receive_units + -(-usage.acks // SQS_DELETE_BATCH)
+        # nats counts each acked message, sns each DeleteMessageBatch (or hand-back) request
+        deletes = usage.acks if usage.channel == "sns" else -(-usage.acks // SQS_DELETE_BATCH)
+        sqs = publish_units + receive_units + deletes
         requests["sns_publish"] = publish_units
         requests["sqs"] = sqs
         breakdown["sns_publish"] = publish_units * prices.sns_publish_per_million / 1e6
         breakdown["sns_data"] = usage.publish_bytes / GIB * prices.sns_data_per_gb
+        breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
+    elif usage.channel == "sqs":
+        # SendMessageBatch and ReceiveMessage per 64 KB unit, DeleteMessageBatch (``acks`` counts
+        # requests here) and CreateQueue (``puts``) one each
+        sqs = (
+            max(usage.publishes, usage.publish_units)
+            + max(usage.receives, usage.receive_units)
+            + usage.acks
+            + usage.puts
+        )
+        requests["sqs"] = sqs
         breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
     elif usage.channel == "s3":
         requests["s3_put"] = usage.puts

@@ -1,4 +1,4 @@
-"""Embedded servers (nats-server, SeaweedFS S3) for local runs and tests.
+"""Embedded servers (nats-server, SeaweedFS S3, moto for SQS/SNS) for local runs and tests.
 
 Each server runs as a real child process on free loopback ports with its own work directory, so
 tests exercise the same wire protocols as a deployment without any shared or global setup.
@@ -563,6 +563,52 @@ class S3Server(_Server):
                 with contextlib.suppress(OSError):
                     if sock.is_socket():
                         sock.unlink()
+
+
+class MotoServer(_Server):
+    """``moto_server``: Amazon SQS, SNS and S3 emulated on one loopback port, for local runs.
+
+    moto checks no signatures: any key pair is accepted, so the server is open to every local
+    user who finds its port (like any unauthenticated loopback service). It keeps nothing on
+    disk and dies with its owner. Clients get a random dummy key pair (:attr:`access_key`,
+    :attr:`secret_key`) only because boto3 insists on some.
+    """
+
+    binary = "moto_server"
+    package = "moto[server]"
+    prefix = "fsd-moto-"
+    region = "us-east-1"
+
+    def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        if port is None:
+            (port,) = pick_ports(1)
+        self.port = port
+        self.endpoint = f"http://{HOST}:{port}"
+        self.access_key = "fsd" + secrets.token_hex(8)
+        self.secret_key = secrets.token_hex(20)
+
+    def __repr__(self) -> str:
+        return f"MotoServer({self.endpoint})"
+
+    def _command(self, binary: str) -> list[str]:
+        return [binary, "-H", HOST, "-p", str(self.port)]
+
+    def _env(self) -> dict[str, str]:
+        # moto reads its own MOTO_* settings from the environment: none of ours may change it
+        return {k: v for k, v in os.environ.items() if not k.upper().startswith("MOTO_")}
+
+    def _probe(self) -> bool:
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(1.0), retries=urllib3.Retry(total=0))
+        try:
+            answer = http.request("GET", f"{self.endpoint}/moto-api/data.json")
+        except urllib3.exceptions.HTTPError as exc:
+            self._last_probe_error = f"{type(exc).__name__}: {exc}"
+            return False
+        if answer.status != 200:
+            self._last_probe_error = f"HTTP {answer.status}"
+            return False
+        return True
 
 
 def _write_private(path: str, text: str) -> None:

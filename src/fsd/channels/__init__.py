@@ -10,7 +10,7 @@ from fsd.channels.base import (
 )
 from fsd.errors import InputError
 
-CHANNELS = ("local", "nats", "s3")
+CHANNELS = ("local", "nats", "s3", "sqs", "sns")
 
 
 def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
@@ -27,6 +27,14 @@ def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
         from fsd.channels.s3 import S3Channel  # noqa: PLC0415
 
         return S3Channel(config, run, me)
+    if config.kind == "sqs":
+        from fsd.channels.sqs import SqsChannel  # noqa: PLC0415
+
+        return SqsChannel(config, run, me)
+    if config.kind == "sns":
+        from fsd.channels.sns import SnsChannel  # noqa: PLC0415
+
+        return SnsChannel(config, run, me)
     raise InputError(f"unknown channel {config.kind!r}; choose one of {', '.join(CHANNELS)}")
 
 

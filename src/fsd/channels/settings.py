@@ -17,6 +17,13 @@ process listings.
 ``AWS_ACCESS_KEY_ID``         S3 access key
 ``AWS_SECRET_ACCESS_KEY``     S3 secret key
 ``AWS_REGION``                S3 region (default ``us-east-1``)
+``AWS_ENDPOINT_URL_SQS``      sqs/sns: the endpoint of SQS (and SNS: ``AWS_ENDPOINT_URL_SNS``),
+                              then ``AWS_ENDPOINT_URL``, as the AWS SDKs read them; absent:
+                              AWS itself when credentials are configured, else ``fsd run``
+                              starts an embedded ``moto_server``
+``FSD_AWS_PREFIX``            sqs/sns: the deployment's prefix for queue and topic names
+                              (default ``fsd``); credentials come from boto3's own chain
+                              (environment, shared files, the function's role)
 ``FSD_RUN_KEY``               deployment secret that authenticates frames and invocations
                               (at least 32 characters; ``fsd run`` makes its own per run)
 ============================  ============================================================
@@ -85,7 +92,52 @@ def channel_config(
             access_key=env.get("AWS_ACCESS_KEY_ID", ""),
             secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
         )
+    if kind in ("sqs", "sns"):
+        source, endpoint = aws_endpoint_setting(kind, env)
+        if endpoint:
+            check_s3_endpoint(endpoint, source)
+        return dataclasses.replace(
+            cfg,
+            address=endpoint,
+            namespace=env.get("FSD_AWS_PREFIX", "") or cfg.namespace,
+            region=env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or cfg.region,
+        )
     return cfg
+
+
+#: What tells boto3 where credentials are, besides instance metadata (which a laptop lacks
+#: and asking for costs seconds): https://docs.aws.amazon.com/sdkref/latest/guide/standardized-credentials.html
+AWS_CREDENTIAL_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def aws_credentials_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether boto3 would find AWS credentials without asking instance metadata."""
+    env = os.environ if env is None else env
+    if any(env.get(name) for name in AWS_CREDENTIAL_VARS):
+        return True
+    home = os.path.expanduser("~")
+    files = (
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"),
+        env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
+    )
+    return any(os.path.isfile(f) for f in files)
+
+
+def aws_endpoint_setting(kind: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """``(variable, endpoint)`` for the sqs/sns channels; ``("", "")``: AWS's own endpoints."""
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return "", ""
+    for name in (f"AWS_ENDPOINT_URL_{kind.upper()}", "AWS_ENDPOINT_URL"):
+        value = env.get(name, "")
+        if value:
+            return name, value
+    return "", ""
 
 
 #: Where the S3 endpoint comes from when no flag names it, first found wins: fsd's own variable,

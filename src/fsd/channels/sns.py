@@ -1,0 +1,360 @@
+"""The ``sns`` transport: FSD-Inference's pub-sub scheme (SNS topic, SQS queue per endpoint slot).
+
+Every frame is published to the deployment's topic ``<prefix>-frames`` with a ``dst`` message
+attribute; each endpoint slot has a queue ``<prefix>-sns-c`` / ``<prefix>-sns-w<i>``, subscribed
+with ``RawMessageDelivery`` and the filter policy ``{"dst": ["w<i>"]}``, so SNS hands each frame
+to its receiver's queue only. Topic, queues and subscriptions belong to the **deployment**, not
+to a run: SNS takes up to 15 minutes to apply a new or changed filter policy, so per-run
+subscriptions would drop frames. They are created idempotently (same name and attributes, same
+answer) by whoever needs them first: an endpoint its own when it opens, a sender its target's
+before its first publish to it, so a frame published before its receiver started is kept. On
+AWS, create them ahead of the first run (the deployment template) so that no frame meets a
+filter still propagating.
+
+Payloads: the topic stays a standard 256 KiB one. 1 MiB payloads would allow only 100
+subscriptions per topic, i.e. 99 workers; at 256 KiB a topic takes millions, so any worker count
+fits one topic, and the bill is the same (SNS and SQS bill per 64 KB either way; only the request
+count differs for frames over 256 KiB). A frame travels base64-encoded in the body: moto cannot
+deliver a Binary attribute raw to SQS (its SQS model fails hashing the value), and an SNS message
+body must be text.
+
+Queues are shared by the deployment's concurrent runs, and SQS cannot filter: a receiver that
+gets a frame of another run (message attribute ``run``) makes it visible again at once for its
+owner, and deletes only its own. What a failed run leaves in the queues is dropped by them after
+``ttl_seconds`` (``MessageRetentionPeriod``); :meth:`purge_run` removes nothing, the queues
+being the deployment's.
+
+Activations wait a moment in an outbox and go out together, up to 10 per PublishBatch whatever
+their receivers (the topic routes them): a worker publishes a layer in about W/10 requests, where
+SQS needs one SendMessageBatch per receiver.
+
+Counted operations: ``publish`` = PublishBatch requests, ``publish_units`` = their 64 KB units,
+``receive`` = ReceiveMessage requests, ``receive_units``, ``ack`` = DeleteMessageBatch and
+ChangeMessageVisibilityBatch requests, ``put`` = CreateTopic, CreateQueue and Subscribe requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import botocore.exceptions
+
+from fsd import wire
+from fsd.channels.aws import LONG_POLL, aws_client, retry
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
+from fsd.errors import ChannelError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_PUBLISH = 256 * 1024  # SNS standard topic: a message with its attributes, and a batch
+MAX_BATCH = 10
+_OVERHEAD = 512  # attributes (dst, run, slot) with their names and types, with room to spare
+_VISIBILITY = 30
+_LINGER = 0.005  # an outbox not drained by a poll or a full batch goes out after this
+
+
+def _who(endpoint: int) -> str:
+    return "c" if endpoint == COORDINATOR else f"w{endpoint}"
+
+
+def queue_name(prefix: str, endpoint: int) -> str:
+    return f"{prefix}-sns-{_who(endpoint)}"
+
+
+class SnsChannel(Channel):
+    """One endpoint of one run on the deployment's topic and its slot's queue."""
+
+    def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
+        super().__init__(config, run, me)
+        self._sns: SNSClient = aws_client(config, "sns")
+        self._sqs: SQSClient = aws_client(config, "sqs")
+        self._where = config.address or f"sns.{config.region}.amazonaws.com"
+        self._prefix = config.namespace
+        self._run_hex = run.hex()
+        # base64 makes 4 bytes of 3: the frame, encoded, plus attributes fits one message
+        self.frame_limit = min(config.max_frame, (MAX_PUBLISH - _OVERHEAD) // 4 * 3)
+        self._subscribed: set[int] = set()  # endpoints whose queue and subscription we made sure of
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"fsd-sns-{me}")
+        self._acks: list[Future[None]] = []
+        self._lock = threading.Lock()  # the outbox, shared with the lingering publish
+        self._outbox: list[dict[str, Any]] = []
+        self._outbox_bytes = 0
+        self._lingering: Future[None] | None = None
+        self._late_failure: ChannelError | None = None
+
+        def topic() -> str:
+            self.stats.count("put")
+            return self._sns.create_topic(Name=f"{self._prefix}-frames")["TopicArn"]
+
+        self._topic = self._retry(topic, "create the topic")
+        self._url = self._ensure(me)
+
+    def _retry(self, op: Callable[[], T], what: str) -> T:
+        return retry(op, f"sns at {self._where}", what, self.config.retry_seconds)
+
+    def _ensure(self, endpoint: int) -> str:
+        """The queue of ``endpoint``, created and subscribed with its filter if it was not."""
+        name = queue_name(self._prefix, endpoint)
+        # arn:aws:sns:<region>:<account>:<topic> -> the queue's ARN in the same account
+        _, partition, _, region, account, _ = self._topic.split(":", 5)
+        queue_arn = f"arn:{partition}:sqs:{region}:{account}:{name}"
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": self._topic}},
+                }
+            ],
+        }
+
+        def create() -> str:
+            self.stats.count("put")
+            return self._sqs.create_queue(
+                QueueName=name,
+                Attributes={
+                    "MessageRetentionPeriod": str(
+                        int(min(max(self.config.ttl_seconds, 60), 14 * 86400))
+                    ),
+                    "VisibilityTimeout": str(_VISIBILITY),
+                    "Policy": json.dumps(policy),
+                },
+            )["QueueUrl"]
+
+        def subscribe() -> None:
+            self.stats.count("put")
+            self._sns.subscribe(
+                TopicArn=self._topic,
+                Protocol="sqs",
+                Endpoint=queue_arn,
+                Attributes={
+                    "RawMessageDelivery": "true",
+                    "FilterPolicy": json.dumps({"dst": [_who(endpoint)]}),
+                },
+                ReturnSubscriptionArn=True,
+            )
+
+        url = self._retry(create, f"create the queue of endpoint {endpoint}")
+        self._retry(subscribe, f"subscribe the queue of endpoint {endpoint}")
+        self._subscribed.add(endpoint)
+        return url
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _transmit(self, frames: Sequence[tuple[Slot, bytes]]) -> None:
+        """Publish frames to the topic for their receivers, in batches under SNS's limits.
+
+        One PublishBatch carries frames for different receivers (the topic routes them), so
+        activations wait in an outbox until a batch is full, this endpoint polls, flushes or
+        closes, or ``_LINGER`` seconds pass: a worker's sends of one layer go out in about W/10
+        requests instead of W. Any other kind (RESULT, ABORT, ...) goes out at once, with
+        everything before it.
+        """
+        self._raise_late_failure()
+        for slot, data in frames:
+            if slot.dst not in self._subscribed:
+                self._ensure(slot.dst)
+            entry = self._entry(slot, data)
+            need = _size(entry)
+            with self._lock:
+                if self._outbox and (
+                    len(self._outbox) == MAX_BATCH or self._outbox_bytes + need > MAX_PUBLISH
+                ):
+                    self._drain_locked()
+                self._outbox.append(entry)
+                self._outbox_bytes += need
+        if any(slot.kind != int(wire.Kind.ACT) for slot, _ in frames):
+            self._drain()
+        elif self._lingering is None or self._lingering.done():
+            self._lingering = self._pool.submit(self._linger)
+
+    def _linger(self) -> None:
+        """Publish what the outbox holds a moment from now, should nothing else have."""
+        time.sleep(_LINGER)
+        try:
+            self._drain()
+        except ChannelError as exc:
+            self._late_failure = exc
+
+    def _raise_late_failure(self) -> None:
+        failure, self._late_failure = self._late_failure, None
+        if failure is not None:
+            raise failure
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        if not self._outbox:
+            return
+        batch, size = self._outbox, self._outbox_bytes
+        self._outbox, self._outbox_bytes = [], 0
+        for i, entry in enumerate(batch):
+            entry["Id"] = str(i)
+        self._publish(batch, size)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Publish the outbox; raise a failure of a publish made in the background."""
+        self._drain()
+        self._raise_late_failure()
+
+    def _entry(self, slot: Slot, data: bytes) -> dict[str, Any]:
+        text = f"{slot.kind}.{slot.layer}.{slot.src}.{slot.dst}.{slot.chunk}"
+        return {
+            "Id": "",
+            "Message": base64.b64encode(data).decode("ascii"),
+            "MessageAttributes": {
+                "dst": {"DataType": "String", "StringValue": _who(slot.dst)},
+                "run": {"DataType": "String", "StringValue": self._run_hex},
+                "slot": {"DataType": "String", "StringValue": text},
+            },
+        }
+
+    def _publish(self, batch: list[dict[str, Any]], size: int) -> None:
+        entries = {e["Id"]: e for e in batch}
+
+        def op() -> None:
+            while entries:
+                self.stats.count("publish")
+                self.stats.count("publish_units", units_64k(size))
+                answer = self._sns.publish_batch(
+                    TopicArn=self._topic,
+                    PublishBatchRequestEntries=list(entries.values()),  # type: ignore[arg-type]
+                )
+                for ok in answer.get("Successful", []):
+                    entries.pop(ok["Id"], None)
+                failed = answer.get("Failed", [])
+                if any(f.get("SenderFault") for f in failed):
+                    why = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in failed)
+                    raise ChannelError(f"sns at {self._where} refused frames: {why}")
+                if entries:
+                    time.sleep(0.05)
+
+        self._retry(op, "publish")
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
+        """Long-poll our slot's queue; hand other runs' frames back at once."""
+        self.flush()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            wait = min(LONG_POLL, max(1, math.ceil(left)))
+
+            def receive(wait: int = wait) -> list[Any]:
+                self.stats.count("receive")
+                answer = self._sqs.receive_message(
+                    QueueUrl=self._url,
+                    MaxNumberOfMessages=MAX_BATCH,
+                    WaitTimeSeconds=wait,
+                    MessageAttributeNames=["run", "slot"],
+                )
+                return list(answer.get("Messages", []))
+
+            messages = self._retry(receive, "receive")
+            if not messages:
+                continue
+            accepted = False
+            payload = 0
+            mine, others = [], []
+            for m in messages:
+                attrs = m.get("MessageAttributes", {})
+                body = m.get("Body", "")
+                payload += len(body)
+                if attrs.get("run", {}).get("StringValue") != self._run_hex:
+                    others.append(m["ReceiptHandle"])
+                    continue
+                mine.append(m["ReceiptHandle"])
+                slot = _parse_slot(attrs.get("slot", {}).get("StringValue", ""))
+                data = _decode(body, 2 * MAX_PUBLISH)
+                if slot is None or data is None:
+                    log.debug("endpoint %d: dropped a message that is no frame", self.me)
+                    continue
+                accepted = self._deliver(slot, data) or accepted
+            self.stats.count("receive_units", units_64k(payload))
+            if others:
+                self._hand_back(others)
+            if mine:
+                self._acks.append(self._pool.submit(self._delete, mine))
+            if accepted or self._satisfied():
+                return
+
+    def _hand_back(self, handles: list[str]) -> None:
+        """Make other runs' frames visible again at once, for their own receivers."""
+        entries = [
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+            for i, h in enumerate(handles)
+        ]
+        self.stats.count("ack")
+        try:
+            self._sqs.change_message_visibility_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            log.debug("endpoint %d: could not hand frames back (%s)", self.me, e)
+
+    def _delete(self, handles: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+        self.stats.count("ack")
+        try:
+            self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            log.debug("endpoint %d: delete failed (%s): the frames come again", self.me, e)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except ChannelError as exc:
+            log.error("endpoint %d: closing with unpublished frames: %s", self.me, exc)
+        for fut in self._acks:
+            fut.exception()
+        self._acks = []
+        self._pool.shutdown(wait=True)
+
+
+def _size(entry: dict[str, Any]) -> int:
+    """What SNS counts of a message: the body and each attribute's name, type and value."""
+    attrs = entry["MessageAttributes"]
+    return len(entry["Message"]) + sum(
+        len(k) + len(v["DataType"]) + len(v["StringValue"]) for k, v in attrs.items()
+    )
+
+
+def _decode(body: str, limit: int) -> bytes | None:
+    if not isinstance(body, str) or len(body) > limit:
+        return None
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _parse_slot(text: str) -> Slot | None:
+    """The slot a message names, or None (attributes are hostile until the MAC is checked)."""
+    parts = text.split(".") if isinstance(text, str) and len(text) <= 64 else []
+    if len(parts) != 5:
+        return None
+    try:
+        kind, layer, src, dst, chunk = (int(p) for p in parts)
+    except ValueError:
+        return None
+    return Slot(kind, layer, src, dst, chunk)
