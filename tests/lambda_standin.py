@@ -161,8 +161,8 @@ class _Invocation:
             proc.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + self.fn.timeout
         while not (done := self.answered.wait(0.05)) and time.monotonic() < deadline:
-            if proc.poll() is not None:  # died without answering
-                break
+            if proc.poll() is not None or self.standin.closing.is_set():
+                break  # died without answering, or the test is over
         ended = proc.poll()
         if done or ended is None:
             proc.kill()
@@ -193,6 +193,7 @@ class LambdaStandIn:
         self.throttle = 0  # answer this many Invoke calls with 429
         self.calls: list[tuple[str, str, bytes]] = []  # (function, invocation type, payload)
         self.outcomes: list[Outcome] = []
+        self.closing = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -297,7 +298,10 @@ class LambdaStandIn:
         )
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(record))
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop serving; with ``wait`` let every invocation answer first, else kill them."""
+        if not wait:
+            self.closing.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self.server.shutdown()

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from fsd import auth
 from fsd.aws import coordinator as aws_coordinator
 from fsd.aws import settings as aws_settings
 from fsd.aws import worker as aws_worker
+from fsd.channels import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import FsdError, InputError
 from fsd.launch import make_launcher
@@ -42,6 +45,7 @@ from fsd.launch.lambda_ import ASYNC_PAYLOAD_LIMIT, LambdaLauncher
 from fsd.model import Images, Network
 from fsd.services import NatsServer, S3Server, pick_ports
 from fsd.store import ModelStore
+from fsd.task import ModelRef, WorkerTask
 from lambda_standin import REGION, Function, LambdaStandIn, environment
 
 WORKER = "fsd-worker"
@@ -110,7 +114,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, moto: str, tmp_path: Path) -> Iterator[
     try:
         yield standin
     finally:
-        standin.close()
+        standin.close(wait=False)  # a failed run's workers would end at their layer timeout
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +240,44 @@ def test_throttling_is_retried_then_given_up_with_a_clear_error(aws: LambdaStand
     assert len(aws.calls) == 3
     why = it.failures()[1]
     assert why.startswith("Invoke failed after 3 attempt(s): TooManyRequestsException"), why
+
+
+def test_only_verified_failure_records_of_this_run_fail_a_worker(
+    aws: LambdaStandIn, moto: str
+) -> None:
+    """OnFailure records are read like any input: a forged one, a malformed one and another
+    run's do not fail a worker; this run's, signed with the deployment secret, does."""
+    aws.functions[WORKER] = Function(None)
+    secret = KEY.encode()
+    run = uuid.uuid4().bytes
+    model = ModelRef("gc1024", 2, "min-comm")
+    tasks = [
+        WorkerTask(run, p, 2, 10, None, -0.3, 32.0, "float32", ChannelConfig("nats"), model=model)
+        for p in range(2)
+    ]
+    queue = os.environ["FSD_FAILURE_QUEUE_URL"]
+    sqs = moto_client("sqs", moto)
+
+    def record(payload: Any) -> None:
+        body = {"requestContext": {"condition": "RetriesExhausted"}, "requestPayload": payload}
+        body["responsePayload"] = {"errorType": "Runtime.ExitError", "errorMessage": "killed"}
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+
+    with launcher(failure_queue=queue) as it:
+        it.launch(tasks)
+        other = {**tasks[0].to_json(), "run": uuid.uuid4().hex}
+        record(auth.sign_invocation(secret, other, 60))  # another run's
+        record(auth.sign_invocation(b"x" * 40, tasks[0].to_json(), 60))  # forged
+        record({"task": tasks[0].to_json(), "expires": 1, "mac": "0" * 64})  # malformed
+        record(auth.sign_invocation(secret, tasks[1].to_json(), 60))  # this run's worker 1
+        for _ in range(600):  # until the poller has taken the genuine record
+            if it.failures():
+                break
+            time.sleep(0.05)
+        time.sleep(1.5)  # one more long poll: the others had their chance to count too
+        failed = it.failures()
+    assert list(failed) == [1], failed
+    assert failed[1] == "Lambda reported Runtime.ExitError: killed (RetriesExhausted)"
 
 
 def test_settings_come_from_configuration_never_from_the_request(

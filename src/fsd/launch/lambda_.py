@@ -36,6 +36,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,6 +48,7 @@ from fsd.auth import sign_invocation, verify_invocation
 from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch.base import RemoteLauncher
 from fsd.redact import redact_text
+from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class LambdaLauncher(RemoteLauncher):
         self.attempts: dict[int, int] = {}
         """Invoke attempts per worker, as botocore counted them (retries included)."""
 
-    def launch(self, tasks: Any) -> None:
+    def launch(self, tasks: Sequence[WorkerTask]) -> None:
         if tasks:
             self._run, self._workers = tasks[0].run.hex(), tasks[0].workers
         if self._queue and self._poller is None:
@@ -230,7 +232,9 @@ class LambdaLauncher(RemoteLauncher):
         self.close(grace=0.0)
 
     def close(self, grace: float = 5.0) -> None:
-        """Wait up to ``grace`` seconds for the invokes still being sent; stop the poller."""
+        """Let the invokes still being sent finish (a throttled one may retry for about 15 s:
+        :data:`MAX_ATTEMPTS`), or with ``grace`` 0 drop those not yet started; stop the poller
+        within ``grace``."""
         deadline = time.monotonic() + grace
         self._pool.shutdown(wait=grace > 0, cancel_futures=grace <= 0)
         self._stop.set()
