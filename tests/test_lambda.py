@@ -306,11 +306,18 @@ def test_settings_come_from_configuration_never_from_the_request(
             LambdaLauncher(bad, KEY.encode())
 
 
-def test_function_url_methods_and_bodies(aws: LambdaStandIn) -> None:
+def test_function_url_methods_and_bodies(
+    monkeypatch: pytest.MonkeyPatch, aws: LambdaStandIn
+) -> None:
+    monkeypatch.setenv("FSD_RUN_KEY", KEY)
+    monkeypatch.setenv("FSD_MODELS", "gc1024")
+    monkeypatch.setenv("FSD_SECRETS_DIR", "/nonexistent")
     health = aws_coordinator.handler(url_event(b"", method="GET"), Context())
     assert health["statusCode"] == 200
     put = aws_coordinator.handler(url_event(b"{}", method="PUT"), Context())
     assert put["statusCode"] == 405 and put["headers"]["Allow"] == "GET, POST"
+    odd = aws_coordinator.handler({**url_event(b"{"), "requestContext": []}, Context())
+    assert odd["statusCode"] == 400 and json.loads(odd["body"])["error"] == "malformed JSON"
     bad = aws_coordinator.handler({**url_event(b"{}"), "isBase64Encoded": True}, Context())
     assert bad["statusCode"] == 400
     assert json.loads(bad["body"])["error"] == "malformed JSON"

@@ -37,7 +37,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     """POST runs an inference; GET answers a health check; other methods get 405."""
     if not isinstance(event, dict):
         return _answer(error(400, "invalid request", "the event is not a Function URL request"))
-    http = event.get("requestContext", {}).get("http", {})
+    context_ = event.get("requestContext")
+    http = context_.get("http") if isinstance(context_, dict) else None
     method = http.get("method", "POST") if isinstance(http, dict) else "POST"
     if method == "GET":
         return _answer((200, {"status": "ok", "function": "coordinator"}))

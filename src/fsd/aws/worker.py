@@ -27,7 +27,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     try:
         body = json.dumps(event, allow_nan=False).encode()
     except (TypeError, ValueError):
-        body = b"null"  # not strict JSON: handle_request refuses it as malformed
+        body = b"null"  # NaN or the like: not a signed invocation, refused as unsigned
     status, reply = handle_request(body, env)
     if status >= 400:
         worker = f"worker {reply['worker']}: " if "worker" in reply else ""
