@@ -48,7 +48,9 @@ class RunConfig:
     worker_urls: tuple[str, ...] = ()  # openfaas: the worker function's URL(s)
     gateway_user: str = ""
     gateway_password: str = field(default="", repr=False)
-    fanout: int = 0  # openfaas: above this many workers, workers invoke workers (0: never)
+    fanout: int = 0  # openfaas, lambda: above this many workers, workers invoke workers (0: never)
+    worker_function: str = ""  # lambda: the worker function's name or ARN
+    failure_queue: str = ""  # lambda: the SQS queue its OnFailure records go to ("": none)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
 
     def validate(self, network: Network) -> None:
@@ -314,6 +316,8 @@ def infer(
             config.gateway_password,
             config.fanout,
             secret=cc.secret,
+            function=config.worker_function,
+            failure_queue=config.failure_queue,
         )
         with launcher, open_channel(cc, run, COORDINATOR) as channel:
             finished = False

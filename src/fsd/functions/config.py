@@ -23,6 +23,9 @@ traceback nor a silent default.
 ``FSD_MODELS``              (none)   models served: comma-separated names and prefixes ending
                                      in ``*`` (``*`` alone: every model); unset or empty: none
 ``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)
+``FSD_LAUNCHER``            openfaas how workers are invoked: ``openfaas`` (``FSD_WORKER_URL``)
+                                     or ``lambda`` (``FSD_WORKER_FUNCTION``, the AWS handlers
+                                     set it; ``FSD_FAILURE_QUEUE_URL``: OnFailure records)
 ==========================  =======  ========================================================
 
 The watchdog cuts a request at ``exec_timeout`` with a bare 502/504 that is not this API's JSON,
@@ -210,6 +213,18 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     """Every secret this function holds, to scrub from anything it answers."""
     found = [env.get(var, "").strip() for var in SECRET_VARS.values()]
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+
+
+PLATFORMS = {"openfaas": "FSD_WORKER_URL", "lambda": "FSD_WORKER_FUNCTION"}
+"""Launchers a function may invoke workers with, and the variable naming the worker function."""
+
+
+def platform(env: Mapping[str, str]) -> str:
+    """How this function invokes workers (``FSD_LAUNCHER``); NotConfigured if unknown."""
+    kind = env.get("FSD_LAUNCHER", "").strip() or "openfaas"
+    if kind not in PLATFORMS:
+        raise NotConfigured(f"FSD_LAUNCHER must be openfaas or lambda, got {kind[:20]!r}")
+    return kind
 
 
 def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:

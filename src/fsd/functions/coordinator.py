@@ -32,6 +32,7 @@ from fsd.functions.config import (
     NotConfigured,
     deployment_secret,
     own_channels,
+    platform,
     secret_values,
 )
 from fsd.functions.http import Reply, error, scrub
@@ -171,6 +172,7 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
         images = None
         matrix = _inline_images(request["inputs"], manifest.neurons)
     urls = tuple(u for u in env.get("FSD_WORKER_URL", "").split(",") if u)
+    launcher = platform(env)
     config = RunConfig(
         workers=workers,
         channel=kind,
@@ -179,8 +181,10 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
         timeout=timeout,
         layer_timeout=min(timeout, limits.layer_timeout),
         channel_config=transport,
-        launcher="openfaas",
+        launcher=launcher,
         worker_urls=urls,
+        worker_function=env.get("FSD_WORKER_FUNCTION", ""),
+        failure_queue=env.get("FSD_FAILURE_QUEUE_URL", ""),
         gateway_user=env.get("FSD_GATEWAY_USER", "admin"),
         gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
         fanout=limits.fanout,

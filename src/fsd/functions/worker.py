@@ -36,16 +36,18 @@ from fsd import auth, observe, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.errors import AuthError, FsdError, InputError, WorkerError
 from fsd.functions.config import (
+    PLATFORMS,
     Limits,
     ModelFilter,
     NotConfigured,
     deployment_secret,
     own_channels,
+    platform,
     secret_values,
 )
 from fsd.functions.http import Reply, error, scrub
 from fsd.functions.parse import load_json, problem
-from fsd.launch.openfaas import OpenFaaSLauncher, children
+from fsd.launch import RemoteLauncher, children
 from fsd.settings import function_env
 from fsd.store import ModelStore, ShardCache
 from fsd.task import WorkerTask
@@ -183,8 +185,9 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
     kind = data["channel"]["kind"]
     own, store = own_channels(kind, env)
     kids = children(worker, workers, fanout)
-    if kids and not env.get("FSD_WORKER_URL"):
-        raise NotConfigured("a fan-out tree needs the worker function's URL (FSD_WORKER_URL)")
+    where = PLATFORMS[platform(env)]
+    if kids and not env.get(where):
+        raise NotConfigured(f"a fan-out tree needs the worker function ({where})")
     if not SEEN.first_time(request["mac"], request["expires"]):
         raise _Refused(409, "replayed invocation", "this invocation was already accepted here")
     return _Checked(WorkerTask.from_json(data, own), data, kids, limits, store)
@@ -207,7 +210,10 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
     task = checked.task
     assert task.model is not None
     model = task.model.name
-    subtree = _launch_children(checked, env)
+    try:
+        subtree = _launch_children(checked, env)
+    except FsdError as exc:  # this function's tree settings; the coordinator names this worker
+        return error(503, "not configured", str(exc), worker=task.worker)
     try:
         store = ModelStore(checked.store)
         t1 = time.perf_counter()
@@ -246,19 +252,27 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
     }
 
 
-def _launch_children(checked: _Checked, env: dict[str, str]) -> OpenFaaSLauncher | None:
+def _launch_children(checked: _Checked, env: dict[str, str]) -> RemoteLauncher | None:
     """In a fan-out tree, invoke this worker's children first (they carry the fanout on),
-    each with an invocation this worker signs."""
+    each with an invocation this worker signs, on this function's own platform."""
     if not checked.kids:
         return None
-    urls = [u for u in env.get("FSD_WORKER_URL", "").split(",") if u]
-    launcher = OpenFaaSLauncher(
-        urls,
-        timeout=checked.limits.max_timeout,
-        user=env.get("FSD_GATEWAY_USER", "admin"),
-        password=env.get("FSD_GATEWAY_PASSWORD", ""),
-        secret=checked.task.channel.secret,
-    )
+    launcher: RemoteLauncher
+    if platform(env) == "lambda":
+        from fsd.launch.lambda_ import LambdaLauncher  # noqa: PLC0415 (boto3 only here)
+
+        launcher = LambdaLauncher(env["FSD_WORKER_FUNCTION"], checked.task.channel.secret)
+    else:
+        from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
+
+        urls = [u for u in env.get("FSD_WORKER_URL", "").split(",") if u]
+        launcher = OpenFaaSLauncher(
+            urls,
+            timeout=checked.limits.max_timeout,
+            user=env.get("FSD_GATEWAY_USER", "admin"),
+            password=env.get("FSD_GATEWAY_PASSWORD", ""),
+            secret=checked.task.channel.secret,
+        )
     for child in checked.kids:
         launcher.invoke(child, {**checked.data, "worker": child})
     return launcher

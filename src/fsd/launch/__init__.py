@@ -1,13 +1,13 @@
-"""Launcher seam: local processes, OpenFaaS functions; AWS Lambda is one module more."""
+"""Launcher seam: local processes, OpenFaaS functions, AWS Lambda functions."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from fsd.errors import InputError
-from fsd.launch.base import Launcher
+from fsd.launch.base import Launcher, RemoteLauncher, children
 
-LAUNCHERS = ("local", "openfaas")
+LAUNCHERS = ("local", "openfaas", "lambda")
 
 
 def make_launcher(
@@ -19,6 +19,8 @@ def make_launcher(
     fanout: int = 0,
     *,
     secret: bytes = b"",
+    function: str = "",
+    failure_queue: str = "",
 ) -> Launcher:
     if kind == "local":
         from fsd.launch.local import LocalLauncher  # noqa: PLC0415
@@ -28,7 +30,11 @@ def make_launcher(
         from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
 
         return OpenFaaSLauncher(urls, timeout, user, password, fanout=fanout, secret=secret)
+    if kind == "lambda":
+        from fsd.launch.lambda_ import LambdaLauncher  # noqa: PLC0415
+
+        return LambdaLauncher(function, secret, fanout=fanout, failure_queue=failure_queue)
     raise InputError(f"unknown launcher {kind!r}; choose one of {', '.join(LAUNCHERS)}")
 
 
-__all__ = ["LAUNCHERS", "Launcher", "make_launcher"]
+__all__ = ["LAUNCHERS", "Launcher", "RemoteLauncher", "children", "make_launcher"]

@@ -29,9 +29,8 @@ import urllib3
 
 from fsd.auth import sign_invocation
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.launch.base import Launcher
+from fsd.launch.base import RemoteLauncher, children
 from fsd.redact import redact, redact_text
-from fsd.task import WorkerTask
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +41,10 @@ INVOCATION_TTL = _BUSY_SECONDS + 60.0
 _MAX_DETAIL = 500
 
 
-def children(worker: int, workers: int, fanout: int) -> list[int]:
-    """The workers that ``worker`` invokes in a fan-out tree (BFS numbering, roots 0..F-1)."""
-    if fanout <= 0:
-        return []
-    first = fanout * (worker + 1)
-    return list(range(first, min(first + fanout, workers)))
+__all__ = ["ABORT_GRACE", "INVOCATION_TTL", "OpenFaaSLauncher", "children"]
 
 
-class OpenFaaSLauncher(Launcher):
+class OpenFaaSLauncher(RemoteLauncher):
     """Invokes the worker function once per task and records how each invocation ended."""
 
     def __init__(
@@ -85,14 +79,6 @@ class OpenFaaSLauncher(Launcher):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._failed: dict[int, str] = {}
-
-    def launch(self, tasks: Sequence[WorkerTask]) -> None:
-        tree = 0 < self.fanout < len(tasks)
-        for task in tasks[: self.fanout] if tree else tasks:
-            payload = task.to_json()
-            if tree:
-                payload["fanout"] = self.fanout
-            self.invoke(task.worker, payload)
 
     def invoke(self, worker: int, payload: dict[str, object]) -> None:
         """Start one invocation (in a thread) of the worker function for ``worker``: the task

@@ -1,0 +1,1 @@
+"""AWS Lambda handlers: thin over :mod:`fsd.functions`, like the OpenFaaS ``functions/``."""
