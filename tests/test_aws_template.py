@@ -14,6 +14,8 @@ without AWS: nothing here is deployed (docs/deploy-aws.md says what was and was 
   template's. Mutated copies of the template prove each rule fails.
 * **Queues**: the template's fixed maximum of worker slots, evaluated through its own Conditions
   for every channel and worker count: exactly the slots below ``Workers``, only for sqs and sns.
+* **The rest** (``check_*``: bucket, secret, EventInvokeConfig, functions, image) runs on the
+  template and the Dockerfile, and on broken copies of them, each of which its check must refuse.
 """
 
 from __future__ import annotations
@@ -304,8 +306,9 @@ def test_a_wildcard_in_a_mutated_copy_fails(mutation: str, tmp_path: Path) -> No
     assert iam_violations(_write(tmp_path, template)), mutation
 
 
-def test_every_function_has_its_own_role_and_the_roles_their_own_logs() -> None:
-    resources = load()["Resources"]
+def check_roles(template: dict[str, Any]) -> None:
+    """Each function runs with its own role, which writes only to its own log group."""
+    resources = template["Resources"]
     for function, role, logs in (
         ("CoordinatorFunction", "CoordinatorRole", "CoordinatorLogs"),
         ("WorkerFunction", "WorkerRole", "WorkerLogs"),
@@ -325,8 +328,9 @@ def test_every_function_has_its_own_role_and_the_roles_their_own_logs() -> None:
 # -- the bucket, the secret, the functions -------------------------------------------------------
 
 
-def test_bucket_blocks_public_access_encrypts_and_expires_run_data() -> None:
-    props = load()["Resources"]["Bucket"]["Properties"]
+def check_bucket(template: dict[str, Any]) -> None:
+    """The bucket blocks public access, is encrypted, and expires run data (its lifecycle rule)."""
+    props = template["Resources"]["Bucket"]["Properties"]
     block = props["PublicAccessBlockConfiguration"]
     assert block == dict.fromkeys(
         ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
@@ -343,13 +347,16 @@ def test_bucket_blocks_public_access_encrypts_and_expires_run_data() -> None:
     ]
     assert expiring and expiring[0]["ExpirationInDays"] <= 7, rules
     # run data, and nothing else, is what both functions may delete
-    dataplane = _statements(load()["Resources"]["DataPlanePolicy"]["Properties"]["PolicyDocument"])
+    dataplane = _statements(
+        template["Resources"]["DataPlanePolicy"]["Properties"]["PolicyDocument"]
+    )
     deleting = [s for s in dataplane if "s3:DeleteObject" in _render(s["Action"])]
     assert [_render(s["Resource"]) for s in deleting] == [[f"${{Bucket.Arn}}/{namespace}/*"]]
 
 
-def test_the_deployment_secret_is_generated_and_only_the_functions_read_it() -> None:
-    resources = load()["Resources"]
+def check_secret(template: dict[str, Any]) -> None:
+    """The deployment secret is generated, long enough, and readable only by the two roles."""
+    resources = template["Resources"]
     generate = resources["RunKey"]["Properties"]["GenerateSecretString"]
     assert generate["PasswordLength"] >= MIN_SECRET_CHARS
     assert "SecretStringTemplate" not in generate  # the whole value is the key
@@ -359,13 +366,14 @@ def test_the_deployment_secret_is_generated_and_only_the_functions_read_it() -> 
         {"Fn::GetAtt": ["CoordinatorRole", "Arn"]},
         {"Fn::GetAtt": ["WorkerRole", "Arn"]},
     ]
-    variables = load()["Globals"]["Function"]["Environment"]["Variables"]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["FSD_RUN_KEY_SECRET_ARN"] == {"Ref": "RunKey"}  # its ARN, never its value
     assert "FSD_RUN_KEY" not in variables
 
 
-def test_worker_failures_go_to_the_coordinator_queue_and_are_never_retried() -> None:
-    resources = load()["Resources"]
+def check_failures(template: dict[str, Any]) -> None:
+    """EventInvokeConfig: no retries, a short event age, worker failures to the coordinator."""
+    resources = template["Resources"]
     for name in ("CoordinatorFunction", "WorkerFunction"):
         config = resources[name]["Properties"]["EventInvokeConfig"]
         assert config["MaximumRetryAttempts"] == 0, name
@@ -383,8 +391,8 @@ def test_worker_failures_go_to_the_coordinator_queue_and_are_never_retried() -> 
     ]
 
 
-def test_functions_reserve_concurrency_and_the_url_needs_iam() -> None:
-    template = load()
+def check_functions(template: dict[str, Any]) -> None:
+    """Image functions with reserved concurrency; the coordinator's URL needs IAM; the outputs."""
     resources = template["Resources"]
     for name in ("CoordinatorFunction", "WorkerFunction"):
         props = resources[name]["Properties"]
@@ -431,8 +439,8 @@ def _made(template: dict[str, Any], params: dict[str, str], kind: str) -> set[st
     }
 
 
-def test_queue_slots_follow_workers_and_channel() -> None:
-    template = load()
+def check_slots(template: dict[str, Any]) -> None:
+    """Exactly the slots below Workers, only for sqs and sns, each in the functions' policy."""
     slots = template["Metadata"]["MaxQueueSlots"]
     resources = template["Resources"]
     assert {n for n in resources if n.startswith("WorkerQueue")} == {
@@ -478,8 +486,8 @@ def test_queue_slots_follow_workers_and_channel() -> None:
 # -- the image ------------------------------------------------------------------------------------
 
 
-def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+def _dockerfile_instructions(dockerfile: str) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile)
     lines = [line.strip() for line in text.splitlines()]
     return [
         (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
@@ -488,8 +496,9 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     ]
 
 
-def test_dockerfile_is_the_lambda_base_image_with_runtime_dependencies_only() -> None:
-    instructions = _dockerfile_instructions()
+def check_image(template: dict[str, Any], dockerfile: str) -> None:
+    """The Lambda base image, fsd's runtime dependencies only (no extra), the two handlers."""
+    instructions = _dockerfile_instructions(dockerfile)
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert froms == [BASE_IMAGE]
     installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
@@ -501,10 +510,111 @@ def test_dockerfile_is_the_lambda_base_image_with_runtime_dependencies_only() ->
         assert "${LAMBDA_TASK_ROOT}" in command, command
     cmd = [json.loads(arg) for op, arg in instructions if op == "CMD"]
     assert cmd == [["fsd.aws.coordinator.handler"]]
-    worker = load()["Resources"]["WorkerFunction"]["Properties"]["ImageConfig"]["Command"]
+    worker = template["Resources"]["WorkerFunction"]["Properties"]["ImageConfig"]["Command"]
     assert worker == ["fsd.aws.worker.handler"]
     assert any(op == "ENV" and "NUMBA_CACHE_DIR=/tmp" in arg for op, arg in instructions)
     for name in ("CoordinatorFunction", "WorkerFunction"):
-        meta = load()["Resources"][name]["Metadata"]
+        meta = template["Resources"][name]["Metadata"]
         context = (TEMPLATE.parent / meta["DockerContext"]).resolve()
         assert context == ROOT and (context / meta["Dockerfile"]) == DOCKERFILE, meta
+
+
+CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "roles": lambda t, _: check_roles(t),
+    "bucket": lambda t, _: check_bucket(t),
+    "secret": lambda t, _: check_secret(t),
+    "failures": lambda t, _: check_failures(t),
+    "functions": lambda t, _: check_functions(t),
+    "slots": lambda t, _: check_slots(t),
+    "image": check_image,
+}
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_the_deployment(check: str) -> None:
+    CHECKS[check](load(), DOCKERFILE.read_text())
+
+
+def _assign(*path: str | int, value: Node) -> Callable[[dict[str, Any]], None]:
+    """A change to the template: the node at ``path`` set to ``value``."""
+
+    def mutate(template: dict[str, Any]) -> None:
+        node: Any = template
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+def _remove(*path: str | int) -> Callable[[dict[str, Any]], None]:
+    """A change to the template: the node at ``path`` removed."""
+
+    def mutate(template: dict[str, Any]) -> None:
+        node: Any = template
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return mutate
+
+
+BUCKET = ("Resources", "Bucket", "Properties")
+WORKER = ("Resources", "WorkerFunction", "Properties")
+QUEUES_STATEMENT = ("Resources", "DataPlanePolicy", "Properties", "PolicyDocument", "Statement", 4)
+
+#: check -> broken copies of the template it must refuse
+BROKEN_TEMPLATES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "roles: one role for both": _assign(
+        *WORKER, "Role", value={"Fn::GetAtt": ["CoordinatorRole", "Arn"]}
+    ),
+    "bucket: public ACLs": _assign(
+        *BUCKET, "PublicAccessBlockConfiguration", "BlockPublicAcls", value=False
+    ),
+    "bucket: no lifecycle rule": _remove(*BUCKET, "LifecycleConfiguration"),
+    "bucket: rule on another prefix": _assign(
+        *BUCKET, "LifecycleConfiguration", "Rules", 0, "Prefix", value="runs/"
+    ),
+    "secret: 16 characters": _assign(
+        "Resources", "RunKey", "Properties", "GenerateSecretString", "PasswordLength", value=16
+    ),
+    "failures: retried twice": _assign(
+        *WORKER, "EventInvokeConfig", "MaximumRetryAttempts", value=2
+    ),
+    "failures: no OnFailure": _remove(*WORKER, "EventInvokeConfig", "DestinationConfig"),
+    "failures: kept 6 hours": _assign(
+        *WORKER, "EventInvokeConfig", "MaximumEventAgeInSeconds", value=21600
+    ),
+    "functions: URL without auth": _assign(
+        "Resources",
+        "CoordinatorFunction",
+        "Properties",
+        "FunctionUrlConfig",
+        "AuthType",
+        value="NONE",
+    ),
+    "functions: no reserved concurrency": _remove(*WORKER, "ReservedConcurrentExecutions"),
+    "slots: a slot too many": _assign("Conditions", "Slot3", value={"Condition": "UsesQueues"}),
+    "slots: a slot missing from the policy": _remove(*QUEUES_STATEMENT, "Resource", -1),
+}
+
+#: check -> broken copies of the Dockerfile it must refuse (old text, new text)
+BROKEN_DOCKERFILES = {
+    "image: the embedded extra": ("/tmp/fsd-build --target", "/tmp/fsd-build[embedded] --target"),
+    "image: another base": (BASE_IMAGE, "python:3.12-slim"),
+    "image: the worker's handler as CMD": ("fsd.aws.coordinator.handler", "fsd.aws.worker.handler"),
+}
+
+
+@pytest.mark.parametrize("broken", [*BROKEN_TEMPLATES, *BROKEN_DOCKERFILES])
+def test_a_broken_copy_fails_its_check(broken: str) -> None:
+    template, dockerfile = load(), DOCKERFILE.read_text()
+    if broken in BROKEN_TEMPLATES:
+        BROKEN_TEMPLATES[broken](template)
+        assert template != load(), "nothing was broken"
+    else:
+        old, new = BROKEN_DOCKERFILES[broken]
+        assert old in dockerfile, "nothing to break"
+        dockerfile = dockerfile.replace(old, new)
+    with pytest.raises((AssertionError, KeyError)):  # a missing key fails a check too
+        CHECKS[broken.split(":", maxsplit=1)[0]](template, dockerfile)
