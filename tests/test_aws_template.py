@@ -420,8 +420,9 @@ def _holds(template: dict[str, Any], condition: Node, params: dict[str, str]) ->
     if key == "Condition":
         return _holds(template, template["Conditions"][value], params)
     if key == "Fn::Equals":
-        a, b = (params[v["Ref"]] if isinstance(v, dict) else str(v) for v in value)
-        return a == b
+        a, b = (params[v["Ref"]] if isinstance(v, dict) else v for v in value)
+        assert isinstance(b, str), f"{b!r}: CloudFormation compares a parameter as a string"
+        return bool(a == b)
     if key == "Fn::Not":
         return not _holds(template, value[0], params)
     if key == "Fn::And":
