@@ -8,18 +8,28 @@ without AWS: nothing here is deployed (docs/deploy-aws.md says what was and was 
   statement, ``Fn::If`` branches included. An Action may hold no ``*`` at all; a Resource is
   exact, except where the names are made at run time and the wildcard only ends an ARN rooted in
   this stack: objects under a fixed key prefix of this stack's bucket, log streams of this
-  stack's log groups. What it cannot see through fails too: a SAM function without its own
+  stack's log groups, and SQS queues whose name starts with this stack's own prefix and a dash
+  (``${Prefix}-*``, ``${Prefix}-sns-*``: the sqs channel names a run's queues at run time), the
+  prefix being the parameter the functions get as ``FSD_AWS_PREFIX``. What it cannot see through
+  fails too: a SAM function without its own
   ``Role`` (SAM would make one with AWSLambdaBasicExecutionRole, whose Resource is ``*``), a
   policy by name or a SAM policy template (unexpanded here), a managed policy that is not this
   template's. Mutated copies of the template prove each rule fails.
-* **Queues**: the template's fixed maximum of worker slots, evaluated through its own Conditions
-  for every channel and worker count: exactly the slots below ``Workers``, only for sqs and sns.
+* **Queues**: channel sqs makes its queues per run (none here, Workers unbounded); channel sns's
+  fixed maximum of worker slots, evaluated through the template's own Conditions for every
+  channel and worker count: exactly the slots below ``Workers``, only for sns, with the names,
+  filter policies and attributes fsd.channels.sns gives them.
+* **The code's names**: every ``FSD_*`` variable the template sets is one the code documents in
+  its settings tables, and the channels' rights are the IAM actions of the calls they make (both
+  skip where this checkout lacks fsd.aws or the sqs/sns channels).
 * **The rest** (``check_*``: bucket, secret, EventInvokeConfig, functions, image) runs on the
   template and the Dockerfile, and on broken copies of them, each of which its check must refuse.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -34,12 +44,14 @@ import yaml
 
 from fsd.auth import MIN_SECRET_CHARS
 from fsd.channels.base import ChannelConfig
+from fsd.settings import SECRET_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "aws" / "template.yaml"
 DOCKERFILE = ROOT / "deploy" / "aws" / "Dockerfile"
 CFN_LINT = str(Path(sys.executable).with_name("cfn-lint"))
 BASE_IMAGE = "public.ecr.aws/lambda/python:3.12"
+TTL = next(f.default for f in fields(ChannelConfig) if f.name == "ttl_seconds")
 
 Node = Any  # a template node: dict, list, str, int, bool
 
@@ -141,9 +153,22 @@ _STREAMS = re.compile(
     r"arn:\$\{AWS::Partition\}:logs:\$\{AWS::Region\}:\$\{AWS::AccountId\}:"
     r"log-group:\$\{(\w+)\}:log-stream:\*"
 )
+#: SQS queues named at run time: this stack's prefix, a dash, an optional fixed word and dash, *
+_QUEUES = re.compile(
+    r"arn:\$\{AWS::Partition\}:sqs:\$\{AWS::Region\}:\$\{AWS::AccountId\}:"
+    r"\$\{(\w+)\}-(?:[a-z0-9]+-)?\*"
+)
 
 
-def _resource_violation(resource: str, resources: dict[str, Any]) -> str | None:
+def stack_prefix(template: dict[str, Any]) -> str | None:
+    """The parameter the functions get as ``FSD_AWS_PREFIX`` (queue and topic names start so)."""
+    variables = template.get("Globals", {}).get("Function", {}).get("Environment", {})
+    ref = variables.get("Variables", {}).get("FSD_AWS_PREFIX")
+    name = ref.get("Ref") if isinstance(ref, dict) else None
+    return name if isinstance(name, str) and name in template.get("Parameters", {}) else None
+
+
+def _resource_violation(resource: str, resources: dict[str, Any], prefix: str | None) -> str | None:
     kinds = {name: r.get("Type") for name, r in resources.items()}
     if re.search(r"\$\{\w+\.Arn\}", resource) and any(
         kinds.get(name) == "AWS::Logs::LogGroup"
@@ -157,11 +182,14 @@ def _resource_violation(resource: str, resources: dict[str, Any]) -> str | None:
         return None
     if streams and kinds.get(streams[1]) == "AWS::Logs::LogGroup":
         return None
+    queues = _QUEUES.fullmatch(resource)
+    if queues and prefix is not None and queues[1] == prefix:
+        return None
     return f"{resource}: a wildcard resource"
 
 
 def _statement_violations(
-    where: str, statement: dict[str, Any], resources: dict[str, Any]
+    where: str, statement: dict[str, Any], resources: dict[str, Any], prefix: str | None
 ) -> list[str]:
     found = [f"{where}: {key}" for key in ("NotAction", "NotResource") if key in statement]
     actions = statement.get("Action", [])
@@ -169,7 +197,7 @@ def _statement_violations(
         if "*" in action:
             found.append(f"{where}: action {action}")
     for resource in _render(statement.get("Resource", [])):
-        why = _resource_violation(resource, resources)
+        why = _resource_violation(resource, resources, prefix)
         if why:
             found.append(f"{where}: {why}")
     principal = statement.get("Principal")
@@ -180,13 +208,15 @@ def _statement_violations(
 
 def iam_violations(path: Path) -> list[str]:
     """Every IAM rule the template at ``path`` breaks (module docstring); none is right."""
-    resources: dict[str, Any] = load(path)["Resources"]
+    template = load(path)
+    resources: dict[str, Any] = template["Resources"]
+    prefix = stack_prefix(template)
     found: list[str] = []
     for name, resource in resources.items():
         props = resource.get("Properties", {})
         for where, document in _documents(props, name):
             for statement in _statements(document):
-                found += _statement_violations(where, statement, resources)
+                found += _statement_violations(where, statement, resources, prefix)
         for arn in props.get("ManagedPolicyArns", []):
             ref = arn.get("Ref") if isinstance(arn, dict) else None
             kind = resources[ref].get("Type") if isinstance(ref, str) and ref in resources else None
@@ -211,7 +241,7 @@ def test_cfn_lint_passes() -> None:
 def test_cfn_lint_fails_a_broken_copy(tmp_path: Path) -> None:
     """The lint is live: a queue waiting 40 s (SQS allows 20) is an error."""
     template = load()
-    template["Resources"]["CoordinatorQueue"]["Properties"]["ReceiveMessageWaitTimeSeconds"] = 40
+    template["Resources"]["FailureQueue"]["Properties"]["ReceiveMessageWaitTimeSeconds"] = 40
     done = subprocess.run(
         [CFN_LINT, str(_write(tmp_path, template))],
         capture_output=True,
@@ -258,6 +288,20 @@ def _worker(template: dict[str, Any]) -> dict[str, Any]:
     return props
 
 
+def _queues(template: dict[str, Any], arn: str) -> None:
+    """The sqs channel's run queues (the only ``${Prefix}-*`` statement) on another ARN."""
+    for statement in _statements(
+        template["Resources"]["DataPlanePolicy"]["Properties"]["PolicyDocument"]
+    ):
+        if "sqs:DeleteQueue" in _render(statement["Action"]):
+            statement["Resource"] = {"Fn::Sub": arn}
+            return
+    raise AssertionError("no run-queue statement left to mutate")
+
+
+_SQS = "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:"
+
+
 def _logs_by_arn(template: dict[str, Any]) -> None:
     role = template["Resources"]["WorkerRole"]["Properties"]
     role["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] = {
@@ -293,7 +337,15 @@ MUTATIONS: dict[str, Mutation] = {
         .setdefault("Policies", [])
         .append({"Statement": [{"Effect": "Allow", "Action": "lambda:*", "Resource": "*"}]})
     ),
-    "public queue policy": lambda t: t["Resources"]["TopicToQueues"]["Properties"][
+    "queues: bare * after the account": lambda t: _queues(t, _SQS + "*"),
+    "queues: a foreign prefix": lambda t: _queues(t, _SQS + "other-*"),
+    "queues: another parameter as prefix": lambda t: _queues(t, _SQS + "${Models}-*"),
+    "queues: prefix without its dash": lambda t: _queues(t, _SQS + "${Prefix}*"),
+    "queues: a wildcard inside the name": lambda t: _queues(t, _SQS + "${Prefix}-*-c"),
+    "queues: the prefix no longer FSD_AWS_PREFIX": lambda t: t["Globals"]["Function"][
+        "Environment"
+    ]["Variables"].__setitem__("FSD_AWS_PREFIX", "fsd"),
+    "public queue policy": lambda t: t["Resources"]["SnsQueuePolicyC"]["Properties"][
         "PolicyDocument"
     ]["Statement"][0].__setitem__("Principal", "*"),
 }
@@ -355,40 +407,61 @@ def check_bucket(template: dict[str, Any]) -> None:
 
 
 def check_secret(template: dict[str, Any]) -> None:
-    """The deployment secret is generated, long enough, and readable only by the two roles."""
+    """The deployment's secrets: a JSON object keyed by secret file names (fsd.aws.settings), its
+    fsd-run-key generated long enough, readable only by the two roles, named by its ARN only."""
     resources = template["Resources"]
-    generate = resources["RunKey"]["Properties"]["GenerateSecretString"]
+    generate = resources["Secrets"]["Properties"]["GenerateSecretString"]
     assert generate["PasswordLength"] >= MIN_SECRET_CHARS
-    assert "SecretStringTemplate" not in generate  # the whole value is the key
-    (deny,) = resources["RunKeyPolicy"]["Properties"]["ResourcePolicy"]["Statement"]
+    assert generate["ExcludePunctuation"] is True  # no quote or backslash inside the JSON
+    assert json.loads(generate["SecretStringTemplate"]) == {}
+    assert generate["GenerateStringKey"] == "fsd-run-key"
+    assert generate["GenerateStringKey"] in SECRET_VARS  # a name fsd.aws.settings maps
+    (deny,) = resources["SecretsPolicy"]["Properties"]["ResourcePolicy"]["Statement"]
     assert deny["Effect"] == "Deny" and deny["Action"] == "secretsmanager:GetSecretValue"
     assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
         {"Fn::GetAtt": ["CoordinatorRole", "Arn"]},
         {"Fn::GetAtt": ["WorkerRole", "Arn"]},
     ]
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert variables["FSD_RUN_KEY_SECRET_ARN"] == {"Ref": "RunKey"}  # its ARN, never its value
-    assert "FSD_RUN_KEY" not in variables
+    assert variables["FSD_SECRETS_ARN"] == {"Ref": "Secrets"}  # its ARN, never its value
+    assert not set(SECRET_VARS.values()) & set(variables)
+
+
+def _role_statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    policies = template["Resources"][role]["Properties"]["Policies"]
+    return [s for p in policies for s in _statements(p["PolicyDocument"])]
 
 
 def check_failures(template: dict[str, Any]) -> None:
-    """EventInvokeConfig: no retries, a short event age, worker failures to the coordinator."""
+    """EventInvokeConfig: no retries, a short event age, worker failures to the failure queue,
+    which the worker's role may send to and the coordinator's read (fsd.launch.lambda_)."""
     resources = template["Resources"]
     for name in ("CoordinatorFunction", "WorkerFunction"):
         config = resources[name]["Properties"]["EventInvokeConfig"]
         assert config["MaximumRetryAttempts"] == 0, name
-        assert 60 <= config["MaximumEventAgeInSeconds"] <= 120, name  # an invocation lives 120 s
+        assert 60 <= config["MaximumEventAgeInSeconds"] <= 120, name  # an invocation lives 180 s
     on_failure = resources["WorkerFunction"]["Properties"]["EventInvokeConfig"][
         "DestinationConfig"
     ]["OnFailure"]
-    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["CoordinatorQueue", "Arn"]}}
-    # Lambda sends the record with the worker's role: it may send to that queue
-    dataplane = resources["DataPlanePolicy"]["Properties"]["PolicyDocument"]
-    sending = [s for s in _statements(dataplane) if "sqs:SendMessage" in _render(s["Action"])]
-    assert any("${CoordinatorQueue.Arn}" in _render(s["Resource"]) for s in sending)
-    assert resources["WorkerRole"]["Properties"]["ManagedPolicyArns"] == [
-        {"Ref": "DataPlanePolicy"}
-    ]
+    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailureQueue", "Arn"]}}
+    name = resources["FailureQueue"]["Properties"]["QueueName"]["Fn::Sub"]
+    assert name == "${Prefix}-failures"
+    coordinator = resources["CoordinatorFunction"]["Properties"]["Environment"]["Variables"]
+    assert coordinator["FSD_FAILURE_QUEUE_URL"] == {"Ref": "FailureQueue"}
+    # Lambda sends the record with the worker's role; the coordinator receives and deletes it
+    for role, wanted in (
+        ("WorkerRole", {"sqs:SendMessage"}),
+        ("CoordinatorRole", {"sqs:ReceiveMessage", "sqs:DeleteMessage"}),
+    ):
+        rights = {
+            action
+            for s in _role_statements(template, role)
+            if _render(s["Resource"]) == ["${FailureQueue.Arn}"]
+            for action in _render(s["Action"])
+        }
+        assert wanted <= rights, (role, rights)
+    for role in ("WorkerRole", "CoordinatorRole"):
+        assert resources[role]["Properties"]["ManagedPolicyArns"] == [{"Ref": "DataPlanePolicy"}]
 
 
 def check_functions(template: dict[str, Any]) -> None:
@@ -406,7 +479,25 @@ def check_functions(template: dict[str, Any]) -> None:
     assert outputs["CoordinatorUrl"]["Value"] == {
         "Fn::GetAtt": ["CoordinatorFunctionUrl", "FunctionUrl"]
     }
-    assert {"Bucket", "QueuePrefix"} <= set(outputs)
+    assert {"Bucket", "Prefix", "FailureQueueUrl"} <= set(outputs)
+    # the coordinator invokes the worker, and a worker invokes workers (fan-out tree): both
+    # roles carry the data plane, whose only lambda right is the worker function's
+    invoking = [
+        s
+        for s in _statements(resources["DataPlanePolicy"]["Properties"]["PolicyDocument"])
+        if "lambda:InvokeFunction" in _render(s["Action"])
+    ]
+    assert [_render(s["Resource"]) for s in invoking] == [
+        [
+            "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:"
+            + resources["WorkerFunction"]["Properties"]["FunctionName"]["Fn::Sub"]
+        ]
+    ]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert (
+        variables["FSD_WORKER_FUNCTION"]
+        == resources["WorkerFunction"]["Properties"]["FunctionName"]
+    )
 
 
 # -- queues: a fixed maximum of slots, each there exactly when Workers exceeds it ----------------
@@ -440,48 +531,72 @@ def _made(template: dict[str, Any], params: dict[str, str], kind: str) -> set[st
     }
 
 
+def _sns_statement(template: dict[str, Any], action: str) -> dict[str, Any]:
+    (statement,) = [
+        s
+        for s in _statements(
+            template["Resources"]["DataPlanePolicy"]["Properties"]["PolicyDocument"]
+        )
+        if action in _render(s["Action"])
+    ]
+    return statement
+
+
 def check_slots(template: dict[str, Any]) -> None:
-    """Exactly the slots below Workers, only for sqs and sns, each in the functions' policy."""
-    slots = template["Metadata"]["MaxQueueSlots"]
+    """sqs: no queue here (the channel makes a run's own), Workers unbounded. sns: exactly the
+    slots below Workers, named, filtered and configured as fsd.channels.sns makes them."""
+    slots = template["Metadata"]["MaxSnsSlots"]
     resources = template["Resources"]
-    assert {n for n in resources if n.startswith("WorkerQueue")} == {
-        f"WorkerQueue{i}" for i in range(slots)
+    rule = template["Rules"]["SnsSlots"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Channel"}, "sns"]}
+    assert rule["Assertions"][0]["Assert"]["Fn::Contains"][0] == [
+        str(w) for w in range(1, slots + 1)
+    ]
+    assert template["Parameters"]["Workers"]["MaxValue"] > slots
+    slot_queues = {
+        n for n, r in resources.items() if n.startswith("SnsQueue") and "Policy" not in n
     }
-    for i in range(slots):
-        props = resources[f"WorkerQueue{i}"]["Properties"]
-        assert props["QueueName"] == {"Fn::Sub": f"${{Prefix}}-worker-{i}"}
-        assert props["MaximumMessageSize"] == 1048576
-        assert props["SqsManagedSseEnabled"] is True
-    rule = template["Rules"]["QueueSlots"]["Assertions"][0]["Assert"]["Fn::Contains"]
-    assert rule[0] == [str(w) for w in range(1, slots + 1)]
+    assert slot_queues == {"SnsQueueC", *(f"SnsQueue{i}" for i in range(slots))}
+    who = {"C": "c", **{str(i): f"w{i}" for i in range(slots)}}
+    for slot, name in who.items():
+        props = resources[f"SnsQueue{slot}"]["Properties"]
+        assert props["QueueName"] == {"Fn::Sub": f"${{Prefix}}-sns-{name}"}
+        # CreateQueue on an existing queue must be given its attributes, or it is refused
+        assert props["VisibilityTimeout"] == 30 and props["MessageRetentionPeriod"] == int(TTL)
+        sub = resources[f"SnsSubscription{slot}"]["Properties"]
+        assert sub["TopicArn"] == {"Ref": "Topic"}
+        assert sub["Endpoint"] == {"Fn::GetAtt": [f"SnsQueue{slot}", "Arn"]}
+        assert sub["FilterPolicy"] == {"dst": [name]}
+        assert sub["RawMessageDelivery"] is True
+        assert sub.get("FilterPolicyScope", "MessageAttributes") == "MessageAttributes"
+        (statement,) = resources[f"SnsQueuePolicy{slot}"]["Properties"]["PolicyDocument"][
+            "Statement"
+        ]
+        assert statement["Resource"] == {"Fn::GetAtt": [f"SnsQueue{slot}", "Arn"]}
+        assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Ref": "Topic"}}}
+    assert resources["Topic"]["Properties"]["TopicName"] == {"Fn::Sub": "${Prefix}-frames"}
     for channel in ("sqs", "sns", "s3"):
-        for workers in range(1, slots + 1):
+        for workers in (*range(1, slots + 1), 100):
+            if channel == "sns" and workers > slots:
+                continue  # refused by the rule
             params = {"Channel": channel, "Workers": str(workers), "Prefix": "fsd"}
             queues = _made(template, params, "AWS::SQS::Queue")
             subscriptions = _made(template, params, "AWS::SNS::Subscription")
-            wanted = {f"WorkerQueue{i}" for i in range(workers)} if channel != "s3" else set()
-            assert queues == {"CoordinatorQueue", *wanted}, (channel, workers)
-            subs = {f"WorkerSubscription{i}" for i in range(workers)} | {"CoordinatorSubscription"}
+            wanted = {f"SnsQueue{i}" for i in range(workers)} | {"SnsQueueC"}
+            made = {"FailureQueue", *(wanted if channel == "sns" else set())}
+            assert queues == made, (channel, workers)
+            subs = {q.replace("Queue", "Subscription") for q in wanted}
             assert subscriptions == (subs if channel == "sns" else set()), (channel, workers)
-            # every queue made is in the functions' policy, and none that is not made
-            listed = set()
-            for statement in _statements(
-                resources["DataPlanePolicy"]["Properties"]["PolicyDocument"]
-            ):
-                if "sqs:ReceiveMessage" in _render(statement["Action"]):
-                    for item in statement["Resource"]:
-                        if isinstance(item, dict) and "Fn::If" in item:
-                            cond, yes, _ = item["Fn::If"]
-                            if _holds(template, cond, params):
-                                listed.add(yes["Fn::GetAtt"][0])
-                        else:
-                            listed.add(item["Fn::GetAtt"][0])
-            assert listed == queues, (channel, workers)
-    for i in range(slots):
-        props = resources[f"WorkerSubscription{i}"]["Properties"]
-        assert props["Endpoint"] == {"Fn::GetAtt": [f"WorkerQueue{i}", "Arn"]}
-        assert props["FilterPolicy"] == {"to": [f"worker-{i}"]}
-        assert props["RawMessageDelivery"] is True
+            policies = _made(template, params, "AWS::SQS::QueuePolicy")
+            assert policies == {
+                q.replace("Queue", "QueuePolicy") for q in queues - {"FailureQueue"}
+            }
+    # the functions' rights on them, by name prefix
+    slot_rights = _sns_statement(template, "sqs:ChangeMessageVisibility")
+    assert _render(slot_rights["Resource"]) == [_SQS + "${Prefix}-sns-*"]
+    run_rights = _sns_statement(template, "sqs:DeleteQueue")
+    assert _render(run_rights["Resource"]) == [_SQS + "${Prefix}-*"]
+    assert _render(_sns_statement(template, "sns:Publish")["Resource"]) == ["${Topic}"]
 
 
 # -- the image ------------------------------------------------------------------------------------
@@ -536,6 +651,92 @@ def test_the_deployment(check: str) -> None:
     CHECKS[check](load(), DOCKERFILE.read_text())
 
 
+# -- the code's own names: its settings tables, its AWS calls ------------------------------------
+
+#: modules whose docstrings document the environment a Lambda function reads
+SETTINGS_MODULES = (
+    "fsd.functions.config",
+    "fsd.channels.settings",
+    "fsd.aws.settings",
+    "fsd.launch.lambda_",
+)
+
+
+def documented_env() -> set[str]:
+    """Every ``FSD_*`` name the code reads: documented in the settings modules' docstrings (their
+    tables), or read by name anywhere in the package (``env.get("FSD_CHANNEL", ...)``: not every
+    name is in a table yet)."""
+    names: set[str] = set()
+    for module in SETTINGS_MODULES:
+        doc = importlib.import_module(module).__doc__ or ""
+        names |= set(re.findall(r"``(FSD_[A-Z0-9_]+)``", doc))
+    package = Path(importlib.import_module("fsd").__file__ or "").parent
+    for source in package.rglob("*.py"):
+        names |= set(re.findall(r"[\"'](FSD_[A-Z0-9_]+)[\"']", source.read_text()))
+    return names
+
+
+def template_env(template: dict[str, Any]) -> set[str]:
+    """Every ``FSD_*`` variable the template sets, in Globals and on each function."""
+    found = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for resource in template["Resources"].values():
+        env = resource.get("Properties", {}).get("Environment", {})
+        found |= set(env.get("Variables", {}))
+    return {name for name in found if name.startswith("FSD_")}
+
+
+def test_every_variable_is_one_the_code_reads() -> None:
+    pytest.importorskip("fsd.aws.settings", reason="fsd.aws (the Lambda handlers) not here")
+    pytest.importorskip("fsd.channels.sqs", reason="the sqs channel not here")
+    unknown = template_env(load()) - documented_env()
+    assert not unknown, f"the template sets what no code reads: {sorted(unknown)}"
+
+
+def test_an_unknown_variable_fails() -> None:
+    pytest.importorskip("fsd.aws.settings", reason="fsd.aws (the Lambda handlers) not here")
+    template = load()
+    template["Globals"]["Function"]["Environment"]["Variables"]["FSD_SQS_QUEUE_PREFIX"] = "fsd"
+    assert template_env(template) - documented_env() == {"FSD_SQS_QUEUE_PREFIX"}
+
+
+#: boto3 client method -> the IAM action it needs (the Service Authorization Reference; the batch
+#: calls need their single action, PublishBatch needs sns:Publish)
+IAM_ACTION = {
+    "create_queue": "sqs:CreateQueue",
+    "delete_queue": "sqs:DeleteQueue",
+    "send_message_batch": "sqs:SendMessage",
+    "receive_message": "sqs:ReceiveMessage",
+    "delete_message_batch": "sqs:DeleteMessage",
+    "change_message_visibility_batch": "sqs:ChangeMessageVisibility",
+    "create_topic": "sns:CreateTopic",
+    "subscribe": "sns:Subscribe",
+    "publish_batch": "sns:Publish",
+}
+
+
+def channel_calls(module: str, client: str) -> set[str]:
+    """The IAM actions of what a channel module calls on ``self.<client>`` (KeyError: unmapped)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"{module} not here")
+    source = Path(spec.origin).read_text()
+    return {IAM_ACTION[m] for m in re.findall(rf"self\.{client}\.(\w+)\(", source)}
+
+
+@pytest.mark.parametrize(
+    ("module", "client", "granted_by"),
+    [
+        ("fsd.channels.sqs", "_sqs", "sqs:DeleteQueue"),
+        ("fsd.channels.sns", "_sqs", "sqs:ChangeMessageVisibility"),
+        ("fsd.channels.sns", "_sns", "sns:Publish"),
+    ],
+)
+def test_a_channel_may_make_its_calls(module: str, client: str, granted_by: str) -> None:
+    """The channel's statement grants exactly the actions of the calls the channel makes."""
+    statement = _sns_statement(load(), granted_by)
+    assert set(_render(statement["Action"])) == channel_calls(module, client)
+
+
 def _assign(*path: str | int, value: Node) -> Callable[[dict[str, Any]], None]:
     """A change to the template: the node at ``path`` set to ``value``."""
 
@@ -562,7 +763,7 @@ def _remove(*path: str | int) -> Callable[[dict[str, Any]], None]:
 
 BUCKET = ("Resources", "Bucket", "Properties")
 WORKER = ("Resources", "WorkerFunction", "Properties")
-QUEUES_STATEMENT = ("Resources", "DataPlanePolicy", "Properties", "PolicyDocument", "Statement", 4)
+SNS_QUEUE = ("Resources", "SnsQueue3", "Properties")
 
 #: check -> broken copies of the template it must refuse
 BROKEN_TEMPLATES: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -577,12 +778,40 @@ BROKEN_TEMPLATES: dict[str, Callable[[dict[str, Any]], None]] = {
         *BUCKET, "LifecycleConfiguration", "Rules", 0, "Prefix", value="runs/"
     ),
     "secret: 16 characters": _assign(
-        "Resources", "RunKey", "Properties", "GenerateSecretString", "PasswordLength", value=16
+        "Resources", "Secrets", "Properties", "GenerateSecretString", "PasswordLength", value=16
+    ),
+    "secret: a bare string, not JSON": _remove(
+        "Resources", "Secrets", "Properties", "GenerateSecretString", "SecretStringTemplate"
+    ),
+    "secret: another key": _assign(
+        "Resources",
+        "Secrets",
+        "Properties",
+        "GenerateSecretString",
+        "GenerateStringKey",
+        value="run-key",
+    ),
+    "secret: the key in the environment": _assign(
+        "Globals", "Function", "Environment", "Variables", "FSD_RUN_KEY", value="x" * 40
     ),
     "failures: retried twice": _assign(
         *WORKER, "EventInvokeConfig", "MaximumRetryAttempts", value=2
     ),
     "failures: no OnFailure": _remove(*WORKER, "EventInvokeConfig", "DestinationConfig"),
+    "failures: to a channel queue": _assign(
+        *WORKER,
+        "EventInvokeConfig",
+        "DestinationConfig",
+        "OnFailure",
+        "Destination",
+        value={"Fn::GetAtt": ["SnsQueueC", "Arn"]},
+    ),
+    "failures: the coordinator not told": _remove(
+        "Resources", "CoordinatorFunction", "Properties", "Environment"
+    ),
+    "failures: the worker may not send": _remove(
+        "Resources", "WorkerRole", "Properties", "Policies", 0, "PolicyDocument", "Statement", 1
+    ),
     "failures: kept 6 hours": _assign(
         *WORKER, "EventInvokeConfig", "MaximumEventAgeInSeconds", value=21600
     ),
@@ -595,8 +824,26 @@ BROKEN_TEMPLATES: dict[str, Callable[[dict[str, Any]], None]] = {
         value="NONE",
     ),
     "functions: no reserved concurrency": _remove(*WORKER, "ReservedConcurrentExecutions"),
-    "slots: a slot too many": _assign("Conditions", "Slot3", value={"Condition": "UsesQueues"}),
-    "slots: a slot missing from the policy": _remove(*QUEUES_STATEMENT, "Resource", -1),
+    "slots: a slot too many": _assign("Conditions", "SnsSlot3", value={"Condition": "UsesSns"}),
+    "slots: the old 16-worker rule for sqs": _assign(
+        "Rules",
+        "SnsSlots",
+        "RuleCondition",
+        value={"Fn::Not": [{"Fn::Equals": [{"Ref": "Channel"}, "s3"]}]},
+    ),
+    "slots: a queue per sqs worker": _assign(*SNS_QUEUE[:2], "Condition", value="UsesSqs"),
+    "slots: the old attribute name": _assign(
+        "Resources", "SnsSubscription2", "Properties", "FilterPolicy", value={"to": ["worker-2"]}
+    ),
+    "slots: the old queue name": _assign(
+        *SNS_QUEUE, "QueueName", value={"Fn::Sub": "${Prefix}-worker-3"}
+    ),
+    "slots: attributes the channel does not give": _assign(
+        *SNS_QUEUE, "VisibilityTimeout", value=60
+    ),
+    "functions: the worker function not named": _assign(
+        "Globals", "Function", "Environment", "Variables", "FSD_WORKER_FUNCTION", value="worker"
+    ),
 }
 
 #: check -> broken copies of the Dockerfile it must refuse (old text, new text)
