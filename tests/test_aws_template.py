@@ -51,7 +51,7 @@ TEMPLATE = ROOT / "deploy" / "aws" / "template.yaml"
 DOCKERFILE = ROOT / "deploy" / "aws" / "Dockerfile"
 CFN_LINT = str(Path(sys.executable).with_name("cfn-lint"))
 BASE_IMAGE = "public.ecr.aws/lambda/python:3.12"
-TTL = next(f.default for f in fields(ChannelConfig) if f.name == "ttl_seconds")
+TTL = ChannelConfig().ttl_seconds  # what the channels give a queue as its retention
 
 Node = Any  # a template node: dict, list, str, int, bool
 
