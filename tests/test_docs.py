@@ -33,8 +33,11 @@ ELSEWHERE = {
     "docker": "needs a Docker engine",
     "faas-cli": "needs an OpenFaaS gateway",
     "arkade": "downloads binaries from the internet",
-    "curl": "downloads from the internet or calls a gateway",
+    "curl": "downloads from the internet, or calls a gateway or a function deployed on AWS",
     "aws": "needs an AWS account",
+    "sam": "builds the Lambda image in Docker and deploys it to an AWS account (neither here); "
+    "tests/test_aws_template.py lints and checks the template instead",
+    "awscurl": "signs a request to a coordinator deployed on AWS (no AWS account here)",
     "mc": "needs a MinIO client and server",
     "export": "sets variables for the commands that follow it",
     "cat": "writes a values file for helm",
