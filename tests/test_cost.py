@@ -274,8 +274,8 @@ def test_cost_can_be_built_from_the_three_documented_fields() -> None:
 
 
 def test_unknown_channel_is_an_input_error() -> None:
-    with pytest.raises(InputError, match="sqs"):
-        estimate(Usage("sqs"))
+    with pytest.raises(InputError, match="kafka"):
+        estimate(Usage("kafka"))
 
 
 @pytest.mark.parametrize(
