@@ -4,15 +4,16 @@ retrying transport failures and throttling (not refusals) within ``retry_seconds
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from fsd.channels.base import ChannelConfig
+from fsd.channels.base import ChannelConfig, Slot
 from fsd.errors import ChannelError
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LONG_POLL = 20  # SQS's maximum WaitTimeSeconds
+MAX_BATCH = 10  # SQS: messages per receive and per send, delete or visibility batch
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 REFUSED = (
     "AccessDenied",
@@ -87,3 +89,37 @@ def retry(op: Callable[[], T], where: str, what: str, seconds: float) -> T:
             log.debug("%s: %s failed (%s); retrying", where, what, exc)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def slot_text(slot: Slot) -> str:
+    """A slot as the text a message carries (``kind.layer.src.dst.chunk``)."""
+    return f"{slot.kind}.{slot.layer}.{slot.src}.{slot.dst}.{slot.chunk}"
+
+
+def parse_slot(text: object) -> Slot | None:
+    """The slot a message names, or None (messages are hostile until the MAC is checked)."""
+    parts = text.split(".") if isinstance(text, str) and len(text) <= 64 else []
+    if len(parts) != 5:
+        return None
+    try:
+        kind, layer, src, dst, chunk = (int(p) for p in parts)
+    except ValueError:
+        return None
+    return Slot(kind, layer, src, dst, chunk)
+
+
+def long_polls(receive: Callable[[int], list[Any]], deadline: float) -> Iterator[list[Any]]:
+    """Each non-empty batch ``receive(wait_seconds)`` answers, long-polling until ``deadline``."""
+    while (left := deadline - time.monotonic()) > 0:
+        messages = receive(min(LONG_POLL, max(1, math.ceil(left))))
+        if messages:
+            yield messages
+
+
+def delete_messages(sqs: Any, url: str, handles: list[str], me: int) -> None:
+    """Delete received messages (off the latency path: a failure only means a redelivery)."""
+    entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+    try:
+        sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+        log.debug("endpoint %d: delete failed (%s): the frames come again", me, e)

@@ -39,7 +39,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import botocore.exceptions
 
 from fsd import wire
-from fsd.channels.aws import LONG_POLL, aws_client, retry
+from fsd.channels.aws import (
+    MAX_BATCH,
+    aws_client,
+    delete_messages,
+    long_polls,
+    parse_slot,
+    retry,
+    slot_text,
+)
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
 
@@ -62,7 +69,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PUBLISH = 256 * 1024  # SNS standard topic: a message with its attributes, and a batch
-MAX_BATCH = 10
 _OVERHEAD = 512  # attributes (dst, run, slot) with their names and types, with room to spare
 _VISIBILITY = 30
 _LINGER = 0.005  # an outbox not drained by a poll or a full batch goes out after this
@@ -218,7 +224,7 @@ class SnsChannel(Channel):
         self._raise_late_failure()
 
     def _entry(self, slot: Slot, data: bytes) -> dict[str, Any]:
-        text = f"{slot.kind}.{slot.layer}.{slot.src}.{slot.dst}.{slot.chunk}"
+        text = slot_text(slot)
         return {
             "Id": "",
             "Message": base64.b64encode(data).decode("ascii"),
@@ -256,13 +262,9 @@ class SnsChannel(Channel):
     def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
         """Long-poll our slot's queue; hand other runs' frames back at once."""
         self.flush()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            wait = min(LONG_POLL, max(1, math.ceil(left)))
 
-            def receive(wait: int = wait) -> list[Any]:
+        def receive(wait: int) -> list[Any]:
+            def op() -> list[Any]:
                 self.stats.count("receive")
                 answer = self._sqs.receive_message(
                     QueueUrl=self._url,
@@ -272,9 +274,9 @@ class SnsChannel(Channel):
                 )
                 return list(answer.get("Messages", []))
 
-            messages = self._retry(receive, "receive")
-            if not messages:
-                continue
+            return self._retry(op, "receive")
+
+        for messages in long_polls(receive, deadline):
             accepted = False
             payload = 0
             mine, others = [], []
@@ -286,7 +288,7 @@ class SnsChannel(Channel):
                     others.append(m["ReceiptHandle"])
                     continue
                 mine.append(m["ReceiptHandle"])
-                slot = _parse_slot(attrs.get("slot", {}).get("StringValue", ""))
+                slot = parse_slot(attrs.get("slot", {}).get("StringValue", ""))
                 data = _decode(body, 2 * MAX_PUBLISH)
                 if slot is None or data is None:
                     log.debug("endpoint %d: dropped a message that is no frame", self.me)
@@ -313,12 +315,8 @@ class SnsChannel(Channel):
             log.debug("endpoint %d: could not hand frames back (%s)", self.me, e)
 
     def _delete(self, handles: list[str]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         self.stats.count("ack")
-        try:
-            self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
-            log.debug("endpoint %d: delete failed (%s): the frames come again", self.me, e)
+        delete_messages(self._sqs, self._url, handles, self.me)
 
     def close(self) -> None:
         try:
@@ -346,15 +344,3 @@ def _decode(body: str, limit: int) -> bytes | None:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         return None
-
-
-def _parse_slot(text: str) -> Slot | None:
-    """The slot a message names, or None (attributes are hostile until the MAC is checked)."""
-    parts = text.split(".") if isinstance(text, str) and len(text) <= 64 else []
-    if len(parts) != 5:
-        return None
-    try:
-        kind, layer, src, dst, chunk = (int(p) for p in parts)
-    except ValueError:
-        return None
-    return Slot(kind, layer, src, dst, chunk)

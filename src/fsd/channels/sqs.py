@@ -37,7 +37,6 @@ CreateQueue, ``list`` = GetQueueUrl-style lookups (none today), ``delete`` = Del
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +44,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
-from fsd.channels.aws import LONG_POLL, MISSING_QUEUE, aws_client, error_code, retry
+from fsd.channels.aws import (
+    MAX_BATCH,
+    MISSING_QUEUE,
+    aws_client,
+    delete_messages,
+    error_code,
+    long_polls,
+    parse_slot,
+    retry,
+    slot_text,
+)
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
 
@@ -57,7 +66,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_MESSAGE = 1024 * 1024  # SQS: a message (body + attributes) and a whole batch
-MAX_BATCH = 10
 ATTRIBUTE = "f"  # the Binary message attribute that carries the frame
 _OVERHEAD = 256  # body (the slot's name) + attribute name and type, with room to spare
 _VISIBILITY = 30  # a receiver that dies between receive and delete: others see it again then
@@ -127,12 +135,12 @@ class SqsChannel(Channel):
         entries = {
             str(i): {
                 "Id": str(i),
-                "MessageBody": _slot_text(slot),
+                "MessageBody": slot_text(slot),
                 "MessageAttributes": {ATTRIBUTE: {"DataType": "Binary", "BinaryValue": data}},
             }
             for i, (slot, data) in enumerate(batch)
         }
-        size = sum(len(_slot_text(s)) + len(ATTRIBUTE) + len("Binary") + len(d) for s, d in batch)
+        size = sum(len(slot_text(s)) + len(ATTRIBUTE) + len("Binary") + len(d) for s, d in batch)
 
         def op() -> None:
             while entries:
@@ -163,13 +171,9 @@ class SqsChannel(Channel):
 
     def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
         """Long-poll our queue until something is accepted, all is there, or ``deadline``."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            wait = min(LONG_POLL, max(1, math.ceil(left)))
 
-            def receive(wait: int = wait) -> list[Any]:
+        def receive(wait: int) -> list[Any]:
+            def op() -> list[Any]:
                 self.stats.count("receive")
                 answer = self._sqs.receive_message(
                     QueueUrl=self._url,
@@ -179,15 +183,15 @@ class SqsChannel(Channel):
                 )
                 return list(answer.get("Messages", []))
 
-            messages = self._retry(receive, "receive")
-            if not messages:
-                continue
+            return self._retry(op, "receive")
+
+        for messages in long_polls(receive, deadline):
             accepted = False
             payload = 0
             for m in messages:
                 data = m.get("MessageAttributes", {}).get(ATTRIBUTE, {}).get("BinaryValue", b"")
                 payload += len(m.get("Body", "")) + len(data)
-                slot = _parse_slot(m.get("Body", ""))
+                slot = parse_slot(m.get("Body", ""))
                 if slot is None or not isinstance(data, bytes):
                     log.debug("endpoint %d: dropped a message that names no slot", self.me)
                     continue
@@ -205,15 +209,9 @@ class SqsChannel(Channel):
             self._deletes.append(self._pool.submit(self._delete, handles))
 
     def _delete(self, handles: list[str]) -> None:
-        """Delete what was received (off the latency path; a failure only means a redelivery)."""
-        if not handles:
-            return
-        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
-        self.stats.count("ack")
-        try:
-            self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
-            log.debug("endpoint %d: delete failed (%s): the frames come again", self.me, e)
+        if handles:
+            self.stats.count("ack")
+            delete_messages(self._sqs, self._url, handles, self.me)
 
     # -- cleanup -------------------------------------------------------------------------------
 
@@ -236,22 +234,6 @@ class SqsChannel(Channel):
             fut.exception()
         self._deletes = []
         self._pool.shutdown(wait=True)
-
-
-def _slot_text(slot: Slot) -> str:
-    return f"{slot.kind}.{slot.layer}.{slot.src}.{slot.dst}.{slot.chunk}"
-
-
-def _parse_slot(text: str) -> Slot | None:
-    """The slot a message body names, or None (bodies are hostile until the MAC is checked)."""
-    parts = text.split(".") if isinstance(text, str) and len(text) <= 64 else []
-    if len(parts) != 5:
-        return None
-    try:
-        kind, layer, src, dst, chunk = (int(p) for p in parts)
-    except ValueError:
-        return None
-    return Slot(kind, layer, src, dst, chunk)
 
 
 def _batches(items: list[tuple[Slot, bytes]]) -> list[list[tuple[Slot, bytes]]]:
