@@ -714,13 +714,29 @@ IAM_ACTION = {
 }
 
 
-def channel_calls(module: str, client: str) -> set[str]:
-    """The IAM actions of what a channel module calls on ``self.<client>`` (KeyError: unmapped)."""
+def _source(module: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         pytest.skip(f"{module} not here")
-    source = Path(spec.origin).read_text()
-    return {IAM_ACTION[m] for m in re.findall(rf"self\.{client}\.(\w+)\(", source)}
+    return Path(spec.origin).read_text()
+
+
+def helper_calls() -> dict[str, set[str]]:
+    """What each shared helper of fsd.channels.aws calls on the client it is handed first."""
+    source = _source("fsd.channels.aws")
+    helpers = re.findall(r"\ndef (\w+)\((\w+): Any[^\n]*\n(.*?)(?=\ndef |\Z)", source, flags=re.S)
+    return {name: set(re.findall(rf"\b{arg}\.(\w+)\(", body)) for name, arg, body in helpers}
+
+
+def channel_calls(module: str, client: str) -> set[str]:
+    """The IAM actions of what a channel module calls on ``self.<client>``, itself or through
+    the shared helpers it hands that client to (KeyError: unmapped)."""
+    source = _source(module)
+    methods = set(re.findall(rf"self\.{client}\.(\w+)\(", source))
+    helpers = helper_calls()
+    for helper in re.findall(rf"(\w+)\(self\.{client}\b", source):
+        methods |= helpers.get(helper, set())
+    return {IAM_ACTION[m] for m in methods}
 
 
 @pytest.mark.parametrize(
