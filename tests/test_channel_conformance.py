@@ -1,4 +1,5 @@
-"""The conformance suite every transport must pass unchanged (add a factory to CHANNEL_KINDS)."""
+"""The conformance suite every transport must pass unchanged: every entry of the registry
+(:data:`fsd.channels.TRANSPORTS`) runs it, on the server its own ``embedded`` starts."""
 
 from __future__ import annotations
 
@@ -10,49 +11,22 @@ import numpy as np
 import pytest
 
 from fsd import auth, wire
-from fsd.channels import COORDINATOR, ChannelConfig, open_channel
+from fsd.channels import CHANNELS, COORDINATOR, ChannelConfig, open_channel, transport
 from fsd.channels.base import Slot
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, ChannelTimeout
 from fsd.model import Images, Network
 
-CHANNEL_KINDS = ["local", "nats", "s3", "sqs", "sns"]
 KEY = auth.new_secret()  # the deployment secret every endpoint of these tests shares
 
 
-@pytest.fixture(params=CHANNEL_KINDS)
+@pytest.fixture(scope="module", params=CHANNELS)
 def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
-    """A small frame limit everywhere, so chunking is exercised on every transport."""
-    kind = request.param
-    if kind == "local":
-        from fsd.channels.local import LocalMailbox
-
-        with LocalMailbox() as box:
-            yield ChannelConfig("local", box.address, max_frame=64 * 1024, secret=KEY)
-    elif kind == "nats":
-        server = request.getfixturevalue("nats_server")
-        yield ChannelConfig("nats", server.url, max_frame=64 * 1024, token=server.token, secret=KEY)
-    elif kind == "s3":
-        server = request.getfixturevalue("s3_server")
-        yield ChannelConfig(
-            "s3",
-            server.endpoint,
-            max_frame=64 * 1024,
-            access_key=server.access_key,
-            secret_key=server.secret_key,
-            secret=KEY,
-        )
-    elif kind in ("sqs", "sns"):
-        moto = request.getfixturevalue("moto_server")
-        yield ChannelConfig(
-            kind,
-            moto.endpoint,
-            max_frame=64 * 1024,
-            access_key=moto.access_key,
-            secret_key=moto.secret_key,
-            region=moto.region,
-            secret=KEY,
-        )
+    """Every transport in the registry, on the embedded server it starts itself (one per
+    transport for this module), with a small frame limit so chunking is exercised everywhere."""
+    base = ChannelConfig(request.param, max_frame=64 * 1024, secret=KEY)
+    with transport(request.param).embedded(base) as started:
+        yield started
 
 
 def _act(run_id: bytes, layer: int, src: int, dst: int, n: int, seed: int = 0) -> wire.Message:
@@ -150,7 +124,7 @@ def test_three_runs_at_once_without_cross_talk(config: ChannelConfig) -> None:
             ch.close()
 
 
-@pytest.mark.parametrize("workers", [2, 4, 8])
+@pytest.mark.parametrize("workers", [2, 8])  # 4: tests/test_transports.py runs fsd run with 4
 def test_exact_truth_through_the_channel(
     config: ChannelConfig, shared_net: Network, shared_images: Images, workers: int
 ) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fsd import cli
-from fsd.channels import CHANNELS
+from fsd.channels import CHANNELS, REMOTE_CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.cli import main
 from fsd.coordinator import DTYPES
@@ -315,7 +315,7 @@ def test_every_option_has_help_default_and_examples() -> None:
     assert choices[("fsd run", "dtype")] == DTYPES
     assert choices[("fsd model push", "partition")] == PARTITIONERS
     assert choices[("fsd invoke", "partition")] == PARTITIONERS
-    assert choices[("fsd invoke", "channel")] == ("nats", "s3")  # what a coordinator function runs
+    assert choices[("fsd invoke", "channel")] == REMOTE_CHANNELS  # what a coordinator function runs
 
 
 def test_help_is_plain_text() -> None:

@@ -8,6 +8,7 @@ only with ``-v``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -24,8 +25,8 @@ import numpy as np
 
 import fsd
 from fsd import invoke, lifetime, observe, plot, reference
-from fsd.channels import CHANNELS
-from fsd.channels.settings import aws_credentials_configured, channel_config
+from fsd.channels import CHANNELS, transport
+from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult, summary
@@ -34,7 +35,7 @@ from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import redact_text
-from fsd.services import MotoServer, NatsServer, NotInstalled, S3Server, require
+from fsd.services import NotInstalled
 
 log = logging.getLogger("fsd")
 
@@ -432,15 +433,6 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-#: The embedded server a channel starts when no address is configured.
-EMBEDDED = {"nats": NatsServer, "s3": S3Server, "sqs": MotoServer, "sns": MotoServer}
-
-
-def _on_aws(channel: str) -> bool:
-    """sqs/sns with no endpoint but with credentials: AWS itself, no embedded server."""
-    return channel in ("sqs", "sns") and aws_credentials_configured()
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     # channel, partition and dtype are argparse choices: checked before anything is loaded
     if args.plot is not None:  # fail before a long run, not after it
@@ -449,28 +441,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = channel_config(  # addresses checked before any loading or connecting
         args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
     )
-    if not settings.address and args.channel in EMBEDDED and not _on_aws(args.channel):
-        require(EMBEDDED[args.channel])  # not installed: say so before loading
-    t0 = time.perf_counter()
-    network, images = _load(args)
-    check_workers(args.workers, network.neurons)
-    config = RunConfig(
-        workers=args.workers,
-        channel=args.channel,
-        partition=args.partition,
-        dtype=args.dtype,
-        seed=args.seed,
-        timeout=args.timeout,
-        channel_config=settings,
-    )
-    prepared = prepare(network, config)
-    load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
-    bar = None if args.json else _Bar(network.depth)
-    try:
-        result = infer(prepared, images.matrix, config, bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    cls = transport(args.channel)
+    with contextlib.ExitStack() as stack:
+        if not cls.has_server(settings, os.environ):  # not installed: said before loading
+            settings = stack.enter_context(cls.embedded(settings))
+        t0 = time.perf_counter()
+        network, images = _load(args)
+        check_workers(args.workers, network.neurons)
+        config = RunConfig(
+            workers=args.workers,
+            channel=args.channel,
+            partition=args.partition,
+            dtype=args.dtype,
+            seed=args.seed,
+            timeout=args.timeout,
+            channel_config=settings,
+        )
+        prepared = prepare(network, config)
+        load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
+        bar = None if args.json else _Bar(network.depth)
+        try:
+            result = infer(prepared, images.matrix, config, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     result.load_seconds = load_seconds
     _check(result, network, images)
     model = args.data.resolve().name if args.data is not None else "generated"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd import auth, cost, kernels, wire
-from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel
-from fsd.channels.base import OPS
+from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel, transport
 from fsd.errors import ChannelError, FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
@@ -155,53 +155,14 @@ def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
             "no deployment secret to authenticate frames and workers: set FSD_RUN_KEY "
             "(functions: mount the fsd-run-key secret)"
         )
-    if cc.address:
+    cls = transport(cc.kind)
+    if cls.has_server(cc, os.environ):
         yield cc
-    elif cc.kind == "local":
-        from fsd.channels.local import LocalMailbox  # noqa: PLC0415
-
-        with LocalMailbox() as mailbox:
-            yield dataclasses.replace(cc, address=mailbox.address)
-    elif cc.kind == "nats":
-        from fsd.services import NatsServer  # noqa: PLC0415
-
-        log.info("no NATS URL configured: starting an embedded nats-server")
-        with NatsServer() as nats_server:
-            yield dataclasses.replace(
-                cc, address=nats_server.url, token=nats_server.token, user="", password=""
-            )
-    elif cc.kind == "s3":
-        from fsd.services import S3Server  # noqa: PLC0415
-
-        log.info("no S3 endpoint configured: starting an embedded SeaweedFS S3 server")
-        with S3Server() as s3_server:
-            yield dataclasses.replace(
-                cc,
-                address=s3_server.endpoint,
-                access_key=s3_server.access_key,
-                secret_key=s3_server.secret_key,
-                bucket=s3_server.bucket,
-                region=s3_server.region,
-            )
-    elif cc.kind in ("sqs", "sns"):
-        from fsd.channels.settings import aws_credentials_configured  # noqa: PLC0415
-
-        if aws_credentials_configured():  # no endpoint named: AWS itself
-            yield cc
-            return
-        from fsd.services import MotoServer  # noqa: PLC0415
-
-        log.info("no AWS endpoint or credentials configured: starting an embedded moto_server")
-        with MotoServer() as moto:
-            yield dataclasses.replace(
-                cc,
-                address=moto.endpoint,
-                access_key=moto.access_key,
-                secret_key=moto.secret_key,
-                region=moto.region,
-            )
+    elif config.launcher != "local":  # an embedded server on loopback is out of their reach
+        raise ChannelError(f"{cc.kind}: no server configured for remote workers ({cls.SERVER})")
     else:
-        raise InputError(f"unknown channel {cc.kind!r}; choose one of {', '.join(CHANNELS)}")
+        with cls.embedded(cc) as started:
+            yield started
 
 
 def _split_inputs(
@@ -338,6 +299,25 @@ def infer(
     return result
 
 
+def _counted_ops(
+    worker: int, names: np.ndarray, counts: np.ndarray, known: dict[str, int]
+) -> dict[str, int]:
+    """A worker's counted operations, by name: each must be one this transport counts."""
+    try:
+        listed = bytes(names).decode("ascii").split("\n") if len(names) else []
+    except UnicodeDecodeError:
+        raise WorkerError(worker, "malformed RESULT: operation names are not ASCII") from None
+    values = counts.tolist()
+    if len(listed) != len(values) or len(set(listed)) != len(listed):
+        raise WorkerError(worker, "malformed RESULT: operation names and counts do not pair")
+    unknown = [name for name in listed if name not in known]
+    if unknown:
+        raise WorkerError(worker, f"malformed RESULT: unknown operation {unknown[0][:32]!r}")
+    if any(not isinstance(n, int) or not 0 <= n < 1 << 53 for n in values):
+        raise WorkerError(worker, "malformed RESULT: an operation count out of range")
+    return dict(zip(listed, values, strict=True))
+
+
 def _summarise(
     prepared: Prepared,
     config: RunConfig,
@@ -359,12 +339,14 @@ def _summarise(
     walls = [seconds]  # the coordinator runs as long as the inference
     rejected = channel.stats.rejected
     for p, msg in results.items():
-        if len(msg.arrays) != 9:
-            raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 9")
-        rows, row_sums, compute[p], comm[p], sent[p], msgs[p], counted, wall, refused = msg.arrays
+        if len(msg.arrays) != 10:
+            raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 10")
+        rows, row_sums, compute[p], comm[p], sent[p], msgs[p], names, counted, wall, refused = (
+            msg.arrays
+        )
         rejected += int(refused[0])
-        for op, n in zip(OPS, counted.tolist(), strict=True):
-            ops[op] += int(n)
+        for op, n in _counted_ops(p, names, counted, ops).items():
+            ops[op] += n
         walls.append(float(wall[0]))
         rows = rows.astype(np.int64)
         alive[rows] = True
@@ -401,20 +383,10 @@ def _summarise(
         worker_comm=comm,
         run_id=channel.run.hex(),
         cost=cost.estimate(
-            cost.Usage(
-                channel=config.channel,
-                publishes=ops["publish"],
-                publish_units=ops["publish_units"],
-                publish_bytes=input_bytes + int(sent.sum()) + result_bytes,
-                receives=ops["receive"],
-                receive_units=ops["receive_units"],
-                acks=ops["ack"],
-                puts=ops["put"],
-                gets=ops["get"] + ops["get_miss"],
-                lists=ops["list"],
-                invocations=workers + 1,
-                gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
-            )
+            transport(config.channel).BILLING,
+            ops,
+            invocations=workers + 1,
+            gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
         ),
     )
 

@@ -1,10 +1,14 @@
 """What a run would cost at AWS list prices, so channels can be compared in dollars, not just bytes.
 
-fsd's channels have cloud counterparts: ``nats`` is priced as SNS + SQS (publish to a topic,
-each message enqueued to a worker's queue, received, deleted), ``s3`` as S3 requests, and ``local``
-(one machine) has no transport counterpart. Worker and coordinator functions are priced as Lambda
-on every channel. Free tiers, volume discounts and data transfer inside the region are ignored:
-the estimate is for one run at the marginal list price, which is what comparing channels needs.
+Each transport counts its own operations (``Channel.OPS``) and declares how its cloud
+counterpart bills them (``Channel.BILLING``: operation -> billed items and how many of each);
+this module holds the prices and adds it up, so a new transport brings its own billing and
+nothing here changes unless it needs a new price. ``sqs``, ``sns`` and ``s3`` are priced as
+themselves; ``nats`` as SNS + SQS (publish to a topic, deliver to a worker's queue, receive,
+delete); ``local`` (one machine) has no transport counterpart. Worker and coordinator functions
+are priced as Lambda on every channel. Free tiers, volume discounts and data transfer inside the
+region are ignored: the estimate is for one run at the marginal list price, which is what
+comparing channels needs.
 
 Units: a "GB" is 2**30 bytes everywhere in this module (as Lambda's MB/1024 is), a "64 KB chunk" is
 65536 bytes. Nothing is rounded internally; only :meth:`Cost.to_json` rounds for display.
@@ -13,57 +17,49 @@ Units: a "GB" is 2**30 bytes everywhere in this module (as Lambda's MB/1024 is),
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
 from fsd.errors import InputError
 
 GIB = 2**30  # a billed "GB" in this module
-SQS_DELETE_BATCH = 10  # DeleteMessageBatch removes up to 10 messages per request
-CHANNELS = ("nats", "s3", "sqs", "sns", "local")
 
 
 @dataclass(frozen=True)
 class Prices:
-    """AWS list prices, us-east-1, in USD; the one place to update when AWS changes them."""
+    """AWS list prices, us-east-1, in USD per billed item; the one place to update when AWS
+    changes them. Each field is a rate a transport's ``BILLING`` may name."""
 
-    # Amazon SNS standard topic: $0.50 per 1 million API requests (Publish), each 64 KB chunk = 1
-    sns_publish_per_million: float = 0.50
-    # Amazon SNS: $0.09 per GB of data published (GB = 2**30 bytes here)
-    sns_data_per_gb: float = 0.09
-    # Amazon SQS standard queue: $0.40 per 1 million requests (first 100 B/month tier), 64 KB chunks
-    sqs_per_million: float = 0.40
+    # Amazon SNS standard topic: $0.50 per 1 million requests, each 64 KB chunk of a publish = 1
+    # (a PublishBatch: its total payload, per 64 KB)
+    sns_publish: float = 0.50 / 1e6
+    # Amazon SNS: deliveries to SQS queues are not charged, and filter policies on message
+    # attributes are free (https://aws.amazon.com/sns/pricing/); counted so the bill shows them
+    sns_delivery: float = 0.0
+    # Amazon SQS standard queue: $0.40 per 1 million requests (first 100 B/month tier), every API
+    # action, each 64 KB chunk of a payload = 1 (https://aws.amazon.com/sqs/pricing/)
+    sqs_request: float = 0.40 / 1e6
     # Amazon S3 Standard: $0.005 per 1,000 PUT, COPY, POST, LIST requests
-    s3_put_per_thousand: float = 0.005
+    s3_put: float = 0.005 / 1e3
     # Amazon S3 Standard: $0.0004 per 1,000 GET, SELECT and all other requests (DELETE is free)
-    s3_get_per_thousand: float = 0.0004
+    s3_get: float = 0.0004 / 1e3
     # AWS Lambda x86: $0.0000166667 per GB-second of duration (first 6 B GB-s/month tier)
-    lambda_per_gb_second: float = 0.0000166667
+    lambda_gb_second: float = 0.0000166667
     # AWS Lambda: $0.20 per 1 million requests (invocations)
-    lambda_per_million_requests: float = 0.20
+    lambda_request: float = 0.20 / 1e6
     # when these list prices were taken, shown with every estimate
     as_of: str = "2026-06"
 
+    def rate(self, item: str) -> float:
+        """The price of one ``item``; :class:`InputError` for a name that is not a rate."""
+        if item == "as_of" or item not in RATES:
+            raise InputError(f"unknown billed item {item!r}: expected one of {', '.join(RATES)}")
+        value: float = getattr(self, item)
+        return value
+
 
 PRICES = Prices()
-
-
-@dataclass
-class Usage:
-    """What a run consumed, counted by the channel and the launcher; all counts are per run."""
-
-    channel: str  # "nats" | "s3" | "local"
-    publishes: int = 0  # messages published (nats)
-    publish_units: int = 0  # sum over published messages of units_64k(size)
-    publish_bytes: int = 0  # payload bytes published (SNS data)
-    receives: int = 0  # receive/fetch requests (nats -> SQS ReceiveMessage), empty ones included
-    receive_units: int = 0  # sum over receive requests of units_64k(payload received)
-    acks: int = 0  # acknowledgements (SQS DeleteMessage, billed in batches of 10)
-    puts: int = 0  # s3 PUT
-    gets: int = 0  # s3 GET, including GETs that found nothing yet (404s are billed)
-    lists: int = 0  # s3 LIST (billed at the PUT price)
-    invocations: int = 0  # function invocations (workers + coordinator)
-    gb_seconds: float = 0.0  # sum over functions of memory GB x billed seconds
+RATES = tuple(f.name for f in fields(Prices) if f.name != "as_of")
 
 
 @dataclass
@@ -102,64 +98,42 @@ def lambda_gb_seconds(seconds_per_function: Iterable[float], memory_mb: int) -> 
     return billed_ms / 1000 * (memory_mb / 1024)
 
 
-def _check(usage: Usage) -> None:
-    if usage.channel not in CHANNELS:
-        raise InputError(
-            f"unknown channel {usage.channel!r}: expected one of {', '.join(CHANNELS)}"
-        )
-    for f in fields(usage):
-        value = getattr(usage, f.name)
-        if f.name == "channel":
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"usage.{f.name} must be finite, got {value}")
-        if value < 0:
-            raise InputError(f"usage.{f.name} must be >= 0, got {value}")
+Billing = Mapping[str, tuple[tuple[str, float], ...]]
+"""Counted operation -> ``(billed item, how many per operation)`` (``Channel.BILLING``)."""
 
 
-def estimate(usage: Usage, prices: Prices = PRICES) -> Cost:
-    """Price a run's usage as its channel's cloud counterpart plus Lambda.
+def estimate(
+    billing: Billing,
+    ops: Mapping[str, int],
+    *,
+    invocations: int = 0,
+    gb_seconds: float = 0.0,
+    prices: Prices = PRICES,
+) -> Cost:
+    """Price a run's counted operations with its transport's ``billing``, plus Lambda.
 
-    The breakdown lists every item of the channel's counterpart (even at $0, so it shows how the run
-    was priced) and the two Lambda items when any function ran. Counts for another channel's
-    transport (e.g. ``puts`` on ``nats``) are ignored. Each message and each receive request is at
-    least one 64 KB unit, so billed units are never fewer than ``publishes`` / ``receives``.
+    The breakdown lists every item the billing names (even at $0, so it shows how the run was
+    priced) and the two Lambda items when any function ran; ``requests`` says how many of each
+    billed item the run used. Operations the billing does not name are free (an S3 DELETE).
     """
-    _check(usage)
-    breakdown: dict[str, float] = {}
-    requests: dict[str, int] = {}
-    if usage.channel in ("nats", "sns"):
-        publish_units = max(usage.publishes, usage.publish_units)
-        receive_units = max(usage.receives, usage.receive_units)
-        # each SNS->SQS delivery is an SQS send of the same size; then receive and delete
-        # nats counts each acked message, sns each DeleteMessageBatch (or hand-back) request
-        deletes = usage.acks if usage.channel == "sns" else -(-usage.acks // SQS_DELETE_BATCH)
-        sqs = publish_units + receive_units + deletes
-        requests["sns_publish"] = publish_units
-        requests["sqs"] = sqs
-        breakdown["sns_publish"] = publish_units * prices.sns_publish_per_million / 1e6
-        breakdown["sns_data"] = usage.publish_bytes / GIB * prices.sns_data_per_gb
-        breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
-    elif usage.channel == "sqs":
-        # SendMessageBatch and ReceiveMessage per 64 KB unit, DeleteMessageBatch (``acks`` counts
-        # requests here) and CreateQueue (``puts``) one each
-        sqs = (
-            max(usage.publishes, usage.publish_units)
-            + max(usage.receives, usage.receive_units)
-            + usage.acks
-            + usage.puts
-        )
-        requests["sqs"] = sqs
-        breakdown["sqs"] = sqs * prices.sqs_per_million / 1e6
-    elif usage.channel == "s3":
-        requests["s3_put"] = usage.puts
-        requests["s3_list"] = usage.lists
-        requests["s3_get"] = usage.gets
-        breakdown["s3_put"] = usage.puts * prices.s3_put_per_thousand / 1e3
-        breakdown["s3_list"] = usage.lists * prices.s3_put_per_thousand / 1e3
-        breakdown["s3_get"] = usage.gets * prices.s3_get_per_thousand / 1e3
-    if usage.invocations > 0 or usage.gb_seconds > 0:
-        requests["lambda_requests"] = usage.invocations
-        breakdown["lambda_compute"] = usage.gb_seconds * prices.lambda_per_gb_second
-        breakdown["lambda_requests"] = usage.invocations * prices.lambda_per_million_requests / 1e6
+    for op, n in ops.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError(f"operation {op!r}: the count must be a whole number >= 0, got {n}")
+    if isinstance(invocations, bool) or not isinstance(invocations, int) or invocations < 0:
+        raise InputError(f"invocations must be a whole number >= 0, got {invocations}")
+    if not math.isfinite(gb_seconds) or gb_seconds < 0:
+        raise InputError(f"gb_seconds must be a finite number >= 0, got {gb_seconds}")
+    units: dict[str, float] = {}
+    for op, items in billing.items():
+        for item, weight in items:
+            prices.rate(item)  # a misspelt item fails here, not silently at $0
+            if not math.isfinite(weight) or weight < 0:
+                raise InputError(f"{op}: a billed weight must be finite and >= 0, got {weight}")
+            units[item] = units.get(item, 0.0) + weight * ops.get(op, 0)
+    breakdown = {item: n * prices.rate(item) for item, n in units.items()}
+    requests = {item: math.ceil(round(n, 6)) for item, n in units.items()}
+    if invocations > 0 or gb_seconds > 0:
+        requests["lambda_request"] = invocations
+        breakdown["lambda_gb_second"] = gb_seconds * prices.lambda_gb_second
+        breakdown["lambda_request"] = invocations * prices.lambda_request
     return Cost(math.fsum(breakdown.values()), breakdown, requests, prices)

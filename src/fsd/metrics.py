@@ -42,7 +42,7 @@ class RunResult:
     correct: bool | None = None
     checked_against: str | None = None  # "truth" or "oracle"
     load_seconds: float = 0.0
-    ops: dict[str, int] = field(default_factory=dict)  # transport operations (fsd.channels.OPS)
+    ops: dict[str, int] = field(default_factory=dict)  # counted by name (Channel.OPS)
     frames_rejected: int = 0  # frames dropped by any endpoint: forged, damaged, misplaced
     cost: Cost | None = None
     # per worker and layer: seconds computing and communicating, shape (workers, layers)

@@ -24,6 +24,8 @@ class S3Settings(Protocol):
     @property
     def secret_key(self) -> str: ...
     @property
+    def session_token(self) -> str: ...
+    @property
     def region(self) -> str: ...
     @property
     def connect_timeout(self) -> float: ...
@@ -47,6 +49,7 @@ def minio_client(
         parts.netloc,
         access_key=config.access_key or None,
         secret_key=config.secret_key or None,
+        session_token=config.session_token or None,
         secure=parts.scheme == "https",
         region=config.region,
         http_client=http,

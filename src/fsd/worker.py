@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fsd import kernels, untrusted, wire
-from fsd.channels.base import COORDINATOR, OPS, Channel
+from fsd.channels.base import COORDINATOR, Channel
 from fsd.errors import FsdError, InputError, RunAborted, WireError
 from fsd.shard import LayerShard
 from fsd.task import WorkerTask
@@ -228,9 +228,11 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
         if len(alive)
         else (np.empty(0))
     )
-    ops = np.array([channel.stats.ops[op] for op in OPS], np.int64)
+    # counted operations by name ("\n"-separated), so the coordinator needs no fixed order
+    names = np.frombuffer("\n".join(channel.stats.ops).encode("ascii"), np.uint8)
+    counts = np.array(list(channel.stats.ops.values()), np.int64)
     wall = np.array([time.perf_counter() - started])
     rejected = np.array([channel.stats.rejected], np.int64)
     header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
-    arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, ops, wall, rejected]
+    arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, names, counts, wall, rejected]
     channel.send(wire.Message(header, arrays))

@@ -1,12 +1,17 @@
-"""What the AWS transports (``sqs``, ``sns``) share: a boto3 client from a ChannelConfig, and
-retrying transport failures and throttling (not refusals) within ``retry_seconds``."""
+"""What the AWS transports (``sqs``, ``sns``) share: their settings (boto3's own endpoint
+variables and credential chain), an embedded ``moto_server`` when neither names AWS, a boto3
+client from a ChannelConfig, and retrying transport failures and throttling (not refusals)
+within ``retry_seconds``."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import boto3
@@ -15,6 +20,7 @@ import botocore.exceptions
 
 from fsd.channels.base import ChannelConfig, Slot
 from fsd.errors import ChannelError
+from fsd.urls import check_s3_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,91 @@ REFUSED = (
 )
 
 
-def aws_client(config: ChannelConfig, service: str, *, pool: int = 16) -> Any:
-    """A boto3 client for ``service`` at ``config.address`` (empty: AWS's own endpoint).
+#: What tells boto3 where credentials are, besides instance metadata (which a laptop lacks
+#: and asking for costs seconds): https://docs.aws.amazon.com/sdkref/latest/guide/standardized-credentials.html
+AWS_CREDENTIAL_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def aws_credentials_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether boto3 would find AWS credentials without asking instance metadata."""
+    env = os.environ if env is None else env
+    if any(env.get(name) for name in AWS_CREDENTIAL_VARS):
+        return True
+    home = os.path.expanduser("~")
+    files = (
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"),
+        env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
+    )
+    return any(os.path.isfile(f) for f in files)
+
+
+def aws_endpoint_setting(service: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """``(variable, endpoint)`` of ``service`` (``sqs``, ``sns``) as the AWS SDKs read them
+    (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html); ``("", "")``:
+    AWS's own endpoints."""
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return "", ""
+    for name in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
+        value = env.get(name, "")
+        if value:
+            return name, value
+    return "", ""
+
+
+def aws_settings(config: ChannelConfig, env: Mapping[str, str], kind: str) -> ChannelConfig:
+    """``sqs``/``sns`` settings: the endpoints, ``FSD_AWS_PREFIX`` and the region; keys stay
+    with boto3's own chain (environment, shared files, the function's role)."""
+    source, endpoint = aws_endpoint_setting(kind, env)
+    queue_source, queue_endpoint = aws_endpoint_setting("sqs", env)
+    for name, url in ((source, endpoint), (queue_source, queue_endpoint)):
+        if url:
+            check_s3_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
+    region = env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or config.region
+    if kind == "sns" and endpoint and not queue_endpoint:  # SNS elsewhere, SQS AWS's own
+        queue_endpoint = f"https://sqs.{region}.amazonaws.com"
+    return dataclasses.replace(
+        config,
+        address=endpoint,
+        queue_address=queue_endpoint if kind == "sns" and queue_endpoint != endpoint else "",
+        namespace=env.get("FSD_AWS_PREFIX", "") or config.namespace,
+        region=region,
+    )
+
+
+def aws_has_server(config: ChannelConfig, env: Mapping[str, str]) -> bool:
+    """An endpoint is named, or AWS itself is (credentials are configured)."""
+    return bool(config.address or config.queue_address) or aws_credentials_configured(env)
+
+
+@contextmanager
+def moto_server(config: ChannelConfig) -> Iterator[ChannelConfig]:
+    """An embedded ``moto_server`` (the ``embedded`` extra) standing in for SQS and SNS."""
+    from fsd.services import MotoServer  # noqa: PLC0415 (only when one is needed)
+
+    log.info("no AWS endpoint or credentials configured: starting an embedded moto_server")
+    with MotoServer() as moto:
+        yield dataclasses.replace(
+            config,
+            address=moto.endpoint,
+            queue_address="",
+            access_key=moto.access_key,
+            secret_key=moto.secret_key,
+            session_token="",
+            region=moto.region,
+        )
+
+
+def aws_client(
+    config: ChannelConfig, service: str, *, address: str | None = None, pool: int = 16
+) -> Any:
+    """A boto3 client for ``service`` at ``address`` (default ``config.address``; empty: the
+    endpoint boto3 itself resolves, AWS's own unless its variables name another).
 
     Keys come from the config when it has them (an embedded server's), else from boto3's own
     chain (environment, shared files, the Lambda or container role). No client retries: the
@@ -44,6 +133,7 @@ def aws_client(config: ChannelConfig, service: str, *, pool: int = 16) -> Any:
     session = boto3.session.Session(
         aws_access_key_id=config.access_key or None,
         aws_secret_access_key=config.secret_key or None,
+        aws_session_token=config.session_token or None,
         region_name=config.region,
     )
     settings = botocore.config.Config(
@@ -53,7 +143,8 @@ def aws_client(config: ChannelConfig, service: str, *, pool: int = 16) -> Any:
         max_pool_connections=pool,
     )
     client = session.client  # service is a plain str: the stubs only type literal names
-    return client(service, endpoint_url=config.address or None, config=settings)  # type: ignore[call-overload]
+    endpoint = config.address if address is None else address
+    return client(service, endpoint_url=endpoint or None, config=settings)  # type: ignore[call-overload]
 
 
 def error_code(exc: botocore.exceptions.ClientError) -> str:

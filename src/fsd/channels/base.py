@@ -24,10 +24,13 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fsd import auth, wire
+from fsd.cost import Billing
 from fsd.errors import ChannelError, ChannelTimeout, InputError, RunAborted, WireError
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ _REJECTIONS_LOGGED = 20  # per endpoint; later ones are counted and logged at de
 _ABORT_AFTER = 1.0  # a worker waiting this long also looks for the coordinator's ABORT
 
 
+@contextmanager
+def _no_server(name: str, server: str) -> Iterator[ChannelConfig]:
+    raise ChannelError(f"{name}: no server configured ({server}) and none can be started here")
+    yield  # pragma: no cover (a generator that raises first)
+
+
 def _check_seconds(name: str, value: float, lo: float, hi: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
         raise InputError(f"{name} must be a finite number of seconds in [{lo:g}, {hi:g}]")
@@ -78,8 +87,10 @@ class ChannelConfig:
     ttl_seconds: float = 3600.0  # abandoned runs' messages and consumers expire after this
     bucket: str = "fsd"  # s3
     region: str = "us-east-1"  # s3
-    access_key: str = field(default="", repr=False)  # s3
-    secret_key: str = field(default="", repr=False)  # s3
+    access_key: str = field(default="", repr=False)  # s3, sqs, sns (else boto3's own chain)
+    secret_key: str = field(default="", repr=False)  # s3, sqs, sns
+    session_token: str = field(default="", repr=False)  # temporary keys (a Lambda role's)
+    queue_address: str = ""  # sns: the SQS endpoint when not ``address`` (SNS's)
     creds_file: str = ""  # nats: a .creds file (JWT + NKey seed)
     token: str = field(default="", repr=False)  # nats
     user: str = field(default="", repr=False)  # nats
@@ -117,41 +128,55 @@ class Slot:
 _Key = tuple[int, int, int]  # kind, layer, src: one message to this endpoint
 
 
-#: Transport operations counted per endpoint, in the fixed order a worker reports them.
-OPS = (
-    "publish",  # nats: frames published
-    "publish_units",  # nats: the same in 64 KiB units (how SNS and SQS bill payloads)
-    "receive",  # nats: frames delivered to this endpoint
-    "receive_units",
-    "ack",  # nats: acknowledgements sent
-    "put",  # s3: PUT requests
-    "get",  # s3: GETs that found their object
-    "get_miss",  # s3: GETs that did not (yet): billed all the same
-    "list",  # s3
-    "delete",  # s3: objects deleted (free on AWS)
-)
-
-
 @dataclass
 class ChannelStats:
+    """What one endpoint put on its transport, and the operations it counted (by name: each
+    transport declares its own in :attr:`Channel.OPS`)."""
+
     messages: int = 0  # frames put on the transport (chunks count one each)
     bytes: int = 0
-    requests: int = 0  # transport operations billed by a cloud (publish, put, get, ...)
-    ops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
+    ops: dict[str, int] = field(default_factory=dict)
     rejected: int = 0  # frames dropped: bad MAC, not where they were found, malformed
 
     def count(self, op: str, n: int = 1) -> None:
         self.ops[op] += n
-        if op not in ("publish_units", "receive_units", "delete"):
-            self.requests += n
 
 
 class Channel(ABC):
     """One endpoint (worker or coordinator) of one run.
 
     A transport subclass implements :meth:`_transmit` and :meth:`_poll` (and may lower
-    ``self.frame_limit`` to its own payload limit); everything else happens here.
+    ``self.frame_limit`` to its own payload limit); everything else happens here. What the rest
+    of fsd needs to know about a transport is declared on its class, so that adding one is its
+    module plus one entry in :data:`fsd.channels.TRANSPORTS`: the operations it counts and how a
+    cloud bills them, how it reads its settings, and the embedded server it can start.
     """
+
+    OPS: ClassVar[tuple[str, ...]] = ()
+    """The operations this transport counts (``stats.ops``); workers report them by name."""
+    BILLING: ClassVar[Billing] = {}
+    """How its cloud counterpart bills each counted operation (:func:`fsd.cost.estimate`)."""
+    SERVER: ClassVar[str] = ""
+    """What names its server, for messages: the flag or variable a user sets."""
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        """``config`` completed from ``flags`` (they win) and ``env``, every address checked
+        before any connection; :class:`InputError` names the setting at fault."""
+        return config
+
+    @classmethod
+    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
+        """Whether ``config`` reaches a server (else: start :meth:`embedded`, or refuse)."""
+        return bool(config.address)
+
+    @classmethod
+    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
+        """Start a server of this transport on this machine for as long as the context lasts;
+        yields ``config`` pointing at it."""
+        return _no_server(cls.__name__, cls.SERVER)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         if not isinstance(run, bytes) or len(run) != wire.RUN_ID_BYTES:
@@ -165,7 +190,7 @@ class Channel(ABC):
         self.config = config
         self.run = run
         self.me = me
-        self.stats = ChannelStats()
+        self.stats = ChannelStats(ops=dict.fromkeys(self.OPS, 0))
         self.frame_limit = config.max_frame  # a transport may lower it (e.g. a payload limit)
         self._frame_key = auth.frame_key(config.secret, run)
         self._assembler = wire.Reassembler(max_message_bytes=wire.MAX_BODY)

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -49,8 +51,9 @@ from nats.js.api import (
 )
 
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
-from fsd.errors import ChannelError, WireError
+from fsd.errors import ChannelError, InputError, WireError
 from fsd.redact import redact, redact_text
+from fsd.urls import check_nats_url
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,47 @@ class _Pending:
 
 class NatsChannel(Channel):
     """One endpoint of one run on a JetStream stream."""
+
+    OPS = ("publish", "publish_units", "receive", "receive_units", "ack")
+    # priced as its AWS counterpart: SNS publishes, each delivered to one SQS queue (free),
+    # received there and deleted (DeleteMessageBatch takes 10 acknowledgements)
+    BILLING = {
+        "publish_units": (("sns_publish", 1.0), ("sns_delivery", 1.0)),
+        "receive_units": (("sqs_request", 1.0),),
+        "ack": (("sqs_request", 0.1),),
+    }
+    SERVER = "--nats-url or FSD_NATS_URL"
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        creds = env.get("FSD_NATS_CREDS", "")
+        if creds and not os.path.isfile(creds):
+            raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
+        flag = flags.get("nats_url", "")
+        address = flag or env.get("FSD_NATS_URL", "")
+        if address:
+            check_nats_url(address, "--nats-url" if flag else "FSD_NATS_URL")
+        return dataclasses.replace(
+            config,
+            address=address,
+            creds_file=creds,
+            token=env.get("FSD_NATS_TOKEN", ""),
+            user=env.get("FSD_NATS_USER", ""),
+            password=env.get("FSD_NATS_PASSWORD", ""),
+        )
+
+    @classmethod
+    @contextlib.contextmanager
+    def embedded(cls, config: ChannelConfig) -> Iterator[ChannelConfig]:
+        from fsd.services import NatsServer  # noqa: PLC0415 (only when one is needed)
+
+        log.info("no NATS URL configured: starting an embedded nats-server")
+        with NatsServer() as server:
+            yield dataclasses.replace(
+                config, address=server.url, token=server.token, user="", password="", creds_file=""
+            )
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)

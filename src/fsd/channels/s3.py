@@ -14,10 +14,12 @@ run's prefix). Abandoned runs are for the bucket's lifecycle rule (docs/channels
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -25,8 +27,9 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot
-from fsd.errors import ChannelError
+from fsd.errors import ChannelError, InputError
 from fsd.s3client import delete_prefix, minio_client
+from fsd.urls import check_s3_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,81 @@ def _endpoint_token(endpoint: int) -> str:
     return "c" if endpoint == COORDINATOR else str(endpoint)
 
 
+#: Where the S3 endpoint comes from when no flag names it, first found wins: fsd's own variable,
+#: then the AWS SDKs' service-specific and global ones, in the SDKs' own order
+#: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html).
+S3_ENDPOINT_VARS = ("FSD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint_setting(flag: str | None, env: Mapping[str, str]) -> tuple[str, str]:
+    """``(where it came from, endpoint)``; ``("", "")`` when nothing names one.
+
+    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` makes the AWS variables ignored, as in the SDKs.
+    """
+    if flag:
+        return "--s3-endpoint", flag
+    ignore_aws = env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true"
+    for name in S3_ENDPOINT_VARS:
+        if ignore_aws and name.startswith("AWS_"):
+            break
+        value = env.get(name, "")
+        if value:
+            return name, value
+    return "", ""
+
+
 class S3Channel(Channel):
     """One endpoint of one run on a bucket."""
+
+    OPS = ("put", "get", "get_miss", "list", "delete")
+    # https://aws.amazon.com/s3/pricing/: PUT, COPY, POST, LIST at one price, GET and all other
+    # requests at another, a GET that finds nothing billed all the same; DELETE is free
+    BILLING = {
+        "put": (("s3_put", 1.0),),
+        "list": (("s3_put", 1.0),),
+        "get": (("s3_get", 1.0),),
+        "get_miss": (("s3_get", 1.0),),
+    }
+    SERVER = "--s3-endpoint or FSD_S3_ENDPOINT"
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        bucket = flags.get("s3_bucket", "") or env.get("FSD_S3_BUCKET", "") or config.bucket
+        if not 3 <= len(bucket) <= 63 or not bucket.replace("-", "").replace(".", "").isalnum():
+            raise InputError(f"invalid S3 bucket name {bucket!r}")
+        if bucket != bucket.lower():
+            raise InputError(f"S3 bucket names are lower case: {bucket!r}")
+        source, endpoint = s3_endpoint_setting(flags.get("s3_endpoint"), env)
+        if endpoint:
+            check_s3_endpoint(endpoint, source)
+        return dataclasses.replace(
+            config,
+            address=endpoint,
+            bucket=bucket,
+            region=env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or config.region,
+            access_key=env.get("AWS_ACCESS_KEY_ID", ""),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            session_token=env.get("AWS_SESSION_TOKEN", ""),
+        )
+
+    @classmethod
+    @contextlib.contextmanager
+    def embedded(cls, config: ChannelConfig) -> Iterator[ChannelConfig]:
+        from fsd.services import S3Server  # noqa: PLC0415 (only when one is needed)
+
+        log.info("no S3 endpoint configured: starting an embedded SeaweedFS S3 server")
+        with S3Server() as server:
+            yield dataclasses.replace(
+                config,
+                address=server.endpoint,
+                access_key=server.access_key,
+                secret_key=server.secret_key,
+                session_token="",
+                bucket=server.bucket,
+                region=server.region,
+            )
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)

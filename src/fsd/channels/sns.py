@@ -28,9 +28,13 @@ Activations wait a moment in an outbox and go out together, up to 10 per Publish
 their receivers (the topic routes them): a worker publishes a layer in about W/10 requests, where
 SQS needs one SendMessageBatch per receiver.
 
-Counted operations: ``publish`` = PublishBatch requests, ``publish_units`` = their 64 KB units,
-``receive`` = ReceiveMessage requests, ``receive_units``, ``ack`` = DeleteMessageBatch and
-ChangeMessageVisibilityBatch requests, ``put`` = CreateTopic, CreateQueue and Subscribe requests.
+Counted operations (:attr:`SnsChannel.OPS`): ``publish_batch`` = PublishBatch requests,
+``publish_units`` = their 64 KB units (how SNS bills a batch: its total payload per 64 KB chunk),
+``receive`` = ReceiveMessage requests, ``receive_units``, ``queue_batch`` = DeleteMessageBatch and
+ChangeMessageVisibilityBatch requests, ``setup`` = CreateTopic, CreateQueue and Subscribe
+requests. Each published message reaches one queue (the filter), so ``publish_units`` also
+counts the deliveries to SQS: SNS does not charge them, and attribute filter policies are free
+(https://aws.amazon.com/sns/pricing/); they are still shown, as ``sns_delivery``.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
@@ -51,8 +56,11 @@ from fsd import wire
 from fsd.channels.aws import (
     MAX_BATCH,
     aws_client,
+    aws_has_server,
+    aws_settings,
     delete_messages,
     long_polls,
+    moto_server,
     parse_slot,
     retry,
     slot_text,
@@ -68,6 +76,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+KIND = "sns"
 MAX_PUBLISH = 256 * 1024  # SNS standard topic: a message with its attributes, and a batch
 _OVERHEAD = 512  # attributes (dst, run, slot) with their names and types, with room to spare
 _VISIBILITY = 30
@@ -85,10 +94,33 @@ def queue_name(prefix: str, endpoint: int) -> str:
 class SnsChannel(Channel):
     """One endpoint of one run on the deployment's topic and its slot's queue."""
 
+    OPS = ("publish_batch", "publish_units", "receive", "receive_units", "queue_batch", "setup")
+    BILLING = {
+        "publish_units": (("sns_publish", 1.0), ("sns_delivery", 1.0)),
+        "receive_units": (("sqs_request", 1.0),),
+        "queue_batch": (("sqs_request", 1.0),),
+        "setup": (("sqs_request", 1.0),),  # SNS's API requests bill like publishes: near enough
+    }
+    SERVER = "AWS_ENDPOINT_URL_SNS, AWS_ENDPOINT_URL or AWS credentials"
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        return aws_settings(config, env, KIND)
+
+    @classmethod
+    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
+        return aws_has_server(config, env)
+
+    @classmethod
+    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
+        return moto_server(config)
+
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
         self._sns: SNSClient = aws_client(config, "sns")
-        self._sqs: SQSClient = aws_client(config, "sqs")
+        self._sqs: SQSClient = aws_client(config, "sqs", address=config.queue_address or None)
         self._where = config.address or f"sns.{config.region}.amazonaws.com"
         self._prefix = config.namespace
         self._run_hex = run.hex()
@@ -104,7 +136,7 @@ class SnsChannel(Channel):
         self._late_failure: ChannelError | None = None
 
         def topic() -> str:
-            self.stats.count("put")
+            self.stats.count("setup")
             return self._sns.create_topic(Name=f"{self._prefix}-frames")["TopicArn"]
 
         self._topic = self._retry(topic, "create the topic")
@@ -133,7 +165,7 @@ class SnsChannel(Channel):
         }
 
         def create() -> str:
-            self.stats.count("put")
+            self.stats.count("setup")
             return self._sqs.create_queue(
                 QueueName=name,
                 Attributes={
@@ -146,7 +178,7 @@ class SnsChannel(Channel):
             )["QueueUrl"]
 
         def subscribe() -> None:
-            self.stats.count("put")
+            self.stats.count("setup")
             self._sns.subscribe(
                 TopicArn=self._topic,
                 Protocol="sqs",
@@ -240,7 +272,7 @@ class SnsChannel(Channel):
 
         def op() -> None:
             while entries:
-                self.stats.count("publish")
+                self.stats.count("publish_batch")
                 self.stats.count("publish_units", units_64k(size))
                 answer = self._sns.publish_batch(
                     TopicArn=self._topic,
@@ -308,14 +340,14 @@ class SnsChannel(Channel):
             {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
             for i, h in enumerate(handles)
         ]
-        self.stats.count("ack")
+        self.stats.count("queue_batch")
         try:
             self._sqs.change_message_visibility_batch(QueueUrl=self._url, Entries=entries)  # type: ignore[arg-type]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
             log.debug("endpoint %d: could not hand frames back (%s)", self.me, e)
 
     def _delete(self, handles: list[str]) -> None:
-        self.stats.count("ack")
+        self.stats.count("queue_batch")
         delete_messages(self._sqs, self._url, handles, self.me)
 
     def close(self) -> None:

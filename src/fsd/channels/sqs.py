@@ -28,18 +28,20 @@ Standard queues deliver at least once and in any order: the base's dedupe and re
 it. The coordinator deletes the run's queues at the end (:meth:`purge_run`); a queue a lost run
 leaves behind holds nothing older than ``ttl_seconds`` (its ``MessageRetentionPeriod``).
 
-Counted operations (``ChannelStats.ops``, names shared with the other transports): ``publish`` =
-SendMessageBatch requests, ``publish_units`` = their 64 KB units, ``receive`` = ReceiveMessage
-requests (empty ones too), ``receive_units``, ``ack`` = DeleteMessageBatch requests, ``put`` =
-CreateQueue, ``list`` = GetQueueUrl-style lookups (none today), ``delete`` = DeleteQueue.
+Counted operations (:attr:`SqsChannel.OPS`): ``send_batch`` = SendMessageBatch requests,
+``send_units`` = their 64 KB units (how SQS bills them), ``receive`` = ReceiveMessage requests
+(empty ones too), ``receive_units``, ``delete_batch`` = DeleteMessageBatch requests,
+``create_queue`` and ``delete_queue``. Every SQS API action is a billed request, a payload per
+64 KB chunk (https://aws.amazon.com/sqs/pricing/).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
@@ -48,9 +50,12 @@ from fsd.channels.aws import (
     MAX_BATCH,
     MISSING_QUEUE,
     aws_client,
+    aws_has_server,
+    aws_settings,
     delete_messages,
     error_code,
     long_polls,
+    moto_server,
     parse_slot,
     retry,
     slot_text,
@@ -65,6 +70,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+KIND = "sqs"
 MAX_MESSAGE = 1024 * 1024  # SQS: a message (body + attributes) and a whole batch
 ATTRIBUTE = "f"  # the Binary message attribute that carries the frame
 _OVERHEAD = 256  # body (the slot's name) + attribute name and type, with room to spare
@@ -79,6 +85,38 @@ def queue_name(prefix: str, run: bytes, endpoint: int) -> str:
 
 class SqsChannel(Channel):
     """One endpoint of one run on its own SQS queue."""
+
+    OPS = (
+        "send_batch",
+        "send_units",
+        "receive",
+        "receive_units",
+        "delete_batch",
+        "create_queue",
+        "delete_queue",
+    )
+    BILLING = {
+        "send_units": (("sqs_request", 1.0),),
+        "receive_units": (("sqs_request", 1.0),),
+        "delete_batch": (("sqs_request", 1.0),),
+        "create_queue": (("sqs_request", 1.0),),
+        "delete_queue": (("sqs_request", 1.0),),
+    }
+    SERVER = "AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL or AWS credentials"
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        return aws_settings(config, env, KIND)
+
+    @classmethod
+    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
+        return aws_has_server(config, env)
+
+    @classmethod
+    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
+        return moto_server(config)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
@@ -101,7 +139,7 @@ class SqsChannel(Channel):
     def _create(self, endpoint: int) -> str:
         """Create (or find: same attributes, same answer) the queue of ``endpoint``; its URL."""
         retention = int(min(max(self.config.ttl_seconds, 60), 14 * 86400))
-        self.stats.count("put")
+        self.stats.count("create_queue")
         return self._sqs.create_queue(
             QueueName=queue_name(self._prefix, self.run, endpoint),
             Attributes={
@@ -144,8 +182,8 @@ class SqsChannel(Channel):
 
         def op() -> None:
             while entries:
-                self.stats.count("publish")
-                self.stats.count("publish_units", units_64k(size))
+                self.stats.count("send_batch")
+                self.stats.count("send_units", units_64k(size))
                 try:
                     answer = self._sqs.send_message_batch(
                         QueueUrl=self._url_of(dst),
@@ -210,7 +248,7 @@ class SqsChannel(Channel):
 
     def _delete(self, handles: list[str]) -> None:
         if handles:
-            self.stats.count("ack")
+            self.stats.count("delete_batch")
             delete_messages(self._sqs, self._url, handles, self.me)
 
     # -- cleanup -------------------------------------------------------------------------------
@@ -220,7 +258,7 @@ class SqsChannel(Channel):
         self._consumed = []  # gone with the queue
         for endpoint in dict.fromkeys([self.me, COORDINATOR, *endpoints]):
             try:
-                self.stats.count("delete")
+                self.stats.count("delete_queue")
                 self._sqs.delete_queue(QueueUrl=self._url_of(endpoint))
             except botocore.exceptions.ClientError as exc:
                 if error_code(exc) not in MISSING_QUEUE:

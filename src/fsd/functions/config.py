@@ -44,7 +44,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fsd import auth
+from fsd import auth, channels
+from fsd.channels import REMOTE_CHANNELS
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
@@ -231,14 +232,16 @@ def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, Chan
     """This function's transport for ``kind`` and its model store, from its own configuration
     only; a malformed or missing setting is this function's fault (NotConfigured), never the
     request's."""
+    if kind not in REMOTE_CHANNELS:
+        raise NotConfigured(f"FSD_CHANNEL must be one of {', '.join(REMOTE_CHANNELS)}")
     try:
         transport = channel_config(kind, env=env)
         store = channel_config("s3", env=env)
     except InputError as exc:
         raise NotConfigured(str(exc)) from None
-    if not transport.address:
-        variable = "FSD_NATS_URL" if kind == "nats" else "FSD_S3_ENDPOINT"
-        raise NotConfigured(f"no {kind} server configured ({variable})")
+    server = channels.transport(kind)
+    if not server.has_server(transport, env):
+        raise NotConfigured(f"no {kind} server configured ({server.SERVER})")
     if not store.address:
         raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
     return transport, store

@@ -144,8 +144,6 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     _bounds(request, limits)
     name = request["model"]
     kind = request.get("channel", env.get("FSD_CHANNEL", "nats"))
-    if kind not in ("nats", "s3"):
-        raise NotConfigured(f"FSD_CHANNEL must be nats or s3, got {kind[:20]!r}")
     transport, store_config = own_channels(kind, env)
     timeout = float(request.get("timeout", limits.timeout))
     store = ModelStore(store_config)

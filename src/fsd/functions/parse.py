@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 
+from fsd.channels import REMOTE_CHANNELS
 from fsd.errors import InputError
 
 MAX_DEPTH = 16
@@ -101,9 +102,27 @@ _STRICT = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
+ENUMS: dict[str, tuple[str, ...]] = {"channels": REMOTE_CHANNELS}
+"""What a schema's ``"x-fsd-enum"`` names: its ``enum`` is replaced by these values when loaded,
+so the transport registry decides the channels a request may name (the files list them too,
+for readers of the published schemas)."""
+
+
+def _fill_enums(node: Any) -> None:
+    if isinstance(node, dict):
+        if "x-fsd-enum" in node:
+            node["enum"] = list(ENUMS[node["x-fsd-enum"]])
+        for value in node.values():
+            _fill_enums(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_enums(value)
+
+
 @cache
 def _schema(path: Path) -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(path.read_text())
+    _fill_enums(schema)
     _STRICT.check_schema(schema)
     return schema
 
