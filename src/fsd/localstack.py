@@ -110,7 +110,8 @@ class LocalStack:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT / "src"), self.base_env.get("PYTHONPATH", "")) if p
         )
-        if not settings.text(env, "FSD_RUN_KEY"):  # the deployment secret, mounted as OpenFaaS would
+        # the deployment secret, mounted as OpenFaaS would
+        if not settings.text(env, "FSD_RUN_KEY"):
             key = Path(self.dir) / "fsd-run-key"
             key.touch(mode=0o600)
             key.write_text(secrets.token_hex(32))
