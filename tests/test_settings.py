@@ -219,3 +219,77 @@ def test_the_operator_gives_the_functions_what_they_accept() -> None:
     """The fan-out the operator sets by default is one the worker function accepts."""
     config = OperatorConfig.from_env(STORE)
     assert Limits.from_env({"FSD_FANOUT": str(config.fanout)}).fanout == config.fanout
+
+
+def test_the_deployment_files_use_the_shared_defaults() -> None:
+    """stack.yml, the chart, the CRD and the SAM template write down the defaults the code falls
+    back on: a deployment and an unset variable mean the same thing."""
+    import yaml  # type: ignore[import-untyped]
+
+    from fsd.k8s.spec import ModelSpec
+
+    root = Path(__file__).resolve().parents[1]
+    stack = yaml.safe_load((root / "stack.yml").read_text())["functions"]
+    for function in stack.values():
+        env = function["environment"]
+        assert env["FSD_NATS_URL"] == settings.NATS_URL
+        assert env["FSD_S3_BUCKET"] == settings.BUCKET
+        assert int(env["FSD_FANOUT"]) == settings.FANOUT
+        assert float(env.get("FSD_TIMEOUT", settings.TIMEOUT)) == settings.TIMEOUT
+    assert float(stack["coordinator"]["environment"]["FSD_LAYER_TIMEOUT"]) == settings.LAYER_TIMEOUT
+    values = yaml.safe_load((root / "charts" / "fsd" / "values.yaml").read_text())
+    assert values["operator"]["openfaas"]["gatewayUser"] == settings.GATEWAY_USER
+    assert values["s3"]["bucket"] == settings.BUCKET
+    assert values["s3"]["region"] == settings.REGION
+    crd = yaml.safe_load(
+        (root / "charts" / "fsd" / "crds" / "inferencemodels.fsd.dev.yaml").read_text()
+    )
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["channel"]["default"] == ModelSpec.channel == settings.CHANNEL
+    template = (root / "deploy" / "aws" / "template.yaml").read_text()
+    assert f'FSD_TIMEOUT: "{settings.TIMEOUT:g}"' in template
+    assert f"  Prefix:\n    Type: String\n    Default: {settings.PREFIX}\n" in template
+    assert f"    MaxValue: {settings.MAX_WORKERS}\n" in template
+
+
+def test_the_env_tables_show_the_defaults_the_code_uses() -> None:
+    """The tables in fsd.functions.config and fsd.k8s.config document the defaults; they are
+    the shared constants, so a change to one shows here rather than in a deployment."""
+    import re
+
+    from fsd.functions import config as functions_config
+    from fsd.k8s import config as k8s_config
+
+    doc = functions_config.__doc__ or ""
+    limits = Limits.from_env({})  # nothing in front: no watchdog lowers a timeout
+    table = dict(re.findall(r"^``(FSD_[A-Z_]+)``\s+([0-9]+)\s", doc, re.M))
+    assert table == {
+        "FSD_MAX_WORKERS": str(limits.max_workers),
+        "FSD_MAX_IMAGES": str(limits.max_images),
+        "FSD_TIMEOUT": f"{limits.timeout:g}",
+        "FSD_MAX_TIMEOUT": f"{limits.max_timeout:g}",
+        "FSD_LAYER_TIMEOUT": f"{limits.layer_timeout:g}",
+        "FSD_FANOUT": str(limits.fanout),
+        "FSD_SHARD_CACHE": str(limits.shard_cache),
+    }
+    assert re.search(rf"^``FSD_LAUNCHER``\s+{settings.LAUNCHER}\s", doc, re.M)
+    doc = " ".join((k8s_config.__doc__ or "").split())  # table cells wrap
+    config = OperatorConfig.from_env(STORE)
+    for name, value in [
+        ("FSD_OPENFAAS_URL", config.gateway_url),
+        ("FSD_GATEWAY_USER", config.gateway_user),
+        ("FSD_GATEWAY_TIMEOUT", f"{config.gateway_timeout:g}"),
+        ("FSD_FUNCTION_GATEWAY_URL", config.function_gateway_url),
+        ("FSD_NATS_URL", config.nats_url),
+        ("FSD_S3_BUCKET", config.store.bucket),
+        ("FSD_SECRETS_DIR", config.secrets_dir),
+        ("FSD_PROMETHEUS_URL", config.prometheus_url),
+        ("FSD_FANOUT", str(config.fanout)),
+        ("FSD_MAX_INFLIGHT", str(config.max_inflight)),
+        ("FSD_OPERATOR_RETRY_SECONDS", f"{config.retry_seconds:g}"),
+        ("FSD_OPERATOR_REFRESH_SECONDS", f"{config.refresh_seconds:g}"),
+        ("FSD_OPERATOR_MAX_SOURCE_MB", str(config.max_source_bytes // 2**20)),
+    ]:
+        row = doc[doc.index(f"``{name}``") :][:200]
+        found = re.search(r"\(default:? (?:``)?([^`;),]+)", row)
+        assert found and found.group(1) == value, (name, found and found.group(1), value)

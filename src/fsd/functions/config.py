@@ -33,8 +33,11 @@ so a function never accepts a timeout it could not keep: ``FSD_MAX_TIMEOUT`` mus
 :data:`EXEC_MARGIN` seconds under ``exec_timeout`` (the time to give up and answer). An explicit
 ``FSD_MAX_TIMEOUT`` (or ``FSD_TIMEOUT``) that does not is refused as ``not configured``, never
 quietly lowered; an unset one is lowered to fit. A request asking more then gets a JSON 400.
-Numbers are plain decimals (``300``, ``0.5``): anything else, NaN, infinities, negatives and
-``exec_timeout`` strings of-watchdog would silently replace by its default, is refused.
+Every variable is read through :mod:`fsd.settings` (the readers and the defaults above, shared
+with the operator, the Lambda handlers and the CLI). Numbers are plain decimals (``300``,
+``0.5``): anything else, ``1e3``, NaN, infinities, hex, underscores, negatives and
+``exec_timeout`` strings of-watchdog would silently replace by its default, is refused. A blank
+variable is an unset one.
 """
 
 from __future__ import annotations

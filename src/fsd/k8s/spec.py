@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fsd.k8s.errors import SourceError
+from fsd.settings import CHANNEL
 
 CHANNELS = ("nats", "s3")
 PARTITIONS = ("contiguous", "random", "min-comm")
@@ -43,7 +44,7 @@ class Source:
 class ModelSpec:
     source: Source
     workers: int
-    channel: str = "nats"
+    channel: str = CHANNEL
     partition: str = "min-comm"
     memory: str = "1Gi"
     cpu: str = "1"
@@ -102,7 +103,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
     image = spec.get("image") or {}
     if not all(isinstance(x, Mapping) for x in (resources, scaling, image)):
         raise _invalid("spec.resources, spec.scaling and spec.image must be objects")
-    channel = spec.get("channel", "nats")
+    channel = spec.get("channel", CHANNEL)
     partition = spec.get("partition", "min-comm")
     if channel not in CHANNELS:
         raise _invalid(f"spec.channel must be one of {', '.join(CHANNELS)}: {channel!r}")
