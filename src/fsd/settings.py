@@ -172,7 +172,7 @@ def decimal(
     grammar = _WHOLE if whole else _DECIMAL
     got = _HIDDEN if secret else repr(raw[:40])
     kind = "a whole number" if whole else "a number"
-    bounds = f"({low:g}, {high:g}]" if low_open else f"{low:g}..{high:g}"
+    bounds = f"({low:.15g}, {high:.15g}]" if low_open else f"{low:.15g}..{high:.15g}"
     if not grammar.fullmatch(digits):
         raise error(f"{what} must be {kind} in {bounds} (plain decimal digits), got {got}")
     number = float(digits) * (-1 if negative else 1)
