@@ -165,7 +165,7 @@ def decimal(
     secret: bool = False,
 ) -> float:
     """``raw`` as a plain decimal within ``low..high`` (``(low, high]`` with ``low_open``), or
-    ``error`` naming ``what``; the grammar every number setting and numeric flag shares."""
+    ``error`` naming ``what``: the one grammar of every number setting."""
     value = raw.strip()
     negative = low < 0 and value.startswith("-")
     digits = value[1:] if negative else value
