@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import fsd
-from fsd import invoke, lifetime, observe, plot, reference
+from fsd import invoke, lifetime, observe, plot, reference, settings
 from fsd.channels import CHANNELS, transport
 from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
@@ -269,11 +269,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and activations")
     run.add_argument("--seed", type=_seed, default=0, help="seed of generator and partitioner")
-    run.add_argument("--timeout", type=_seconds, default=600.0, help="seconds for the inference")
+    run.add_argument(
+        "--timeout", type=_seconds, default=settings.RUN_TIMEOUT, help="seconds for the inference"
+    )
     run.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     run.add_argument("--nats-url", help="NATS server URL (else env FSD_NATS_URL; none: embedded)")
     run.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format("; none: embedded"))
-    run.add_argument("--s3-bucket", help="S3 bucket (else env FSD_S3_BUCKET, else fsd)")
+    run.add_argument(
+        "--s3-bucket", help=f"S3 bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
+    )
     run.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="write a per-worker timeline PNG of the run"
     )
@@ -369,11 +373,15 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--layers", type=_layers, help="layers (default: all in DATA)")
     push.add_argument("--no-images", action="store_true", help="do not store the images")
     push.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
-    push.add_argument("--s3-bucket", help="bucket (else env FSD_S3_BUCKET, else fsd)")
+    push.add_argument(
+        "--s3-bucket", help=f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
+    )
     show = command(verbs, "show", "print a stored model's manifest")
     show.add_argument("name", help="model name given to fsd model push")
     show.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
-    show.add_argument("--s3-bucket", help="bucket (else env FSD_S3_BUCKET, else fsd)")
+    show.add_argument(
+        "--s3-bucket", help=f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
+    )
     return top
 
 
@@ -438,13 +446,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.plot is not None:  # fail before a long run, not after it
         plot.check_available()
         plot.check_path(args.plot)
-    settings = channel_config(  # addresses checked before any loading or connecting
+    channel = channel_config(  # addresses checked before any loading or connecting
         args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
     )
     cls = transport(args.channel)
     with contextlib.ExitStack() as stack:
-        if not cls.has_server(settings, os.environ):  # not installed: said before loading
-            settings = stack.enter_context(cls.embedded(settings))
+        if not cls.has_server(channel, os.environ):  # not installed: said before loading
+            channel = stack.enter_context(cls.embedded(channel))
         t0 = time.perf_counter()
         network, images = _load(args)
         check_workers(args.workers, network.neurons)
@@ -455,7 +463,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             seed=args.seed,
             timeout=args.timeout,
-            channel_config=settings,
+            channel_config=channel,
         )
         prepared = prepare(network, config)
         load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
@@ -468,7 +476,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result.load_seconds = load_seconds
     _check(result, network, images)
     model = args.data.resolve().name if args.data is not None else "generated"
-    gateway = os.environ.get("FSD_PUSHGATEWAY")
+    gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")
     if gateway:  # best effort: push_run logs a warning instead of failing the run
         observe.push_run(result, model, gateway)
     _report(result.to_json(), args.json)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import auth, cost, kernels, wire
+from fsd import auth, cost, kernels, settings, wire
 from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel, transport
 from fsd.errors import ChannelError, FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
@@ -41,8 +41,8 @@ class RunConfig:
     partition: str = "contiguous"
     dtype: str = "float32"
     seed: int = 0
-    timeout: float = 600.0  # the whole inference
-    layer_timeout: float = 60.0  # one layer's messages
+    timeout: float = settings.RUN_TIMEOUT  # the whole inference
+    layer_timeout: float = settings.LAYER_TIMEOUT  # one layer's messages
     memory_mb: int = 1769  # per function, for the Lambda part of the cost (1769 MB = 1 vCPU)
     launcher: str = "local"  # or "openfaas": workers are function invocations
     worker_urls: tuple[str, ...] = ()  # openfaas: the worker function's URL(s)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from fsd import settings
 from fsd.bounded import read_within
 from fsd.errors import FsdError, InputError
 from fsd.functions.coordinator import BULK, SCHEMA_PATH
@@ -29,8 +30,8 @@ from fsd.k8s import names
 from fsd.redact import redact_text
 from fsd.urls import shown
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8080"
-DEFAULT_USER = "admin"
+DEFAULT_GATEWAY = settings.LOCAL_GATEWAY_URL
+DEFAULT_USER = settings.GATEWAY_USER
 #: Largest request sent: the coordinator's default FSD_MAX_BODY_BYTES (docs/api.md).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: Largest answer read (100 000 categories and 32 768 layers fit many times over).
@@ -43,7 +44,7 @@ CONNECT_SECONDS = 10.0
 MARGIN_SECONDS = 30.0
 #: Seconds an answer is waited for when the request sets no ``timeout``: the coordinator's
 #: default FSD_MAX_TIMEOUT (docs/api.md), which bounds whatever its own default is.
-DEFAULT_WAIT_SECONDS = 300.0
+DEFAULT_WAIT_SECONDS = settings.MAX_TIMEOUT
 _DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -104,15 +105,15 @@ def gateway(
     process listings); the URL carries none either.
     """
     source = "--gateway" if url else "OPENFAAS_URL"
-    address = url or env.get("OPENFAAS_URL", "") or DEFAULT_GATEWAY
+    address = url or settings.text(env, "OPENFAAS_URL", DEFAULT_GATEWAY)
     _check_url(address, source)
-    name = user or env.get("OPENFAAS_USER", "") or DEFAULT_USER
+    name = user or settings.text(env, "OPENFAAS_USER", DEFAULT_USER)
     if not name.isprintable() or ":" in name or len(name) > 256:
         raise InputError("the gateway user must be printable, without ':', at most 256 characters")
     if password_file is not None:
         password = _read_password(password_file)
     else:
-        password = env.get("OPENFAAS_PASSWORD", "").strip()
+        password = settings.text(env, "OPENFAAS_PASSWORD")
     return Gateway(address, name, password)
 
 

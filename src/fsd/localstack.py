@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fsd import lifetime
+from fsd import lifetime, settings
 from fsd.errors import ServiceError
 from fsd.model import Images, Network
 from fsd.services import NatsServer, NotInstalled, S3Server, pick_ports, require
@@ -110,17 +110,18 @@ class LocalStack:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT / "src"), self.base_env.get("PYTHONPATH", "")) if p
         )
-        if not env.get("FSD_RUN_KEY"):  # the deployment secret, mounted as OpenFaaS would
+        # the deployment secret, mounted as OpenFaaS would
+        if not settings.text(env, "FSD_RUN_KEY"):
             key = Path(self.dir) / "fsd-run-key"
             key.touch(mode=0o600)
             key.write_text(secrets.token_hex(32))
         # the models the functions serve (FSD_MODELS): on one machine, every pushed one
         env.setdefault("FSD_MODELS", "*")
-        if not env.get("FSD_NATS_URL"):
+        if not settings.text(env, "FSD_NATS_URL"):
             self.nats = NatsServer().start()
             env["FSD_NATS_URL"] = self.nats.url
             env["FSD_NATS_TOKEN"] = self.nats.token
-        if not env.get("FSD_S3_ENDPOINT"):
+        if not settings.text(env, "FSD_S3_ENDPOINT"):
             self.s3 = S3Server().start(timeout=30.0)
             env["FSD_S3_ENDPOINT"] = self.s3.endpoint
             env["AWS_ACCESS_KEY_ID"] = self.s3.access_key
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:  # before generating or loading anything: the servers this stack would start
         for variable, server in (("FSD_NATS_URL", NatsServer), ("FSD_S3_ENDPOINT", S3Server)):
-            if not os.environ.get(variable):
+            if not settings.text(os.environ, variable):
                 require(server)
     except NotInstalled as exc:
         sys.stderr.write(f"fsd-localstack: {exc}\n")

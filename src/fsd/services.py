@@ -37,6 +37,7 @@ from minio import Minio
 
 from fsd import lifetime
 from fsd.errors import ServiceError
+from fsd.settings import BUCKET, REGION
 
 log = logging.getLogger(__name__)
 
@@ -439,8 +440,8 @@ class S3Server(_Server):
     # after a restart the volume server's first heartbeat to the master is sometimes retried
     # ~5 s later, and writes wait for it: allow for two such retries
     start_timeout = 30.0
-    region = "us-east-1"
-    bucket = "fsd"
+    region = REGION
+    bucket = BUCKET
 
     def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
         super().__init__(workdir)
@@ -577,7 +578,7 @@ class MotoServer(_Server):
     binary = "moto_server"
     package = "moto[server]"
     prefix = "fsd-moto-"
-    region = "us-east-1"
+    region = REGION
 
     def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
         super().__init__(workdir)

@@ -1,17 +1,111 @@
-"""Function configuration: environment variables plus OpenFaaS secrets mounted as files.
+"""One settings layer: the readers every component parses its environment with, and the defaults
+they share.
 
-OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``; they map onto
-the same variables the CLI reads, so one code path configures both (``FSD_SECRETS_DIR`` moves the
-folder, for tests and the local stack).
+The CLI, the OpenFaaS functions (:mod:`fsd.functions.config`), the Lambda handlers
+(:mod:`fsd.aws.settings`) and the operator (:mod:`fsd.k8s.config`) each read variables here, so a
+number is parsed by one grammar, checked by one set of bounds, and refused with one style of
+message, and a default shared by two components is one constant below, not two literals that
+drift. Each component passes its own error class: a function's bad setting is its operator's
+mistake (``NotConfigured``, HTTP 503), the operator's or the CLI's an :class:`InputError`.
+
+Numbers are plain decimals only (``300``, ``0.5``): no exponent (``1e3``), no ``nan``/``inf``, no
+hex, no underscores, no sign unless the bounds allow negatives. Python's ``float()`` and ``int()``
+accept all of those, and a setting that reads ``1e300`` or ``nan`` is a mistake to refuse, not a
+value to clamp. An unset or blank variable takes the default. A message names the variable and
+shows what it held, except for a secret's (:data:`SECRET_NAMES`), which is never repeated.
+
+Why not pydantic-settings: it would bring pydantic and pydantic-core (a compiled wheel of a few
+MB) into every function image, the Lambda image and the operator, for about a hundred lines of
+readers; its number parsing accepts ``1e3``, ``inf`` and ``nan`` unless each field is constrained
+by hand, and its messages echo the raw input, secrets included. The runtime dependencies stay
+small and the rules stay here, in one page.
+
+OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``
+(:data:`SECRETS_DIR`); :func:`function_env` maps them onto the same variables the CLI reads, so
+one code path configures both (``FSD_SECRETS_DIR`` moves the folder, for tests and the local
+stack, and the operator mounts its own copies there).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fsd.errors import InputError
+
+# --- the defaults shared by the CLI, the functions, the Lambda handlers and the operator ---
+
 SECRETS_DIR = "/var/openfaas/secrets"
+"""Where OpenFaaS mounts a function's secrets and the chart the operator's (FSD_SECRETS_DIR)."""
+
+GATEWAY_USER = "admin"
+"""The OpenFaaS gateway's basic-auth user unless told otherwise (faas-netes' and the chart's)."""
+
+GATEWAY_URL = "http://gateway.openfaas:8080"
+"""The gateway inside the cluster, as the operator and the functions reach it."""
+
+LOCAL_GATEWAY_URL = "http://127.0.0.1:8080"
+"""The gateway from a laptop (``fsd invoke``): faas-cli's default, a port-forward's address."""
+
+GATEWAY_TIMEOUT = 10.0
+"""Seconds per request to the gateway's REST API (the operator's ``FSD_GATEWAY_TIMEOUT``)."""
+
+NATS_URL = "nats://nats.fsd:4222"
+"""NATS inside the cluster (stack.yml, the operator): the ``nats`` service in namespace ``fsd``."""
+
+BUCKET = "fsd"
+"""The S3 bucket for activations and models (``FSD_S3_BUCKET``)."""
+
+REGION = "us-east-1"
+"""The AWS region when neither ``AWS_REGION`` nor ``AWS_DEFAULT_REGION`` names one."""
+
+PREFIX = "fsd"
+"""The sqs/sns deployment's prefix for queue and topic names (``FSD_AWS_PREFIX``)."""
+
+CHANNEL = "nats"
+"""How a deployed coordinator's workers exchange unless a request says (``FSD_CHANNEL``)."""
+
+LAUNCHER = "openfaas"
+"""How a function invokes workers unless told (``FSD_LAUNCHER``; the Lambda handlers set it)."""
+
+FANOUT = 16
+"""A coordinator invokes workers as a tree above this many, and a worker accepts no larger
+fan-out (``FSD_FANOUT``): one value for the functions, stack.yml and the operator."""
+MAX_FANOUT = 1024
+
+MAX_WORKERS = 1024
+"""Largest ``workers`` a function accepts (``FSD_MAX_WORKERS``)."""
+
+MAX_IMAGES = 100_000
+"""Most images one inference through a function may carry (``FSD_MAX_IMAGES``)."""
+
+TIMEOUT = 120.0
+"""Seconds of a request that names no ``timeout`` (``FSD_TIMEOUT``), in both functions."""
+
+MAX_TIMEOUT = 300.0
+"""The longest ``timeout`` a function accepts unless told (``FSD_MAX_TIMEOUT``), and so how long
+``fsd invoke`` waits for an answer to a request that names none."""
+
+LAYER_TIMEOUT = 60.0
+"""Seconds a worker waits for one layer's messages (``FSD_LAYER_TIMEOUT``, a task's default)."""
+
+RUN_TIMEOUT = 600.0
+"""Seconds for a whole local inference (``fsd run --timeout``)."""
+
+SHARD_CACHE = 4
+"""Shards a worker function keeps warm (``FSD_SHARD_CACHE``)."""
+
+MAX_INFLIGHT = 4
+"""Invocations one worker replica serves at once (the operator's ``FSD_MAX_INFLIGHT``)."""
+
+PROMETHEUS_URL = "http://prometheus.openfaas:9090"
+"""OpenFaaS's Prometheus, where the operator reads latencies (``FSD_PROMETHEUS_URL``)."""
+
+HOUR = 3600.0
+"""The longest timeout a function accepts in any setting."""
 
 EXEC_MARGIN = 5.0
 """Seconds a function keeps between its longest timeout (``FSD_MAX_TIMEOUT``) and of-watchdog's
@@ -30,11 +124,164 @@ SECRET_VARS = {
 }
 CREDS_FILE = "fsd-nats-credentials"
 
+SECRET_NAMES = frozenset({*SECRET_VARS.values(), "OPENFAAS_PASSWORD", "AWS_SESSION_TOKEN"})
+"""Variables whose values no message repeats: the secret files' and the clients' own."""
+
+# --- the readers ---
+
+_DIGITS = 15  # more than any bound below needs; a longer number is refused, not rounded
+_WHOLE = re.compile(rf"[0-9]{{1,{_DIGITS}}}")
+_DECIMAL = re.compile(rf"[0-9]{{1,{_DIGITS}}}(?:\.[0-9]{{1,9}})?")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+_HIDDEN = "a value not shown (a secret)"
+
+
+def _shown(name: str, raw: str) -> str:
+    """What a message may say ``name`` held: never a secret's value, at most 40 characters."""
+    return _HIDDEN if name in SECRET_NAMES else repr(raw[:40])
+
+
+def text(env: Mapping[str, str], name: str, default: str = "", *, keep_empty: bool = False) -> str:
+    """``env[name]`` without surrounding blanks; ``default`` when unset or blank (with
+    ``keep_empty``, only when unset: a blank value then means "off")."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip()
+    return value if value or keep_empty else default
+
+
+def decimal(
+    raw: str,
+    what: str,
+    *,
+    low: float,
+    high: float,
+    whole: bool = False,
+    low_open: bool = False,
+    error: type[Exception] = InputError,
+    secret: bool = False,
+) -> float:
+    """``raw`` as a plain decimal within ``low..high`` (``(low, high]`` with ``low_open``), or
+    ``error`` naming ``what``: the one grammar of every number setting."""
+    value = raw.strip()
+    negative = low < 0 and value.startswith("-")
+    digits = value[1:] if negative else value
+    grammar = _WHOLE if whole else _DECIMAL
+    got = _HIDDEN if secret else repr(raw[:40])
+    kind = "a whole number" if whole else "a number"
+    bounds = f"({low:.15g}, {high:.15g}]" if low_open else f"{low:.15g}..{high:.15g}"
+    if not grammar.fullmatch(digits):
+        raise error(f"{what} must be {kind} in {bounds} (plain decimal digits), got {got}")
+    number = float(digits) * (-1 if negative else 1)
+    inside = (low < number if low_open else low <= number) and number <= high
+    if not (math.isfinite(number) and inside):
+        raise error(f"{what} must be {kind} in {bounds}, got {got}")
+    return number
+
+
+def number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float,
+    high: float,
+    whole: bool = False,
+    low_open: bool = False,
+    error: type[Exception] = InputError,
+) -> float:
+    """``env[name]`` as a finite plain decimal in ``low..high``; ``default`` when unset or blank."""
+    raw = text(env, name)
+    if not raw:
+        return float(default)
+    return decimal(
+        raw,
+        name,
+        low=low,
+        high=high,
+        whole=whole,
+        low_open=low_open,
+        error=error,
+        secret=name in SECRET_NAMES,
+    )
+
+
+def integer(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    low: int,
+    high: int,
+    error: type[Exception] = InputError,
+) -> int:
+    """``env[name]`` as a whole number in ``low..high``; ``default`` when unset or blank."""
+    return int(number(env, name, default, low=low, high=high, whole=True, error=error))
+
+
+def seconds(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    high: float = HOUR,
+    zero: bool = False,
+    error: type[Exception] = InputError,
+) -> float:
+    """``env[name]`` as seconds in ``(0, high]`` (``0..high`` when ``zero`` means something:
+    "never", "no delay"); ``default`` when unset or blank."""
+    return number(env, name, default, low=0.0, high=high, low_open=not zero, error=error)
+
+
+def names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """``env[name]`` as a comma-separated list, blanks around items and empty items dropped."""
+    return tuple(part.strip() for part in text(env, name).split(",") if part.strip())
+
+
+def choice(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    choices: Iterable[str],
+    *,
+    error: type[Exception] = InputError,
+) -> str:
+    """``env[name]``, case-insensitive, one of ``choices``; ``default`` when unset or blank."""
+    allowed = tuple(choices)
+    value = text(env, name, default).lower()
+    if value not in allowed:
+        raise error(f"{name} must be one of {', '.join(allowed)}, got {_shown(name, value)}")
+    return value
+
+
+def flag(
+    env: Mapping[str, str],
+    name: str,
+    default: bool = False,
+    *,
+    error: type[Exception] = InputError,
+) -> bool:
+    """``env[name]`` as yes or no: true/false, 1/0, yes/no, on/off (any case)."""
+    value = text(env, name).lower()
+    if not value:
+        return default
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise error(f"{name} must be true or false, got {_shown(name, value)}")
+
+
+def secrets_dir(env: Mapping[str, str]) -> Path:
+    """Where the secret files are mounted (``FSD_SECRETS_DIR``, else :data:`SECRETS_DIR`)."""
+    return Path(text(env, "FSD_SECRETS_DIR", SECRETS_DIR))
+
 
 def function_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment with every mounted secret filled in (secrets win over variables)."""
     env = dict(os.environ if environ is None else environ)
-    folder = Path(env.get("FSD_SECRETS_DIR", SECRETS_DIR))
+    folder = secrets_dir(env)
     for name, var in SECRET_VARS.items():
         path = folder / name
         if path.is_file():

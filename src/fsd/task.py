@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsd.channels.base import ChannelConfig
 from fsd.errors import FsdError
+from fsd.settings import LAYER_TIMEOUT
 
 if TYPE_CHECKING:
     from fsd.shard import Shard
@@ -44,7 +45,7 @@ class WorkerTask:
     ymax: float
     dtype: str
     channel: ChannelConfig
-    layer_timeout: float = 60.0
+    layer_timeout: float = LAYER_TIMEOUT
     model: ModelRef | None = None
 
     def to_json(self) -> dict[str, Any]:

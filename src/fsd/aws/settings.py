@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from fsd import settings
 from fsd.errors import FsdError
 from fsd.settings import SECRET_VARS, function_env
 
@@ -44,7 +45,7 @@ def lambda_env(context: Any, environ: Mapping[str, str] | None = None) -> dict[s
     ``lambda``, and ``exec_timeout`` from the time Lambda leaves this invocation, so that
     :class:`fsd.functions.config.Limits` refuses a timeout the function could not keep."""
     env = function_env(os.environ if environ is None else environ)
-    arn = env.get("FSD_SECRETS_ARN", "").strip()
+    arn = settings.text(env, "FSD_SECRETS_ARN")
     if arn:
         env.update(_secrets(arn))
     env["FSD_LAUNCHER"] = "lambda"

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from fsd import auth, wire
+from fsd import auth, settings, wire
 from fsd.cost import Billing
 from fsd.errors import ChannelError, ChannelTimeout, InputError, RunAborted, WireError
 
@@ -83,10 +83,10 @@ class ChannelConfig:
     connect_timeout: float = 10.0
     compress: bool = True  # zstd when it pays (fsd.wire)
     retry_seconds: float = 30.0  # how long a send keeps retrying through an outage
-    namespace: str = "fsd"  # nats: subject prefix and stream name; s3: key prefix
+    namespace: str = settings.PREFIX  # nats: subject prefix and stream name; s3: key prefix
     ttl_seconds: float = 3600.0  # abandoned runs' messages and consumers expire after this
-    bucket: str = "fsd"  # s3
-    region: str = "us-east-1"  # s3
+    bucket: str = settings.BUCKET  # s3
+    region: str = settings.REGION  # s3
     access_key: str = field(default="", repr=False)  # s3, sqs, sns (else boto3's own chain)
     secret_key: str = field(default="", repr=False)  # s3, sqs, sns
     session_token: str = field(default="", repr=False)  # temporary keys (a Lambda role's)

@@ -33,8 +33,11 @@ so a function never accepts a timeout it could not keep: ``FSD_MAX_TIMEOUT`` mus
 :data:`EXEC_MARGIN` seconds under ``exec_timeout`` (the time to give up and answer). An explicit
 ``FSD_MAX_TIMEOUT`` (or ``FSD_TIMEOUT``) that does not is refused as ``not configured``, never
 quietly lowered; an unset one is lowered to fit. A request asking more then gets a JSON 400.
-Numbers are plain decimals (``300``, ``0.5``): anything else, NaN, infinities, negatives and
-``exec_timeout`` strings of-watchdog would silently replace by its default, is refused.
+Every variable is read through :mod:`fsd.settings` (the readers and the defaults above, shared
+with the operator, the Lambda handlers and the CLI). Numbers are plain decimals (``300``,
+``0.5``): anything else, ``1e3``, NaN, infinities, hex, underscores, negatives and
+``exec_timeout`` strings of-watchdog would silently replace by its default, is refused. A blank
+variable is an unset one.
 """
 
 from __future__ import annotations
@@ -44,18 +47,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fsd import auth, channels
+from fsd import auth, channels, settings
 from fsd.channels import REMOTE_CHANNELS
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.settings import EXEC_MARGIN, SECRET_VARS
+from fsd.settings import EXEC_MARGIN, HOUR, SECRET_VARS
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 """What a model name looks like (the request schemas use the same pattern)."""
 
-_HOUR = 3600.0
-_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 _UNITS = r"(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"  # Go's time.ParseDuration units
 _GO_DURATION = re.compile(rf"(?:(?:[0-9]{{1,12}}(?:\.[0-9]{{0,9}})?|\.[0-9]{{1,9}}){_UNITS})+")
 _GO_UNIT = re.compile(rf"([0-9.]+){_UNITS}")
@@ -77,27 +78,16 @@ class NotConfigured(FsdError):
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
-        raise NotConfigured(f"{name} must be an integer in {low}..{high}, got {raw[:40]!r}")
-    return int(raw)
+    return settings.integer(env, name, default, low=low, high=high, error=NotConfigured)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    value = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
-    if not (math.isfinite(value) and 0 < value <= _HOUR):
-        raise NotConfigured(f"{name} must be a number of seconds in (0, 3600], got {raw[:40]!r}")
-    return value
+    return settings.seconds(env, name, default, high=HOUR, error=NotConfigured)
 
 
 def under_watchdog(env: Mapping[str, str]) -> bool:
     """Whether this process runs behind of-watchdog (which set ``fprocess`` to start it)."""
-    return any(env.get(name, "").strip() for name in WATCHDOG_PROCESS_VARS)
+    return any(settings.text(env, name) for name in WATCHDOG_PROCESS_VARS)
 
 
 def exec_timeout(env: Mapping[str, str]) -> float | None:
@@ -109,7 +99,7 @@ def exec_timeout(env: Mapping[str, str]) -> float | None:
     (:data:`WATCHDOG_EXEC_TIMEOUT`), and no limit when nothing stands in front (a local stack,
     tests). Where the watchdog falls back to its default on anything else, this refuses it.
     """
-    raw = env.get("exec_timeout", "").strip()
+    raw = settings.text(env, "exec_timeout")
     if not raw:
         return WATCHDOG_EXEC_TIMEOUT if under_watchdog(env) else None
     if re.fullmatch(r"[0-9]{1,9}", raw):
@@ -129,18 +119,18 @@ def exec_timeout(env: Mapping[str, str]) -> float | None:
 class Limits:
     """The bounds a function puts on every request (see the table above)."""
 
-    max_workers: int = 1024
-    max_images: int = 100_000
-    timeout: float = 120.0
-    max_timeout: float = 300.0
-    layer_timeout: float = 60.0
-    fanout: int = 16
-    shard_cache: int = 4
+    max_workers: int = settings.MAX_WORKERS
+    max_images: int = settings.MAX_IMAGES
+    timeout: float = settings.TIMEOUT
+    max_timeout: float = settings.MAX_TIMEOUT
+    layer_timeout: float = settings.LAYER_TIMEOUT
+    fanout: int = settings.FANOUT
+    shard_cache: int = settings.SHARD_CACHE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
         watchdog = exec_timeout(env)
-        ceiling = _HOUR if watchdog is None else watchdog - EXEC_MARGIN
+        ceiling = HOUR if watchdog is None else watchdog - EXEC_MARGIN
         if ceiling <= 0:
             raise NotConfigured(
                 f"exec_timeout ({watchdog:g} s) leaves no time for a request: give it more "
@@ -158,7 +148,7 @@ class Limits:
             timeout=_seconds(env, "FSD_TIMEOUT", min(cls.timeout, max_timeout)),
             max_timeout=max_timeout,
             layer_timeout=_seconds(env, "FSD_LAYER_TIMEOUT", cls.layer_timeout),
-            fanout=_integer(env, "FSD_FANOUT", cls.fanout, 0, 1024),
+            fanout=_integer(env, "FSD_FANOUT", cls.fanout, 0, settings.MAX_FANOUT),
             shard_cache=_integer(env, "FSD_SHARD_CACHE", cls.shard_cache, 1, 1024),
         )
         if limits.timeout > limits.max_timeout:
@@ -180,9 +170,7 @@ class ModelFilter:
     def from_env(cls, env: Mapping[str, str]) -> ModelFilter:
         names: set[str] = set()
         prefixes: list[str] = []
-        for item in (s.strip() for s in env.get("FSD_MODELS", "").split(",")):
-            if not item:
-                continue
+        for item in settings.names(env, "FSD_MODELS"):
             if item.endswith("*") and (item == "*" or MODEL_NAME.fullmatch(item[:-1])):
                 prefixes.append(item[:-1])
             elif MODEL_NAME.fullmatch(item):
@@ -205,14 +193,14 @@ class ModelFilter:
 def deployment_secret(env: Mapping[str, str]) -> bytes:
     """The secret invocations are signed with; NotConfigured (never showing it) if unusable."""
     try:
-        return auth.load_secret(env.get("FSD_RUN_KEY", ""))
+        return auth.load_secret(settings.text(env, "FSD_RUN_KEY"))
     except AuthError as exc:
         raise NotConfigured(f"{exc} (mount the fsd-run-key secret)") from None
 
 
 def secret_values(env: Mapping[str, str]) -> list[str]:
     """Every secret this function holds, to scrub from anything it answers."""
-    found = [env.get(var, "").strip() for var in SECRET_VARS.values()]
+    found = [settings.text(env, var) for var in SECRET_VARS.values()]
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
@@ -222,10 +210,7 @@ PLATFORMS = {"openfaas": "FSD_WORKER_URL", "lambda": "FSD_WORKER_FUNCTION"}
 
 def platform(env: Mapping[str, str]) -> str:
     """How this function invokes workers (``FSD_LAUNCHER``); NotConfigured if unknown."""
-    kind = env.get("FSD_LAUNCHER", "").strip() or "openfaas"
-    if kind not in PLATFORMS:
-        raise NotConfigured(f"FSD_LAUNCHER must be openfaas or lambda, got {kind[:20]!r}")
-    return kind
+    return settings.choice(env, "FSD_LAUNCHER", settings.LAUNCHER, PLATFORMS, error=NotConfigured)
 
 
 def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import observe
+from fsd import observe, settings
 from fsd.coordinator import RunConfig, infer, prepare_stored
 from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError, WorkerError
 from fsd.functions.config import (
@@ -143,7 +143,7 @@ def _bounds(request: dict[str, Any], limits: Limits) -> None:
 def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Reply:
     _bounds(request, limits)
     name = request["model"]
-    kind = request.get("channel", env.get("FSD_CHANNEL", "nats"))
+    kind = request.get("channel") or settings.text(env, "FSD_CHANNEL", settings.CHANNEL)
     transport, store_config = own_channels(kind, env)
     timeout = float(request.get("timeout", limits.timeout))
     store = ModelStore(store_config)
@@ -169,7 +169,7 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     else:
         images = None
         matrix = _inline_images(request["inputs"], manifest.neurons)
-    urls = tuple(u for u in env.get("FSD_WORKER_URL", "").split(",") if u)
+    urls = settings.names(env, "FSD_WORKER_URL")
     launcher = platform(env)
     config = RunConfig(
         workers=workers,
@@ -181,9 +181,9 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
         channel_config=transport,
         launcher=launcher,
         worker_urls=urls,
-        worker_function=env.get("FSD_WORKER_FUNCTION", ""),
-        failure_queue=env.get("FSD_FAILURE_QUEUE_URL", ""),
-        gateway_user=env.get("FSD_GATEWAY_USER", "admin"),
+        worker_function=settings.text(env, "FSD_WORKER_FUNCTION"),
+        failure_queue=settings.text(env, "FSD_FAILURE_QUEUE_URL"),
+        gateway_user=settings.text(env, "FSD_GATEWAY_USER", settings.GATEWAY_USER),
         gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
         fanout=limits.fanout,
     )

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fsd import auth, observe, wire
+from fsd import auth, observe, settings, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
 from fsd.errors import AuthError, FsdError, InputError, WorkerError
 from fsd.functions.config import (
@@ -265,11 +265,11 @@ def _launch_children(checked: _Checked, env: dict[str, str]) -> RemoteLauncher |
     else:
         from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
 
-        urls = [u for u in env.get("FSD_WORKER_URL", "").split(",") if u]
+        urls = list(settings.names(env, "FSD_WORKER_URL"))
         launcher = OpenFaaSLauncher(
             urls,
             timeout=checked.limits.max_timeout,
-            user=env.get("FSD_GATEWAY_USER", "admin"),
+            user=settings.text(env, "FSD_GATEWAY_USER", settings.GATEWAY_USER),
             password=env.get("FSD_GATEWAY_PASSWORD", ""),
             secret=checked.task.channel.secret,
         )

@@ -38,29 +38,34 @@
                                  serves them with ``FSD_THREADS`` = this + 2, at most 256)
 ``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15; 0..3600)
 ``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never; ..86400)
-``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3 (default 8192;
-                                 1..1048576)
+``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3, in whole MiB
+                                 (default 8192; 1..1048576)
 ``FSD_KUBE_URL``                 Pro mode: the Kubernetes API (default: in-cluster config,
                                  else the kubeconfig)
 ===============================  ==============================================================
 
-Numbers must be finite and within the bounds shown; anything else is an :class:`InputError`
-naming the variable (the operator refuses to start rather than run on a bad setting).
+Every variable is read through :mod:`fsd.settings`, which holds the defaults the operator shares
+with the functions and the CLI (the gateway user, NATS URL, fan-out, secrets folder, ...). Numbers
+are plain decimals within the bounds shown (no ``1e3``, ``nan``, ``inf``, hex or underscores);
+anything else is an :class:`InputError` naming the variable (the operator refuses to start rather
+than run on a bad setting). An unset or blank variable takes its default, except
+``FSD_PROMETHEUS_URL``, where blank means off.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fsd import settings
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import InputError
-from fsd.settings import function_env
+from fsd.settings import PROMETHEUS_URL, SECRETS_DIR, function_env
 
 DEFAULT_SECRETS = (
     "fsd-nats-token",
@@ -70,8 +75,8 @@ DEFAULT_SECRETS = (
     "fsd-run-key",
 )
 MODES = ("ce", "pro")
-SECRETS_DIR = "/var/openfaas/secrets"
-PROMETHEUS_URL = "http://prometheus.openfaas:9090"
+MB = 1024 * 1024
+MAX_SOURCE_MB = 8192  # FSD_OPERATOR_MAX_SOURCE_MB
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Secret's name
 
 
@@ -105,15 +110,15 @@ class OperatorConfig:
     """Everything the handlers need besides the object; plain data, secrets out of ``repr``."""
 
     store: ChannelConfig  # the model store: S3 endpoint, bucket, keys
-    gateway_url: str = "http://gateway.openfaas:8080"
+    gateway_url: str = settings.GATEWAY_URL
     mode: str = "ce"
-    gateway_user: str = "admin"
+    gateway_user: str = settings.GATEWAY_USER
     gateway_password: str = field(default="", repr=False)
     gateway_password_file: str = ""
-    gateway_timeout: float = 10.0
+    gateway_timeout: float = settings.GATEWAY_TIMEOUT
     function_namespace: str = ""
-    function_gateway_url: str = "http://gateway.openfaas:8080"
-    nats_url: str = "nats://nats.fsd:4222"
+    function_gateway_url: str = settings.GATEWAY_URL
+    nats_url: str = settings.NATS_URL
     function_s3_endpoint: str = ""
     coordinator_image: str = "fsd.local/fsd-coordinator:latest"
     worker_image: str = "fsd.local/fsd-worker:latest"
@@ -121,11 +126,11 @@ class OperatorConfig:
     secrets_dir: str = SECRETS_DIR
     allowed_images: tuple[str, ...] = ()  # empty: the repositories of the two default images
     prometheus_url: str = PROMETHEUS_URL
-    fanout: int = 16
-    max_inflight: int = 4
+    fanout: int = settings.FANOUT
+    max_inflight: int = settings.MAX_INFLIGHT
     retry_seconds: float = 15.0
     refresh_seconds: float = 30.0
-    max_source_bytes: int = 8192 * 1024 * 1024
+    max_source_bytes: int = MAX_SOURCE_MB * MB
     kube_url: str = ""
 
     def __post_init__(self) -> None:
@@ -169,72 +174,45 @@ class OperatorConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         env = function_env(os.environ if environ is None else environ)
-        secrets = _names(env.get("FSD_FUNCTION_SECRETS", ""))
+        text = functools.partial(settings.text, env)
         return cls(
             store=channel_config("s3", env=env),
-            gateway_url=env.get("FSD_OPENFAAS_URL", cls.gateway_url),
-            mode=env.get("FSD_OPENFAAS_MODE", cls.mode).lower(),
-            gateway_user=env.get("FSD_GATEWAY_USER", cls.gateway_user),
-            gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
-            gateway_password_file=env.get("FSD_GATEWAY_PASSWORD_FILE", ""),
-            gateway_timeout=_number(
+            gateway_url=text("FSD_OPENFAAS_URL", cls.gateway_url),
+            mode=settings.choice(env, "FSD_OPENFAAS_MODE", cls.mode, MODES),
+            gateway_user=text("FSD_GATEWAY_USER", cls.gateway_user),
+            gateway_password=text("FSD_GATEWAY_PASSWORD"),
+            gateway_password_file=text("FSD_GATEWAY_PASSWORD_FILE"),
+            gateway_timeout=settings.number(
                 env, "FSD_GATEWAY_TIMEOUT", cls.gateway_timeout, low=0.1, high=600
             ),
-            function_namespace=env.get("FSD_FUNCTION_NAMESPACE", ""),
-            function_gateway_url=env.get("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
-            nats_url=env.get("FSD_NATS_URL", cls.nats_url),
-            function_s3_endpoint=env.get("FSD_FUNCTION_S3_ENDPOINT", ""),
-            coordinator_image=env.get("FSD_COORDINATOR_IMAGE", cls.coordinator_image),
-            worker_image=env.get("FSD_WORKER_IMAGE", cls.worker_image),
-            secrets=secrets or DEFAULT_SECRETS,
-            secrets_dir=env.get("FSD_SECRETS_DIR", SECRETS_DIR),
-            allowed_images=_names(env.get("FSD_ALLOWED_IMAGES", "")),
-            prometheus_url=env.get("FSD_PROMETHEUS_URL", PROMETHEUS_URL).strip(),
-            fanout=int(_number(env, "FSD_FANOUT", cls.fanout, low=1, high=1024, whole=True)),
-            max_inflight=int(
-                _number(env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=254, whole=True)
+            function_namespace=text("FSD_FUNCTION_NAMESPACE"),
+            function_gateway_url=text("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
+            nats_url=text("FSD_NATS_URL", cls.nats_url),
+            function_s3_endpoint=text("FSD_FUNCTION_S3_ENDPOINT"),
+            coordinator_image=text("FSD_COORDINATOR_IMAGE", cls.coordinator_image),
+            worker_image=text("FSD_WORKER_IMAGE", cls.worker_image),
+            secrets=settings.names(env, "FSD_FUNCTION_SECRETS") or DEFAULT_SECRETS,
+            secrets_dir=str(settings.secrets_dir(env)),
+            allowed_images=settings.names(env, "FSD_ALLOWED_IMAGES"),
+            prometheus_url=text("FSD_PROMETHEUS_URL", PROMETHEUS_URL, keep_empty=True),
+            fanout=settings.integer(env, "FSD_FANOUT", cls.fanout, low=1, high=settings.MAX_FANOUT),
+            max_inflight=settings.integer(
+                env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=254
             ),
-            retry_seconds=_number(env, "FSD_OPERATOR_RETRY_SECONDS", cls.retry_seconds, high=3600),
+            retry_seconds=settings.seconds(
+                env, "FSD_OPERATOR_RETRY_SECONDS", cls.retry_seconds, zero=True
+            ),
             refresh_seconds=refresh_seconds(env),
-            max_source_bytes=int(
-                _number(env, "FSD_OPERATOR_MAX_SOURCE_MB", 8192, low=1, high=1024 * 1024)
-                * 1024
-                * 1024
-            ),
-            kube_url=env.get("FSD_KUBE_URL", ""),
+            max_source_bytes=settings.integer(
+                env, "FSD_OPERATOR_MAX_SOURCE_MB", MAX_SOURCE_MB, low=1, high=1024 * 1024
+            )
+            * MB,
+            kube_url=text("FSD_KUBE_URL"),
         )
 
 
 def refresh_seconds(environ: Mapping[str, str] | None = None) -> float:
     """How often the readiness timer runs (it is registered before the config is built)."""
     env = os.environ if environ is None else environ
-    return _number(env, "FSD_OPERATOR_REFRESH_SECONDS", OperatorConfig.refresh_seconds, high=86400)
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _number(
-    env: Mapping[str, str],
-    name: str,
-    default: float,
-    *,
-    low: float = 0.0,
-    high: float = math.inf,
-    whole: bool = False,
-) -> float:
-    """``env[name]`` as a finite number in ``low..high`` (``default`` when unset)."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return float(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InputError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        bounds = f">= {low:g}" if math.isinf(high) else f"in {low:g}..{high:g}"
-        raise InputError(f"{name} must be a finite number {bounds}, got {raw!r}")
-    if whole and value != int(value):
-        raise InputError(f"{name} must be a whole number, got {raw!r}")
-    return value
+    default = OperatorConfig.refresh_seconds
+    return settings.seconds(env, "FSD_OPERATOR_REFRESH_SECONDS", default, high=86400, zero=True)

@@ -65,7 +65,7 @@ from fsd.k8s.config import OperatorConfig
 from fsd.k8s.errors import SourceError
 from fsd.k8s.names import function_name, label_value
 from fsd.k8s.spec import ModelSpec
-from fsd.settings import EXEC_MARGIN
+from fsd.settings import EXEC_MARGIN, TIMEOUT
 
 SCALE_MIN = "com.openfaas.scale.min"
 SCALE_MAX = "com.openfaas.scale.max"
@@ -106,7 +106,7 @@ DEPLOYMENT_FIELDS = frozenset(
 # its watchdog cuts it, and the coordinator's is no longer than its workers' (they run the whole
 # inference for it: a longer deadline would let a worker's watchdog cut the run first)
 EXEC_SECONDS = {"coordinator": 310, "worker": 300}
-DEFAULT_TIMEOUT = 120  # FSD_TIMEOUT: seconds of a request that asks none, in both functions
+DEFAULT_TIMEOUT = int(TIMEOUT)  # FSD_TIMEOUT: the functions' own default, set in both
 _DRAIN = {"coordinator": "315", "worker": "305"}
 HEALTHCHECK_SECONDS = 5  # of-watchdog's healthcheck_interval
 SHUTDOWN_AFTER = 2  # seconds index.py keeps its listener open after the watchdog stops accepting

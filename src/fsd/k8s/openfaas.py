@@ -42,6 +42,7 @@ import urllib3
 
 from fsd.bounded import read_within
 from fsd.k8s.errors import ReconcileError
+from fsd.settings import GATEWAY_TIMEOUT, GATEWAY_USER
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,9 @@ class GatewayClient:
         self,
         url: str,
         *,
-        user: str = "admin",
+        user: str = GATEWAY_USER,
         password: str = "",
-        timeout: float = 10.0,
+        timeout: float = GATEWAY_TIMEOUT,
         namespace: str = "",
     ) -> None:
         parts = urlsplit(url)

@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fsd.k8s.errors import SourceError
+from fsd.settings import CHANNEL
 
-CHANNELS = ("nats", "s3")
+CHANNELS = ("nats", "s3")  # what the chart provides servers for; sqs and sns are AWS's (deploy/aws)
 PARTITIONS = ("contiguous", "random", "min-comm")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MODEL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
@@ -43,7 +44,7 @@ class Source:
 class ModelSpec:
     source: Source
     workers: int
-    channel: str = "nats"
+    channel: str = CHANNEL
     partition: str = "min-comm"
     memory: str = "1Gi"
     cpu: str = "1"
@@ -102,7 +103,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
     image = spec.get("image") or {}
     if not all(isinstance(x, Mapping) for x in (resources, scaling, image)):
         raise _invalid("spec.resources, spec.scaling and spec.image must be objects")
-    channel = spec.get("channel", "nats")
+    channel = spec.get("channel", CHANNEL)
     partition = spec.get("partition", "min-comm")
     if channel not in CHANNELS:
         raise _invalid(f"spec.channel must be one of {', '.join(CHANNELS)}: {channel!r}")

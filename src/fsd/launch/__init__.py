@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fsd import settings
 from fsd.errors import InputError
 from fsd.launch.base import Launcher, RemoteLauncher, children
 
@@ -13,7 +14,7 @@ LAUNCHERS = ("local", "openfaas", "lambda")
 def make_launcher(
     kind: str = "local",
     urls: Sequence[str] = (),
-    timeout: float = 600.0,
+    timeout: float = settings.RUN_TIMEOUT,
     user: str = "",
     password: str = "",
     fanout: int = 0,

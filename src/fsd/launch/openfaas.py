@@ -31,6 +31,7 @@ from fsd.auth import sign_invocation
 from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch.base import RemoteLauncher, children
 from fsd.redact import redact, redact_text
+from fsd.settings import GATEWAY_USER, RUN_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class OpenFaaSLauncher(RemoteLauncher):
     def __init__(
         self,
         urls: Sequence[str],
-        timeout: float = 600.0,
+        timeout: float = RUN_TIMEOUT,
         user: str = "",
         password: str = "",
         connect_timeout: float = 10.0,
@@ -72,7 +73,7 @@ class OpenFaaSLauncher(RemoteLauncher):
         self._http = urllib3.PoolManager(maxsize=64, retries=urllib3.Retry(total=0))
         self._headers = {"Content-Type": "application/json"}
         if password:
-            token = base64.b64encode(f"{user or 'admin'}:{password}".encode()).decode()
+            token = base64.b64encode(f"{user or GATEWAY_USER}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self.fanout = fanout
         self._secret = secret  # signs invocations (fsd.auth); never sent

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fsd import settings
 from fsd.errors import InputError, ModelFormatError
 from fsd.model.network import MAX_IMAGES, MAX_NEURONS, Images, Network, bias_for
 
@@ -233,7 +234,7 @@ def _cache_file(paths: list[Path]) -> Path:
         st = p.stat()
         digest.update(os.fsencode(p.resolve()))  # bytes: any path, UTF-8 or not
         digest.update(f"|{st.st_size}|{st.st_mtime_ns}|".encode())
-    base = Path(os.environ.get("FSD_CACHE_DIR", Path.home() / ".cache" / "fsd"))
+    base = Path(settings.text(os.environ, "FSD_CACHE_DIR") or Path.home() / ".cache" / "fsd")
     return base / f"net-{digest.hexdigest()[:24]}.npz"
 
 
