@@ -189,6 +189,7 @@ def fsd_inference_bills(
     objects = fsd_inference.object_scheme(counts, waits, invocations, gb_seconds, memory_mb)
     return {
         "traffic": dict(vars(counts)),
+        "wait_seconds": round(sum(waits), 4),  # the object scheme's waits, summed
         "queue": queue.to_json(),
         "object": objects.to_json(),
     }
