@@ -185,13 +185,25 @@ def fsd_inference_bills(
     breakdown = result.cost.breakdown if result.cost is not None else {}
     gb_seconds = breakdown.get("lambda_compute", 0.0) / PRICES.lambda_per_gb_second
     invocations = result.workers + 1
-    queue = fsd_inference.queue_scheme(counts, invocations, gb_seconds)
     objects = fsd_inference.object_scheme(counts, waits, invocations, gb_seconds, memory_mb)
     return {
         "traffic": dict(vars(counts)),
         "wait_seconds": round(sum(waits), 4),  # the object scheme's waits, summed
-        "queue": queue.to_json(),
+        **queue_bills(counts, invocations, gb_seconds),
         "object": objects.to_json(),
+    }
+
+
+def queue_bills(
+    counts: fsd_inference.Traffic, invocations: int, gb_seconds: float
+) -> dict[str, Any]:
+    """The queue scheme at its fewest polls, and at the messages per poll FSD-Inference measured."""
+    measured = fsd_inference.MEASURED_MESSAGES_PER_POLL
+    return {
+        "queue": fsd_inference.queue_scheme(counts, invocations, gb_seconds).to_json(),
+        "queue_measured_polls": fsd_inference.queue_scheme(
+            counts, invocations, gb_seconds, messages_per_poll=measured
+        ).to_json(),
     }
 
 

@@ -61,6 +61,18 @@ def test_queue_scheme_flags_cost_writes() -> None:
     assert high.requests["dynamodb_write_units"] == 102
 
 
+def test_queue_scheme_polls_per_message() -> None:
+    """Fewer messages per poll (FSD-Inference measured 1.57) mean more polls, deletes, Queries."""
+    busy = fsd_inference.Traffic(**{**vars(TRAFFIC), "messages": 30})
+    full = fsd_inference.queue_scheme(busy, invocations=3, gb_seconds=10.0)  # 10 per poll: 4 polls
+    slow = fsd_inference.queue_scheme(busy, invocations=3, gb_seconds=10.0, messages_per_poll=1.5)
+    # 20 polls instead of 4: 16 more receives and 16 more deletes, 16 more half-RRU Queries
+    assert slow.requests["sqs"] - full.requests["sqs"] == 32
+    assert slow.requests["dynamodb_read_units"] - full.requests["dynamodb_read_units"] == 8
+    with pytest.raises(ValueError):
+        fsd_inference.queue_scheme(busy, 3, 10.0, messages_per_poll=11)
+
+
 def test_list_polls_sleep_after_every_list() -> None:
     # waits 0, 0.05, 0.1, 0.25 s at 0.1 s: 1, 2, 2 and 4 LISTs, each followed by a 0.1 s sleep
     lists, slept = fsd_inference.list_polls([0.0, 0.05, 0.1, 0.25])
