@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fsd.cost import GIB, PRICES, Prices
+from fsd.errors import InputError
 
 #: DynamoDB on-demand, us-east-1, Standard table class, after the 2024-11-01 price cut: $0.625 per
 #: million write request units, $0.125 per million read request units. The unit rules (1 KB per
@@ -86,10 +87,10 @@ class Traffic:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise InputError(f"{name} must be an integer >= 0, got {value!r}")
         slots = self.workers * self.layers
         if max(self.sending_slots, self.receiving_slots, self.expecting_slots) > slots:
-            raise ValueError(f"more busy slots than workers x layers ({slots})")
+            raise InputError(f"more busy slots than workers x layers ({slots})")
 
 
 @dataclass
@@ -148,7 +149,7 @@ def queue_scheme(
     result messages are.
     """
     if not 1 <= messages_per_poll <= BATCH_ENTRIES:
-        raise ValueError(
+        raise InputError(
             f"messages per poll must be in [1, {BATCH_ENTRIES}], got {messages_per_poll}"
         )
     batches = max(
@@ -197,11 +198,11 @@ def list_polls(waits: Iterable[float], interval: float = LIST_INTERVAL) -> tuple
     ceil(w / interval)`` LISTs and that many intervals (LIST latency ignored).
     """
     if not math.isfinite(interval) or interval <= 0:
-        raise ValueError(f"poll interval must be > 0 s, got {interval}")
+        raise InputError(f"poll interval must be > 0 s, got {interval}")
     lists, seconds = 0, 0.0
     for wait in waits:
         if not math.isfinite(wait) or wait < 0:
-            raise ValueError(f"a wait must be a finite number >= 0 s, got {wait}")
+            raise InputError(f"a wait must be a finite number >= 0 s, got {wait}")
         polls = 1 + math.ceil(round(wait / interval, 9))
         lists += polls
         seconds += polls * interval
@@ -227,7 +228,7 @@ def object_scheme(
     """
     waits = list(waits)
     if len(waits) != t.expecting_slots:
-        raise ValueError(f"{len(waits)} waits for {t.expecting_slots} expecting slots")
+        raise InputError(f"{len(waits)} waits for {t.expecting_slots} expecting slots")
     lists, slept = list_polls(waits, interval)
     extra_seconds = max(0.0, slept - math.fsum(waits))
     puts, gets = t.messages + t.flags, t.messages

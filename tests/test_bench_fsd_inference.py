@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import fsd_inference
 import run
+from fsd.errors import InputError
 from fsd.partition import LayerTransfers, Plan
 
 # 2 workers, 3 layers: 4 data messages, 2 flags, 100,000 bytes; 5 (worker, layer) slots expect
@@ -69,7 +70,7 @@ def test_queue_scheme_polls_per_message() -> None:
     # 20 polls instead of 4: 16 more receives and 16 more deletes, 16 more half-RRU Queries
     assert slow.requests["sqs"] - full.requests["sqs"] == 32
     assert slow.requests["dynamodb_read_units"] - full.requests["dynamodb_read_units"] == 8
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.queue_scheme(busy, 3, 10.0, messages_per_poll=11)
 
 
@@ -78,9 +79,9 @@ def test_list_polls_sleep_after_every_list() -> None:
     lists, slept = fsd_inference.list_polls([0.0, 0.05, 0.1, 0.25])
     assert lists == 9
     assert slept == pytest.approx(0.9)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.list_polls([0.1], interval=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.list_polls([float("nan")])
 
 
@@ -99,16 +100,16 @@ def test_object_scheme_by_hand() -> None:
     }
     assert bill.items == pytest.approx(expected, rel=1e-9)
     assert bill.published_usd == pytest.approx(bill.total_usd)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.object_scheme(TRAFFIC, [0.0], 3, 10.0, 1024)  # one wait per slot
 
 
 def test_traffic_rejects_impossible_counts() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.Traffic(
             2, 3, 4, 2, 100, sending_slots=7, receiving_slots=0, expecting_slots=1
         )
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         fsd_inference.Traffic(2, 3, -1, 2, 100, 0, 0, 0)
 
 
