@@ -2,12 +2,15 @@
 
 fsd with 1 and 2 workers (local channel) against the naive scipy oracle and SuiteSparse:GraphBLAS
 (a 2019 Graph Challenge champion's library) on 1 and 2 threads, then fsd on each channel (local,
-nats, s3; one embedded server each for the whole benchmark) with 2 and 4 workers, min-comm. Each
-timing is the best of ``--repeat`` runs; loading and planning are excluded everywhere, as in the
-challenge. Ends with a markdown table for docs/benchmarks.md; exits 1 if any row is wrong.
+nats, s3, sqs, sns; one embedded server each for the whole benchmark: nats-server, SeaweedFS, and
+one moto_server for sqs and another for sns) with 2, 4 and 8 workers, min-comm. Each baseline
+timing is the best of ``--repeat`` runs, each channel row the best of ``--channel-repeat``;
+loading and planning are excluded everywhere, as in the challenge. Each channel row also carries
+what FSD-Inference's two schemes would bill for the same traffic (benchmarks/fsd_inference.py).
+Ends with markdown tables for docs/benchmarks.md; exits 1 if any row is wrong.
 
     .venv/bin/python benchmarks/run.py [--data ../shared/graphchallenge] [--repeat 3]
-        [--channels local,nats,s3]
+        [--channel-repeat 3] [--channels local,nats,s3,sqs,sns] [--only-channels]
 """
 
 from __future__ import annotations
@@ -24,22 +27,19 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+import fsd_inference
 from fsd import reference
 from fsd.channels import CHANNELS, ChannelConfig
 from fsd.coordinator import Prepared, RunConfig, infer, prepare
+from fsd.cost import PRICES
 from fsd.metrics import RunResult
 from fsd.model import Images, Network, load_images, load_network
-from fsd.partition import PARTITIONERS, make_plan
+from fsd.partition import PARTITIONERS, Plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-CHANNEL_WORKERS = (2, 4)
+CHANNEL_WORKERS = (2, 4, 8)
 CHANNEL_PARTITION = "min-comm"
-#: Transport operations each channel is billed for (see fsd.cost); local has no transport bill.
-BILLED_OPS: dict[str, tuple[str, ...]] = {
-    "local": (),
-    "nats": ("publish", "receive", "ack"),
-    "s3": ("put", "get", "get_miss", "list"),
-}
+CLOUD = ("nats", "s3", "sqs", "sns")  # the channels with a cloud bill, in table order
 GB2 = "graphblas 2 thread(s)"
 
 
@@ -86,7 +86,8 @@ def graphblas_runner(network: Network, images: sp.csr_matrix, threads: int) -> C
 
 
 def _channel_configs(kinds: list[str], stack: contextlib.ExitStack) -> dict[str, ChannelConfig]:
-    """One configuration per channel; nats and s3 each get one embedded server, stopped by stack."""
+    """One configuration per channel; each but local gets its own embedded server, stopped by
+    stack (sqs and sns one moto_server each, so neither queues behind the other's requests)."""
     configs: dict[str, ChannelConfig] = {}
     for kind in kinds:
         if kind == "local":
@@ -108,11 +109,102 @@ def _channel_configs(kinds: list[str], stack: contextlib.ExitStack) -> dict[str,
                 bucket=s3.bucket,
                 region=s3.region,
             )
+        elif kind in ("sqs", "sns"):
+            from fsd.services import MotoServer
+
+            moto = stack.enter_context(MotoServer())
+            configs[kind] = ChannelConfig(
+                kind,
+                moto.endpoint,
+                access_key=moto.access_key,
+                secret_key=moto.secret_key,
+                region=moto.region,
+            )
     return configs
 
 
-def _requests(kind: str, ops: dict[str, int]) -> int:
-    return sum(int(ops.get(op, 0)) for op in BILLED_OPS[kind])
+def active_inputs(network: Network, images: sp.csr_matrix) -> list[np.ndarray]:
+    """Per layer, which of its input neurons are non-zero for some image (the oracle's rule)."""
+    masks = []
+    y = sp.csr_matrix(images, dtype=np.float64)
+    for w in network.layers:
+        mask = np.zeros(w.shape[0], dtype=bool)
+        mask[y.indices] = True
+        masks.append(mask)
+        y = reference.infer(Network(layers=[w], bias=network.bias, ymax=network.ymax), y)
+    return masks
+
+
+def traffic(
+    plan: Plan, active: list[np.ndarray], payload: int, comm: np.ndarray
+) -> tuple[fsd_inference.Traffic, list[float]]:
+    """The run's messages split as FSD-Inference would send them, and each receiving slot's wait.
+
+    fsd sends every planned (sender, receiver) pair a message each layer, empty when none of the
+    neurons the receiver needs is active; FSD-Inference sends only the non-empty ones and flags
+    the rest (a DynamoDB item or an empty S3 object). ``comm`` is the run's seconds per worker
+    and layer spent communicating (:attr:`RunResult.worker_comm`).
+    """
+    messages = flags = 0
+    sending: set[tuple[int, int]] = set()
+    receiving: set[tuple[int, int]] = set()
+    expecting: set[tuple[int, int]] = set()
+    for k, layer in enumerate(plan.layers):
+        for (src, dst), needed in layer.pairs.items():
+            expecting.add((dst, k))
+            if active[k][needed].any():
+                messages += 1
+                sending.add((src, k))
+                receiving.add((dst, k))
+            else:
+                flags += 1
+    counts = fsd_inference.Traffic(
+        workers=plan.workers,
+        layers=plan.depth,
+        messages=messages,
+        flags=flags,
+        bytes=payload,
+        sending_slots=len(sending),
+        receiving_slots=len(receiving),
+        expecting_slots=len(expecting),
+    )
+    waits = [float(comm[dst, k]) for dst, k in sorted(expecting)] if comm.size else []
+    return counts, waits
+
+
+def fsd_inference_bills(
+    result: RunResult, plan: Plan, active: list[np.ndarray], memory_mb: int
+) -> dict[str, Any]:
+    """Both FSD-Inference schemes' bills for this run's traffic, at its Lambda usage."""
+    counts, waits = traffic(plan, active, result.activation_bytes, result.worker_comm)
+    planned = counts.messages + counts.flags
+    if planned != result.messages - 2 * result.workers:  # inputs and results: 2 per worker
+        print(f"  note: plan has {planned} messages, the run sent {result.messages}", flush=True)
+    if len(waits) != counts.expecting_slots:  # no per-layer times: assume no waiting
+        waits = [0.0] * counts.expecting_slots
+    breakdown = result.cost.breakdown if result.cost is not None else {}
+    gb_seconds = breakdown.get("lambda_compute", 0.0) / PRICES.lambda_per_gb_second
+    invocations = result.workers + 1
+    objects = fsd_inference.object_scheme(counts, waits, invocations, gb_seconds, memory_mb)
+    return {
+        "traffic": dict(vars(counts)),
+        "wait_seconds": round(sum(waits), 4),  # the object scheme's waits, summed
+        **queue_bills(counts, invocations, gb_seconds),
+        "object": objects.to_json(),
+    }
+
+
+def queue_bills(
+    counts: fsd_inference.Traffic, invocations: int, gb_seconds: float
+) -> dict[str, Any]:
+    """The queue scheme at its fewest polls, and at the messages per poll FSD-Inference measured."""
+    measured = fsd_inference.MEASURED_MESSAGES_PER_POLL
+    return {
+        "queue": fsd_inference.queue_scheme(counts, invocations, gb_seconds).to_json(),
+        "queue_measured_polls": fsd_inference.queue_scheme(
+            counts, invocations, gb_seconds, messages_per_poll=measured
+        ).to_json(),
+    }
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -145,16 +237,69 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cloud_markdown(rows: list[dict[str, Any]]) -> str:
+    """The cloud channels against FSD-Inference's schemes for the same traffic, in USD per run."""
+    lines = [
+        "| channel | workers | seconds | requests | bytes | fsd cost USD "
+        "| FSD-Inf queue USD (published model) | FSD-Inf object USD |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ordered = sorted(
+        (r for r in rows if r.get("channel") in CLOUD),
+        key=lambda r: (CLOUD.index(r["channel"]), r["workers"]),
+    )
+    for r in ordered:
+        kind = r["channel"] if r["correct"] else f"{r['channel']} (WRONG)"
+        if r["seconds"] is None:
+            lines.append(f"| {kind} | {r['workers']} | failed: {r.get('error', '')} |||||")
+            continue
+        bills = r["fsd_inference"]
+        queue, objects = bills["queue"], bills["object"]
+        cells = [
+            kind,
+            str(r["workers"]),
+            f"{r['seconds']:.3f}",
+            f"{r['requests']:,}",
+            f"{r['bytes']:,}",
+            f"{r['cost_usd']:.3g}",
+            f"{queue['total_usd']:.3g} ({queue['published_model_usd']:.3g})",
+            f"{objects['total_usd']:.3g}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "graphchallenge")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     parser.add_argument(
-        "--channels", default="local,nats,s3", help="comma list of channels for the channel rows"
+        "--channel-repeat", type=int, default=3, help="runs per channel row (the best is kept)"
+    )
+    parser.add_argument(
+        "--channels",
+        default="local,nats,s3,sqs,sns",
+        help="comma list of channels for the channel rows",
+    )
+    parser.add_argument(
+        "--channel-workers",
+        default=",".join(map(str, CHANNEL_WORKERS)),
+        help="comma list of worker counts for the channel rows",
+    )
+    parser.add_argument(
+        "--only-channels", action="store_true", help="skip the baselines: channel rows only"
     )
     args = parser.parse_args()
     kinds = [k.strip() for k in args.channels.split(",") if k.strip()]
+    try:
+        channel_workers = [int(w) for w in args.channel_workers.split(",") if w.strip()]
+    except ValueError:
+        print(f"--channel-workers: not a list of integers: {args.channel_workers}", file=sys.stderr)
+        return 2
+    if not channel_workers or min(channel_workers) < 1:
+        print("--channel-workers needs worker counts >= 1", file=sys.stderr)
+        return 2
     unknown = [k for k in kinds if k not in CHANNELS]
     if unknown:
         print(f"unknown channel(s) {unknown}; choose from {', '.join(CHANNELS)}", file=sys.stderr)
@@ -173,13 +318,17 @@ def main() -> int:
         rows.append({"name": name, "seconds": seconds, "correct": ok, **extra})
         print(f"{name:<34} {seconds:8.3f} s  correct={ok}", flush=True)
 
-    secs, cats = _best(lambda: reference.categories(reference.infer(network, images.matrix)), 1)
-    record("scipy oracle (serial, float64)", secs, cats)
-    for threads in (1, 2):
-        secs, cats = _best(graphblas_runner(network, images.matrix, threads), args.repeat)
-        record(f"graphblas {threads} thread(s)", secs, cats)
     prepared_by: dict[tuple[int, str], Prepared] = {}
-    for workers, partitions in ((1, ("contiguous",)), (2, ("contiguous", "min-comm"))):
+    baselines: tuple[tuple[int, tuple[str, ...]], ...] = (
+        () if args.only_channels else ((1, ("contiguous",)), (2, ("contiguous", "min-comm")))
+    )
+    if not args.only_channels:
+        secs, cats = _best(lambda: reference.categories(reference.infer(network, images.matrix)), 1)
+        record("scipy oracle (serial, float64)", secs, cats)
+        for threads in (1, 2):
+            secs, cats = _best(graphblas_runner(network, images.matrix, threads), args.repeat)
+            record(f"graphblas {threads} thread(s)", secs, cats)
+    for workers, partitions in baselines:
         for partition in partitions:
             config = RunConfig(workers=workers, partition=partition)
             prepared = prepared_by[workers, partition] = prepare(network, config)
@@ -194,17 +343,20 @@ def main() -> int:
             )
 
     # channels side by side: one server per channel, one Prepared per worker count
+    active = active_inputs(network, images.matrix)
+    memory_mb = RunConfig().memory_mb
     with contextlib.ExitStack() as stack:
         try:
             configs = _channel_configs(kinds, stack)
         except Exception as exc:  # a server that will not start fails its rows, not the script
             print(f"could not start channel servers: {type(exc).__name__}: {exc}", flush=True)
             configs = {}
-        for workers in CHANNEL_WORKERS:
+        for workers in channel_workers:
             key = (workers, CHANNEL_PARTITION)
+            plan_config = RunConfig(workers=workers, partition=CHANNEL_PARTITION)
             if key not in prepared_by:
-                plan_config = RunConfig(workers=workers, partition=CHANNEL_PARTITION)
                 prepared_by[key] = prepare(network, plan_config)
+            plan = make_plan(network, workers, CHANNEL_PARTITION, plan_config.seed)
             for kind in kinds:
                 name = f"fsd {kind} {workers} workers, {CHANNEL_PARTITION}"
                 info: dict[str, Any] = {"channel": kind, "workers": workers}
@@ -215,7 +367,7 @@ def main() -> int:
                         channel=kind,
                         channel_config=configs[kind],
                     )
-                    best = _best_infer(prepared_by[key], images.matrix, config, args.repeat)
+                    best = _best_infer(prepared_by[key], images.matrix, config, args.channel_repeat)
                 except Exception as exc:  # record the failure, keep benchmarking the rest
                     why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                     rows.append({"name": name, "seconds": None, "correct": False, **info})
@@ -231,24 +383,27 @@ def main() -> int:
                     comm_share=round(best.comm_share, 3),
                     bytes=best.bytes_sent,
                     messages=best.messages,
-                    requests=_requests(kind, best.ops),
+                    # contract: a run's billed requests are its cost's request counts
+                    requests=None if cost is None else sum(cost.requests.values()),
                     ops=dict(best.ops),
                     cost_usd=None if cost is None else cost.total_usd,
                     cost=None if cost is None else cost.to_json(),
+                    fsd_inference=fsd_inference_bills(best, plan, active, memory_mb),
                 )
 
     plans = {m: make_plan(network, 8, m).total_volume for m in PARTITIONERS}
     print(f"planned crossing activations, 8 workers: {plans}")
     by = {r["name"]: r["seconds"] for r in rows if r["seconds"] is not None}
-    ratios = {
-        "fsd1/graphblas1": by["fsd 1 worker(s), contiguous"] / by["graphblas 1 thread(s)"],
-        "fsd2/graphblas2": min(by["fsd 2 worker(s), contiguous"], by["fsd 2 worker(s), min-comm"])
-        / by[GB2],
-    }
-    for kind, label in (("nats", "nats2"), ("s3", "s3_2")):
-        seconds = by.get(f"fsd {kind} 2 workers, {CHANNEL_PARTITION}")
-        if seconds is not None:
-            ratios[f"{label}/graphblas2"] = seconds / by[GB2]
+    ratios: dict[str, float] = {}
+    if GB2 in by:
+        ratios["fsd1/graphblas1"] = by["fsd 1 worker(s), contiguous"] / by["graphblas 1 thread(s)"]
+        ratios["fsd2/graphblas2"] = (
+            min(by["fsd 2 worker(s), contiguous"], by["fsd 2 worker(s), min-comm"]) / by[GB2]
+        )
+        for kind, label in (("nats", "nats2"), ("s3", "s3_2")):
+            seconds = by.get(f"fsd {kind} 2 workers, {CHANNEL_PARTITION}")
+            if seconds is not None:
+                ratios[f"{label}/graphblas2"] = seconds / by[GB2]
     for label, value in ratios.items():
         print(f"{label:<20} {value:.2f}x")
     nats2 = next((r for r in rows if r["name"] == f"fsd nats 2 workers, {CHANNEL_PARTITION}"), {})
@@ -256,8 +411,11 @@ def main() -> int:
     if nats2_comm is not None:
         print(f"{'nats2 comm share':<20} {nats2_comm:.3f}")
     table = _markdown(rows)
+    cloud = _cloud_markdown(rows)
     print()
     print(table)
+    print()
+    print(cloud)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "rows": rows,
@@ -266,6 +424,7 @@ def main() -> int:
         "plans_8": plans,
         "channels": kinds,
         "table": table,
+        "cloud_table": cloud,
     }
     args.out.write_text(json.dumps(report, indent=2))
     return 0 if all(r["correct"] for r in rows) else 1

@@ -39,6 +39,7 @@ ELSEWHERE = {
     "tests/test_aws_template.py lints and checks the template instead",
     "awscurl": "signs a request to a coordinator deployed on AWS (no AWS account here)",
     "mc": "needs a MinIO client and server",
+    "python": "runs a benchmark script: minutes of both cores, no assertion to make (`make bench`)",
     "export": "sets variables for the commands that follow it",
     "cat": "writes a values file for helm",
     "echo": "pipes a password to faas-cli",
