@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fsd.cost import GIB, PRICES, Prices
+from fsd.cost import PRICES, Prices
 from fsd.errors import InputError
 
 #: DynamoDB on-demand, us-east-1, Standard table class, after the 2024-11-01 price cut: $0.625 per
@@ -47,6 +47,9 @@ from fsd.errors import InputError
 #: https://aws.amazon.com/dynamodb/pricing/on-demand/ ; the dollar figures, rendered there by
 #: script, were read from secondary sources quoting it (e.g.
 #: https://airbyte.com/data-engineering-resources/dynamodb-pricing). Taken 2026-11-30.
+SPREADSHEET_SNS_DATA_PER_GB = 0.09
+"""The spreadsheet's SNS data charge ($0.09 per 1e9 bytes published): in its published model
+only; AWS bills no data for SNS deliveries to SQS in the region (https://aws.amazon.com/sns/pricing/)."""
 DYNAMODB_WRITE_PER_MILLION = 0.625
 DYNAMODB_READ_PER_MILLION = 0.125
 #: A Query of one small partition (FSD-Inference's flags are < 100 bytes) with boto3's default
@@ -123,8 +126,8 @@ class Bill:
 
 def _lambda(invocations: int, gb_seconds: float, prices: Prices) -> dict[str, float]:
     return {
-        "lambda_requests": invocations * prices.lambda_per_million_requests / 1e6,
-        "lambda_compute": gb_seconds * prices.lambda_per_gb_second,
+        "lambda_request": invocations * prices.lambda_request,
+        "lambda_gb_second": gb_seconds * prices.lambda_gb_second,
     }
 
 
@@ -144,7 +147,8 @@ def queue_scheme(
     6,774 / 4,318 = 1.57); one DeleteMessageBatch per poll; each slot with sources makes one
     DynamoDB Query per poll plus a last one that finds its sources complete. Deliveries to the
     queues are billed as fsd.cost bills its sns channel's (the SQS send of each publish's 64 KB
-    units; AWS: SNS charges nothing to deliver to SQS), so both sides count them alike. The
+    units, priced as ``Prices.sns_delivery``: AWS charges nothing to deliver to SQS), so both sides
+    count them alike; nor is SNS data billed (attribute filter policies are free). The
     end-of-batch synchronisation (one publish and poll per worker) is left out, as fsd's own
     result messages are.
     """
@@ -162,19 +166,20 @@ def queue_scheme(
     deletes = polls
     queries = polls + t.expecting_slots
     read_units = queries * QUERY_READ_UNITS
-    sqs = deliveries + receive_units + deletes
+    sqs = receive_units + deletes
     bill = Bill("fsd-inference queue (SNS + SQS + DynamoDB flags)")
     bill.requests = {
         "sns_publish": publish_units,
-        "sqs": sqs,
+        "sns_delivery": deliveries,
+        "sqs_request": sqs,
         "dynamodb_write_units": t.flags,
         "dynamodb_read_units": read_units,
-        "lambda_requests": invocations,
+        "lambda_request": invocations,
     }
     bill.items = {
-        "sns_publish": publish_units * prices.sns_publish_per_million / 1e6,
-        "sns_data": t.bytes / GIB * prices.sns_data_per_gb,
-        "sqs": sqs * prices.sqs_per_million / 1e6,
+        "sns_publish": publish_units * prices.sns_publish,
+        "sns_delivery": deliveries * prices.sns_delivery,
+        "sqs_request": sqs * prices.sqs_request,
         "dynamodb_write": t.flags * DYNAMODB_WRITE_PER_MILLION / 1e6,
         "dynamodb_read": read_units * DYNAMODB_READ_PER_MILLION / 1e6,
         **_lambda(invocations, gb_seconds, prices),
@@ -182,9 +187,9 @@ def queue_scheme(
     # the spreadsheet: P = ceil((S / Q) / 64000) * Q publishes, S * $0.09 / 1e9, T polls, Lambda
     per_batch = math.ceil(t.bytes / batches / 64000) if batches else 0
     bill.published = {
-        "sns_publish": per_batch * batches * prices.sns_publish_per_million / 1e6,
-        "sns_data": t.bytes * prices.sns_data_per_gb / 1e9,
-        "sqs": polls * prices.sqs_per_million / 1e6,
+        "sns_publish": per_batch * batches * prices.sns_publish,
+        "sns_data": t.bytes * SPREADSHEET_SNS_DATA_PER_GB / 1e9,
+        "sqs_request": polls * prices.sqs_request,
         **_lambda(invocations, gb_seconds, prices),
     }
     return bill
@@ -237,14 +242,14 @@ def object_scheme(
         "s3_put": puts,
         "s3_list": lists,
         "s3_get": gets,
-        "lambda_requests": invocations,
+        "lambda_request": invocations,
     }
     bill.items = {
-        "s3_put": puts * prices.s3_put_per_thousand / 1e3,
-        "s3_list": lists * prices.s3_put_per_thousand / 1e3,
-        "s3_get": gets * prices.s3_get_per_thousand / 1e3,
+        "s3_put": puts * prices.s3_put,
+        "s3_list": lists * prices.s3_put,
+        "s3_get": gets * prices.s3_get,
         **_lambda(invocations, gb_seconds, prices),
-        "lambda_poll_sleep": extra_seconds * memory_mb / 1024 * prices.lambda_per_gb_second,
+        "lambda_poll_sleep": extra_seconds * memory_mb / 1024 * prices.lambda_gb_second,
     }
     bill.published = dict(bill.items)  # the spreadsheet counts all of these (runtime as measured)
     return bill

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 import fsd_inference
 from fsd import reference
-from fsd.channels import CHANNELS, ChannelConfig
+from fsd.channels import CHANNELS, ChannelConfig, transport
 from fsd.coordinator import Prepared, RunConfig, infer, prepare
 from fsd.cost import PRICES
 from fsd.metrics import RunResult
@@ -86,40 +86,15 @@ def graphblas_runner(network: Network, images: sp.csr_matrix, threads: int) -> C
 
 
 def _channel_configs(kinds: list[str], stack: contextlib.ExitStack) -> dict[str, ChannelConfig]:
-    """One configuration per channel; each but local gets its own embedded server, stopped by
-    stack (sqs and sns one moto_server each, so neither queues behind the other's requests)."""
+    """One configuration per channel, each on the embedded server its transport starts itself
+    (sqs and sns one moto_server each, so neither queues behind the other's requests), stopped
+    by stack; local keeps a fresh mailbox folder per run."""
     configs: dict[str, ChannelConfig] = {}
     for kind in kinds:
         if kind == "local":
-            configs[kind] = ChannelConfig("local")  # a fresh mailbox folder per run
-        elif kind == "nats":
-            from fsd.services import NatsServer
-
-            nats = stack.enter_context(NatsServer())
-            configs[kind] = ChannelConfig("nats", nats.url, token=nats.token)
-        elif kind == "s3":
-            from fsd.services import S3Server
-
-            s3 = stack.enter_context(S3Server())
-            configs[kind] = ChannelConfig(
-                "s3",
-                s3.endpoint,
-                access_key=s3.access_key,
-                secret_key=s3.secret_key,
-                bucket=s3.bucket,
-                region=s3.region,
-            )
-        elif kind in ("sqs", "sns"):
-            from fsd.services import MotoServer
-
-            moto = stack.enter_context(MotoServer())
-            configs[kind] = ChannelConfig(
-                kind,
-                moto.endpoint,
-                access_key=moto.access_key,
-                secret_key=moto.secret_key,
-                region=moto.region,
-            )
+            configs[kind] = ChannelConfig("local")
+        else:
+            configs[kind] = stack.enter_context(transport(kind).embedded(ChannelConfig(kind)))
     return configs
 
 
@@ -183,7 +158,7 @@ def fsd_inference_bills(
     if len(waits) != counts.expecting_slots:  # no per-layer times: assume no waiting
         waits = [0.0] * counts.expecting_slots
     breakdown = result.cost.breakdown if result.cost is not None else {}
-    gb_seconds = breakdown.get("lambda_compute", 0.0) / PRICES.lambda_per_gb_second
+    gb_seconds = breakdown.get("lambda_gb_second", 0.0) / PRICES.lambda_gb_second
     invocations = result.workers + 1
     objects = fsd_inference.object_scheme(counts, waits, invocations, gb_seconds, memory_mb)
     return {
