@@ -195,6 +195,27 @@ def test_end_to_end_through_lambda_invokes(
     assert all(o.error is None and o.exit_code is not None for o in aws.outcomes)
 
 
+def test_end_to_end_over_sqs_as_the_template_deploys_it(
+    monkeypatch: pytest.MonkeyPatch,
+    aws: LambdaStandIn,
+    pushed: dict[str, str],
+    moto: str,
+    shared_images: Images,
+) -> None:
+    """``FSD_CHANNEL`` sqs, as deploy/aws/template.yaml sets it: the request names no channel,
+    both functions reach SQS through boto3's own endpoint variable, and the workers' counted
+    operations come back by name."""
+    env = {**pushed, "FSD_CHANNEL": "sqs", "AWS_ENDPOINT_URL_SQS": moto, "FSD_AWS_PREFIX": "fsdl"}
+    status, reply = coordinate(
+        monkeypatch, aws, env, model="gc1024", workers=4, images={"stored": True}
+    )
+    assert status == 200, reply
+    assert reply["channel"] == "sqs"
+    assert reply["correct"] is True and reply["n_categories"] == 73
+    assert reply["requests"]["send_batch"] >= 4 * 120  # the coordinator alone sends 4
+    assert reply["cost_usd"]["requests"]["sqs_request"] >= reply["requests"]["send_batch"]
+
+
 def test_a_crashed_worker_is_named_from_its_onfailure_record(
     monkeypatch: pytest.MonkeyPatch, aws: LambdaStandIn, pushed: dict[str, str]
 ) -> None:

@@ -27,6 +27,7 @@ from fsd.errors import ChannelError, InputError
 from fsd.model import Images, Network
 from fsd.redact import redact
 from fsd.services import MotoServer, NatsServer, S3Server
+from listeners import Recorder
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
 KEY = auth.new_secret()
@@ -315,6 +316,70 @@ def test_sqs_settings_from_the_environment() -> None:
         channel_config("sqs", env={"AWS_ENDPOINT_URL": "http://user:pw@moto:5000"})
     with pytest.raises(InputError, match="namespace"):
         channel_config("sqs", env={"FSD_AWS_PREFIX": "Bad Prefix"})
+
+
+def test_s3_signs_with_the_session_token_of_temporary_keys() -> None:
+    """A Lambda role's keys are temporary: every S3 request must carry their session token
+    (``X-Amz-Security-Token``), or AWS refuses it."""
+    token = "IQoJb3JpZ2luX2Vj" + uuid.uuid4().hex
+    recorder = Recorder()
+    try:
+        env = {
+            "FSD_S3_ENDPOINT": f"http://{recorder.url}",
+            "AWS_ACCESS_KEY_ID": "ASIAEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_SESSION_TOKEN": token,
+        }
+        cfg = dataclasses.replace(
+            channel_config("s3", env=env), secret=KEY, retry_seconds=0, connect_timeout=2
+        )
+        assert cfg.session_token == token and token not in repr(cfg)
+        with pytest.raises(ChannelError):  # the recorder answers nothing
+            open_channel(cfg, uuid.uuid4().bytes, 0)
+        request = recorder.wait_received(1)[0].lower()
+    finally:
+        recorder.close()
+    assert f"x-amz-security-token: {token.lower()}".encode() in request
+
+
+def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
+    """``AWS_ENDPOINT_URL_SNS`` and ``AWS_ENDPOINT_URL_SQS`` name two services: the sns channel's
+    queues are made where SQS is, its subscriptions where SNS is."""
+    with MotoServer() as queues:
+        env = {
+            "AWS_ENDPOINT_URL_SNS": moto_server.endpoint,
+            "AWS_ENDPOINT_URL_SQS": queues.endpoint,
+            "FSD_AWS_PREFIX": "twoends",
+        }
+        cfg = channel_config("sns", env=env)
+        assert (cfg.address, cfg.queue_address) == (moto_server.endpoint, queues.endpoint)
+        cfg = dataclasses.replace(
+            cfg,
+            secret=KEY,
+            access_key=moto_server.access_key,
+            secret_key=moto_server.secret_key,
+            region=moto_server.region,
+        )
+        with open_channel(cfg, uuid.uuid4().bytes, 0):
+            pass
+
+        def queue_names(endpoint: str) -> list[str]:
+            client = boto3.client(
+                "sqs",
+                endpoint_url=endpoint,
+                region_name=moto_server.region,
+                aws_access_key_id=moto_server.access_key,
+                aws_secret_access_key=moto_server.secret_key,
+            )
+            urls = client.list_queues(QueueNamePrefix="twoends").get("QueueUrls", [])
+            return [u.rsplit("/", 1)[-1] for u in urls]
+
+        assert queue_names(queues.endpoint) == ["twoends-sns-w0"]
+        assert queue_names(moto_server.endpoint) == []
+    only_sns = channel_config("sns", env={"AWS_ENDPOINT_URL_SNS": moto_server.endpoint})
+    assert only_sns.queue_address == "https://sqs.us-east-1.amazonaws.com"  # SQS: AWS's own
+    both = channel_config("sns", env={"AWS_ENDPOINT_URL": moto_server.endpoint})
+    assert (both.address, both.queue_address) == (moto_server.endpoint, "")
 
 
 def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServer) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd import auth, cost, kernels, settings, wire
-from fsd.channels import CHANNELS, COORDINATOR, Channel, ChannelConfig, open_channel, transport
+from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel, transport
 from fsd.errors import ChannelError, FsdError, InputError, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
@@ -54,10 +54,7 @@ class RunConfig:
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
 
     def validate(self, network: Network) -> None:
-        if self.channel not in CHANNELS:
-            raise InputError(
-                f"unknown channel {self.channel!r}; choose one of {', '.join(CHANNELS)}"
-            )
+        transport(self.channel)  # in the registry (InputError naming the choices if not)
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.timeout <= 0 or self.layer_timeout <= 0:
