@@ -27,6 +27,7 @@ from fsd.errors import ChannelError, InputError
 from fsd.model import Images, Network
 from fsd.redact import redact
 from fsd.services import MotoServer, NatsServer, S3Server
+from fsd.store import ModelStore
 from listeners import Recorder
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
@@ -179,6 +180,31 @@ def test_cli_runs_on_an_embedded_server(
     sends = {"nats": "publish", "s3": "put", "sqs": "send_batch", "sns": "publish_batch"}
     assert out["requests"][sends[channel]] >= 4 * 120
     assert out["requests"]["get" if channel == "s3" else "receive"] >= 4 * 120
+
+
+@pytest.mark.parametrize("channel", ["sqs", "sns"])
+def test_cli_runs_on_the_aws_endpoint_url_it_is_given(
+    channel: str,
+    moto_server: MotoServer,
+    shared_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``AWS_ENDPOINT_URL`` (boto3's own variable) names the server: no embedded one starts."""
+    for var in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_server.secret_key)
+    monkeypatch.setenv("AWS_REGION", moto_server.region)
+    monkeypatch.setenv("FSD_AWS_PREFIX", f"cli{channel}")
+    monkeypatch.setattr(MotoServer, "__init__", None)  # starting one would fail the test
+    code = cli.main(
+        ["run", "--data", str(shared_dir), "--workers", "4", "--channel", channel, "--json"]
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    assert out["correct"] is True and out["n_categories"] == 73 and out["channel"] == channel
 
 
 @pytest.mark.parametrize("kind", ["nats", "s3"])
@@ -340,6 +366,33 @@ def test_s3_signs_with_the_session_token_of_temporary_keys() -> None:
     finally:
         recorder.close()
     assert f"x-amz-security-token: {token.lower()}".encode() in request
+
+
+def test_s3_channel_and_model_store_work_on_moto_s3_unchanged(
+    moto_server: MotoServer, shared_net: Network
+) -> None:
+    """Issue 11 item 3: the ``s3`` channel and the model store against another S3 (moto's, which
+    follows AWS's API), with nothing changed but the endpoint."""
+    env = {
+        "FSD_S3_ENDPOINT": moto_server.endpoint,
+        "FSD_S3_BUCKET": "fsd-moto-s3",
+        "AWS_ACCESS_KEY_ID": moto_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
+        "AWS_REGION": moto_server.region,
+    }
+    cfg = dataclasses.replace(channel_config("s3", env=env), secret=KEY)
+    run_id = uuid.uuid4().bytes
+    with open_channel(cfg, run_id, 0) as a, open_channel(cfg, run_id, 1) as b:
+        msg = wire.Message(
+            wire.Header(wire.Kind.ACT, run_id, 1, 0, 1), [np.arange(5, dtype=np.uint32)]
+        )
+        a.send(msg)
+        assert b.expect(wire.Kind.ACT, 1, [0], timeout=10)[0] == msg
+        a.purge_run([0, 1])
+    store = ModelStore(cfg)
+    store.push(shared_net, "gc-moto", [2], ("contiguous",))
+    manifest = store.manifest("gc-moto")
+    assert (manifest.neurons, manifest.layers) == (1024, 120) and manifest.has(2, "contiguous")
 
 
 def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
