@@ -23,6 +23,7 @@ from fsd.channels.settings import channel_config
 from fsd.channels.sns import SnsChannel
 from fsd.channels.sqs import SqsChannel
 from fsd.coordinator import RunConfig, run
+from fsd.cost import estimate
 from fsd.errors import ChannelError, InputError
 from fsd.model import Images, Network
 from fsd.redact import redact
@@ -255,7 +256,7 @@ def test_a_short_deployment_secret_is_refused() -> None:
 
 def _sqs_config(moto: MotoServer, **change: Any) -> ChannelConfig:
     return ChannelConfig(
-        "sqs",
+        change.pop("kind", "sqs"),
         moto.endpoint,
         access_key=moto.access_key,
         secret_key=moto.secret_key,
@@ -263,6 +264,20 @@ def _sqs_config(moto: MotoServer, **change: Any) -> ChannelConfig:
         secret=KEY,
         **change,
     )
+
+
+@pytest.mark.parametrize("kind", ["sqs", "sns"])
+def test_an_empty_receive_is_billed_as_one_request(kind: str, moto_server: MotoServer) -> None:
+    """A ReceiveMessage that returns nothing is still a billed SQS request: its unit counts."""
+    cfg = _sqs_config(moto_server, namespace=f"empty{kind}", kind=kind)
+    run_id = uuid.uuid4().bytes
+    with open_channel(cfg, run_id, 0) as ch:
+        assert ch.collect(wire.Kind.ACT, 1, [1], timeout=1.5) == {}
+        ops = dict(ch.stats.ops)
+    assert ops["receive"] >= 1
+    assert ops["receive_units"] == ops["receive"]
+    cost = estimate(transport(kind).BILLING, ops)
+    assert cost.requests["sqs_request"] >= ops["receive"]
 
 
 def _sqs_queues(moto: MotoServer, prefix: str) -> list[str]:

@@ -11,14 +11,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from fsd.channels.base import ChannelConfig, Slot
+from fsd.channels.base import Channel, ChannelConfig, Slot
 from fsd.errors import ChannelError
 from fsd.urls import check_s3_endpoint
 
@@ -118,6 +118,25 @@ def moto_server(config: ChannelConfig) -> Iterator[ChannelConfig]:
             session_token="",
             region=moto.region,
         )
+
+
+class AwsChannel(Channel):
+    """What the ``sqs`` and ``sns`` transports share as a transport: boto3's settings and
+    endpoints, AWS itself when credentials are configured, an embedded moto_server otherwise."""
+
+    @classmethod
+    def settings(
+        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
+    ) -> ChannelConfig:
+        return aws_settings(config, env, config.kind)
+
+    @classmethod
+    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
+        return aws_has_server(config, env)
+
+    @classmethod
+    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
+        return moto_server(config)
 
 
 def aws_client(

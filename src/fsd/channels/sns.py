@@ -45,9 +45,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
@@ -55,17 +54,15 @@ import botocore.exceptions
 from fsd import wire
 from fsd.channels.aws import (
     MAX_BATCH,
+    AwsChannel,
     aws_client,
-    aws_has_server,
-    aws_settings,
     delete_messages,
     long_polls,
-    moto_server,
     parse_slot,
     retry,
     slot_text,
 )
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
+from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
 
 if TYPE_CHECKING:
@@ -76,7 +73,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KIND = "sns"
 MAX_PUBLISH = 256 * 1024  # SNS standard topic: a message with its attributes, and a batch
 _OVERHEAD = 512  # attributes (dst, run, slot) with their names and types, with room to spare
 _VISIBILITY = 30
@@ -91,7 +87,7 @@ def queue_name(prefix: str, endpoint: int) -> str:
     return f"{prefix}-sns-{_who(endpoint)}"
 
 
-class SnsChannel(Channel):
+class SnsChannel(AwsChannel):
     """One endpoint of one run on the deployment's topic and its slot's queue."""
 
     OPS = ("publish_batch", "publish_units", "receive", "receive_units", "queue_batch", "setup")
@@ -102,20 +98,6 @@ class SnsChannel(Channel):
         "setup": (("sqs_request", 1.0),),  # SNS's API requests bill like publishes: near enough
     }
     SERVER = "AWS_ENDPOINT_URL_SNS, AWS_ENDPOINT_URL or AWS credentials"
-
-    @classmethod
-    def settings(
-        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
-    ) -> ChannelConfig:
-        return aws_settings(config, env, KIND)
-
-    @classmethod
-    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
-        return aws_has_server(config, env)
-
-    @classmethod
-    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
-        return moto_server(config)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
@@ -304,18 +286,19 @@ class SnsChannel(Channel):
                     WaitTimeSeconds=wait,
                     MessageAttributeNames=["run", "slot"],
                 )
-                return list(answer.get("Messages", []))
+                messages = list(answer.get("Messages", []))
+                payload = sum(len(m.get("Body", "")) for m in messages)
+                self.stats.count("receive_units", units_64k(payload))  # an empty one is 1 too
+                return messages
 
             return self._retry(op, "receive")
 
         for messages in long_polls(receive, deadline):
             accepted = False
-            payload = 0
             mine, others = [], []
             for m in messages:
                 attrs = m.get("MessageAttributes", {})
                 body = m.get("Body", "")
-                payload += len(body)
                 if attrs.get("run", {}).get("StringValue") != self._run_hex:
                     others.append(m["ReceiptHandle"])
                     continue
@@ -326,7 +309,6 @@ class SnsChannel(Channel):
                     log.debug("endpoint %d: dropped a message that is no frame", self.me)
                     continue
                 accepted = self._deliver(slot, data) or accepted
-            self.stats.count("receive_units", units_64k(payload))
             if others:
                 self._hand_back(others)
             if mine:

@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
@@ -49,18 +48,16 @@ import botocore.exceptions
 from fsd.channels.aws import (
     MAX_BATCH,
     MISSING_QUEUE,
+    AwsChannel,
     aws_client,
-    aws_has_server,
-    aws_settings,
     delete_messages,
     error_code,
     long_polls,
-    moto_server,
     parse_slot,
     retry,
     slot_text,
 )
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
+from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError
 
 if TYPE_CHECKING:
@@ -70,7 +67,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KIND = "sqs"
 MAX_MESSAGE = 1024 * 1024  # SQS: a message (body + attributes) and a whole batch
 ATTRIBUTE = "f"  # the Binary message attribute that carries the frame
 _OVERHEAD = 256  # body (the slot's name) + attribute name and type, with room to spare
@@ -83,7 +79,12 @@ def queue_name(prefix: str, run: bytes, endpoint: int) -> str:
     return f"{prefix}-{run.hex()}-{who}"
 
 
-class SqsChannel(Channel):
+def _frame(message: Any) -> Any:
+    """The frame a received message carries (its Binary attribute), or ``b""``."""
+    return message.get("MessageAttributes", {}).get(ATTRIBUTE, {}).get("BinaryValue", b"")
+
+
+class SqsChannel(AwsChannel):
     """One endpoint of one run on its own SQS queue."""
 
     OPS = (
@@ -103,20 +104,6 @@ class SqsChannel(Channel):
         "delete_queue": (("sqs_request", 1.0),),
     }
     SERVER = "AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL or AWS credentials"
-
-    @classmethod
-    def settings(
-        cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
-    ) -> ChannelConfig:
-        return aws_settings(config, env, KIND)
-
-    @classmethod
-    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
-        return aws_has_server(config, env)
-
-    @classmethod
-    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
-        return moto_server(config)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
@@ -219,22 +206,22 @@ class SqsChannel(Channel):
                     WaitTimeSeconds=wait,
                     MessageAttributeNames=[ATTRIBUTE],
                 )
-                return list(answer.get("Messages", []))
+                messages = list(answer.get("Messages", []))
+                payload = sum(len(m.get("Body", "")) + len(_frame(m)) for m in messages)
+                self.stats.count("receive_units", units_64k(payload))  # an empty one is 1 too
+                return messages
 
             return self._retry(op, "receive")
 
         for messages in long_polls(receive, deadline):
             accepted = False
-            payload = 0
             for m in messages:
-                data = m.get("MessageAttributes", {}).get(ATTRIBUTE, {}).get("BinaryValue", b"")
-                payload += len(m.get("Body", "")) + len(data)
+                data = _frame(m)
                 slot = parse_slot(m.get("Body", ""))
                 if slot is None or not isinstance(data, bytes):
                     log.debug("endpoint %d: dropped a message that names no slot", self.me)
                     continue
                 accepted = self._deliver(slot, data) or accepted
-            self.stats.count("receive_units", units_64k(payload))
             self._consumed += [m["ReceiptHandle"] for m in messages if "ReceiptHandle" in m]
             self._delete_consumed(all_of_them=False)
             if accepted or self._satisfied():
