@@ -273,6 +273,17 @@ def flag(
     raise error(f"{name} must be true or false, got {_shown(name, value)}")
 
 
+def aws_region(env: Mapping[str, str], default: str = REGION) -> str:
+    """The region as the AWS SDKs read it: ``AWS_REGION``, then ``AWS_DEFAULT_REGION``."""
+    return text(env, "AWS_REGION") or text(env, "AWS_DEFAULT_REGION") or default
+
+
+def aws_endpoints_ignored(env: Mapping[str, str]) -> bool:
+    """``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``: only ``true`` (any case) is true, as in the SDKs
+    (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html)."""
+    return text(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").lower() == "true"
+
+
 def secrets_dir(env: Mapping[str, str]) -> Path:
     """Where the secret files are mounted (``FSD_SECRETS_DIR``, else :data:`SECRETS_DIR`)."""
     return Path(text(env, "FSD_SECRETS_DIR", SECRETS_DIR))

@@ -18,6 +18,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from fsd import settings
 from fsd.channels.base import Channel, ChannelConfig, Slot
 from fsd.errors import ChannelError
 from fsd.urls import check_s3_endpoint
@@ -68,10 +69,10 @@ def aws_endpoint_setting(service: str, env: Mapping[str, str]) -> tuple[str, str
     """``(variable, endpoint)`` of ``service`` (``sqs``, ``sns``) as the AWS SDKs read them
     (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html); ``("", "")``:
     AWS's own endpoints."""
-    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+    if settings.aws_endpoints_ignored(env):
         return "", ""
     for name in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
-        value = env.get(name, "")
+        value = settings.text(env, name)
         if value:
             return name, value
     return "", ""
@@ -85,14 +86,14 @@ def aws_settings(config: ChannelConfig, env: Mapping[str, str], kind: str) -> Ch
     for name, url in ((source, endpoint), (queue_source, queue_endpoint)):
         if url:
             check_s3_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
-    region = env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or config.region
+    region = settings.aws_region(env, config.region)
     if kind == "sns" and endpoint and not queue_endpoint:  # SNS elsewhere, SQS AWS's own
         queue_endpoint = f"https://sqs.{region}.amazonaws.com"
     return dataclasses.replace(
         config,
         address=endpoint,
         queue_address=queue_endpoint if kind == "sns" and queue_endpoint != endpoint else "",
-        namespace=env.get("FSD_AWS_PREFIX", "") or config.namespace,
+        namespace=settings.text(env, "FSD_AWS_PREFIX") or config.namespace,
         region=region,
     )
 

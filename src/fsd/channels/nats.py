@@ -50,6 +50,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from fsd import settings
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError, InputError, WireError
 from fsd.redact import redact, redact_text
@@ -114,20 +115,20 @@ class NatsChannel(Channel):
     def settings(
         cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
     ) -> ChannelConfig:
-        creds = env.get("FSD_NATS_CREDS", "")
+        creds = settings.text(env, "FSD_NATS_CREDS")
         if creds and not os.path.isfile(creds):
             raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
         flag = flags.get("nats_url", "")
-        address = flag or env.get("FSD_NATS_URL", "")
+        address = flag or settings.text(env, "FSD_NATS_URL")
         if address:
             check_nats_url(address, "--nats-url" if flag else "FSD_NATS_URL")
         return dataclasses.replace(
             config,
             address=address,
             creds_file=creds,
-            token=env.get("FSD_NATS_TOKEN", ""),
-            user=env.get("FSD_NATS_USER", ""),
-            password=env.get("FSD_NATS_PASSWORD", ""),
+            token=settings.text(env, "FSD_NATS_TOKEN"),
+            user=settings.text(env, "FSD_NATS_USER"),
+            password=settings.text(env, "FSD_NATS_PASSWORD"),
         )
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import TypeVar
 import urllib3
 from minio.error import MinioException, S3Error
 
+from fsd import settings
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot
 from fsd.errors import ChannelError, InputError
 from fsd.s3client import delete_prefix, minio_client
@@ -60,11 +61,11 @@ def s3_endpoint_setting(flag: str | None, env: Mapping[str, str]) -> tuple[str, 
     """
     if flag:
         return "--s3-endpoint", flag
-    ignore_aws = env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true"
+    ignore_aws = settings.aws_endpoints_ignored(env)
     for name in S3_ENDPOINT_VARS:
         if ignore_aws and name.startswith("AWS_"):
             break
-        value = env.get(name, "")
+        value = settings.text(env, name)
         if value:
             return name, value
     return "", ""
@@ -88,7 +89,7 @@ class S3Channel(Channel):
     def settings(
         cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
     ) -> ChannelConfig:
-        bucket = flags.get("s3_bucket", "") or env.get("FSD_S3_BUCKET", "") or config.bucket
+        bucket = flags.get("s3_bucket", "") or settings.text(env, "FSD_S3_BUCKET") or config.bucket
         if not 3 <= len(bucket) <= 63 or not bucket.replace("-", "").replace(".", "").isalnum():
             raise InputError(f"invalid S3 bucket name {bucket!r}")
         if bucket != bucket.lower():
@@ -100,10 +101,10 @@ class S3Channel(Channel):
             config,
             address=endpoint,
             bucket=bucket,
-            region=env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "") or config.region,
-            access_key=env.get("AWS_ACCESS_KEY_ID", ""),
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
-            session_token=env.get("AWS_SESSION_TOKEN", ""),
+            region=settings.aws_region(env, config.region),
+            access_key=settings.text(env, "AWS_ACCESS_KEY_ID"),
+            secret_key=settings.text(env, "AWS_SECRET_ACCESS_KEY"),
+            session_token=settings.text(env, "AWS_SESSION_TOKEN"),
         )
 
     @classmethod
