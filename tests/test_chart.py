@@ -46,6 +46,7 @@ DOC = ROOT / "docs" / "deploy-kubernetes.md"
 OPERATOR_CONFIG = ROOT / "src" / "fsd" / "k8s" / "config.py"
 SETTINGS = ROOT / "src" / "fsd" / "settings.py"
 CHANNEL_SETTINGS = ROOT / "src" / "fsd" / "channels" / "settings.py"
+S3_TRANSPORT = ROOT / "src" / "fsd" / "channels" / "s3.py"  # the s3 transport reads its own
 
 RELEASE = "fsd"
 NAMESPACE = "fsd"
@@ -570,14 +571,17 @@ def _env_lookups(path: Path) -> set[str]:
 def operator_reads() -> set[str]:
     """The FSD_* variables the operator reads: the names in config.py's docstring table (its
     documented settings) that the code also looks up: OperatorConfig.from_env itself, the S3
-    settings it takes from fsd.channels.settings.channel_config, and FSD_SECRETS_DIR, read by
+    settings it takes from fsd.channels.settings.channel_config (read by the s3 transport's own
+    ``settings``), and FSD_SECRETS_DIR, read by
     fsd.settings.function_env, through which from_env goes."""
     documented = set(
         re.findall(
             r"``(FSD_[A-Z0-9_]+)``", ast.get_docstring(ast.parse(OPERATOR_CONFIG.read_text())) or ""
         )
     )
-    looked_up = _env_lookups(OPERATOR_CONFIG) | _env_lookups(CHANNEL_SETTINGS)
+    looked_up = (
+        _env_lookups(OPERATOR_CONFIG) | _env_lookups(CHANNEL_SETTINGS) | _env_lookups(S3_TRANSPORT)
+    )
     secrets_dir = _env_lookups(SETTINGS) & {"FSD_SECRETS_DIR"}
     assert documented and looked_up and secrets_dir
     return (documented & looked_up) | secrets_dir
