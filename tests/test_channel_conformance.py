@@ -135,6 +135,18 @@ def test_exact_truth_through_the_channel(
     assert result.categories.tolist() == shared_images.truth[120].tolist()
 
 
+def test_exact_truth_with_replicas(
+    config: ChannelConfig, shared_net: Network, shared_images: Images
+) -> None:
+    """Two replicas of two partitions each: two runs on the transport at once, images split."""
+    cfg = RunConfig(
+        workers=4, partitions=2, partition="min-comm", channel=config.kind, channel_config=config
+    )
+    result = run(shared_net, shared_images.matrix, cfg)
+    assert result.categories.tolist() == shared_images.truth[120].tolist()
+    assert result.parallelism["replicas"] == 2 and result.activation_bytes > 0
+
+
 def _sealed(frame: bytes, run_id: bytes, secret: bytes = KEY) -> bytes:
     return wire.seal(frame, auth.frame_key(secret, run_id))
 

@@ -197,3 +197,24 @@ def test_a_failed_run_leaves_nothing_behind(
         run(shared_net, shared_images.matrix, cfg)
     assert time.monotonic() - t0 < BOUND
     _nothing_left(server)
+
+
+@pytest.mark.parametrize("kind", ["nats", "s3"])
+def test_a_failed_replica_ends_every_replica_and_leaves_nothing(
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_net: Network,
+    shared_images: Images,
+) -> None:
+    """Two replicas of two partitions each (R = 2, P = 2): worker 1 of a replica dies; the run
+    fails naming it, in bounded time, and neither replica's run leaves anything behind."""
+    server = request.getfixturevalue(f"own_{kind}")
+    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(1, after=10, how="kill"))
+    cfg = _config(kind, server)
+    cfg.workers, cfg.partitions = 4, 2
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match=r"worker 1 failed: .*-9"):
+        run(shared_net, shared_images.matrix, cfg)
+    assert time.monotonic() - t0 < BOUND
+    _nothing_left(server)

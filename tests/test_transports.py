@@ -169,9 +169,9 @@ def test_cli_runs_on_an_embedded_server(
     for var in AWS_CREDENTIAL_VARS:  # no endpoint, no credentials: an embedded moto_server
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
-    code = cli.main(
-        ["run", "--data", str(shared_dir), "--workers", "4", "--channel", channel, "--json"]
-    )
+    # 4 model-parallel workers (the planner would make them replicas: the model fits one)
+    run = ["run", "--data", str(shared_dir), "--workers", "4", "--partitions", "4"]
+    code = cli.main([*run, "--channel", channel, "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
     assert out["correct"] is True and out["n_categories"] == 73 and out["channel"] == channel

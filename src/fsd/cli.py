@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 import fsd
-from fsd import invoke, lifetime, observe, plot, reference, settings
+from fsd import invoke, lifetime, observe, planner, plot, reference, settings
 from fsd.channels import CHANNELS, transport
 from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
@@ -99,6 +99,7 @@ _neurons = _workers = _count(1, MAX_NEURONS)
 _layers = _count(1, MAX_LAYERS)
 _images = _count(1, MAX_IMAGES)
 _seed = _count(0, MAX_SEED)
+_memory = _count(64, 1 << 24)  # MB per worker: 64 MB .. 16 TB
 
 
 def _seconds(text: str) -> float:
@@ -260,6 +261,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"use the first K images (default: all in --data, else {DEFAULT_IMAGES})",
     )
     run.add_argument("--workers", type=_workers, default=4, help="workers (1..N)")
+    run.add_argument(
+        "--memory-mb",
+        type=_memory,
+        help="memory per worker, MB: the planner splits the model only as far as it must "
+        "(default: this machine's memory shared by the workers)",
+    )
+    run.add_argument(
+        "--partitions",
+        type=_workers,
+        help="model-parallel workers per replica, dividing --workers (default: the planner's)",
+    )
     run.add_argument("--channel", default="local", choices=CHANNELS, help="how workers exchange")
     run.add_argument(
         "--partition",
@@ -456,8 +468,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         network, images = _load(args)
         check_workers(args.workers, network.neurons)
+        chosen = planner.plan(
+            workers=args.workers,
+            neurons=network.neurons,
+            depth=network.depth,
+            edges=network.edges,
+            images=int(images.matrix.shape[0]),
+            memory_mb=args.memory_mb,
+            partitions=args.partitions,
+            value_bytes=np.dtype(args.dtype).itemsize,
+        )
         config = RunConfig(
             workers=args.workers,
+            partitions=chosen.partitions,
+            window=chosen.window,
             channel=args.channel,
             partition=args.partition,
             dtype=args.dtype,
@@ -474,6 +498,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     result.load_seconds = load_seconds
+    result.parallelism |= {"memory_mb": chosen.to_json()["memory_mb"]}
+    result.parallelism |= {"estimate_mb": chosen.to_json()["estimate_mb"]}
     _check(result, network, images)
     model = args.data.resolve().name if args.data is not None else "generated"
     gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")

@@ -10,17 +10,21 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from fsd import auth, cost, kernels, settings, wire
 from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel, transport
-from fsd.errors import ChannelError, FsdError, InputError, WorkerError
+from fsd.errors import ChannelError, FsdError, InputError, RunAborted, WorkerError
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
@@ -30,6 +34,8 @@ from fsd.store import Manifest, ModelStore
 from fsd.task import ModelRef, WorkerTask
 
 log = logging.getLogger(__name__)
+
+MIB = 1 << 20
 
 DTYPES = ("float32", "float64")
 
@@ -52,6 +58,10 @@ class RunConfig:
     worker_function: str = ""  # lambda: the worker function's name or ARN
     failure_queue: str = ""  # lambda: the SQS queue its OnFailure records go to ("": none)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
+    # model-parallel partitions per replica; the other workers are replicas (R = workers / P)
+    # that split the images (0: one replica, every worker a partition: fsd.planner chooses)
+    partitions: int = 0
+    window: int = 0  # layers of weights a worker holds at once (0: every layer)
 
     def validate(self, network: Network) -> None:
         transport(self.channel)  # in the registry (InputError naming the choices if not)
@@ -59,6 +69,13 @@ class RunConfig:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.timeout <= 0 or self.layer_timeout <= 0:
             raise InputError("timeouts must be positive")
+        if self.partitions and (self.partitions < 0 or self.workers % self.partitions):
+            raise InputError(f"partitions {self.partitions} must divide workers {self.workers}")
+
+    @property
+    def model_parallel(self) -> int:
+        """Workers per replica (P)."""
+        return self.partitions or self.workers
 
 
 @dataclass
@@ -88,7 +105,7 @@ def prepare(network: Network, config: RunConfig) -> Prepared:
     """Plan and cut the network (the part a deployment does once, ahead of any request)."""
     config.validate(network)
     t0 = time.perf_counter()
-    plan = make_plan(network, config.workers, config.partition, config.seed)
+    plan = make_plan(network, config.model_parallel, config.partition, config.seed)
     shards = build_shards(network, plan, np.dtype(config.dtype))
     kernels.warm_up(config.dtype)
     return Prepared(
@@ -138,16 +155,15 @@ def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None =
 
 
 @contextlib.contextmanager
-def _transport(config: RunConfig) -> Iterator[ChannelConfig]:
-    """The channel configuration to use, starting an embedded server when none is configured.
+def _server(config: RunConfig) -> Iterator[ChannelConfig]:
+    """The channel configuration of every replica of a run, starting an embedded server (one
+    for all of them) when none is configured.
 
-    Local workers are forked from this process, so every run gets a fresh secret of its own;
-    remote workers (functions) must share the deployment's, which this refuses to run without.
+    Remote workers (functions) must share the deployment's secret, which this refuses to run
+    without, and cannot reach an embedded server on this machine's loopback.
     """
     cc = dataclasses.replace(config.channel_config, kind=config.channel)
-    if config.launcher == "local":
-        cc = dataclasses.replace(cc, secret=auth.new_secret())
-    elif not cc.secret:
+    if config.launcher != "local" and not cc.secret:
         raise ChannelError(
             "no deployment secret to authenticate frames and workers: set FSD_RUN_KEY "
             "(functions: mount the fsd-run-key secret)"
@@ -191,11 +207,14 @@ def _gather(
     workers: int,
     deadline: float,
     on_progress: Callable[[int], None] | None,
+    stop: threading.Event | None = None,
 ) -> dict[int, wire.Message]:
     results: dict[int, wire.Message] = {}
     pending = list(range(workers))
     last = -1
     while pending:
+        if stop is not None and stop.is_set():
+            raise RunAborted("another replica of the run failed")
         got = channel.collect(wire.Kind.RESULT, 0, pending, timeout=0.05)
         for src, msg in got.items():
             if msg.header.flags & wire.FLAG_ERROR:
@@ -232,41 +251,55 @@ def _end_run(channel: Channel, launcher: Launcher, workers: int, finished: bool)
     channel.purge_run([COORDINATOR, *range(workers)])
 
 
-def infer(
+@dataclass
+class _Replica:
+    """One model-parallel group of a run: its images, its own run id, workers and channel."""
+
+    rows: sp.csr_matrix
+    run: bytes
+    cc: ChannelConfig
+    launcher: Launcher
+    channel: Channel
+    tasks: list[WorkerTask]
+    input_bytes: int = 0
+    results: dict[int, wire.Message] = field(default_factory=dict)
+    finished: bool = False
+
+
+def _open_replica(
+    stack: contextlib.ExitStack,
     prepared: Prepared,
-    images: sp.csr_matrix,
+    rows: sp.csr_matrix,
     config: RunConfig,
-    on_progress: Callable[[int], None] | None = None,
-) -> RunResult:
-    """One distributed inference of ``images``; the wall time excludes loading and planning."""
-    if images.shape[1] != prepared.neurons:
-        raise InputError(
-            f"images have {images.shape[1]} pixels but the network has {prepared.neurons} neurons"
-        )
-    if config.dtype != prepared.dtype:
-        raise FsdError("the network was prepared for another dtype")
+    served: ChannelConfig,
+) -> _Replica:
+    """Launcher and coordinator endpoint of one replica, closed by ``stack`` after its run is
+    ended (ABORT and purge when it did not finish): every exit path cleans up every replica."""
     run = uuid.uuid4().bytes
-    n_images = int(images.shape[0])
-    inputs = _split_inputs(images, prepared.owners0, prepared.workers, config.dtype)
-    with _transport(config) as cc:
-        tasks = [
-            WorkerTask(
-                run,
-                p,
-                prepared.workers,
-                n_images,
-                prepared.shards[p] if prepared.shards is not None else None,
-                prepared.bias,
-                prepared.ymax,
-                config.dtype,
-                cc,
-                config.layer_timeout,
-                model=prepared.model,
-            )
-            for p in range(prepared.workers)
-        ]
-        t0 = time.perf_counter()
-        launcher = make_launcher(
+    # forked local workers share this process: each run gets a fresh secret of its own
+    cc = (
+        dataclasses.replace(served, secret=auth.new_secret())
+        if config.launcher == "local"
+        else served
+    )
+    tasks = [
+        WorkerTask(
+            run,
+            p,
+            prepared.workers,
+            int(rows.shape[0]),
+            prepared.shards[p] if prepared.shards is not None else None,
+            prepared.bias,
+            prepared.ymax,
+            config.dtype,
+            cc,
+            config.layer_timeout,
+            model=prepared.model,
+        )
+        for p in range(prepared.workers)
+    ]
+    launcher = stack.enter_context(
+        make_launcher(
             config.launcher,
             config.worker_urls,
             config.timeout,
@@ -277,23 +310,89 @@ def infer(
             function=config.worker_function,
             failure_queue=config.failure_queue,
         )
-        with launcher, open_channel(cc, run, COORDINATOR) as channel:
-            finished = False
+    )
+    channel = stack.enter_context(open_channel(cc, run, COORDINATOR))
+    replica = _Replica(rows, run, cc, launcher, channel, tasks)
+    stack.callback(lambda: _end_run(channel, launcher, prepared.workers, replica.finished))
+    return replica
+
+
+def infer(
+    prepared: Prepared,
+    images: sp.csr_matrix,
+    config: RunConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """One distributed inference of ``images``; the wall time excludes loading and planning.
+
+    ``config.workers / prepared.workers`` replicas each run the prepared model-parallel group on
+    their own contiguous share of the images, at the same time, each as its own run on the
+    channel (one embedded server for all); their results are merged as one run's.
+    """
+    if images.shape[1] != prepared.neurons:
+        raise InputError(
+            f"images have {images.shape[1]} pixels but the network has {prepared.neurons} neurons"
+        )
+    if config.dtype != prepared.dtype:
+        raise FsdError("the network was prepared for another dtype")
+    n_images = int(images.shape[0])
+    replicas = max(1, min(config.workers // prepared.workers, n_images))
+    bounds = np.linspace(0, n_images, replicas + 1).round().astype(np.int64)
+    with _server(config) as served, contextlib.ExitStack() as stack:
+        group = [
+            _open_replica(stack, prepared, images[bounds[r] : bounds[r + 1]], config, served)
+            for r in range(replicas)
+        ]
+        t0 = time.perf_counter()
+        for g in group:  # every fork from this thread, before any gathering thread exists
+            g.launcher.launch(g.tasks)
+        for g in group:
+            inputs = _split_inputs(g.rows, prepared.owners0, prepared.workers, config.dtype)
+            for p, arrays in enumerate(inputs):
+                header = wire.Header(wire.Kind.INPUT, g.run, 0, COORDINATOR, p)
+                g.input_bytes += g.channel.send(wire.Message(header, arrays))
+        deadline = time.monotonic() + config.timeout
+
+        stop = threading.Event()  # set by the first failure: every replica's gathering ends
+        failed: list[BaseException] = []
+
+        def gather(r: int) -> None:
+            g = group[r]
+            progress = on_progress if r == 0 else None
             try:
-                launcher.launch(tasks)
-                input_bytes = 0
-                for p, arrays in enumerate(inputs):
-                    header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
-                    input_bytes += channel.send(wire.Message(header, arrays))
-                deadline = time.monotonic() + config.timeout
-                results = _gather(channel, launcher, prepared.workers, deadline, on_progress)
-                seconds = time.perf_counter() - t0
-                finished = True
-            finally:
-                _end_run(channel, launcher, prepared.workers, finished)
-    result = _summarise(prepared, config, n_images, results, seconds, channel, input_bytes)
-    result.worker_replies = dict(launcher.replies)
-    return result
+                g.results = _gather(
+                    g.channel, g.launcher, prepared.workers, deadline, progress, stop
+                )
+            except BaseException as exc:
+                if not stop.is_set():
+                    failed.append(exc)
+                    stop.set()
+                raise
+            g.finished = True
+
+        if replicas == 1:
+            gather(0)
+        else:
+            with ThreadPoolExecutor(replicas, thread_name_prefix="fsd-replica") as pool:
+                futures = [pool.submit(gather, r) for r in range(replicas)]
+                try:
+                    for done in futures:
+                        done.result()
+                except BaseException:  # a failure, or SIGTERM/^C here: stop the others too
+                    stop.set()
+                    if failed:
+                        raise failed[0] from None
+                    raise
+        seconds = time.perf_counter() - t0
+    parts = [
+        _summarise(
+            prepared, config, int(g.rows.shape[0]), g.results, seconds, g.channel, g.input_bytes
+        )
+        for g in group
+    ]
+    for g, part in zip(group, parts, strict=True):
+        part.worker_replies = dict(g.launcher.replies)
+    return parts[0] if replicas == 1 else _merge(parts, bounds, prepared, config, seconds)
 
 
 def _counted_ops(
@@ -335,6 +434,7 @@ def _summarise(
     ops = dict(channel.stats.ops)
     walls = [seconds]  # the coordinator runs as long as the inference
     rejected = channel.stats.rejected
+    peak = _own_peak_bytes()
     for p, msg in results.items():
         if len(msg.arrays) != 10:
             raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 10")
@@ -345,6 +445,8 @@ def _summarise(
         for op, n in _counted_ops(p, names, counted, ops).items():
             ops[op] += n
         walls.append(float(wall[0]))
+        if len(wall) > 1:  # the worker's own peak resident memory, in bytes
+            peak = max(peak, float(wall[1]))
         rows = rows.astype(np.int64)
         alive[rows] = True
         np.add.at(sums, rows, row_sums)
@@ -385,6 +487,86 @@ def _summarise(
             invocations=workers + 1,
             gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
         ),
+        function_seconds=walls,
+        peak_rss_mb=peak / MIB,
+        parallelism={"replicas": 1, "partitions": workers, "window": config.window or depth},
+    )
+
+
+def _own_peak_bytes() -> float:
+    """This process's peak resident memory (Linux reports ``ru_maxrss`` in KiB)."""
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _merge(
+    parts: list[RunResult],
+    bounds: np.ndarray,
+    prepared: Prepared,
+    config: RunConfig,
+    seconds: float,
+) -> RunResult:
+    """The replicas' results as one run's: images renumbered, traffic and counts summed, each
+    layer's figures the slowest replica's, one coordinator (it ran them all) in the cost."""
+    categories = np.concatenate(
+        [p.categories + int(b) for p, b in zip(parts, bounds, strict=False)]
+    )
+    compute = np.vstack([p.worker_compute for p in parts])
+    comm = np.vstack([p.worker_comm for p in parts])
+    ops: dict[str, int] = {}
+    for part in parts:
+        for op, n in part.ops.items():
+            ops[op] = ops.get(op, 0) + n
+    walls = [seconds] + [w for p in parts for w in p.function_seconds[1:]]
+    per_layer = [
+        LayerMetrics(
+            layers[0].layer,
+            max(m.compute_s for m in layers),
+            max(m.comm_s for m in layers),
+            max(m.bytes for m in layers),
+        )
+        for layers in zip(*(p.per_layer for p in parts), strict=True)
+    ]
+    worker_time = compute.sum() + comm.sum()
+    first = parts[0]
+    replies: dict[int, dict[str, Any]] = {}
+    for r, part in enumerate(parts):
+        replies |= {r * prepared.workers + w: reply for w, reply in part.worker_replies.items()}
+    return RunResult(
+        categories=categories,
+        row_sums=np.concatenate([p.row_sums for p in parts]),
+        seconds=seconds,
+        images=sum(p.images for p in parts),
+        edges=first.edges,
+        workers=config.workers,
+        channel=first.channel,
+        partition=first.partition,
+        dtype=first.dtype,
+        bytes_sent=sum(p.bytes_sent for p in parts),
+        messages=sum(p.messages for p in parts),
+        activation_bytes=sum(p.activation_bytes for p in parts),
+        planned_volume=sum(p.planned_volume for p in parts),
+        comm_share=float(comm.sum() / worker_time) if worker_time > 0 else 0.0,
+        plan_seconds=first.plan_seconds,
+        per_layer=per_layer,
+        ops=ops,
+        frames_rejected=sum(p.frames_rejected for p in parts),
+        worker_compute=compute,
+        worker_comm=comm,
+        run_id=first.run_id,
+        cost=cost.estimate(
+            transport(config.channel).BILLING,
+            ops,
+            invocations=config.workers + 1,
+            gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
+        ),
+        worker_replies=replies,
+        function_seconds=walls,
+        peak_rss_mb=max(p.peak_rss_mb for p in parts),
+        parallelism={
+            "replicas": len(parts),
+            "partitions": prepared.workers,
+            "window": config.window or prepared.depth,
+        },
     )
 
 

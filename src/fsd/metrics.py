@@ -50,6 +50,10 @@ class RunResult:
     worker_comm: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     run_id: str = ""
     worker_replies: dict[int, dict[str, Any]] = field(default_factory=dict)  # remote launchers
+    function_seconds: list[float] = field(default_factory=list)  # coordinator first, then workers
+    peak_rss_mb: float = 0.0  # the largest process of the run, coordinator included
+    # replicas x partitions (model-parallel workers per replica), and layers a worker holds
+    parallelism: dict[str, Any] = field(default_factory=dict)
 
     @property
     def edges_per_second(self) -> float:
@@ -69,6 +73,8 @@ class RunResult:
             "edges_per_second": self.edges_per_second,
             "images": self.images,
             "workers": self.workers,
+            "parallelism": dict(self.parallelism),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
             "channel": self.channel,
             "partition": self.partition,
             "dtype": self.dtype,
@@ -110,6 +116,20 @@ class RunResult:
         return summary(self.to_json())
 
 
+def _parallelism_row(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """How the workers were used, when the answer says (an older coordinator may not)."""
+    par = data.get("parallelism")
+    if not isinstance(par, Mapping) or not par:
+        return []
+    text = (
+        f"{par.get('replicas')} replica(s) x {par.get('partitions')} partition(s), "
+        f"{par.get('window')} layer(s) held"
+    )
+    if data.get("peak_rss_mb"):
+        text += f"; peak {data['peak_rss_mb']:.0f} MB per process"
+    return [("parallelism", text)]
+
+
 def summary(data: Mapping[str, Any]) -> str:
     """A short human table of a run's JSON: :meth:`RunResult.to_json`, or a coordinator
     function's answer (the same fields), so a local and a remote run print alike."""
@@ -123,6 +143,7 @@ def summary(data: Mapping[str, Any]) -> str:
         ("loading", f"{data['load_seconds']:.3f} s (+ planning {data['plan_seconds']:.3f} s)"),
         ("rate", f"{data['edges_per_second'] / 1e9:.3f} G edges/s"),
         ("workers", f"{data['workers']} ({data['partition']} partition, {data['dtype']})"),
+        *_parallelism_row(data),
         ("channel", str(data["channel"])),
         ("traffic", f"{data['bytes_sent'] / 1e6:.2f} MB in {data['messages']} messages"),
         ("communication", f"{100 * data['comm_share']:.1f}% of worker time"),

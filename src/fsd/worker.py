@@ -8,6 +8,7 @@ travel, then fold in what arrived and finish the layer (bias on non-zeros, ReLU,
 from __future__ import annotations
 
 import logging
+import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -231,7 +232,8 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     # counted operations by name ("\n"-separated), so the coordinator needs no fixed order
     names = np.frombuffer("\n".join(channel.stats.ops).encode("ascii"), np.uint8)
     counts = np.array(list(channel.stats.ops.values()), np.int64)
-    wall = np.array([time.perf_counter() - started])
+    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+    wall = np.array([time.perf_counter() - started, peak])
     rejected = np.array([channel.stats.rejected], np.int64)
     header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
     arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, names, counts, wall, rejected]

@@ -1,0 +1,146 @@
+"""Parallelism from a memory budget: how many model-parallel partitions P each replica needs,
+how many data-parallel replicas R = W / P share the images, and how many layers a worker holds.
+
+Model parallelism exists for models too large for one worker; where the model fits, it is pure
+overhead (measured on 2 cores, 1024x120: 2 model-parallel workers were slower than 1, while 2
+replicas of the whole model nearly halve the time, since no activation moves between them). So
+the planner takes the fewest partitions that fit the budget, and the rest of the workers become
+replicas:
+
+1. For each P dividing W, smallest first: the model fits P partitions with every layer resident
+   (window = depth) when ``estimate(P, depth) <= budget``. The first such P wins: R = W / P.
+2. Else the smallest P whose partitions fit with a streamed window of at least
+   :data:`MIN_WINDOW` layers (one computing, one arriving), the window as large as fits.
+3. Else the model does not fit W workers of this budget: :class:`InputError` with the estimate.
+
+A worker's memory (:func:`worker_mb`) is what it cannot share: the interpreter with numpy, scipy
+and the compiled kernels (:data:`BASE_MB`, measured: 194 MB of RSS after ``kernels.warm_up``),
+its share of ``window`` layers of weights (each edge stored in :data:`WEIGHT_LAYOUTS` layouts of
+a 4-byte index and a value), and its activations: the images of its replica times its share of
+the neurons, for the layer's input, its output and the block received from peers, as if dense
+(a bound: challenge activations thin out as images die).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from fsd.errors import InputError
+
+BASE_MB = 200.0
+"""A worker process before any model or image: Python, numpy, scipy, numba and the warmed
+kernels (194 MB measured with ``resource.getrusage`` after ``fsd.kernels.warm_up``)."""
+WEIGHT_LAYOUTS = 2
+"""Each edge is kept by rows and by columns (:mod:`fsd.shard`), for the two kernel paths."""
+INDEX_BYTES = 4
+MIN_WINDOW = 2
+"""The fewest layers a streaming worker holds: the one it computes and the one arriving."""
+ACTIVATION_BLOCKS = 3
+"""A layer's input, its output, and the block received from peers, each at most dense."""
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """What the planner chose, and the estimate behind it (``to_json``: the run's report)."""
+
+    replicas: int
+    partitions: int
+    window: int  # layers of weights a worker holds at once (== depth: all of them)
+    memory_mb: float  # the budget per worker
+    estimate_mb: float  # the planner's estimate of a worker's peak
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "replicas": self.replicas,
+            "partitions": self.partitions,
+            "window": self.window,
+            "memory_mb": round(self.memory_mb, 1),
+            "estimate_mb": round(self.estimate_mb, 1),
+        }
+
+
+def machine_share_mb(workers: int) -> float:
+    """The default budget per worker on this machine: its memory split evenly (a coordinator
+    and servers live in the same memory: they get one share between them)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+    return total / (workers + 1)
+
+
+def worker_mb(
+    *,
+    partitions: int,
+    window: int,
+    neurons: int,
+    depth: int,
+    edges: int,
+    images: int,
+    replicas: int,
+    value_bytes: int,
+) -> float:
+    """The estimated peak of one worker (see the module docstring for each term)."""
+    per_edge = WEIGHT_LAYOUTS * (INDEX_BYTES + value_bytes)
+    weights = edges / depth * min(window, depth) * per_edge / partitions
+    indptr = min(window, depth) * WEIGHT_LAYOUTS * (neurons + 1) * INDEX_BYTES
+    share = math.ceil(images / replicas) * math.ceil(neurons / partitions)
+    activations = ACTIVATION_BLOCKS * share * (INDEX_BYTES + value_bytes)
+    return BASE_MB + (weights + indptr + activations) / MB
+
+
+def plan(
+    *,
+    workers: int,
+    neurons: int,
+    depth: int,
+    edges: int,
+    images: int,
+    memory_mb: float | None = None,
+    partitions: int | None = None,
+    value_bytes: int = 4,
+) -> Parallelism:
+    """Choose P, R and the window for ``workers`` workers of ``memory_mb`` each (None: this
+    machine's share); ``partitions`` forces P (it must divide ``workers``)."""
+    if workers < 1 or neurons < 1 or depth < 1 or edges < 0 or images < 1:
+        raise InputError("workers, neurons, layers and images must be >= 1")
+    budget = machine_share_mb(workers) if memory_mb is None else float(memory_mb)
+    if not (math.isfinite(budget) and budget > 0):
+        raise InputError(f"the memory budget must be a positive number of MB, got {memory_mb}")
+    if partitions is not None:
+        if not 1 <= partitions <= workers or workers % partitions:
+            raise InputError(
+                f"--partitions {partitions} must divide --workers {workers} (replicas = W / P)"
+            )
+        if partitions > neurons:
+            raise InputError(f"--partitions {partitions} > {neurons} neurons")
+        candidates = [partitions]
+    else:
+        candidates = [p for p in range(1, workers + 1) if workers % p == 0 and p <= neurons]
+
+    def estimate(p: int, window: int) -> float:
+        return worker_mb(
+            partitions=p,
+            window=window,
+            neurons=neurons,
+            depth=depth,
+            edges=edges,
+            images=images,
+            replicas=workers // p,
+            value_bytes=value_bytes,
+        )
+
+    for p in candidates:  # every layer resident: no streaming, fewest partitions
+        if estimate(p, depth) <= budget:
+            return Parallelism(workers // p, p, depth, budget, estimate(p, depth))
+    for p in candidates:  # streamed: the largest window that fits
+        fits = [w for w in range(MIN_WINDOW, depth) if estimate(p, w) <= budget]
+        if fits:
+            window = max(fits)
+            return Parallelism(workers // p, p, window, budget, estimate(p, window))
+    worst = estimate(candidates[-1], min(MIN_WINDOW, depth))
+    raise InputError(
+        f"the model does not fit {workers} workers of {budget:.0f} MB: a worker would need "
+        f"about {worst:.0f} MB with {candidates[-1]} partitions and a window of "
+        f"{min(MIN_WINDOW, depth)} layers (more workers or more memory)"
+    )

@@ -1,0 +1,103 @@
+"""The memory-budget planner and data-parallel replicas: what it chooses, and that every
+(replicas x partitions) combination gives the exact answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsd import cli, planner, reference
+from fsd.coordinator import RunConfig, run
+from fsd.errors import InputError
+from fsd.model.generate import generate
+
+# 4096 neurons x 24 layers, 32 connections each: 3.1 M edges, 48 MB of float32 weights kept
+# in two layouts; 200 images
+NET = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "images": 200}
+
+
+def test_a_model_that_fits_one_worker_is_replicated_not_split() -> None:
+    chosen = planner.plan(workers=4, memory_mb=2048, **NET)
+    assert (chosen.replicas, chosen.partitions, chosen.window) == (4, 1, 24)
+    assert chosen.estimate_mb <= 2048
+
+
+def test_a_tight_budget_splits_the_model_as_little_as_it_must() -> None:
+    one = planner.worker_mb(partitions=1, window=24, replicas=4, value_bytes=4, **NET)
+    two = planner.worker_mb(partitions=2, window=24, replicas=2, value_bytes=4, **NET)
+    budget = (one + two) / 2  # P = 1 does not fit, P = 2 does
+    chosen = planner.plan(workers=4, memory_mb=budget, **NET)
+    assert (chosen.replicas, chosen.partitions, chosen.window) == (2, 2, 24)
+
+
+def test_a_budget_below_the_resident_model_streams_a_window() -> None:
+    """No P holds every layer: the fewest partitions that fit with a streamed window win, and
+    the window is as large as fits."""
+    full = planner.worker_mb(partitions=4, window=24, replicas=1, value_bytes=4, **NET)
+    budget = full - 10
+
+    def mb(p: int, window: int) -> float:
+        return planner.worker_mb(partitions=p, window=window, replicas=4 // p, value_bytes=4, **NET)
+
+    expected = min(p for p in (1, 2, 4) if mb(p, planner.MIN_WINDOW) <= budget)
+    chosen = planner.plan(workers=4, memory_mb=budget, **NET)
+    assert chosen.partitions == expected and planner.MIN_WINDOW <= chosen.window < 24
+    assert chosen.estimate_mb <= budget < mb(expected, chosen.window + 1)
+
+
+def test_a_budget_nothing_fits_is_refused_with_the_estimate() -> None:
+    with pytest.raises(InputError, match=r"does not fit 4 workers of 100 MB: .* about \d+ MB"):
+        planner.plan(workers=4, memory_mb=100, **NET)
+
+
+@pytest.mark.parametrize(("partitions", "ok"), [(1, True), (2, True), (4, True), (3, False)])
+def test_partitions_are_forced_only_if_they_divide_the_workers(partitions: int, ok: bool) -> None:
+    if ok:
+        chosen = planner.plan(workers=4, memory_mb=4096, partitions=partitions, **NET)
+        assert (chosen.partitions, chosen.replicas) == (partitions, 4 // partitions)
+    else:
+        with pytest.raises(InputError, match="must divide"):
+            planner.plan(workers=4, memory_mb=4096, partitions=partitions, **NET)
+
+
+@pytest.mark.parametrize(
+    ("workers", "partitions"), [(1, 1), (2, 1), (4, 2), (6, 3), (6, 2), (4, 4)]
+)
+def test_every_replicas_by_partitions_combination_is_exact(workers: int, partitions: int) -> None:
+    network, images = generate(1024, 6, 60, seed=5)
+    oracle = reference.categories(reference.infer(network, images.matrix))
+    config = RunConfig(workers=workers, partitions=partitions, partition="min-comm")
+    result = run(network, images.matrix, config)
+    assert result.categories.tolist() == oracle.tolist()
+    assert result.parallelism["replicas"] == workers // partitions
+    assert result.parallelism["partitions"] == partitions
+    assert result.worker_compute.shape == (workers, network.depth)
+    if partitions == 1:
+        assert result.activation_bytes == 0  # whole-model replicas exchange no activations
+    assert result.peak_rss_mb > 0
+
+
+def test_fsd_run_reports_the_planners_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "net"
+    assert cli.main(["generate", "--neurons", "1024", "--layers", "4", "--images", "40",
+                     "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["run", "--data", str(out), "--workers", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["correct"] is True
+    assert {k: data["parallelism"][k] for k in ("replicas", "partitions")} == {
+        "replicas": 2,
+        "partitions": 1,
+    }
+    assert 0 < data["peak_rss_mb"] < data["parallelism"]["memory_mb"]
+    code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "2", "--json"])
+    assert code == 0
+    forced = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert forced["parallelism"]["partitions"] == 2 and forced["activation_bytes"] > 0
+    assert np.array_equal(forced["categories"], data["categories"])
+    assert cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "3"]) == 2
