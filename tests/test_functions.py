@@ -339,3 +339,26 @@ def test_a_malformed_stored_model_is_502_not_the_callers_fault(stack: LocalStack
         store.write(key, original)
     assert (status, reply["error"]) == (502, "malformed model"), reply
     assert "manifest" in reply["detail"]
+
+
+def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
+    nats_server: NatsServer, s3_server: S3Server, shared_net: Network, shared_images: Images
+) -> None:
+    """FSD_MEMORY_MB (the operator sets it): 2 workers asked for a model that fits one become
+    2 replicas of the 1-worker cut, exact; without a budget the same request needs a 2-cut."""
+    env = {
+        "FSD_NATS_URL": nats_server.url,
+        "FSD_NATS_TOKEN": nats_server.token,
+        "FSD_S3_ENDPOINT": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "FSD_MODELS": "gc-budget",
+        "FSD_MEMORY_MB": "2048",
+        "PATH": "/usr/bin:/bin",
+    }
+    with LocalStack(workers=2, env=env) as s:
+        s.push(shared_net, "gc-budget", [1], shared_images)
+        status, reply = ask(s, model="gc-budget", workers=2, images={"stored": True})
+    assert status == 200, reply
+    assert reply["correct"] is True and reply["n_categories"] == 73
+    assert reply["parallelism"]["replicas"] == 2 and reply["parallelism"]["partitions"] == 1

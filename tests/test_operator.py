@@ -1391,3 +1391,18 @@ def test_refresh_takes_the_model_from_the_spec_not_the_status(
     posted = gateway.calls("POST")
     assert len(posted) == 2  # both were missing: deployed again
     assert {p["envVars"]["FSD_MODELS"] for p in posted} == {pushed}
+
+
+@pytest.mark.parametrize(("memory", "mb"), [("2Gi", 2048), ("512Mi", 512), ("3G", 2861)])
+def test_the_coordinator_plans_with_what_one_worker_invocation_may_use(
+    s3_server: S3Server, memory: str, mb: int
+) -> None:
+    """FSD_MEMORY_MB: the worker's memory limit shared by its concurrent invocations."""
+    config = operator_config(s3_server, "http://127.0.0.1:1")
+    spec = parse_spec({"source": {"model": "m"}, "workers": 4, "resources": {"memory": memory}})
+    coordinator, worker = function_deployments(
+        name="gc", namespace="team", spec=spec, config=config, store_model="m"
+    )
+    inflight = int(worker["envVars"]["max_inflight"])
+    assert coordinator["envVars"]["FSD_MEMORY_MB"] == str(mb // inflight)
+    assert "FSD_MEMORY_MB" not in worker["envVars"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from fsd.model.generate import generate
 
 # 4096 neurons x 24 layers, 32 connections each: 3.1 M edges, 48 MB of float32 weights kept
 # in two layouts; 200 images
-NET = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "images": 200}
+NET: dict[str, Any] = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "images": 200}
 
 
 def test_a_model_that_fits_one_worker_is_replicated_not_split() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fsd.errors import InputError
@@ -98,10 +99,12 @@ def plan(
     images: int,
     memory_mb: float | None = None,
     partitions: int | None = None,
+    allowed: Sequence[int] | None = None,
     value_bytes: int = 4,
 ) -> Parallelism:
     """Choose P, R and the window for ``workers`` workers of ``memory_mb`` each (None: this
-    machine's share); ``partitions`` forces P (it must divide ``workers``)."""
+    machine's share); ``partitions`` forces P (it must divide ``workers``), ``allowed`` limits
+    the choice (e.g. to the cuts a model store holds)."""
     if workers < 1 or neurons < 1 or depth < 1 or edges < 0 or images < 1:
         raise InputError("workers, neurons, layers and images must be >= 1")
     budget = machine_share_mb(workers) if memory_mb is None else float(memory_mb)
@@ -117,6 +120,10 @@ def plan(
         candidates = [partitions]
     else:
         candidates = [p for p in range(1, workers + 1) if workers % p == 0 and p <= neurons]
+    if allowed is not None:
+        candidates = [p for p in candidates if p in set(allowed)]
+        if not candidates:
+            raise InputError(f"no allowed partition count divides {workers} workers")
 
     def estimate(p: int, window: int) -> float:
         return worker_mb(

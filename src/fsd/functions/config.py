@@ -20,6 +20,9 @@ traceback nor a silent default.
 ``FSD_FANOUT``              16       coordinator: invoke workers as a tree above this many;
                                      worker: the largest ``fanout`` an invocation may carry
 ``FSD_SHARD_CACHE``         4        worker: shards kept warm
+``FSD_MEMORY_MB``           (none)   coordinator: memory of one worker invocation (MB); set,
+                                     the planner (fsd.planner) makes replicas of the fewest
+                                     stored partitions that fit; unset, every worker is one
 ``FSD_MODELS``              (none)   models served: comma-separated names and prefixes ending
                                      in ``*`` (``*`` alone: every model); unset or empty: none
 ``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import observe, settings
+from fsd import observe, planner, settings
 from fsd.coordinator import RunConfig, infer, prepare_stored
 from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError, WorkerError
 from fsd.functions.config import (
@@ -38,7 +38,7 @@ from fsd.functions.config import (
 from fsd.functions.http import Reply, error, scrub
 from fsd.functions.parse import load_json, problem
 from fsd.settings import function_env
-from fsd.store import ModelNotFound, ModelStore
+from fsd.store import Manifest, ModelNotFound, ModelStore
 from fsd.task import ModelRef
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,6 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
         return error(400, "invalid request", f"workers: {workers} > {manifest.neurons} neurons")
     if workers > limits.max_workers:
         raise InputError(f"workers: {workers} > {limits.max_workers} (FSD_MAX_WORKERS)")
-    ref = ModelRef(name, workers, partition)
-    prepared = prepare_stored(store, ref, manifest)
     if "images" in request:
         if not manifest.images:
             return error(404, "no stored images", f"model {name!r} was pushed without images")
@@ -169,10 +167,13 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     else:
         images = None
         matrix = _inline_images(request["inputs"], manifest.neurons)
+    partitions = _partitions(manifest, workers, partition, int(matrix.shape[0]), env)
+    prepared = prepare_stored(store, ModelRef(name, partitions, partition), manifest)
     urls = settings.names(env, "FSD_WORKER_URL")
     launcher = platform(env)
     config = RunConfig(
         workers=workers,
+        partitions=partitions,
         channel=kind,
         partition=partition,
         dtype=manifest.dtype,
@@ -204,8 +205,45 @@ def _default_workers(partitions: dict[str, dict[str, Any]]) -> int:
     return min(int(p["workers"]) for p in partitions.values())
 
 
+def _partitions(
+    manifest: Manifest, workers: int, partition: str, images: int, env: dict[str, str]
+) -> int:
+    """Model-parallel workers per replica for ``workers`` workers (the rest are replicas).
+
+    Without ``FSD_MEMORY_MB`` (the memory of one worker invocation: the operator sets it), every
+    worker is a partition, as the model must then be cut for ``workers``. With it, the planner
+    (:mod:`fsd.planner`) takes the fewest partitions that fit, among the cuts the store holds
+    for ``partition`` that divide ``workers``.
+    """
+    budget = settings.number(env, "FSD_MEMORY_MB", 0.0, low=0, high=1 << 24, error=NotConfigured)
+    if not budget:
+        return workers
+    cuts = sorted(
+        int(info["workers"])
+        for info in manifest.partitions.values()
+        if info.get("partition") == partition and workers % int(info["workers"]) == 0
+    )
+    if not cuts:
+        raise InputError(
+            f"workers: the model is not cut with {partition!r} for {workers} workers or any "
+            f"divisor of it (push it with --workers)"
+        )
+    chosen = planner.plan(
+        workers=workers,
+        neurons=manifest.neurons,
+        depth=manifest.layers,
+        edges=manifest.edges,
+        images=max(images, 1),
+        memory_mb=budget,
+        allowed=cuts,
+        value_bytes=np.dtype(manifest.dtype).itemsize,
+    )
+    return chosen.partitions
+
+
 def _default_partition(partitions: dict[str, dict[str, Any]], workers: int) -> str:
-    cut = sorted(p["partition"] for p in partitions.values() if int(p["workers"]) == workers)
+    """The partitioner of the cuts that serve ``workers`` (min-comm when there is one)."""
+    cut = sorted(p["partition"] for p in partitions.values() if workers % int(p["workers"]) == 0)
     if not cut:
         raise InputError(f"workers: the model is not cut for {workers} workers")
     return "min-comm" if "min-comm" in cut else cut[0]

@@ -224,11 +224,24 @@ def _environment(
         "FSD_SHUTDOWN_DELAY_SECONDS": str(HEALTHCHECK_SECONDS + SHUTDOWN_AFTER),
         "FSD_DRAIN_SECONDS": _DRAIN[role],
     }
+    inflight = worker_inflight(spec, config)
     if role == "worker":
-        inflight = worker_inflight(spec, config)
         env["max_inflight"] = str(inflight)
         env["FSD_THREADS"] = str(inflight + EXTRA_THREADS)
+    else:  # what one worker invocation may use: the planner's budget (fsd.functions.coordinator)
+        env["FSD_MEMORY_MB"] = str(max(1, memory_mb(spec.memory) // inflight))
     return env
+
+
+_QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_QUANTITY |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_mb(quantity: str) -> int:
+    """A memory quantity as Kubernetes writes it (``1Gi``, ``512Mi``, ``2G``; already checked by
+    :mod:`fsd.k8s.spec`) in whole MiB, rounded down."""
+    digits = quantity.rstrip("KkMGTi")
+    return int(digits) * _QUANTITY[quantity[len(digits) :]] // 2**20
 
 
 def function_deployment(
