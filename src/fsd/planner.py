@@ -13,6 +13,18 @@ replicas:
    :data:`MIN_WINDOW` layers (one computing, one arriving), the window as large as fits.
 3. Else the model does not fit W workers of this budget: :class:`InputError` with the estimate.
 
+Among the choices that fit, :func:`predict_seconds` says what each would cost in time; the
+planner keeps the order above (fewest partitions first) because on every net measured the
+exchange a partition adds cost more than the compute it saved (``make bench`` prints the
+prediction beside each measured run, so the model is checked where it is used):
+
+- compute: every (edge, image) pair once, at :data:`EDGE_RATE` per worker, spread over
+  ``min(W, cores)`` cores;
+- exchange (P > 1): one round per layer at :data:`ROUND_SECONDS`, plus the boundary activations
+  (at most a ``(P - 1) / P`` share of each layer's output) at :data:`EXCHANGE_BYTES_PER_S`;
+- streaming (window < depth): every layer's weights fetched once per run at
+  :data:`STREAM_BYTES_PER_S`.
+
 A worker's memory (:func:`worker_mb`) is what it cannot share: the interpreter with numpy, scipy
 and the compiled kernels (:data:`BASE_MB`, measured: 194 MB of RSS after ``kernels.warm_up``),
 its share of ``window`` layers of weights (each edge stored in :data:`WEIGHT_LAYOUTS` layouts of
@@ -41,6 +53,13 @@ MIN_WINDOW = 2
 ACTIVATION_BLOCKS = 3
 """A layer's input, its output, and the block received from peers, each at most dense."""
 MB = 1 << 20
+EDGE_RATE = 8e10
+"""(edge, image) pairs one worker computes per second: 1.1e11 measured on the 1024x120 challenge
+net (8000 images, 0.29 s), 6.4e10 on a generated 65536x120 net (1000 images, 3.9 s)."""
+ROUND_SECONDS = 1e-3
+"""One exchange round of a layer among P workers on the local channel (0.5-1 ms measured)."""
+EXCHANGE_BYTES_PER_S = 200e6
+STREAM_BYTES_PER_S = 200e6
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,33 @@ def worker_mb(
     share = math.ceil(images / replicas) * math.ceil(neurons / partitions)
     activations = ACTIVATION_BLOCKS * share * (INDEX_BYTES + value_bytes)
     return BASE_MB + (weights + indptr + activations) / MB
+
+
+def predict_seconds(
+    *,
+    partitions: int,
+    replicas: int,
+    window: int,
+    neurons: int,
+    depth: int,
+    edges: int,
+    images: int,
+    value_bytes: int = 4,
+    cores: int | None = None,
+) -> float:
+    """The inference time the cost model above predicts (a rough guide, not a promise)."""
+    workers = partitions * replicas
+    parallel = min(workers, cores or os.cpu_count() or 1)
+    seconds = edges * images / (EDGE_RATE * parallel)
+    if partitions > 1:
+        boundary = images / replicas * neurons * (partitions - 1) / partitions
+        moved = depth * boundary * (INDEX_BYTES + value_bytes) / partitions
+        seconds += depth * ROUND_SECONDS + moved / EXCHANGE_BYTES_PER_S
+    if window < depth:
+        seconds += (
+            edges * WEIGHT_LAYOUTS * (INDEX_BYTES + value_bytes) / partitions / STREAM_BYTES_PER_S
+        )
+    return seconds
 
 
 def plan(
