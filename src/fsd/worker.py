@@ -106,6 +106,7 @@ class LayerFeed:
             with self._cond:
                 self._ready[k] = item
                 self._cond.notify_all()
+            del item  # the feed's only reference is in _ready: the worker drops it after use
 
     def get(self, k: int, timeout: float) -> tuple[LayerShard, Sends]:
         """Layer ``k`` and the sends of layer k+1, once fetched (a fetch error is raised here)."""
