@@ -297,9 +297,37 @@ def test_streaming_workers_are_exact_within_their_window(
     assert all(s.most_alive <= window for s in supplies)
 
 
-def test_window_is_validated() -> None:
-    task = WorkerTask(b"r" * 16, 0, 1, 1, None, -0.3, 32.0, "float32", ChannelConfig("local"))
+def test_window_is_validated_and_travels_only_when_set() -> None:
+    task = WorkerTask(
+        b"r" * 16, 0, 1, 1, None, -0.3, 32.0, "float32", ChannelConfig("nats"),
+        model=ModelRef("net", 1, "min-comm"),
+    )  # fmt: skip
+    bad: Any
     for bad in (0, -1, 1025, True, 2.0):
         with pytest.raises(InputError, match="window"):
             dataclasses.replace(task, window=bad)
-    assert "window" not in task.to_json() if task.model else True
+    assert "window" not in task.to_json()  # the schema's old bodies stay valid
+    body = dataclasses.replace(task, window=3).to_json()
+    assert body["window"] == 3
+    assert WorkerTask.from_json(body, ChannelConfig("nats")).window == 3
+
+
+def test_prepare_streams_into_a_folder(tmp_path: Path, small: tuple[Network, Any]) -> None:
+    """prepare with a folder holds no shard: each worker's layers come from the folder."""
+    from fsd.coordinator import RunConfig, prepare
+
+    network, _ = small
+    config = RunConfig(workers=3, partition="min-comm")
+    source = Source(network)
+    prepared = prepare(source, config, folder=tmp_path / "cut", window=2)
+    assert prepared.shards is None and prepared.window == 2
+    assert source.most_alive == 1 and prepared.edges == network.edges
+    whole = build_shards(network, make_plan(network, 3, "min-comm"), DTYPE)
+    np.testing.assert_array_equal(prepared.owners0, make_plan(network, 3, "min-comm").owners[0])
+    for p in range(3):
+        stream = prepared.layers(p)
+        assert stream is not None
+        for k in range(network.depth):
+            _same(stream.layer(k)[0], whole[p].layers[k])
+    with pytest.raises(InputError, match="window"):
+        prepare(network, config, folder=tmp_path / "cut2", window=0)
