@@ -331,3 +331,19 @@ def test_prepare_streams_into_a_folder(tmp_path: Path, small: tuple[Network, Any
             _same(stream.layer(k)[0], whole[p].layers[k])
     with pytest.raises(InputError, match="window"):
         prepare(network, config, folder=tmp_path / "cut2", window=0)
+
+
+def test_feed_hands_a_bad_layer_to_the_worker_as_its_error(pushed: FolderStore) -> None:
+    """A layer refused by the fetch thread surfaces in the worker, at that layer, not as a hang."""
+    _copy_model(pushed)
+    good = pushed.read(_key(2, "layer-3.npz"))
+    pushed.write(_key(2, "layer-3.npz", "bad"), good[:100])
+    feed = LayerFeed(pushed.layers(ModelRef("bad", 3, "min-comm"), 2), 2)
+    try:
+        for k in range(2):
+            feed.get(k, timeout=30)
+            feed.release()
+        with pytest.raises(InputError, match="worker 2's layer 2"):
+            feed.get(2, timeout=30)
+    finally:
+        feed.close()
