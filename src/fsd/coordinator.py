@@ -33,6 +33,7 @@ from fsd.task import MAX_WINDOW, ModelRef, WorkerTask
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float64")
+FOLDER_MODEL = "prepared"  # the model's name in a folder store made by prepare
 
 
 @dataclass
@@ -67,9 +68,9 @@ class Prepared:
     """A network cut for a given worker count, reusable across runs.
 
     Either in memory (``shards`` set: forked local workers inherit them), in a local folder
-    store (``folder`` and ``model`` set: forked local workers stream their layers from it,
-    ``window`` at a time, :meth:`layers`), or in the model store (``model`` set: each worker
-    downloads its own shard); ``infer`` needs only the small rest.
+    store (``folder`` set: forked local workers stream their layers from it, ``window`` at a
+    time, :meth:`layers`), or in the model store (``model`` set: each worker downloads its own
+    shard); ``infer`` needs only the small rest.
     """
 
     neurons: int
@@ -91,9 +92,10 @@ class Prepared:
     def layers(self, worker: int) -> StoredLayers | None:
         """What worker ``worker`` streams from when the model is in a local folder (else None):
         its header is read and checked here, each layer by the worker as it goes."""
-        if self.folder is None or self.model is None:
+        if self.folder is None:
             return None
-        return self.folder.layers(self.model, worker, self.dtype)
+        ref = ModelRef(FOLDER_MODEL, self.workers, self.method)
+        return self.folder.layers(ref, worker, self.dtype)
 
 
 def prepare(
@@ -118,12 +120,12 @@ def prepare(
         raise InputError(f"window must be an integer in 1..{MAX_WINDOW}, got {window!r}")
     t0 = time.perf_counter()
     plan = make_plan(source, config.workers, config.partition, config.seed)
-    shards, ref, store = None, None, None
+    shards, store = None, None
     if folder is None:
         shards = build_shards(source, plan, np.dtype(config.dtype))
     else:
         store = FolderStore(folder)
-        ref = ModelRef("prepared", plan.workers, plan.method)
+        ref = ModelRef(FOLDER_MODEL, plan.workers, plan.method)
         store.write_layers(source, ref, ShardCutter(plan), np.dtype(config.dtype))
     kernels.warm_up(config.dtype)
     return Prepared(
@@ -139,7 +141,6 @@ def prepare(
         config.dtype,
         time.perf_counter() - t0,
         shards=shards,
-        model=ref,
         folder=store,
         window=window,
     )
