@@ -70,6 +70,10 @@ def test_push_then_read_back(s3_server: S3Server) -> None:
     np.testing.assert_array_equal(store.owners0(ref), plan.owners[0])
     expected = build_shards(network, plan, np.dtype(np.float32))
     _same(store.shard(ref, 1), expected[1])
+    stream = store.layers(ref, 2, "float32")  # streamed from S3, one layer object at a time
+    _same(stream.inputs, expected[2].inputs)
+    for k in range(5):
+        _same(stream.layer(k)[0], expected[2].layers[k])
     back = store.images("tiny", first=10)
     assert back.matrix.shape == (10, 256)
     np.testing.assert_array_equal(back.matrix.toarray(), images.matrix[:10].toarray())
@@ -234,15 +238,21 @@ def test_malformed_images_are_refused(
 
 def test_store_serves_only_the_shard_asked_for(pushed: ModelStore) -> None:
     ref = ModelRef("hostile", 3, "min-comm")
-    other = pushed.read("models/hostile/3-min-comm/shard-1.npz")
-    pushed.write("models/swapped/3-min-comm/shard-0.npz", other)
-    with pytest.raises(InputError, match="worker 1's shard, not worker 0's"):
+    names = ["header.npz", *(f"layer-{k}.npz" for k in range(1, 4))]
+    for name in names:  # worker 1's objects filed as worker 0's
+        pushed.write(
+            f"models/swapped/3-min-comm/worker-0/{name}", pushed.read(ref_key(ref, 1, name))
+        )
+    with pytest.raises(InputError, match="worker 1's header, not worker 0's"):
         pushed.shard(ModelRef("swapped", 3, "min-comm"), 0)
     # a 3-worker shard served for a 2-worker run names a peer that does not exist
-    pushed.write("models/swapped/2-min-comm/shard-0.npz", pushed.read(ref_key(ref, 0)))
+    for name in names:
+        pushed.write(
+            f"models/swapped/2-min-comm/worker-0/{name}", pushed.read(ref_key(ref, 0, name))
+        )
     with pytest.raises(InputError, match="must ascend, exist"):
         pushed.shard(ModelRef("swapped", 2, "min-comm"), 0)
 
 
-def ref_key(ref: ModelRef, worker: int) -> str:
-    return f"models/{ref.name}/{ref.workers}-{ref.partition}/shard-{worker}.npz"
+def ref_key(ref: ModelRef, worker: int, name: str) -> str:
+    return f"models/{ref.name}/{ref.workers}-{ref.partition}/worker-{worker}/{name}"

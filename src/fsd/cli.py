@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -489,7 +490,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             channel_config=channel,
         )
-        prepared = prepare(network, config)
+        folder = None
+        if chosen.window < network.depth:  # stream: workers hold a window of layers, not all
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fsd-layers-")))
+        prepared = prepare(network, config, folder=folder, window=chosen.window)
         load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
         bar = None if args.json else _Bar(network.depth)
         try:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,16 +29,17 @@ from fsd.errors import ChannelError, FsdError, InputError, RunAborted, WorkerErr
 from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
-from fsd.partition import make_plan
-from fsd.shard import Shard, build_shards
-from fsd.store import Manifest, ModelStore
-from fsd.task import ModelRef, WorkerTask
+from fsd.partition import LayerSource, as_layers, make_plan
+from fsd.shard import Shard, ShardCutter, build_shards
+from fsd.store import FolderStore, Manifest, ModelStore, StoredLayers
+from fsd.task import MAX_WINDOW, ModelRef, WorkerTask
 
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 
 DTYPES = ("float32", "float64")
+FOLDER_MODEL = "prepared"  # the model's name in a folder store made by prepare
 
 
 @dataclass
@@ -82,8 +84,10 @@ class RunConfig:
 class Prepared:
     """A network cut for a given worker count, reusable across runs.
 
-    Either in memory (``shards`` set: forked local workers inherit them) or in the model store
-    (``model`` set: each worker downloads its own shard); ``infer`` needs only the small rest.
+    Either in memory (``shards`` set: forked local workers inherit them), in a local folder
+    store (``folder`` set: forked local workers stream their layers from it, ``window`` at a
+    time, :meth:`layers`), or in the model store (``model`` set: each worker downloads its own
+    shard); ``infer`` needs only the small rest.
     """
 
     neurons: int
@@ -99,21 +103,55 @@ class Prepared:
     plan_seconds: float
     shards: list[Shard] | None = None
     model: ModelRef | None = None
+    folder: FolderStore | None = None
+    window: int = 1
+
+    def layers(self, worker: int) -> StoredLayers | None:
+        """What worker ``worker`` streams from when the model is in a local folder (else None):
+        its header is read and checked here, each layer by the worker as it goes."""
+        if self.folder is None:
+            return None
+        ref = ModelRef(FOLDER_MODEL, self.workers, self.method)
+        return self.folder.layers(ref, worker, self.dtype)
 
 
-def prepare(network: Network, config: RunConfig) -> Prepared:
-    """Plan and cut the network (the part a deployment does once, ahead of any request)."""
-    config.validate(network)
+def prepare(
+    network: Network | LayerSource,
+    config: RunConfig,
+    folder: Path | None = None,
+    window: int = 0,
+) -> Prepared:
+    """Plan and cut the network (the part a deployment does once, ahead of any request).
+
+    Reads the network one layer at a time. With ``folder``, each worker's layers are written
+    there as they are cut (:class:`fsd.store.FolderStore`) and local workers stream them
+    ``window`` at a time: no process holds the whole network. Without, the shards are kept in
+    memory for forked workers to inherit.
+    """
+    source = as_layers(network)
+    if isinstance(network, Network):
+        config.validate(network)
+    elif config.dtype not in DTYPES:
+        raise InputError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
+    window = window or min(config.window or source.depth, MAX_WINDOW)  # 0: the config's
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise InputError(f"window must be an integer in 1..{MAX_WINDOW}, got {window!r}")
     t0 = time.perf_counter()
-    plan = make_plan(network, config.model_parallel, config.partition, config.seed)
-    shards = build_shards(network, plan, np.dtype(config.dtype))
+    plan = make_plan(source, config.model_parallel, config.partition, config.seed)
+    shards, store = None, None
+    if folder is None:
+        shards = build_shards(source, plan, np.dtype(config.dtype))
+    else:
+        store = FolderStore(folder)
+        ref = ModelRef(FOLDER_MODEL, plan.workers, plan.method)
+        store.write_layers(source, ref, ShardCutter(plan), np.dtype(config.dtype))
     kernels.warm_up(config.dtype)
     return Prepared(
-        network.neurons,
-        network.depth,
-        network.edges,
-        network.bias,
-        network.ymax,
+        source.neurons,
+        source.depth,
+        source.edges(),
+        source.bias,
+        source.ymax,
         plan.workers,
         plan.method,
         plan.total_volume,
@@ -121,6 +159,8 @@ def prepare(network: Network, config: RunConfig) -> Prepared:
         config.dtype,
         time.perf_counter() - t0,
         shards=shards,
+        folder=store,
+        window=window,
     )
 
 
@@ -295,6 +335,8 @@ def _open_replica(
             cc,
             config.layer_timeout,
             model=prepared.model,
+            window=prepared.window,
+            layers=prepared.layers(p),
         )
         for p in range(prepared.workers)
     ]

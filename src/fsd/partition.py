@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +22,64 @@ from fsd.model.network import Network
 log = logging.getLogger(__name__)
 
 PARTITIONERS = ("contiguous", "random", "min-comm")
+
+
+@runtime_checkable
+class LayerSource(Protocol):
+    """A network read one layer at a time (contract 1 of issue 12; the model-format helper's
+    ``fsd.model.source.LayerSource`` is the same protocol). Planning and cutting only ever hold
+    one layer of it, so a network of any depth fits."""
+
+    @property
+    def neurons(self) -> int: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def bias(self) -> float: ...
+    @property
+    def ymax(self) -> float: ...
+
+    def layer(self, k: int) -> sp.csr_matrix:
+        """Layer ``k`` (1-based), shape (neurons, neurons), read on demand."""
+        ...
+
+    def edges(self) -> int: ...
+
+
+@dataclass
+class NetworkSource:
+    """An in-memory :class:`Network` as a :class:`LayerSource` (``as_source`` semantics)."""
+
+    network: Network
+
+    @property
+    def neurons(self) -> int:
+        return self.network.neurons
+
+    @property
+    def depth(self) -> int:
+        return self.network.depth
+
+    @property
+    def bias(self) -> float:
+        return float(self.network.bias)
+
+    @property
+    def ymax(self) -> float:
+        return float(self.network.ymax)
+
+    def layer(self, k: int) -> sp.csr_matrix:
+        if not 1 <= k <= self.depth:
+            raise InputError(f"layer {k} is outside 1..{self.depth}")
+        return self.network.layers[k - 1]
+
+    def edges(self) -> int:
+        return self.network.edges
+
+
+def as_layers(source: Network | LayerSource) -> LayerSource:
+    """``source`` as a LayerSource (a Network is wrapped, anything else taken as it is)."""
+    return NetworkSource(source) if isinstance(source, Network) else source
 
 
 @dataclass
@@ -203,39 +262,46 @@ def _rebalance(owner: np.ndarray, workers: int) -> np.ndarray:
     return owner
 
 
-def _min_comm(network: Network, workers: int, seed: int) -> list[np.ndarray]:
-    n = network.neurons
-    owners = [_contiguous(n, workers)]
-    for w in network.layers:
-        owners.append(_min_comm_level(w, owners[-1], workers, seed))
-    if workers > 1:
-        # inputs are free to place: put each pixel where layer 1 needs it most
-        first = network.layers[0]
-        pattern = first.copy()
-        pattern.data = np.ones_like(pattern.data)
-        onehot = sp.csr_matrix((np.ones(n), (owners[1], np.arange(n))), shape=(workers, n))
-        need = np.asarray((onehot @ pattern.T).todense())
-        owners[0] = _assign(need, workers)
-    return owners
+def _input_owners(first: sp.csr_matrix, owners1: np.ndarray, workers: int) -> np.ndarray:
+    """Inputs are free to place: put each pixel where layer 1 needs it most."""
+    n = first.shape[0]
+    pattern = first.copy()
+    pattern.data = np.ones_like(pattern.data)
+    onehot = sp.csr_matrix((np.ones(n), (owners1, np.arange(n))), shape=(workers, n))
+    need = np.asarray((onehot @ pattern.T).todense())
+    return _assign(need, workers)
 
 
-def make_plan(network: Network, workers: int, method: str = "contiguous", seed: int = 0) -> Plan:
-    """Partition every activation level among ``workers`` and derive who sends what to whom."""
-    n = network.neurons
+def make_plan(
+    source: Network | LayerSource, workers: int, method: str = "contiguous", seed: int = 0
+) -> Plan:
+    """Partition every activation level among ``workers`` and derive who sends what to whom.
+
+    Reads one layer at a time (each exactly once): the caller holds one layer, never the network.
+    min-comm places level k from layer k and the owners of level k-1, so one pass suffices.
+    """
+    layers = as_layers(source)
+    n, depth = layers.neurons, layers.depth
     check_workers(workers, n)
     if method not in PARTITIONERS:
         raise InputError(f"unknown partitioner {method!r}; choose one of {', '.join(PARTITIONERS)}")
-    if method == "contiguous":
-        owners = [_contiguous(n, workers)] * (network.depth + 1)
-    elif method == "random":
-        rng = np.random.default_rng(seed)
-        base = _contiguous(n, workers)
-        owners = [rng.permutation(base).astype(np.int32)] * (network.depth + 1)
-    else:
-        owners = _min_comm(network, workers, seed)
-    plan = Plan(method, workers, n, owners)
-    plan.layers = [
-        _transfers(w, owners[k], owners[k + 1], workers) for k, w in enumerate(network.layers)
-    ]
+    base = _contiguous(n, workers)
+    if method == "random":
+        base = np.random.default_rng(seed).permutation(base).astype(np.int32)
+    owners = [base]
+    transfers = []
+    for k in range(1, depth + 1):
+        w = layers.layer(k)
+        if w.shape != (n, n):
+            raise InputError(f"layer {k} has shape {w.shape}, expected ({n}, {n})")
+        if method == "min-comm":
+            owners.append(_min_comm_level(w, owners[-1], workers, seed))
+            if k == 1 and workers > 1:
+                owners[0] = _input_owners(w, owners[1], workers)
+        else:
+            owners.append(base)
+        transfers.append(_transfers(w, owners[k - 1], owners[k], workers))
+        del w
+    plan = Plan(method, workers, n, owners, transfers)
     log.debug("plan %s W=%d volume=%d", method, workers, plan.total_volume)
     return plan

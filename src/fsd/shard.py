@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from fsd import untrusted
 from fsd.errors import InputError
 from fsd.kernels import Csr, Weights
 from fsd.model.network import Network
-from fsd.partition import Plan
+from fsd.partition import LayerSource, Plan, as_layers
 
 
 def _csr_arrays(m: sp.csr_matrix | sp.csc_matrix, dtype: np.dtype[np.floating]) -> Csr:
@@ -30,6 +31,10 @@ def _csr_arrays(m: sp.csr_matrix | sp.csc_matrix, dtype: np.dtype[np.floating]) 
 def _weights(m: sp.csr_matrix, dtype: np.dtype[np.floating]) -> Weights:
     """By rows for the sparse scatter and by columns for the dense block (see fsd.kernels)."""
     return (*_csr_arrays(m, dtype), *_csr_arrays(m.transpose(), dtype))
+
+
+Sends = list[tuple[int, np.ndarray, int]]
+"""(dst, selmap: local input position -> index in dst's list or -1, length of dst's list)"""
 
 
 @dataclass
@@ -80,12 +85,12 @@ class Shard:
         return total
 
 
-def _boundary_first(network: Network, plan: Plan) -> tuple[list[list[np.ndarray]], list[list[int]]]:
+def _boundary_first(plan: Plan) -> tuple[list[list[np.ndarray]], list[list[int]]]:
     """Each worker's neurons per level, those a peer needs next put first; and how many they are."""
     workers = plan.workers
     owned = [[np.flatnonzero(level == p) for p in range(workers)] for level in plan.owners]
     n_boundary = [[0] * workers for _ in plan.owners]
-    for level in range(1, network.depth):  # level 0 keeps its order (the coordinator splits it)
+    for level in range(1, plan.depth):  # level 0 keeps its order (the coordinator splits it)
         pairs = plan.layers[level].pairs
         for p in range(workers):
             needed = [ids for (s, _), ids in pairs.items() if s == p]
@@ -97,28 +102,50 @@ def _boundary_first(network: Network, plan: Plan) -> tuple[list[list[np.ndarray]
     return owned, n_boundary
 
 
-def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> list[Shard]:
-    """Cut the network into one shard per worker following ``plan``."""
-    workers = plan.workers
-    owned, n_boundary = _boundary_first(network, plan)
-    shards = [Shard(p, owned[0][p], []) for p in range(workers)]
-    n = network.neurons
-    for k, w in enumerate(network.layers):
+class ShardCutter:
+    """Cuts one layer at a time into every worker's part, following ``plan``.
+
+    Holds only the plan's per-level orders (no weights); :meth:`cut` needs that layer alone.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.owned, self.n_boundary = _boundary_first(plan)
+
+    def inputs(self, worker: int) -> np.ndarray:
+        """Global ids of the level-0 neurons ``worker`` owns (its input columns)."""
+        return self.owned[0][worker]
+
+    def sends(self, k: int) -> list[Sends]:
+        """Each worker's sends before layer ``k`` (0-based): which of its level-k neurons each
+        peer needs. Depends on the plan only, so a store can file them with layer k-1."""
+        plan, owned = self.plan, self.owned
+        workers = plan.workers
         transfers = plan.layers[k].pairs
         # position of each global neuron within its owner's input list at level k
-        local_pos = np.empty(n, np.int64)
+        local_pos = np.empty(plan.neurons, np.int64)
         for p in range(workers):
             local_pos[owned[k][p]] = np.arange(len(owned[k][p]))
+        out: list[Sends] = []
         for p in range(workers):
-            ins, outs = owned[k][p], owned[k + 1][p]
             sends = []
             for d in range(workers):
                 needed = transfers.get((p, d))
                 if needed is None:
                     continue
-                selmap = np.full(len(ins), -1, np.int32)
+                selmap = np.full(len(owned[k][p]), -1, np.int32)
                 selmap[local_pos[needed]] = np.arange(len(needed), dtype=np.int32)
                 sends.append((d, selmap, len(needed)))
+            out.append(sends)
+        return out
+
+    def cut(self, k: int, w: sp.csr_matrix, dtype: np.dtype[np.floating]) -> list[LayerShard]:
+        """Layer ``k`` (0-based; ``w`` its weights) as one LayerShard per worker."""
+        plan, owned, n_boundary = self.plan, self.owned, self.n_boundary
+        transfers = plan.layers[k].pairs
+        out = []
+        for p, sends in enumerate(self.sends(k)):
+            ins, outs = owned[k][p], owned[k + 1][p]
             sources = sorted(s for (s, d) in transfers if d == p)
             blocks = [transfers[(s, p)] for s in sources]
             offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []
@@ -130,7 +157,7 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
                 cols = w[:, cut]
                 local, remote = _weights(cols[ins], dtype), _weights(cols[remote_rows], dtype)
                 parts.append(Part(len(cut), local, remote))
-            shards[p].layers.append(
+            out.append(
                 LayerShard(
                     n_out=len(outs),
                     n_boundary=nb,
@@ -140,6 +167,42 @@ def build_shards(network: Network, plan: Plan, dtype: np.dtype[np.floating]) -> 
                     offsets=[int(o) for o in offsets],
                 )
             )
+        return out
+
+
+def iter_layer_shards(
+    source: Network | LayerSource, plan: Plan, dtype: np.dtype[np.floating]
+) -> Iterator[tuple[int, list[LayerShard]]]:
+    """``(k, [worker p's LayerShard of layer k for each p])`` for k = 0, 1, ... in order.
+
+    Reads each layer of ``source`` once, when its turn comes: the caller holds one layer's
+    weights and its cut, never the network (store them, send them, then drop them).
+    """
+    return _cuts(source, ShardCutter(plan), dtype)
+
+
+def _cuts(
+    source: Network | LayerSource, cutter: ShardCutter, dtype: np.dtype[np.floating]
+) -> Iterator[tuple[int, list[LayerShard]]]:
+    layers, plan = as_layers(source), cutter.plan
+    if layers.depth != plan.depth or layers.neurons != plan.neurons:
+        raise InputError(
+            f"the plan is for {plan.depth} layers of {plan.neurons} neurons, "
+            f"the network has {layers.depth} of {layers.neurons}"
+        )
+    for k in range(plan.depth):
+        yield k, cutter.cut(k, layers.layer(k + 1), dtype)
+
+
+def build_shards(
+    source: Network | LayerSource, plan: Plan, dtype: np.dtype[np.floating]
+) -> list[Shard]:
+    """Cut the network into one whole shard per worker following ``plan`` (all layers held)."""
+    cutter = ShardCutter(plan)
+    shards = [Shard(p, cutter.inputs(p), []) for p in range(plan.workers)]
+    for _, cut in _cuts(source, cutter, dtype):
+        for shard, layer in zip(shards, cut, strict=True):
+            shard.layers.append(layer)
     return shards
 
 
@@ -319,14 +382,14 @@ def _ascending(values: list[int]) -> bool:
 
 
 def _check_sends(
-    what: str, layer: LayerShard, width_in: int, boundary: int, me: int, peers: int
+    what: str, sends: Sends, width_in: int, boundary: int, me: int, peers: int
 ) -> None:
     """Selection maps as gather_columns reads them: int32, one per input, each wanted position
     hit exactly once (positions fit the peer's u16/u32 list), only boundary inputs selected."""
-    dsts = [dst for dst, _, _ in layer.sends]
+    dsts = [dst for dst, _, _ in sends]
     if not _ascending(dsts) or any(d == me or not 0 <= d < peers for d in dsts):
         raise InputError(f"{what}: send destinations {dsts} must ascend, exist, not be {me}")
-    for dst, selmap, wanted in layer.sends:
+    for dst, selmap, wanted in sends:
         where = f"{what}: selmap for {dst}"
         if selmap.dtype != _INT32 or selmap.ndim != 1 or len(selmap) != width_in:
             raise InputError(f"{where} must be {width_in} int32, got {untrusted.describe(selmap)}")
@@ -351,7 +414,7 @@ def _check_layer(
         len(parts) == 1 and nb not in (0, n_out)
     ):
         raise InputError(f"{what}: parts {widths} do not put the {nb} boundary outputs first")
-    _check_sends(what, layer, width_in, boundary, me, peers)
+    _check_sends(what, layer.sends, width_in, boundary, me, peers)
     sources, offsets = layer.sources, layer.offsets
     if not _ascending(sources) or any(s == me or not 0 <= s < peers for s in sources):
         raise InputError(f"{what}: sources {sources} must ascend, exist, not be {me}")
@@ -398,3 +461,200 @@ def check_shard(shard: Shard, worker: int | None = None, workers: int | None = N
     for k, layer in enumerate(shard.layers):
         dtype = _check_layer(f"layer {k}", layer, width_in, boundary, shard.worker, peers, dtype)
         width_in, boundary = layer.n_out, layer.n_boundary
+
+
+# -- per-layer objects: what a streaming worker fetches, one at a time ---------------------------
+
+
+def _rows_only(w: Weights) -> Csr:
+    return w[0], w[1], w[2]
+
+
+def with_columns(rows: Csr, ncols: int) -> Weights:
+    """Weights by rows plus the by-columns copy the dense block wants, derived here (at load
+    time: a store keeps weights once). Costs one O(nnz) transpose, a few percent of a layer."""
+    indptr, indices, values = rows
+    m = sp.csr_matrix((values, indices, indptr), shape=(len(indptr) - 1, ncols))
+    return (indptr, indices, values, *_csr_arrays(m.transpose(), values.dtype))
+
+
+def layer_to_bytes(worker: int, k: int, layer: LayerShard, after: Sends) -> bytes:
+    """Worker ``worker``'s part of layer ``k`` (0-based) as one npz, weights stored once (by
+    rows), with ``after``: the sends of layer k+1 (what the worker ships as soon as layer k is
+    done, so it never needs layer k+1's weights early). The object names its worker and layer,
+    so a swapped object is refused on load."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, (_, selmap, _) in enumerate(after):
+        arrays[f"send{i}"] = selmap
+    for j, part in enumerate(layer.parts):
+        for n, a in enumerate(_rows_only(part.w_local)):
+            arrays[f"{j}.local{n}"] = a
+        for n, a in enumerate(_rows_only(part.w_remote)):
+            arrays[f"{j}.remote{n}"] = a
+    meta = {
+        "worker": worker,
+        "layer": k,
+        "n_out": layer.n_out,
+        "n_boundary": layer.n_boundary,
+        "widths": [p.width for p in layer.parts],
+        "sends": [[dst, wanted] for dst, _, wanted in after],
+        "sources": layer.sources,
+        "offsets": layer.offsets,
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def header_to_bytes(worker: int, inputs: np.ndarray, depth: int, first: Sends) -> bytes:
+    """A worker's small header: its input columns, how many layers follow, and the sends of
+    layer 0 (which of its inputs each peer needs)."""
+    sends = [[dst, wanted] for dst, _, wanted in first]
+    meta = json.dumps({"worker": worker, "depth": depth, "sends": sends}).encode()
+    arrays = {f"send{i}": selmap for i, (_, selmap, _) in enumerate(first)}
+    arrays["inputs"] = inputs.astype(np.int64)
+    arrays["meta"] = np.frombuffer(meta, np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _read_sends(
+    what: str, raw: object, arrays: dict[str, np.ndarray], width_in: int, boundary: int,
+    me: int, peers: int,
+) -> Sends:  # fmt: skip
+    """Sends listed in a per-layer object's meta, with their selection maps, checked."""
+    if not isinstance(raw, list) or not all(isinstance(s, list) and len(s) == 2 for s in raw):
+        raise InputError(f"{what}: sends must be a list of [dst, wanted] pairs")
+    sends = []
+    for i, (dst, wanted) in enumerate(raw):
+        if f"send{i}" not in arrays:
+            raise InputError(f"{what}: no selection map send{i}")
+        sends.append(
+            (
+                untrusted.json_int(dst, f"{what}.sends[{i}] dst", 0, MAX_WORKERS - 1),
+                arrays[f"send{i}"],
+                untrusted.json_int(wanted, f"{what}.sends[{i}] wanted", 1, MAX_WIDTH),
+            )
+        )
+    _check_sends(what, sends, width_in, boundary, me, peers)
+    return sends
+
+
+MAX_DEPTH = 1 << 20
+"""Most layers a header may announce."""
+
+
+def _json_meta(raw: np.ndarray) -> dict[str, Any]:
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise InputError(f"meta must be uint8 (JSON text), got {raw.dtype}")
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"meta is not JSON: {type(exc).__name__}") from None
+    if not isinstance(meta, dict):
+        raise InputError("meta must be an object")
+    return meta
+
+
+def header_from_bytes(data: bytes, worker: int, workers: int) -> tuple[np.ndarray, int, Sends]:
+    """``(inputs, depth, sends of layer 0)`` of worker ``worker``'s header, checked."""
+    try:
+        arrays = untrusted.read_npz(data, "header", (_INT64, _INT32, np.dtype(np.uint8)))
+        if not {"inputs", "meta"} <= set(arrays):
+            raise InputError(f"members {sorted(arrays)[:4]} are not inputs, meta, send<i>")
+        meta = _json_meta(arrays.pop("meta"))
+        if set(meta) != {"worker", "depth", "sends"}:
+            raise InputError("meta must name worker, depth and sends, and nothing else")
+        me = untrusted.json_int(meta["worker"], "meta.worker", 0, MAX_WORKERS - 1)
+        depth = untrusted.json_int(meta["depth"], "meta.depth", 1, MAX_DEPTH)
+        if me != worker or not 0 <= worker < workers:
+            raise InputError(f"this is worker {me}'s header, not worker {worker}'s of {workers}")
+        inputs = arrays.pop("inputs")
+        # the same checks as a whole shard's inputs
+        if inputs.dtype != _INT64 or inputs.ndim != 1 or len(inputs) > MAX_WIDTH:
+            raise InputError(f"inputs must be int64, got {untrusted.describe(inputs)}")
+        if len(inputs) and (inputs[0] < 0 or (np.diff(inputs) <= 0).any()):
+            raise InputError("inputs must be distinct neuron ids in ascending order")
+        n = len(inputs)
+        first = _read_sends("header", meta["sends"], arrays, n, n, me, workers)
+        if len(arrays) != len(first):
+            raise InputError("members missing or unexpected")
+    except InputError as exc:
+        raise InputError(f"not a valid fsd shard header: {exc}") from None
+    return inputs, depth, first
+
+
+def _layer_names(m: dict[str, Any]) -> set[str]:
+    names = {f"send{i}" for i in range(len(m["sends"]))}
+    for j in range(len(m["widths"])):
+        names.update(f"{j}.{side}{n}" for side in ("local", "remote") for n in range(3))
+    return names
+
+
+class LayerReader:
+    """Turns one worker's per-layer objects back into LayerShards, in order, each checked as
+    :func:`check_shard` checks a whole shard (rows against the previous layer's outputs, peers
+    in range, one dtype throughout), and checked to be the worker's and the layer asked for.
+
+    Made from the worker's header (:func:`header_from_bytes`); :meth:`read` returns layer k and
+    the sends of layer k+1 (empty after the last layer).
+    """
+
+    def __init__(
+        self, worker: int, workers: int, header: tuple[np.ndarray, int, Sends],
+        dtype: np.dtype[Any] | None = None,
+    ) -> None:  # fmt: skip
+        self.worker, self.workers = worker, workers
+        self.inputs, self.depth, self.first = header
+        self.dtype = dtype
+        self._next = 0
+        self._width = self._boundary = len(self.inputs)
+        self._sends = self.first
+
+    def read(self, k: int, data: bytes) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` (0-based) from its object; layers must come in order."""
+        where = f"worker {self.worker}'s layer {k}"
+        if k != self._next or k >= self.depth:
+            raise InputError(f"{where}: expected layer {self._next} of {self.depth}")
+        try:
+            arrays = untrusted.read_npz(data, "layer", _SHARD_DTYPES)
+            if "meta" not in arrays:
+                raise InputError("no meta member")
+            raw = _json_meta(arrays.pop("meta"))
+            me = untrusted.json_int(raw.get("worker"), "meta.worker", 0, MAX_WORKERS - 1)
+            layer_k = untrusted.json_int(raw.get("layer"), "meta.layer", 0, MAX_DEPTH)
+            if me != self.worker or layer_k != k:
+                raise InputError(f"this is worker {me}'s layer {layer_k}")
+            m = _layer_meta(raw, "meta")
+            expected = _layer_names(m)
+            if set(arrays) != expected:
+                odd = sorted(set(arrays) ^ expected)
+                raise InputError(f"members missing or unexpected: {', '.join(odd[:5])}")
+            parts = []
+            for j, width in enumerate(m["widths"]):
+                local: Csr = (arrays[f"{j}.local0"], arrays[f"{j}.local1"], arrays[f"{j}.local2"])
+                remote: Csr = (
+                    arrays[f"{j}.remote0"], arrays[f"{j}.remote1"], arrays[f"{j}.remote2"]
+                )  # fmt: skip
+                # rows checked before the transpose reads them; the layer check redoes it whole
+                _check_csr(f"part {j} local", local, self._width, width, self.dtype)
+                _check_csr(f"part {j} remote", remote, len(remote[0]) - 1, width, self.dtype)
+                parts.append(Part(width, with_columns(local, width), with_columns(remote, width)))
+            layer = LayerShard(
+                m["n_out"], m["n_boundary"], parts, self._sends, m["sources"], m["offsets"]
+            )
+            self.dtype = _check_layer(
+                "layer", layer, self._width, self._boundary, self.worker, self.workers, self.dtype
+            )
+            if k + 1 == self.depth and (layer.n_boundary or m["sends"]):
+                raise InputError("the last layer has boundary outputs or sends")
+            after = _read_sends(
+                "meta", raw["sends"], arrays, layer.n_out, layer.n_boundary, me, self.workers
+            )
+        except InputError as exc:
+            raise InputError(f"not a valid fsd layer shard ({where}): {exc}") from None
+        self._next += 1
+        self._width, self._boundary, self._sends = layer.n_out, layer.n_boundary, after
+        return layer, after

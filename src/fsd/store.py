@@ -1,12 +1,17 @@
-"""The model store: networks cut into per-worker shards ahead of time, kept in an object store.
+"""The model store: networks cut into per-worker, per-layer shards ahead of time.
 
 ``fsd model push`` partitions a network once for each requested worker count and uploads, under
-``models/<name>/`` in the bucket:
+``models/<name>/`` in the bucket (or a local folder, :class:`FolderStore`):
 
 - ``manifest.json``: sizes, bias, cap, edges, and the partitions available;
-- ``W<workers>-<partition>/owners0.npy``: who owns each input pixel (the coordinator splits inputs);
-- ``W<workers>-<partition>/shard-<p>.npz``: worker p's shard, the only thing worker p downloads;
+- ``<workers>-<partition>/owners0.npy``: who owns each input pixel (the coordinator splits inputs);
+- ``<workers>-<partition>/worker-<p>/header.npz``: worker p's inputs, depth and first sends;
+- ``<workers>-<partition>/worker-<p>/layer-<k>.npz``: worker p's part of layer k (1-based),
+  weights stored once; a worker streams these one at a time (:meth:`Objects.layers`);
 - ``images.npz`` (optional): inputs and truth, so a request can name stored images.
+
+Pushing reads the network one layer at a time (:class:`fsd.partition.LayerSource`): planning and
+cutting hold one layer, never the network.
 
 Everything is arrays (npz/npy read with ``allow_pickle=False``) or JSON: nothing in the store is
 executed. Warm function instances keep shards in a bounded LRU (:class:`ShardCache`), as FaaS
@@ -19,12 +24,16 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +45,19 @@ from minio.error import MinioException, S3Error
 from fsd.channels.base import ChannelConfig
 from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError
 from fsd.model import Images, Network
-from fsd.partition import PARTITIONERS, make_plan
+from fsd.partition import PARTITIONERS, LayerSource, as_layers, make_plan
 from fsd.s3client import delete_prefix, minio_client
-from fsd.shard import Shard, build_shards, shard_from_bytes, shard_to_bytes
+from fsd.shard import (
+    LayerReader,
+    LayerShard,
+    Sends,
+    Shard,
+    ShardCutter,
+    header_from_bytes,
+    header_to_bytes,
+    layer_to_bytes,
+    shard_from_bytes,
+)
 from fsd.task import ModelRef
 from fsd.untrusted import (
     check_finite,
@@ -88,95 +107,59 @@ def _client(config: ChannelConfig) -> Minio:
     return client
 
 
-class ModelStore:
-    """Models in ``config.bucket`` on the S3 endpoint of ``config`` (an ``s3`` ChannelConfig)."""
+def _base(ref: ModelRef) -> str:
+    return f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}"
 
-    def __init__(self, config: ChannelConfig) -> None:
-        self.config = config
-        self.client = _client(config)
-        self.bucket = config.bucket
-        self._bucket_ready = False
 
-    # -- raw objects ---------------------------------------------------------------------------
+def _worker_key(ref: ModelRef, worker: int) -> str:
+    return f"{_base(ref)}/worker-{worker}"
+
+
+class Objects:
+    """Models kept as objects by key: the layout and checks, whatever holds the bytes.
+
+    Subclasses provide ``write``, ``read`` and ``delete_prefix``.
+    """
 
     def write(self, key: str, data: bytes) -> None:
-        """Put one object (the bucket is created on the first write if it does not exist)."""
-        try:
-            if not self._bucket_ready:
-                if not self.client.bucket_exists(self.bucket):
-                    self.client.make_bucket(self.bucket, location=self.config.region)
-                self._bucket_ready = True
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store: cannot write {key}: {exc}") from None
+        raise NotImplementedError
 
     def read(self, key: str, limit: int | None = None) -> bytes:
-        """One object's bytes; ModelNotFound when it (or the bucket) does not exist.
-
-        With ``limit``, an object larger than that many bytes is refused without reading it all.
-        """
-        try:
-            resp = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-                raise ModelNotFound(f"model store has no {key}") from None
-            raise ChannelError(f"model store: cannot read {key}: {exc.code}") from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store unreachable reading {key}: {exc}") from None
-        try:
-            data: bytes = resp.read() if limit is None else resp.read(limit + 1)
-        finally:
-            resp.close()
-            resp.release_conn()
-        if limit is not None and len(data) > limit:
-            raise ModelFormatError(key, None, f"larger than {limit} bytes")
-        return data
+        raise NotImplementedError
 
     def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
-        """Delete every object under ``prefix``; how many there were (0: no bucket)."""
-        try:
-            removed, failed = delete_prefix(self.client, self.bucket, prefix, last=last)
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
-                return 0
-            raise ChannelError(f"model store: cannot remove {prefix}: {exc.code}") from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store unreachable removing {prefix}: {exc}") from None
-        if failed:
-            raise ChannelError(f"model store: cannot remove {prefix}: {failed[0]}")
-        return removed
+        raise NotImplementedError
 
     # -- models --------------------------------------------------------------------------------
 
     def push(
         self,
-        network: Network,
+        network: Network | LayerSource,
         name: str,
         workers: Sequence[int],
         partitions: Sequence[str] = ("min-comm",),
         images: Images | None = None,
         dtype: str = "float32",
     ) -> Manifest:
-        """Cut ``network`` for every (workers, partition) and upload it all."""
+        """Cut ``network`` for every (workers, partition) and upload it, layer by layer."""
         _check_name(name)
+        source = as_layers(network)
         manifest = Manifest(
             name,
-            network.neurons,
-            network.depth,
-            float(network.bias),
-            float(network.ymax),
-            network.edges,
+            source.neurons,
+            source.depth,
+            float(source.bias),
+            float(source.ymax),
+            source.edges(),
             dtype,
         )
         for w in workers:
             for method in partitions:
                 t0 = time.perf_counter()
-                plan = make_plan(network, w, method)
-                shards = build_shards(network, plan, np.dtype(dtype))
-                base = f"{PREFIX}/{name}/{Manifest.key(w, method)}"
-                self.write(f"{base}/owners0.npy", _npy(plan.owners[0].astype(np.int32)))
-                for shard in shards:
-                    self.write(f"{base}/shard-{shard.worker}.npz", shard_to_bytes(shard))
+                plan = make_plan(source, w, method)
+                ref = ModelRef(name, w, method)
+                self.write(f"{_base(ref)}/owners0.npy", _npy(plan.owners[0].astype(np.int32)))
+                self.write_layers(source, ref, ShardCutter(plan), np.dtype(dtype))
                 manifest.partitions[Manifest.key(w, method)] = {
                     "workers": w,
                     "partition": method,
@@ -228,10 +211,39 @@ class ModelStore:
         check_index(key, owners, ref.workers, InputError)
         return owners
 
+    def write_layers(
+        self, source: LayerSource, ref: ModelRef, cutter: ShardCutter, dtype: np.dtype[Any]
+    ) -> None:
+        """Each worker's header, then each layer's objects as it is cut (one layer in memory)."""
+        plan = cutter.plan
+        for p, first in enumerate(cutter.sends(0)):
+            data = header_to_bytes(p, cutter.inputs(p), plan.depth, first)
+            self.write(f"{_worker_key(ref, p)}/header.npz", data)
+        for k in range(plan.depth):
+            cut = cutter.cut(k, source.layer(k + 1), dtype)
+            after = cutter.sends(k + 1) if k + 1 < plan.depth else [[] for _ in cut]
+            for p, layer in enumerate(cut):
+                data = layer_to_bytes(p, k, layer, after[p])
+                self.write(f"{_worker_key(ref, p)}/layer-{k + 1}.npz", data)
+            del cut
+
+    def layers(self, ref: ModelRef, worker: int, dtype: str | None = None) -> StoredLayers:
+        """Worker ``worker``'s layers to stream: the header is read (and checked) now, each
+        layer when asked for, checked against the one before it."""
+        key = f"{_worker_key(ref, worker)}/header.npz"
+        header = header_from_bytes(self.read(key, MAX_HEADER), worker, ref.workers)
+        dt = None if dtype is None else np.dtype(dtype)
+        return StoredLayers(self, ref, LayerReader(worker, ref.workers, header, dt))
+
     def shard(self, ref: ModelRef, worker: int) -> Shard:
-        """Worker ``worker``'s shard, checked completely and checked to be the one asked for."""
-        key = f"{PREFIX}/{ref.name}/{Manifest.key(ref.workers, ref.partition)}/shard-{worker}.npz"
-        return shard_from_bytes(self.read(key), worker, ref.workers)
+        """Worker ``worker``'s whole shard (every layer), each part checked and checked to be
+        the one asked for. A store pushed before per-layer objects keeps one ``shard-<p>.npz``."""
+        try:
+            stream = self.layers(ref, worker)
+        except ModelNotFound:
+            whole = self.read(f"{_base(ref)}/shard-{worker}.npz")
+            return shard_from_bytes(whole, worker, ref.workers)
+        return Shard(worker, stream.inputs, [stream.layer(k)[0] for k in range(stream.depth)])
 
     def images(
         self, name: str, first: int | None = None, manifest: Manifest | None = None
@@ -249,6 +261,138 @@ class ModelStore:
             truth = {k: v[v <= first] for k, v in truth.items()}
         return Images(m, truth)
 
+
+class StoredLayers:
+    """One worker's layers in a store, read one at a time in order (a LayerSupply for
+    :class:`fsd.worker.LayerFeed`): nothing is kept once a layer is handed over."""
+
+    def __init__(self, store: Objects, ref: ModelRef, reader: LayerReader) -> None:
+        self.store, self.ref, self.reader = store, ref, reader
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.reader.inputs
+
+    @property
+    def depth(self) -> int:
+        return self.reader.depth
+
+    @property
+    def first(self) -> Sends:
+        return self.reader.first
+
+    def layer(self, k: int) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` (0-based) and the sends of layer k+1, downloaded and checked."""
+        key = f"{_worker_key(self.ref, self.reader.worker)}/layer-{k + 1}.npz"
+        return self.reader.read(k, self.store.read(key))
+
+
+class ModelStore(Objects):
+    """Models in ``config.bucket`` on the S3 endpoint of ``config`` (an ``s3`` ChannelConfig)."""
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.config = config
+        self.client = _client(config)
+        self.bucket = config.bucket
+        self._bucket_ready = False
+
+    def write(self, key: str, data: bytes) -> None:
+        """Put one object (the bucket is created on the first write if it does not exist)."""
+        try:
+            if not self._bucket_ready:
+                if not self.client.bucket_exists(self.bucket):
+                    self.client.make_bucket(self.bucket, location=self.config.region)
+                self._bucket_ready = True
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ChannelError(f"model store: cannot write {key}: {exc}") from None
+
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """One object's bytes; ModelNotFound when it (or the bucket) does not exist.
+
+        With ``limit``, an object larger than that many bytes is refused without reading it all.
+        """
+        try:
+            resp = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                raise ModelNotFound(f"model store has no {key}") from None
+            raise ChannelError(f"model store: cannot read {key}: {exc.code}") from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ChannelError(f"model store unreachable reading {key}: {exc}") from None
+        try:
+            data: bytes = resp.read() if limit is None else resp.read(limit + 1)
+        finally:
+            resp.close()
+            resp.release_conn()
+        if limit is not None and len(data) > limit:
+            raise ModelFormatError(key, None, f"larger than {limit} bytes")
+        return data
+
+    def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
+        """Delete every object under ``prefix``; how many there were (0: no bucket)."""
+        try:
+            removed, failed = delete_prefix(self.client, self.bucket, prefix, last=last)
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return 0
+            raise ChannelError(f"model store: cannot remove {prefix}: {exc.code}") from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ChannelError(f"model store unreachable removing {prefix}: {exc}") from None
+        if failed:
+            raise ChannelError(f"model store: cannot remove {prefix}: {failed[0]}")
+        return removed
+
+
+class FolderStore(Objects):
+    """The same models in a local folder (one file per key): local workers stream from it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise InputError(f"invalid store key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write one file atomically (a reader never sees half of it)."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ChannelError(f"model folder: cannot write {key}: {exc.strerror}") from None
+
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                data = f.read() if limit is None else f.read(limit + 1)
+        except FileNotFoundError:
+            raise ModelNotFound(f"model folder has no {key}") from None
+        except OSError as exc:
+            raise ChannelError(f"model folder: cannot read {key}: {exc.strerror}") from None
+        if limit is not None and len(data) > limit:
+            raise ModelFormatError(key, None, f"larger than {limit} bytes")
+        return data
+
+    def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
+        """Delete every file under ``prefix`` (a folder key); how many there were."""
+        path = self._path(prefix.rstrip("/"))
+        if not path.is_dir():
+            return 0
+        removed = sum(1 for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path)
+        return removed
+
+
+MAX_HEADER = 1 << 30
+"""Largest worker header read (bytes): its inputs and first selection maps, O(neurons)."""
 
 _I32, _I64, _F32 = np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32)
 _INTS = (np.dtype(np.int8), np.dtype(np.int16), _I32, _I64)
@@ -366,7 +510,7 @@ class ShardCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, store: ModelStore, ref: ModelRef, worker: int) -> tuple[Shard, bool]:
+    def get(self, store: Objects, ref: ModelRef, worker: int) -> tuple[Shard, bool]:
         """The shard and whether it was already here (True: a warm hit, nothing downloaded)."""
         key = (ref, worker)
         with self._lock:

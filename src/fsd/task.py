@@ -9,14 +9,35 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fsd.channels.base import ChannelConfig
-from fsd.errors import FsdError
+from fsd.errors import FsdError, InputError
 from fsd.settings import LAYER_TIMEOUT
 
 if TYPE_CHECKING:
-    from fsd.shard import Shard
+    import numpy as np
+
+    from fsd.shard import LayerShard, Sends, Shard
+
+MAX_WINDOW = 1024
+"""Most layer shards a streaming worker may hold at once."""
+
+
+class LayerSupply(Protocol):
+    """Where a streaming worker gets its layers, one at a time and in order, each checked
+    (:class:`fsd.store.StoredLayers`: a model store or a local folder)."""
+
+    @property
+    def inputs(self) -> np.ndarray: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def first(self) -> Sends: ...
+
+    def layer(self, k: int) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` (0-based) and the sends of layer k+1."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -32,8 +53,11 @@ class ModelRef:
 class WorkerTask:
     """Everything a worker needs; travels to the worker with its launch.
 
-    A forked local worker inherits ``shard``; a remote one gets ``model`` instead and downloads
-    its shard from the model store (``shard`` is None on the wire, see :meth:`to_json`).
+    A forked local worker inherits ``shard`` or ``layers`` (a supply it streams from: a local
+    folder store); a remote one gets ``model`` instead and downloads its shard from the model
+    store (``shard`` and ``layers`` are None on the wire, see :meth:`to_json`). ``window``: how
+    many layer shards a streaming worker holds at once, the one computing included (1: fetch
+    after compute; 2: fetch the next while one computes).
     """
 
     run: bytes
@@ -47,6 +71,14 @@ class WorkerTask:
     channel: ChannelConfig
     layer_timeout: float = LAYER_TIMEOUT
     model: ModelRef | None = None
+    window: int = 1
+    layers: LayerSupply | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, int):
+            raise InputError(f"window must be an integer, got {type(self.window).__name__}")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise InputError(f"window {self.window} is outside 1..{MAX_WINDOW}")
 
     def to_json(self) -> dict[str, Any]:
         """The task as a function invocation body: no shard, no secret, and no address.
@@ -57,7 +89,8 @@ class WorkerTask:
         """
         if self.model is None:
             raise FsdError("a remote worker needs a model in the store (fsd model push)")
-        return {
+        body: dict[str, Any] = {"window": self.window} if self.window != 1 else {}
+        return body | {
             "run": self.run.hex(),
             "worker": self.worker,
             "workers": self.workers,
@@ -103,4 +136,5 @@ class WorkerTask:
             channel=config,
             layer_timeout=float(data["layer_timeout"]),
             model=ModelRef(str(model["name"]), int(model["workers"]), str(model["partition"])),
+            window=int(data.get("window", 1)),
         )

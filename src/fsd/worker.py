@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import resource
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from fsd import kernels, untrusted, wire
 from fsd.channels.base import COORDINATOR, Channel
 from fsd.errors import FsdError, InputError, RunAborted, WireError
-from fsd.shard import LayerShard
-from fsd.task import WorkerTask
+from fsd.shard import LayerShard, Sends, Shard
+from fsd.task import LayerSupply, WorkerTask
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +65,133 @@ def _counts(what: str, n: np.ndarray, rows: int, total: int) -> np.ndarray:
     return n
 
 
+class LayerFeed:
+    """Hands the worker its layer shards one at a time, fetching ahead in a background thread.
+
+    At most ``window`` layer shards are held at once, the one computing included: a layer's
+    slot is taken when its fetch starts and given back by :meth:`release`, so the worker's
+    weights are bounded by the window, whatever the depth. ``max_held`` records the most held
+    at any moment (tests check the bound with it, not with RSS).
+    """
+
+    def __init__(self, supply: LayerSupply, window: int) -> None:
+        if window < 1:
+            raise InputError(f"window {window} must be at least 1")
+        self.supply, self.window = supply, window
+        self.inputs, self.depth, self.first = supply.inputs, supply.depth, supply.first
+        self.held = 0
+        self.max_held = 0
+        self._ready: dict[int, tuple[LayerShard, Sends]] = {}
+        self._error: BaseException | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._fetch_all, name="fsd-layer-feed", daemon=True)
+        self._thread.start()
+
+    def _fetch_all(self) -> None:
+        for k in range(self.depth):
+            with self._cond:
+                while self.held >= self.window and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self.held += 1
+                self.max_held = max(self.max_held, self.held)
+            try:
+                item = self.supply.layer(k)
+            except BaseException as exc:  # handed to the worker, which reports it
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._ready[k] = item
+                self._cond.notify_all()
+            del item  # the feed's only reference is in _ready: the worker drops it after use
+
+    def get(self, k: int, timeout: float) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` and the sends of layer k+1, once fetched (a fetch error is raised here)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while k not in self._ready:
+                if self._error is not None:
+                    raise self._error
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FsdError(f"layer {k + 1} did not arrive within {timeout:g} s")
+                self._cond.wait(left)
+            return self._ready.pop(k)
+
+    def release(self) -> None:
+        """The worker is done with its current layer (and holds no reference to it)."""
+        with self._cond:
+            self.held -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._ready.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)
+
+
+class ShardFeed:
+    """A whole shard already in memory (a forked worker's) behind the feed's interface."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.inputs, self.depth = shard.inputs, len(shard.layers)
+        self.first = shard.layers[0].sends
+        self.held = self.max_held = self.depth
+
+    def get(self, k: int, timeout: float) -> tuple[LayerShard, Sends]:
+        layers = self.shard.layers
+        return layers[k], layers[k + 1].sends if k + 1 < len(layers) else []
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _check_task(task: WorkerTask) -> None:
     """The shard must be this worker's, for this many workers and this dtype (a model store may
     serve another), and the image count must fit the u32 row ids, before any kernel runs."""
-    shard = task.shard
-    if shard is None:
-        raise FsdError("worker started without its shard")
     if not 0 <= task.images <= MAX_IMAGES:
         raise InputError(f"images={task.images} is outside 0..{MAX_IMAGES}")
+    if task.dtype not in ("float32", "float64"):
+        raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
+    shard = task.shard
+    if shard is None:
+        if task.layers is None:
+            raise FsdError("worker started without its shard")
+        return  # a streamed layer is checked as it arrives (fsd.shard.LayerReader)
     if shard.worker != task.worker:
         raise InputError(f"worker {task.worker} was given the shard of worker {shard.worker}")
     if task.dtype not in ("float32", "float64"):
         raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
-    dtype = np.dtype(task.dtype)
     for k, layer in enumerate(shard.layers):
-        peers = [*layer.sources, *(dst for dst, _, _ in layer.sends)]
-        if any(not 0 <= p < task.workers for p in peers):
-            raise InputError(f"layer {k} of the shard names a worker outside 0..{task.workers - 1}")
-        if any(
-            a.dtype != dtype for part in layer.parts for a in (part.w_local[2], part.w_remote[2])
-        ):
-            raise InputError(f"layer {k} of the shard is not {dtype}")
+        _check_layer(task, k, layer)
+
+
+def _check_layer(task: WorkerTask, k: int, layer: LayerShard) -> None:
+    """The layer names only workers of this run and holds weights of the run's dtype."""
+    dtype = np.dtype(task.dtype)
+    peers = [*layer.sources, *(dst for dst, _, _ in layer.sends)]
+    if any(not 0 <= p < task.workers for p in peers):
+        raise InputError(f"layer {k} of the shard names a worker outside 0..{task.workers - 1}")
+    if any(a.dtype != dtype for part in layer.parts for a in (part.w_local[2], part.w_remote[2])):
+        raise InputError(f"layer {k} of the shard is not {dtype}")
 
 
 def _input_matrix(task: WorkerTask, msg: wire.Message) -> kernels.Csr:
     """This worker's input columns, from the coordinator's (row, local column, value) triplets."""
     if len(msg.arrays) != 3 or len({len(a) for a in msg.arrays}) != 1:
         raise WireError("INPUT must carry three arrays of equal length")
-    width = len(task.shard.inputs) if task.shard is not None else 0
+    supply = task.shard if task.shard is not None else task.layers
+    width = len(supply.inputs) if supply is not None else 0
     rows = _indices("INPUT rows", msg.arrays[0], task.images)
     cols = _indices("INPUT columns", msg.arrays[1], width)
     vals = _values("INPUT values", msg.arrays[2], np.dtype(task.dtype), None)
@@ -159,14 +260,44 @@ def run_worker(
         raise
 
 
-def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None) -> None:
-    if task.shard is None:
+def _feed(task: WorkerTask) -> LayerFeed | ShardFeed:
+    if task.shard is not None:
+        return ShardFeed(task.shard)
+    if task.layers is None:
         raise FsdError("worker started without its shard")
+    return LayerFeed(task.layers, task.window)
+
+
+def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None) -> None:
     _check_task(task)
+    feed = _feed(task)
+    try:
+        y, stats = _layers(task, channel, on_layer, feed)
+    finally:
+        feed.close()
+    _result(task, channel, y, stats)
+
+
+@dataclass
+class _Stats:
+    compute: np.ndarray
+    comm: np.ndarray
+    sent_bytes: np.ndarray
+    sent_msgs: np.ndarray
+    started: float
+
+
+def _layers(
+    task: WorkerTask,
+    channel: Channel,
+    on_layer: Callable[[int], None] | None,
+    feed: LayerFeed | ShardFeed,
+) -> tuple[kernels.Csr, _Stats]:
+    """Every layer, taken from ``feed`` one at a time and dropped once computed."""
     me, run = task.worker, task.run
     started = time.perf_counter()
     dtype = np.dtype(task.dtype)
-    depth = len(task.shard.layers)
+    depth = feed.depth
     compute = np.zeros(depth)
     comm = np.zeros(depth)
     sent_bytes = np.zeros(depth, np.int64)
@@ -174,19 +305,25 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     first = channel.expect(wire.Kind.INPUT, 0, [COORDINATOR], task.layer_timeout)
     y = _input_matrix(task, first[COORDINATOR])
     empty = kernels.empty_csr(task.images, dtype)
-    layers = task.shard.layers
 
-    def send_for(k: int, acts: kernels.Csr) -> None:
+    def send_for(k: int, acts: kernels.Csr, sends: Sends) -> None:
         """Send layer k's peers the activations they need from ``acts`` (timed as comm)."""
         t = time.perf_counter()
-        for dst, selmap, wanted in layers[k].sends:
+        for dst, selmap, wanted in sends:
+            if not 0 <= dst < task.workers:
+                raise InputError(f"layer {k} of the shard names a worker outside the run")
             header = wire.Header(wire.Kind.ACT, run, k + 1, me, dst)
             sent_bytes[k] += channel.send(wire.Message(header, _activations(acts, selmap, wanted)))
             sent_msgs[k] += 1
         comm[k] += time.perf_counter() - t
 
-    send_for(0, y)
-    for k, layer in enumerate(layers):
+    send_for(0, y, feed.first)
+    for k in range(depth):
+        t_get = time.perf_counter()
+        layer, after = feed.get(k, task.layer_timeout)
+        comm[k] += time.perf_counter() - t_get  # waiting for weights is not computing
+        if task.shard is None:
+            _check_layer(task, k, layer)
         t0 = time.perf_counter()
         if layer.sources:
             zs = [kernels.partial_product(*y, *part.w_local, part.width) for part in layer.parts]
@@ -212,15 +349,26 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
             outs.append(out)
             if i == 0 and layer.n_boundary and not sent_next:
                 # the boundary block is done: ship it, then compute the interior meanwhile
-                send_for(k + 1, out)
+                send_for(k + 1, out, after)
                 sent_next = True
         t4 = time.perf_counter()
         y = outs[0] if len(outs) == 1 else kernels.hstack(*outs[0], *outs[1], layer.parts[0].width)
         compute[k] += time.perf_counter() - t4
         if not sent_next:
-            send_for(k + 1, y)
+            send_for(k + 1, y, after)
+        del layer, part  # no reference left: the feed may fetch into this slot now
+        feed.release()
         if on_layer is not None:
             on_layer(k + 1)
+    return y, _Stats(compute, comm, sent_bytes, sent_msgs, started)
+
+
+def _result(task: WorkerTask, channel: Channel, y: kernels.Csr, stats: _Stats) -> None:
+    """The RESULT message: surviving rows, their sums, per-layer timings and traffic."""
+    me, run = task.worker, task.run
+    compute, comm, sent_bytes, sent_msgs = (
+        stats.compute, stats.comm, stats.sent_bytes, stats.sent_msgs
+    )  # fmt: skip
     indptr, _, values = y
     counts = np.diff(indptr)
     alive = np.flatnonzero(counts).astype(np.uint32)
@@ -233,7 +381,7 @@ def _run(task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | N
     names = np.frombuffer("\n".join(channel.stats.ops).encode("ascii"), np.uint8)
     counts = np.array(list(channel.stats.ops.values()), np.int64)
     peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-    wall = np.array([time.perf_counter() - started, peak])
+    wall = np.array([time.perf_counter() - stats.started, peak])
     rejected = np.array([channel.stats.rejected], np.int64)
     header = wire.Header(wire.Kind.RESULT, run, 0, me, COORDINATOR)
     arrays = [alive, sums, compute, comm, sent_bytes, sent_msgs, names, counts, wall, rejected]

@@ -1,4 +1,5 @@
-"""Local launcher: each worker is a forked process (shards are inherited, never serialised)."""
+"""Local launcher: each worker is a forked process (it inherits its shard, or streams it from a
+local folder store: see ``fsd.coordinator.prepare``; nothing is serialised)."""
 
 from __future__ import annotations
 
