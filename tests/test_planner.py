@@ -102,3 +102,21 @@ def test_fsd_run_reports_the_planners_choice(
     assert forced["parallelism"]["partitions"] == 2 and forced["activation_bytes"] > 0
     assert np.array_equal(forced["categories"], data["categories"])
     assert cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "3"]) == 2
+
+
+def test_fsd_run_streams_a_window_when_the_budget_is_below_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget that holds 3 of 24 layers: workers stream them from a folder, exactly."""
+    out = tmp_path / "net"
+    args = ["--neurons", "4096", "--layers", "24", "--images", "50", "--out", str(out)]
+    assert cli.main(["generate", *args]) == 0
+    size = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "images": 50}
+    budget = planner.worker_mb(partitions=1, window=3, replicas=2, value_bytes=4, **size)
+    capsys.readouterr()
+    run = ["run", "--data", str(out), "--workers", "2", "--memory-mb", str(int(budget) + 1)]
+    assert cli.main([*run, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["correct"] is True
+    assert data["parallelism"]["partitions"] == 1 and data["parallelism"]["replicas"] == 2
+    assert 2 <= data["parallelism"]["window"] < 24

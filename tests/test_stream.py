@@ -330,7 +330,9 @@ def test_prepare_streams_into_a_folder(tmp_path: Path, small: tuple[Network, Any
         for k in range(network.depth):
             _same(stream.layer(k)[0], whole[p].layers[k])
     with pytest.raises(InputError, match="window"):
-        prepare(network, config, folder=tmp_path / "cut2", window=0)
+        prepare(network, config, folder=tmp_path / "cut2", window=-1)
+    # 0: the config's window, else every layer
+    assert prepare(network, config, folder=tmp_path / "cut3", window=0).window == network.depth
 
 
 def test_feed_hands_a_bad_layer_to_the_worker_as_its_error(pushed: FolderStore) -> None:
