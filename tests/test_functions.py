@@ -345,7 +345,8 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
     nats_server: NatsServer, s3_server: S3Server, shared_net: Network, shared_images: Images
 ) -> None:
     """FSD_MEMORY_MB (the operator sets it): 2 workers asked for a model that fits one become
-    2 replicas of the 1-worker cut, exact; without a budget the same request needs a 2-cut."""
+    2 replicas of the 1-worker cut, exact; a budget below the whole model makes each worker
+    stream its layers from the store, a window at a time, instead of caching its shard."""
     env = {
         "FSD_NATS_URL": nats_server.url,
         "FSD_NATS_TOKEN": nats_server.token,
@@ -353,7 +354,7 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         "FSD_MODELS": "gc-budget",
-        "FSD_MEMORY_MB": "2048",
+        "FSD_MEMORY_MB": "250",  # the 1-worker cut fits with about 48 of its 120 layers
         "PATH": "/usr/bin:/bin",
     }
     with LocalStack(workers=2, env=env) as s:
@@ -362,3 +363,5 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
     assert status == 200, reply
     assert reply["correct"] is True and reply["n_categories"] == 73
     assert reply["parallelism"]["replicas"] == 2 and reply["parallelism"]["partitions"] == 1
+    assert 2 <= reply["parallelism"]["window"] < 120
+    assert reply["shard_cache"]["hit"] == 0  # streamed, nothing kept warm

@@ -191,6 +191,7 @@ def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None =
         manifest.dtype,
         time.perf_counter() - t0,
         model=ref,
+        window=min(manifest.layers, MAX_WINDOW),  # every layer, unless a planner says less
     )
 
 
@@ -531,7 +532,7 @@ def _summarise(
         ),
         function_seconds=walls,
         peak_rss_mb=peak / MIB,
-        parallelism={"replicas": 1, "partitions": workers, "window": config.window or depth},
+        parallelism={"replicas": 1, "partitions": workers, "window": prepared.window},
     )
 
 
@@ -607,7 +608,7 @@ def _merge(
         parallelism={
             "replicas": len(parts),
             "partitions": prepared.workers,
-            "window": config.window or prepared.depth,
+            "window": prepared.window,
         },
     )
 

@@ -510,6 +510,11 @@ class ShardCache:
         self.hits = 0
         self.misses = 0
 
+    def has(self, ref: ModelRef, worker: int) -> bool:
+        """Whether that shard is warm here."""
+        with self._lock:
+            return (ref, worker) in self._items
+
     def get(self, store: Objects, ref: ModelRef, worker: int) -> tuple[Shard, bool]:
         """The shard and whether it was already here (True: a warm hit, nothing downloaded)."""
         key = (ref, worker)

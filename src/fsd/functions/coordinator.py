@@ -39,7 +39,7 @@ from fsd.functions.http import Reply, error, scrub
 from fsd.functions.parse import load_json, problem
 from fsd.settings import function_env
 from fsd.store import Manifest, ModelNotFound, ModelStore
-from fsd.task import ModelRef
+from fsd.task import MAX_WINDOW, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,9 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     else:
         images = None
         matrix = _inline_images(request["inputs"], manifest.neurons)
-    partitions = _partitions(manifest, workers, partition, int(matrix.shape[0]), env)
+    partitions, window = _partitions(manifest, workers, partition, int(matrix.shape[0]), env)
     prepared = prepare_stored(store, ModelRef(name, partitions, partition), manifest)
+    prepared.window = window
     urls = settings.names(env, "FSD_WORKER_URL")
     launcher = platform(env)
     config = RunConfig(
@@ -207,8 +208,9 @@ def _default_workers(partitions: dict[str, dict[str, Any]]) -> int:
 
 def _partitions(
     manifest: Manifest, workers: int, partition: str, images: int, env: dict[str, str]
-) -> int:
-    """Model-parallel workers per replica for ``workers`` workers (the rest are replicas).
+) -> tuple[int, int]:
+    """Model-parallel workers per replica for ``workers`` workers (the rest are replicas), and
+    the layers each worker holds (below the depth: it streams them from the store).
 
     Without ``FSD_MEMORY_MB`` (the memory of one worker invocation: the operator sets it), every
     worker is a partition, as the model must then be cut for ``workers``. With it, the planner
@@ -216,8 +218,9 @@ def _partitions(
     for ``partition`` that divide ``workers``.
     """
     budget = settings.number(env, "FSD_MEMORY_MB", 0.0, low=0, high=1 << 24, error=NotConfigured)
+    every = min(manifest.layers, MAX_WINDOW)
     if not budget:
-        return workers
+        return workers, every
     cuts = sorted(
         int(info["workers"])
         for info in manifest.partitions.values()
@@ -238,7 +241,7 @@ def _partitions(
         allowed=cuts,
         value_bytes=np.dtype(manifest.dtype).itemsize,
     )
-    return chosen.partitions
+    return chosen.partitions, min(chosen.window, every)
 
 
 def _default_partition(partitions: dict[str, dict[str, Any]], workers: int) -> str:

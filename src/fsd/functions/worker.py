@@ -217,10 +217,15 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
     try:
         store = ModelStore(checked.store)
         t1 = time.perf_counter()
-        shard, hit = _shard_cache(checked.limits.shard_cache).get(store, task.model, task.worker)
+        cache = _shard_cache(checked.limits.shard_cache)
+        hit = cache.has(task.model, task.worker)
+        stream = None if hit else store.layers(task.model, task.worker, task.dtype)
+        if stream is not None and task.window < stream.depth:
+            task.layers = stream  # more than its window fits no instance: stream, keep nothing
+        else:
+            task.shard, hit = cache.get(store, task.model, task.worker)
         load_seconds = time.perf_counter() - t1
         observe.observe_shard_load(model, hit, load_seconds)
-        task.shard = shard
         with open_channel(task.channel, task.run, task.worker) as channel:
 
             def watch_children(layer: int) -> None:
