@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 import weakref
 from collections.abc import Callable
@@ -195,10 +198,17 @@ def _remove(folder: Path) -> None:
     (folder / layer_file(3)).unlink()
 
 
+def _fifo(folder: Path) -> None:
+    (folder / layer_file(2)).unlink()
+    os.mkfifo(folder / layer_file(2))  # opening it for reading would wait for a writer
+
+
 HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated-layer": (_truncate, "bytes, but the header's 256 neurons and 8192 edges make"),
     "missing-layer": (_remove, "cannot read"),
+    "layer-a-fifo": (_fifo, "not a regular file"),
     "header-lies-edges": (lambda f: _header(f, edges=[8192, 8193, 8192]), "make"),
+    "header-lies-neurons": (lambda f: _header(f, neurons=512), "header's 512 neurons"),
     "header-huge-edges": (
         lambda f: _header(f, neurons=MAX_NEURONS, edges=[MAX_NEURONS**2] * 3),
         "bytes, but the header's",
@@ -318,3 +328,15 @@ def test_generate_then_run_on_the_binary_folder(
     assert cli.main([*argv, "--format", "tsv"]) == 0  # TSV over it: the stale header goes
     assert not (out / "neuron256" / HEADER).exists()
     assert load_network(out, cache=False).depth == 9
+
+
+def test_a_bad_layer_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    generate_folder(tmp_path, 256, 3, 10)
+    _set(2, 5, float("nan"))(tmp_path / "neuron256")
+    done = subprocess.run(
+        [sys.executable, "-m", "fsd.cli", "run", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'neuron256' / layer_file(2)}: weights must be finite" in done.stderr

@@ -32,7 +32,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -139,10 +139,23 @@ def parse_header(raw: bytes, path: Path) -> Header:
     return Header(neurons, bias, ymax, dtype, counts, name)
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (a FIFO must not block the reader)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelFormatError(path, None, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_header(folder: Path) -> Header:
     path = Path(folder) / HEADER
     try:
-        with path.open("rb") as fh:
+        with _open_regular(path) as fh:
             raw = fh.read(MAX_HEADER_BYTES + 1)
     except OSError as exc:
         raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
@@ -209,10 +222,8 @@ class LayerFolder:
         path = self.folder / layer_file(k)
         expected = layer_bytes(n, edges, self.dtype)
         try:
-            with path.open("rb") as fh:
+            with _open_regular(path) as fh:
                 info = os.fstat(fh.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise ModelFormatError(path, None, "not a regular file")
                 if info.st_size != expected:
                     raise ModelFormatError(
                         path,
