@@ -31,6 +31,7 @@ from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult, summary
 from fsd.model import Images, Network, load_images, load_network
+from fsd.model.layers import FORMATS as MODEL_FORMATS
 from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
@@ -353,9 +354,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     gen.add_argument(
         "--format",
-        choices=("binary", "tsv"),
-        default="binary",
-        help="layers as binary files (default; fsd.model.layers) or Graph Challenge TSV",
+        choices=MODEL_FORMATS,
+        default=MODEL_FORMATS[0],
+        help="layers as binary files (layers.json + one CSR file each) or Graph Challenge TSV",
     )
 
     part = command(sub, "partition", "planned crossing activations per partitioner")

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd.errors import InputError
-from fsd.model.layers import LayerWriter
+from fsd.model.layers import FORMATS, LayerWriter
 from fsd.model.network import (
     MAX_IMAGES,
     MAX_LAYERS,
@@ -300,10 +300,6 @@ def generate(neurons: int, layers: int, images: int, seed: int = 0) -> tuple[Net
         layers,
     )
     return network, inputs
-
-
-#: Output formats of :func:`generate_folder`.
-FORMATS = ("binary", "tsv")
 
 
 def generate_folder(

@@ -43,6 +43,8 @@ from fsd.untrusted import check_finite, json_float, json_int
 
 log = logging.getLogger(__name__)
 
+#: What ``fsd generate --format`` writes: this binary format, or Graph Challenge TSV.
+FORMATS = ("binary", "tsv")
 FORMAT = "fsd-layers"
 VERSION = 1
 HEADER = "layers.json"
