@@ -3,6 +3,9 @@
 The networks reproduce the structure of the official Graph Challenge ones (see ``radix_net``):
 the first group of layers equals the official 1024-neuron layers 1-6 exactly, and later groups
 are the same pattern under a random relabelling, which is what the official files show.
+Any layer can be made alone (:func:`radix_layer`, :class:`RadixSource`), and
+:func:`generate_folder` writes a net of any depth one layer at a time, its images' truth
+computed by the float64 oracle as the layers go by.
 """
 
 from __future__ import annotations
@@ -100,8 +103,8 @@ def relabelling(neurons: int, group: int, seed: int) -> np.ndarray:
     """The permutation of group ``group`` (0-based; group 0 is the identity).
 
     Each group draws from its own generator, seeded with ``seed + (group - 1) * 2^64``, so any
-    layer is made without the ones before it, and group 1 gets the permutation that
-    ``default_rng(seed)`` draws first.
+    layer is made without the ones before it (distinct streams for seeds below 2^64), and
+    group 1 gets the permutation that ``default_rng(seed)`` draws first.
     """
     if group == 0:
         return np.arange(neurons, dtype=np.int32)
