@@ -454,6 +454,9 @@ def load_images(
 
 
 def _write_tsv(path: Path, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+    whole = vals.size and not np.signbit(vals).any() and (vals == np.trunc(vals)).all()
+    if whole and vals.max() < 2**53:  # images: the text "%.17g" gives, twice as fast
+        vals = vals.astype(np.int64)
     frame = pd.DataFrame({"r": rows + 1, "c": cols + 1, "v": vals})
     try:
         frame.to_csv(path, sep="\t", header=False, index=False, float_format="%.17g")
