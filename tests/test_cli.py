@@ -82,7 +82,7 @@ def test_embedded_default_human_output(capsys: pytest.CaptureFixture[str]) -> No
 def test_generate_then_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gen"
     assert main(["generate", "--neurons", "256", "--layers", "8", "--images", "50",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out), "--format", "tsv"]) == 0  # fmt: skip
     assert (out / "neuron256" / "n256-l8.tsv").is_file()
     assert (out / "neuron256-l8-categories.tsv").is_file()
     capsys.readouterr()
@@ -147,7 +147,8 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
 
 def test_bad_data_files_exit_2(tmp_path: Path) -> None:
     out = tmp_path / "gen"
-    main(["generate", "--neurons", "256", "--layers", "3", "--images", "10", "--out", str(out)])
+    main(["generate", "--neurons", "256", "--layers", "3", "--images", "10", "--out", str(out),
+          "--format", "tsv"])  # fmt: skip
     layer = out / "neuron256" / "n256-l2.tsv"
     lines = layer.read_text().splitlines()
     lines[4] = "1\tseven\t0.0625"
@@ -223,7 +224,8 @@ def test_weights_checked_in_the_dtype_of_the_run(
 ) -> None:
     monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "gen"
-    main(["generate", "--neurons", "256", "--layers", "2", "--images", "10", "--out", str(out)])
+    main(["generate", "--neurons", "256", "--layers", "2", "--images", "10", "--out", str(out),
+          "--format", "tsv"])  # fmt: skip
     layer = out / "neuron256" / "n256-l1.tsv"
     lines = layer.read_text().splitlines()
     lines[4] = lines[4].rsplit("\t", 1)[0] + "\t1e300"  # finite in float64, not in float32

@@ -31,7 +31,8 @@ from fsd.channels.settings import channel_config
 from fsd.coordinator import DTYPES, RunConfig, infer, prepare
 from fsd.errors import FsdError, InputError
 from fsd.metrics import RunResult, summary
-from fsd.model import Images, Network, load_images, load_network, write_images, write_network
+from fsd.model import Images, Network, load_images, load_network
+from fsd.model.layers import FORMATS as MODEL_FORMATS
 from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
@@ -153,6 +154,10 @@ never from a flag. Flags given with --request replace the file's fields.
 examples:
   fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
   fsd run --data /tmp/net1024 --workers 4
+  fsd generate --neurons 1024 --layers 6 --images 100 --out /tmp/tsv1024 --format tsv
+
+Layers are written one at a time (binary by default: neuron{N}/layers.json and one CSR file
+per layer); the truth comes from a streamed float64 oracle.
 """,
     "partition": """\
 examples:
@@ -354,12 +359,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     inv.add_argument("--json", action="store_true", help="last stdout line: the answer as JSON")
 
-    gen = command(sub, "generate", "write a RadiX-Net network and images (official layout)")
+    gen = command(sub, "generate", "write a RadiX-Net network (layer by layer) and images")
     gen.add_argument("--neurons", type=_neurons, required=True, help="neurons per layer, 2^k")
     gen.add_argument("--layers", type=_layers, required=True, help="layers")
     gen.add_argument("--images", type=_images, required=True, help="images")
     gen.add_argument("--seed", type=_seed, default=0, help="seed of network and images")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    gen.add_argument(
+        "--format",
+        choices=MODEL_FORMATS,
+        default=MODEL_FORMATS[0],
+        help="layers as binary files (layers.json + one CSR file each) or Graph Challenge TSV",
+    )
 
     part = command(sub, "partition", "planned crossing activations per partitioner")
     part.add_argument("--data", type=Path, required=True, help="Graph Challenge folder")
@@ -554,13 +565,13 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from fsd.model.generate import check_sizes, generate  # noqa: PLC0415
+    from fsd.model.generate import check_sizes, generate_folder  # noqa: PLC0415
 
     check_sizes(args.neurons, args.layers, args.images, args.seed)
     output_folder(args.out)  # an impossible place fails now, not after generating
-    network, images = generate(args.neurons, args.layers, args.images, args.seed)
-    write_network(args.out, network)
-    write_images(args.out, images)
+    images = generate_folder(
+        args.out, args.neurons, args.layers, args.images, args.seed, args.format
+    )
     alive = len(images.truth[args.layers])
     print(
         f"wrote {_line(args.out)}: {args.neurons} neurons x {args.layers} layers, "

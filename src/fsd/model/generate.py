@@ -3,19 +3,33 @@
 The networks reproduce the structure of the official Graph Challenge ones (see ``radix_net``):
 the first group of layers equals the official 1024-neuron layers 1-6 exactly, and later groups
 are the same pattern under a random relabelling, which is what the official files show.
+Any layer can be made alone (:func:`radix_layer`, :class:`RadixSource`), and
+:func:`generate_folder` writes a net of any depth one layer at a time, its images' truth
+computed by the float64 oracle as the layers go by.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from fsd.errors import InputError
-from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS, Images, Network, bias_for
-from fsd.reference import categories, infer
+from fsd.model.layers import FORMATS, LayerWriter
+from fsd.model.network import (
+    MAX_IMAGES,
+    MAX_LAYERS,
+    MAX_NEURONS,
+    YMAX,
+    Images,
+    Network,
+    bias_for,
+)
+from fsd.model.tsv import tsv_folder, write_images, write_layer
+from fsd.reference import apply_layer, categories, infer, start
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +67,13 @@ def _check_seed(seed: int) -> None:
         raise InputError(f"seed must be >= 0, got {seed}")
 
 
-def _group_columns(neurons: int) -> list[np.ndarray]:
-    """Sorted column ids (N x 32) of each layer of one group, under the identity labelling.
+def group_length(neurons: int) -> int:
+    """Layers per group: ``log2(N/16)``."""
+    return (neurons // BLOCKS).bit_length() - 1
+
+
+def _pattern(neurons: int, k: int) -> np.ndarray:
+    """Sorted column ids (N x 32) of layer ``k`` (1-based) of a group, identity labelling.
 
     Row i reaches, in every block q, local offsets ``a`` and ``a - 2^(k-1) mod b`` where
     ``a = i mod b``: that is ``kron(ones(16, 16), I + S^(-2^(k-1)))``.
@@ -62,15 +81,12 @@ def _group_columns(neurons: int) -> list[np.ndarray]:
     b = neurons // BLOCKS
     local = np.arange(neurons, dtype=np.int32) % b
     starts = np.arange(BLOCKS, dtype=np.int32) * b
-    out = []
-    for k in range(1, b.bit_length()):  # k = 1..log2(b)
-        shifted = (local - (1 << (k - 1))) % b
-        cols = np.concatenate(
-            [starts[None, :] + local[:, None], starts[None, :] + shifted[:, None]], axis=1
-        )
-        cols.sort(axis=1)
-        out.append(cols)
-    return out
+    shifted = (local - (1 << (k - 1))) % b
+    cols = np.concatenate(
+        [starts[None, :] + local[:, None], starts[None, :] + shifted[:, None]], axis=1
+    )
+    cols.sort(axis=1)
+    return cols
 
 
 def _csr(cols: np.ndarray, neurons: int) -> sp.csr_matrix:
@@ -83,36 +99,69 @@ def _csr(cols: np.ndarray, neurons: int) -> sp.csr_matrix:
     return matrix
 
 
+def relabelling(neurons: int, group: int, seed: int) -> np.ndarray:
+    """The permutation of group ``group`` (0-based; group 0 is the identity).
+
+    Each group draws from its own generator, seeded with ``seed + (group - 1) * 2^64``, so any
+    layer is made without the ones before it (distinct streams for seeds below 2^64), and
+    group 1 gets the permutation that ``default_rng(seed)`` draws first.
+    """
+    if group == 0:
+        return np.arange(neurons, dtype=np.int32)
+    rng = np.random.default_rng(seed + ((group - 1) << 64))
+    return rng.permutation(neurons).astype(np.int32)
+
+
+def radix_layer(neurons: int, k: int, seed: int = 0) -> sp.csr_matrix:
+    """Layer ``k`` (1-based) of ``radix_net(neurons, L, seed)`` for any L >= k, made alone."""
+    _check_neurons(neurons)
+    _check_seed(seed)
+    if not 1 <= k <= MAX_LAYERS:
+        raise InputError(f"layer must be between 1 and {MAX_LAYERS}, got {k}")
+    group, pos = divmod(k - 1, group_length(neurons))
+    cols = _pattern(neurons, pos + 1)
+    if group > 0:  # new row r is old row inverse[r]; its columns are relabelled by perm
+        perm = relabelling(neurons, group, seed)
+        inverse = np.empty_like(perm)
+        inverse[perm] = np.arange(neurons, dtype=np.int32)
+        cols = perm[cols[inverse]]
+        cols.sort(axis=1)
+    return _csr(cols, neurons)
+
+
+class RadixSource:
+    """A RadiX-Net as a LayerSource: layer k is generated when asked, nothing is kept."""
+
+    def __init__(self, neurons: int, layers: int, seed: int = 0) -> None:
+        _check_neurons(neurons)
+        _check_seed(seed)
+        if not 1 <= layers <= MAX_LAYERS:
+            raise InputError(f"layers must be between 1 and {MAX_LAYERS}, got {layers}")
+        self.neurons, self.depth, self.seed = neurons, layers, seed
+        self.bias, self.ymax = bias_for(neurons), YMAX
+        self.name = f"radix-{neurons}x{layers}"
+
+    def layer(self, k: int) -> sp.csr_matrix:
+        if not 1 <= k <= self.depth:
+            raise InputError(f"layer {k} is outside 1..{self.depth}")
+        return radix_layer(self.neurons, k, self.seed)
+
+    def edges(self) -> int:
+        return self.neurons * BLOCKS * 2 * self.depth
+
+
 def radix_net(neurons: int, layers: int, seed: int = 0) -> Network:
     """A RadiX-Net-shaped network like the Graph Challenge's, for any power-of-two size.
 
     Groups of ``log2(N/16)`` layers repeat one pattern; the first group uses the identity
     labelling (so N=1024 layers 1-6 equal the official ones) and every later group a fresh
-    random relabelling ``W[p(i), p(j)] = pattern[i, j]`` drawn from ``seed``.
+    random relabelling ``W[p(i), p(j)] = pattern[i, j]`` drawn from ``seed`` and the group
+    (:func:`relabelling`).
     """
-    _check_neurons(neurons)
-    _check_seed(seed)
-    if not 1 <= layers <= MAX_LAYERS:
-        raise InputError(f"layers must be between 1 and {MAX_LAYERS}, got {layers}")
-    pattern = _group_columns(neurons)
-    length = len(pattern)
-    rng = np.random.default_rng(seed)
-    mats: list[sp.csr_matrix] = []
-    perm = inverse = np.arange(neurons, dtype=np.int32)
-    for k in range(layers):
-        pos = k % length
-        if pos == 0 and k > 0:
-            perm = rng.permutation(neurons).astype(np.int32)
-            inverse = np.empty_like(perm)
-            inverse[perm] = np.arange(neurons, dtype=np.int32)
-        if k < length:
-            cols = pattern[pos].copy()
-        else:  # new row r is old row inverse[r]; its columns are relabelled by perm
-            cols = perm[pattern[pos][inverse]]
-            cols.sort(axis=1)
-        mats.append(_csr(cols, neurons))
-    log.debug("built radix net %dx%d (group length %d)", neurons, layers, length)
-    return Network(layers=mats, bias=bias_for(neurons), name=f"radix-{neurons}x{layers}")
+    source = RadixSource(neurons, layers, seed)
+    mats = [source.layer(k) for k in range(1, layers + 1)]
+    log.debug("built radix net %dx%d", neurons, layers)
+    return Network(layers=mats, bias=source.bias, name=source.name)
 
 
 def canvas_shape(neurons: int) -> tuple[int, int]:
@@ -254,3 +303,42 @@ def generate(neurons: int, layers: int, images: int, seed: int = 0) -> tuple[Net
         layers,
     )
     return network, inputs
+
+
+def generate_folder(
+    out: Path, neurons: int, layers: int, images: int, seed: int = 0, fmt: str = "binary"
+) -> Images:
+    """Write a generated net, its images and their truth under ``out``, one layer at a time.
+
+    Each layer is generated, written (``neuron{N}/`` as a binary layer folder, or TSV) and
+    applied to the images by the float64 oracle before the next is made, so at most one
+    layer of weights is ever held, whatever the depth. Returns the images with their truth.
+    """
+    check_sizes(neurons, layers, images, seed)
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt}")
+    source = RadixSource(neurons, layers, seed)
+    inputs = synthetic_images(neurons, images, seed)
+    y = start(inputs.matrix)
+    folder = Path(out) / f"neuron{neurons}"
+    writer = None
+    if fmt == "binary":  # weights 1/16: exact in float32, half the bytes
+        writer = LayerWriter(folder, neurons, source.bias, source.ymax, "float32", source.name)
+    else:
+        tsv_folder(out, neurons)
+    for k in range(1, layers + 1):
+        w = source.layer(k)
+        if writer is not None:
+            writer.write(w)
+        else:
+            write_layer(out, neurons, k, w)
+        y = apply_layer(y, w, source.bias, source.ymax)
+        del w  # the next layer is made without this one alive
+        log.debug("layer %d/%d written", k, layers)
+    if writer is not None:
+        writer.close()
+    inputs.truth[layers] = categories(y)
+    write_images(out, inputs)
+    alive = inputs.truth[layers].size
+    log.info("generated %s with %d images: %d alive", source.name, images, alive)
+    return inputs

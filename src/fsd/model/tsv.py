@@ -1,6 +1,7 @@
 """Graph Challenge TSV layout: read (fast path + precise errors), write, and a binary cache.
 
-Layout (1-based ids, tab separated, optionally gzipped)::
+Layout (1-based ids, tab separated, optionally gzipped; a ``neuron{N}`` folder holding
+``layers.json`` is a binary model instead, see :mod:`fsd.model.layers`)::
 
     neuron{N}/n{N}-l{k}.tsv          row col weight   (layer k, edge row -> col)
     sparse-images-{N}.tsv            image pixel value
@@ -32,6 +33,7 @@ import scipy.sparse as sp
 
 from fsd import settings
 from fsd.errors import InputError, ModelFormatError
+from fsd.model.layers import HEADER, LayerFolder, is_layer_folder
 from fsd.model.network import MAX_IMAGES, MAX_NEURONS, Images, Network, bias_for
 
 log = logging.getLogger(__name__)
@@ -310,19 +312,13 @@ def _save_cache(path: Path, layers: list[sp.csr_matrix]) -> None:
         log.debug("cannot write cache %s: %s", path, exc)
 
 
-def load_network(
-    root: Path,
-    neurons: int | None = None,
-    layers: int | None = None,
-    cache: bool = True,
-    dtype: np.dtype[np.floating] | str = "float32",
-) -> Network:
-    """Load the official layout; repeat loads of unchanged files come from a binary cache.
-
-    ``dtype`` is the one the engine will run in: every weight must be finite in it.
-    """
+def model_folder(root: Path, neurons: int | None = None) -> tuple[Path, int | None]:
+    """Where the model under ``root`` is: ``(folder, None)`` for a binary layer folder (``root``
+    itself or ``root/neuron{N}``), else ``(root, N)`` for TSV files, N inferred from the
+    ``neuron{N}`` folders when not given."""
     root = Path(root)
-    dtype = np.dtype(dtype)
+    if is_layer_folder(root):
+        return root, None
     if neurons is None:
         sizes = find_neurons(root)
         if len(sizes) != 1:
@@ -332,6 +328,44 @@ def load_network(
         _check_neurons(neurons, str(root / f"neuron{neurons}"))
     else:
         _check_neurons(neurons, "--neurons")
+    folder = root / f"neuron{neurons}"
+    if is_layer_folder(folder):
+        return folder, None
+    return root, neurons
+
+
+def open_layer_folder(
+    folder: Path,
+    neurons: int | None,
+    layers: int | None,
+    dtype: np.dtype[np.floating] | str,
+) -> LayerFolder:
+    """The binary model in ``folder``, checked against a ``--neurons`` given."""
+    source = LayerFolder(folder, layers, dtype)
+    if neurons is not None and source.neurons != neurons:
+        raise InputError(f"--neurons {neurons}, but {folder / HEADER} says {source.neurons}")
+    return source
+
+
+def load_network(
+    root: Path,
+    neurons: int | None = None,
+    layers: int | None = None,
+    cache: bool = True,
+    dtype: np.dtype[np.floating] | str = "float32",
+) -> Network:
+    """Load the official layout or a binary layer folder (``layers.json``, see
+    :mod:`fsd.model.layers`); repeat loads of unchanged TSV files come from a binary cache.
+
+    ``dtype`` is the one the engine will run in: every weight must be finite in it.
+    """
+    dtype = np.dtype(dtype)
+    folder, tsv_neurons = model_folder(Path(root), neurons)
+    if tsv_neurons is None:
+        source = open_layer_folder(folder, neurons, layers, dtype)
+        mats = [source.layer(k) for k in range(1, source.depth + 1)]
+        return Network(mats, source.bias, source.ymax, source.name)
+    root, neurons = folder, tsv_neurons
     depth = available_layers(root, neurons)
     if layers is not None:
         if layers < 1:
@@ -420,6 +454,9 @@ def load_images(
 
 
 def _write_tsv(path: Path, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+    whole = vals.size and not np.signbit(vals).any() and (vals == np.trunc(vals)).all()
+    if whole and vals.max() < 2**53:  # images: the text "%.17g" gives, twice as fast
+        vals = vals.astype(np.int64)
     frame = pd.DataFrame({"r": rows + 1, "c": cols + 1, "v": vals})
     try:
         frame.to_csv(path, sep="\t", header=False, index=False, float_format="%.17g")
@@ -438,14 +475,30 @@ def output_folder(path: Path) -> Path:
     return path
 
 
+def write_layer(root: Path, neurons: int, k: int, w: sp.csr_matrix) -> None:
+    """Write layer ``k`` as ``neuron{N}/n{N}-l{k}.tsv`` (the folder must exist)."""
+    coo = w.tocoo()
+    order = np.lexsort((coo.col, coo.row))
+    path = Path(root) / f"neuron{neurons}" / f"n{neurons}-l{k}.tsv"
+    _write_tsv(path, coo.row[order], coo.col[order], coo.data[order])
+
+
+def tsv_folder(root: Path, neurons: int) -> Path:
+    """``root/neuron{N}`` made ready for TSV layers: created, a binary header there removed
+    (it would win over the new files)."""
+    folder = output_folder(Path(root) / f"neuron{neurons}")
+    try:
+        (folder / HEADER).unlink(missing_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def write_network(root: Path, network: Network) -> None:
     """Write ``neuron{N}/n{N}-l{k}.tsv`` for every layer."""
-    n = network.neurons
-    folder = output_folder(Path(root) / f"neuron{n}")
+    tsv_folder(root, network.neurons)
     for k, w in enumerate(network.layers, start=1):
-        coo = w.tocoo()
-        order = np.lexsort((coo.col, coo.row))
-        _write_tsv(folder / f"n{n}-l{k}.tsv", coo.row[order], coo.col[order], coo.data[order])
+        write_layer(root, network.neurons, k, w)
 
 
 def write_images(root: Path, images: Images) -> None:

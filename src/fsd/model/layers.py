@@ -1,0 +1,343 @@
+"""The binary per-layer model format: one file per layer, so a net of any depth streams.
+
+A model folder holds ``layers.json`` and one ``l{k:05d}.csr`` per layer k = 1..L. The header::
+
+    {"format": "fsd-layers", "version": 1, "name": "radix-65536x120", "neurons": N,
+     "layers": L, "bias": -0.45, "ymax": 32.0, "dtype": "float32", "edges": [E1, ..., EL]}
+
+Layer k's file is that layer's CSR (entry (i, j) is the edge i -> j), little-endian, at fixed
+offsets so it can be read with ``numpy.fromfile`` or memory-mapped with ``numpy.memmap``::
+
+    offset 0                  indptr  int64, N+1 values (row r: entries indptr[r]..indptr[r+1]-1)
+    offset 8(N+1)             indices int32, E column ids, strictly increasing within a row,
+                                      then zero bytes up to a multiple of 8
+    offset 8(N+1) + pad8(4E)  data    float32 or float64 (the header's dtype), E values
+
+and its size is exactly ``8(N+1) + pad8(4E) + itemsize*E``. The header is written last, so a
+folder without one is not a model (a writer that died leaves no half model behind).
+
+Everything read is hostile: header fields are type- and bound-checked (sizes by the caps of
+:mod:`fsd.model.network`), a layer file's size must equal what the header implies before a byte
+of it is allocated, and index bounds, per-row order and finiteness are checked before the layer
+is returned. Every problem is a :class:`~fsd.errors.ModelFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import numpy as np
+import scipy.sparse as sp
+
+from fsd.errors import InputError, ModelFormatError
+from fsd.model.network import MAX_LAYERS, MAX_NEURONS, YMAX
+from fsd.untrusted import check_finite, json_float, json_int
+
+log = logging.getLogger(__name__)
+
+#: What ``fsd generate --format`` writes: this binary format, or Graph Challenge TSV.
+FORMATS = ("binary", "tsv")
+FORMAT = "fsd-layers"
+VERSION = 1
+HEADER = "layers.json"
+#: Largest header accepted: the edge counts of MAX_LAYERS layers fit with room to spare.
+MAX_HEADER_BYTES = 1 << 20
+MAX_NAME = 200
+INDPTR = np.dtype("<i8")
+INDICES = np.dtype("<i4")
+DTYPES: dict[str, np.dtype[np.floating]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+_KEYS = {"format", "version", "name", "neurons", "layers", "bias", "ymax", "dtype", "edges"}
+
+
+def layer_file(k: int) -> str:
+    """File name of layer ``k`` (1-based); zero-padded so a listing sorts by layer."""
+    return f"l{k:05d}.csr"
+
+
+def _pad8(size: int) -> int:
+    return -(-size // 8) * 8
+
+
+def layer_bytes(neurons: int, edges: int, dtype: np.dtype[Any]) -> int:
+    """Exact size of a layer file with ``edges`` entries."""
+    head = INDPTR.itemsize * (neurons + 1)
+    return head + _pad8(INDICES.itemsize * edges) + dtype.itemsize * edges
+
+
+def is_layer_folder(path: Path) -> bool:
+    """Whether ``path`` holds a binary model (its header)."""
+    return (Path(path) / HEADER).is_file()
+
+
+@dataclass(frozen=True)
+class Header:
+    """What ``layers.json`` says, every field checked."""
+
+    neurons: int
+    bias: float
+    ymax: float = YMAX
+    dtype: str = "float32"
+    edges: tuple[int, ...] = field(default_factory=tuple)
+    name: str = "network"
+
+    @property
+    def layers(self) -> int:
+        return len(self.edges)
+
+    def to_json(self) -> str:
+        doc = {"format": FORMAT, "version": VERSION, "name": self.name, "neurons": self.neurons,
+               "layers": self.layers, "bias": self.bias, "ymax": self.ymax, "dtype": self.dtype,
+               "edges": list(self.edges)}  # fmt: skip
+        return json.dumps(doc)
+
+
+def _reject_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a finite number")
+
+
+def parse_header(raw: bytes, path: Path) -> Header:
+    """A :class:`Header` from the bytes of ``layers.json``, or ModelFormatError naming ``path``."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelFormatError(path, None, f"not a JSON header: {str(exc)[:120]}") from None
+    if not isinstance(doc, dict):
+        raise ModelFormatError(path, None, "the header must be a JSON object")
+    unknown = sorted(set(doc) - _KEYS)[:3]
+    missing = sorted(_KEYS - set(doc))
+    if unknown or missing:
+        what = f"unknown fields {[u[:40] for u in unknown]}" if unknown else f"missing {missing}"
+        raise ModelFormatError(path, None, f"header: {what}")
+    if doc["format"] != FORMAT:
+        raise ModelFormatError(path, None, f"header: format must be {FORMAT!r}")
+    try:
+        json_int(doc["version"], "version", VERSION, VERSION)
+        neurons = json_int(doc["neurons"], "neurons", 1, MAX_NEURONS)
+        layers = json_int(doc["layers"], "layers", 1, MAX_LAYERS)
+        bias = json_float(doc["bias"], "bias", -math.inf, math.inf)
+        ymax = json_float(doc["ymax"], "ymax", 0.0, math.inf)
+        if ymax <= 0:
+            raise InputError(f"ymax={ymax} must be positive")
+        dtype, name, edges = doc["dtype"], doc["name"], doc["edges"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}")
+        if not isinstance(name, str) or len(name) > MAX_NAME:
+            raise InputError(f"name must be a string of at most {MAX_NAME} characters")
+        if not isinstance(edges, list) or len(edges) != layers:
+            raise InputError(f"edges must be a list of {layers} counts (one per layer)")
+        counts = tuple(
+            json_int(e, f"edges[{k}]", 0, neurons * neurons) for k, e in enumerate(edges, 1)
+        )
+    except InputError as exc:
+        raise ModelFormatError(path, None, f"header: {exc}") from None
+    return Header(neurons, bias, ymax, dtype, counts, name)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (a FIFO must not block the reader)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelFormatError(path, None, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_header(folder: Path) -> Header:
+    path = Path(folder) / HEADER
+    try:
+        with _open_regular(path) as fh:
+            raw = fh.read(MAX_HEADER_BYTES + 1)
+    except OSError as exc:
+        raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ModelFormatError(path, None, f"header larger than {MAX_HEADER_BYTES} bytes")
+    return parse_header(raw, path)
+
+
+def _check_layer(path: Path, neurons: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+    """Canonical CSR: indptr from 0 to E, non-decreasing; columns in range, increasing per row."""
+    edges = len(indices)
+    if indptr[0] != 0 or indptr[-1] != edges:
+        raise ModelFormatError(path, None, f"indptr must run from 0 to {edges}")
+    if (np.diff(indptr) < 0).any():
+        raise ModelFormatError(path, None, "indptr decreases")
+    if edges == 0:
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= neurons:
+        bad = low if low < 0 else high
+        raise ModelFormatError(path, None, f"column id {bad} outside 0..{neurons - 1}")
+    falls = np.diff(indices) <= 0
+    starts = indptr[1:-1]
+    falls[starts[(starts > 0) & (starts < edges)] - 1] = False  # a new row may start lower
+    if falls.any():
+        row = int(np.searchsorted(indptr, int(np.argmax(falls)) + 1, side="right")) - 1
+        raise ModelFormatError(path, None, f"row {row}: column ids unsorted or repeated")
+
+
+class LayerFolder:
+    """A binary model folder as a LayerSource: layers are read, checked and returned on demand.
+
+    ``dtype`` is the engine's: every weight must be finite in it as well as in the stored one.
+    ``layers`` reads only the first layers.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        layers: int | None = None,
+        dtype: np.dtype[np.floating] | str | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.header = read_header(self.folder)
+        self.neurons = self.header.neurons
+        self.depth = self.header.layers
+        self.bias = self.header.bias
+        self.ymax = self.header.ymax
+        self.name = self.header.name
+        self.dtype = DTYPES[self.header.dtype]
+        self.check_dtype = np.dtype(dtype) if dtype is not None else self.dtype
+        if layers is not None:
+            if not 1 <= layers <= self.depth:
+                raise InputError(f"--layers {layers}: {self.folder} holds layers 1..{self.depth}")
+            self.depth = layers
+
+    def edges(self) -> int:
+        return int(sum(self.header.edges[: self.depth]))
+
+    def layer(self, k: int) -> sp.csr_matrix:
+        if not 1 <= k <= self.depth:
+            raise InputError(f"layer {k} is outside 1..{self.depth}")
+        n, edges = self.neurons, self.header.edges[k - 1]
+        path = self.folder / layer_file(k)
+        expected = layer_bytes(n, edges, self.dtype)
+        try:
+            with _open_regular(path) as fh:
+                info = os.fstat(fh.fileno())
+                if info.st_size != expected:
+                    raise ModelFormatError(
+                        path,
+                        None,
+                        f"{info.st_size} bytes, but the header's {n} neurons and {edges} "
+                        f"edges make {expected}",
+                    )
+                indptr = np.fromfile(fh, INDPTR, n + 1)
+                indices = np.fromfile(fh, INDICES, edges)
+                fh.seek(_pad8(INDICES.itemsize * edges) - INDICES.itemsize * edges, os.SEEK_CUR)
+                data = np.fromfile(fh, self.dtype, edges)
+        except OSError as exc:
+            raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
+        if len(indptr) != n + 1 or len(indices) != edges or len(data) != edges:
+            raise ModelFormatError(path, None, "file shrank while being read")
+        _check_layer(path, n, indptr, indices)
+        try:
+            check_finite(str(path), data, InputError)
+            if self.check_dtype.itemsize < data.dtype.itemsize:
+                with np.errstate(over="ignore"):
+                    narrowed = data.astype(self.check_dtype)
+                check_finite(str(path), narrowed, InputError)
+        except InputError:
+            raise ModelFormatError(
+                path, None, f"weights must be finite (in {self.check_dtype.name})"
+            ) from None
+        matrix = sp.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
+        matrix.has_sorted_indices = True
+        return matrix
+
+
+class LayerWriter:
+    """Writes a binary model layer by layer; the header goes last, on :meth:`close`.
+
+    Holds nothing but the edge counts, so a net of any depth is written in O(one layer).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        neurons: int,
+        bias: float,
+        ymax: float = YMAX,
+        dtype: str = "float32",
+        name: str = "network",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
+        if not 1 <= neurons <= MAX_NEURONS:
+            raise InputError(f"neurons must be between 1 and {MAX_NEURONS}, got {neurons}")
+        self.folder = Path(folder)
+        self.neurons, self.bias, self.ymax, self.dtype = neurons, bias, ymax, dtype
+        self.name = name[:MAX_NAME]
+        self.edges: list[int] = []
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / HEADER).unlink(missing_ok=True)  # no stale header over new layers
+        except OSError as exc:
+            raise InputError(f"cannot write {self.folder}: {exc.strerror or exc}") from None
+
+    def write(self, w: sp.csr_matrix) -> None:
+        """Append the next layer (a canonical CSR matrix of shape (N, N))."""
+        n, k = self.neurons, len(self.edges) + 1
+        if k > MAX_LAYERS:
+            raise InputError(f"at most {MAX_LAYERS} layers")
+        if w.shape != (n, n):
+            raise InputError(f"layer {k} has shape {w.shape}, expected ({n}, {n})")
+        if not w.has_canonical_format:
+            w = w.copy()
+            w.sum_duplicates()
+        dtype = DTYPES[self.dtype]
+        data = np.asarray(w.data)
+        if not np.array_equal(data.astype(dtype).astype(data.dtype), data):
+            raise InputError(f"layer {k}: weights are not exact in {self.dtype}")
+        edges = int(w.nnz)
+        path = self.folder / layer_file(k)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with tmp.open("wb") as fh:
+                np.asarray(w.indptr, dtype=INDPTR).tofile(fh)
+                np.asarray(w.indices, dtype=INDICES).tofile(fh)
+                fh.write(b"\0" * (_pad8(INDICES.itemsize * edges) - INDICES.itemsize * edges))
+                np.asarray(data, dtype=dtype).tofile(fh)
+            tmp.replace(path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        self.edges.append(edges)
+
+    def close(self) -> Header:
+        """Write the header: from now on the folder is a model."""
+        if not self.edges:
+            raise InputError("a model needs at least one layer")
+        edges = tuple(self.edges)
+        header = Header(self.neurons, self.bias, self.ymax, self.dtype, edges, self.name)
+        path = self.folder / HEADER
+        tmp = path.with_name(HEADER + ".tmp")
+        try:
+            tmp.write_text(header.to_json())
+            tmp.replace(path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        log.debug("wrote %s: %d layers", self.folder, header.layers)
+        return header
+
+    def __enter__(self) -> LayerWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.close()
