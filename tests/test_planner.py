@@ -120,3 +120,23 @@ def test_fsd_run_streams_a_window_when_the_budget_is_below_the_model(
     assert data["correct"] is True
     assert data["parallelism"]["partitions"] == 1 and data["parallelism"]["replicas"] == 2
     assert 2 <= data["parallelism"]["window"] < 24
+
+
+def test_fsd_run_never_loads_a_binary_model_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A binary layer folder is planned, cut and checked one layer at a time: the whole-network
+    loader is never called, and workers stream their layers from the cut folder."""
+    out = tmp_path / "net"
+    assert cli.main(["generate", "--neurons", "1024", "--layers", "6", "--images", "30",
+                     "--out", str(out)]) == 0  # fmt: skip
+
+    def whole(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole network was loaded")
+
+    monkeypatch.setattr(cli, "load_network", whole)
+    capsys.readouterr()
+    code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "2", "--json"])
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and data["correct"] is True
+    assert data["parallelism"]["partitions"] == 2

@@ -34,7 +34,8 @@ from fsd.metrics import RunResult, summary
 from fsd.model import Images, Network, load_images, load_network
 from fsd.model.layers import FORMATS as MODEL_FORMATS
 from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
-from fsd.model.tsv import output_folder
+from fsd.model.source import LayerSource, as_source
+from fsd.model.tsv import model_folder, open_layer_folder, output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import redact_text
 from fsd.services import NotInstalled
@@ -415,7 +416,9 @@ def _embedded(neurons: int, layers: int, images: int, seed: int) -> tuple[Networ
     return radix_net(neurons, layers, seed), synthetic_images(neurons, images, seed)
 
 
-def _load(args: argparse.Namespace) -> tuple[Network, Images]:
+def _load(args: argparse.Namespace) -> tuple[Network | LayerSource, Images]:
+    """The model and images of ``fsd run``: a binary layer folder stays on disk (a source read
+    one layer at a time, never whole); TSV and generated nets are loaded."""
     if args.data is None:
         return _embedded(
             args.neurons or DEFAULT_NEURONS,
@@ -423,18 +426,23 @@ def _load(args: argparse.Namespace) -> tuple[Network, Images]:
             args.images or DEFAULT_IMAGES,
             args.seed,
         )
+    folder, tsv_neurons = model_folder(args.data, args.neurons)
+    if tsv_neurons is None:
+        source = open_layer_folder(folder, args.neurons, args.layers, args.dtype)
+        return source, load_images(args.data, source.neurons, args.images, args.dtype)
     network = load_network(args.data, args.neurons, args.layers, dtype=args.dtype)
     return network, load_images(args.data, network.neurons, args.images, args.dtype)
 
 
-def _check(result: RunResult, network: Network, images: Images) -> None:
-    """Against the official truth when there is one for this depth, else against the oracle."""
-    truth = images.truth.get(network.depth)
+def _check(result: RunResult, source: LayerSource, images: Images) -> None:
+    """Against the official truth when there is one for this depth, else against the oracle
+    (streamed: one layer of weights at a time)."""
+    truth = images.truth.get(source.depth)
     if truth is not None:
         result.checked_against = "truth"
         result.correct = bool(np.array_equal(result.categories, truth))
         return
-    final = reference.infer(network, images.matrix)
+    final = reference.infer_streamed(source, images.matrix)
     expected = reference.categories(final)
     result.checked_against = "oracle"
     result.correct = bool(np.array_equal(result.categories, expected)) and bool(
@@ -479,12 +487,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             channel = stack.enter_context(cls.embedded(channel))
         t0 = time.perf_counter()
         network, images = _load(args)
-        check_workers(args.workers, network.neurons)
+        source = as_source(network) if isinstance(network, Network) else network
+        check_workers(args.workers, source.neurons)
         chosen = planner.plan(
             workers=args.workers,
-            neurons=network.neurons,
-            depth=network.depth,
-            edges=network.edges,
+            neurons=source.neurons,
+            depth=source.depth,
+            edges=source.edges(),
             images=int(images.matrix.shape[0]),
             memory_mb=args.memory_mb,
             partitions=args.partitions,
@@ -502,11 +511,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             channel_config=channel,
         )
         folder = None
-        if chosen.window < network.depth:  # stream: workers hold a window of layers, not all
+        # a streamed model (a binary layer folder) is cut into a folder too, so that no process
+        # holds it whole; so is any model when workers hold only a window of its layers
+        if source is not network or chosen.window < source.depth:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fsd-layers-")))
         prepared = prepare(network, config, folder=folder, window=chosen.window)
         load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
-        bar = None if args.json else _Bar(network.depth)
+        bar = None if args.json else _Bar(source.depth)
         try:
             result = infer(prepared, images.matrix, config, bar)
         finally:
@@ -515,7 +526,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result.load_seconds = load_seconds
     result.parallelism |= {"memory_mb": chosen.to_json()["memory_mb"]}
     result.parallelism |= {"estimate_mb": chosen.to_json()["estimate_mb"]}
-    _check(result, network, images)
+    _check(result, source, images)
     model = args.data.resolve().name if args.data is not None else "generated"
     gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")
     if gateway:  # best effort: push_run logs a warning instead of failing the run
