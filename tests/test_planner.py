@@ -135,8 +135,17 @@ def test_fsd_run_never_loads_a_binary_model_whole(
         raise AssertionError("the whole network was loaded")
 
     monkeypatch.setattr(cli, "load_network", whole)
+    folders: list[object] = []
+    real_prepare = cli.prepare
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        folders.append(kwargs.get("folder"))
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "prepare", prepare)
     capsys.readouterr()
     code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "2", "--json"])
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and data["correct"] is True
     assert data["parallelism"]["partitions"] == 2
+    assert len(folders) == 1 and folders[0] is not None  # cut into a folder, not into memory

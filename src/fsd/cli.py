@@ -513,7 +513,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         folder = None
         # a streamed model (a binary layer folder) is cut into a folder too, so that no process
         # holds it whole; so is any model when workers hold only a window of its layers
-        if source is not network or chosen.window < source.depth:
+        if not isinstance(network, Network) or chosen.window < source.depth:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fsd-layers-")))
         prepared = prepare(network, config, folder=folder, window=chosen.window)
         load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
