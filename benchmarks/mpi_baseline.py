@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -367,11 +368,20 @@ def rank_main(folder: Path) -> int:
 # -- driver --------------------------------------------------------------------------------------
 
 
+def mpi_missing() -> str:
+    """Why MPI cannot run here, or "" (checked before minutes of loading and planning)."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed: pip install -e '.[bench]'"
+    if shutil.which("mpirun") is None:
+        return "no mpirun: apt-get install -y openmpi-bin libopenmpi-dev"
+    return ""
+
+
 def mpirun_command(ranks: int, folder: Path) -> list[str]:
     """mpirun of this script in rank mode; as root Open MPI refuses to start without the flag."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
-        raise SystemExit("mpirun not found: apt-get install -y openmpi-bin libopenmpi-dev")
+        raise SystemExit(mpi_missing())
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     return [
         mpirun,
@@ -561,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rank_dir is not None:
         return rank_main(args.rank_dir)
+    missing = mpi_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     nets: list[tuple[str, Callable[[], tuple[Network, Images]]]] = []
     if (args.data / "neuron1024").is_dir():
         nets.append(
