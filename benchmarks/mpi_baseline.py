@@ -15,22 +15,25 @@ receives, and goes through its channel (mailbox files, or a NATS server).
 Timing, like fsd's: from rank 0 holding all images to rank 0 holding every image's result (rank 0
 sends each rank its input columns, every rank runs every layer, rank 0 gathers (alive rows, row
 sums)); loading, planning, cutting and kernel compilation are outside, each run starts after a
-barrier, and the best of ``--repeat`` runs is kept. Rank 0 is also worker 0: MPI has no separate
-coordinator process, fsd has one.
+barrier. Rank 0 is also worker 0: MPI has no separate coordinator process, fsd has one. The
+contenders take turns (one MPI run, then one run of each fsd variant, ``--repeat`` turns), so a
+machine whose load drifts treats them alike; each row keeps its best run.
 
     .venv/bin/python benchmarks/mpi_baseline.py [--data ../shared/graphchallenge] [--ranks 2,4]
         [--repeat 3] [--generate 16384] [--generate-layers 120] [--generate-images 1000]
+        [--only-generated]
 
 The driver (this command) plans and cuts, runs ``mpirun -n P`` of this script in rank mode
-(``--rank-dir``), then fsd (:func:`fsd.coordinator.run`) on the local and NATS channels with the
-same P and partition, and prints a markdown table for docs/benchmarks.md; exits 1 if any run is
-wrong. As root, mpirun needs ``--allow-run-as-root`` (added then); ``--oversubscribe`` lets 4 ranks
-share 2 cores.
+(``--rank-dir``) and fsd (:func:`fsd.coordinator.run`) on the local and NATS channels with the
+same P and partition (NATS with and without zstd), and prints a markdown table for
+docs/benchmarks.md; exits 1 if any run is wrong. As root, mpirun needs ``--allow-run-as-root``
+(added then); ``--oversubscribe`` lets 4 ranks share 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -307,8 +310,8 @@ def _one_run(
     return time.perf_counter() - t0, counters, result
 
 
-def rank_main(folder: Path) -> int:
-    """Run ``meta["repeat"]`` inferences on this rank; rank 0 writes result.json."""
+def rank_main(folder: Path, repeat: int) -> int:
+    """Run ``repeat`` inferences on this rank; rank 0 writes result.json."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -325,7 +328,7 @@ def rank_main(folder: Path) -> int:
             inputs = split_inputs(matrix, z["owners0"], ranks, meta["dtype"])
     link = MpiLink(comm)
     runs = []
-    for _ in range(int(meta["repeat"])):
+    for _ in range(repeat):
         seconds, counters, result = _one_run(shard, meta, inputs, link)
         mine = np.array(
             [
@@ -377,28 +380,18 @@ def mpi_missing() -> str:
     return ""
 
 
-def mpirun_command(ranks: int, folder: Path) -> list[str]:
+def mpirun_command(ranks: int, folder: Path, repeat: int) -> list[str]:
     """mpirun of this script in rank mode; as root Open MPI refuses to start without the flag."""
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         raise SystemExit(mpi_missing())
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return [
-        mpirun,
-        *root,
-        "--oversubscribe",
-        "-n",
-        str(ranks),
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--rank-dir",
-        str(folder),
-    ]
+    script = str(Path(__file__).resolve())
+    rank = ["--rank-dir", str(folder), "--repeat", str(repeat)]
+    return [mpirun, *root, "--oversubscribe", "-n", str(ranks), sys.executable, script, *rank]
 
 
-def write_cut(
-    folder: Path, network: Network, images: sp.csr_matrix, plan: Plan, repeat: int
-) -> int:
+def write_cut(folder: Path, network: Network, images: sp.csr_matrix, plan: Plan) -> int:
     """What the ranks read: one fsd shard each, the images and input owners, the run's constants.
     Returns the shards' total bytes."""
     shards = build_shards(network, plan, np.dtype(DTYPE))
@@ -420,51 +413,65 @@ def write_cut(
         "bias": network.bias,
         "ymax": network.ymax,
         "dtype": DTYPE,
-        "repeat": repeat,
     }
     (folder / "meta.json").write_text(json.dumps(meta))
     return sum(s.nbytes for s in shards)
 
 
-def run_mpi(network: Network, images: sp.csr_matrix, plan: Plan, repeat: int) -> dict[str, Any]:
-    """mpirun -n P over the plan's shards; the best run with every run's categories checked."""
+@contextlib.contextmanager
+def mpi_cut(
+    network: Network, images: sp.csr_matrix, plan: Plan
+) -> Iterator[Callable[[int], list[dict[str, Any]]]]:
+    """The plan's shards written once; yields ``launch(repeat)``: one mpirun -n P of that many
+    timed runs, returning each run's figures."""
     with tempfile.TemporaryDirectory(prefix="fsd-mpi-") as tmp:
         folder = Path(tmp)
-        write_cut(folder, network, images, plan, repeat)
+        write_cut(folder, network, images, plan)
         # the ranks import the same fsd as this driver (a worktree's src before the venv's)
         paths = [str(Path(fsd.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-        done = subprocess.run(mpirun_command(plan.workers, folder), env=env, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"mpirun -n {plan.workers} exited {done.returncode}")
-        out: dict[str, Any] = json.loads((folder / "result.json").read_text())
-    runs = out.pop("runs")
+
+        def launch(repeat: int) -> list[dict[str, Any]]:
+            (folder / "result.json").unlink(missing_ok=True)
+            command = mpirun_command(plan.workers, folder, repeat)
+            done = subprocess.run(command, env=env, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"mpirun -n {plan.workers} exited {done.returncode}")
+            out = json.loads((folder / "result.json").read_text())
+            runs: list[dict[str, Any]] = out["runs"]
+            for r in runs:
+                r["library"] = out["library"]
+            return runs
+
+        yield launch
+
+
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run, with every run's seconds and whether all gave the same categories."""
     best = min(runs, key=lambda r: r["seconds"])
     same = all(r["categories"] == best["categories"] for r in runs)
-    return {**out, **best, "all_seconds": [r["seconds"] for r in runs], "runs_agree": same}
+    return {**best, "all_seconds": [r["seconds"] for r in runs], "runs_agree": same}
 
 
-def best_fsd(
-    network: Network, images: sp.csr_matrix, config: RunConfig, repeat: int
-) -> dict[str, Any]:
-    """fsd's best of ``repeat`` runs (planning is outside its seconds)."""
-    best = None
-    for _ in range(repeat):
-        result = fsd_run(network, images, config)
-        if best is None or result.seconds < best.seconds:
-            best = result
-    assert best is not None
-    compute, comm = best.worker_compute, best.worker_comm
+def run_mpi(network: Network, images: sp.csr_matrix, plan: Plan, repeat: int) -> dict[str, Any]:
+    """mpirun -n P over the plan's shards, ``repeat`` runs in one launch; the best of them."""
+    with mpi_cut(network, images, plan) as launch:
+        return best_of(launch(repeat))
+
+
+def fsd_figures(network: Network, images: sp.csr_matrix, config: RunConfig) -> dict[str, Any]:
+    """One fsd run (:func:`fsd.coordinator.run`: it plans again, outside its seconds)."""
+    result = fsd_run(network, images, config)
     return {
-        "seconds": best.seconds,
-        "categories": best.categories.tolist(),
-        "row_sums": best.row_sums.tolist(),
-        "activation_bytes": best.activation_bytes,
-        "activation_messages": best.messages - 2 * best.workers,
-        "bytes": best.bytes_sent,
-        "planned_volume": best.planned_volume,
-        "compute": compute.sum(axis=1).tolist(),
-        "comm": comm.sum(axis=1).tolist(),
+        "seconds": result.seconds,
+        "categories": result.categories.tolist(),
+        "row_sums": result.row_sums.tolist(),
+        "activation_bytes": result.activation_bytes,
+        "activation_messages": result.messages - 2 * result.workers,
+        "bytes": result.bytes_sent,
+        "planned_volume": result.planned_volume,
+        "compute": result.worker_compute.sum(axis=1).tolist(),
+        "comm": result.worker_comm.sum(axis=1).tolist(),
     }
 
 
@@ -472,60 +479,76 @@ def compare(
     name: str, network: Network, images: Images, ranks: Sequence[int], repeat: int
 ) -> list[dict[str, Any]]:
     """For each P: MPI, then fsd on the local channel and on NATS (one embedded nats-server; with
-    and without zstd, so the bytes compare like with like), all on the same plan."""
+    and without zstd, so the bytes compare like with like), all on the same plan, in ``repeat``
+    rounds of one run each (so a machine whose load drifts treats every contender alike)."""
     truth = images.truth[network.depth].tolist()
     rows: list[dict[str, Any]] = []
-    nats = transport("nats").embedded(ChannelConfig("nats"))
-    with nats as nats_config:
+    with transport("nats").embedded(ChannelConfig("nats")) as nats_config:
+        channels = {
+            "fsd local": ChannelConfig("local"),
+            "fsd nats": nats_config,
+            "fsd nats, no zstd": dataclasses.replace(nats_config, compress=False),
+        }
         for p in ranks:
             t = time.perf_counter()
             plan = make_plan(network, p, PARTITION)
             print(f"{name} P={p}: planned in {time.perf_counter() - t:.1f} s", flush=True)
-            mpi = run_mpi(network, images.matrix, plan, repeat)
-            runs: list[tuple[str, dict[str, Any]]] = [("mpi", mpi)]
-            channels = (
-                ("fsd local", ChannelConfig("local")),
-                ("fsd nats", nats_config),
-                ("fsd nats, no zstd", dataclasses.replace(nats_config, compress=False)),
-            )
-            for label, cc in channels:
-                config = RunConfig(
-                    workers=p, channel=cc.kind, partition=PARTITION, channel_config=cc
-                )
-                runs.append((label, best_fsd(network, images.matrix, config, repeat)))
-            for label, r in runs:
-                sums = np.array(r["row_sums"])
-                ref = np.array(mpi["row_sums"])
-                row = {
-                    "net": name,
-                    "ranks": p,
-                    "run": label,
-                    "seconds": round(r["seconds"], 4),
-                    "activation_bytes": r["activation_bytes"],
-                    "activation_messages": r["activation_messages"],
-                    "bytes": r["bytes"],
-                    "exact": r["categories"] == truth,
-                    "row_sums_vs_mpi": (
-                        float(np.abs(sums - ref).max() / max(1.0, np.abs(ref).max()))
-                        if len(sums) == len(ref)
-                        else None
-                    ),
-                    "planned_volume": r.get("planned_volume", plan.total_volume),
-                    "comm_share": round(sum(r["comm"]) / (sum(r["comm"]) + sum(r["compute"])), 3),
-                    "ratio": round(r["seconds"] / mpi["seconds"], 2),
-                }
-                if label == "mpi":
-                    row["library"] = mpi["library"]
-                    row["all_seconds"] = [round(s, 4) for s in mpi["all_seconds"]]
-                    row["runs_agree"] = mpi["runs_agree"]
-                rows.append(row)
-                print(
-                    f"  {label:<18} {row['seconds']:8.3f} s  {row['ratio']:5.2f}x mpi  "
-                    f"act bytes {row['activation_bytes']:>12,}  exact={row['exact']}  "
-                    f"planned volume {row['planned_volume']:,}",
-                    flush=True,
-                )
+            runs: dict[str, list[dict[str, Any]]] = {"mpi": [], **{k: [] for k in channels}}
+            with mpi_cut(network, images.matrix, plan) as launch:
+                for turn in range(repeat):
+                    runs["mpi"] += launch(1)
+                    for label, cc in channels.items():
+                        config = RunConfig(
+                            workers=p, channel=cc.kind, partition=PARTITION, channel_config=cc
+                        )
+                        runs[label].append(fsd_figures(network, images.matrix, config))
+                    now = "  ".join(f"{k} {v[-1]['seconds']:.3f}" for k, v in runs.items())
+                    print(f"  turn {turn + 1}: {now}", flush=True)
+            mpi = best_of(runs["mpi"])
+            for label, each in runs.items():
+                rows.append(_row(name, p, label, best_of(each), mpi, truth, plan))
     return rows
+
+
+def _row(
+    name: str,
+    p: int,
+    label: str,
+    r: dict[str, Any],
+    mpi: dict[str, Any],
+    truth: list[int],
+    plan: Plan,
+) -> dict[str, Any]:
+    sums, ref = np.array(r["row_sums"]), np.array(mpi["row_sums"])
+    row = {
+        "net": name,
+        "ranks": p,
+        "run": label,
+        "seconds": round(r["seconds"], 4),
+        "all_seconds": [round(s, 4) for s in r["all_seconds"]],
+        "runs_agree": r["runs_agree"],
+        "activation_bytes": r["activation_bytes"],
+        "activation_messages": r["activation_messages"],
+        "bytes": r["bytes"],
+        "exact": r["categories"] == truth and r["runs_agree"],
+        "row_sums_vs_mpi": (
+            float(np.abs(sums - ref).max() / max(1.0, np.abs(ref).max()))
+            if len(sums) == len(ref)
+            else None
+        ),
+        "planned_volume": r.get("planned_volume", plan.total_volume),
+        "comm_share": round(sum(r["comm"]) / (sum(r["comm"]) + sum(r["compute"])), 3),
+        "ratio": round(r["seconds"] / mpi["seconds"], 2),
+    }
+    if "library" in r:
+        row["library"] = r["library"]
+    print(
+        f"  {label:<18} {row['seconds']:8.3f} s  {row['ratio']:5.2f}x mpi  "
+        f"act bytes {row['activation_bytes']:>12,}  exact={row['exact']}  "
+        f"planned volume {row['planned_volume']:,}",
+        flush=True,
+    )
+    return row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -562,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=_ints, default=[2, 4], help="comma list of P")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row (the best is kept)")
     parser.add_argument("--generate", type=int, default=0, help="also a generated net of N neurons")
+    parser.add_argument("--only-generated", action="store_true", help="skip the challenge net")
     parser.add_argument("--generate-layers", type=int, default=120)
     parser.add_argument("--generate-images", type=int, default=1000)
     parser.add_argument(
@@ -570,20 +594,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank-dir", type=Path, help=argparse.SUPPRESS)  # set by the driver
     args = parser.parse_args(argv)
     if args.rank_dir is not None:
-        return rank_main(args.rank_dir)
+        return rank_main(args.rank_dir, args.repeat)
     missing = mpi_missing()
     if missing:
         print(missing, file=sys.stderr)
         return 2
     nets: list[tuple[str, Callable[[], tuple[Network, Images]]]] = []
-    if (args.data / "neuron1024").is_dir():
+    if (args.data / "neuron1024").is_dir() and not args.only_generated:
         nets.append(
             (
                 "1024x120",
                 lambda: (load_network(args.data), load_images(args.data, 1024)),
             )
         )
-    else:
+    elif not args.only_generated:
         print(f"no challenge data at {args.data}: generated net only", flush=True)
     if args.generate:
         n, layers, count = args.generate, args.generate_layers, args.generate_images
