@@ -440,7 +440,7 @@ def mpi_cut(
             out = json.loads((folder / "result.json").read_text())
             runs: list[dict[str, Any]] = out["runs"]
             for r in runs:
-                r["library"] = out["library"]
+                r["library"], r["ranks"] = out["library"], out["ranks"]
             return runs
 
         yield launch
