@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -177,7 +177,6 @@ class Counters:
     other_bytes: int = 0  # inputs and results
     compute: float = 0.0
     comm: float = 0.0
-    sent: list[tuple[int, int, int]] = field(default_factory=list)  # (tag, dst, bytes)
 
 
 def send_layer(shard: Shard, k: int, y: Csr, link: Link, counters: Counters) -> None:
@@ -189,7 +188,6 @@ def send_layer(shard: Shard, k: int, y: Csr, link: Link, counters: Counters) -> 
         link.send(dst, k + 1, buf)
         counters.act_bytes += len(buf)
         counters.act_messages += 1
-        counters.sent.append((k + 1, dst, len(buf)))
     counters.comm += time.perf_counter() - t
 
 
