@@ -44,6 +44,7 @@ bench: install  # engine and channels side by side, cold against warm functions,
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/functions.py
 	$(BIN)/python benchmarks/auth.py
+	$(BIN)/python benchmarks/mpi_baseline.py  # needs Open MPI: apt-get install openmpi-bin libopenmpi-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
