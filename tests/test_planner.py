@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fsd import cli, planner, reference
+from fsd import cli, coordinator, planner, reference
 from fsd.coordinator import RunConfig, run
 from fsd.errors import InputError
 from fsd.model.generate import generate
@@ -136,7 +136,7 @@ def test_fsd_run_never_loads_a_binary_model_whole(
 
     monkeypatch.setattr(cli, "load_network", whole)
     folders: list[object] = []
-    real_prepare = cli.prepare
+    real_prepare = coordinator.prepare
 
     def prepare(*args: Any, **kwargs: Any) -> Any:
         folders.append(kwargs.get("folder"))
