@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean functions-up
+.PHONY: install demo test lint bench bench-scale clean functions-up
 
 install: $(STAMP)
 	@# Prometheus + Pushgateway for tests/test_observe.py (skipped there when absent); non-fatal
@@ -45,6 +45,9 @@ bench: install  # engine and channels side by side, cold against warm functions,
 	$(BIN)/python benchmarks/functions.py
 	$(BIN)/python benchmarks/auth.py
 	$(BIN)/python benchmarks/mpi_baseline.py  # needs Open MPI: apt-get install openmpi-bin libopenmpi-dev
+
+bench-scale: install  # 65536 x 120/480/1920 layers, 8 workers of 2048 MB (hours; ~40 GB of disk)
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
