@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsd import planner
+
 ROOT = Path(__file__).resolve().parents[1]
 FSD = [sys.executable, "-m", "fsd.cli"]
 
@@ -62,8 +64,19 @@ def main() -> int:
         net = args.cache / f"n{args.neurons}-l{layers}"
         generated = _generate(net, args.neurons, layers, args.images)
         data = _run(net, args.workers, args.memory_mb)
+        par = data["parallelism"]
+        predicted = planner.predict_seconds(
+            partitions=par["partitions"],
+            replicas=par["replicas"],
+            window=par["window"],
+            neurons=args.neurons,
+            depth=layers,
+            edges=args.neurons * 32 * layers,
+            images=args.images,
+        )
         row = {
             "layers": layers,
+            "predicted_s": round(predicted, 1),
             "generate_s": round(generated, 1),
             "correct": data["correct"],
             "seconds": data["seconds"],

@@ -15,8 +15,8 @@ replicas:
 
 Among the choices that fit, :func:`predict_seconds` says what each would cost in time; the
 planner keeps the order above (fewest partitions first) because on every net measured the
-exchange a partition adds cost more than the compute it saved (``make bench`` prints the
-prediction beside each measured run, so the model is checked where it is used):
+exchange a partition adds cost more than the compute it saved (``make bench`` and ``make
+bench-scale`` print the prediction beside each measured run: docs/benchmarks.md):
 
 - compute: every (edge, image) pair once, at :data:`EDGE_RATE` per worker, spread over
   ``min(W, cores)`` cores;
