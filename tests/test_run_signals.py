@@ -85,9 +85,11 @@ def test_sigterm_mid_run_stops_everything_and_exits_143(channel: str) -> None:
     said = "fsd: terminated (SIGTERM): stopping workers and servers"
     assert said in lines, err[-2000:]
     # said when the signal came; all that may follow is a server slow to stop (killed after
-    # 10 s, which a loaded machine sometimes sees), never an error
+    # 10 s, which a loaded machine sometimes sees) or the last progress line of a replica's
+    # thread caught mid-write, never an error
     after = lines[lines.index(said) + 1 :]
-    assert all(line.startswith("WARNING fsd.services:") for line in after), after
+    harmless = ("WARNING fsd.services:", "layers ")
+    assert all(line.startswith(harmless) for line in after), after
     assert "Traceback" not in err
     wait_for(lambda: not any(alive(p) for p in everything), 10, "no process of the run left")
     assert not workdir.exists()

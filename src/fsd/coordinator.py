@@ -264,7 +264,8 @@ def _gather(
         pending = [p for p in pending if p not in results]
         if on_progress is not None and (layer := launcher.progress()) != last:
             last = layer
-            on_progress(layer)
+            if stop is None or not stop.is_set():  # a stopped run reports no more progress
+                on_progress(layer)
         dead = {w: why for w, why in launcher.failures().items() if w in pending}
         if dead and not channel.collect(wire.Kind.RESULT, 0, list(dead), timeout=0.2):
             worker, why = min(dead.items())
