@@ -61,6 +61,7 @@ from fsd.model import Images, Network, load_images, load_network
 from fsd.model.generate import generate
 from fsd.partition import Plan, make_plan
 from fsd.shard import LayerShard, Shard, build_shards, shard_from_bytes, shard_to_bytes
+from fsd.worker import result_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITION = "min-comm"
@@ -145,16 +146,8 @@ def split_inputs(
 
 
 def result_arrays(y: Csr) -> list[np.ndarray]:
-    """(alive rows u32, their float64 sums): what a worker reports (as fsd's RESULT)."""
-    indptr, _, values = y
-    counts = np.diff(indptr)
-    alive = np.flatnonzero(counts).astype(np.uint32)
-    sums = (
-        np.add.reduceat(values.astype(np.float64), indptr[:-1][counts > 0])
-        if len(alive)
-        else np.empty(0)
-    )
-    return [alive, sums]
+    """(alive rows u32, their float64 sums): what a worker reports (fsd's RESULT rows)."""
+    return list(result_rows(y))
 
 
 # -- the layer loop, over any point-to-point link -------------------------------------------------

@@ -18,6 +18,7 @@ from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
 from fsd.store import MAX_MANIFEST, ModelNotFound, ModelStore, ShardCache
 from fsd.task import ModelRef
+from sameness import same
 
 
 def _store(server: S3Server) -> ModelStore:
@@ -32,26 +33,11 @@ def _store(server: S3Server) -> ModelStore:
     )
 
 
-def _same(a: object, b: object) -> None:
-    if isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _same(x, y)
-    elif hasattr(a, "__dataclass_fields__"):
-        for name in a.__dataclass_fields__:
-            _same(getattr(a, name), getattr(b, name))
-    else:
-        assert a == b
-
-
 def test_shard_bytes_round_trip_exactly() -> None:
     network, _ = generate(256, 5, 10, seed=2)
     plan = make_plan(network, 3, "min-comm")
     for shard in build_shards(network, plan, np.dtype(np.float32)):
-        _same(shard_from_bytes(shard_to_bytes(shard)), shard)
+        same(shard_from_bytes(shard_to_bytes(shard)), shard)
 
 
 def test_garbage_is_not_a_shard() -> None:
@@ -69,11 +55,11 @@ def test_push_then_read_back(s3_server: S3Server) -> None:
     plan = make_plan(network, 3, "min-comm")
     np.testing.assert_array_equal(store.owners0(ref), plan.owners[0])
     expected = build_shards(network, plan, np.dtype(np.float32))
-    _same(store.shard(ref, 1), expected[1])
+    same(store.shard(ref, 1), expected[1])
     stream = store.layers(ref, 2, "float32")  # streamed from S3, one layer object at a time
-    _same(stream.inputs, expected[2].inputs)
+    same(stream.inputs, expected[2].inputs)
     for k in range(5):
-        _same(stream.layer(k)[0], expected[2].layers[k])
+        same(stream.layer(k)[0], expected[2].layers[k])
     back = store.images("tiny", first=10)
     assert back.matrix.shape == (10, 256)
     np.testing.assert_array_equal(back.matrix.toarray(), images.matrix[:10].toarray())

@@ -25,6 +25,7 @@ from fsd.shard import LayerShard, Sends, build_shards, iter_layer_shards
 from fsd.store import FolderStore, StoredLayers
 from fsd.task import ModelRef, WorkerTask
 from fsd.worker import LayerFeed, run_worker
+from sameness import same
 
 DTYPE = np.dtype(np.float32)
 
@@ -72,25 +73,6 @@ class Source:
         return self.network.edges
 
 
-def _same(a: object, b: object) -> None:
-    if isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _same(x, y)
-    elif hasattr(a, "__dataclass_fields__"):
-        for name in a.__dataclass_fields__:
-            _same(getattr(a, name), getattr(b, name))
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys()
-        for key in a:
-            _same(a[key], b[key])
-    else:
-        assert a == b
-
-
 @pytest.fixture(scope="module")
 def small() -> tuple[Network, Any]:
     return generate(1024, 5, 60, seed=7)
@@ -106,14 +88,14 @@ def test_streamed_plan_and_shards_equal_whole_ones_holding_one_layer(
     plan = make_plan(source, 3, method)
     assert source.reads == [1, 2, 3, 4, 5]  # each layer read once, in order
     assert source.most_alive == 1  # never more than one layer in memory
-    _same(plan, whole_plan)
+    same(plan, whole_plan)
     whole = build_shards(network, whole_plan, DTYPE)
     source = Source(network)
     for k, cut in iter_layer_shards(source, plan, DTYPE):
         for p, layer in enumerate(cut):
-            _same(layer, whole[p].layers[k])
+            same(layer, whole[p].layers[k])
     assert source.reads == [1, 2, 3, 4, 5] and source.most_alive == 1
-    _same(build_shards(Source(network), plan, DTYPE), whole)
+    same(build_shards(Source(network), plan, DTYPE), whole)
 
 
 def _folder(tmp_path: Path, network: Network, workers: int, method: str) -> FolderStore:
@@ -134,12 +116,12 @@ def test_folder_store_round_trip_per_layer(
     whole = build_shards(network, make_plan(network, 3, method), DTYPE)
     assert store.manifest("net").layers == 5
     for p in range(3):
-        _same(store.shard(ref, p), whole[p])
+        same(store.shard(ref, p), whole[p])
         stream = store.layers(ref, p, "float32")
         for k in range(5):
             layer, after = stream.layer(k)
-            _same(layer, whole[p].layers[k])
-            _same(after, whole[p].layers[k + 1].sends if k < 4 else [])
+            same(layer, whole[p].layers[k])
+            same(after, whole[p].layers[k + 1].sends if k < 4 else [])
 
 
 def test_weights_are_stored_once(tmp_path: Path, small: tuple[Network, Any]) -> None:
@@ -237,7 +219,7 @@ def test_feed_holds_at_most_its_window(pushed: FolderStore, window: int) -> None
     try:
         for k in range(supply.depth):
             layer, _ = feed.get(k, timeout=30)
-            _same(layer, whole.layers[k])
+            same(layer, whole.layers[k])
             assert feed.held <= window
             del layer
             feed.release()
@@ -328,7 +310,7 @@ def test_prepare_streams_into_a_folder(tmp_path: Path, small: tuple[Network, Any
         stream = prepared.layers(p)
         assert stream is not None
         for k in range(network.depth):
-            _same(stream.layer(k)[0], whole[p].layers[k])
+            same(stream.layer(k)[0], whole[p].layers[k])
     with pytest.raises(InputError, match="window"):
         prepare(network, config, folder=tmp_path / "cut2", window=-1)
     # 0: the config's window, else every layer

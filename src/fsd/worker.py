@@ -363,20 +363,24 @@ def _layers(
     return y, _Stats(compute, comm, sent_bytes, sent_msgs, started)
 
 
+def result_rows(y: kernels.Csr) -> tuple[np.ndarray, np.ndarray]:
+    """The images still alive (row ids, uint32) and their activation sums (float64): what a
+    worker reports of its final layer."""
+    indptr, _, values = y
+    counts = np.diff(indptr)
+    alive = np.flatnonzero(counts).astype(np.uint32)
+    if not len(alive):
+        return alive, np.empty(0)
+    return alive, np.add.reduceat(values.astype(np.float64), indptr[:-1][counts > 0])
+
+
 def _result(task: WorkerTask, channel: Channel, y: kernels.Csr, stats: _Stats) -> None:
     """The RESULT message: surviving rows, their sums, per-layer timings and traffic."""
     me, run = task.worker, task.run
     compute, comm, sent_bytes, sent_msgs = (
         stats.compute, stats.comm, stats.sent_bytes, stats.sent_msgs
     )  # fmt: skip
-    indptr, _, values = y
-    counts = np.diff(indptr)
-    alive = np.flatnonzero(counts).astype(np.uint32)
-    sums = (
-        np.add.reduceat(values.astype(np.float64), indptr[:-1][counts > 0])
-        if len(alive)
-        else (np.empty(0))
-    )
+    alive, sums = result_rows(y)
     # counted operations by name ("\n"-separated), so the coordinator needs no fixed order
     names = np.frombuffer("\n".join(channel.stats.ops).encode("ascii"), np.uint8)
     counts = np.array(list(channel.stats.ops.values()), np.int64)
