@@ -242,3 +242,28 @@ def test_store_serves_only_the_shard_asked_for(pushed: ModelStore) -> None:
 
 def ref_key(ref: ModelRef, worker: int, name: str) -> str:
     return f"models/{ref.name}/{ref.workers}-{ref.partition}/worker-{worker}/{name}"
+
+
+def test_cli_model_push_cuts_a_binary_folder_layer_by_layer(
+    s3_server: S3Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`fsd model push` of a generated (binary) model never loads it whole."""
+    from fsd import cli
+
+    out = tmp_path / "net"
+    assert cli.main(["generate", "--neurons", "1024", "--layers", "4", "--images", "20",
+                     "--out", str(out)]) == 0  # fmt: skip
+
+    def whole(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole network was loaded")
+
+    monkeypatch.setattr(cli, "load_network", whole)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    where = ["--s3-endpoint", s3_server.endpoint, "--s3-bucket", "cli-models"]
+    push = ["model", "push", str(out), "--name", "gen-bin", "--workers", "2"]
+    assert cli.main([*push, *where]) == 0
+    assert "gen-bin: 1024 x 4, cut for 2-min-comm" in capsys.readouterr().out

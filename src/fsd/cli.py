@@ -426,12 +426,17 @@ def _load(args: argparse.Namespace) -> tuple[Network | LayerSource, Images]:
             args.images or DEFAULT_IMAGES,
             args.seed,
         )
+    model = _open_model(args, args.dtype)
+    return model, load_images(args.data, model.neurons, args.images, args.dtype)
+
+
+def _open_model(args: argparse.Namespace, dtype: str) -> Network | LayerSource:
+    """``--data``'s model: a binary layer folder stays on disk (a source read one layer at a
+    time, never whole); a TSV folder is loaded (and cached)."""
     folder, tsv_neurons = model_folder(args.data, args.neurons)
     if tsv_neurons is None:
-        source = open_layer_folder(folder, args.neurons, args.layers, args.dtype)
-        return source, load_images(args.data, source.neurons, args.images, args.dtype)
-    network = load_network(args.data, args.neurons, args.layers, dtype=args.dtype)
-    return network, load_images(args.data, network.neurons, args.images, args.dtype)
+        return open_layer_folder(folder, args.neurons, args.layers, dtype)
+    return load_network(args.data, args.neurons, args.layers, dtype=dtype)
 
 
 def _check(result: RunResult, source: LayerSource, images: Images) -> None:
@@ -629,13 +634,13 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.verb == "show":
         print(json.dumps(asdict(store.manifest(args.name)), indent=2))
         return 0
-    network = load_network(args.data, args.neurons, args.layers)
+    model = _open_model(args, "float32")  # a binary layer folder is cut layer by layer
     for w in args.workers:
-        check_workers(w, network.neurons)
-    images = None if args.no_images else load_images(args.data, network.neurons)
-    manifest = store.push(network, args.name, args.workers, args.partition, images)
+        check_workers(w, model.neurons)
+    images = None if args.no_images else load_images(args.data, model.neurons)
+    manifest = store.push(model, args.name, args.workers, args.partition, images)
     cuts = ", ".join(sorted(manifest.partitions))
-    print(f"pushed {args.name}: {network.neurons} x {network.depth}, cut for {cuts}")
+    print(f"pushed {args.name}: {model.neurons} x {model.depth}, cut for {cuts}")
     return 0
 
 
