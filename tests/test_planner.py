@@ -136,11 +136,13 @@ def test_fsd_run_never_loads_a_binary_model_whole(
 
     monkeypatch.setattr(cli, "load_network", whole)
     folders: list[object] = []
+    prepared: list[coordinator.Prepared] = []
     real_prepare = coordinator.prepare
 
     def prepare(*args: Any, **kwargs: Any) -> Any:
         folders.append(kwargs.get("folder"))
-        return real_prepare(*args, **kwargs)
+        prepared.append(real_prepare(*args, **kwargs))
+        return prepared[-1]
 
     monkeypatch.setattr(cli, "prepare", prepare)
     capsys.readouterr()
@@ -149,3 +151,9 @@ def test_fsd_run_never_loads_a_binary_model_whole(
     assert code == 0 and data["correct"] is True
     assert data["parallelism"]["partitions"] == 2
     assert len(folders) == 1 and folders[0] is not None  # cut into a folder, not into memory
+    # one partition: the cut would be a copy of every layer, so workers cut their own from the
+    # model's folder as they stream it (a 65536x1920 net is 33 GB)
+    code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "1", "--json"])
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and one["correct"] is True and one["parallelism"]["replicas"] == 2
+    assert folders[1] is None and prepared[1].shards is None and prepared[1].cutter is not None

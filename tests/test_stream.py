@@ -331,3 +331,43 @@ def test_feed_hands_a_bad_layer_to_the_worker_as_its_error(pushed: FolderStore) 
             feed.get(2, timeout=30)
     finally:
         feed.close()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prepare_without_folder_cuts_each_workers_layers_from_the_source(
+    tmp_path: Path, small: tuple[Network, Any], workers: int
+) -> None:
+    """A streamed source and no folder: nothing is cut ahead and nothing copied; each worker's
+    supply cuts its layers from the source as it asks for them, the same as a whole cut."""
+    from fsd.coordinator import RunConfig, prepare
+
+    network, _ = small
+    config = RunConfig(workers=workers, partition="min-comm")
+    source = Source(network)
+    prepared = prepare(source, config, window=2)
+    assert prepared.shards is None and prepared.folder is None and prepared.window == 2
+    if workers == 1:
+        assert source.reads == []  # one partition: nothing crosses, the plan reads no layer
+    plan = make_plan(network, workers, "min-comm")
+    whole = build_shards(network, plan, DTYPE)
+    for p in range(workers):
+        supply = prepared.layers(p)
+        assert supply is not None
+        np.testing.assert_array_equal(supply.inputs, whole[p].inputs)
+        assert supply.depth == network.depth
+        for k in range(network.depth):
+            layer, after = supply.layer(k)
+            same(layer, whole[p].layers[k])
+            expected = whole[p].layers[k + 1].sends if k + 1 < network.depth else []
+            same(after, expected)
+    assert source.most_alive <= workers  # a layer is dropped once it is cut
+
+
+def test_a_one_partition_plan_reads_no_layer(small: tuple[Network, Any]) -> None:
+    network, _ = small
+    source = Source(network)
+    for method in PARTITIONERS:
+        plan = make_plan(source, 1, method)
+        assert plan.depth == network.depth and plan.total_volume == 0
+        assert all(not (owners != 0).any() for owners in plan.owners)
+    assert source.reads == []

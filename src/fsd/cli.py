@@ -517,8 +517,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         folder = None
         # a streamed model (a binary layer folder) is cut into a folder too, so that no process
-        # holds it whole; so is any model when workers hold only a window of its layers
-        if not isinstance(network, Network) or chosen.window < source.depth:
+        # holds it whole; so is any model when workers hold only a window of its layers. With
+        # one partition the cut is the whole layer: workers read it from the model's own folder
+        streamed = not isinstance(network, Network)
+        if (streamed and chosen.partitions > 1) or (not streamed and chosen.window < source.depth):
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fsd-layers-")))
         prepared = prepare(network, config, folder=folder, window=chosen.window)
         load_seconds = time.perf_counter() - t0 - prepared.plan_seconds

@@ -30,9 +30,9 @@ from fsd.launch import Launcher, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.model.network import Network
 from fsd.partition import LayerSource, as_layers, make_plan
-from fsd.shard import Shard, ShardCutter, build_shards
-from fsd.store import FolderStore, Manifest, ModelStore, StoredLayers
-from fsd.task import MAX_WINDOW, ModelRef, WorkerTask
+from fsd.shard import CutLayers, Shard, ShardCutter, build_shards
+from fsd.store import FolderStore, Manifest, ModelStore
+from fsd.task import MAX_WINDOW, LayerSupply, ModelRef, WorkerTask
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ class Prepared:
 
     Either in memory (``shards`` set: forked local workers inherit them), in a local folder
     store (``folder`` set: forked local workers stream their layers from it, ``window`` at a
-    time, :meth:`layers`), or in the model store (``model`` set: each worker downloads its own
-    shard); ``infer`` needs only the small rest.
+    time, :meth:`layers`), still in its source (``cutter`` set: forked local workers cut their
+    layers from ``source`` as they stream them), or in the model store (``model`` set: each
+    worker downloads its own shard); ``infer`` needs only the small rest.
     """
 
     neurons: int
@@ -105,10 +106,15 @@ class Prepared:
     model: ModelRef | None = None
     folder: FolderStore | None = None
     window: int = 1
+    source: LayerSource | None = None
+    cutter: ShardCutter | None = None
 
-    def layers(self, worker: int) -> StoredLayers | None:
-        """What worker ``worker`` streams from when the model is in a local folder (else None):
-        its header is read and checked here, each layer by the worker as it goes."""
+    def layers(self, worker: int) -> LayerSupply | None:
+        """What worker ``worker`` streams from when the model is in a local folder (its header
+        is read and checked here, each layer by the worker as it goes) or still in its source;
+        None otherwise."""
+        if self.source is not None and self.cutter is not None:
+            return CutLayers(self.source, self.cutter, worker, np.dtype(self.dtype))
         if self.folder is None:
             return None
         ref = ModelRef(FOLDER_MODEL, self.workers, self.method)
@@ -125,8 +131,11 @@ def prepare(
 
     Reads the network one layer at a time. With ``folder``, each worker's layers are written
     there as they are cut (:class:`fsd.store.FolderStore`) and local workers stream them
-    ``window`` at a time: no process holds the whole network. Without, the shards are kept in
-    memory for forked workers to inherit.
+    ``window`` at a time: no process holds the whole network. Without, an in-memory Network's
+    shards are kept in memory for forked workers to inherit, and a source read on demand (a
+    binary layer folder) stays where it is: each local worker cuts its own layers from it as
+    it streams them (:class:`fsd.shard.CutLayers`; best with one partition, where the cut is
+    the whole layer and nothing is copied).
     """
     source = as_layers(network)
     if isinstance(network, Network):
@@ -138,9 +147,11 @@ def prepare(
         raise InputError(f"window must be an integer in 1..{MAX_WINDOW}, got {window!r}")
     t0 = time.perf_counter()
     plan = make_plan(source, config.model_parallel, config.partition, config.seed)
-    shards, store = None, None
-    if folder is None:
+    shards, store, cutter = None, None, None
+    if folder is None and isinstance(network, Network):
         shards = build_shards(source, plan, np.dtype(config.dtype))
+    elif folder is None:
+        cutter = ShardCutter(plan)
     else:
         store = FolderStore(folder)
         ref = ModelRef(FOLDER_MODEL, plan.workers, plan.method)
@@ -161,6 +172,8 @@ def prepare(
         shards=shards,
         folder=store,
         window=window,
+        source=None if cutter is None else source,
+        cutter=cutter,
     )
 
 

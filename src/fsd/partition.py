@@ -286,6 +286,9 @@ def make_plan(
     if method not in PARTITIONERS:
         raise InputError(f"unknown partitioner {method!r}; choose one of {', '.join(PARTITIONERS)}")
     base = _contiguous(n, workers)
+    if workers == 1:  # nothing crosses: no layer need be read (a 1920-layer net is 33 GB)
+        nothing = LayerTransfers({}, 0)
+        return Plan(method, 1, n, [base] * (depth + 1), [nothing] * depth)
     if method == "random":
         base = np.random.default_rng(seed).permutation(base).astype(np.int32)
     owners = [base]

@@ -88,7 +88,11 @@ class Shard:
 def _boundary_first(plan: Plan) -> tuple[list[list[np.ndarray]], list[list[int]]]:
     """Each worker's neurons per level, those a peer needs next put first; and how many they are."""
     workers = plan.workers
-    owned = [[np.flatnonzero(level == p) for p in range(workers)] for level in plan.owners]
+    split: dict[int, list[np.ndarray]] = {}  # levels sharing one owners array share its split
+    for owners in plan.owners:
+        if id(owners) not in split:
+            split[id(owners)] = [np.flatnonzero(owners == p) for p in range(workers)]
+    owned = [list(split[id(owners)]) for owners in plan.owners]
     n_boundary = [[0] * workers for _ in plan.owners]
     for level in range(1, plan.depth):  # level 0 keeps its order (the coordinator splits it)
         pairs = plan.layers[level].pairs
@@ -119,55 +123,96 @@ class ShardCutter:
     def sends(self, k: int) -> list[Sends]:
         """Each worker's sends before layer ``k`` (0-based): which of its level-k neurons each
         peer needs. Depends on the plan only, so a store can file them with layer k-1."""
-        plan, owned = self.plan, self.owned
-        workers = plan.workers
-        transfers = plan.layers[k].pairs
-        # position of each global neuron within its owner's input list at level k
-        local_pos = np.empty(plan.neurons, np.int64)
-        for p in range(workers):
+        local_pos = self._local_pos(k)
+        return [self._sends_of(k, p, local_pos) for p in range(self.plan.workers)]
+
+    def sends_of(self, k: int, worker: int) -> Sends:
+        """``sends(k)[worker]`` alone."""
+        return self._sends_of(k, worker, self._local_pos(k))
+
+    def _local_pos(self, k: int) -> np.ndarray:
+        """Position of each global neuron within its owner's input list at level ``k``."""
+        owned = self.owned
+        local_pos = np.empty(self.plan.neurons, np.int64)
+        for p in range(self.plan.workers):
             local_pos[owned[k][p]] = np.arange(len(owned[k][p]))
-        out: list[Sends] = []
-        for p in range(workers):
-            sends = []
-            for d in range(workers):
-                needed = transfers.get((p, d))
-                if needed is None:
-                    continue
-                selmap = np.full(len(owned[k][p]), -1, np.int32)
-                selmap[local_pos[needed]] = np.arange(len(needed), dtype=np.int32)
-                sends.append((d, selmap, len(needed)))
-            out.append(sends)
-        return out
+        return local_pos
+
+    def _sends_of(self, k: int, p: int, local_pos: np.ndarray) -> Sends:
+        transfers = self.plan.layers[k].pairs
+        sends = []
+        for d in range(self.plan.workers):
+            needed = transfers.get((p, d))
+            if needed is None:
+                continue
+            selmap = np.full(len(self.owned[k][p]), -1, np.int32)
+            selmap[local_pos[needed]] = np.arange(len(needed), dtype=np.int32)
+            sends.append((d, selmap, len(needed)))
+        return sends
 
     def cut(self, k: int, w: sp.csr_matrix, dtype: np.dtype[np.floating]) -> list[LayerShard]:
         """Layer ``k`` (0-based; ``w`` its weights) as one LayerShard per worker."""
+        return [self._cut_for(k, w, dtype, p, sends) for p, sends in enumerate(self.sends(k))]
+
+    def cut_one(
+        self, k: int, w: sp.csr_matrix, dtype: np.dtype[np.floating], worker: int
+    ) -> LayerShard:
+        """Worker ``worker``'s LayerShard of layer ``k`` alone (``cut(...)[worker]``)."""
+        return self._cut_for(k, w, dtype, worker, self.sends_of(k, worker))
+
+    def _cut_for(
+        self, k: int, w: sp.csr_matrix, dtype: np.dtype[np.floating], p: int, sends: Sends
+    ) -> LayerShard:
         plan, owned, n_boundary = self.plan, self.owned, self.n_boundary
         transfers = plan.layers[k].pairs
-        out = []
-        for p, sends in enumerate(self.sends(k)):
-            ins, outs = owned[k][p], owned[k + 1][p]
-            sources = sorted(s for (s, d) in transfers if d == p)
-            blocks = [transfers[(s, p)] for s in sources]
-            offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []
-            remote_rows = np.concatenate(blocks) if blocks else np.empty(0, np.int64)
-            nb = n_boundary[k + 1][p] if k + 1 < len(n_boundary) else 0
-            cuts = [c for c in (outs[:nb], outs[nb:]) if len(c)] or [outs]
-            parts = []
-            for cut in cuts:
-                cols = w[:, cut]
-                local, remote = _weights(cols[ins], dtype), _weights(cols[remote_rows], dtype)
-                parts.append(Part(len(cut), local, remote))
-            out.append(
-                LayerShard(
-                    n_out=len(outs),
-                    n_boundary=nb,
-                    parts=parts,
-                    sends=sends,
-                    sources=sources,
-                    offsets=[int(o) for o in offsets],
-                )
+        ins, outs = owned[k][p], owned[k + 1][p]
+        sources = sorted(s for (s, d) in transfers if d == p)
+        blocks = [transfers[(s, p)] for s in sources]
+        offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []
+        remote_rows = np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+        nb = n_boundary[k + 1][p] if k + 1 < len(n_boundary) else 0
+        cuts = [c for c in (outs[:nb], outs[nb:]) if len(c)] or [outs]
+        parts = []
+        for cut in cuts:
+            cols = w[:, cut]
+            local, remote = _weights(cols[ins], dtype), _weights(cols[remote_rows], dtype)
+            parts.append(Part(len(cut), local, remote))
+        return LayerShard(
+            n_out=len(outs),
+            n_boundary=nb,
+            parts=parts,
+            sends=sends,
+            sources=sources,
+            offsets=[int(o) for o in offsets],
+        )
+
+
+class CutLayers:
+    """One worker's layers cut straight from the model's source as the worker asks for them (a
+    :class:`fsd.task.LayerSupply`): nothing is copied to a store first.
+
+    Worth it where cutting is cheap next to computing, as with a single partition (the whole
+    layer is the worker's): a 65536x1920 net (33 GB) then needs no second copy on disk. Every
+    worker reads the whole layer, so with P partitions the reading is done P times.
+    """
+
+    def __init__(
+        self, source: LayerSource, cutter: ShardCutter, worker: int, dtype: np.dtype[np.floating]
+    ) -> None:
+        if source.depth != cutter.plan.depth or source.neurons != cutter.plan.neurons:
+            raise InputError(
+                f"the plan is for {cutter.plan.depth} layers of {cutter.plan.neurons} neurons, "
+                f"the network has {source.depth} of {source.neurons}"
             )
-        return out
+        self.source, self.cutter, self.worker, self.dtype = source, cutter, worker, dtype
+        self.inputs = cutter.inputs(worker)
+        self.depth = source.depth
+        self.first = cutter.sends_of(0, worker)
+
+    def layer(self, k: int) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` (0-based) and the sends of layer k+1 (none after the last)."""
+        shard = self.cutter.cut_one(k, self.source.layer(k + 1), self.dtype, self.worker)
+        return shard, self.cutter.sends_of(k + 1, self.worker) if k + 1 < self.depth else []
 
 
 def iter_layer_shards(
