@@ -21,32 +21,77 @@ NET: dict[str, Any] = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "i
 
 
 def test_a_model_that_fits_one_worker_is_replicated_not_split() -> None:
-    chosen = planner.plan(workers=4, memory_mb=2048, **NET)
+    chosen = planner.plan(workers=4, memory_mb=2048, cores=2, **NET)
     assert (chosen.replicas, chosen.partitions, chosen.window) == (4, 1, 24)
     assert chosen.estimate_mb <= 2048
+    assert chosen.predicted_s == min(
+        planner.plan(workers=4, memory_mb=2048, cores=2, partitions=p, **NET).predicted_s
+        for p in (1, 2, 4)
+    )
 
 
 def test_a_tight_budget_splits_the_model_as_little_as_it_must() -> None:
     one = planner.worker_mb(partitions=1, window=24, replicas=4, value_bytes=4, **NET)
     two = planner.worker_mb(partitions=2, window=24, replicas=2, value_bytes=4, **NET)
     budget = (one + two) / 2  # P = 1 does not fit, P = 2 does
-    chosen = planner.plan(workers=4, memory_mb=budget, **NET)
+    chosen = planner.plan(workers=4, memory_mb=budget, cores=2, **NET)
     assert (chosen.replicas, chosen.partitions, chosen.window) == (2, 2, 24)
 
 
+def _options(budget: float, cores: int, **net: Any) -> dict[int, planner.Parallelism]:
+    """Each P that fits ``budget`` with the largest window it can hold."""
+    found = {}
+    for p in (1, 2, 4, 8):
+        try:
+            found[p] = planner.plan(workers=8, memory_mb=budget, cores=cores, partitions=p, **net)
+        except InputError:
+            continue
+    return found
+
+
 def test_a_budget_below_the_resident_model_streams_a_window() -> None:
-    """No P holds every layer: the fewest partitions that fit with a streamed window win, and
-    the window is as large as fits."""
+    """No P holds every layer: each P streams the largest window that fits, and the fastest by
+    the time model wins (ties within TOLERANCE to fewer partitions)."""
     full = planner.worker_mb(partitions=4, window=24, replicas=1, value_bytes=4, **NET)
     budget = full - 10
 
     def mb(p: int, window: int) -> float:
         return planner.worker_mb(partitions=p, window=window, replicas=4 // p, value_bytes=4, **NET)
 
-    expected = min(p for p in (1, 2, 4) if mb(p, planner.MIN_WINDOW) <= budget)
-    chosen = planner.plan(workers=4, memory_mb=budget, **NET)
-    assert chosen.partitions == expected and planner.MIN_WINDOW <= chosen.window < 24
-    assert chosen.estimate_mb <= budget < mb(expected, chosen.window + 1)
+    chosen = planner.plan(workers=4, memory_mb=budget, cores=2, **NET)
+    assert planner.MIN_WINDOW <= chosen.window < 24
+    assert chosen.estimate_mb <= budget < mb(chosen.partitions, chosen.window + 1)
+    for p in (1, 2, 4):
+        if p == chosen.partitions or mb(p, planner.MIN_WINDOW) > budget:
+            continue
+        other = planner.plan(workers=4, memory_mb=budget, cores=2, partitions=p, **NET)
+        if p < chosen.partitions:  # passed over: slower beyond the tolerance
+            assert other.predicted_s > chosen.predicted_s * (1 + planner.TOLERANCE)
+        else:
+            assert other.predicted_s * (1 + planner.TOLERANCE) >= chosen.predicted_s
+
+
+def test_the_time_model_chooses_between_streaming_replicas_and_partitions() -> None:
+    """A 65536x480 net at 2048 MB per worker (arithmetic only): one partition would make 8
+    replicas each read every layer on every run; splitting it reads the model once and holds
+    more of it, and the model says that is faster despite the exchange. With every layer held
+    and the same net shallower (120 layers), fewer partitions tie and win."""
+    deep: dict[str, Any] = {
+        "neurons": 65536,
+        "depth": 480,
+        "edges": 65536 * 32 * 480,
+        "images": 1000,
+    }
+    options = _options(2048, 2, **deep)
+    chosen = planner.plan(workers=8, memory_mb=2048, cores=2, **deep)
+    assert options[1].window < 480 and chosen.partitions > 1
+    assert chosen.predicted_s == min(o.predicted_s for o in options.values())
+    assert options[1].predicted_s > chosen.predicted_s * (1 + planner.TOLERANCE)
+    shallow: dict[str, Any] = dict(deep, depth=120, edges=65536 * 32 * 120)
+    options = _options(2048, 2, **shallow)
+    chosen = planner.plan(workers=8, memory_mb=2048, cores=2, **shallow)
+    assert chosen.window == 120
+    assert chosen.partitions == min(p for p, o in options.items() if o.window == 120)
 
 
 def test_a_budget_nothing_fits_is_refused_with_the_estimate() -> None:

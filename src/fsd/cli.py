@@ -531,8 +531,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     result.load_seconds = load_seconds
-    result.parallelism |= {"memory_mb": chosen.to_json()["memory_mb"]}
-    result.parallelism |= {"estimate_mb": chosen.to_json()["estimate_mb"]}
+    planned = chosen.to_json()
+    result.parallelism |= {k: planned[k] for k in ("memory_mb", "estimate_mb", "predicted_s")}
     _check(result, source, images)
     model = args.data.resolve().name if args.data is not None else "generated"
     gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")

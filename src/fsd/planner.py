@@ -1,29 +1,33 @@
 """Parallelism from a memory budget: how many model-parallel partitions P each replica needs,
 how many data-parallel replicas R = W / P share the images, and how many layers a worker holds.
 
+For each P dividing W (at most the neurons), the planner takes the largest window that fits the
+budget: every layer (``window = depth``) when ``worker_mb(P, depth) <= budget``, else the most
+layers that do, at least :data:`MIN_WINDOW` (one computing, one arriving); a P where not even
+that fits is out. Among the P that remain, it picks the one :func:`predict_seconds` says is
+fastest; a prediction within :data:`TOLERANCE` of the best counts as a tie, won by fewer
+partitions (the model is rough, and fewer partitions move fewer activations). Nothing fits:
+:class:`InputError` with the estimate.
+
+The time model (``make bench`` and ``make bench-scale`` print it beside each measured run:
+docs/benchmarks.md) adds, for one cold run on ``cores`` processors (this machine's, or one per
+worker for functions):
+
+- compute: every (edge, image) pair once, at :data:`EDGE_RATE` per core;
+- streaming (window < depth): a worker that cannot hold every layer reads all of its share of
+  them on every run, so R replicas read the model R times: ``R * edges * (index + value
+  bytes)`` at :data:`LOAD_BYTES_PER_S` per core. This is what makes replicas dear when the
+  model is large. A resident model is read once per deployment (a warm worker, or shards
+  forked from the coordinator), not per run, so it costs nothing here;
+- exchange (P > 1): one round per layer at :data:`ROUND_SECONDS`, plus each layer's activation
+  block, ``images x neurons``, handled at :data:`VALUE_SECONDS` per value across the cores
+  (selecting, encoding, decoding and placing the boundary: measured, it is this per-value work,
+  not the bytes on the wire, that costs).
+
 Model parallelism exists for models too large for one worker; where the model fits, it is pure
 overhead (measured on 2 cores, 1024x120: 2 model-parallel workers were slower than 1, while 2
-replicas of the whole model nearly halve the time, since no activation moves between them). So
-the planner takes the fewest partitions that fit the budget, and the rest of the workers become
-replicas:
-
-1. For each P dividing W, smallest first: the model fits P partitions with every layer resident
-   (window = depth) when ``estimate(P, depth) <= budget``. The first such P wins: R = W / P.
-2. Else the smallest P whose partitions fit with a streamed window of at least
-   :data:`MIN_WINDOW` layers (one computing, one arriving), the window as large as fits.
-3. Else the model does not fit W workers of this budget: :class:`InputError` with the estimate.
-
-Among the choices that fit, :func:`predict_seconds` says what each would cost in time; the
-planner keeps the order above (fewest partitions first) because on every net measured the
-exchange a partition adds cost more than the compute it saved (``make bench`` and ``make
-bench-scale`` print the prediction beside each measured run: docs/benchmarks.md):
-
-- compute: every (edge, image) pair once, at :data:`EDGE_RATE` per worker, spread over
-  ``min(W, cores)`` cores;
-- exchange (P > 1): one round per layer at :data:`ROUND_SECONDS`, plus the boundary activations
-  (at most a ``(P - 1) / P`` share of each layer's output) at :data:`EXCHANGE_BYTES_PER_S`;
-- streaming (window < depth): every layer's weights fetched once per run at
-  :data:`STREAM_BYTES_PER_S`.
+replicas of the whole model nearly halve the time), and the model says so: P = 1 has no
+exchange, and when it fits it streams nothing.
 
 A worker's memory (:func:`worker_mb`) is what it cannot share: the interpreter with numpy, scipy
 and the compiled kernels (:data:`BASE_MB`, measured: 194 MB of RSS after ``kernels.warm_up``),
@@ -54,12 +58,18 @@ ACTIVATION_BLOCKS = 3
 """A layer's input, its output, and the block received from peers, each at most dense."""
 MB = 1 << 20
 EDGE_RATE = 8e10
-"""(edge, image) pairs one worker computes per second: 1.1e11 measured on the 1024x120 challenge
+"""(edge, image) pairs one core computes per second: 1.1e11 measured on the 1024x120 challenge
 net (8000 images, 0.29 s), 6.4e10 on a generated 65536x120 net (1000 images, 3.9 s)."""
+LOAD_BYTES_PER_S = 465e6
+"""Stored weight bytes one core reads, checks and lays out per second (page cache to shard):
+65536x480 with 8 replicas streaming, 64 GB read by 8 workers on 2 cores in 69 s."""
 ROUND_SECONDS = 1e-3
 """One exchange round of a layer among P workers on the local channel (0.5-1 ms measured)."""
-EXCHANGE_BYTES_PER_S = 200e6
-STREAM_BYTES_PER_S = 200e6
+VALUE_SECONDS = 2e-9
+"""Exchange work per activation value of a layer's block (P > 1), per core: 65536x120, 1000
+images, 2 replicas x 4 partitions spent about 7 s beyond compute and loading on 2 cores."""
+TOLERANCE = 0.1
+"""Predictions this close to the fastest are a tie, won by fewer partitions."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class Parallelism:
     window: int  # layers of weights a worker holds at once (== depth: all of them)
     memory_mb: float  # the budget per worker
     estimate_mb: float  # the planner's estimate of a worker's peak
+    predicted_s: float  # the time model's inference seconds for this choice
 
     def to_json(self) -> dict[str, float | int]:
         return {
@@ -79,6 +90,7 @@ class Parallelism:
             "window": self.window,
             "memory_mb": round(self.memory_mb, 1),
             "estimate_mb": round(self.estimate_mb, 1),
+            "predicted_s": round(self.predicted_s, 3),
         }
 
 
@@ -121,18 +133,15 @@ def predict_seconds(
     value_bytes: int = 4,
     cores: int | None = None,
 ) -> float:
-    """The inference time the cost model above predicts (a rough guide, not a promise)."""
+    """The inference time the cost model above predicts for a warm deployment (a rough guide,
+    not a promise)."""
     workers = partitions * replicas
     parallel = min(workers, cores or os.cpu_count() or 1)
     seconds = edges * images / (EDGE_RATE * parallel)
-    if partitions > 1:
-        boundary = images / replicas * neurons * (partitions - 1) / partitions
-        moved = depth * boundary * (INDEX_BYTES + value_bytes) / partitions
-        seconds += depth * ROUND_SECONDS + moved / EXCHANGE_BYTES_PER_S
     if window < depth:
-        seconds += (
-            edges * WEIGHT_LAYOUTS * (INDEX_BYTES + value_bytes) / partitions / STREAM_BYTES_PER_S
-        )
+        seconds += replicas * edges * (INDEX_BYTES + value_bytes) / (LOAD_BYTES_PER_S * parallel)
+    if partitions > 1:
+        seconds += depth * ROUND_SECONDS + depth * images * neurons * VALUE_SECONDS / parallel
     return seconds
 
 
@@ -147,10 +156,12 @@ def plan(
     partitions: int | None = None,
     allowed: Sequence[int] | None = None,
     value_bytes: int = 4,
+    cores: int | None = None,
 ) -> Parallelism:
     """Choose P, R and the window for ``workers`` workers of ``memory_mb`` each (None: this
     machine's share); ``partitions`` forces P (it must divide ``workers``), ``allowed`` limits
-    the choice (e.g. to the cuts a model store holds)."""
+    the choice (e.g. to the cuts a model store holds). ``cores``: processors the workers share
+    (None: this machine's; functions: one each, so ``workers``)."""
     if workers < 1 or neurons < 1 or depth < 1 or edges < 0 or images < 1:
         raise InputError("workers, neurons, layers and images must be >= 1")
     budget = machine_share_mb(workers) if memory_mb is None else float(memory_mb)
@@ -183,14 +194,29 @@ def plan(
             value_bytes=value_bytes,
         )
 
-    for p in candidates:  # every layer resident: no streaming, fewest partitions
-        if estimate(p, depth) <= budget:
-            return Parallelism(workers // p, p, depth, budget, estimate(p, depth))
-    for p in candidates:  # streamed: the largest window that fits
-        fits = [w for w in range(MIN_WINDOW, depth) if estimate(p, w) <= budget]
-        if fits:
+    options: list[Parallelism] = []
+    for p in candidates:  # fewest partitions first
+        window = depth
+        if estimate(p, depth) > budget:  # streamed: the largest window that fits
+            fits = [w for w in range(MIN_WINDOW, depth) if estimate(p, w) <= budget]
+            if not fits:
+                continue
             window = max(fits)
-            return Parallelism(workers // p, p, window, budget, estimate(p, window))
+        seconds = predict_seconds(
+            partitions=p,
+            replicas=workers // p,
+            window=window,
+            neurons=neurons,
+            depth=depth,
+            edges=edges,
+            images=images,
+            value_bytes=value_bytes,
+            cores=cores,
+        )
+        options.append(Parallelism(workers // p, p, window, budget, estimate(p, window), seconds))
+    if options:
+        fastest = min(o.predicted_s for o in options)
+        return next(o for o in options if o.predicted_s <= fastest * (1 + TOLERANCE))
     worst = estimate(candidates[-1], min(MIN_WINDOW, depth))
     raise InputError(
         f"the model does not fit {workers} workers of {budget:.0f} MB: a worker would need "

@@ -240,6 +240,7 @@ def _partitions(
         memory_mb=budget,
         allowed=cuts,
         value_bytes=np.dtype(manifest.dtype).itemsize,
+        cores=workers,  # each function its own processor
     )
     return chosen.partitions, min(chosen.window, every)
 
