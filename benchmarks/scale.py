@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsd import planner
-
 ROOT = Path(__file__).resolve().parents[1]
 FSD = [sys.executable, "-m", "fsd.cli"]
 
@@ -37,8 +35,10 @@ def _generate(out: Path, neurons: int, layers: int, images: int) -> float:
     return time.perf_counter() - t0
 
 
-def _run(net: Path, workers: int, memory_mb: int) -> dict[str, Any]:
+def _run(net: Path, workers: int, memory_mb: int, partitions: int | None) -> dict[str, Any]:
     args = ["run", "--data", str(net), "--workers", str(workers)]
+    if partitions is not None:
+        args += ["--partitions", str(partitions)]
     command = ["/usr/bin/time", "-v", *FSD, *args, "--memory-mb", str(memory_mb), "--json"]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode not in (0, 1):
@@ -49,6 +49,28 @@ def _run(net: Path, workers: int, memory_mb: int) -> dict[str, Any]:
     return data
 
 
+def _plan_only(net: Path, workers: int, method: str) -> dict[str, Any]:
+    """min-comm (or another partitioner) alone on the net, in its own process: seconds and peak
+    memory (the issue's planning-throughput target: 65536x1920 in under 10 minutes)."""
+    code = (
+        "import sys, time; from pathlib import Path; from fsd.model.source import open_source; "
+        "from fsd.partition import make_plan; t = time.perf_counter(); "
+        f"plan = make_plan(open_source(Path(sys.argv[1])), {workers}, {method!r}); "
+        "print(time.perf_counter() - t, plan.total_volume)"
+    )
+    command = ["/usr/bin/time", "-v", sys.executable, "-c", code, str(net)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    seconds, volume = done.stdout.split()
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    return {
+        "plan_only": method,
+        "workers": workers,
+        "seconds": round(float(seconds), 1),
+        "planned_volume": int(volume),
+        "rss_mb": int(found.group(1)) / 1024 if found else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--neurons", type=int, default=65536)
@@ -56,47 +78,64 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--memory-mb", type=int, default=2048)
+    parser.add_argument(
+        "--partitions",
+        default="",
+        help="comma-separated P to force, one run each (default: the planner's choice)",
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/fsd-scale"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument(
+        "--plan-only",
+        metavar="PARTITIONER",
+        help="only time this partitioner on each net (e.g. min-comm), no run",
+    )
     args = parser.parse_args()
+    if args.plan_only:
+        for layers in (int(x) for x in args.layers.split(",")):
+            net = args.cache / f"n{args.neurons}-l{layers}"
+            _generate(net, args.neurons, layers, args.images)
+            row = _plan_only(net, args.workers, args.plan_only) | {"layers": layers}
+            print(json.dumps(row), flush=True)
+        return 0
     rows = []
+    forced: list[int | None] = [int(p) for p in args.partitions.split(",") if p] or [None]
     for layers in (int(x) for x in args.layers.split(",")):
         net = args.cache / f"n{args.neurons}-l{layers}"
         generated = _generate(net, args.neurons, layers, args.images)
-        data = _run(net, args.workers, args.memory_mb)
-        par = data["parallelism"]
-        predicted = planner.predict_seconds(
-            partitions=par["partitions"],
-            replicas=par["replicas"],
-            window=par["window"],
-            neurons=args.neurons,
-            depth=layers,
-            edges=args.neurons * 32 * layers,
-            images=args.images,
-        )
-        row = {
-            "layers": layers,
-            "predicted_s": round(predicted, 1),
-            "generate_s": round(generated, 1),
-            "correct": data["correct"],
-            "seconds": data["seconds"],
-            "plan_s": data["plan_seconds"],
-            "edges_per_second": data["edges_per_second"],
-            "peak_rss_mb": data["peak_rss_mb"],
-            "coordinator_rss_mb": data["coordinator_rss_mb"],
-            "bytes_sent": data["bytes_sent"],
-            "parallelism": data["parallelism"],
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for partitions in forced:
+            data = _run(net, args.workers, args.memory_mb, partitions)
+            row = {
+                "layers": layers,
+                "forced_partitions": partitions,
+                "predicted_s": data["parallelism"]["predicted_s"],
+                "generate_s": round(generated, 1),
+                "correct": data["correct"],
+                "seconds": data["seconds"],
+                "plan_s": data["plan_seconds"],
+                "load_s": data["load_seconds"],
+                "edges_per_second": data["edges_per_second"],
+                "peak_rss_mb": data["peak_rss_mb"],
+                "coordinator_rss_mb": data["coordinator_rss_mb"],
+                "bytes_sent": data["bytes_sent"],
+                "parallelism": data["parallelism"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    print("| layers | seconds | G edges/s | planning s | peak MB (any process) | bytes moved |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| layers | R x P, window | seconds | time model s | G edges/s | planning + cutting s "
+        "| other loading s | peak MB (any process) | bytes moved |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        par = r["parallelism"]
         print(
-            f"| {r['layers']} | {r['seconds']:.1f} | {r['edges_per_second'] / 1e9:.2f} | "
-            f"{r['plan_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['bytes_sent']:,} |"
+            f"| {r['layers']} | {par['replicas']} x {par['partitions']}, {par['window']} | "
+            f"{r['seconds']:.1f} | {r['predicted_s']:.1f} | {r['edges_per_second'] / 1e9:.2f} | "
+            f"{r['plan_s']:.0f} | {r['load_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['bytes_sent']:,} |"
         )
     return 0 if all(r["correct"] for r in rows) else 1
 
