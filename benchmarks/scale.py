@@ -35,8 +35,10 @@ def _generate(out: Path, neurons: int, layers: int, images: int) -> float:
     return time.perf_counter() - t0
 
 
-def _run(net: Path, workers: int, memory_mb: int, partitions: int | None) -> dict[str, Any]:
-    args = ["run", "--data", str(net), "--workers", str(workers)]
+def _run(
+    net: Path, workers: int, memory_mb: int, partitions: int | None, images: int
+) -> dict[str, Any]:
+    args = ["run", "--data", str(net), "--workers", str(workers), "--images", str(images)]
     if partitions is not None:
         args += ["--partitions", str(partitions)]
     command = ["/usr/bin/time", "-v", *FSD, *args, "--memory-mb", str(memory_mb), "--json"]
@@ -104,7 +106,7 @@ def main() -> int:
         net = args.cache / f"n{args.neurons}-l{layers}"
         generated = _generate(net, args.neurons, layers, args.images)
         for partitions in forced:
-            data = _run(net, args.workers, args.memory_mb, partitions)
+            data = _run(net, args.workers, args.memory_mb, partitions, args.images)
             row = {
                 "layers": layers,
                 "forced_partitions": partitions,

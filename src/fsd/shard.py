@@ -85,40 +85,49 @@ class Shard:
         return total
 
 
-def _boundary_first(plan: Plan) -> tuple[list[list[np.ndarray]], list[list[int]]]:
-    """Each worker's neurons per level, those a peer needs next put first; and how many they are."""
-    workers = plan.workers
-    split: dict[int, list[np.ndarray]] = {}  # levels sharing one owners array share its split
-    for owners in plan.owners:
-        if id(owners) not in split:
-            split[id(owners)] = [np.flatnonzero(owners == p) for p in range(workers)]
-    owned = [list(split[id(owners)]) for owners in plan.owners]
-    n_boundary = [[0] * workers for _ in plan.owners]
-    for level in range(1, plan.depth):  # level 0 keeps its order (the coordinator splits it)
-        pairs = plan.layers[level].pairs
-        for p in range(workers):
-            needed = [ids for (s, _), ids in pairs.items() if s == p]
-            if not needed:
-                continue
-            mask = np.isin(owned[level][p], np.concatenate(needed))
-            owned[level][p] = np.concatenate([owned[level][p][mask], owned[level][p][~mask]])
-            n_boundary[level][p] = int(mask.sum())
+def _boundary_first(plan: Plan, level: int) -> tuple[list[np.ndarray], list[int]]:
+    """Each worker's neurons of ``level``, those a peer needs next put first; how many they are."""
+    owners, workers = plan.owners[level], plan.workers
+    owned = [np.flatnonzero(owners == p) for p in range(workers)]
+    n_boundary = [0] * workers
+    if not 1 <= level < plan.depth:  # level 0 keeps its order (the coordinator splits it)
+        return owned, n_boundary
+    pairs = plan.layers[level].pairs
+    for p in range(workers):
+        needed = [ids for (s, _), ids in pairs.items() if s == p]
+        if not needed:
+            continue
+        mask = np.isin(owned[p], np.concatenate(needed))
+        owned[p] = np.concatenate([owned[p][mask], owned[p][~mask]])
+        n_boundary[p] = int(mask.sum())
     return owned, n_boundary
 
 
 class ShardCutter:
     """Cuts one layer at a time into every worker's part, following ``plan``.
 
-    Holds only the plan's per-level orders (no weights); :meth:`cut` needs that layer alone.
+    Holds only the plan and the per-level orders of the few levels in use (no weights): a
+    1920-layer plan's orders for every level would take a gigabyte. :meth:`cut` needs that
+    layer alone.
     """
+
+    KEPT = 3  # levels whose orders are kept: k and k+1 of the layer being cut, and one spare
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.owned, self.n_boundary = _boundary_first(plan)
+        self._levels: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+
+    def _level(self, level: int) -> tuple[list[np.ndarray], list[int]]:
+        found = self._levels.get(level)
+        if found is None:
+            if len(self._levels) >= self.KEPT:
+                del self._levels[max(self._levels, key=lambda k: abs(k - level))]
+            found = self._levels[level] = _boundary_first(self.plan, level)
+        return found
 
     def inputs(self, worker: int) -> np.ndarray:
         """Global ids of the level-0 neurons ``worker`` owns (its input columns)."""
-        return self.owned[0][worker]
+        return self._level(0)[0][worker]
 
     def sends(self, k: int) -> list[Sends]:
         """Each worker's sends before layer ``k`` (0-based): which of its level-k neurons each
@@ -132,10 +141,10 @@ class ShardCutter:
 
     def _local_pos(self, k: int) -> np.ndarray:
         """Position of each global neuron within its owner's input list at level ``k``."""
-        owned = self.owned
+        owned = self._level(k)[0]
         local_pos = np.empty(self.plan.neurons, np.int64)
         for p in range(self.plan.workers):
-            local_pos[owned[k][p]] = np.arange(len(owned[k][p]))
+            local_pos[owned[p]] = np.arange(len(owned[p]))
         return local_pos
 
     def _sends_of(self, k: int, p: int, local_pos: np.ndarray) -> Sends:
@@ -145,7 +154,7 @@ class ShardCutter:
             needed = transfers.get((p, d))
             if needed is None:
                 continue
-            selmap = np.full(len(self.owned[k][p]), -1, np.int32)
+            selmap = np.full(len(self._level(k)[0][p]), -1, np.int32)
             selmap[local_pos[needed]] = np.arange(len(needed), dtype=np.int32)
             sends.append((d, selmap, len(needed)))
         return sends
@@ -163,14 +172,16 @@ class ShardCutter:
     def _cut_for(
         self, k: int, w: sp.csr_matrix, dtype: np.dtype[np.floating], p: int, sends: Sends
     ) -> LayerShard:
-        plan, owned, n_boundary = self.plan, self.owned, self.n_boundary
+        plan = self.plan
         transfers = plan.layers[k].pairs
-        ins, outs = owned[k][p], owned[k + 1][p]
+        ins = self._level(k)[0][p]
+        owned_next, n_boundary = self._level(k + 1)
+        outs = owned_next[p]
         sources = sorted(s for (s, d) in transfers if d == p)
         blocks = [transfers[(s, p)] for s in sources]
         offsets = list(np.cumsum([0] + [len(b) for b in blocks[:-1]])) if blocks else []
         remote_rows = np.concatenate(blocks) if blocks else np.empty(0, np.int64)
-        nb = n_boundary[k + 1][p] if k + 1 < len(n_boundary) else 0
+        nb = n_boundary[p]
         cuts = [c for c in (outs[:nb], outs[nb:]) if len(c)] or [outs]
         parts = []
         for cut in cuts:
