@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-scale clean functions-up
+.PHONY: install demo test lint bench bench-scale bench-table clean functions-up
 
 install: $(STAMP)
 	@# Prometheus + Pushgateway for tests/test_observe.py (skipped there when absent); non-fatal
@@ -48,6 +48,9 @@ bench: install  # engine and channels side by side, cold against warm functions,
 
 bench-scale: install  # 65536 x 120/480/1920 layers, 8 workers of 2048 MB (hours; ~40 GB of disk)
 	$(BIN)/python benchmarks/scale.py
+
+bench-table: install  # FSD-Inference's own table: N = 1024..65536 x 120 layers, 10 000 images, W = 8
+	$(BIN)/python benchmarks/fsd_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
