@@ -338,15 +338,7 @@ def main() -> int:
             )
             config = RunConfig(workers=workers, partitions=chosen.partitions)
             best = _best_infer(prepare(network, config), many, config, args.repeat)
-            predicted = planner.predict_seconds(
-                partitions=chosen.partitions,
-                replicas=chosen.replicas,
-                window=chosen.window,
-                neurons=network.neurons,
-                depth=network.depth,
-                edges=network.edges,
-                images=int(many.shape[0]),
-            )
+            predicted = chosen.predicted_s
             print(f"  planner's time model: {predicted:.3f} s predicted", flush=True)
             record(
                 f"fsd {workers} worker(s), planner, 8000 images",
