@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from fsd import cli
+from fsd import cli, settings
 from fsd.channels import CHANNELS, REMOTE_CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.cli import main
 from fsd.coordinator import DTYPES
+from fsd.errors import InputError
 from fsd.localstack import ROOT, LocalStack
 from fsd.model import Images
 from fsd.model.generate import generate
@@ -114,7 +115,7 @@ def test_partition_report(shared_dir: Path, capsys: pytest.CaptureFixture[str]) 
     ("args", "message"),
     [
         (["run", "--data", "/nonexistent/folder"], "not found"),
-        (["run", "--workers", "0", "--neurons", "256", "--layers", "2"], "must be >= 1"),
+        (["run", "--workers", "0", "--neurons", "256", "--layers", "2"], "a whole number in 1.."),
         (["run", "--workers", "300", "--neurons", "256", "--layers", "2"], "between 1 and 256"),
         (["run", "--channel", "carrier-pigeon"], "invalid choice: 'carrier-pigeon'"),
         (["run", "--partition", "magic"], "--partition: invalid choice: 'magic'"),
@@ -122,8 +123,8 @@ def test_partition_report(shared_dir: Path, capsys: pytest.CaptureFixture[str]) 
             ["model", "push", "d", "--name", "m", "--workers", "4", "--partition", "magic"],
             "--partition: invalid choice: 'magic'",
         ),
-        (["run", "--images", "-3"], "must be >= 1"),
-        (["run", "--layers", "abc"], "not an integer"),
+        (["run", "--images", "-3"], "--images: must be a whole number in 1..1048576"),
+        (["run", "--layers", "abc"], "(plain decimal digits), got 'abc'"),
         (["run", "--neurons", "1000", "--layers", "2"], "power of two"),
         (["run", "--dtype", "float16", "--neurons", "256", "--layers", "2"], "invalid choice"),
         (["run", "--log-level", "chatty"], "--log-level: invalid choice: 'CHATTY'"),
@@ -143,6 +144,39 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+#: Numbers Python's int() or float() reads that fsd.settings' grammar refuses
+NOT_PLAIN = ["1e3", "nan", "inf", "0x10", "1_0", "\u0661\u0662", "+5", "-0", "1.", ""]
+
+
+def test_every_numeric_flag_reads_numbers_as_the_settings_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One grammar for every number (fsd.settings.decimal): what no variable may hold, no flag
+    takes either, refused in one line that names the flag, before anything else happens."""
+    for raw in NOT_PLAIN:
+        with pytest.raises(InputError):
+            settings.decimal(raw, "FSD_X", low=0, high=1e9)
+    numeric = {
+        (parser.prog, action.option_strings[-1])
+        for parser in _parsers(cli._parser())
+        for action in parser._actions
+        if action.type is cli._seconds
+        or getattr(action.type, "__qualname__", "").startswith("_count.")
+    }
+    assert numeric >= {
+        ("fsd run", "--workers"), ("fsd run", "--memory-mb"), ("fsd run", "--partitions"),
+        ("fsd run", "--timeout"), ("fsd run", "--seed"), ("fsd invoke", "--timeout"),
+        ("fsd model push", "--workers"), ("fsd generate", "--neurons"),
+    }  # fmt: skip
+    for prog, flag in sorted(numeric):
+        for raw in NOT_PLAIN:
+            # the stray last word would fail the parse too, were the number taken
+            code = main([*prog.split()[1:], flag, raw, "--not-reached"])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1, (prog, flag, raw, err)
+            assert f"fsd: error: argument {flag}: must be a" in err, (prog, flag, raw, err)
 
 
 def test_bad_data_files_exit_2(tmp_path: Path) -> None:

@@ -129,17 +129,64 @@ def _write(name: str, text: str) -> Callable[[Path], Path]:
 USER, PASSWORD = "AKID42", "hunter2"
 SECRET_S3 = f"ftp://{USER}:{PASSWORD}@host"
 INVOKE = ["invoke", "--function", "gc1024-default-coordinator", "--model", "gc1024"]
+#: A run whose data folder is missing: a flag refused says so before anything is loaded
+NO_DATA = ["run", "--data", "{data}/missing"]
+WHOLE = "must be a whole number in"
+MEMORY = f"argument --memory-mb: {WHOLE} 201..16777216"
+TIMEOUT = "argument --timeout: must be a number in (0, 86400]"
 ROWS = {
-    # numeric flags: bounded and finite
-    "seed-negative": Row(["run", *TINY, "--seed", "-1"], "argument --seed: must be >= 0"),
-    "seed-too-big": Row(["run", *TINY, "--seed", str(2**64)], "argument --seed: must be <="),
+    # numeric flags: bounded and finite, plain decimals as in fsd.settings (no 1e3, 0x10, 1_0)
+    "seed-negative": Row(["run", *TINY, "--seed", "-1"], f"argument --seed: {WHOLE} 0..4294967295"),
+    "seed-minus-zero": Row(["run", *TINY, "--seed", "-0"], "argument --seed: must be"),
+    "seed-too-big": Row(["run", *TINY, "--seed", str(2**64)], f"argument --seed: {WHOLE} 0..4"),
     "timeout-nan": Row(["run", *TINY, "--timeout", "nan"], "argument --timeout"),
     "timeout-inf": Row(["run", *TINY, "--timeout", "inf"], "argument --timeout"),
     "timeout-huge": Row(["run", *TINY, "--timeout", "1e9"], "argument --timeout"),
+    "timeout-exponent": Row(
+        [*NO_DATA, "--timeout", "1e3"], f"{TIMEOUT} (plain decimal digits), got '1e3'"
+    ),
+    "timeout-underscore": Row(
+        [*NO_DATA, "--timeout", "1_0"], f"{TIMEOUT} (plain decimal digits), got '1_0'"
+    ),
+    "timeout-arabic-digits": Row([*NO_DATA, "--timeout", "\u0661"], TIMEOUT),
     "neurons-huge": Row(
         ["generate", "--neurons", str(2**40), "--layers", "2", "--images", "5", "--out", "{data}"],
-        "argument --neurons: must be <=",
+        f"argument --neurons: {WHOLE} 1..1048576",
         sub=True,
+    ),
+    "images-underscore": Row([*NO_DATA, "--images", "1_0"], "argument --images: must be"),
+    "neurons-underscore": Row([*NO_DATA, "--neurons", "2_56"], "argument --neurons: must be"),
+    "generate-seed-minus-zero": Row(
+        ["generate", *TINY, "--seed", "-0", "--out", "{data}/g"], "argument --seed: must be"
+    ),
+    # fsd run --workers W --memory-mb M --partitions P: refused before any loading or server
+    "workers-hex": Row([*NO_DATA, "--workers", "0x10"], f"--workers: {WHOLE} 1..1048576"),
+    "workers-exponent": Row([*NO_DATA, "--workers", "1e1"], "argument --workers: must be"),
+    "workers-underscore": Row([*NO_DATA, "--workers", "1_6"], "argument --workers: must be"),
+    "workers-empty": Row([*NO_DATA, "--workers", ""], f"--workers: {WHOLE} 1..1048576"),
+    "memory-zero": Row([*NO_DATA, "--memory-mb", "0"], f"{MEMORY}, got '0'"),
+    "memory-negative": Row([*NO_DATA, "--memory-mb", "-1"], MEMORY),
+    "memory-exponent": Row([*NO_DATA, "--memory-mb", "1e3"], MEMORY),
+    "memory-nan": Row([*NO_DATA, "--memory-mb", "nan"], MEMORY, sub=True),
+    "memory-inf": Row([*NO_DATA, "--memory-mb", "inf"], MEMORY),
+    "memory-hex": Row([*NO_DATA, "--memory-mb", "0x10"], MEMORY),
+    "memory-underscore": Row([*NO_DATA, "--memory-mb", "1_000"], MEMORY),
+    "memory-arabic-digits": Row([*NO_DATA, "--memory-mb", "\u0661\u0660\u0660\u0660"], MEMORY),
+    "memory-huge": Row([*NO_DATA, "--memory-mb", str(10**30)], MEMORY),
+    "memory-empty": Row([*NO_DATA, "--memory-mb", ""], MEMORY),
+    "memory-below-any-worker": Row([*NO_DATA, "--memory-mb", "200"], f"{MEMORY}, got '200'"),
+    "partitions-zero": Row([*NO_DATA, "--partitions", "0"], f"--partitions: {WHOLE} 1..1048576"),
+    "partitions-underscore": Row([*NO_DATA, "--partitions", "1_0"], "--partitions: must be"),
+    "partitions-not-dividing": Row(
+        [*NO_DATA, "--workers", "4", "--partitions", "3"], "--partitions 3 must divide --workers 4"
+    ),
+    "partitions-above-workers": Row(
+        [*NO_DATA, "--workers", "4", "--partitions", "8", "--channel", "nats"],
+        "--partitions 8 must divide --workers 4",
+        sub=True,
+    ),
+    "push-workers-underscore": Row(
+        ["model", "push", "{data}", "--name", "m", "--workers", "4", "1_6"], "--workers: must be"
     ),
     # model and image files
     "gzip-truncated": Row(
@@ -229,8 +276,10 @@ ROWS = {
         [*INVOKE, "--inference-model", "gc1024"], "not allowed with argument --function"
     ),
     "invoke-channel-local": Row([*INVOKE, "--channel", "local"], "invalid choice: 'local'"),
-    "invoke-workers-zero": Row([*INVOKE, "--workers", "0"], "argument --workers: must be >= 1"),
+    "invoke-workers-zero": Row([*INVOKE, "--workers", "0"], f"--workers: {WHOLE} 1..1048576"),
     "invoke-timeout-nan": Row([*INVOKE, "--timeout", "nan"], "argument --timeout"),
+    "invoke-timeout-exponent": Row([*INVOKE, "--timeout", "1e3"], TIMEOUT),
+    "invoke-images-underscore": Row([*INVOKE, "--images", "1_0"], "argument --images: must be"),
     "invoke-password-file-missing": Row(
         [*INVOKE, "--password-file", "{data}/nope"], "cannot read the password file"
     ),

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fsd import auth
+from fsd.functions import coordinator as coordinator_fn
 from fsd.localstack import ROOT, FunctionServer, LocalStack
 from fsd.model import Images, Network
 from fsd.model.generate import generate
@@ -365,3 +366,42 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
     assert reply["parallelism"]["replicas"] == 2 and reply["parallelism"]["partitions"] == 1
     assert 2 <= reply["parallelism"]["window"] < 120
     assert reply["shard_cache"]["hit"] == 0  # streamed, nothing kept warm
+
+
+#: FSD_MEMORY_MB values that are no budget: not plain decimals, or no more than what a worker
+#: holds before any model (fsd.planner.BASE_MB, 200 MB), or beyond 16 TB
+HOSTILE_BUDGETS = [
+    "nan", "inf", "-1", "1e3", "0x10", "1_000", "\u0661\u0660\u0660\u0660", "0", "1", "200",
+    str(10**30), "16777217",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("budget", HOSTILE_BUDGETS)
+def test_a_hostile_memory_budget_is_not_configured_before_the_store_is_asked(
+    budget: str, tmp_path: Path
+) -> None:
+    """The budget is the function's own setting: one that is no budget refuses every request
+    with a JSON 503 naming it, read with the other settings, before any connection."""
+    nats, s3, workers = Recorder(NATS_INFO), Recorder(), Recorder()
+    env = {
+        "FSD_SECRETS_DIR": str(tmp_path),
+        "FSD_RUN_KEY": "k" * 48,
+        "FSD_MODELS": "gc1024",
+        "FSD_NATS_URL": f"nats://{nats.url}",
+        "FSD_NATS_TOKEN": "t" * 32,
+        "FSD_S3_ENDPOINT": f"http://{s3.url}",
+        "AWS_ACCESS_KEY_ID": "budgetaccess",
+        "AWS_SECRET_ACCESS_KEY": "s" * 40,
+        "FSD_WORKER_URL": f"http://{workers.url}/",
+        "FSD_MEMORY_MB": budget,
+    }
+    body = json.dumps({"model": "gc1024", "workers": 2, "images": {"stored": True}}).encode()
+    try:
+        status, reply = coordinator_fn.handle_request(body, env)
+        connections = [r.count() for r in (nats, s3, workers)]
+    finally:
+        for r in (nats, s3, workers):
+            r.close()
+    assert (status, reply["error"]) == (503, "not configured"), reply
+    assert reply["detail"].startswith("FSD_MEMORY_MB must be a number in (200, 16777216]")
+    assert connections == [0, 0, 0]

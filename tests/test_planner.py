@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fsd import cli, coordinator, planner, reference
+from fsd import cli, coordinator, planner, reference, store
 from fsd.coordinator import RunConfig, run
 from fsd.errors import InputError
 from fsd.model.generate import generate
@@ -202,3 +204,67 @@ def test_fsd_run_never_loads_a_binary_model_whole(
     one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and one["correct"] is True and one["parallelism"]["replicas"] == 2
     assert folders[1] is None and prepared[1].shards is None and prepared[1].cutter is not None
+
+
+#: plan() called with one hostile argument: each is an InputError naming it, never a TypeError,
+#: ValueError, OverflowError, a silent bool-as-1, or a loop over range(10**30)
+HOSTILE_PLAN: dict[str, tuple[dict[str, Any], str]] = {
+    "workers-bool": ({"workers": True}, "workers must be a whole number"),
+    "workers-zero": ({"workers": 0}, "workers must be a whole number"),
+    "workers-negative": ({"workers": -4}, "workers must be a whole number"),
+    "workers-float": ({"workers": 2.5}, "workers must be a whole number"),
+    "workers-nan": ({"workers": math.nan}, "workers must be a whole number"),
+    "workers-text": ({"workers": "4"}, "workers must be a whole number"),
+    "workers-huge": ({"workers": 10**30}, "workers must be a whole number"),
+    "neurons-float": ({"neurons": 4096.0}, "neurons must be a whole number"),
+    "neurons-nan": ({"neurons": math.nan}, "neurons must be a whole number"),
+    "depth-nan": ({"depth": math.nan}, "depth must be a whole number"),
+    "depth-huge": ({"depth": 10**30}, "depth must be a whole number"),
+    "edges-negative": ({"edges": -1}, "edges must be a whole number"),
+    "edges-nan": ({"edges": math.nan}, "edges must be a whole number"),
+    "edges-huge": ({"edges": 10**400}, "edges must be a whole number"),
+    "images-bool": ({"images": True}, "images must be a whole number"),
+    "images-nan": ({"images": math.nan}, "images must be a whole number"),
+    "images-huge": ({"images": 10**400}, "images must be a whole number"),
+    "memory-bool": ({"memory_mb": True}, "memory budget must be a number of MB"),
+    "memory-zero": ({"memory_mb": 0}, "memory budget must be a number of MB"),
+    "memory-negative": ({"memory_mb": -1.0}, "memory budget must be a number of MB"),
+    "memory-nan": ({"memory_mb": math.nan}, "memory budget must be a number of MB"),
+    "memory-inf": ({"memory_mb": math.inf}, "memory budget must be a number of MB"),
+    "memory-text": ({"memory_mb": "1e3"}, "memory budget must be a number of MB"),
+    "memory-huge": ({"memory_mb": 10**400}, "memory budget must be a number of MB"),
+    "partitions-bool": ({"partitions": True}, "partitions must be a whole number"),
+    "partitions-float": ({"partitions": 2.0}, "partitions must be a whole number"),
+    "partitions-nan": ({"partitions": math.nan}, "partitions must be a whole number"),
+    "partitions-zero": ({"partitions": 0}, "partitions must be a whole number"),
+    "value-bytes-zero": ({"value_bytes": 0}, "value_bytes must be a whole number"),
+    "value-bytes-negative": ({"value_bytes": -4}, "value_bytes must be a whole number"),
+    "allowed-float": ({"allowed": [2.0]}, "allowed partitions must be a whole number"),
+    "allowed-bool": ({"allowed": [True]}, "allowed partitions must be a whole number"),
+    "cores-zero": ({"cores": 0}, "cores must be a whole number"),
+    "cores-bool": ({"cores": True}, "cores must be a whole number"),
+    "cores-float": ({"cores": 2.0}, "cores must be a whole number"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PLAN))
+def test_hostile_plan_arguments_are_input_errors(name: str) -> None:
+    change, message = HOSTILE_PLAN[name]
+    with pytest.raises(InputError, match=re.escape(message)):
+        planner.plan(**{"workers": 4, "memory_mb": 2048, **NET, **change})
+
+
+@pytest.mark.parametrize(
+    ("size", "most"),
+    [("neurons", store.MAX_NEURONS), ("depth", store.MAX_LAYERS), ("images", store.MAX_IMAGES)],
+)
+def test_plan_bounds_are_the_model_stores(size: str, most: int) -> None:
+    """A stored model that passed the store's checks is never refused as a bad argument (the
+    coordinator function would answer 400 for the store's model); one past the bound is."""
+    base = {"workers": 4, "memory_mb": 1 << 24, **NET, "edges": 1 << 20}
+    try:
+        planner.plan(**{**base, size: np.int64(most)})  # numpy sizes, as callers pass them
+    except InputError as exc:  # the model may not fit: that is no argument error
+        assert "whole number" not in str(exc)
+    with pytest.raises(InputError, match=f"{size} must be a whole number"):
+        planner.plan(**{**base, size: most + 1})

@@ -81,19 +81,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"fsd: error: {_line(message)} (see {self.prog} --help)\n")
 
 
+def _decimal(text: str, **bounds: Any) -> float:
+    """``text`` in the one grammar of every number setting (:func:`fsd.settings.decimal`: plain
+    decimal digits; no sign, exponent, ``_``, hex, non-ASCII digit, NaN or infinity), within
+    ``bounds``; argparse's message names the flag: ``argument --workers: must be ...``."""
+    try:
+        return settings.decimal(text, "", **bounds)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
 def _count(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an integer in ``low..high``."""
+    """An argparse type: a whole number in ``low..high``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:  # also more than 4300 digits
-            raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
-        return value
+        return int(_decimal(text, low=low, high=high, whole=True))
 
     return parse
 
@@ -102,18 +104,13 @@ _neurons = _workers = _count(1, MAX_NEURONS)
 _layers = _count(1, MAX_LAYERS)
 _images = _count(1, MAX_IMAGES)
 _seed = _count(0, MAX_SEED)
-_memory = _count(64, 1 << 24)  # MB per worker: 64 MB .. 16 TB
+#: MB per worker: more than a worker holds before any model (planner.BASE_MB), else nothing fits
+_memory = _count(math.floor(planner.BASE_MB) + 1, planner.MAX_MEMORY_MB)
 
 
 def _seconds(text: str) -> float:
-    """An argparse type: a finite duration in (0, MAX_TIMEOUT] seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
-        raise argparse.ArgumentTypeError(f"must be > 0 and <= {MAX_TIMEOUT:g} seconds, got {text}")
-    return value
+    """An argparse type: a duration in (0, MAX_TIMEOUT] seconds."""
+    return _decimal(text, low=0.0, high=MAX_TIMEOUT, low_open=True)
 
 
 DESCRIPTION = """\
@@ -271,7 +268,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--memory-mb",
         type=_memory,
-        help="memory per worker, MB: the planner splits the model only as far as it must "
+        help=f"memory per worker, MB, above the {planner.BASE_MB:.0f} MB a worker holds before "
+        "any model: the planner splits the model only as far as it must "
         "(default: this machine's memory shared by the workers)",
     )
     run.add_argument(
@@ -480,6 +478,8 @@ class _Bar:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # channel, partition and dtype are argparse choices: checked before anything is loaded
+    if args.partitions is not None:  # and so is what the flags say together
+        planner.check_partitions(args.workers, args.partitions)
     if args.plot is not None:  # fail before a long run, not after it
         plot.check_available()
         plot.check_path(args.plot)

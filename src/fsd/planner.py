@@ -40,9 +40,12 @@ the neurons, for the layer's input, its output and the block received from peers
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 from fsd.errors import InputError
 
@@ -70,6 +73,13 @@ VALUE_SECONDS = 2e-9
 images, 2 replicas x 4 partitions spent about 7 s beyond compute and loading on 2 cores."""
 TOLERANCE = 0.1
 """Predictions this close to the fastest are a tie, won by fewer partitions."""
+MAX_MEMORY_MB = 1 << 24
+"""The largest budget per worker (16 TB): ``fsd run --memory-mb`` and ``FSD_MEMORY_MB`` too."""
+#: Bounds of plan()'s sizes: at least the model store's (fsd.store), so a stored model that
+#: passed its checks is never refused here as bad input.
+LIMITS = {"workers": 1 << 20, "neurons": (1 << 31) - 1, "depth": 1 << 20, "images": 1 << 32}
+MAX_EDGES = 1 << 62
+MAX_VALUE_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,25 @@ def predict_seconds(
     return seconds
 
 
+def _whole(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high``, or InputError: a bool, a float (even 2.0), NaN or
+    a string is no count, and a huge one is refused before any arithmetic overflows on it."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise InputError(f"{name} must be a whole number in {low}..{high}, got {value!r:.40}")
+    number = operator.index(value)  # an int, or a numpy integer's value
+    if not low <= number <= high:
+        raise InputError(f"{name} must be a whole number in {low}..{high}, got {value!r:.40}")
+    return number
+
+
+def check_partitions(workers: int, partitions: int) -> None:
+    """A forced P must divide W: the other workers are R = W / P whole replicas."""
+    if workers % partitions:
+        raise InputError(
+            f"--partitions {partitions} must divide --workers {workers} (replicas = W / P)"
+        )
+
+
 def plan(
     *,
     workers: int,
@@ -162,23 +191,40 @@ def plan(
     machine's share); ``partitions`` forces P (it must divide ``workers``), ``allowed`` limits
     the choice (e.g. to the cuts a model store holds). ``cores``: processors the workers share
     (None: this machine's; functions: one each, so ``workers``)."""
-    if workers < 1 or neurons < 1 or depth < 1 or edges < 0 or images < 1:
-        raise InputError("workers, neurons, layers and images must be >= 1")
+    workers, neurons, depth, images = (
+        _whole(name, value, 1, LIMITS[name])
+        for name, value in (
+            ("workers", workers),
+            ("neurons", neurons),
+            ("depth", depth),
+            ("images", images),
+        )
+    )
+    edges = _whole("edges", edges, 0, MAX_EDGES)
+    value_bytes = _whole("value_bytes", value_bytes, 1, MAX_VALUE_BYTES)
+    if cores is not None:
+        cores = _whole("cores", cores, 1, LIMITS["workers"])
+    if memory_mb is not None and (
+        isinstance(memory_mb, bool)
+        or not isinstance(memory_mb, numbers.Real)
+        or not 0 < memory_mb <= MAX_MEMORY_MB  # False for NaN; no float() of a huge int
+    ):
+        raise InputError(
+            f"the memory budget must be a number of MB in (0, {MAX_MEMORY_MB}], "
+            f"got {memory_mb!r:.40}"
+        )
     budget = machine_share_mb(workers) if memory_mb is None else float(memory_mb)
-    if not (math.isfinite(budget) and budget > 0):
-        raise InputError(f"the memory budget must be a positive number of MB, got {memory_mb}")
     if partitions is not None:
-        if not 1 <= partitions <= workers or workers % partitions:
-            raise InputError(
-                f"--partitions {partitions} must divide --workers {workers} (replicas = W / P)"
-            )
+        partitions = _whole("partitions", partitions, 1, LIMITS["workers"])
+        check_partitions(workers, partitions)
         if partitions > neurons:
             raise InputError(f"--partitions {partitions} > {neurons} neurons")
         candidates = [partitions]
     else:
         candidates = [p for p in range(1, workers + 1) if workers % p == 0 and p <= neurons]
     if allowed is not None:
-        candidates = [p for p in candidates if p in set(allowed)]
+        kept = {_whole("allowed partitions", p, 1, LIMITS["workers"]) for p in allowed}
+        candidates = [p for p in candidates if p in kept]
         if not candidates:
             raise InputError(f"no allowed partition count divides {workers} workers")
 
@@ -198,10 +244,14 @@ def plan(
     for p in candidates:  # fewest partitions first
         window = depth
         if estimate(p, depth) > budget:  # streamed: the largest window that fits
-            fits = [w for w in range(MIN_WINDOW, depth) if estimate(p, w) <= budget]
-            if not fits:
+            low = MIN_WINDOW
+            if low >= depth or estimate(p, low) > budget:
                 continue
-            window = max(fits)
+            high = depth - 1  # estimate grows with the window: bisect the last that fits
+            while low < high:
+                mid = (low + high + 1) // 2
+                low, high = (mid, high) if estimate(p, mid) <= budget else (low, mid - 1)
+            window = low
         seconds = predict_seconds(
             partitions=p,
             replicas=workers // p,

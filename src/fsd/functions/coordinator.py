@@ -86,6 +86,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
     try:
         limits = Limits.from_env(env)
         served = ModelFilter.from_env(env)
+        budget = _budget(env)
         deployment_secret(env)  # refuse to run at all without one (the launcher signs with it)
     except NotConfigured as exc:
         return error(503, "not configured", str(exc))
@@ -102,7 +103,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
     if not served.allows(name):
         return error(404, "unknown model", f"unknown model {name!r}")
     try:
-        return _infer(request, env, limits)
+        return _infer(request, env, limits, budget)
     except ModelNotFound as exc:
         return error(404, "unknown model", str(exc))
     except ModelFormatError as exc:  # the store's fault, not the request's
@@ -140,7 +141,26 @@ def _bounds(request: dict[str, Any], limits: Limits) -> None:
         _check_inline(request["inputs"])
 
 
-def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Reply:
+def _budget(env: Mapping[str, str]) -> float | None:
+    """``FSD_MEMORY_MB``, the memory of one worker invocation (the operator sets it), or None
+    when unset. Read with the other settings, before the store is asked anything: a budget no
+    worker could run in (at most what one holds before any model, :data:`fsd.planner.BASE_MB`)
+    is the operator's mistake, refused as ``not configured`` for every request, not a 400."""
+    budget = settings.number(
+        env,
+        "FSD_MEMORY_MB",
+        0.0,
+        low=planner.BASE_MB,
+        high=planner.MAX_MEMORY_MB,
+        low_open=True,
+        error=NotConfigured,
+    )
+    return budget or None
+
+
+def _infer(
+    request: dict[str, Any], env: dict[str, str], limits: Limits, budget: float | None
+) -> Reply:
     _bounds(request, limits)
     name = request["model"]
     kind = request.get("channel") or settings.text(env, "FSD_CHANNEL", settings.CHANNEL)
@@ -167,7 +187,7 @@ def _infer(request: dict[str, Any], env: dict[str, str], limits: Limits) -> Repl
     else:
         images = None
         matrix = _inline_images(request["inputs"], manifest.neurons)
-    partitions, window = _partitions(manifest, workers, partition, int(matrix.shape[0]), env)
+    partitions, window = _partitions(manifest, workers, partition, int(matrix.shape[0]), budget)
     prepared = prepare_stored(store, ModelRef(name, partitions, partition), manifest)
     prepared.window = window
     urls = settings.names(env, "FSD_WORKER_URL")
@@ -207,7 +227,7 @@ def _default_workers(partitions: dict[str, dict[str, Any]]) -> int:
 
 
 def _partitions(
-    manifest: Manifest, workers: int, partition: str, images: int, env: dict[str, str]
+    manifest: Manifest, workers: int, partition: str, images: int, budget: float | None
 ) -> tuple[int, int]:
     """Model-parallel workers per replica for ``workers`` workers (the rest are replicas), and
     the layers each worker holds (below the depth: it streams them from the store).
@@ -217,9 +237,8 @@ def _partitions(
     (:mod:`fsd.planner`) takes the fewest partitions that fit, among the cuts the store holds
     for ``partition`` that divide ``workers``.
     """
-    budget = settings.number(env, "FSD_MEMORY_MB", 0.0, low=0, high=1 << 24, error=NotConfigured)
     every = min(manifest.layers, MAX_WINDOW)
-    if not budget:
+    if budget is None:
         return workers, every
     cuts = sorted(
         int(info["workers"])
