@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +31,7 @@ from fsd.model.generate import generate
 from fsd.services import NatsServer, S3Server
 from fsd.store import STREAM_WINDOW, ModelStore, ShardCache, split_window
 from fsd.task import ModelRef, WorkerTask
+from fsd.worker import LayerFeed
 from sameness import same
 
 DEPTH = 24
@@ -162,6 +165,66 @@ def test_the_cache_is_bounded_by_entries_and_each_entry_by_its_budget(
     cache.load(store, two, 1, "float64", 9)  # another dtype is another key (and evicts)
     assert set(cache.held()) == {(one, 0, "float32"), (two, 1, "float64")}
     assert sum(cache.held().values()) <= 2 + 7
+
+
+class Alive:
+    """A supply's layers handed out and still referenced (kept in the cache or in the feed),
+    counted by reference as they are made: the most there ever were."""
+
+    def __init__(self, supply: Any) -> None:
+        self.supply, self.now, self.most = supply, 0, 0
+        self.inputs, self.depth, self.first = supply.inputs, supply.depth, supply.first
+        self.lock = threading.Lock()
+
+    def layer(self, k: int) -> Any:
+        layer, after = self.supply.layer(k)
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        weakref.finalize(layer, self._gone)
+        return layer, after
+
+    def _gone(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def full(feed: LayerFeed, held: int) -> None:
+    """Wait until ``feed`` has fetched ``held`` layers the worker has not taken yet (its fetch
+    thread then blocks on the window, or has fetched every layer)."""
+    deadline = time.monotonic() + 30
+    while len(feed._ready) < held:
+        assert time.monotonic() < deadline, "the feed stopped fetching"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 10, 23])
+def test_kept_and_streamed_layers_together_never_exceed_the_window(
+    s3_server: S3Server, pushed: ModelStore, window: int
+) -> None:
+    """Through the worker's LayerFeed, cold then warm: the layer objects alive at once (kept in
+    the cache, prefetched or computing, counted by reference, not RSS) never exceed the
+    window, and the cache then holds exactly what the window leaves after the streamed ones."""
+    store = CountingStore(_config(s3_server))
+    cache = ShardCache(capacity=1)
+    ref = ModelRef("warm24", 2, "min-comm")
+    whole = pushed.shard(ref, 0)
+    for _ in range(2):
+        loaded = cache.load(store, ref, 0, "float32", window)
+        assert loaded.layers is not None
+        supply = Alive(loaded.layers)
+        feed = LayerFeed(supply, loaded.window)
+        try:
+            for k in range(DEPTH):
+                full(feed, min(feed.window, DEPTH - k))  # the worst case: prefetched all it may
+                layer, _ = feed.get(k, timeout=30)
+                same(layer, whole.layers[k])
+                del layer
+                feed.release()
+        finally:
+            feed.close()
+        assert supply.most <= window
+        assert sum(cache.held().values()) == split_window(window, DEPTH)[0]
 
 
 def _env(nats: NatsServer, s3: S3Server) -> dict[str, str]:
