@@ -148,6 +148,9 @@ def test_the_cache_is_bounded_by_entries_and_each_entry_by_its_budget(
     store = CountingStore(_config(s3_server))
     cache = ShardCache(capacity=2)
     two, one = ModelRef("warm24", 2, "min-comm"), ModelRef("warm24", 1, "min-comm")
+    _walk(store, cache, 1, window=9)
+    cold, _ = _walk(store, cache, 1, window=2)  # nothing fits beside the streamed window
+    assert (cold.hit, cold.resident, cold.reads, cache.held()) == (False, 0, DEPTH, {})
     seen: list[int] = []
     loaded = cache.load(store, two, 0, "float32", 7)
     assert loaded.layers is not None

@@ -568,7 +568,6 @@ class ResidentLayers:
         with lock:
             self.resident = entry.keep
             self._warm = list(entry.layers[: entry.keep])
-        self.kept_before = len(self._warm)
         last = self._warm[-1][2] if self._warm else entry.start
         self._reader = copy.copy(last)  # reading assigns its state anew: a shallow copy suffices
         self.inputs, self.depth, self.first = (
@@ -661,6 +660,13 @@ class ShardCache:
             shard = Shard(worker, start.inputs, [stream.layer(k)[0] for k in range(start.depth)])
             self._put(key, shard)
             return Loaded(shard, None, window, False)
+        if not resident:  # nothing fits beside the streamed window: keep nothing (drop what was)
+            with self._lock:
+                self._items.pop(key, None)
+                self.misses += 1
+            return Loaded(
+                None, ResidentLayers(store, ref, _Kept(start, 0), self._lock), streamed, False
+            )
         with self._lock:
             entry = self._items.get(key)
             if not isinstance(entry, _Kept):
