@@ -347,7 +347,8 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
 ) -> None:
     """FSD_MEMORY_MB (the operator sets it): 2 workers asked for a model that fits one become
     2 replicas of the 1-worker cut, exact; a budget below the whole model makes each worker
-    stream its layers from the store, a window at a time, instead of caching its shard."""
+    stream its layers from the store, a window at a time, keeping the first ones warm: the next
+    request finds them (a hit) and streams only the rest."""
     env = {
         "FSD_NATS_URL": nats_server.url,
         "FSD_NATS_TOKEN": nats_server.token,
@@ -361,11 +362,15 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
     with LocalStack(workers=2, env=env) as s:
         s.push(shared_net, "gc-budget", [1], shared_images)
         status, reply = ask(s, model="gc-budget", workers=2, images={"stored": True})
+        status2, warm = ask(s, model="gc-budget", workers=2, images={"stored": True})
     assert status == 200, reply
     assert reply["correct"] is True and reply["n_categories"] == 73
     assert reply["parallelism"]["replicas"] == 2 and reply["parallelism"]["partitions"] == 1
     assert 2 <= reply["parallelism"]["window"] < 120
-    assert reply["shard_cache"]["hit"] == 0  # streamed, nothing kept warm
+    assert reply["shard_cache"]["hit"] == 0  # cold: every layer streamed
+    # warm: the first window - 2 layers kept from the cold run, only the rest streamed
+    assert status2 == 200 and warm["correct"] is True, warm
+    assert warm["shard_cache"]["hit"] == 2 and warm["shard_cache"]["miss"] == 0
 
 
 #: FSD_MEMORY_MB values that are no budget: not plain decimals, or no more than what a worker

@@ -15,11 +15,13 @@ cutting hold one layer, never the network.
 
 Everything is arrays (npz/npy read with ``allow_pickle=False``) or JSON: nothing in the store is
 executed. Warm function instances keep shards in a bounded LRU (:class:`ShardCache`), as FaaS
-platforms reuse warm instances.
+platforms reuse warm instances: a whole shard when the worker's window holds it, else its first
+layers, the rest streamed on every invocation (:func:`split_window`).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -46,6 +48,7 @@ from fsd.channels.base import ChannelConfig
 from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError
 from fsd.model import Images, Network
 from fsd.partition import PARTITIONERS, LayerSource, as_layers, make_plan
+from fsd.planner import MIN_WINDOW
 from fsd.s3client import delete_prefix, minio_client
 from fsd.shard import (
     LayerReader,
@@ -500,35 +503,187 @@ def _check_name(name: str) -> None:
         raise InputError(f"invalid model name {name!r}: use letters, digits, '-', '_' or '.'")
 
 
+STREAM_WINDOW = MIN_WINDOW
+"""Layers a warm worker streams through at once when its window is below its depth (the one it
+computes and the one arriving): the rest of its window it keeps resident (:func:`split_window`)."""
+
+
+def split_window(window: int, depth: int) -> tuple[int, int]:
+    """How a worker holding ``window`` layers of a ``depth``-layer shard uses them: ``(resident,
+    streamed)``, the first layers it keeps warm between invocations and the prefetch window it
+    streams the others through. ``window`` is what the planner says fits next to the activations
+    (:func:`fsd.planner.worker_mb`), so ``resident + streamed <= window`` whatever the split:
+    every layer resident when the shard fits (``(depth, 0)``), else :data:`STREAM_WINDOW` layers
+    streamed and the rest kept."""
+    if window >= depth:
+        return depth, 0
+    streamed = min(window, STREAM_WINDOW)
+    return window - streamed, streamed
+
+
+@dataclass
+class _Kept:
+    """The first layers of one worker's shard, kept warm: each with the reader's state after it,
+    so the layers past them are read from the store checked against the last one kept."""
+
+    start: LayerReader  # after the header, before layer 0 (inputs, depth, first sends)
+    keep: int  # at most this many layers (the last invocation's resident count)
+    layers: list[tuple[LayerShard, Sends, LayerReader]] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    """What a worker runs from: its whole shard (``shard``) or a supply that serves its first
+    layers from the cache and streams the rest (``layers``, with the prefetch ``window`` left
+    for the streamed ones). ``hit``: nothing that is kept had to be downloaded."""
+
+    shard: Shard | None
+    layers: ResidentLayers | None
+    window: int
+    hit: bool
+
+    @property
+    def resident(self) -> int:
+        """Layers kept warm for this worker (all of them for a whole shard)."""
+        if self.layers is not None:
+            return self.layers.resident
+        return len(self.shard.layers) if self.shard is not None else 0
+
+    @property
+    def reads(self) -> int:
+        """Layer objects downloaded so far for this invocation."""
+        if self.layers is not None:
+            return self.layers.reads
+        return 0 if self.hit or self.shard is None else len(self.shard.layers)
+
+
+class ResidentLayers:
+    """One worker's layers (a LayerSupply for :class:`fsd.worker.LayerFeed`): the first
+    ``resident`` come from a warm :class:`ShardCache` entry when it holds them, else from the
+    store (then kept there); the others are read from the store one at a time, each checked
+    against the layer before it, and dropped once handed over, as :class:`StoredLayers` does."""
+
+    def __init__(self, store: Objects, ref: ModelRef, entry: _Kept, lock: threading.Lock) -> None:
+        self.store, self.ref, self._entry, self._lock = store, ref, entry, lock
+        with lock:
+            self.resident = entry.keep
+            self._warm = list(entry.layers[: entry.keep])
+        last = self._warm[-1][2] if self._warm else entry.start
+        self._reader = copy.copy(last)  # reading assigns its state anew: a shallow copy suffices
+        self.inputs, self.depth, self.first = (
+            entry.start.inputs,
+            entry.start.depth,
+            entry.start.first,
+        )
+        self.reads = 0
+
+    def layer(self, k: int) -> tuple[LayerShard, Sends]:
+        """Layer ``k`` (0-based) and the sends of layer k+1: kept, or downloaded and checked."""
+        if k < len(self._warm):
+            layer, after, _ = self._warm[k]
+            return layer, after
+        key = f"{_worker_key(self.ref, self._reader.worker)}/layer-{k + 1}.npz"
+        layer, after = self._reader.read(k, self.store.read(key))
+        self.reads += 1
+        if k < self.resident:
+            state = copy.copy(self._reader)
+            with self._lock:  # another invocation may have kept it, or the budget shrunk
+                entry = self._entry
+                if len(entry.layers) == k and k < entry.keep:
+                    entry.layers.append((layer, after, state))
+        return layer, after
+
+
+_Key = tuple[ModelRef, int, str | None]
+
+
 class ShardCache:
-    """A bounded LRU of shards, kept by a warm function instance between invocations."""
+    """A bounded LRU of shards kept by a warm function instance between invocations.
+
+    Keyed by (model, worker, dtype); at most ``capacity`` entries (a new model, cut or worker
+    evicts the least recently used). An entry is a whole shard when the worker's window holds
+    every layer, else the first layers its window leaves after the streamed ones
+    (:func:`split_window`): never more than the last invocation of that key said it may keep.
+    """
 
     def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[ModelRef, int], Shard] = OrderedDict()
+        self._items: OrderedDict[_Key, Shard | _Kept] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def has(self, ref: ModelRef, worker: int) -> bool:
-        """Whether that shard is warm here."""
+    def has(self, ref: ModelRef, worker: int, dtype: str | None = None) -> bool:
+        """Whether that whole shard is warm here."""
         with self._lock:
-            return (ref, worker) in self._items
+            return isinstance(self._items.get((ref, worker, dtype)), Shard)
 
-    def get(self, store: Objects, ref: ModelRef, worker: int) -> tuple[Shard, bool]:
-        """The shard and whether it was already here (True: a warm hit, nothing downloaded)."""
-        key = (ref, worker)
+    def held(self) -> dict[_Key, int]:
+        """Layers each entry holds now (what tests bound: layers, not bytes)."""
+        with self._lock:
+            return {key: len(item.layers) for key, item in self._items.items()}
+
+    def get(
+        self, store: Objects, ref: ModelRef, worker: int, dtype: str | None = None
+    ) -> tuple[Shard, bool]:
+        """The whole shard and whether it was already here (True: a warm hit, nothing
+        downloaded)."""
+        key = (ref, worker, dtype)
         with self._lock:
             shard = self._items.get(key)
-            if shard is not None:
+            if isinstance(shard, Shard):
                 self._items.move_to_end(key)
                 self.hits += 1
                 return shard, True
         shard = store.shard(ref, worker)
+        self._put(key, shard)
+        return shard, False
+
+    def load(self, store: Objects, ref: ModelRef, worker: int, dtype: str, window: int) -> Loaded:
+        """What worker ``worker`` runs from when it may hold ``window`` layers: its whole shard
+        when they are all it has (kept whole), else its first layers kept here and the rest
+        streamed (:func:`split_window`). Downloads only the header, or nothing, until the worker
+        asks for its layers."""
+        key = (ref, worker, dtype)
         with self._lock:
-            self._items[key] = shard
+            item = self._items.get(key)
+        if isinstance(item, Shard) and window >= len(item.layers):
+            shard, hit = self.get(store, ref, worker, dtype)
+            return Loaded(shard, None, window, hit)
+        if isinstance(item, _Kept):
+            start = item.start
+        else:
+            start = copy.copy(store.layers(ref, worker, dtype).reader)
+        resident, streamed = split_window(window, start.depth)
+        if not streamed:  # every layer fits: the whole shard, kept whole
+            stream = StoredLayers(store, ref, copy.copy(start))
+            shard = Shard(worker, start.inputs, [stream.layer(k)[0] for k in range(start.depth)])
+            self._put(key, shard)
+            return Loaded(shard, None, window, False)
+        if not resident:  # nothing fits beside the streamed window: keep nothing (drop what was)
+            with self._lock:
+                self._items.pop(key, None)
+                self.misses += 1
+            return Loaded(
+                None, ResidentLayers(store, ref, _Kept(start, 0), self._lock), streamed, False
+            )
+        with self._lock:
+            entry = self._items.get(key)
+            if not isinstance(entry, _Kept):
+                entry = _Kept(start, resident)
+            entry.keep = resident
+            del entry.layers[resident:]  # the budget may have shrunk
+            warm = len(entry.layers) == resident
+        self._put(key, entry, hit=warm)
+        return Loaded(None, ResidentLayers(store, ref, entry, self._lock), streamed, warm)
+
+    def _put(self, key: _Key, item: Shard | _Kept, *, hit: bool = False) -> None:
+        with self._lock:
+            self._items[key] = item
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-            self.misses += 1
-        return shard, False
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1

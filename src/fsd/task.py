@@ -57,7 +57,10 @@ class WorkerTask:
     folder store); a remote one gets ``model`` instead and downloads its shard from the model
     store (``shard`` and ``layers`` are None on the wire, see :meth:`to_json`). ``window``: how
     many layer shards a streaming worker holds at once, the one computing included (1: fetch
-    after compute; 2: fetch the next while one computes).
+    after compute; 2: fetch the next while one computes). A function worker spends it on both
+    what it keeps warm between invocations and what it streams: below the depth, it keeps the
+    first ``window - 2`` layers and streams the others two at a time
+    (:func:`fsd.store.split_window`).
     """
 
     run: bytes

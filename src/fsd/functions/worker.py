@@ -14,8 +14,14 @@ invoked, a shard loaded, a connection opened):
 4. the task: schema, then bounds against this function's limits (400; 404 for a model it does
    not serve; 503 when the channel it names is not configured here).
 
-Replies: 200 ``{"worker", "shard_cache", "shard_load_seconds", "seconds"}`` (plus ``children``
-and ``child_failures`` in a fan-out tree); errors ``{"error", "detail"}`` (docs/api.md).
+Replies: 200 ``{"worker", "shard_cache", "shard_load_seconds", "resident", "layers_read",
+"seconds"}`` (plus ``children`` and ``child_failures`` in a fan-out tree); errors ``{"error",
+"detail"}`` (docs/api.md).
+
+A warm instance keeps what fits the task's ``window`` (:meth:`fsd.store.ShardCache.load`): the
+whole shard when the window holds every layer, else its first layers, all but the
+:data:`fsd.store.STREAM_WINDOW` it streams the others through; the next invocation of the same
+model, cut, worker and dtype downloads only those others.
 """
 
 from __future__ import annotations
@@ -218,12 +224,11 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
         store = ModelStore(checked.store)
         t1 = time.perf_counter()
         cache = _shard_cache(checked.limits.shard_cache)
-        hit = cache.has(task.model, task.worker)
-        stream = None if hit else store.layers(task.model, task.worker, task.dtype)
-        if stream is not None and task.window < stream.depth:
-            task.layers = stream  # more than its window fits no instance: stream, keep nothing
-        else:
-            task.shard, hit = cache.get(store, task.model, task.worker)
+        # the whole shard when the window holds it, else the first layers the window leaves
+        # after the streamed ones, kept warm for the next invocation (fsd.store.split_window)
+        loaded = cache.load(store, task.model, task.worker, task.dtype, task.window)
+        task.shard, task.layers, task.window = loaded.shard, loaded.layers, loaded.window
+        hit = loaded.hit
         load_seconds = time.perf_counter() - t1
         observe.observe_shard_load(model, hit, load_seconds)
         with open_channel(task.channel, task.run, task.worker) as channel:
@@ -252,6 +257,8 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
         "worker": task.worker,
         "shard_cache": "hit" if hit else "miss",
         "shard_load_seconds": round(load_seconds, 6),
+        "resident": loaded.resident,
+        "layers_read": loaded.reads,
         "seconds": round(seconds, 6),
         **reply,
     }
