@@ -143,6 +143,11 @@ def test_fsd_run_reports_the_planners_choice(
         "partitions": 1,
     }
     assert 0 < data["peak_rss_mb"] < data["parallelism"]["memory_mb"]
+    assert data["parallelism"]["predicted_s"] > 0
+    # each process's peak, the coordinator's first: two replicas of one worker each
+    assert len(data["process_rss_mb"]) == 3 and all(mb > 0 for mb in data["process_rss_mb"])
+    assert max(data["process_rss_mb"]) == data["peak_rss_mb"]
+    assert len(data["function_seconds"]) == 3
     code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "2", "--json"])
     assert code == 0
     forced = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -492,6 +492,7 @@ def _summarise(
     walls = [seconds]  # the coordinator runs as long as the inference
     rejected = channel.stats.rejected
     peak = _own_peak_bytes()
+    process_peaks = [peak / MIB] + [0.0] * workers  # the coordinator's, then each worker's
     for p, msg in results.items():
         if len(msg.arrays) != 10:
             raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 10")
@@ -504,6 +505,7 @@ def _summarise(
         walls.append(float(wall[0]))
         if len(wall) > 1:  # the worker's own peak resident memory, in bytes
             peak = max(peak, float(wall[1]))
+            process_peaks[1 + p] = float(wall[1]) / MIB
         rows = rows.astype(np.int64)
         alive[rows] = True
         np.add.at(sums, rows, row_sums)
@@ -546,6 +548,7 @@ def _summarise(
         ),
         function_seconds=walls,
         peak_rss_mb=peak / MIB,
+        process_rss_mb=process_peaks,
         parallelism={"replicas": 1, "partitions": workers, "window": prepared.window},
     )
 
@@ -619,6 +622,8 @@ def _merge(
         worker_replies=replies,
         function_seconds=walls,
         peak_rss_mb=max(p.peak_rss_mb for p in parts),
+        process_rss_mb=[max(p.process_rss_mb[0] for p in parts if p.process_rss_mb)]
+        + [mb for p in parts for mb in p.process_rss_mb[1:]],
         parallelism={
             "replicas": len(parts),
             "partitions": prepared.workers,

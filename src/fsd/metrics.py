@@ -52,6 +52,7 @@ class RunResult:
     worker_replies: dict[int, dict[str, Any]] = field(default_factory=dict)  # remote launchers
     function_seconds: list[float] = field(default_factory=list)  # coordinator first, then workers
     peak_rss_mb: float = 0.0  # the largest process of the run, coordinator included
+    process_rss_mb: list[float] = field(default_factory=list)  # coordinator first, then workers
     # replicas x partitions (model-parallel workers per replica), and layers a worker holds
     parallelism: dict[str, Any] = field(default_factory=dict)
 
@@ -75,6 +76,8 @@ class RunResult:
             "workers": self.workers,
             "parallelism": dict(self.parallelism),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "process_rss_mb": [round(mb, 1) for mb in self.process_rss_mb],
+            "function_seconds": [round(s, 6) for s in self.function_seconds],
             "channel": self.channel,
             "partition": self.partition,
             "dtype": self.dtype,

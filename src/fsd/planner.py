@@ -100,7 +100,7 @@ class Parallelism:
             "window": self.window,
             "memory_mb": round(self.memory_mb, 1),
             "estimate_mb": round(self.estimate_mb, 1),
-            "predicted_s": round(self.predicted_s, 3),
+            "predicted_s": float(f"{self.predicted_s:.4g}"),
         }
 
 
