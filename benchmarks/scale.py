@@ -118,6 +118,7 @@ def main() -> int:
                 "load_s": data["load_seconds"],
                 "edges_per_second": data["edges_per_second"],
                 "peak_rss_mb": data["peak_rss_mb"],
+                "process_rss_mb": data["process_rss_mb"],
                 "coordinator_rss_mb": data["coordinator_rss_mb"],
                 "bytes_sent": data["bytes_sent"],
                 "parallelism": data["parallelism"],
