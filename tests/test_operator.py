@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -16,6 +17,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,6 +159,7 @@ def store_config(s3: S3Server) -> Any:
 def secrets_dir(values: dict[str, str] | None = None) -> Path:
     """A folder of the operator's mounted secrets (the chart's credentials Secret), one per name."""
     folder = Path(tempfile.mkdtemp(prefix="fsd-operator-secrets-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # holds test secrets: not left
     for name, value in (values if values is not None else SECRET_VALUES).items():
         (folder / name).write_text(value)
     return folder
