@@ -46,3 +46,31 @@ def test_bad_arguments() -> None:
         make_plan(net, 257)
     with pytest.raises(InputError, match="unknown partitioner"):
         make_plan(net, 2, "metis-ish")
+
+
+def test_min_comm_tries_metis_only_where_greedy_is_worse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """METIS is most of min-comm's cost: it is tried on the first layer and wherever greedy does
+    worse than METIS did when last tried, and the plan is the one trying it everywhere gives."""
+    from fsd import partition
+
+    net = radix_net(4096, 24, seed=3)
+    tried: list[int] = []
+    real_groups, real_level = partition._metis_groups, partition._min_comm_level
+
+    def counting(w: object, workers: int, seed: int) -> np.ndarray:
+        tried.append(1)
+        return real_groups(w, workers, seed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(partition, "_metis_groups", counting)
+    fast = make_plan(net, 4, "min-comm")
+    assert 1 <= len(tried) < net.depth // 2
+    monkeypatch.setattr(
+        partition,
+        "_min_comm_level",
+        lambda w, own, workers, seed, bar=None: real_level(w, own, workers, seed, None),
+    )
+    tried.clear()
+    everywhere = make_plan(net, 4, "min-comm")
+    assert len(tried) > net.depth // 2
+    assert fast.total_volume == everywhere.total_volume
+    assert all(np.array_equal(a, b) for a, b in zip(fast.owners, everywhere.owners, strict=True))
