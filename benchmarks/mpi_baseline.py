@@ -55,7 +55,7 @@ import scipy.sparse as sp
 import fsd
 from fsd import kernels
 from fsd.channels import ChannelConfig, transport
-from fsd.coordinator import RunConfig
+from fsd.coordinator import RunConfig, split_inputs
 from fsd.coordinator import run as fsd_run
 from fsd.model import Images, Network, load_images, load_network
 from fsd.model.generate import generate
@@ -123,26 +123,6 @@ def assemble(layer: LayerShard, got: dict[int, np.ndarray], images: int, dtype: 
         images, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     )
     return csr
-
-
-def split_inputs(
-    images: sp.csr_matrix, owners0: np.ndarray, ranks: int, dtype: str
-) -> list[list[np.ndarray]]:
-    """Each rank's input columns as (row, local position, value), as fsd's coordinator cuts them."""
-    coo = images.tocoo()
-    local = np.empty(len(owners0), np.int64)
-    for p in range(ranks):
-        mine = np.flatnonzero(owners0 == p)
-        local[mine] = np.arange(len(mine))
-    who = owners0[coo.col]
-    return [
-        [
-            coo.row[who == p].astype(np.uint32),
-            local[coo.col[who == p]].astype(np.uint32),
-            coo.data[who == p].astype(dtype),
-        ]
-        for p in range(ranks)
-    ]
 
 
 def result_arrays(y: Csr) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import mpi_baseline
 from fsd import kernels, reference
+from fsd.coordinator import split_inputs
 from fsd.model import Images, Network
 from fsd.partition import Plan, make_plan
 from fsd.shard import Shard, build_shards
@@ -82,7 +83,7 @@ def _serial(
 ) -> list[kernels.Csr]:
     """Every rank's layer loop, layer by layer (all of layer k's messages exist before k + 1)."""
     n, dtype = images.shape[0], mpi_baseline.DTYPE
-    inputs = mpi_baseline.split_inputs(images, plan.owners[0], RANKS, dtype)
+    inputs = split_inputs(images, plan.owners[0], RANKS, dtype)
     links = [box.link(p) for p in range(RANKS)]
     counters = [mpi_baseline.Counters() for _ in range(RANKS)]
     ys: list[kernels.Csr] = []

@@ -24,7 +24,7 @@ import pytest
 from fsd import auth, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel
 from fsd.channels.settings import channel_config
-from fsd.coordinator import _split_inputs
+from fsd.coordinator import split_inputs
 from fsd.functions import worker as worker_fn
 from fsd.model import Images, Network
 from fsd.model.generate import generate
@@ -286,7 +286,7 @@ def _infer(
     for t in threads:
         t.start()
     with open_channel(cc, run, COORDINATOR) as channel:
-        for p, arrays in enumerate(_split_inputs(images.matrix, owners0, 2, "float32")):
+        for p, arrays in enumerate(split_inputs(images.matrix, owners0, 2, "float32")):
             channel.send(wire.Message(wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p), arrays))
         results = channel.expect(wire.Kind.RESULT, 0, [0, 1], 60)
         for t in threads:

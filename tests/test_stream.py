@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from fsd import auth, reference, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel, transport
-from fsd.coordinator import _split_inputs
+from fsd.coordinator import split_inputs
 from fsd.errors import InputError
 from fsd.model import Network
 from fsd.model.generate import generate
@@ -256,7 +256,7 @@ def _run_streamed(
         for t in threads:
             t.start()
         with open_channel(cc, run, COORDINATOR) as channel:
-            for p, arrays in enumerate(_split_inputs(images, owners0, workers, "float32")):
+            for p, arrays in enumerate(split_inputs(images, owners0, workers, "float32")):
                 header = wire.Header(wire.Kind.INPUT, run, 0, COORDINATOR, p)
                 channel.send(wire.Message(header, arrays))
             results = channel.expect(wire.Kind.RESULT, 0, list(range(workers)), 60)

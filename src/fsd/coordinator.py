@@ -232,7 +232,7 @@ def _server(config: RunConfig) -> Iterator[ChannelConfig]:
             yield started
 
 
-def _split_inputs(
+def split_inputs(
     images: sp.csr_matrix, owner: np.ndarray, workers: int, dtype: str
 ) -> list[list[np.ndarray]]:
     """Each worker's input columns as (row, local position, value) triplets."""
@@ -404,7 +404,7 @@ def infer(
         for g in group:  # every fork from this thread, before any gathering thread exists
             g.launcher.launch(g.tasks)
         for g in group:
-            inputs = _split_inputs(g.rows, prepared.owners0, prepared.workers, config.dtype)
+            inputs = split_inputs(g.rows, prepared.owners0, prepared.workers, config.dtype)
             for p, arrays in enumerate(inputs):
                 header = wire.Header(wire.Kind.INPUT, g.run, 0, COORDINATOR, p)
                 g.input_bytes += g.channel.send(wire.Message(header, arrays))
