@@ -251,3 +251,44 @@ def test_image_ids_are_capped_unless_a_count_is_given(tmp_path: Path) -> None:
         load_images(root, 16)
     head = load_images(root, 16, 2)  # only the first 2 rows are kept: nothing sized by the id
     assert head.matrix.shape == (2, 16)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_images_are_parsed_in_chunks_and_the_first_k_read_no_further(
+    tmp_path: Path, gz: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is parsed a few lines at a time (never whole twice in memory); asked for its
+    first K images, a file sorted by image is read no further than the first line past them:
+    a broken line after them is never reached, while the whole file is refused for it."""
+    from fsd.model import tsv
+
+    monkeypatch.setattr(tsv, "CHUNK_LINES", 3)
+    root = _tiny(tmp_path)
+    whole = load_images(root, 16)
+    path = root / "sparse-images-16.tsv"
+    path.write_text(path.read_text() + "5\t99\tnot a number\n")
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    for k in (1, 2, 4):
+        head = load_images(root, 16, k)
+        assert (head.matrix != whole.matrix[:k]).nnz == 0 and head.matrix.shape == (k, 16)
+        assert head.truth[3].tolist() == [t for t in (1, 4) if t <= k]
+    with pytest.raises(ModelFormatError, match=r"sparse-images-16\.tsv(\.gz)?:\d+: "):
+        load_images(root, 16)
+
+
+def test_duplicates_are_found_across_chunks_of_an_unsorted_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsd.model import tsv
+
+    monkeypatch.setattr(tsv, "CHUNK_LINES", 2)
+    root = _tiny(tmp_path)
+    path = root / "sparse-images-16.tsv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[::-1], lines[0]]) + "\n")  # unsorted, one pair twice
+    with pytest.raises(ModelFormatError, match=r"twice|duplicate"):
+        load_images(root, 16)
+    path.write_text("\n".join(lines[::-1]) + "\n")  # unsorted alone is fine
+    assert (load_images(root, 16).matrix != load_images(root, 16, 5).matrix).nnz == 0

@@ -123,6 +123,11 @@ def _scan(
     return ModelFormatError(path, None, "not tab-separated triples: row<TAB>col<TAB>value")
 
 
+CHUNK_LINES = 1 << 22
+"""Lines parsed at once (about 100 MB of float64 while parsed): a large file is never whole in
+memory twice, and reading the first K images stops soon after image K."""
+
+
 def read_triples(
     path: Path,
     limits: tuple[int, int],
@@ -134,9 +139,25 @@ def read_triples(
     Ids must lie in ``1..limits``, values be finite in ``dtype`` (the engine's), and no (row, col)
     appear twice: summing duplicates would silently change the model.
     """
-    dtype = np.dtype(dtype)
+    rows, cols, vals, _ = _read_triples(path, limits, np.dtype(dtype), hint, None)
+    return rows, cols, vals
+
+
+def _read_triples(
+    path: Path,
+    limits: tuple[int, int],
+    dtype: np.dtype[np.floating],
+    hint: str,
+    below: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`read_triples`, keeping only 0-based rows under ``below`` (None: all), and the
+    largest row seen. A file sorted by row (as official files are) is read no further than the
+    first line past ``below``."""
+    seen = -1
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    last_key, ordered, unordered_keys = -1, True, []
     try:
-        frame = pd.read_csv(
+        chunks = pd.read_csv(
             path,
             sep="\t",
             header=None,
@@ -144,36 +165,61 @@ def read_triples(
             dtype=np.float64,
             engine="c",
             index_col=False,
+            chunksize=CHUNK_LINES,
         )
+        with chunks:
+            for frame in chunks:
+                data = frame.to_numpy()
+                rows, cols, vals = data[:, 0], data[:, 1], data[:, 2]
+                bad = (
+                    ~np.isfinite(data).all(axis=1)
+                    | ~finite_in(vals, dtype)
+                    | (rows != np.floor(rows))
+                    | (cols != np.floor(cols))
+                    | (rows < 1)
+                    | (rows > limits[0])
+                    | (cols < 1)
+                    | (cols > limits[1])
+                )
+                if bad.any():
+                    raise _scan(path, limits, dtype, hint=hint)
+                r, c = rows.astype(np.int64) - 1, cols.astype(np.int64) - 1
+                seen = max(seen, int(r.max()))
+                keys = r * limits[1] + c  # < 2**31 * 2**20: fits int64
+                # official files are sorted: then no sort is needed to find duplicates
+                if ordered and keys[0] > last_key and (np.diff(keys) > 0).all():
+                    last_key = int(keys[-1])
+                else:
+                    ordered = False
+                unordered_keys.append(keys)
+                if ordered:
+                    unordered_keys.clear()
+                if below is not None:
+                    keep = r < below
+                    r, c, vals = r[keep], c[keep], vals[keep]
+                kept.append((r, c, vals))
+                if ordered and below is not None and int(rows[-1]) > below:
+                    break  # sorted by row: every later line is past the rows kept
     except pd.errors.EmptyDataError:
         raise ModelFormatError(path, None, "file is empty") from None
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, *_GZIP_ERRORS):
         raise _scan(path, limits, dtype, hint=hint) from None
     except OSError as exc:
         raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    if frame.empty:
+    if not kept:
         raise ModelFormatError(path, None, "file is empty")
-    data = frame.to_numpy()
-    rows, cols, vals = data[:, 0], data[:, 1], data[:, 2]
-    bad = (
-        ~np.isfinite(data).all(axis=1)
-        | ~finite_in(vals, dtype)
-        | (rows != np.floor(rows))
-        | (cols != np.floor(cols))
-        | (rows < 1)
-        | (rows > limits[0])
-        | (cols < 1)
-        | (cols > limits[1])
-    )
-    if bad.any():
-        raise _scan(path, limits, dtype, hint=hint)
-    r, c = rows.astype(np.int64) - 1, cols.astype(np.int64) - 1
-    keys = r * limits[1] + c  # < 2**31 * 2**20: fits int64
-    if keys.size > 1 and not (np.diff(keys) > 0).all():  # official files are sorted: no sort
-        ordered = np.sort(keys)
-        if (ordered[1:] == ordered[:-1]).any():
+    if not ordered:
+        every = np.sort(np.concatenate(unordered_keys))
+        if (every[1:] == every[:-1]).any():
             raise _scan(path, limits, dtype, duplicates=True)
-    return r, c, vals
+    if len(kept) == 1:
+        return (*kept[0], seen)
+    return (
+        np.concatenate([k[0] for k in kept]),
+        np.concatenate([k[1] for k in kept]),
+        np.concatenate([k[2] for k in kept]),
+        seen,
+    )
 
 
 def _csr(
@@ -437,19 +483,19 @@ def load_images(
         hint = f" (at most {MAX_IMAGES} images are read whole; --images K reads the first K)"
     else:
         limits, hint = (MAX_IMAGE_ID, neurons), ""
-    rows, cols, vals = read_triples(path, limits, dtype, hint)
-    total = int(rows.max()) + 1
-    if count is not None:
-        if count > total:
-            raise InputError(f"--images {count} but {path} holds only {total} images")
-        keep = rows < count
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    rows, cols, vals, seen = _read_triples(path, limits, np.dtype(dtype), hint, count)
+    total = seen + 1  # images seen: all of them, or some past the first ``count``
+    if count is not None and count > total:
+        raise InputError(f"--images {count} but {path} holds only {total} images")
     matrix = _csr(rows, cols, vals, (count or total, neurons))
+    # a file read only up to its first ``count`` images does not say how many it holds: the
+    # truth's ids are then bounded as the images' are, and cut to the first ``count`` below
+    bound = total if count is None or total <= count else limits[0]
     truth: dict[int, np.ndarray] = {}
     for p in _listing(root):
         m = _CATEGORIES.match(p.name)
         if m and int(m.group(1)) == neurons:
-            truth[int(m.group(2))] = read_categories(p, total)
+            truth[int(m.group(2))] = read_categories(p, bound)
     return Images(matrix, truth).head(count) if count is not None else Images(matrix, truth)
 
 
