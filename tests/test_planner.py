@@ -32,12 +32,17 @@ def test_a_model_that_fits_one_worker_is_replicated_not_split() -> None:
     )
 
 
-def test_a_tight_budget_splits_the_model_as_little_as_it_must() -> None:
-    one = planner.worker_mb(partitions=1, window=24, replicas=4, value_bytes=4, **NET)
-    two = planner.worker_mb(partitions=2, window=24, replicas=2, value_bytes=4, **NET)
-    budget = (one + two) / 2  # P = 1 does not fit, P = 2 does
-    chosen = planner.plan(workers=4, memory_mb=budget, cores=2, **NET)
-    assert (chosen.replicas, chosen.partitions, chosen.window) == (2, 2, 24)
+def test_a_budget_one_worker_cannot_meet_even_streaming_splits_the_model() -> None:
+    """Streaming one whole model costs reading it on every run, as holding it does; only when
+    a worker cannot hold even two of its layers must the model be split."""
+    one = planner.worker_mb(partitions=1, window=2, replicas=4, value_bytes=4, **NET)
+    resident = planner.worker_mb(partitions=1, window=24, replicas=4, value_bytes=4, **NET)
+    streamed = planner.plan(workers=4, memory_mb=(one + resident) / 2, cores=2, **NET)
+    assert (streamed.replicas, streamed.partitions) == (4, 1) and 2 <= streamed.window < 24
+    two = planner.worker_mb(partitions=2, window=2, replicas=2, value_bytes=4, **NET)
+    assert two < one
+    chosen = planner.plan(workers=4, memory_mb=(one + two) / 2, cores=2, **NET)
+    assert chosen.partitions > 1 and chosen.estimate_mb < one
 
 
 def _options(budget: float, cores: int, **net: Any) -> dict[int, planner.Parallelism]:

@@ -10,19 +10,20 @@ partitions (the model is rough, and fewer partitions move fewer activations). No
 :class:`InputError` with the estimate.
 
 The time model (``make bench`` and ``make bench-scale`` print it beside each measured run:
-docs/benchmarks.md) adds, for one cold run on ``cores`` processors (this machine's, or one per
-worker for functions):
+docs/benchmarks.md) adds, for one cold run (as every ``fsd run`` is) on ``cores`` processors
+(this machine's, or one per worker for functions):
 
 - compute: every (edge, image) pair once, at :data:`EDGE_RATE` per core;
-- streaming (window < depth): a worker that cannot hold every layer reads all of its share of
-  them on every run, so R replicas read the model R times: ``R * edges * (index + value
-  bytes)`` at :data:`LOAD_BYTES_PER_S` per core. This is what makes replicas dear when the
-  model is large. A resident model is read once per deployment (a warm worker, or shards
-  forked from the coordinator), not per run, so it costs nothing here;
-- exchange (P > 1): one round per layer at :data:`ROUND_SECONDS`, plus each layer's activation
-  block, ``images x neurons``, handled at :data:`VALUE_SECONDS` per value across the cores
-  (selecting, encoding, decoding and placing the boundary: measured, it is this per-value work,
-  not the bytes on the wire, that costs).
+- loading: every worker reads its share of every layer once per run (streamed or held), so R
+  replicas read the model R times: ``R * edges * (index + value bytes)`` at
+  :data:`LOAD_BYTES_PER_S` per core. This is what makes replicas dear when the model is large;
+- exchange (P > 1): every worker sends each of its P - 1 peers one message per layer, at
+  :data:`MESSAGE_SECONDS` of processor time each (sealing, sending, waking the receiver,
+  checking and placing it: on 2 cores, measured, it is the messages, not the bytes, that cost).
+
+Calibrated on this machine (2 cores, 65536x120, 1000 images, W = 8: P = 1, 2, 4, 8 measured
+22.8, 11.2, 13.6, 16.0 s against 22.8, 13.9, 11.9, 16.0 predicted; docs/benchmarks.md), so on
+other hardware it orders the choices more than it predicts their times.
 
 Model parallelism exists for models too large for one worker; where the model fits, it is pure
 overhead (measured on 2 cores, 1024x120: 2 model-parallel workers were slower than 1, while 2
@@ -63,14 +64,13 @@ MB = 1 << 20
 EDGE_RATE = 8e10
 """(edge, image) pairs one core computes per second: 1.1e11 measured on the 1024x120 challenge
 net (8000 images, 0.29 s), 6.4e10 on a generated 65536x120 net (1000 images, 3.9 s)."""
-LOAD_BYTES_PER_S = 465e6
+LOAD_BYTES_PER_S = 380e6
 """Stored weight bytes one core reads, checks and lays out per second (page cache to shard):
-65536x480 with 8 replicas streaming, 64 GB read by 8 workers on 2 cores in 69 s."""
-ROUND_SECONDS = 1e-3
-"""One exchange round of a layer among P workers on the local channel (0.5-1 ms measured)."""
-VALUE_SECONDS = 2e-9
-"""Exchange work per activation value of a layer's block (P > 1), per core: 65536x120, 1000
-images, 2 replicas x 4 partitions spent about 7 s beyond compute and loading on 2 cores."""
+65536x120 with 8 replicas streaming, 16 GB read by 8 workers on 2 cores in 21 s."""
+MESSAGE_SECONDS = 3.5e-3
+"""Processor time per activation message (P > 1): 65536x120, 1000 images, W = 8 on 2 cores
+took 6.7 and 11.8 s beyond compute and loading with 4 and 8 partitions (2,880 and 6,720
+messages)."""
 TOLERANCE = 0.1
 """Predictions this close to the fastest are a tie, won by fewer partitions."""
 MAX_MEMORY_MB = 1 << 24
@@ -143,15 +143,17 @@ def predict_seconds(
     value_bytes: int = 4,
     cores: int | None = None,
 ) -> float:
-    """The inference time the cost model above predicts for a warm deployment (a rough guide,
-    not a promise)."""
+    """The inference time the cost model above predicts (a rough guide, not a promise).
+
+    ``window`` does not change it (a worker reads each of its layers once per run, streamed or
+    held): it is there to say which choice is priced."""
+    del window
     workers = partitions * replicas
     parallel = min(workers, cores or os.cpu_count() or 1)
     seconds = edges * images / (EDGE_RATE * parallel)
-    if window < depth:
-        seconds += replicas * edges * (INDEX_BYTES + value_bytes) / (LOAD_BYTES_PER_S * parallel)
+    seconds += replicas * edges * (INDEX_BYTES + value_bytes) / (LOAD_BYTES_PER_S * parallel)
     if partitions > 1:
-        seconds += depth * ROUND_SECONDS + depth * images * neurons * VALUE_SECONDS / parallel
+        seconds += depth * workers * (partitions - 1) * MESSAGE_SECONDS / parallel
     return seconds
 
 
