@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -100,7 +100,7 @@ class Plan:
     method: str
     workers: int
     neurons: int
-    owners: list[np.ndarray]  # depth + 1 arrays of int32 worker ids
+    owners: list[np.ndarray]  # depth + 1 arrays of worker ids (level 0 int32, then the smallest)
     layers: list[LayerTransfers] = field(default_factory=list)
 
     @property
@@ -143,7 +143,7 @@ def _transfers(
         bounds = np.flatnonzero(np.diff(pair)) + 1
         for chunk_pair, chunk in zip(np.split(pair, bounds), np.split(neuron, bounds), strict=True):
             s, d = divmod(int(chunk_pair[0]), workers)
-            pairs[(s, d)] = chunk.astype(np.int64)
+            pairs[(s, d)] = chunk.astype(np.int32)  # neuron ids < 2**31: half the plan
     return LayerTransfers(pairs, int(crossing.sum()))
 
 
@@ -280,6 +280,12 @@ def _input_owners(first: sp.csr_matrix, owners1: np.ndarray, workers: int) -> np
     return _assign(need, workers)
 
 
+def _owner_dtype(workers: int) -> type[np.signedinteger[Any]]:
+    """The smallest integer that holds a worker id: a 1920-level min-comm plan keeps 1921
+    owner arrays, 123 MB in int8 against 492 MB in int32 (level 0 stays int32: it is sent)."""
+    return np.int8 if workers <= 127 else np.int16 if workers <= 32767 else np.int32
+
+
 def make_plan(
     source: Network | LayerSource, workers: int, method: str = "contiguous", seed: int = 0
 ) -> Plan:
@@ -308,7 +314,7 @@ def make_plan(
             raise InputError(f"layer {k} has shape {w.shape}, expected ({n}, {n})")
         if method == "min-comm":
             level, tried = _min_comm_level(w, owners[-1], workers, seed, bar)
-            owners.append(level)
+            owners.append(level.astype(_owner_dtype(workers)))
             bar = tried if tried is not None else bar
             if k == 1 and workers > 1:
                 owners[0] = _input_owners(w, owners[1], workers)
