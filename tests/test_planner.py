@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import re
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,21 @@ def test_plan_bounds_are_the_model_stores(size: str, most: int) -> None:
         assert "whole number" not in str(exc)
     with pytest.raises(InputError, match=f"{size} must be a whole number"):
         planner.plan(**{**base, size: most + 1})
+
+
+def test_local_workers_are_forked_after_the_heap_is_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forked workers count their parent's resident pages as their own: what planning freed is
+    returned to the system first (glibc malloc_trim), once per run, before any fork."""
+    calls: list[int] = []
+    real = coordinator._return_freed_memory
+
+    def trim() -> None:
+        calls.append(len(multiprocessing.active_children()))
+        real()
+
+    monkeypatch.setattr(coordinator, "_return_freed_memory", trim)
+    network, images = generate(1024, 4, 20, seed=2)
+    result = run(network, images.matrix, RunConfig(workers=2, partitions=1))
+    assert result.parallelism["replicas"] == 2 and calls == [0]

@@ -7,6 +7,7 @@ activations among themselves, and only final per-image results come back.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -400,6 +401,8 @@ def infer(
             _open_replica(stack, prepared, images[bounds[r] : bounds[r + 1]], config, served)
             for r in range(replicas)
         ]
+        if config.launcher == "local":
+            _return_freed_memory()  # forked workers would otherwise inherit what planning left
         t0 = time.perf_counter()
         for g in group:  # every fork from this thread, before any gathering thread exists
             g.launcher.launch(g.tasks)
@@ -551,6 +554,19 @@ def _summarise(
         process_rss_mb=process_peaks,
         parallelism={"replicas": 1, "partitions": workers, "window": prepared.window},
     )
+
+
+def _return_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``), where there is one.
+
+    A forked worker starts with its parent's resident pages counted as its own: planning and
+    cutting a 200-layer 65536-neuron net leaves 343 MB resident after its plan is freed, 225 MB
+    after this. Elsewhere (no glibc) it does nothing.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        log.debug("malloc_trim is not available here")
 
 
 def _own_peak_bytes() -> float:
