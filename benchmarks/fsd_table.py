@@ -223,6 +223,7 @@ def row(
         "plan_seconds": data["plan_seconds"],
         "parallelism": data["parallelism"],
         "peak_rss_mb": data["peak_rss_mb"],
+        "process_rss_mb": data.get("process_rss_mb", []),  # coordinator first, then workers
         "bytes_sent": data["bytes_sent"],
         "activation_bytes": data["activation_bytes"],
         "messages": data["messages"],
