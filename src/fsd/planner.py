@@ -33,9 +33,10 @@ exchange, and when it fits it streams nothing.
 A worker's memory (:func:`worker_mb`) is what it cannot share: the interpreter with numpy, scipy
 and the compiled kernels (:data:`BASE_MB`, measured: 194 MB of RSS after ``kernels.warm_up``),
 its share of ``window`` layers of weights (each edge stored in :data:`WEIGHT_LAYOUTS` layouts of
-a 4-byte index and a value), and its activations: the images of its replica times its share of
-the neurons, for the layer's input, its output and the block received from peers, as if dense
-(a bound: challenge activations thin out as images die).
+a 4-byte index and a value, :data:`STREAM_OVERHEAD` times that when they stream), and its
+activations: the images of its replica times its share of the neurons, for the layer's input,
+its output and the block received from peers, as if dense (a bound: challenge activations thin
+out as images die).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ WEIGHT_LAYOUTS = 2
 INDEX_BYTES = 4
 MIN_WINDOW = 2
 """The fewest layers a streaming worker holds: the one it computes and the one arriving."""
+STREAM_OVERHEAD = 1.4
+"""Streamed layers take more than their arrays: each arrives (its stored bytes, then its column
+layout derived) while older ones are freed, and the heap fragments. Measured on 65536x1920,
+2 x 4 partitions, a window of 195: 2,517 MB against 2,045 estimated without it, 1.28x on the
+window's weights (1.4 leaves a margin); held layers need none (1,309 MB against 1,407
+estimated at 120 layers)."""
 ACTIVATION_BLOCKS = 3
 """A layer's input, its output, and the block received from peers, each at most dense."""
 MB = 1 << 20
@@ -125,7 +132,9 @@ def worker_mb(
     """The estimated peak of one worker (see the module docstring for each term)."""
     per_edge = WEIGHT_LAYOUTS * (INDEX_BYTES + value_bytes)
     weights = edges / depth * min(window, depth) * per_edge / partitions
-    indptr = min(window, depth) * WEIGHT_LAYOUTS * (neurons + 1) * INDEX_BYTES
+    indptr = float(min(window, depth) * WEIGHT_LAYOUTS * (neurons + 1) * INDEX_BYTES)
+    if window < depth:  # streamed: layers arrive while others are freed
+        weights, indptr = weights * STREAM_OVERHEAD, indptr * STREAM_OVERHEAD
     share = math.ceil(images / replicas) * math.ceil(neurons / partitions)
     activations = ACTIVATION_BLOCKS * share * (INDEX_BYTES + value_bytes)
     return BASE_MB + (weights + indptr + activations) / MB
