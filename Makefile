@@ -46,7 +46,7 @@ bench: install  # engine and channels side by side, cold against warm functions,
 	$(BIN)/python benchmarks/auth.py
 	$(BIN)/python benchmarks/mpi_baseline.py  # needs Open MPI: apt-get install openmpi-bin libopenmpi-dev
 
-bench-scale: install  # 65536 x 120/480/1920 layers, 8 workers of 2048 MB (hours; ~40 GB of disk)
+bench-scale: install  # 65536 x 120/480/1920 layers, 8 workers of 2048 MB (~1.5 h; ~45 GB of nets + a 33 GB cut)
 	$(BIN)/python benchmarks/scale.py
 
 bench-table: install  # FSD-Inference's own table: N = 1024..65536 x 120 layers, 10 000 images, W = 8

@@ -239,16 +239,11 @@ def plan(
         if not candidates:
             raise InputError(f"no allowed partition count divides {workers} workers")
 
+    net = {"neurons": neurons, "depth": depth, "edges": edges, "images": images}
+
     def estimate(p: int, window: int) -> float:
         return worker_mb(
-            partitions=p,
-            window=window,
-            neurons=neurons,
-            depth=depth,
-            edges=edges,
-            images=images,
-            replicas=workers // p,
-            value_bytes=value_bytes,
+            partitions=p, window=window, replicas=workers // p, value_bytes=value_bytes, **net
         )
 
     options: list[Parallelism] = []
@@ -267,12 +262,9 @@ def plan(
             partitions=p,
             replicas=workers // p,
             window=window,
-            neurons=neurons,
-            depth=depth,
-            edges=edges,
-            images=images,
             value_bytes=value_bytes,
             cores=cores,
+            **net,
         )
         options.append(Parallelism(workers // p, p, window, budget, estimate(p, window), seconds))
     if options:
