@@ -59,12 +59,13 @@ WEIGHT_LAYOUTS = 2
 INDEX_BYTES = 4
 MIN_WINDOW = 2
 """The fewest layers a streaming worker holds: the one it computes and the one arriving."""
-STREAM_OVERHEAD = 1.4
+STREAM_OVERHEAD = 1.5
 """Streamed layers take more than their arrays: each arrives (its stored bytes, then its column
 layout derived) while older ones are freed, and the heap fragments. Measured on 65536x1920,
-2 x 4 partitions, a window of 195: 2,517 MB against 2,045 estimated without it, 1.28x on the
-window's weights (1.4 leaves a margin); held layers need none (1,309 MB against 1,407
-estimated at 120 layers)."""
+2 x 4 partitions: 2,517 MB with a window of 195 (2,045 estimated without this), 2,007 MB with
+139 (this at 1.4): 9.1 MB a layer where 8.9 are counted, on a fixed part ~350 MB above the
+estimate's. 1.5 leaves a margin. Held layers need none (1,309 MB against 1,407 estimated at
+120 layers)."""
 ACTIVATION_BLOCKS = 3
 """A layer's input, its output, and the block received from peers, each at most dense."""
 MB = 1 << 20
