@@ -346,8 +346,11 @@ def test_prepare_without_folder_cuts_each_workers_layers_from_the_source(
     source = Source(network)
     prepared = prepare(source, config, window=2)
     assert prepared.shards is None and prepared.folder is None and prepared.window == 2
-    if workers == 1:
-        assert source.reads == []  # one partition: nothing crosses, the plan reads no layer
+    # every layer read once, one at a time, before any worker starts: checked up front (with
+    # one partition that is the only read, as the plan reads none; with more, the plan's)
+    reads = list(range(1, network.depth + 1))
+    assert source.reads == (reads if workers == 1 else reads * 2) and source.most_alive == 1
+    source.reads.clear()
     plan = make_plan(network, workers, "min-comm")
     whole = build_shards(network, plan, DTYPE)
     for p in range(workers):
