@@ -152,7 +152,8 @@ def prepare(
     if folder is None and isinstance(network, Network):
         shards = build_shards(source, plan, np.dtype(config.dtype))
     elif folder is None:
-        _check_layers(source)
+        if plan.workers == 1:  # a plan of more partitions has read (and checked) every layer
+            _check_layers(source)
         cutter = ShardCutter(plan)
     else:
         store = FolderStore(folder)
