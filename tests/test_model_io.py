@@ -294,3 +294,18 @@ def test_duplicates_are_found_across_chunks_of_an_unsorted_file(
     assert np.array_equal(
         load_images(root, 16).matrix.toarray(), load_images(root, 16, 5).matrix.toarray()
     )
+
+
+def test_a_duplicate_of_a_line_in_a_sorted_first_chunk_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Order breaking in a later chunk still checks every earlier line for duplicates."""
+    from fsd.model import tsv
+
+    monkeypatch.setattr(tsv, "CHUNK_LINES", 3)
+    root = _tiny(tmp_path)
+    path = root / "sparse-images-16.tsv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[0]]) + "\n")  # sorted, then the first line again
+    with pytest.raises(ModelFormatError, match=r"twice|duplicate"):
+        load_images(root, 16)

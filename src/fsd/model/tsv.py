@@ -155,7 +155,8 @@ def _read_triples(
     first line past ``below``."""
     seen = -1
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    last_key, ordered, unordered_keys = -1, True, []
+    last_key, ordered = -1, True
+    unordered_keys: list[np.ndarray] = []
     try:
         chunks = pd.read_csv(
             path,
@@ -190,10 +191,11 @@ def _read_triples(
                 if ordered and keys[0] > last_key and (np.diff(keys) > 0).all():
                     last_key = int(keys[-1])
                 else:
+                    if ordered:  # order breaks here; the chunks before were all kept whole
+                        unordered_keys = [kr * limits[1] + kc for kr, kc, _ in kept]
                     ordered = False
-                unordered_keys.append(keys)
-                if ordered:
-                    unordered_keys.clear()
+                if not ordered:
+                    unordered_keys.append(keys)
                 if below is not None:
                     keep = r < below
                     r, c, vals = r[keep], c[keep], vals[keep]
