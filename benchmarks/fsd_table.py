@@ -30,12 +30,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import scale  # benchmarks/: generating a net once is scale.py's
 from fsd import cost
 from fsd.channels import transport
 from fsd.coordinator import RunConfig
@@ -294,16 +294,6 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 # -- running it -----------------------------------------------------------------------------------
 
 
-def _generate(out: Path, neurons: int, images: int) -> float:
-    """Seconds to generate the net (0 when it was already there)."""
-    if (out / f"neuron{neurons}-l{LAYERS}-categories.tsv").is_file():
-        return 0.0
-    t0 = time.perf_counter()
-    args = ["generate", "--neurons", str(neurons), "--layers", str(LAYERS)]
-    subprocess.run([*FSD, *args, "--images", str(images), "--out", str(out)], check=True)
-    return time.perf_counter() - t0
-
-
 def _run(net: Path, channel: str, mode: str, partition: str, timeout: float) -> dict[str, Any]:
     """``fsd run --json``'s answer, or ``{"error": ...}`` when it did not answer."""
     args = ["run", "--data", str(net), "--workers", str(WORKERS), "--channel", channel]
@@ -353,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for neurons in sizes:
         net = args.cache / f"n{neurons}-l{LAYERS}-i{args.images}"
-        generated = _generate(net, neurons, args.images)
+        generated = scale.generate(net, neurons, LAYERS, args.images)
         for channel in channels:
             for mode in modes:
                 data = _run(net, channel, mode, args.partition, args.timeout)

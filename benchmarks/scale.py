@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FSD = [sys.executable, "-m", "fsd.cli"]
 
 
-def _generate(out: Path, neurons: int, layers: int, images: int) -> float:
+def generate(out: Path, neurons: int, layers: int, images: int) -> float:
     """Seconds to generate the net (0 when it was already there)."""
     if (out / f"neuron{neurons}-l{layers}-categories.tsv").is_file():
         return 0.0
@@ -96,7 +96,7 @@ def main() -> int:
     if args.plan_only:
         for layers in (int(x) for x in args.layers.split(",")):
             net = args.cache / f"n{args.neurons}-l{layers}"
-            _generate(net, args.neurons, layers, args.images)
+            generate(net, args.neurons, layers, args.images)
             row = _plan_only(net, args.workers, args.plan_only) | {"layers": layers}
             print(json.dumps(row), flush=True)
         return 0
@@ -104,7 +104,7 @@ def main() -> int:
     forced: list[int | None] = [int(p) for p in args.partitions.split(",") if p] or [None]
     for layers in (int(x) for x in args.layers.split(",")):
         net = args.cache / f"n{args.neurons}-l{layers}"
-        generated = _generate(net, args.neurons, layers, args.images)
+        generated = generate(net, args.neurons, layers, args.images)
         for partitions in forced:
             data = _run(net, args.workers, args.memory_mb, partitions, args.images)
             row = {

@@ -4,6 +4,7 @@ shared by the shard, store and streaming tests."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def same(a: object, b: object) -> None:
@@ -23,3 +24,14 @@ def same(a: object, b: object) -> None:
             same(a[key], b[key])
     else:
         assert a == b
+
+
+def forbid_whole_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``fsd.cli``'s whole-network loader fail the test: a binary layer folder must be
+    read one layer at a time."""
+    from fsd import cli
+
+    def whole(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole network was loaded")
+
+    monkeypatch.setattr(cli, "load_network", whole)

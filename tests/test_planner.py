@@ -17,6 +17,7 @@ from fsd import cli, coordinator, planner, reference, store
 from fsd.coordinator import RunConfig, run
 from fsd.errors import InputError
 from fsd.model.generate import generate
+from sameness import forbid_whole_load
 
 # 4096 neurons x 24 layers, 32 connections each: 3.1 M edges, 48 MB of float32 weights kept
 # in two layouts; 200 images
@@ -189,10 +190,7 @@ def test_fsd_run_never_loads_a_binary_model_whole(
     assert cli.main(["generate", "--neurons", "1024", "--layers", "6", "--images", "30",
                      "--out", str(out)]) == 0  # fmt: skip
 
-    def whole(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the whole network was loaded")
-
-    monkeypatch.setattr(cli, "load_network", whole)
+    forbid_whole_load(monkeypatch)
     folders: list[object] = []
     prepared: list[coordinator.Prepared] = []
     real_prepare = coordinator.prepare

@@ -18,7 +18,7 @@ from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
 from fsd.store import MAX_MANIFEST, ModelNotFound, ModelStore, ShardCache
 from fsd.task import ModelRef
-from sameness import same
+from sameness import forbid_whole_load, same
 
 
 def _store(server: S3Server) -> ModelStore:
@@ -257,10 +257,7 @@ def test_cli_model_push_cuts_a_binary_folder_layer_by_layer(
     assert cli.main(["generate", "--neurons", "1024", "--layers", "4", "--images", "20",
                      "--out", str(out)]) == 0  # fmt: skip
 
-    def whole(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the whole network was loaded")
-
-    monkeypatch.setattr(cli, "load_network", whole)
+    forbid_whole_load(monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     where = ["--s3-endpoint", s3_server.endpoint, "--s3-bucket", "cli-models"]
