@@ -147,13 +147,15 @@ class Server:
         finally:
             conn.close()
 
-    def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
-        """Send raw bytes (as many as the server takes), say we are done, then read until the
-        server closes the connection; a server that never does fails with a socket timeout."""
+    def raw(self, data: bytes, timeout: float = 10.0, *, done: bool = True) -> bytes:
+        """Send raw bytes (as many as the server takes), say we are done (unless ``done`` is
+        false: a client waiting with the connection open), then read until the server closes
+        the connection; a server that never does fails with a socket timeout."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(data)
-                sock.shutdown(socket.SHUT_WR)
+                if done:
+                    sock.shutdown(socket.SHUT_WR)
             chunks = []
             with contextlib.suppress(ConnectionResetError):
                 while chunk := sock.recv(65536):
@@ -440,6 +442,32 @@ def test_chunked_body_over_the_limit_is_413(server: Server) -> None:
     assert body_of(raw)["error"] == "request too large"
 
 
+CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: fsd\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "status"),
+    [
+        # 2**64 - 1: waitress read its data until the client stopped, then closed in silence
+        (b"FFFFFFFFFFFFFFFF\r\n" + b"x" * 100, 413),
+        # the first chunk fits, the second's size passes the limit: refused before its data
+        (f"{LIMIT // 2:x}\r\n".encode() + b"x" * (LIMIT // 2) + f"\r\n{LIMIT:x}\r\n".encode(), 413),
+        (b"1" + b"0" * 16 + b"\r\n", 400),  # 2**64: no 64-bit size
+    ],
+    ids=["max-u64", "running-total", "overflow"],
+)
+def test_a_chunk_size_is_judged_at_its_size_line(
+    server: Server, chunks: bytes, status: int
+) -> None:
+    """A client that announces a chunk and waits (connection open) gets its JSON refusal at
+    once, as for a Content-Length over the limit, never a silent close."""
+    raw = server.raw(CHUNKED_HEAD + chunks, done=False)
+    assert status_of(raw) == status
+    assert b"Connection: close" in raw
+    error = json_error(raw)["error"]
+    assert error == ("request too large" if status == 413 else "bad request")
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
@@ -556,6 +584,167 @@ def test_stalled_clients_do_not_hold_the_server(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+class Tricklers:
+    """``count`` clients sending a request head one byte every ``every`` seconds, each
+    reconnecting as soon as the server closes it (as an attacker would), in one thread."""
+
+    HEAD = b"GET /text HTTP/1.1\r\nHost: fsd\r\nX-Slow: " + b"a" * 4096
+
+    def __init__(self, port: int, count: int, every: float) -> None:
+        self.port, self.count, self.every = port, count, every
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self.reconnects = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def connect(self) -> tuple[socket.socket, int]:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(self.HEAD[:1])
+        return sock, 1
+
+    def run(self) -> None:
+        socks = [self.connect() for _ in range(self.count)]
+        self.started.set()
+        while not self.stopped.wait(self.every):
+            for i, (sock, sent) in enumerate(socks):
+                try:
+                    sock.sendall(self.HEAD[sent : sent + 1])
+                    socks[i] = (sock, sent + 1)
+                except OSError:  # closed by the server: come back at once
+                    sock.close()
+                    self.reconnects += 1
+                    socks[i] = self.connect()
+        for sock, _ in socks:
+            sock.close()
+
+    def __enter__(self) -> Tricklers:
+        self.thread.start()
+        assert self.started.wait(30), "the tricklers could not connect"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+
+
+def test_health_answers_while_tricklers_hold_every_connection(tmp_path: Path) -> None:
+    """More clients than FSD_CONNECTION_LIMIT, each sending its head a byte a second (so never
+    silent for FSD_CHANNEL_TIMEOUT, and well inside the read deadline), reconnecting when
+    closed: a new client is still served, each time, because the server closes the connection
+    that has waited longest on its client to admit it. waitress alone stops accepting at the
+    limit and the new client waits in the backlog for as long as the tricklers go on."""
+    env = {"FSD_CONNECTION_LIMIT": "50"}
+    srv = start_server(write_handler(tmp_path / "h"), env=env)
+    try:
+        with Tricklers(srv.port, count=70, every=1.0):
+            for _ in range(3):
+                reply = srv.request("GET", "/_/health")  # a hang is the 10 s socket timeout
+                assert (reply.status, reply.body) == (200, b"OK")
+            srv.wait_log(r"connection limit \(50\) reached: closed \d+ connection")
+            metrics = srv.request("GET", "/metrics").body.decode()
+        evicted = re.search(
+            r'fsd_http_server_evicted_connections_total\{state="receiving"\} (\d+)', metrics
+        )
+        assert evicted and float(evicted.group(1)) >= 1
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def deadline_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a 2 s read deadline and the default body limit (16 MiB)."""
+    handler = write_handler(tmp_path_factory.mktemp("fn") / "handler")
+    srv = start_server(handler, env={"FSD_REQUEST_READ_SECONDS": "2"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_request_not_received_in_time_gets_408(deadline_server: Server, tmp_path: Path) -> None:
+    """Two clients trickle a byte every 0.3 s, one in its head, one in its body: each gets a
+    JSON 408 once FSD_REQUEST_READ_SECONDS (2) has passed, and the connection is closed,
+    although neither was ever silent for FSD_CHANNEL_TIMEOUT (30). Meanwhile a request served
+    for longer than the deadline is not cut, and an idle keep-alive connection is not closed."""
+    srv = deadline_server
+    idle = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    idle.request("GET", "/text")
+    assert idle.getresponse().read() == b"hello from fsd"
+    served: list[Reply] = []
+    slow = threading.Thread(
+        target=lambda: served.append(
+            srv.request("GET", f"/slow?seconds=3&marker={tmp_path / 'in'}")
+        )
+    )
+    slow.start()
+    heads = {
+        "head": b"POST /echo HTTP/1.1\r\nHost: fsd\r\nX-Slow: " + b"a" * 4096,
+        "body": b"POST /echo HTTP/1.1\r\nHost: fsd\r\nContent-Length: 4096\r\n\r\n" + b"b" * 4096,
+    }
+    socks = {name: socket.create_connection(("127.0.0.1", srv.port), timeout=10) for name in heads}
+    sent = {name: 0 for name in heads}
+    replies = {name: b"" for name in heads}
+    open_ = set(heads)
+    try:
+        for name, sock in socks.items():
+            if name == "body":  # the whole head at once: only the body trickles
+                sent[name] = heads[name].index(b"\r\n\r\n") + 4
+                sock.sendall(heads[name][: sent[name]])
+            sock.setblocking(False)
+        give_up = time.monotonic() + 20  # a hang fails here, not a timing
+        while open_ and time.monotonic() < give_up:
+            for name in list(open_):
+                sock = socks[name]
+                with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    sock.send(heads[name][sent[name] : sent[name] + 1])
+                    sent[name] += 1
+                try:
+                    while chunk := sock.recv(65536):
+                        replies[name] += chunk
+                    open_.discard(name)  # EOF: the server closed its side
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    open_.discard(name)
+            time.sleep(0.3)  # the trickle itself
+    finally:
+        for sock in socks.values():
+            sock.close()
+    assert not open_, f"no answer, connection still open: {replies}"
+    for name, raw in replies.items():
+        assert status_of(raw) == 408, (name, raw[:200])
+        assert b"Connection: close" in raw
+        got = json_error(raw)
+        assert got == {
+            "error": "request timeout",
+            "detail": "the request was not received in full within 2 s",
+        }
+    srv.wait_log(r"POST '/echo' 408 refused by the server")
+    srv.wait_log(r"other '-' 408 refused by the server")  # the head never came whole
+    slow.join(timeout=30)
+    assert [(r.status, r.body) for r in served] == [(200, b"done")]
+    idle.request("GET", "/text")  # idle far longer than the read deadline, and still open
+    assert idle.getresponse().read() == b"hello from fsd"
+    idle.close()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"1;" + b"e" * (8 * 1024),  # a size line with no end: waitress rebuilt it at every read
+        b"0\r\nX-Trailer: " + b"t" * (80 * 1024),  # a trailer with no end, likewise
+    ],
+    ids=["size-line", "trailer"],
+)
+def test_an_endless_chunk_line_is_400(deadline_server: Server, chunks: bytes) -> None:
+    """Under a body limit far above them (16 MiB), a chunk size line over 4 KiB and a trailer
+    over 64 KiB are refused at once; waitress alone buffers them to the body limit, at a CPU
+    cost that grows with the square of their length."""
+    raw = deadline_server.raw(CHUNKED_HEAD + chunks, done=False)
+    assert status_of(raw) == 400
+    assert json_error(raw)["error"] == "bad request"
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -563,6 +752,7 @@ def test_stalled_clients_do_not_hold_the_server(tmp_path: Path) -> None:
         ("FSD_THREADS", "0"),
         ("FSD_CONNECTION_LIMIT", "-1"),
         ("FSD_CHANNEL_TIMEOUT", "nan"),
+        ("FSD_REQUEST_READ_SECONDS", "0"),
         ("FSD_MAX_BODY_BYTES", "1e9"),
         ("max_inflight", "many"),
         ("max_inflight", "2000"),
