@@ -52,7 +52,8 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    """One real moto_server (SQS, SNS; AWS's 1 MiB limits and filter policies) for the session."""
+    """One real moto server (SQS, SNS, S3; AWS's 1 MiB limits and filter policies) for the
+    session; locked: clients sign with its ``access_key``/``secret_key``."""
     server = MotoServer().start()
     try:
         yield server

@@ -24,7 +24,9 @@ client, the same loop the AWS Python base images run):
   (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html): an event
   whose function errs or whose process dies is sent, as an invocation record (``version``,
   ``timestamp``, ``requestContext`` with ``condition`` ``RetriesExhausted``, ``requestPayload``,
-  ``responseContext``, ``responsePayload``), to a real SQS queue (moto_server).
+  ``responseContext``, ``responsePayload``), to a real SQS queue (:class:`OnFailure`: the
+  session's moto_server, locked, so the stand-in signs with its keys as Lambda signs with its
+  role's).
 
 ``kill`` makes the process of the matching event die by SIGKILL as soon as it has taken its
 event, which is how Lambda ends a function that runs out of memory (``Runtime.ExitError``).
@@ -62,6 +64,16 @@ class Function:
     handler: str | None  # module.function run by awslambdaric; None: only record the events
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class OnFailure:
+    """The ``OnFailure`` destination: an SQS queue and the keys its (locked) server takes."""
+
+    endpoint: str
+    queue: str
+    access_key: str
+    secret_key: str = field(repr=False)
 
 
 @dataclass
@@ -185,10 +197,10 @@ class _Invocation:
 class LambdaStandIn:
     """The Invoke API on a loopback port, running registered functions (see the docstring)."""
 
-    def __init__(self, logs: Path, on_failure: tuple[str, str] | None = None) -> None:
+    def __init__(self, logs: Path, on_failure: OnFailure | None = None) -> None:
         self.logs = logs
         self.functions: dict[str, Function] = {}
-        self.on_failure = on_failure  # (SQS endpoint, queue URL)
+        self.on_failure = on_failure
         self.kill: Callable[[Any], bool] | None = None
         self.throttle = 0  # answer this many Invoke calls with 429
         self.calls: list[tuple[str, str, bytes]] = []  # (function, invocation type, payload)
@@ -270,7 +282,7 @@ class LambdaStandIn:
             self.outcomes.append(inv.outcome)
         if inv.outcome.error is None or self.on_failure is None:
             return
-        endpoint, queue = self.on_failure
+        to = self.on_failure
         now = datetime.datetime.now(datetime.UTC)
         record = {
             "version": "1.0",
@@ -291,12 +303,12 @@ class LambdaStandIn:
         }
         sqs = boto3.client(
             "sqs",
-            endpoint_url=endpoint,
+            endpoint_url=to.endpoint,
             region_name=REGION,
-            aws_access_key_id="x",  # moto_server takes any
-            aws_secret_access_key="x",
+            aws_access_key_id=to.access_key,
+            aws_secret_access_key=to.secret_key,
         )
-        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(record))
+        sqs.send_message(QueueUrl=to.queue, MessageBody=json.dumps(record))
 
     def close(self, wait: bool = True) -> None:
         """Stop serving; with ``wait`` let every invocation answer first, else kill them."""

@@ -11,8 +11,11 @@ the SAM template configures. Not covered (the stand-in cannot show them): cold-s
 concurrency limits and reserved concurrency, IAM, Lambda's own async retries (fsd sets 0), the
 maximum event age and the async queue's delays; throttling is a switch that answers 429.
 
-Everything else is real: nats-server and SeaweedFS (tests/conftest.py), moto_server for SQS and
-Secrets Manager, and the shared Graph Challenge net (skipped when ../shared is absent).
+Everything else is real: nats-server, SeaweedFS and moto_server for SQS and Secrets Manager (the
+session's, tests/conftest.py), and the shared Graph Challenge net (skipped when ../shared is
+absent). As in a deployment, the store's keys (``FSD_S3_*``, the ``fsd-s3-*`` secret files) and
+the AWS keys (``AWS_*``, the role's; here the locked moto's) are apart, and each service takes
+only its own.
 """
 
 from __future__ import annotations
@@ -20,10 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,25 +42,41 @@ from fsd.errors import FsdError, InputError
 from fsd.launch import make_launcher
 from fsd.launch.lambda_ import ASYNC_PAYLOAD_LIMIT, LambdaLauncher
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server, pick_ports
+from fsd.services import MotoServer, NatsServer, S3Server
 from fsd.store import ModelStore
 from fsd.task import ModelRef, WorkerTask
-from lambda_standin import REGION, Function, LambdaStandIn, environment
+from lambda_standin import REGION, Function, LambdaStandIn, OnFailure, environment
 
 WORKER = "fsd-worker"
 KEY = "k" * 40
 LAYER_TIMEOUT = 20
 
 
-def moto_client(service: str, endpoint: str) -> Any:
-    """A boto3 client of moto_server (which takes any keys)."""
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def moto_client(service: str, moto: MotoServer) -> Any:
+    """A boto3 client of the session's moto_server, signing with its keys (it takes no other)."""
     return boto3.client(  # type: ignore[call-overload]
         service,
-        endpoint_url=endpoint,
+        endpoint_url=moto.endpoint,
         region_name=REGION,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
+        aws_access_key_id=moto.access_key,
+        aws_secret_access_key=moto.secret_key,
     )
+
+
+def use_moto_keys(monkeypatch: pytest.MonkeyPatch, moto: MotoServer) -> None:
+    """boto3 in this process signs with moto's keys, as a function signs with its role's.
+
+    boto3's default session keeps the first keys it found (from whichever test ran first): it is
+    dropped, so that the handlers' ``boto3.client`` calls read these.
+    """
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto.secret_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 class Context:
@@ -71,43 +86,21 @@ class Context:
         return 120_000
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    """A real moto_server (SQS, Secrets Manager) on a free loopback port."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    port = pick_ports(1)[0]
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, moto: str, tmp_path: Path) -> Iterator[LambdaStandIn]:
-    """The stand-in, with boto3 in this process pointed at it (Lambda) and at moto (the rest)."""
-    queue = moto_client("sqs", moto).create_queue(
-        QueueName=f"fsd-failures-{tmp_path.name[-20:]}".replace("_", "-")
-    )["QueueUrl"]
-    standin = LambdaStandIn(tmp_path, on_failure=(moto, queue))
+def aws(
+    monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer, tmp_path: Path
+) -> Iterator[LambdaStandIn]:
+    """The stand-in, with boto3 in this process pointed at it (Lambda) and at moto (the rest),
+    and this test's own OnFailure queue (the moto server is the session's)."""
+    sqs = moto_client("sqs", moto_server)
+    queue = sqs.create_queue(QueueName=f"fsd-failures-{uuid.uuid4().hex}")["QueueUrl"]
+    keys = (moto_server.access_key, moto_server.secret_key)
+    standin = LambdaStandIn(tmp_path, on_failure=OnFailure(moto_server.endpoint, queue, *keys))
+    use_moto_keys(monkeypatch, moto_server)
     for name, value in {
         "AWS_ENDPOINT_URL_LAMBDA": standin.url,
-        "AWS_ENDPOINT_URL_SQS": moto,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL_SQS": moto_server.endpoint,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server.endpoint,
         "FSD_FAILURE_QUEUE_URL": queue,
     }.items():
         monkeypatch.setenv(name, value)
@@ -115,6 +108,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, moto: str, tmp_path: Path) -> Iterator[
         yield standin
     finally:
         standin.close(wait=False)  # a failed run's workers would end at their layer timeout
+        sqs.delete_queue(QueueUrl=queue)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +120,9 @@ def pushed(
         "FSD_NATS_URL": nats_server.url,
         "FSD_NATS_TOKEN": nats_server.token,
         "FSD_S3_ENDPOINT": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        # the store's own keys, as the fsd-s3-* secret files set them: AWS_* are moto's
+        "FSD_S3_ACCESS_KEY_ID": s3_server.access_key,
+        "FSD_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
         "FSD_RUN_KEY": KEY,
         "FSD_MODELS": "gc1024",
         "FSD_LAYER_TIMEOUT": str(LAYER_TIMEOUT),
@@ -153,14 +148,14 @@ def url_event(body: bytes, method: str = "POST", b64: bool = False) -> dict[str,
 def coordinate(
     monkeypatch: pytest.MonkeyPatch, standin: LambdaStandIn, env: dict[str, str], **req: Any
 ) -> tuple[int, dict[str, Any]]:
-    """Register the worker function with ``env`` and call the coordinator handler."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, env[name])  # the store's keys; the stand-ins accept any
+    """Register the worker function with ``env`` and call the coordinator handler; both
+    functions have moto's keys as ``AWS_*`` (the ``aws`` fixture's), as both have a role."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FSD_WORKER_FUNCTION", WORKER)
     worker_env = {
         **env,
+        **{name: os.environ[name] for name in AWS_KEYS},
         "FSD_WORKER_FUNCTION": WORKER,
         "AWS_ENDPOINT_URL_LAMBDA": standin.url,
         "AWS_DEFAULT_REGION": REGION,
@@ -199,13 +194,18 @@ def test_end_to_end_over_sqs_as_the_template_deploys_it(
     monkeypatch: pytest.MonkeyPatch,
     aws: LambdaStandIn,
     pushed: dict[str, str],
-    moto: str,
+    moto_server: MotoServer,
     shared_images: Images,
 ) -> None:
     """``FSD_CHANNEL`` sqs, as deploy/aws/template.yaml sets it: the request names no channel,
     both functions reach SQS through boto3's own endpoint variable, and the workers' counted
     operations come back by name."""
-    env = {**pushed, "FSD_CHANNEL": "sqs", "AWS_ENDPOINT_URL_SQS": moto, "FSD_AWS_PREFIX": "fsdl"}
+    env = {
+        **pushed,
+        "FSD_CHANNEL": "sqs",
+        "AWS_ENDPOINT_URL_SQS": moto_server.endpoint,
+        "FSD_AWS_PREFIX": "fsdl",
+    }
     status, reply = coordinate(
         monkeypatch, aws, env, model="gc1024", workers=4, images={"stored": True}
     )
@@ -264,7 +264,7 @@ def test_throttling_is_retried_then_given_up_with_a_clear_error(aws: LambdaStand
 
 
 def test_only_verified_failure_records_of_this_run_fail_a_worker(
-    aws: LambdaStandIn, moto: str
+    aws: LambdaStandIn, moto_server: MotoServer
 ) -> None:
     """OnFailure records are read like any input: a forged one, a malformed one and another
     run's do not fail a worker; this run's, signed with the deployment secret, does."""
@@ -277,7 +277,7 @@ def test_only_verified_failure_records_of_this_run_fail_a_worker(
         for p in range(2)
     ]
     queue = os.environ["FSD_FAILURE_QUEUE_URL"]
-    sqs = moto_client("sqs", moto)
+    sqs = moto_client("sqs", moto_server)
 
     def record(payload: Any) -> None:
         body = {"requestContext": {"condition": "RetriesExhausted"}, "requestPayload": payload}
@@ -344,14 +344,16 @@ def test_function_url_methods_and_bodies(
     assert json.loads(bad["body"])["error"] == "malformed JSON"
 
 
-def test_secrets_from_secrets_manager_by_arn(monkeypatch: pytest.MonkeyPatch, moto: str) -> None:
-    client = moto_client("secretsmanager", moto)
+def test_secrets_from_secrets_manager_by_arn(
+    monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer
+) -> None:
+    client = moto_client("secretsmanager", moto_server)
     arn = client.create_secret(
-        Name=f"fsd-{time.time_ns()}",
+        Name=f"fsd-{uuid.uuid4().hex}",
         SecretString=json.dumps({"fsd-run-key": KEY, "fsd-nats-token": "tok-123", "x": "y"}),
     )["ARN"]
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    use_moto_keys(monkeypatch, moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto_server.endpoint)
     env = aws_settings.lambda_env(Context(), {"FSD_SECRETS_ARN": arn, "FSD_RUN_KEY": "old"})
     assert env["FSD_RUN_KEY"] == KEY and env["FSD_NATS_TOKEN"] == "tok-123"
     assert "x" not in env and env["FSD_LAUNCHER"] == "lambda" and env["exec_timeout"] == "120"

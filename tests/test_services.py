@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import logging
 import os
+import secrets
 import socket
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import boto3
+import botocore
+import botocore.auth
+import botocore.config
+import botocore.exceptions
 import nats
 import pytest
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from minio.error import S3Error
 from nats.js.api import StorageType
 
 from fsd.errors import ServiceError
-from fsd.services import NatsServer, S3Server, _make_certificate, find_binary
-from proctree import listening_ports, require_proc
+from fsd.services import MotoServer, NatsServer, S3Server, _make_certificate, find_binary
+from proctree import cmdline, listening_ports, require_proc
 
 
 def _refuses(port: int) -> bool:
@@ -315,3 +327,149 @@ def test_s3_server_serves_object_data_only_through_s3_with_the_keys(
         client.stat_object(server.bucket, "intruder")
     client.remove_object(server.bucket, KEY)
     assert not list(client.list_objects(server.bucket, "models/locked/", True))
+
+
+# -- the moto server is locked: only requests signed with this start's keys get anything ----------
+
+Keys = tuple[str, str] | None  # (access key, secret key); None: unsigned
+
+
+def _aws(server: MotoServer, service: str, keys: Keys) -> Any:
+    """A boto3 client of ``server`` signing with ``keys`` (unsigned when None)."""
+    signing: dict[str, Any] = {"signature_version": botocore.UNSIGNED} if keys is None else {}
+    access, secret = keys or ("unused", "unused")
+    return boto3.client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=server.endpoint,
+        region_name=server.region,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, **signing),
+    )
+
+
+def _signed(
+    server: MotoServer, method: str, path: str, body: bytes = b"", service: str = "sqs"
+) -> AWSRequest:
+    """A request to ``server`` signed (SigV4) with its own keys, ready to send or to alter."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+    request = AWSRequest(method, server.endpoint + path, data=body, headers=headers)
+    signer = botocore.auth.S3SigV4Auth if service == "s3" else botocore.auth.SigV4Auth
+    signer(Credentials(server.access_key, server.secret_key), service, server.region).add_auth(
+        request
+    )
+    return request
+
+
+def _send(request: AWSRequest, body: bytes | None = None) -> tuple[int, bytes]:
+    """Send ``request`` (with ``body`` in place of the signed one, if given)."""
+    data = request.body if body is None else body
+    data = data.encode() if isinstance(data, str) else data
+    headers = dict(request.headers.items())
+    return _http(str(request.method), str(request.url), data or None, **headers)
+
+
+def test_moto_serves_only_requests_signed_with_this_starts_keys(moto_server: MotoServer) -> None:
+    require_proc()
+    server = moto_server
+    own = (server.access_key, server.secret_key)
+    sqs, sns, s3 = (_aws(server, service, own) for service in ("sqs", "sns", "s3"))
+    name = f"locked-{secrets.token_hex(4)}"
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody=SECRET.decode())
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    s3.create_bucket(Bucket=name)
+    s3.put_object(Bucket=name, Key=KEY, Body=SECRET)
+    assert server.pid is not None
+    assert listening_ports(server.pid) == {server.port}
+    assert not any(k in arg for arg in cmdline(server.pid) for k in own)  # not shown in ps
+    assert server.secret_key not in repr(server)
+
+    other = MotoServer()  # another start's keys (drawn in __init__: no need to run it)
+    other.stop()
+    strangers: dict[str, Keys] = {
+        "unsigned": None,
+        "wrong secret": (server.access_key, other.secret_key),
+        "wrong key id": (other.access_key, server.secret_key),
+        "another start's keys": (other.access_key, other.secret_key),
+    }
+    for who, keys in strangers.items():
+        q, t, b = (_aws(server, service, keys) for service in ("sqs", "sns", "s3"))
+        calls: dict[str, Callable[[], object]] = {
+            "list queues": q.list_queues,
+            "read messages": partial(q.receive_message, QueueUrl=queue, VisibilityTimeout=0),
+            "delete the queue": partial(q.delete_queue, QueueUrl=queue),
+            "list topics": t.list_topics,
+            "publish": partial(t.publish, TopicArn=topic, Message="forged"),
+            "read S3": partial(b.get_object, Bucket=name, Key=KEY),
+            "list S3": partial(b.list_objects_v2, Bucket=name),
+            "write S3": partial(b.put_object, Bucket=name, Key="forged", Body=b"forged"),
+            "IAM": _aws(server, "iam", keys).list_users,
+        }
+        for what, call in calls.items():
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                call()
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, (who, what)
+
+    # moto's control routes answer nobody: not the unsigned, not even the keys' holder
+    routes = [("GET", "/moto-api/data.json"), ("POST", "/moto-api/reset"), ("GET", "/moto-api/")]
+    routes += [("POST", "/moto-api/reset-auth"), ("GET", "//moto-api/data.json")]
+    for method, path in routes:
+        for status, body in (
+            _http(method, server.endpoint + path),
+            _send(_signed(server, method, path)),
+        ):
+            assert status == 403, (method, path, body)
+            assert SECRET not in body and name.encode() not in body, (method, path)
+
+    # and with the keys everything is there, untouched: nothing was read, forged or reset
+    got = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)["Messages"]
+    assert [m["Body"] for m in got] == [SECRET.decode()]
+    assert topic in [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+    assert s3.get_object(Bucket=name, Key=KEY)["Body"].read() == SECRET
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"]] == [KEY]
+    sqs.delete_queue(QueueUrl=queue)
+    sns.delete_topic(TopicArn=topic)
+    s3.delete_object(Bucket=name, Key=KEY)
+    s3.delete_bucket(Bucket=name)
+
+
+def test_moto_refuses_altered_stale_or_presigned_requests(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signature covers the request: one signed with the keys then altered, signed long ago
+    (a replay), or presigned (not checked here, so refused) gets nothing."""
+    server = moto_server
+    own = (server.access_key, server.secret_key)
+    name = f"altered-{secrets.token_hex(4)}"
+    create = _signed(server, "POST", "/", f"Action=CreateQueue&QueueName={name}a".encode())
+    status, _ = _send(create, f"Action=CreateQueue&QueueName={name}b".encode())  # same length
+    assert status == 403
+    s3 = _aws(server, "s3", own)
+    s3.create_bucket(Bucket=name)
+    put = _signed(server, "PUT", f"/{name}/object", SECRET, service="s3")
+    assert put.headers["X-Amz-Content-SHA256"] != "UNSIGNED-PAYLOAD"
+    status, _ = _send(put, SECRET.upper())
+    assert status in (400, 403)
+    presigned = s3.generate_presigned_url("list_objects_v2", Params={"Bucket": name})
+    assert _http("GET", presigned)[0] == 403
+
+    then = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=20)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: then)
+    stale = _signed(server, "POST", "/", f"Action=CreateQueue&QueueName={name}c".encode())
+    monkeypatch.undo()
+    assert _send(stale)[0] == 403
+
+    # hostile signatures with the right key id: refused, never a crash (500)
+    scope = f"{server.access_key}/20261399/{server.region}/sqs/aws4_request"
+    for stamp, credential in (("20261399T999999Z", scope), ("x", scope), ("", "a/b")):
+        auth = f"AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host;x-amz-date"
+        headers = {"Authorization": f"{auth}, Signature={'0' * 64}", "X-Amz-Date": stamp}
+        assert _http("GET", f"{server.endpoint}/?Action=ListQueues", None, **headers)[0] == 403
+
+    assert _send(create)[0] == 200  # the request as signed passes
+    queues = _aws(server, "sqs", own).list_queues(QueueNamePrefix=name).get("QueueUrls", [])
+    assert [url.rsplit("/", 1)[1] for url in queues] == [f"{name}a"]
+    assert s3.list_objects_v2(Bucket=name)["KeyCount"] == 0
+    _aws(server, "sqs", own).delete_queue(QueueUrl=queues[0])
+    s3.delete_bucket(Bucket=name)

@@ -567,12 +567,18 @@ class S3Server(_Server):
 
 
 class MotoServer(_Server):
-    """``moto_server``: Amazon SQS, SNS and S3 emulated on one loopback port, for local runs.
+    """moto: Amazon SQS, SNS, S3 (and the rest of moto) emulated on one loopback port.
 
-    moto checks no signatures: any key pair is accepted, so the server is open to every local
-    user who finds its port (like any unauthenticated loopback service). It keeps nothing on
-    disk and dies with its owner. Clients get a random dummy key pair (:attr:`access_key`,
-    :attr:`secret_key`) only because boto3 insists on some.
+    Locked: moto itself checks no signatures and serves ``/moto-api`` (a dump of every queue,
+    message and object; a reset that wipes them) to anyone, so it runs behind
+    :mod:`fsd.moto_locked`, a gate that passes on only requests signed (SigV4) with this
+    server's key pair (:attr:`access_key`, :attr:`secret_key`: random per server, kept across
+    restart(), handed to the child in its environment, never on its command line) and refuses
+    ``/moto-api`` to everyone. It listens on 127.0.0.1 only, keeps nothing on disk and dies
+    with its owner. Readiness is probed like a client: a signed SQS ListQueues.
+
+    ``moto_server`` (installed with ``moto[server]``) only marks moto as installed: the child
+    is this interpreter running :mod:`fsd.moto_locked`.
     """
 
     binary = "moto_server"
@@ -580,29 +586,55 @@ class MotoServer(_Server):
     prefix = "fsd-moto-"
     region = REGION
 
-    def __init__(self, workdir: str | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | None = None,
+        *,
+        port: int | None = None,
+        access_key: str = "",
+        secret_key: str = "",
+    ) -> None:
+        # a fresh random pair unless one is given (two servers standing in for two services
+        # of one AWS account take the same keys)
+        if bool(access_key) != bool(secret_key):
+            raise ServiceError("MotoServer takes both access_key and secret_key, or neither")
         super().__init__(workdir)
         if port is None:
             (port,) = pick_ports(1)
         self.port = port
         self.endpoint = f"http://{HOST}:{port}"
-        self.access_key = "fsd" + secrets.token_hex(8)
-        self.secret_key = secrets.token_hex(20)
+        self.access_key = access_key or "fsd" + secrets.token_hex(8)
+        self.secret_key = secret_key or secrets.token_hex(20)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # no secrets here: repr ends up in logs
         return f"MotoServer({self.endpoint})"
 
     def _command(self, binary: str) -> list[str]:
-        return [binary, "-H", HOST, "-p", str(self.port)]
+        return [sys.executable, "-m", "fsd.moto_locked", str(self.port)]
 
     def _env(self) -> dict[str, str]:
         # moto reads its own MOTO_* settings from the environment: none of ours may change it
-        return {k: v for k, v in os.environ.items() if not k.upper().startswith("MOTO_")}
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MOTO_")}
+        # the child imports fsd from where we did, whatever its working directory
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
+        env[_MOTO_ACCESS_KEY_VAR], env[_MOTO_SECRET_KEY_VAR] = self.access_key, self.secret_key
+        return env
 
     def _probe(self) -> bool:
+        from botocore.auth import SigV4Auth  # noqa: PLC0415 (only once a server starts)
+        from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+        from botocore.credentials import Credentials  # noqa: PLC0415
+
+        url, body = f"{self.endpoint}/", b"Action=ListQueues&Version=2012-11-05"
+        form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+        request = AWSRequest("POST", url, data=body, headers=form)
+        keys = Credentials(self.access_key, self.secret_key)
+        SigV4Auth(keys, "sqs", self.region).add_auth(request)
         http = urllib3.PoolManager(timeout=urllib3.Timeout(1.0), retries=urllib3.Retry(total=0))
         try:
-            answer = http.request("GET", f"{self.endpoint}/moto-api/data.json")
+            answer = http.request("POST", url, body=body, headers=dict(request.headers.items()))
         except urllib3.exceptions.HTTPError as exc:
             self._last_probe_error = f"{type(exc).__name__}: {exc}"
             return False
@@ -610,6 +642,10 @@ class MotoServer(_Server):
             self._last_probe_error = f"HTTP {answer.status}"
             return False
         return True
+
+
+_MOTO_ACCESS_KEY_VAR = "FSD_MOTO_ACCESS_KEY"  # what fsd.moto_locked reads (not imported: a peer)
+_MOTO_SECRET_KEY_VAR = "FSD_MOTO_SECRET_KEY"
 
 
 def _write_private(path: str, text: str) -> None:
