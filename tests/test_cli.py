@@ -18,6 +18,7 @@ import threading
 import tomllib
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from fsd.localstack import ROOT, LocalStack
 from fsd.model import Images
 from fsd.model.generate import generate
 from fsd.partition import PARTITIONERS
-from fsd.services import NatsServer, S3Server
+from fsd.services import MotoServer, NatsServer, S3Server
 from listeners import OPENER
 
 JSON_KEYS = {
@@ -301,6 +302,34 @@ def test_log_level_before_and_after_the_command() -> None:
     assert quiet.returncode == 1 and quiet.stderr.count("\n") == 1, quiet.stderr
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without fsd's or AWS's settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSD_", "AWS_"))}
+    return env | extra
+
+
+def test_verbose_logs_carry_no_credential(moto_server: MotoServer) -> None:
+    """-v shows fsd's story, not botocore's request dumps; an explicit --log-level DEBUG shows
+    those too, with the session token, keys and signatures scrubbed from every line."""
+    token = "IQoJb3JpZ2luX2VjE" + uuid.uuid4().hex  # a planted STS session token
+    env = _clean_env(
+        AWS_ENDPOINT_URL=moto_server.endpoint,
+        AWS_ACCESS_KEY_ID=moto_server.access_key,
+        AWS_SECRET_ACCESS_KEY=moto_server.secret_key,
+        AWS_SESSION_TOKEN=token,
+        AWS_REGION=moto_server.region,
+        FSD_AWS_PREFIX="clilog",
+    )
+    run = ["run", "--channel", "sqs", "--workers", "2", "--layers", "2", "--images", "20"]
+    for flags in (["-v"], ["--log-level", "DEBUG"]):
+        done = _fsd(*flags, *run, "--json", env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        for secret in (token, moto_server.secret_key, moto_server.access_key):
+            assert secret not in done.stderr, flags
+        assert ("DEBUG botocore" in done.stderr) == (flags[0] == "--log-level"), flags
+    assert "x-amz-security-token:***" in done.stderr.lower()  # the canonical request's line
+
+
 def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     yield parser
     for action in parser._actions:
@@ -497,6 +526,26 @@ def test_model_push_with_aws_endpoint_url(
     assert main(["model", "push", str(data), "--name", "aws-env", "--workers", "2"]) == 0
     assert main(["model", "show", "aws-env"]) == 0
     assert '"name": "aws-env"' in capsys.readouterr().out
+
+
+def test_model_push_to_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
+    """A store nobody answers for: one line at once, before the model is read or cut (the
+    client's retries are told only with -v)."""
+    data = tmp_path / "net"
+    generate_args = ["--neurons", "256", "--layers", "2", "--images", "10", "--out", str(data)]
+    assert main(["generate", *generate_args]) == 0
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    push = ["model", "push", str(data), "--name", "m", "--workers", "2", "--s3-endpoint", endpoint]
+    env = _clean_env(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s" * 16)
+    done = _fsd(*push, env=env)
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"fsd: failed: model store at {endpoint} unreachable: connection refused\n"
+    )
+    verbose = _fsd("-v", *push, env=env)
+    assert "Retrying" in verbose.stderr and "s" * 16 not in verbose.stderr
 
 
 # --- fsd invoke: a deployed coordinator through a gateway -----------------------------------

@@ -397,7 +397,8 @@ def test_hostile_input_exits_2_with_one_line(
 
 GOOD_ADDRESSES = [
     ("nats", "nats://127.0.0.1:4222"),
-    ("nats", f"nats://{USER}:{PASSWORD}@a:4222, tls://b:4443,ws://c/path,wss://[::1]:443"),
+    ("nats", f"nats://{USER}:{PASSWORD}@a:4222, tls://b:4443"),
+    ("nats", "ws://c/path,wss://[::1]:443"),
     ("nats", "host:4222"),  # nats:// implied, as the client does
     ("s3", "http://127.0.0.1:8333"),
     ("s3", "https://s3.amazonaws.com/"),
@@ -409,6 +410,7 @@ BAD_ADDRESSES = [
     ("nats", "nats://a:4222,,nats://b:4222", "empty URL"),
     ("nats", "nats://h:0", "port in 1..65535"),
     ("nats", "nats://h:4222\nX", "control characters"),
+    ("nats", f"nats://{USER}:{PASSWORD}@a:4222,ws://c", "mixes websocket"),  # nats-py refuses it
     ("s3", SECRET_S3, "must use http, https"),
     ("s3", f"https://{USER}:{PASSWORD}@h", "must not hold credentials"),
     ("s3", f"{USER}:{PASSWORD}@h:9000", "must not hold credentials"),
@@ -569,3 +571,22 @@ def test_hostile_answer_is_refused_or_printed_safely(
         "cost",
     ]
     assert all(row.isprintable() for row in rows), rows
+
+
+def test_partition_shows_a_hostile_model_name_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The name in a model folder's layers.json is the file's to choose: ``fsd partition``
+    prints it as one printable line (no terminal escape, forged line or reordering runs)."""
+    root = tmp_path / "net"
+    assert main(["generate", *TINY, "--out", str(root)]) == 0
+    header = root / "neuron256" / "layers.json"
+    doc = json.loads(header.read_text())
+    doc["name"] = "net\x1b[2J\x1b]0;owned\x07\nfsd: error: forged\r\u202eevil"
+    header.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["partition", "--data", str(root), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r\u202e"), out
+    assert not any(line.startswith("fsd:") for line in out.splitlines()), out
+    assert out.splitlines()[0].startswith("net\\x1b[2J\\x1b]0;owned\\x07 fsd: error: forged")

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -169,13 +172,15 @@ class _Sabotage:
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.calls > self.after and self.how == "hang":
                 time.sleep(3600)
+            if self.calls > self.after and self.how == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)  # as `kill -STOP`: alive, silent
         return self.real(task, got, layer)
 
 
 @pytest.mark.parametrize("kind", ["nats", "s3"])
 @pytest.mark.parametrize(
     ("how", "victim", "expected"),
-    [("kill", 1, r"worker 1 failed: .*-9"), ("hang", 0, r"worker \d failed: timed out")],
+    [("kill", 1, r"worker 1 failed: .*-9"), ("hang", 0, r"worker 0 failed: stopped responding")],
 )
 def test_a_failed_run_leaves_nothing_behind(
     kind: str,
@@ -218,3 +223,84 @@ def test_a_failed_replica_ends_every_replica_and_leaves_nothing(
         run(shared_net, shared_images.matrix, cfg)
     assert time.monotonic() - t0 < BOUND
     _nothing_left(server)
+
+
+def test_a_stopped_worker_is_named_by_those_waiting_for_it(
+    monkeypatch: pytest.MonkeyPatch, shared_net: Network, shared_images: Images
+) -> None:
+    """Worker 2 is SIGSTOPped mid-run and the others' layer timeout fires before the run's
+    deadline: they say whom they waited for, and the failure names worker 2 (the deadline
+    firing first: test_a_stopped_worker_is_one_line_from_the_cli)."""
+    monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(2, after=5, how="stop"))
+    cfg = RunConfig(workers=4, channel="local", timeout=60, layer_timeout=2)
+    expected = r"^worker 2 failed: stopped responding: workers 0, 1 and 3 timed out waiting for "
+    with pytest.raises(WorkerError, match=expected + r"its layer-\d+ activations$"):
+        run(shared_net, shared_images.matrix[:500], cfg)
+
+
+def _child_named(parent: int, name: str) -> int:
+    """The pid of ``parent``'s child whose process name is ``name`` (fsd names its workers)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if comm == name and ppid == parent:
+            return int(entry.name)
+    raise AssertionError(f"no child {name} of {parent}")
+
+
+def test_a_stopped_worker_is_one_line_from_the_cli(shared_dir: Path) -> None:
+    """``kill -STOP`` on one forked worker of ``fsd run``: one line names it, no traceback."""
+    command = [sys.executable, "-m", "fsd.cli", "run", "--data", str(shared_dir)]
+    command += ["--workers", "4", "--partitions", "4", "--timeout", "6"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stderr is not None
+        lines = []
+        for line in p.stderr:  # "layers K/120" once K >= 1: mid-run
+            lines.append(line)
+            if line.startswith("layers ") and not line.startswith("layers 0/"):
+                os.kill(_child_named(p.pid, "fsd-worker-2"), signal.SIGSTOP)
+                break
+        _, rest = p.communicate(timeout=BOUND)
+    told = [x for x in (*lines, *rest.splitlines(True)) if not x.startswith("layers ")]
+    assert p.returncode == 1
+    assert len(told) == 1, "".join(told)
+    assert told[0].startswith("fsd: failed: worker 2 failed: stopped responding: timed out after")
+
+
+#: fsd run in a fresh interpreter whose worker 1 fails in its 4th layer (the others then wait)
+_FAILING_RUN = """
+import sys
+import fsd.cli, fsd.worker
+real = fsd.worker._assemble
+def failing(task, got, layer):
+    if task.worker == 1 and got and min(m.header.layer for m in got.values()) == 4:
+        raise ValueError("planted failure")
+    return real(task, got, layer)
+fsd.worker._assemble = failing
+sys.exit(fsd.cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_failure_is_one_line_without_v() -> None:
+    """A worker's failure is told once, by the coordinator, in one line; -v adds its story."""
+    args = ["run", "--workers", "4", "--partitions", "4", "--layers", "8", "--json"]
+    last = "fsd: failed: worker 1 failed: ValueError: planted failure"
+    for flags in ([], ["-v"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _FAILING_RUN, *flags, *args],
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[-1] == last, done.stderr
+        if flags:
+            assert "Traceback" in done.stderr and "planted failure" in done.stderr
+        else:
+            assert done.stderr == last + "\n"

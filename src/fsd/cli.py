@@ -37,7 +37,7 @@ from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
 from fsd.model.source import LayerSource, as_source
 from fsd.model.tsv import model_folder, open_layer_folder, output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
-from fsd.redact import redact_text
+from fsd.redact import SecretFilter
 from fsd.services import NotInstalled
 
 log = logging.getLogger("fsd")
@@ -50,11 +50,17 @@ MAX_SEED = 2**32 - 1
 MAX_TIMEOUT = 86400.0
 
 
+def _scrubber() -> SecretFilter:
+    """What scrubs every message, traceback and log record: URL userinfo, credential headers
+    and the values of the secrets this process holds (:data:`fsd.settings.SECRET_NAMES`)."""
+    return SecretFilter(settings.text(os.environ, name) for name in settings.SECRET_NAMES)
+
+
 def _line(text: object) -> str:
-    """``text`` as one printable line: URL userinfo scrubbed, line breaks turned into spaces,
+    """``text`` as one printable line: credentials scrubbed, line breaks turned into spaces,
     bytes of non-UTF-8 paths (surrogate escapes) shown as ``\\xNN``, other controls escaped."""
     out = []
-    for ch in redact_text(str(text)):
+    for ch in _scrubber().scrub(str(text)):
         if ch.isprintable():
             out.append(ch)
         elif ch in "\n\r\t":
@@ -71,9 +77,9 @@ def _say(kind: str, message: object) -> None:
 
 
 def _traceback(verbose: bool) -> None:
-    """With -v, the traceback of the exception being handled (URL credentials scrubbed)."""
+    """With -v, the traceback of the exception being handled (credentials scrubbed)."""
     if verbose:
-        sys.stderr.write(redact_text(traceback.format_exc()))
+        sys.stderr.write(_scrubber().scrub(traceback.format_exc()))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,7 +217,8 @@ def _common() -> _Parser:
         "--verbose",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="log progress details (--log-level DEBUG) and show tracebacks of internal errors",
+        help="log fsd's progress details (DEBUG; libraries' at WARNING: --log-level DEBUG "
+        "shows theirs too) and show tracebacks of internal errors",
     )
     common.add_argument(
         "--log-level",
@@ -615,8 +622,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
         print(json.dumps({"workers": args.workers, "neurons": network.neurons,
                           "layers": network.depth, "partitioners": report}))  # fmt: skip
         return 0
-    print(
-        f"{network.name}, {args.workers} workers: activations crossing workers per image "
+    print(  # the name comes from the folder's layers.json: one printable line, escapes shown
+        f"{_line(network.name)}, {args.workers} workers: activations crossing workers per image "
         "(each needed neuron counted once per receiving worker)"
     )
     print(f"{'layer':>6} " + " ".join(f"{m:>12}" for m in PARTITIONERS))
@@ -636,6 +643,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.verb == "show":
         print(json.dumps(asdict(store.manifest(args.name)), indent=2))
         return 0
+    store.prepare()  # an unreachable store fails now, not after the model is read and cut
     model = _open_model(args, "float32")  # a binary layer folder is cut layer by layer
     for w in args.workers:
         check_workers(w, model.neurons)
@@ -644,6 +652,37 @@ def _cmd_model(args: argparse.Namespace) -> int:
     cuts = ", ".join(sorted(manifest.partitions))
     print(f"pushed {args.name}: {model.neurons} x {model.depth}, cut for {cuts}")
     return 0
+
+
+#: Libraries whose logs are their own story: at WARNING under -v (their DEBUG prints request
+#: headers and retries), ERROR otherwise; an explicit --log-level applies to them too.
+THIRD_PARTY_LOGGERS = ("asyncio", "boto3", "botocore", "minio", "nats", "s3transfer", "urllib3")
+
+
+def _setup_logging(verbose: bool, log_level: str | None) -> None:
+    """One stderr handler whose :class:`~fsd.redact.SecretFilter` scrubs every record (third
+    parties' too) of URL userinfo, credential headers and the configured secrets' values.
+
+    fsd logs at WARNING, or DEBUG with -v; libraries one step quieter unless --log-level names
+    a level for everyone. Like ``logging.basicConfig``, it leaves alone a logging set up by
+    someone else (an application calling :func:`main`, a test runner).
+    """
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "fsd_cli", False)]
+    for handler in ours:  # main() called again in one process: one handler, fresh secrets
+        root.removeHandler(handler)
+    if len(root.handlers) > 0:
+        return
+    handler = logging.StreamHandler()
+    handler.fsd_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_scrubber())
+    root.addHandler(handler)
+    level = logging.getLevelName(log_level or ("DEBUG" if verbose else "WARNING"))
+    root.setLevel(level)
+    libraries = logging.NOTSET if log_level else (logging.WARNING if verbose else logging.ERROR)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(libraries)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -663,10 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbose = bool(getattr(args, "verbose", False))
     args.verbose = verbose
-    logging.basicConfig(
-        level=getattr(args, "log_level", None) or ("DEBUG" if verbose else "WARNING"),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(verbose, getattr(args, "log_level", None))
     try:
         with lifetime.exit_on_sigterm():  # SIGTERM: unwind (stop workers, servers), exit 143
             return COMMANDS[args.command](args)

@@ -15,7 +15,7 @@ import resource
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +270,75 @@ def split_inputs(
     return parts
 
 
+REPORT_MARGIN = 2.0
+"""Seconds before the run's deadline by which workers give up waiting and say for whom."""
+STALL_GRACE = 2.0
+"""Seconds the coordinator waits, after a first worker said whom it gave up waiting for, for
+the others to say it too (their layer timeouts fire within one layer's work of each other)."""
+
+
+def _waited(msg: wire.Message, workers: int) -> tuple[int, list[int]] | None:
+    """The (layer, peers) a failure RESULT says its worker gave up waiting for
+    (:func:`fsd.worker.failure_report`), or None when it says none or says it malformed."""
+    if len(msg.arrays) != 2:
+        return None
+    waited = msg.arrays[1]
+    if waited.dtype != np.uint32 or waited.ndim != 1 or not 2 <= len(waited) <= workers + 1:
+        return None
+    layer, *peers = (int(v) for v in waited)
+    if layer < 1 or any(p >= workers for p in peers):
+        return None
+    return layer, sorted(set(peers))
+
+
+def _listed(workers: Iterable[int]) -> str:
+    """``worker 3`` or ``workers 0, 1 and 3``."""
+    ids = sorted(workers)
+    if len(ids) == 1:
+        return f"worker {ids[0]}"
+    return f"workers {', '.join(map(str, ids[:-1]))} and {ids[-1]}"
+
+
+def _waited_for(waits: dict[int, tuple[int, list[int]]]) -> set[int]:
+    return {p for _, peers in waits.values() for p in peers}
+
+
+def _stalled(waits: dict[int, tuple[int, list[int]]]) -> WorkerError:
+    """Name the worker the others gave up waiting for: one waited for, waiting for nobody."""
+    waited_for = _waited_for(waits)
+    stalled = sorted(waited_for - set(waits)) or sorted(waited_for)
+    worker = stalled[0]
+    who = sorted(w for w, (_, peers) in waits.items() if worker in peers)
+    layer = min(waits[w][0] for w in who)
+    also = f" (so did {_listed(stalled[1:])})" if len(stalled) > 1 else ""
+    return WorkerError(
+        worker,
+        f"stopped responding{also}: {_listed(who)} timed out waiting for its layer-{layer} "
+        "activations",
+        timed_out=True,
+    )
+
+
+def _overdue(launcher: Launcher, pending: list[int], seconds: float) -> WorkerError:
+    """The run's deadline passed with ``pending`` workers unfinished: name the ones behind the
+    others where the launcher knows each worker's progress, else list them all."""
+    done = {w: n for w, n in launcher.worker_progress().items() if w in pending}
+    if len(done) == len(pending) and len(set(done.values())) > 1:
+        low = min(done.values())
+        behind = [w for w in pending if done[w] == low]
+        ahead = [w for w in pending if done[w] > low]
+        return WorkerError(
+            behind[0],
+            f"stopped responding{f' (so did {_listed(behind[1:])})' if behind[1:] else ''}: "
+            f"timed out after {seconds:g} s with layer {low + 1} unfinished, which "
+            f"{_listed(ahead)} had finished",
+            timed_out=True,
+        )
+    return WorkerError(
+        pending[0], f"timed out after {seconds:g} s; still running: {pending}", timed_out=True
+    )
+
+
 def _gather(
     channel: Channel,
     launcher: Launcher,
@@ -277,8 +346,16 @@ def _gather(
     deadline: float,
     on_progress: Callable[[int], None] | None,
     stop: threading.Event | None = None,
+    timeout: float = 0.0,
 ) -> dict[int, wire.Message]:
+    """Every worker's RESULT; the first failure raised as a WorkerError naming its worker.
+
+    A worker that timed out waiting for a peer's activations says for whom; once the others
+    have had :data:`STALL_GRACE` to say it too, the peer they waited for is the one named.
+    """
     results: dict[int, wire.Message] = {}
+    waits: dict[int, tuple[int, list[int]]] = {}
+    named_by = 0.0  # when the waits are told (STALL_GRACE after the first)
     pending = list(range(workers))
     last = -1
     while pending:
@@ -287,9 +364,17 @@ def _gather(
         got = channel.collect(wire.Kind.RESULT, 0, pending, timeout=0.05)
         for src, msg in got.items():
             if msg.header.flags & wire.FLAG_ERROR:
-                raise WorkerError(src, bytes(msg.arrays[0]).decode(errors="replace"))
-            results[src] = msg
-        pending = [p for p in pending if p not in results]
+                waited = _waited(msg, workers)
+                if waited is None:
+                    detail = bytes(msg.arrays[0]).decode(errors="replace")
+                    # a worker that gave up waiting (for its input, say) ran out of time
+                    late = detail.startswith(("ChannelTimeout:", "LayerTimeout:"))
+                    raise WorkerError(src, detail, timed_out=late)
+                waits[src] = waited
+                named_by = named_by or time.monotonic() + STALL_GRACE
+            else:
+                results[src] = msg
+        pending = [p for p in pending if p not in results and p not in waits]
         if on_progress is not None and (layer := launcher.progress()) != last:
             last = layer
             if stop is None or not stop.is_set():  # a stopped run reports no more progress
@@ -298,8 +383,11 @@ def _gather(
         if dead and not channel.collect(wire.Kind.RESULT, 0, list(dead), timeout=0.2):
             worker, why = min(dead.items())
             raise WorkerError(worker, why)
-        if pending and time.monotonic() > deadline:
-            raise WorkerError(pending[0], f"timed out; still running: {pending}")
+        now = time.monotonic()
+        if waits and (now > named_by or now > deadline or set(pending) <= _waited_for(waits)):
+            raise _stalled(waits)
+        if pending and now > deadline:
+            raise _overdue(launcher, pending, timeout)
     return results
 
 
@@ -315,7 +403,8 @@ def _end_run(channel: Channel, launcher: Launcher, workers: int, finished: bool)
             try:
                 channel.send(wire.Message(header, []))
             except FsdError as exc:  # the transport may be what failed: clean up what we can
-                log.warning("could not tell worker %d to stop: %s", p, exc)
+                # INFO: the run's failure (this transport's, most likely) is told once, by it
+                log.info("could not tell worker %d to stop: %s", p, exc)
                 break
         launcher.abort()
     channel.purge_run([COORDINATOR, *range(workers)])
@@ -336,6 +425,14 @@ class _Replica:
     finished: bool = False
 
 
+def report_by(timeout: float) -> float:
+    """When workers must give up and report (``time.time()``): :data:`REPORT_MARGIN` seconds (at
+    most a tenth of the run) before the coordinator's own deadline, which starts later still
+    (after the launch): a stalled worker is named by the peers waiting for it, not lost among
+    the "still running"."""
+    return time.time() + timeout - min(REPORT_MARGIN, timeout / 10)
+
+
 def _open_replica(
     stack: contextlib.ExitStack,
     prepared: Prepared,
@@ -346,6 +443,7 @@ def _open_replica(
     """Launcher and coordinator endpoint of one replica, closed by ``stack`` after its run is
     ended (ABORT and purge when it did not finish): every exit path cleans up every replica."""
     run = uuid.uuid4().bytes
+    deadline = report_by(config.timeout)
     # forked local workers share this process: each run gets a fresh secret of its own
     cc = (
         dataclasses.replace(served, secret=auth.new_secret())
@@ -367,6 +465,7 @@ def _open_replica(
             model=prepared.model,
             window=prepared.window,
             layers=prepared.layers(p),
+            deadline=deadline,
         )
         for p in range(prepared.workers)
     ]
@@ -435,7 +534,13 @@ def infer(
             progress = on_progress if r == 0 else None
             try:
                 g.results = _gather(
-                    g.channel, g.launcher, prepared.workers, deadline, progress, stop
+                    g.channel,
+                    g.launcher,
+                    prepared.workers,
+                    deadline,
+                    progress,
+                    stop,
+                    config.timeout,
                 )
             except BaseException as exc:
                 if not stop.is_set():

@@ -45,10 +45,11 @@ class RunAborted(ChannelError):
 class WorkerError(FsdError):
     """A worker failed or died; names the worker."""
 
-    def __init__(self, worker: int, detail: str) -> None:
+    def __init__(self, worker: int, detail: str, *, timed_out: bool = False) -> None:
         super().__init__(f"worker {worker} failed: {detail}")
         self.worker = worker
         self.detail = detail
+        self.timed_out = timed_out  # it ran out of time (a 504 for a function), not crashed
 
 
 class ServiceError(FsdError):

@@ -3,6 +3,7 @@ operator: a minio client with explicit timeouts and pool size, and prefix deleti
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -55,6 +56,22 @@ def minio_client(
         http_client=http,
     )
     return client, where
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"'()]+)")
+
+
+def why(exc: BaseException) -> str:
+    """A transport failure of the S3 client in a few words: ``connection refused``, not
+    urllib3's "HTTPConnectionPool(...): Max retries exceeded with url: ... (Caused by ...)"."""
+    reason = getattr(exc, "reason", None) or exc  # a MaxRetryError carries the last one
+    text = str(reason)
+    found = _ERRNO.search(text)
+    if found:
+        return found.group(1).strip().lower()
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return "timed out"
+    return f"{type(reason).__name__}: {text}"[:200]
 
 
 def delete_prefix(

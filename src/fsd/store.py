@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import urllib3
-from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fsd.channels.base import ChannelConfig
@@ -49,7 +48,7 @@ from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError
 from fsd.model import Images, Network
 from fsd.partition import PARTITIONERS, LayerSource, as_layers, make_plan
 from fsd.planner import MIN_WINDOW
-from fsd.s3client import delete_prefix, minio_client
+from fsd.s3client import delete_prefix, minio_client, why
 from fsd.shard import (
     LayerReader,
     LayerShard,
@@ -102,12 +101,11 @@ class Manifest:
         return self.key(workers, partition) in self.partitions
 
 
-def _client(config: ChannelConfig) -> Minio:
+def _retries(config: ChannelConfig) -> urllib3.Retry:
+    """A store blip is retried; a store that is down fails within a second or two."""
     if not config.address:
         raise InputError("the model store needs an S3 endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
-    retries = urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
-    client, _ = minio_client(config, maxsize=8, read_timeout=60.0, retries=retries)
-    return client
+    return urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
 
 
 def _base(ref: ModelRef) -> str:
@@ -295,20 +293,37 @@ class ModelStore(Objects):
 
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config
-        self.client = _client(config)
+        self.client, self.where = minio_client(
+            config, maxsize=8, read_timeout=60.0, retries=_retries(config)
+        )
         self.bucket = config.bucket
         self._bucket_ready = False
 
+    def prepare(self) -> None:
+        """Reach the store and create the bucket if it does not exist: a push calls it before
+        cutting anything, so that an unreachable store fails at once, not after the work."""
+        if self._bucket_ready:
+            return
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket, location=self.config.region)
+        except S3Error as exc:
+            raise ChannelError(
+                f"model store at {self.where}: bucket {self.bucket}: {exc.code}"
+            ) from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ChannelError(f"model store at {self.where} unreachable: {why(exc)}") from None
+        self._bucket_ready = True
+
     def write(self, key: str, data: bytes) -> None:
         """Put one object (the bucket is created on the first write if it does not exist)."""
+        self.prepare()
         try:
-            if not self._bucket_ready:
-                if not self.client.bucket_exists(self.bucket):
-                    self.client.make_bucket(self.bucket, location=self.config.region)
-                self._bucket_ready = True
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store: cannot write {key}: {exc}") from None
+            raise ChannelError(
+                f"model store at {self.where}: cannot write {key}: {why(exc)}"
+            ) from None
 
     def read(self, key: str, limit: int | None = None) -> bytes:
         """One object's bytes; ModelNotFound when it (or the bucket) does not exist.
@@ -322,7 +337,9 @@ class ModelStore(Objects):
                 raise ModelNotFound(f"model store has no {key}") from None
             raise ChannelError(f"model store: cannot read {key}: {exc.code}") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store unreachable reading {key}: {exc}") from None
+            raise ChannelError(
+                f"model store at {self.where} unreachable reading {key}: {why(exc)}"
+            ) from None
         try:
             data: bytes = resp.read() if limit is None else resp.read(limit + 1)
         finally:
@@ -341,7 +358,9 @@ class ModelStore(Objects):
                 return 0
             raise ChannelError(f"model store: cannot remove {prefix}: {exc.code}") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store unreachable removing {prefix}: {exc}") from None
+            raise ChannelError(
+                f"model store at {self.where} unreachable removing {prefix}: {why(exc)}"
+            ) from None
         if failed:
             raise ChannelError(f"model store: cannot remove {prefix}: {failed[0]}")
         return removed

@@ -7,6 +7,7 @@ functions can build, bound and serialise tasks without loading the engine.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,6 +77,16 @@ class WorkerTask:
     model: ModelRef | None = None
     window: int = 1
     layers: LayerSupply | None = None
+    # when the worker must have given up and reported, in time.time() (0: no deadline): a bit
+    # before the coordinator's own, so a stalled peer is named by those waiting for it
+    deadline: float = 0.0
+
+    def wait(self) -> float:
+        """Seconds to wait for one layer's messages: ``layer_timeout``, or what is left until
+        ``deadline`` when that is sooner (never below zero)."""
+        if not self.deadline:
+            return self.layer_timeout
+        return max(0.0, min(self.layer_timeout, self.deadline - time.time()))
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int):
@@ -93,6 +104,8 @@ class WorkerTask:
         if self.model is None:
             raise FsdError("a remote worker needs a model in the store (fsd model push)")
         body: dict[str, Any] = {"window": self.window} if self.window != 1 else {}
+        if self.deadline:
+            body["deadline"] = round(self.deadline, 3)
         return body | {
             "run": self.run.hex(),
             "worker": self.worker,
@@ -140,4 +153,5 @@ class WorkerTask:
             layer_timeout=float(data["layer_timeout"]),
             model=ModelRef(str(model["name"]), int(model["workers"]), str(model["partition"])),
             window=int(data.get("window", 1)),
+            deadline=float(data.get("deadline", 0.0)),
         )

@@ -54,10 +54,30 @@ def _parse(url: str, source: str, default_scheme: str, schemes: tuple[str, ...])
     return parts
 
 
+NATS_PORT = 4222
+"""NATS's client port: a ``nats`` or ``tls`` URL without a port means it."""
+
+
 def check_nats_url(address: str, source: str = "FSD_NATS_URL") -> None:
     """Every comma-separated URL of ``address`` a NATS server URL (userinfo allowed)."""
+    nats_servers(address, source)
+
+
+def nats_servers(address: str, source: str = "FSD_NATS_URL") -> list[str]:
+    """``address``'s comma-separated URLs, checked and made explicit, as the client is given
+    them: ``host:port`` becomes ``nats://host:port``, a missing port NATS's 4222. (Some nats-py
+    releases read a list's entries as full URLs: ``127.0.0.1:4222`` had no host for them, and
+    the connection failed after its timeout instead of working.) Websocket and plain URLs are
+    not mixed, which the client refuses too."""
+    servers = []
     for url in address.split(","):
-        _parse(url.strip(), source, "nats", NATS_SCHEMES)
+        parts = _parse(url.strip(), source, "nats", NATS_SCHEMES)
+        if parts.port is None and parts.scheme in ("nats", "tls"):
+            parts = parts._replace(netloc=f"{parts.netloc.rstrip(':')}:{NATS_PORT}")
+        servers.append(parts.geturl())
+    if len({url.startswith(("ws://", "wss://")) for url in servers}) > 1:
+        raise InputError(f"{source} mixes websocket (ws, wss) and nats/tls URLs")
+    return servers
 
 
 def check_s3_endpoint(address: str, source: str = "FSD_S3_ENDPOINT") -> SplitResult:

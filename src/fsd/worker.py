@@ -11,7 +11,6 @@ import logging
 import resource
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from fsd import kernels, untrusted, wire
 from fsd.channels.base import COORDINATOR, Channel
-from fsd.errors import FsdError, InputError, RunAborted, WireError
+from fsd.errors import ChannelTimeout, FsdError, InputError, RunAborted, WireError
 from fsd.shard import LayerShard, Sends, Shard
 from fsd.task import LayerSupply, WorkerTask
 
@@ -239,10 +238,36 @@ def _assemble(task: WorkerTask, got: dict[int, wire.Message], layer: LayerShard)
     return csr
 
 
+class LayerTimeout(ChannelTimeout):
+    """A layer's activations did not all come: ``missing`` peers did not send layer ``layer``."""
+
+    def __init__(self, message: str, missing: list[int], layer: int) -> None:
+        super().__init__(message, missing)
+        self.layer = layer
+
+
+def failure_report(task: WorkerTask, exc: BaseException) -> wire.Message:
+    """The RESULT a failed worker sends: ``FLAG_ERROR``, its reason as text, and, when it gave
+    up waiting for peers' activations (:class:`LayerTimeout`), a second array: the layer, then
+    the peers it waited for, so that the coordinator can name the worker that stalled."""
+    detail = f"{type(exc).__name__}: {exc}"
+    arrays = [np.frombuffer(detail.encode(), np.uint8)]
+    if isinstance(exc, LayerTimeout) and all(0 <= m < task.workers for m in exc.missing):
+        arrays.append(np.array([exc.layer, *exc.missing], np.uint32))
+    header = wire.Header(
+        wire.Kind.RESULT, task.run, 0, task.worker, COORDINATOR, flags=wire.FLAG_ERROR
+    )
+    return wire.Message(header, arrays)
+
+
 def run_worker(
     task: WorkerTask, channel: Channel, on_layer: Callable[[int], None] | None = None
 ) -> None:
-    """Run every layer and report to the coordinator; failures are reported, then re-raised."""
+    """Run every layer and report to the coordinator; failures are reported, then re-raised.
+
+    The failure is the caller's to tell (the coordinator names it, a function answers it): here
+    it is one INFO line, its traceback at DEBUG, so a failed run is not told once per worker.
+    """
     me = task.worker
     try:
         _run(task, channel, on_layer)
@@ -250,13 +275,12 @@ def run_worker(
         log.info("worker %d stops: the coordinator aborted run %s", me, task.run.hex())
         raise
     except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}"
-        log.error("worker %d failed: %s\n%s", me, detail, traceback.format_exc())
-        header = wire.Header(wire.Kind.RESULT, task.run, 0, me, COORDINATOR, flags=wire.FLAG_ERROR)
+        log.info("worker %d failed: %s: %s", me, type(exc).__name__, exc)
+        log.debug("worker %d: where it failed", me, exc_info=True)
         try:
-            channel.send(wire.Message(header, [np.frombuffer(detail.encode(), np.uint8)]))
+            channel.send(failure_report(task, exc))
         except Exception as report:  # the channel itself may be what failed
-            log.error("worker %d could not report its failure: %s", me, report)
+            log.info("worker %d could not report its failure: %s", me, report)
         raise
 
 
@@ -302,7 +326,7 @@ def _layers(
     comm = np.zeros(depth)
     sent_bytes = np.zeros(depth, np.int64)
     sent_msgs = np.zeros(depth, np.int64)
-    first = channel.expect(wire.Kind.INPUT, 0, [COORDINATOR], task.layer_timeout)
+    first = channel.expect(wire.Kind.INPUT, 0, [COORDINATOR], task.wait())
     y = _input_matrix(task, first[COORDINATOR])
     empty = kernels.empty_csr(task.images, dtype)
 
@@ -328,7 +352,10 @@ def _layers(
         if layer.sources:
             zs = [kernels.partial_product(*y, *part.w_local, part.width) for part in layer.parts]
             t1 = time.perf_counter()
-            got = channel.expect(wire.Kind.ACT, k + 1, layer.sources, task.layer_timeout)
+            try:
+                got = channel.expect(wire.Kind.ACT, k + 1, layer.sources, task.wait())
+            except ChannelTimeout as exc:
+                raise LayerTimeout(str(exc), exc.missing, k + 1) from None
             t2 = time.perf_counter()
             x = _assemble(task, got, layer)
             comm[k] += t2 - t1

@@ -25,10 +25,12 @@ which the next call raises ChannelError.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,8 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
+import nkeys  # type: ignore[import-untyped]
+from nats.aio.client import Client, RawCredentials
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -52,9 +55,9 @@ from nats.js.api import (
 
 from fsd import settings
 from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
-from fsd.errors import ChannelError, InputError, WireError
+from fsd.errors import ChannelError, FsdError, InputError, WireError
 from fsd.redact import redact, redact_text
-from fsd.urls import check_nats_url
+from fsd.urls import check_nats_url, nats_servers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,56 @@ _ACK_TIMEOUT = 2.0  # we re-publish a frame whose stream ack has not come after 
 _DUPLICATE_WINDOW = 120.0
 # what nats-server says when it refuses a login or an action (error_cb), in lower case
 _REFUSED = ("authorization violation", "authentication", "permissions violation")
+
+
+MAX_CREDS_BYTES = 64 * 1024
+"""Largest ``.creds`` file read (a user JWT and its seed: about 1 KB; a JWT full of
+permissions a few KB)."""
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _line_after(lines: list[str], marker: str) -> str | None:
+    for i, line in enumerate(lines[:-1]):
+        if marker in line:
+            return lines[i + 1].strip()
+    return None
+
+
+def read_creds(path: str, error: type[FsdError], source: str = "FSD_NATS_CREDS") -> str:
+    """The text of the NATS ``.creds`` file at ``path``, checked: a user JWT and a valid user
+    NKey seed, each on the line after its ``BEGIN`` marker; ``error`` (never showing the file's
+    content) if it is not one.
+
+    nats-py reads the file itself without checks: one with no JWT marker kept it reading past
+    the end forever, on the event loop, where no timeout could end it. It is given this checked
+    text instead (``RawCredentials``), with plain ``\\n`` line ends as its parser expects.
+    """
+
+    def refused(why: str) -> FsdError:
+        return error(f"{source}: {path} is not a NATS .creds file: {why}")
+
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CREDS_BYTES + 1)
+    except OSError as exc:
+        raise error(f"{source}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CREDS_BYTES:
+        raise refused(f"larger than {MAX_CREDS_BYTES} bytes")
+    try:
+        lines = raw.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise refused("not ASCII text") from None
+    jwt = _line_after(lines, "BEGIN NATS USER JWT")
+    if jwt is None or not _JWT.fullmatch(jwt):
+        raise refused("no user JWT after a 'BEGIN NATS USER JWT' line")
+    seed = _line_after(lines, "BEGIN USER NKEY SEED")
+    try:
+        if seed is None or not seed.startswith("SU"):
+            raise ValueError(seed)
+        nkeys.from_seed(bytearray(seed.encode())).wipe()
+    except (nkeys.NkeysError, ValueError, binascii.Error):
+        raise refused("no user NKey seed after a 'BEGIN USER NKEY SEED' line") from None
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -118,6 +171,8 @@ class NatsChannel(Channel):
         creds = settings.text(env, "FSD_NATS_CREDS")
         if creds and not os.path.isfile(creds):
             raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
+        if creds:
+            read_creds(creds, InputError)
         flag = flags.get("nats_url", "")
         address = flag or settings.text(env, "FSD_NATS_URL")
         if address:
@@ -159,10 +214,11 @@ class NatsChannel(Channel):
         self._waiter: asyncio.Future[None] | None = None
         self._refused = ""  # why the server refused our login or a permission, once it did
         self._refusal: asyncio.Future[None] | None = None
+        self._last_error = ""  # the client's last error (a refused connection...), for messages
         try:
             self._run(self._connect(), config.connect_timeout + 5)
         except BaseException:
-            self._loop.close()
+            self._close_loop()
             raise
         self.frame_limit = min(config.max_frame, self._max_payload - 1024)
 
@@ -186,17 +242,40 @@ class NatsChannel(Channel):
         try:
             return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
         except TimeoutError:
+            last = f" (last error: {self._last_error})" if self._last_error else ""
             raise ChannelError(
-                f"nats at {redact(self.config.address)} did not answer in {timeout:g} s"
+                f"nats at {redact(self.config.address)} did not answer in {timeout:g} s{last}"
             ) from None
+
+    def _close_loop(self) -> None:
+        """Close the loop with nothing left on it: what a failed connect or an outage left
+        running is cancelled and waited for (bounded), and every failed future's exception is
+        taken, so that asyncio reports no "Task was destroyed but it is pending!" or "Future
+        exception was never retrieved" at exit."""
+        loop = self._loop
+        for p in self._pending:
+            if p.ack.done() and not p.ack.cancelled():
+                p.ack.exception()
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(asyncio.wait(left, timeout=1.0))
+        for task in left:
+            if task.done() and not task.cancelled():
+                task.exception()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
     # -- connection and stream -----------------------------------------------------------------
 
     async def _connect(self) -> None:
         cfg = self.config
         kwargs: dict[str, Any] = {}
-        if cfg.creds_file:
-            kwargs["user_credentials"] = cfg.creds_file
+        if cfg.creds_file:  # checked again: the file may have changed since the settings
+            kwargs["user_credentials"] = RawCredentials(read_creds(cfg.creds_file, ChannelError))
         if cfg.token:
             kwargs["token"] = cfg.token
         if cfg.user:
@@ -206,9 +285,13 @@ class NatsChannel(Channel):
         # nats-py retries a refused login like an unreachable server (10 s and more): a refusal
         # reported through error_cb ends the attempt at once instead
         self._refusal = self._loop.create_future()
+        try:
+            servers = nats_servers(cfg.address, "nats address")
+        except InputError as exc:  # a config made without channel_config: refused all the same
+            raise ChannelError(str(exc)) from None
         connecting = asyncio.ensure_future(
             nats.connect(
-                servers=[s.strip() for s in cfg.address.split(",")],
+                servers=servers,
                 connect_timeout=max(1, int(cfg.connect_timeout)),
                 reconnect_time_wait=0.25,
                 max_reconnect_attempts=attempts,
@@ -222,12 +305,14 @@ class NatsChannel(Channel):
             )
         )
         racing: list[asyncio.Future[Any]] = [connecting, self._refusal]
-        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
-            self._raise_refused()
+        try:
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # refused, or out of time (cancelled): no connect attempt outlives this
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+        self._raise_refused()
         try:
             self._nc = connecting.result()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
@@ -291,6 +376,7 @@ class NatsChannel(Channel):
 
     async def _on_error(self, exc: Exception) -> None:
         text = redact_text(str(exc))
+        self._last_error = f"{type(exc).__name__}: {text}"[:200]
         if not any(word in text.lower() for word in _REFUSED):
             log.debug("endpoint %d: nats error: %s", self.me, text)
             return
@@ -310,12 +396,14 @@ class NatsChannel(Channel):
                 f"credentials or permissions: {self._refused}"
             )
 
+    # INFO, not WARNING: a reconnect is routine, and an outage that lasts fails the run, which
+    # says so (once, not once per endpoint)
     async def _on_disconnect(self) -> None:
         if not self._closed:
-            log.warning("endpoint %d: disconnected from nats; reconnecting", self.me)
+            log.info("endpoint %d: disconnected from nats; reconnecting", self.me)
 
     async def _on_reconnect(self) -> None:
-        log.warning("endpoint %d: reconnected to nats", self.me)
+        log.info("endpoint %d: reconnected to nats", self.me)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -476,8 +564,20 @@ class NatsChannel(Channel):
 
     # -- cleanup -------------------------------------------------------------------------------
 
+    @property
+    def _reachable(self) -> bool:
+        """Connected now: clean-up that needs the server is worth waiting for only then."""
+        return self._nc is not None and self._nc.is_connected
+
     def purge_run(self, endpoints: Sequence[int] = ()) -> None:
-        """Delete this run's frames and the consumers of ``endpoints`` (a killed worker's too)."""
+        """Delete this run's frames and the consumers of ``endpoints`` (a killed worker's too).
+
+        Not while the server is unreachable (the outage fails the run, which says so): the
+        stream's ``max_age`` and the consumers' ``inactive_threshold`` remove them instead.
+        """
+        if not self._reachable:
+            log.info("run %s not purged: nats unreachable (max_age will)", self.run.hex())
+            return
         try:
             self._run(self._purge(endpoints), self._cleanup_seconds)
         except (ChannelError, nats.errors.Error) as exc:
@@ -498,23 +598,35 @@ class NatsChannel(Channel):
         await asyncio.gather(*(drop(n) for n in sorted(names)))
 
     def close(self) -> None:
+        """Wait for the sends still unacknowledged and delete this endpoint's consumer, if the
+        server can be reached; if not, give up at once (the outage is the run's failure, told
+        once by whoever ran it; its frames and consumer expire)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self.flush()
-        except ChannelError as exc:
-            log.error("endpoint %d: closing with undelivered sends: %s", self.me, exc)
-        if self._nc is not None:
+        reachable = self._reachable
+        if reachable:
             try:
-                self._run(self._shutdown(), self._cleanup_seconds)
+                self.flush()
             except ChannelError as exc:
-                log.warning("endpoint %d: nats shutdown: %s", self.me, exc)
-        self._loop.close()
+                log.warning("endpoint %d: closing with undelivered sends: %s", self.me, exc)
+        elif self._pending:
+            log.info(
+                "endpoint %d: %d sends not stored: nats unreachable", self.me, len(self._pending)
+            )
+        try:
+            if self._nc is not None:
+                limit = self._cleanup_seconds if reachable else 2.0
+                self._run(self._shutdown(reachable), limit)
+        except ChannelError as exc:
+            log.info("endpoint %d: nats shutdown: %s", self.me, exc)
+        finally:
+            self._close_loop()
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, reachable: bool) -> None:
         assert self._nc is not None and self._js is not None
-        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-            await self._js.delete_consumer(self._stream, self._durable)
-        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-            await self._nc.close()
+        if reachable:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self._js.delete_consumer(self._stream, self._durable)
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
+            await self._nc.close()  # a connection the server reset raises here

@@ -46,6 +46,7 @@ from fsd.functions.config import (
     Limits,
     ModelFilter,
     NotConfigured,
+    Transports,
     deployment_secret,
     own_channels,
     platform,
@@ -152,6 +153,7 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
     """Everything a worker checks before it does anything (see the module's docstring)."""
     limits = Limits.from_env(env)
     served = ModelFilter.from_env(env)
+    transports = Transports.from_env(env)
     secret = deployment_secret(env)
     try:
         request = load_json(body)
@@ -188,7 +190,8 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
     name = data["model"]["name"]
     if not served.allows(name):
         raise _Refused(404, "unknown model", f"unknown model {name!r}")
-    kind = data["channel"]["kind"]
+    # signed by our coordinator, and still only among the transports this deployment runs
+    kind = transports.choose(data["channel"]["kind"], "task/channel/kind")
     own, store = own_channels(kind, env)
     kids = children(worker, workers, fanout)
     where = PLATFORMS[platform(env)]
@@ -243,6 +246,7 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
 
             run_worker(task, channel, watch_children)
     except FsdError as exc:  # run_worker has told the coordinator when it could
+        log.warning("worker %d of run %s failed: %s", task.worker, task.run.hex(), exc)
         if subtree is not None:
             subtree.close(grace=0)
         return error(500, "worker failed", str(exc), worker=task.worker)

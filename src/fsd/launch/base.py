@@ -30,6 +30,11 @@ class Launcher(ABC):
         """The lowest layer every worker has finished, or -1 when the platform cannot tell."""
         return -1
 
+    def worker_progress(self) -> dict[int, int]:
+        """How many layers each worker has finished, where the platform can tell (empty where
+        it cannot): a stalled worker is the one behind the others."""
+        return {}
+
     @abstractmethod
     def close(self) -> None:
         """Stop whatever is still running and release resources. Idempotent."""

@@ -3,6 +3,7 @@ local folder store: see ``fsd.coordinator.prepare``; nothing is serialised)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -20,6 +21,19 @@ from fsd.worker import run_worker
 log = logging.getLogger(__name__)
 
 
+_PR_SET_NAME = 15  # <linux/prctl.h>
+
+
+def _name_process(name: str) -> None:
+    """Show ``name`` (at most 15 bytes) as the process's name in ps, top and /proc/PID/comm,
+    so that one forked worker can be told from another (where there is prctl; else nothing)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
 def _entry(task: WorkerTask, progress: Any, last_words: Any, parent: int) -> None:
     # die with the coordinator even when it is SIGKILLed, and let SIGTERM kill a worker at once
     # (a fork inherits the coordinator's handler, which would unwind the coordinator's state)
@@ -27,6 +41,7 @@ def _entry(task: WorkerTask, progress: Any, last_words: Any, parent: int) -> Non
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _name_process(f"fsd-worker-{task.worker}")
 
     def on_layer(layer: int) -> None:
         progress[task.worker] = layer
@@ -74,6 +89,9 @@ class LocalLauncher(Launcher):
 
     def progress(self) -> int:
         return min(self._progress) if self._progress is not None and len(self._progress) else -1
+
+    def worker_progress(self) -> dict[int, int]:
+        return dict(enumerate(self._progress)) if self._progress is not None else {}
 
     def abort(self) -> None:
         """Kill every worker at once: a failed run has nothing left to wait for."""
