@@ -88,7 +88,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
     },
     "allowed-images": {
-        "operator": {"allowedImages": ["registry.example/fsd/", "fsd.local/"], "prometheusUrl": ""}
+        "operator": {
+            "allowedImages": ["registry.example/fsd/", "fsd.local/"],
+            "prometheusUrl": "",
+            "sharedModels": ["team-a/gc1024", "*/demo-*"],
+        }
     },
     "everything": {
         "s3": EXTERNAL_S3,
@@ -647,6 +651,7 @@ def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
     assert env["FSD_COORDINATOR_IMAGE"] == "fsd.local/fsd-coordinator:latest"
     assert env["FSD_WORKER_IMAGE"] == "fsd.local/fsd-worker:latest"
     assert "FSD_ALLOWED_IMAGES" not in env  # the operator's default: the two images' repositories
+    assert "FSD_SHARED_MODELS" not in env  # nothing shared: a namespace serves its own models
     assert env["FSD_PROMETHEUS_URL"] == "http://prometheus.openfaas:9090"
     assert env["FSD_SECRETS_DIR"] == "/var/openfaas/secrets"
     # all five credentials as files, named as OpenFaaS names them (fsd.settings), from the chart's
@@ -672,6 +677,12 @@ def test_render_operator_settings_as_values(rendered: dict[str, dict[str, Any]])
     env = env_of(the(manifests(rendered["variant:allowed-images"]), "Deployment", "fsd-operator"))
     assert env["FSD_ALLOWED_IMAGES"] == "registry.example/fsd/,fsd.local/"
     assert env["FSD_PROMETHEUS_URL"] == ""  # off
+    assert env["FSD_SHARED_MODELS"] == "team-a/gc1024,*/demo-*"  # what the admin shares
+    from fsd.k8s.access import ModelAccess
+
+    shared = ModelAccess.parse(env["FSD_SHARED_MODELS"])
+    assert shared.shared_with("team-a", "gc1024") and shared.shared_with("x", "demo-1")
+    assert not shared.shared_with("team-b", "gc1024")
 
 
 def test_render_minio_root_keys_stay_in_the_minio_pod(rendered: dict[str, dict[str, Any]]) -> None:
@@ -1148,3 +1159,58 @@ def _main(cases_file: str, out_file: str) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1], sys.argv[2])
+
+
+def _go_fullmatch(pattern: str, value: str) -> bool:
+    """A CRD pattern as the API server applies it: Go's RE2, where ``$`` is the end of the text
+    (Python's ``$`` also matches before a final newline, so ``re.search`` would let it pass)."""
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+    return re.fullmatch(pattern[1:-1], value) is not None
+
+
+SPEC_SAMPLES = {
+    ("resources", "memory"): ["1Gi", "512Mi", "3G", "1Gi\n", "1.5Gi", "-1Gi", "1Pi", "9" * 14],
+    ("resources", "cpu"): ["1", "0.5", "250m", "1\n", "1.5m", "1e3", "0.0001", "1234567"],
+    ("source", "model"): ["gc1024", "team-b.gc", "gc1024\n", ".hidden", "a" * 65, "a/b"],
+    ("image", "worker"): ["fsd.local/fsd-worker:1", "", "x --evil", "x\n"],
+}
+
+
+def test_the_crd_refuses_what_the_operator_refuses() -> None:
+    """Admission and the operator agree: every sample the CRD's pattern (as Go applies it)
+    admits, the operator parses, and every one it refuses the operator refuses too; bounds at
+    both ends; ``scaling.min <= max`` and the quantity ranges as CEL rules, with the operator's
+    own limits (fsd.k8s.spec)."""
+    from fsd.k8s import spec as k8s_spec
+    from fsd.k8s.errors import SourceError
+
+    properties = crd_schema()["properties"]["spec"]["properties"]
+    for (parent, field), samples in SPEC_SAMPLES.items():
+        node = properties[parent]["properties"][field]
+        for value in samples:
+            admitted = len(value) <= node["maxLength"] and _go_fullmatch(node["pattern"], value)
+            body: dict[str, Any] = {"source": {"model": "m"}, "workers": 2}
+            body.setdefault(parent, {})[field] = value
+            try:
+                k8s_spec.parse_spec(body)
+                parsed = True
+            except SourceError:
+                parsed = False
+            if admitted or parent != "resources":
+                assert parsed == admitted, (parent, field, value)
+            else:
+                assert not parsed, (parent, field, value)
+    resources = properties["resources"]["properties"]
+    memory_rule = resources["memory"]["x-kubernetes-validations"][0]["rule"]
+    assert "quantity('1Mi')" in memory_rule and "quantity('1Ti')" in memory_rule
+    assert k8s_spec.MAX_MEMORY_MIB == 1 << 20  # 1Ti
+    cpu_rule = resources["cpu"]["x-kubernetes-validations"][0]["rule"]
+    assert f"quantity('{k8s_spec.MAX_CPU}')" in cpu_rule and "quantity('1m')" in cpu_rule
+    scaling = properties["scaling"]
+    assert scaling["x-kubernetes-validations"][0]["rule"] == "self.min <= self.max"
+    assert scaling["properties"]["max"]["maximum"] == k8s_spec.MAX_REPLICAS
+    assert properties["workers"]["maximum"] == k8s_spec.MAX_WORKERS
+    source = properties["source"]["properties"]
+    assert source["neurons"]["maximum"] == k8s_spec.MAX_NEURONS
+    assert source["layers"]["maximum"] == k8s_spec.MAX_LAYERS
+    assert source["url"]["maxLength"] == k8s_spec.MAX_URL

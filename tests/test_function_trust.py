@@ -55,7 +55,12 @@ class Trap:
 @pytest.fixture(scope="module")
 def trap() -> Iterator[Trap]:
     folder = tempfile.mkdtemp(prefix="fsd-trap-")
-    recorders = {"nats": Recorder(NATS_INFO), "s3": Recorder(), "workers": Recorder()}
+    recorders = {
+        "nats": Recorder(NATS_INFO),
+        "s3": Recorder(),
+        "workers": Recorder(),
+        "aws": Recorder(),  # where SQS, SNS and Lambda would be: nothing may ever dial it
+    }
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(ROOT / "src"),
@@ -68,6 +73,7 @@ def trap() -> Iterator[Trap]:
         "AWS_ACCESS_KEY_ID": "trapaccess",
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "FSD_WORKER_URL": f"http://{recorders['workers'].url}/",
+        "AWS_ENDPOINT_URL": f"http://{recorders['aws'].url}",
         "FSD_MODELS": "gc1024",
         "FSD_MAX_WORKERS": "8",
         "FSD_MAX_IMAGES": "1000",
@@ -141,7 +147,7 @@ def no_secret_in(reply: dict[str, Any]) -> None:
         assert secret not in text
 
 
-NOTHING = {"nats": 0, "s3": 0, "workers": 0}
+NOTHING = {"nats": 0, "s3": 0, "workers": 0, "aws": 0}
 
 
 # -- forged invocations ----------------------------------------------------------------------
@@ -416,6 +422,54 @@ def test_a_request_may_leave_out_the_one_model_served(clean: Trap) -> None:
         assert (status, reply["error"]) == (400, "invalid request"), reply
         assert reply["detail"].startswith("model: required"), reply
         assert clean.connections() == NOTHING
+
+
+@pytest.mark.parametrize("kind", ["sqs", "sns", "s3"])
+def test_a_transport_the_deployment_does_not_run_is_a_400_without_a_connection(
+    clean: Trap, kind: str
+) -> None:
+    """The trap runs nats alone (FSD_CHANNEL, no FSD_CHANNELS): a request for another transport,
+    and a genuinely signed invocation naming one, are refused before anything is dialled; on
+    the code before, sqs and sns reached for AWS with the store's keys and held the request."""
+    started = time.monotonic()
+    got, reply = post(clean.coordinator, raw(_with(STORED, channel=kind)))
+    assert (got, reply["error"]) == (400, "invalid request"), reply
+    assert f"channel: {kind!r} is not a transport this deployment runs" in reply["detail"]
+    assert "FSD_CHANNELS: nats" in reply["detail"]
+    got, reply = post(clean.worker, signed(task(channel__kind=kind)))
+    assert (got, reply["error"]) == (400, "invalid request"), reply
+    assert "task/channel/kind" in reply["detail"]
+    assert time.monotonic() - started < 2.0  # a hang bound: both answers, at once
+    no_secret_in(reply)
+    assert clean.connections() == NOTHING
+
+
+def test_requests_choose_only_among_the_transports_configured(clean: Trap) -> None:
+    """``FSD_CHANNELS`` lists what the deployment runs: a listed one goes on to the store (the
+    trap's, which answers nothing), the rest are refused; a default not listed, or an unknown
+    name, is the function's own misconfiguration (503)."""
+    env = {**clean.env, "FSD_CHANNELS": "nats,s3"}
+    status, reply = coordinator_fn.handle_request(raw(_with(STORED, channel="s3")), env)
+    assert (status, reply["error"]) == (503, "channel unreachable"), reply
+    assert clean.connections()["s3"] > 0
+    clean.reset()
+    status, reply = coordinator_fn.handle_request(raw(_with(STORED, channel="sqs")), env)
+    assert (status, reply["error"]) == (400, "invalid request"), reply
+    assert "FSD_CHANNELS: nats, s3" in reply["detail"]
+    for change, mention in (
+        ({"FSD_CHANNELS": "s3", "FSD_CHANNEL": "nats"}, "not among FSD_CHANNELS"),
+        ({"FSD_CHANNELS": "nats,redis"}, "FSD_CHANNELS: 'redis'"),
+        ({"FSD_CHANNELS": "nats,local"}, "FSD_CHANNELS: 'local'"),
+        ({"FSD_CHANNEL": "sqs-fifo"}, "FSD_CHANNEL"),
+    ):
+        for handle, body in (
+            (coordinator_fn.handle_request, raw(STORED)),
+            (worker_fn.handle_request, signed(task())),
+        ):
+            status, reply = handle(body, {**clean.env, **change})
+            assert (status, reply["error"]) == (503, "not configured"), reply
+            assert mention in reply["detail"], reply
+    assert clean.connections() == NOTHING
 
 
 # -- configuration: a function without a usable secret or with malformed limits refuses ------

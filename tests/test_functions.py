@@ -8,6 +8,8 @@ that model only (FSD_MODELS). tests/test_function_trust.py has the bounds and fo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fsd import auth
@@ -111,6 +114,20 @@ def test_bad_requests_get_documented_4xx(
     assert reply["detail"]
 
 
+def test_inline_duplicates_that_sum_past_the_dtype_are_a_400_before_any_worker(
+    stack: LocalStack,
+) -> None:
+    """Each value is finite in float32, their sum at one (row, col) is not: refused before a
+    worker is invoked (the code before invoked them all and answered 502 once they failed)."""
+    big = float(np.finfo(np.float32).max) * 0.75
+    inputs = {"count": 1, "rows": [1, 1], "cols": [5, 5], "values": [big, big]}
+    before = [len(w.log_path.read_bytes()) for w in stack.worker_servers]
+    status, reply = ask(stack, model="gc1024", workers=4, inputs=inputs)
+    assert (status, reply["error"]) == (400, "invalid request"), reply
+    assert "inputs/values" in reply["detail"] and "float32" in reply["detail"]
+    assert [len(w.log_path.read_bytes()) for w in stack.worker_servers] == before  # none asked
+
+
 def test_too_large_body_is_413(stack: LocalStack) -> None:
     got, reply = post(stack.url, b"x" * (65 * 1024))
     assert got == 413, reply
@@ -139,6 +156,30 @@ def test_killed_worker_is_named_within_the_timeout(stack: LocalStack) -> None:
         assert elapsed < 40
     finally:
         stack.restart_worker(2)
+
+
+def test_a_stopped_worker_function_is_named_by_its_peers(stack: LocalStack) -> None:
+    """``kill -STOP`` of one worker function, with a run timeout no longer than the layer
+    timeout: the peers give up just before the run's deadline (the task's ``deadline``) and
+    say whom they waited for; on the code before, the deadline came first: "still running:
+    [0, 1, 2, 3]"."""
+    victim = stack.worker_servers[1]
+    os.kill(victim.proc.pid, signal.SIGSTOP)  # alive, listening, silent
+    try:
+        request = {"model": "gc1024", "workers": 4, "channel": "nats", "images": {"stored": True}}
+        status, reply = ask(stack, **request, timeout=8)
+        assert (status, reply["error"], reply["worker"]) == (504, "worker timed out", 1), reply
+        assert "stopped responding" in reply["detail"] and "still running" not in reply["detail"]
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+        stack.restart_worker(1)
+
+
+def test_a_timeout_too_short_to_keep_is_504(stack: LocalStack) -> None:
+    """docs/api.md: a worker or the run out of time is 504 (it was a 502, the workers' own
+    give-up read as a crash)."""
+    status, reply = ask(stack, model="gc1024", workers=4, timeout=1e-9, images={"stored": True})
+    assert (status, reply["error"]) == (504, "worker timed out"), reply
 
 
 def test_prometheus_scrapes_the_functions_during_inference(

@@ -42,7 +42,9 @@ import yaml
 from minio import Minio
 
 from fsd.channels.settings import channel_config
+from fsd.errors import InputError
 from fsd.k8s import GROUP, PLURAL, VERSION
+from fsd.k8s.access import ModelAccess
 from fsd.k8s.config import DEFAULT_SECRETS, OperatorConfig
 from fsd.k8s.desired import function_deployments, function_resource, worker_scale
 from fsd.k8s.errors import SourceError
@@ -174,6 +176,8 @@ def operator_config(s3: S3Server, gateway_url: str, **overrides: Any) -> Operato
         "gateway_timeout": 2.0,
         "retry_seconds": 0.2,
         "refresh_seconds": REFRESH,
+        # what `fsd model push` put in the store (the `pushed` fixture), shared by the admin
+        "shared": ModelAccess.parse("*/pushed-*"),
         **overrides,
     }
     return OperatorConfig(**settings)
@@ -506,7 +510,7 @@ def test_unreachable_store_degrades_and_is_retried(
 
 def test_bad_sources_are_permanent_failures(s3_server: S3Server, gateway: FakeGateway) -> None:
     with operator(operator_config(s3_server, gateway.url)) as kube:
-        kube.create(model("zeta", {"model": "no-such-model"}, 2))
+        kube.create(model("zeta", {"model": "pushed-no-such-model"}, 2))  # shared, not there
         kube.create(model("eta", {"url": f"s3://{SOURCE_BUCKET}/nothing-here"}, 2))
         for name, reason in (("zeta", "ModelNotFound"), ("eta", "SourceNotFound")):
             status = kube.wait_status(name, reason, lambda s: s.get("phase") == "Degraded")
@@ -648,6 +652,7 @@ def test_kopf_run_entrypoint(
         "FSD_GATEWAY_PASSWORD_FILE": str(tmp_path / "password"),
         "FSD_OPERATOR_RETRY_SECONDS": "0.2",
         "FSD_OPERATOR_REFRESH_SECONDS": "0.5",
+        "FSD_SHARED_MODELS": f"default/{pushed}",  # the admin shares it with this namespace
         "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
     }
     kopf_bin = Path(sys.executable).with_name("kopf")
@@ -730,7 +735,14 @@ def test_community_edition_replica_cap_holds_every_worker(
     s3_server: S3Server, gateway: FakeGateway
 ) -> None:
     """CE refuses scale.min/max above 5: 64 workers fit as 5 replicas of 13 invocations each."""
-    spec = parse_spec({"source": {"model": "m"}, "workers": 64, "scaling": {"max": 64}})
+    spec = parse_spec(
+        {
+            "source": {"model": "m"},
+            "workers": 64,
+            "scaling": {"max": 64},
+            "resources": {"memory": "4Gi"},  # 13 invocations of 315 MiB (1Gi: refused)
+        }
+    )
     ce = operator_config(s3_server, gateway.url)
     pro = dataclasses.replace(ce, mode="pro")
     kwargs: dict[str, Any] = {"name": "big", "namespace": "default", "spec": spec}
@@ -991,7 +1003,6 @@ def test_images_outside_the_allowlist_are_refused(
 
 
 def test_operator_numbers_must_be_finite_and_bounded() -> None:
-    from fsd.errors import InputError
 
     base = {"FSD_S3_ENDPOINT": "http://s3:9000"}
     for name, raw in [
@@ -1127,7 +1138,8 @@ def test_worker_threads_cover_every_admitted_invocation(s3_server: S3Server) -> 
     ce = operator_config(s3_server, "http://127.0.0.1:1")
     for config in (ce, dataclasses.replace(ce, mode="pro")):
         for workers in (2, 64, 1000):
-            spec = parse_spec({"source": {"model": "m"}, "workers": workers})
+            memory = {"memory": "64Gi"}  # 1000 workers on 5 replicas: 200 invocations each
+            spec = parse_spec({"source": {"model": "m"}, "workers": workers, "resources": memory})
             worker = function_deployments(
                 name="t", namespace="default", spec=spec, config=config, store_model="m"
             )[1]
@@ -1398,7 +1410,7 @@ def test_refresh_takes_the_model_from_the_spec_not_the_status(
     assert {p["envVars"]["FSD_MODELS"] for p in posted} == {pushed}
 
 
-@pytest.mark.parametrize(("memory", "mb"), [("2Gi", 2048), ("512Mi", 512), ("3G", 2861)])
+@pytest.mark.parametrize(("memory", "mb"), [("2Gi", 2048), ("1Gi", 1024), ("3G", 2861)])
 def test_the_coordinator_plans_with_what_one_worker_invocation_may_use(
     s3_server: S3Server, memory: str, mb: int
 ) -> None:
@@ -1411,3 +1423,102 @@ def test_the_coordinator_plans_with_what_one_worker_invocation_may_use(
     inflight = int(worker["envVars"]["max_inflight"])
     assert coordinator["envVars"]["FSD_MEMORY_MB"] == str(mb // inflight)
     assert "FSD_MEMORY_MB" not in worker["envVars"]
+
+
+# -- second trust audit: tenants stay apart, specs that cannot work are refused ---------------
+
+
+def test_a_namespace_reaches_only_its_own_and_shared_models(
+    s3_server: S3Server, gateway: FakeGateway, challenge: Path, pushed: str
+) -> None:
+    """``team-a`` naming ``team-b``'s model (pushed by the operator for ``team-b``) is refused
+    with the same words as a model that does not exist, and nothing is deployed for it; the
+    same model serves in ``team-b``; an admin's share (``FSD_SHARED_MODELS``) opens exactly the
+    namespaces it names. On the code before, ``team-a`` got a coordinator serving it."""
+    url = upload(s3_server.client(), challenge)
+    shared = ModelAccess.parse(f"team-a/{pushed}")
+    with operator(operator_config(s3_server, gateway.url, shared=shared)) as kube:
+        kube.create(model("secret-model", {"url": url}, 2, namespace="team-b"))
+        kube.wait_status("secret-model", "Ready", is_ready, namespace="team-b")
+        kube.create(model("thief", {"model": "team-b.secret-model"}, 2, namespace="team-a"))
+        kube.create(model("prober", {"model": "team-b.no-such-model"}, 2, namespace="team-a"))
+        kube.create(model("same-ns", {"model": "team-b.secret-model"}, 2, namespace="team-b"))
+        kube.create(model("granted", {"model": pushed}, 2, namespace="team-a"))
+        kube.create(model("ungranted", {"model": pushed}, 2, namespace="team-c"))
+        details = []
+        for name, namespace in (("thief", "team-a"), ("prober", "team-a"), ("ungranted", "team-c")):
+            status = kube.wait_status(
+                name, "Degraded", lambda s: s.get("phase") == "Degraded", namespace=namespace
+            )
+            degraded = condition(status, "Degraded")
+            assert degraded["reason"] == "ModelNotAllowed", status
+            details.append(degraded["message"].split("'")[2])  # the words after the name
+        assert details[0] == details[1]  # the same whether it exists or not: no probing
+        kube.wait_status("same-ns", "Ready", is_ready, namespace="team-b")
+        kube.wait_status("granted", "Ready", is_ready, namespace="team-a")
+        deployed = set(gateway.functions)
+        for name, namespace in (("thief", "team-a"), ("prober", "team-a"), ("ungranted", "team-c")):
+            assert function_name(name, namespace, "coordinator") not in deployed
+        models = {p["envVars"]["FSD_MODELS"] for p in gateway.calls("POST")}
+        assert models == {"team-b.secret-model", pushed}
+    with pytest.raises(InputError, match="FSD_SHARED_MODELS"):
+        ModelAccess.parse("team-a")  # no namespace/model
+    with pytest.raises(InputError, match="FSD_SHARED_MODELS"):
+        ModelAccess.parse("Team_A/gc1024")
+
+
+@pytest.mark.parametrize(
+    ("spec", "mention"),
+    [
+        ({"resources": {"memory": "1Gi\n"}}, "spec.resources.memory"),
+        ({"resources": {"cpu": "1\n"}}, "spec.resources.cpu"),
+        ({"source": {"model": "gc1024\n"}}, "spec.source.model"),
+        ({"resources": {"memory": "0"}}, "spec.resources.memory"),
+        ({"resources": {"memory": "99999Ti"}}, "spec.resources.memory"),
+        ({"resources": {"cpu": "0"}}, "spec.resources.cpu"),
+        ({"resources": {"cpu": "100000"}}, "spec.resources.cpu"),
+        ({"resources": {"cpu": "0.5m"}}, "spec.resources.cpu"),
+        ({"scaling": {"max": 10**9}}, "spec.scaling.max"),
+        ({"scaling": {"min": 8, "max": 4}}, "spec.scaling.max"),
+        ({"source": {"model": "m", "neurons": 2**40}}, "spec.source.neurons"),
+        ({"image": {"worker": "fsd.local/fsd-worker:1 --evil"}}, "spec.image.worker"),
+        # each worker invocation would get 78 (CE: 13 on 5 replicas) and 128 MiB, under the 200
+        ({"workers": 64}, "give at least 2613Mi"),
+        ({"workers": 4, "resources": {"memory": "512Mi"}}, "give at least 804Mi"),
+    ],
+)
+def test_a_spec_that_cannot_work_is_a_permanent_invalid_spec(
+    s3_server: S3Server, spec: dict[str, Any], mention: str
+) -> None:
+    """Refused with the reason (Degraded, never retried until the spec changes), not deployed
+    to answer 503 forever, nor a ValueError retried forever (``1Gi\\n`` passed a ``$``)."""
+    config = operator_config(s3_server, "http://127.0.0.1:1")
+    body = {"source": {"model": "m"}, "workers": 2, **spec}
+    with pytest.raises(SourceError) as refused:
+        parsed = parse_spec(body)
+        function_deployments(
+            name="t", namespace="default", spec=parsed, config=config, store_model="m"
+        )
+    assert refused.value.reason == "InvalidSpec" and not refused.value.temporary
+    assert mention in str(refused.value)
+
+
+def test_an_unworkable_spec_is_degraded_at_once_and_not_retried(
+    s3_server: S3Server, gateway: FakeGateway, pushed: str
+) -> None:
+    with operator(operator_config(s3_server, gateway.url)) as kube:
+        kube.create(model("lambda", {"model": pushed}, 2, resources={"memory": "1Gi\n"}))
+        kube.create(model("mu", {"model": pushed}, 64))  # 1Gi for 13 invocations a replica
+        kube.create(model("nu", {"model": pushed}, 2, channel="s3"))
+        for name in ("lambda", "mu"):
+            status = kube.wait_status(name, "Degraded", lambda s: s.get("phase") == "Degraded")
+            assert condition(status, "Degraded")["reason"] == "InvalidSpec", status
+        kube.wait_status("nu", "Ready", is_ready)
+        assert {p["service"] for p in gateway.calls("POST")} == {
+            "nu-default-coordinator",
+            "nu-default-worker",
+        }
+        nu = gateway.functions["nu-default-coordinator"]["envVars"]
+        assert (nu["FSD_CHANNEL"], nu["FSD_CHANNELS"]) == ("s3", "nats,s3")
+    with pytest.raises(InputError, match="FSD_CHANNELS"):
+        OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3:9000", "FSD_CHANNELS": "nats,sqs"})

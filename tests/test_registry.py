@@ -75,7 +75,7 @@ def test_a_workers_counts_may_come_in_any_order() -> None:
 def test_functions_on_aws_need_no_endpoint_only_credentials(kind: str) -> None:
     """On Lambda, SQS and SNS are AWS's own endpoints (none configured) and the role's keys are
     in the environment; without either, the function says what to set."""
-    store = {"FSD_S3_ENDPOINT": "https://s3.us-east-1.amazonaws.com"}
+    store = {"FSD_S3_ENDPOINT": "https://s3.us-east-1.amazonaws.com", "FSD_CHANNEL": kind}
     role = {"AWS_ACCESS_KEY_ID": "ASIAEXAMPLE", "AWS_SESSION_TOKEN": "t", **store}
     transport_config, _ = own_channels(kind, role)
     assert transport_config.address == ""  # boto3 resolves AWS's endpoint

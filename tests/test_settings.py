@@ -293,3 +293,25 @@ def test_the_env_tables_show_the_defaults_the_code_uses() -> None:
         row = doc[doc.index(f"``{name}``") :][:200]
         found = re.search(r"\(default:? (?:``)?([^`;),]+)", row)
         assert found and found.group(1) == value, (name, found and found.group(1), value)
+
+
+def test_mounted_s3_keys_stay_the_stores_own(tmp_path: Path) -> None:
+    """The ``fsd-s3-*`` secret files set the store's keys only: never ``AWS_ACCESS_KEY_ID``,
+    which boto3 would hand to SQS, SNS or Lambda (on the code before, a request for ``sqs``
+    made a NATS + S3 function dial AWS with the store's keys)."""
+    from fsd.channels.aws import aws_has_server
+    from fsd.channels.settings import channel_config
+
+    (tmp_path / "fsd-s3-access-key").write_text("STOREKEYID\n")
+    (tmp_path / "fsd-s3-secret-key").write_text("store-secret-value\n")
+    env = settings.function_env({"FSD_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    store = channel_config("s3", env=env)
+    assert (store.access_key, store.secret_key) == ("STOREKEYID", "store-secret-value")
+    for kind in ("sqs", "sns"):
+        queues = channel_config(kind, env=env)
+        assert (queues.access_key, queues.secret_key) == ("", "")
+        assert not aws_has_server(queues, env)  # no AWS credentials: nothing to dial
+    # the SDKs' own variables still work for the store where nothing else is set (fsd run)
+    aws = channel_config("s3", env={"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"})
+    assert (aws.access_key, aws.secret_key) == ("A", "S")

@@ -124,9 +124,11 @@ class LocalStack:
         if not settings.text(env, "FSD_S3_ENDPOINT"):
             self.s3 = S3Server().start(timeout=30.0)
             env["FSD_S3_ENDPOINT"] = self.s3.endpoint
-            env["AWS_ACCESS_KEY_ID"] = self.s3.access_key
-            env["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+            env["FSD_S3_ACCESS_KEY_ID"] = self.s3.access_key
+            env["FSD_S3_SECRET_ACCESS_KEY"] = self.s3.secret_key
             env.setdefault("FSD_S3_BUCKET", self.s3.bucket)
+        # the transports this stack runs: a request may choose only among them
+        env.setdefault("FSD_CHANNELS", "nats,s3")
         ports = pick_ports(self.workers + 1)
         functions = ROOT / "functions"
         # workers know each other too: in a fan-out tree they invoke their children

@@ -117,14 +117,18 @@ SECRET_VARS = {
     "fsd-nats-token": "FSD_NATS_TOKEN",
     "fsd-nats-user": "FSD_NATS_USER",
     "fsd-nats-password": "FSD_NATS_PASSWORD",
-    "fsd-s3-access-key": "AWS_ACCESS_KEY_ID",
-    "fsd-s3-secret-key": "AWS_SECRET_ACCESS_KEY",
+    # the store's own: never AWS_ACCESS_KEY_ID, which every AWS client would take as its keys
+    "fsd-s3-access-key": "FSD_S3_ACCESS_KEY_ID",
+    "fsd-s3-secret-key": "FSD_S3_SECRET_ACCESS_KEY",
     "fsd-gateway-password": "FSD_GATEWAY_PASSWORD",
     "fsd-run-key": "FSD_RUN_KEY",
 }
 CREDS_FILE = "fsd-nats-credentials"
 
-SECRET_NAMES = frozenset({*SECRET_VARS.values(), "OPENFAAS_PASSWORD", "AWS_SESSION_TOKEN"})
+SECRET_NAMES = frozenset(
+    {*SECRET_VARS.values(), "OPENFAAS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    | {"AWS_SESSION_TOKEN"}
+)
 """Variables whose values no message repeats: the secret files' and the clients' own."""
 
 # --- the readers ---

@@ -97,6 +97,9 @@ class ChannelConfig:
     password: str = field(default="", repr=False)  # nats
     # the deployment secret frames are authenticated with (fsd.auth); never sent anywhere
     secret: bytes = field(default=b"", repr=False)
+    # a coordinator endpoint removes what runs that ended without cleaning up left (sqs, sns:
+    # it lists the deployment's queues, which a function's role may not: functions turn it off)
+    reap: bool = True
 
     def __post_init__(self) -> None:
         frame = self.max_frame

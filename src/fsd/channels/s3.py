@@ -71,6 +71,24 @@ def s3_endpoint_setting(flag: str | None, env: Mapping[str, str]) -> tuple[str, 
     return "", ""
 
 
+def _keys(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """The store's (access key, secret key, session token): its own
+    (``FSD_S3_ACCESS_KEY_ID``/``FSD_S3_SECRET_ACCESS_KEY``, what the ``fsd-s3-*`` secret files
+    set), else the AWS SDKs' variables.
+
+    The S3 keys a function mounts stay S3's: they are never ``AWS_ACCESS_KEY_ID``, which every
+    AWS client in the process (SQS, SNS, Lambda) would take as its credentials too.
+    """
+    own = settings.text(env, "FSD_S3_ACCESS_KEY_ID")
+    if own:
+        return own, settings.text(env, "FSD_S3_SECRET_ACCESS_KEY"), ""
+    return (
+        settings.text(env, "AWS_ACCESS_KEY_ID"),
+        settings.text(env, "AWS_SECRET_ACCESS_KEY"),
+        settings.text(env, "AWS_SESSION_TOKEN"),
+    )
+
+
 class S3Channel(Channel):
     """One endpoint of one run on a bucket."""
 
@@ -97,14 +115,15 @@ class S3Channel(Channel):
         source, endpoint = s3_endpoint_setting(flags.get("s3_endpoint"), env)
         if endpoint:
             check_s3_endpoint(endpoint, source)
+        access_key, secret_key, session_token = _keys(env)
         return dataclasses.replace(
             config,
             address=endpoint,
             bucket=bucket,
             region=settings.aws_region(env, config.region),
-            access_key=settings.text(env, "AWS_ACCESS_KEY_ID"),
-            secret_key=settings.text(env, "AWS_SECRET_ACCESS_KEY"),
-            session_token=settings.text(env, "AWS_SESSION_TOKEN"),
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=session_token,
         )
 
     @classmethod

@@ -25,6 +25,10 @@ traceback nor a silent default.
                                      stored partitions that fit; unset, every worker is one
 ``FSD_MODELS``              (none)   models served: comma-separated names and prefixes ending
                                      in ``*`` (``*`` alone: every model); unset or empty: none
+``FSD_CHANNEL``             nats     the transport of a request that names none
+``FSD_CHANNELS``            (none)   the transports this deployment runs (comma-separated), the
+                                     only ones a request's ``channel`` or an invocation may
+                                     name; unset: ``FSD_CHANNEL`` alone
 ``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)
 ``FSD_LAUNCHER``            openfaas how workers are invoked: ``openfaas`` (``FSD_WORKER_URL``)
                                      or ``lambda`` (``FSD_WORKER_FUNCTION``, the AWS handlers
@@ -45,6 +49,7 @@ variable is an unset one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -55,7 +60,7 @@ from fsd.channels import REMOTE_CHANNELS
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.settings import EXEC_MARGIN, HOUR, SECRET_VARS
+from fsd.settings import EXEC_MARGIN, HOUR, SECRET_NAMES
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 """What a model name looks like (the request schemas use the same pattern)."""
@@ -203,7 +208,7 @@ def deployment_secret(env: Mapping[str, str]) -> bytes:
 
 def secret_values(env: Mapping[str, str]) -> list[str]:
     """Every secret this function holds, to scrub from anything it answers."""
-    found = [settings.text(env, var) for var in SECRET_VARS.values()]
+    found = [settings.text(env, var) for var in sorted(SECRET_NAMES)]
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
@@ -216,14 +221,59 @@ def platform(env: Mapping[str, str]) -> str:
     return settings.choice(env, "FSD_LAUNCHER", settings.LAUNCHER, PLATFORMS, error=NotConfigured)
 
 
+@dataclass(frozen=True)
+class Transports:
+    """The transports this deployment runs (``FSD_CHANNELS``) and its default (``FSD_CHANNEL``).
+
+    The one rule for what a caller may choose: a request (coordinator) or a signed invocation
+    (worker) names a transport only among these, checked before any side effect; anything else
+    is a 400 naming what the deployment runs, so a caller can never make a function dial a
+    service its operator did not configure (nor hand it credentials meant for another one).
+    Unset, the deployment runs its default transport alone.
+    """
+
+    offered: tuple[str, ...] = (settings.CHANNEL,)
+    default: str = settings.CHANNEL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Transports:
+        default = settings.choice(
+            env, "FSD_CHANNEL", settings.CHANNEL, REMOTE_CHANNELS, error=NotConfigured
+        )
+        offered = tuple(dict.fromkeys(n.lower() for n in settings.names(env, "FSD_CHANNELS")))
+        unknown = [n for n in offered if n not in REMOTE_CHANNELS]
+        if unknown:
+            raise NotConfigured(
+                f"FSD_CHANNELS: {unknown[0][:20]!r} is not a transport "
+                f"({', '.join(REMOTE_CHANNELS)})"
+            )
+        if offered and default not in offered:
+            raise NotConfigured(
+                f"FSD_CHANNEL {default!r} is not among FSD_CHANNELS ({', '.join(offered)})"
+            )
+        return cls(offered or (default,), default)
+
+    def choose(self, requested: str | None, field: str = "channel") -> str:
+        """The transport a caller asked for (the default when none): InputError (400) when this
+        deployment does not run it."""
+        kind = requested or self.default
+        if kind not in self.offered:
+            raise InputError(
+                f"{field}: {str(kind)[:20]!r} is not a transport this deployment runs "
+                f"(FSD_CHANNELS: {', '.join(self.offered)})"
+            )
+        return kind
+
+
 def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:
     """This function's transport for ``kind`` and its model store, from its own configuration
     only; a malformed or missing setting is this function's fault (NotConfigured), never the
-    request's."""
-    if kind not in REMOTE_CHANNELS:
-        raise NotConfigured(f"FSD_CHANNEL must be one of {', '.join(REMOTE_CHANNELS)}")
+    request's. ``kind`` must be one :class:`Transports` offers (callers choose through it)."""
+    if kind not in Transports.from_env(env).offered:
+        raise NotConfigured(f"{kind!r} is not among this function's FSD_CHANNELS")
     try:
-        transport = channel_config(kind, env=env)
+        # no reaping from a function: its role lists no queues (it ends its runs itself)
+        transport = dataclasses.replace(channel_config(kind, env=env), reap=False)
         store = channel_config("s3", env=env)
     except InputError as exc:
         raise NotConfigured(str(exc)) from None

@@ -30,6 +30,7 @@ from fsd.functions.config import (
     Limits,
     ModelFilter,
     NotConfigured,
+    Transports,
     deployment_secret,
     own_channels,
     platform,
@@ -71,7 +72,10 @@ def _check_inline(inputs: dict[str, Any]) -> None:
         raise InputError(f"inputs/rows: row {max(rows)} > count {inputs['count']}")
 
 
-def _inline_images(inputs: dict[str, Any], neurons: int) -> sp.csr_matrix:
+def _inline_images(inputs: dict[str, Any], neurons: int, dtype: str) -> sp.csr_matrix:
+    """The inline images as the model's workers will hold them, checked before any is invoked:
+    duplicate (row, col) entries are summed (as SciPy does), and every sum must be finite in
+    the model's ``dtype`` (two float32 maxima sum to infinity)."""
     rows, cols = inputs["rows"], inputs["cols"]
     values = inputs.get("values") or [1.0] * len(rows)
     if cols and max(cols) > neurons:
@@ -79,13 +83,21 @@ def _inline_images(inputs: dict[str, Any], neurons: int) -> sp.csr_matrix:
     r = np.asarray(rows, np.int64) - 1
     c = np.asarray(cols, np.int64) - 1
     shape = (int(inputs["count"]), neurons)
-    return sp.csr_matrix((np.asarray(values, np.float64), (r, c)), shape=shape)
+    matrix = sp.csr_matrix((np.asarray(values, np.float64), (r, c)), shape=shape)
+    matrix.sum_duplicates()
+    limit = float(np.finfo(np.dtype(dtype)).max)
+    if matrix.nnz and not np.abs(matrix.data).max() <= limit:
+        raise InputError(
+            f"inputs/values: entries of one (row, col) sum beyond the model's {dtype} range"
+        )
+    return matrix
 
 
 def _handle(body: bytes, env: dict[str, str]) -> Reply:
     try:
         limits = Limits.from_env(env)
         served = ModelFilter.from_env(env)
+        transports = Transports.from_env(env)
         budget = _budget(env)
         deployment_secret(env)  # refuse to run at all without one (the launcher signs with it)
     except NotConfigured as exc:
@@ -103,13 +115,15 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
     if not served.allows(name):
         return error(404, "unknown model", f"unknown model {name!r}")
     try:
+        # only among the transports this deployment runs, before anything is asked or dialled
+        request["channel"] = transports.choose(request.get("channel"))
         return _infer(request, env, limits, budget)
     except ModelNotFound as exc:
         return error(404, "unknown model", str(exc))
     except ModelFormatError as exc:  # the store's fault, not the request's
         return error(502, "malformed model", str(exc))
     except WorkerError as exc:
-        timed_out = "timed out" in exc.detail
+        timed_out = exc.timed_out or "timed out" in exc.detail
         return error(
             504 if timed_out else 502,
             "worker timed out" if timed_out else "worker failed",
@@ -163,7 +177,7 @@ def _infer(
 ) -> Reply:
     _bounds(request, limits)
     name = request["model"]
-    kind = request.get("channel") or settings.text(env, "FSD_CHANNEL", settings.CHANNEL)
+    kind = request["channel"]
     transport, store_config = own_channels(kind, env)
     timeout = float(request.get("timeout", limits.timeout))
     store = ModelStore(store_config)
@@ -186,7 +200,7 @@ def _infer(
         matrix = images.matrix
     else:
         images = None
-        matrix = _inline_images(request["inputs"], manifest.neurons)
+        matrix = _inline_images(request["inputs"], manifest.neurons, manifest.dtype)
     partitions, window = _partitions(manifest, workers, partition, int(matrix.shape[0]), budget)
     prepared = prepare_stored(store, ModelRef(name, partitions, partition), manifest)
     prepared.window = window

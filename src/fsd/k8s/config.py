@@ -14,6 +14,13 @@
 ``FSD_FUNCTION_GATEWAY_URL``     the gateway as the functions see it, for ``FSD_WORKER_URL``
                                  (default ``http://gateway.openfaas:8080``)
 ``FSD_NATS_URL``                 NATS for the functions (default ``nats://nats.fsd:4222``)
+``FSD_CHANNELS``                 the transports the functions may use, comma-separated (default
+                                 ``nats,s3``: what the chart runs); a ``spec.channel`` outside
+                                 them is an ``InvalidSpec``, a request naming one a 400
+``FSD_SHARED_MODELS``            models pushed with ``fsd model push`` that an admin shares,
+                                 comma-separated ``<namespace>/<model>`` (``*`` for every
+                                 namespace; a model ending in ``*`` is a prefix); a namespace
+                                 reaches only these and the models pushed for its own objects
 ``FSD_S3_ENDPOINT``              the model store (required), ``FSD_S3_BUCKET`` (default ``fsd``),
                                  ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION``
                                  or the ``fsd-s3-*`` secret files (:mod:`fsd.settings`)
@@ -65,6 +72,8 @@ from fsd import settings
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import InputError
+from fsd.k8s.access import ModelAccess
+from fsd.k8s.spec import CHANNELS
 from fsd.settings import PROMETHEUS_URL, SECRETS_DIR, function_env
 
 DEFAULT_SECRETS = (
@@ -77,7 +86,7 @@ DEFAULT_SECRETS = (
 MODES = ("ce", "pro")
 MB = 1024 * 1024
 MAX_SOURCE_MB = 8192  # FSD_OPERATOR_MAX_SOURCE_MB
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Secret's name
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Secret's name
 
 
 def repository(image: str) -> str:
@@ -119,6 +128,8 @@ class OperatorConfig:
     function_namespace: str = ""
     function_gateway_url: str = settings.GATEWAY_URL
     nats_url: str = settings.NATS_URL
+    channels: tuple[str, ...] = CHANNELS
+    shared: ModelAccess = field(default_factory=ModelAccess)
     function_s3_endpoint: str = ""
     coordinator_image: str = "fsd.local/fsd-coordinator:latest"
     worker_image: str = "fsd.local/fsd-worker:latest"
@@ -141,8 +152,14 @@ class OperatorConfig:
         if self.fanout < 1 or self.max_inflight < 1:
             raise InputError("FSD_FANOUT and FSD_MAX_INFLIGHT must be >= 1")
         for name in self.secrets:
-            if not _SECRET_NAME.match(name):
+            if not _SECRET_NAME.fullmatch(name):
                 raise InputError(f"FSD_FUNCTION_SECRETS: {name!r} is not a valid secret name")
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if not self.channels or unknown:
+            raise InputError(
+                f"FSD_CHANNELS must name transports the chart runs ({', '.join(CHANNELS)}), "
+                f"got {','.join(self.channels)[:60]!r}"
+            )
 
     @property
     def image_prefixes(self) -> tuple[str, ...]:
@@ -188,6 +205,8 @@ class OperatorConfig:
             function_namespace=text("FSD_FUNCTION_NAMESPACE"),
             function_gateway_url=text("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
             nats_url=text("FSD_NATS_URL", cls.nats_url),
+            channels=tuple(dict.fromkeys(settings.names(env, "FSD_CHANNELS"))) or CHANNELS,
+            shared=ModelAccess.parse(text("FSD_SHARED_MODELS")),
             function_s3_endpoint=text("FSD_FUNCTION_S3_ENDPOINT"),
             coordinator_image=text("FSD_COORDINATOR_IMAGE", cls.coordinator_image),
             worker_image=text("FSD_WORKER_IMAGE", cls.worker_image),

@@ -64,7 +64,8 @@ from typing import Any
 from fsd.k8s.config import OperatorConfig
 from fsd.k8s.errors import SourceError
 from fsd.k8s.names import function_name, label_value
-from fsd.k8s.spec import ModelSpec
+from fsd.k8s.spec import ModelSpec, memory_mib
+from fsd.planner import BASE_MB
 from fsd.settings import EXEC_MARGIN, TIMEOUT
 
 SCALE_MIN = "com.openfaas.scale.min"
@@ -215,6 +216,8 @@ def _environment(
         "FSD_S3_BUCKET": config.store.bucket,
         "FSD_WORKER_URL": worker_url(config, name, namespace),
         "FSD_CHANNEL": spec.channel,
+        # the transports the chart runs: a request may choose only among them (docs/api.md)
+        "FSD_CHANNELS": ",".join(config.channels),
         # the one model these functions serve: any other in the store is a 404 (docs/api.md)
         "FSD_MODELS": store_model,
         # the coordinator's fan-out; workers refuse invocations that carry a larger one
@@ -229,19 +232,37 @@ def _environment(
         env["max_inflight"] = str(inflight)
         env["FSD_THREADS"] = str(inflight + EXTRA_THREADS)
     else:  # what one worker invocation may use: the planner's budget (fsd.functions.coordinator)
-        env["FSD_MEMORY_MB"] = str(max(1, memory_mb(spec.memory) // inflight))
+        env["FSD_MEMORY_MB"] = str(worker_budget_mb(spec, config))
     return env
 
 
-_QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_QUANTITY |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+def worker_budget_mb(spec: ModelSpec, config: OperatorConfig) -> int:
+    """MiB one worker invocation may use: the function's memory shared by the invocations one
+    replica admits at once (:func:`worker_inflight`).
 
-
-def memory_mb(quantity: str) -> int:
-    """A memory quantity as Kubernetes writes it (``1Gi``, ``512Mi``, ``2G``; already checked by
-    :mod:`fsd.k8s.spec`) in whole MiB, rounded down."""
-    digits = quantity.rstrip("KkMGTi")
-    return int(digits) * _QUANTITY[quantity[len(digits) :]] // 2**20
+    The coordinator plans with it (``FSD_MEMORY_MB``) and refuses every request when it leaves
+    a worker no more than it holds before any model (:data:`fsd.planner.BASE_MB`): such a spec
+    could never serve, so it is a permanent ``InvalidSpec`` naming the memory that would do,
+    never a deployment that answers 503 to everything.
+    """
+    inflight = worker_inflight(spec, config)
+    mib = memory_mib(spec.memory)
+    budget = mib // inflight
+    if budget <= BASE_MB:
+        cap = replica_cap(config)
+        why = (
+            f"{spec.workers} workers on at most {cap} replicas"
+            if cap and inflight > config.max_inflight
+            else "FSD_MAX_INFLIGHT"
+        )
+        raise SourceError(
+            f"spec.resources.memory {spec.memory} is shared by the {inflight} invocations a "
+            f"worker replica admits at once ({why}): {budget} MiB each, no more than the "
+            f"{BASE_MB:g} MiB a worker holds before any model; give at least "
+            f"{(int(BASE_MB) + 1) * inflight}Mi",
+            reason="InvalidSpec",
+        )
+    return budget
 
 
 def function_deployment(

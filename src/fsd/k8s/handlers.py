@@ -41,7 +41,7 @@ from fsd.errors import InputError
 from fsd.k8s import GROUP, PLURAL, VERSION, latency
 from fsd.k8s import status as report
 from fsd.k8s.config import OperatorConfig, image_allowed, refresh_seconds
-from fsd.k8s.desired import coordinator_url, function_deployments
+from fsd.k8s.desired import coordinator_url, function_deployments, worker_budget_mb
 from fsd.k8s.errors import ReconcileError, SourceError
 from fsd.k8s.functions import Readiness, deployer, kube_client, readiness
 from fsd.k8s.models import ModelKeeper, Owner
@@ -189,6 +189,31 @@ def _check_images(config: OperatorConfig, spec: ModelSpec) -> None:
             )
 
 
+def _check_channel(config: OperatorConfig, spec: ModelSpec) -> None:
+    """``spec.channel`` must be one the functions may use (``FSD_CHANNELS``)."""
+    if spec.channel not in config.channels:
+        raise SourceError(
+            f"spec.channel {spec.channel!r} is not a transport this operator's functions run "
+            f"(FSD_CHANNELS: {', '.join(config.channels)})",
+            reason="InvalidSpec",
+        )
+
+
+def _withdraw(config: OperatorConfig, name: str, namespace: str, uid: str, logger: Any) -> None:
+    """Remove this object's functions (only those it owns): they must not go on serving a model
+    the namespace may no longer reach. Best effort: the failure is reported all the same."""
+    try:
+        with _gateway(config) as gateway:
+            chosen, api_client = deployer(config, gateway)
+            try:
+                chosen.remove([function_name(name, namespace, role) for role in ROLES], uid)
+            finally:
+                if api_client is not None:
+                    api_client.close()
+    except ReconcileError as exc:
+        logger.warning(f"could not remove the functions of {namespace}/{name}: {exc}")
+
+
 def _apply(
     config: OperatorConfig,
     gateway: GatewayClient,
@@ -277,8 +302,12 @@ def reconcile(
     try:
         parsed = parse_spec(spec)
         _check_images(config, parsed)
+        _check_channel(config, parsed)
+        worker_budget_mb(parsed, config)  # a spec that could never serve: before any push
         model = parsed.source.model or store_name(name, namespace)
-        keeper = ModelKeeper(config.store, max_source_bytes=config.max_source_bytes)
+        keeper = ModelKeeper(
+            config.store, max_source_bytes=config.max_source_bytes, shared=config.shared
+        )
         owner = Owner(namespace, name, parsed.source.url)
         ensured = keeper.ensure(parsed, owner, model, on_push=partitioning)
         if ensured.pushed:
@@ -288,6 +317,8 @@ def reconcile(
             _apply(config, gateway, deployments, uid, memo)
             state = readiness(gateway, deployments)
     except ReconcileError as exc:
+        if exc.reason == "ModelNotAllowed":  # e.g. a share withdrawn: stop serving it
+            _withdraw(config, name, namespace, uid, logger)
         _fail(patch, status, exc, generation, config, retry)
     except Exception as exc:  # a bug: reported and retried, never a crash
         logger.exception("reconcile failed unexpectedly")
@@ -332,7 +363,9 @@ def cleanup(
             finally:
                 if api_client is not None:
                     api_client.close()
-        keeper = ModelKeeper(config.store, max_source_bytes=config.max_source_bytes)
+        keeper = ModelKeeper(
+            config.store, max_source_bytes=config.max_source_bytes, shared=config.shared
+        )
         removed = keeper.delete(store_name(name, namespace), Owner(namespace, name))
     except ReconcileError as exc:
         _fail(patch, status, exc, generation, config, retry, phase="Deleting")

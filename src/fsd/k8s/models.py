@@ -1,8 +1,11 @@
 """Make sure the model store holds an InferenceModel's model, cut as its spec asks; remove it.
 
-- ``source.model``: a model pushed with ``fsd model push``; its manifest must exist and list the
-  cut ``<workers>-<partition>``. The operator cannot cut it again (the store keeps shards, not the
-  network), so a missing model or cut is a permanent problem of the object.
+- ``source.model``: a model pushed with ``fsd model push`` and shared with the object's
+  namespace, or pushed by the operator for an object of that namespace (:mod:`fsd.k8s.access`:
+  anything else is a permanent ``ModelNotAllowed``, said the same whether it exists or not); its
+  manifest must exist and list the cut ``<workers>-<partition>``. The operator cannot cut it
+  again (the store keeps shards, not the network), so a missing model or cut is a permanent
+  problem of the object.
 - ``source.url``: a Graph Challenge folder in S3 that the operator downloads, loads, partitions
   and pushes under ``models/<name>/`` (``<name>``: the InferenceModel's name), unless the manifest
   already has the cut and came from the same URL. A new cut replaces the old ones (the
@@ -32,6 +35,7 @@ from typing import Any
 from fsd.channels.base import ChannelConfig
 from fsd.errors import ChannelError, InputError
 from fsd.k8s import source as sources
+from fsd.k8s.access import ModelAccess
 from fsd.k8s.errors import SourceError, StoreUnreachable
 from fsd.k8s.spec import ModelSpec
 from fsd.model import load_images, load_network
@@ -67,9 +71,16 @@ class Ensured:
 class ModelKeeper:
     """The model store of ``config`` (an ``s3`` ChannelConfig), as the operator uses it."""
 
-    def __init__(self, config: ChannelConfig, *, max_source_bytes: int) -> None:
+    def __init__(
+        self,
+        config: ChannelConfig,
+        *,
+        max_source_bytes: int,
+        shared: ModelAccess | None = None,
+    ) -> None:
         self.config = dataclasses.replace(config, connect_timeout=min(config.connect_timeout, 5.0))
         self.max_source_bytes = max_source_bytes
+        self.shared = shared if shared is not None else ModelAccess()
         try:
             self._store = ModelStore(self.config)
         except (ChannelError, InputError) as exc:
@@ -131,11 +142,20 @@ class ModelKeeper:
         ``on_push`` is called once a push is decided, before the download (phase Partitioning).
         """
         if spec.source.model:
-            return self._check_pushed(spec)
+            return self._check_pushed(spec, owner.namespace)
         return self._push_from_url(spec, owner, model, on_push)
 
-    def _check_pushed(self, spec: ModelSpec) -> Ensured:
+    def _check_pushed(self, spec: ModelSpec, namespace: str) -> Ensured:
         name = spec.source.model
+        if not self.shared.shared_with(namespace, name):
+            pusher = self.owner(name)
+            if not self.shared.allows(namespace, name, pusher.namespace if pusher else None):
+                raise SourceError(
+                    f"model {name!r} is not available to namespace {namespace!r}: a namespace "
+                    "serves the models pushed for its own InferenceModels and those an admin "
+                    "shares with it (FSD_SHARED_MODELS)",
+                    reason="ModelNotAllowed",
+                )
         manifest = self._manifest(name)
         if manifest is None:
             raise SourceError(

@@ -2,7 +2,15 @@
 
 The API server validates the spec against the CRD's schema (charts/fsd/crds/), but it does not
 apply defaults to objects stored before a default was added, and a test or a careless client may
-bypass it: everything is checked again here, and a bad spec is a permanent ``InvalidSpec``.
+bypass it: everything is checked again here, and a bad spec is a permanent ``InvalidSpec``
+(reported as Degraded, never retried until the spec changes).
+
+Patterns match the whole value (``fullmatch``): Python's ``$`` also matches before a trailing
+newline, so ``"1Gi\n"`` passed a ``^...$`` check and then broke the quantity arithmetic (a
+ValueError, retried forever). Numbers have bounds at both ends, the same as the CRD's:
+``resources.memory`` up to :data:`MAX_MEMORY_MIB` (whether it leaves each worker invocation
+enough is checked with the operator's settings, :func:`fsd.k8s.desired.worker_budget_mb`),
+``resources.cpu`` from 1m to :data:`MAX_CPU` cores, ``scaling.max`` up to :data:`MAX_REPLICAS`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,24 @@ from fsd.settings import CHANNEL
 
 CHANNELS = ("nats", "s3")  # what the chart provides servers for; sqs and sns are AWS's (deploy/aws)
 PARTITIONS = ("contiguous", "random", "min-comm")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_MODEL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
-_MEMORY = re.compile(r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_CPU = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_MODEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_MEMORY = re.compile(r"([0-9]{1,13})(Ki|Mi|Gi|Ti|k|M|G|T)?")
+_CPU = re.compile(r"([0-9]{1,6})(?:\.([0-9]{1,3}))?|([0-9]{1,9})m")
+_IMAGE = re.compile(r"[^\s]{1,512}")
+
+MAX_WORKERS = 4096
+MAX_NEURONS = 1 << 24
+MAX_LAYERS = 1 << 16
+MAX_MEMORY_MIB = 1 << 20
+"""The most memory a function may ask (1 TiB): anything above is a typo, not a node."""
+MAX_CPU = 256
+"""The most cores a function may ask."""
+MAX_REPLICAS = 4096
+"""The largest ``scaling.max``: replicas of one function."""
+MAX_URL = 1024
+_QUANTITY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_QUANTITY |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 @dataclass(frozen=True)
@@ -68,9 +90,56 @@ def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
 
 
 def _str(value: Any, what: str, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
-        raise _invalid(f"{what} is not valid: {value!r}")
+    """``value`` if it is a string ``pattern`` matches whole (a trailing newline included)."""
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        raise _invalid(f"{what} is not valid: {str(value)[:80]!r}")
     return value
+
+
+def memory_mib(quantity: str) -> int:
+    """A memory quantity as Kubernetes writes it (``1Gi``, ``512Mi``, ``2G``) in whole MiB,
+    rounded down; :class:`SourceError` (InvalidSpec) for anything else."""
+    m = _MEMORY.fullmatch(quantity)
+    if m is None:
+        raise _invalid(f"spec.resources.memory is not a quantity like 1Gi or 512Mi: {quantity!r}")
+    return int(m.group(1)) * _QUANTITY[m.group(2) or ""] // 2**20
+
+
+def cpu_millis(quantity: str) -> int:
+    """A CPU quantity (``1``, ``0.5``, ``250m``) in millicores; :class:`SourceError`
+    (InvalidSpec) for anything else (Kubernetes has no finer precision than 1m)."""
+    m = _CPU.fullmatch(quantity)
+    if m is None:
+        raise _invalid(f"spec.resources.cpu is not a quantity like 1, 0.5 or 250m: {quantity!r}")
+    cores, fraction, millis = m.groups()
+    if millis is not None:
+        return int(millis)
+    return int(cores) * 1000 + int((fraction or "").ljust(3, "0"))
+
+
+def _memory(value: Any) -> str:
+    quantity = _str(value, "spec.resources.memory")
+    mib = memory_mib(quantity)
+    if not 1 <= mib <= MAX_MEMORY_MIB:
+        raise _invalid(
+            f"spec.resources.memory must be from 1Mi to {MAX_MEMORY_MIB >> 20}Ti, got {quantity!r}"
+        )
+    return quantity
+
+
+def _cpu(value: Any) -> str:
+    quantity = _str(
+        str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
+        "spec.resources.cpu",
+    )
+    if not 1 <= cpu_millis(quantity) <= MAX_CPU * 1000:
+        raise _invalid(f"spec.resources.cpu must be from 1m to {MAX_CPU} cores, got {quantity!r}")
+    return quantity
+
+
+def _image(value: Any, what: str) -> str:
+    """An image reference, or "" for the operator's default (its prefixes are checked later)."""
+    return "" if value == "" else _str(value, what, _IMAGE)
 
 
 def parse_source(raw: Any) -> Source:
@@ -82,13 +151,15 @@ def parse_source(raw: Any) -> Source:
     neurons = raw.get("neurons")
     layers = raw.get("layers")
     shape = Source(
-        neurons=None if neurons is None else _int(neurons, "spec.source.neurons", 1),
-        layers=None if layers is None else _int(layers, "spec.source.layers", 1),
+        neurons=None if neurons is None else _int(neurons, "spec.source.neurons", 1, MAX_NEURONS),
+        layers=None if layers is None else _int(layers, "spec.source.layers", 1, MAX_LAYERS),
     )
     if model is not None:
         return dataclasses.replace(shape, model=_str(model, "spec.source.model", _MODEL))
-    parts = urlsplit(_str(url, "spec.source.url"))
-    if parts.scheme != "s3" or not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
+    if not isinstance(url, str) or len(url) > MAX_URL or not url.isprintable():
+        raise _invalid(f"spec.source.url must be s3://bucket/prefix, got {str(url)[:80]!r}")
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
         raise _invalid(f"spec.source.url must be s3://bucket/prefix, got {url!r}")
     prefix = parts.path.strip("/")
     if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
@@ -109,19 +180,19 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
         raise _invalid(f"spec.channel must be one of {', '.join(CHANNELS)}: {channel!r}")
     if partition not in PARTITIONS:
         raise _invalid(f"spec.partition must be one of {', '.join(PARTITIONS)}: {partition!r}")
-    scale_min = _int(scaling.get("min", 1), "spec.scaling.min", 0)
-    scale_max = _int(scaling.get("max", 64), "spec.scaling.max", 1)
+    scale_min = _int(scaling.get("min", 1), "spec.scaling.min", 0, MAX_REPLICAS)
+    scale_max = _int(scaling.get("max", 64), "spec.scaling.max", 1, MAX_REPLICAS)
     if scale_max < scale_min:
         raise _invalid(f"spec.scaling.max ({scale_max}) is below spec.scaling.min ({scale_min})")
     return ModelSpec(
         source=parse_source(spec.get("source")),
-        workers=_int(spec.get("workers"), "spec.workers", 1, 4096),
+        workers=_int(spec.get("workers"), "spec.workers", 1, MAX_WORKERS),
         channel=channel,
         partition=partition,
-        memory=_str(resources.get("memory", "1Gi"), "spec.resources.memory", _MEMORY),
-        cpu=_str(str(resources.get("cpu", "1")), "spec.resources.cpu", _CPU),
+        memory=_memory(resources.get("memory", "1Gi")),
+        cpu=_cpu(resources.get("cpu", "1")),
         scale_min=scale_min,
         scale_max=scale_max,
-        coordinator_image=_str(image.get("coordinator", ""), "spec.image.coordinator"),
-        worker_image=_str(image.get("worker", ""), "spec.image.worker"),
+        coordinator_image=_image(image.get("coordinator", ""), "spec.image.coordinator"),
+        worker_image=_image(image.get("worker", ""), "spec.image.worker"),
     )
