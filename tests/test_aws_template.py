@@ -531,6 +531,17 @@ def _made(template: dict[str, Any], params: dict[str, str], kind: str) -> set[st
     }
 
 
+def _statement_by_sid(template: dict[str, Any], sid: str) -> dict[str, Any]:
+    (statement,) = [
+        s
+        for s in _statements(
+            template["Resources"]["DataPlanePolicy"]["Properties"]["PolicyDocument"]
+        )
+        if s.get("Sid") == sid
+    ]
+    return statement
+
+
 def _sns_statement(template: dict[str, Any], action: str) -> dict[str, Any]:
     (statement,) = [
         s
@@ -594,8 +605,9 @@ def check_slots(template: dict[str, Any]) -> None:
     # the functions' rights on them, by name prefix
     slot_rights = _sns_statement(template, "sqs:ChangeMessageVisibility")
     assert _render(slot_rights["Resource"]) == [_SQS + "${Prefix}-sns-*"]
-    run_rights = _sns_statement(template, "sqs:DeleteQueue")
-    assert _render(run_rights["Resource"]) == [_SQS + "${Prefix}-*"]
+    for sid in ("RunQueues", "RunMarkers"):
+        run_rights = _statement_by_sid(template, sid)
+        assert _render(run_rights["Resource"]) == [_SQS + "${Prefix}-*"]
     assert _render(_sns_statement(template, "sns:Publish")["Resource"]) == ["${Topic}"]
 
 
@@ -703,6 +715,8 @@ def test_an_unknown_variable_fails() -> None:
 #: calls need their single action, PublishBatch needs sns:Publish)
 IAM_ACTION = {
     "create_queue": "sqs:CreateQueue",
+    "get_queue_url": "sqs:GetQueueUrl",
+    "list_queue_tags": "sqs:ListQueueTags",
     "delete_queue": "sqs:DeleteQueue",
     "send_message_batch": "sqs:SendMessage",
     "receive_message": "sqs:ReceiveMessage",
@@ -728,29 +742,55 @@ def helper_calls() -> dict[str, set[str]]:
     return {name: set(re.findall(rf"\b{arg}\.(\w+)\(", body)) for name, arg, body in helpers}
 
 
+#: what only a reaping coordinator calls (fsd.channels.aws.reap_runs): ListQueues, which no
+#: resource can scope; functions never reap (fsd.functions.config.own_channels turns it off)
+REAPING = "reap_runs"
+
+
 def channel_calls(module: str, client: str) -> set[str]:
     """The IAM actions of what a channel module calls on ``self.<client>``, itself or through
-    the shared helpers it hands that client to (KeyError: unmapped)."""
+    the shared helpers it hands that client to (KeyError: unmapped); a queue created with tags
+    needs TagQueue too."""
     source = _source(module)
     methods = set(re.findall(rf"self\.{client}\.(\w+)\(", source))
     helpers = helper_calls()
-    for helper in re.findall(rf"(\w+)\(self\.{client}\b", source):
-        methods |= helpers.get(helper, set())
-    return {IAM_ACTION[m] for m in methods}
+    for helper in re.findall(rf"(\w+)\(\s*self\.{client}\b", source):
+        if helper != REAPING:
+            methods |= helpers.get(helper, set())
+    actions = {IAM_ACTION[m] for m in methods}
+    if "create_queue" in methods and re.search(r"\btags\b\W{0,2}[=:]", source):
+        actions.add("sqs:TagQueue")
+    return actions
 
 
 @pytest.mark.parametrize(
     ("module", "client", "granted_by"),
     [
-        ("fsd.channels.sqs", "_sqs", "sqs:DeleteQueue"),
-        ("fsd.channels.sns", "_sqs", "sqs:ChangeMessageVisibility"),
-        ("fsd.channels.sns", "_sns", "sns:Publish"),
+        ("fsd.channels.sqs", "_sqs", ("RunQueues",)),
+        ("fsd.channels.sns", "_sqs", ("SlotQueues", "RunMarkers")),
+        ("fsd.channels.sns", "_sns", ("Frames",)),
     ],
 )
-def test_a_channel_may_make_its_calls(module: str, client: str, granted_by: str) -> None:
-    """The channel's statement grants exactly the actions of the calls the channel makes."""
-    statement = _sns_statement(load(), granted_by)
-    assert set(_render(statement["Action"])) == channel_calls(module, client)
+def test_a_channel_may_make_its_calls(
+    module: str, client: str, granted_by: tuple[str, ...]
+) -> None:
+    """The channel's statements grant exactly the actions of the calls the channel makes."""
+    granted = set()
+    for sid in granted_by:
+        granted |= set(_render(_statement_by_sid(load(), sid)["Action"]))
+    assert granted == channel_calls(module, client)
+
+
+def test_functions_never_reap_so_they_need_no_list_queues() -> None:
+    """Reaping lists the account's queues (sqs:ListQueues takes no resource: a wildcard the
+    template never grants): a function's channel never does it."""
+    from fsd.functions.config import own_channels
+
+    env = {"FSD_S3_ENDPOINT": "https://s3.us-east-1.amazonaws.com", "AWS_PROFILE": "role"}
+    for kind in ("sqs", "sns"):
+        transport, _ = own_channels(kind, {**env, "FSD_CHANNEL": kind})
+        assert transport.reap is False
+    assert "list_queues" in helper_calls()["_listed"]  # what reaping would need
 
 
 def _assign(*path: str | int, value: Node) -> Callable[[dict[str, Any]], None]:

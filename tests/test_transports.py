@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import tomllib
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 import boto3
 import nats
+import nkeys  # type: ignore[import-untyped]
 import numpy as np
 import pytest
+from nats.aio.client import Client
 
+import fsd.worker
 from fsd import auth, cli, wire
-from fsd.channels import ChannelConfig, open_channel, transport
+from fsd.channels import COORDINATOR, ChannelConfig, open_channel, transport
 from fsd.channels.aws import AWS_CREDENTIAL_VARS
+from fsd.channels.nats import MAX_CREDS_BYTES
 from fsd.channels.settings import channel_config
 from fsd.channels.sns import SnsChannel
 from fsd.channels.sqs import SqsChannel
 from fsd.coordinator import RunConfig, run
 from fsd.cost import estimate
-from fsd.errors import ChannelError, InputError
+from fsd.errors import ChannelError, InputError, WorkerError
+from fsd.localstack import ROOT
 from fsd.model import Images, Network
 from fsd.redact import redact
 from fsd.services import MotoServer, NatsServer, S3Server
@@ -254,6 +268,155 @@ def test_a_short_deployment_secret_is_refused() -> None:
     assert channel_config("nats", env={"FSD_RUN_KEY": "k" * 32}).secret == b"k" * 32
 
 
+# --- NATS: .creds files, addresses, an unreachable server ---------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _nkey(prefix: int) -> Any:
+    return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+
+def _jwt(issuer: Any, subject: Any, name: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (v2) for ``subject``'s public key, signed by ``issuer``'s seed, as nsc does."""
+    body: dict[str, Any] = {"iat": int(time.time()), "iss": issuer.public_key.decode()}
+    body |= {"name": name, "sub": subject.public_key.decode(), "nats": claims | {"version": 2}}
+    body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body).encode()).digest()).decode()
+    header = json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode()
+    signed = f"{_b64(header)}.{_b64(json.dumps(body).encode())}"
+    return f"{signed}.{_b64(issuer.sign(signed.encode()))}"
+
+
+class _OperatorNats(NatsServer):
+    """nats-server in operator (JWT) mode, the one way to check a user's ``.creds`` file: an
+    operator signs the account (JetStream on) and a system account, the account signs the
+    user whose JWT and seed make :attr:`creds`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        operator, account, system, user = (
+            _nkey(nkeys.PREFIX_BYTE_OPERATOR),
+            _nkey(nkeys.PREFIX_BYTE_ACCOUNT),
+            _nkey(nkeys.PREFIX_BYTE_ACCOUNT),
+            _nkey(nkeys.PREFIX_BYTE_USER),
+        )
+        unlimited = dict.fromkeys(
+            ("subs", "data", "payload", "conn", "mem_storage", "disk_storage", "streams"), -1
+        ) | {"consumer": -1}
+        accounts = {
+            account.public_key.decode(): _jwt(
+                operator, account, "fsd", {"type": "account", "limits": unlimited}
+            ),
+            system.public_key.decode(): _jwt(operator, system, "SYS", {"type": "account"}),
+        }
+        self._trust = (
+            f"operator: {_jwt(operator, operator, 'fsd-test', {'type': 'operator'})}\n"
+            f"system_account: {system.public_key.decode()}\n"
+            f"resolver: MEMORY\nresolver_preload: {json.dumps(accounts)}\n"
+        )
+        limits = {"subs": -1, "data": -1, "payload": -1}
+        user_jwt = _jwt(account, user, "worker", {"type": "user", "pub": {}, "sub": {}} | limits)
+        self.creds = Path(self.workdir) / "user.creds"
+        self.creds.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n"
+            "------END USER NKEY SEED------\n"
+        )
+
+    def _prepare(self) -> None:
+        store = json.dumps(self.store_dir)
+        Path(self.config_path).write_text(
+            f"listen: 127.0.0.1:{self.port}\njetstream {{ store_dir: {store} }}\n{self._trust}"
+        )
+
+    def credentials(self) -> dict[str, str]:
+        return {"user_credentials": str(self.creds)}
+
+
+def test_nats_creds_file_works_end_to_end() -> None:
+    """FSD_NATS_CREDS (a user JWT and its NKey seed) against a server that checks them: nkeys,
+    which nats-py signs with, is a runtime dependency."""
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("nats-py[nkeys]") for d in runtime), runtime
+    with _OperatorNats() as server:
+        env = {"FSD_NATS_URL": server.url, "FSD_NATS_CREDS": str(server.creds)}
+        _ping(dataclasses.replace(channel_config("nats", env=env), secret=KEY))
+        with pytest.raises(ChannelError, match="refused the credentials"):  # it does check
+            _ping(ChannelConfig("nats", server.url, retry_seconds=1, secret=KEY))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # nats-py read past the end of this one forever, on the event loop
+        "-----BEGIN NATS USER JWT-----\n",
+        "-----BEGIN NATS USER JWT-----\nnot.a.jwt!\n-----BEGIN USER NKEY SEED-----\nSU\n",
+        "-----BEGIN NATS USER JWT-----\na.b.c\n-----BEGIN USER NKEY SEED-----\nSUAAAA\n",
+        "-----BEGIN NATS USER JWT-----\na.b.c\n-----BEGIN USER NKEY SEED-----\n\xff\n",
+        "x" * (MAX_CREDS_BYTES + 1),
+    ],
+    ids=["empty", "no-jwt", "bad-jwt", "bad-seed", "binary", "huge"],
+)
+def test_a_malformed_creds_file_is_refused_at_once(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "user.creds"
+    path.write_bytes(text.encode("latin-1"))
+    env = {"FSD_NATS_URL": "nats://127.0.0.1:4222", "FSD_NATS_CREDS": str(path)}
+    with pytest.raises(InputError, match=r"FSD_NATS_CREDS: .* is not a NATS \.creds file"):
+        channel_config("nats", env=env)
+
+
+def test_a_nats_url_without_scheme_works_with_every_supported_client(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``host:port`` means ``nats://host:port`` (fsd.urls). nats-py up to 2.10 read the entries
+    of a server list as full URLs (no host in ``127.0.0.1:4222``): the client is given the
+    explicit URL, so such a release connects at once instead of failing 15 s later."""
+    monkeypatch.setattr(Client, "_parse_server_uri", staticmethod(urllib.parse.urlparse))
+    bare = nats_server.url.removeprefix("nats://")
+    env = {"FSD_NATS_URL": bare, "FSD_NATS_TOKEN": nats_server.token}
+    config = dataclasses.replace(channel_config("nats", env=env), retry_seconds=2, secret=KEY)
+    t0 = time.monotonic()
+    _ping(config)
+    assert time.monotonic() - t0 < 5
+
+
+#: one endpoint opened on a port nobody listens on, in a fresh interpreter (asyncio reports
+#: what a closed loop left running when the interpreter exits)
+_UNREACHABLE = """
+import sys, uuid
+from fsd import auth
+from fsd.channels import ChannelConfig, open_channel
+from fsd.errors import ChannelError
+config = ChannelConfig(
+    "nats", sys.argv[1], connect_timeout=0.1, retry_seconds=20, secret=auth.new_secret()
+)
+try:
+    open_channel(config, uuid.uuid4().bytes, 0)
+except ChannelError as exc:
+    print(exc, file=sys.stderr)
+"""
+
+
+def test_an_unreachable_nats_is_one_line() -> None:
+    """The connection attempt ends with the channel: nothing left pending on its loop."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _UNREACHABLE, f"nats://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"nats://127.0.0.1:{port} did not answer in 5.1 s (last error: " in lines[0]
+
+
 def _sqs_config(moto: MotoServer, **change: Any) -> ChannelConfig:
     return ChannelConfig(
         change.pop("kind", "sqs"),
@@ -280,14 +443,19 @@ def test_an_empty_receive_is_billed_as_one_request(kind: str, moto_server: MotoS
     assert cost.requests["sqs_request"] >= ops["receive"]
 
 
-def _sqs_queues(moto: MotoServer, prefix: str) -> list[str]:
-    client = boto3.client(
-        "sqs",
-        endpoint_url=moto.endpoint,
+def _client(moto: MotoServer, service: str, endpoint: str = "") -> Any:
+    """A boto3 client of the (locked) moto server, signing with its keys."""
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint or moto.endpoint,
         region_name=moto.region,
         aws_access_key_id=moto.access_key,
         aws_secret_access_key=moto.secret_key,
     )
+
+
+def _sqs_queues(moto: MotoServer, prefix: str) -> list[str]:
+    client = _client(moto, "sqs")
     return list(client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []))
 
 
@@ -413,7 +581,9 @@ def test_s3_channel_and_model_store_work_on_moto_s3_unchanged(
 def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
     """``AWS_ENDPOINT_URL_SNS`` and ``AWS_ENDPOINT_URL_SQS`` name two services: the sns channel's
     queues are made where SQS is, its subscriptions where SNS is."""
-    with MotoServer() as queues:
+    # one AWS account: the same keys at both endpoints
+    keys = (moto_server.access_key, moto_server.secret_key)
+    with MotoServer(access_key=keys[0], secret_key=keys[1]) as queues:
         env = {
             "AWS_ENDPOINT_URL_SNS": moto_server.endpoint,
             "AWS_ENDPOINT_URL_SQS": queues.endpoint,
@@ -432,13 +602,7 @@ def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
             pass
 
         def queue_names(endpoint: str) -> list[str]:
-            client = boto3.client(
-                "sqs",
-                endpoint_url=endpoint,
-                region_name=moto_server.region,
-                aws_access_key_id=moto_server.access_key,
-                aws_secret_access_key=moto_server.secret_key,
-            )
+            client = _client(moto_server, "sqs", endpoint)
             urls = client.list_queues(QueueNamePrefix="twoends").get("QueueUrls", [])
             return [u.rsplit("/", 1)[-1] for u in urls]
 
@@ -459,13 +623,7 @@ def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServ
         open_channel(cfg, run_id, 2),
     ):
         a.send(wire.Message(wire.Header(wire.Kind.ACT, run_id, 1, 0, 1), []))
-    client = boto3.client(
-        "sqs",
-        endpoint_url=moto_server.endpoint,
-        region_name=moto_server.region,
-        aws_access_key_id=moto_server.access_key,
-        aws_secret_access_key=moto_server.secret_key,
-    )
+    client = _client(moto_server, "sqs")
 
     def waiting(name: str) -> int:
         url = client.get_queue_url(QueueName=name)["QueueUrl"]
@@ -478,17 +636,126 @@ def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServ
 
 
 def test_sns_frames_of_another_run_are_left_for_it(moto_server: MotoServer) -> None:
-    """The deployment's queues serve every run: a receiver must not eat another run's frames."""
+    """The deployment's queues serve every run: a receiver must not eat a live run's frames
+    (live: its coordinator is open)."""
     cfg = dataclasses.replace(_sqs_config(moto_server, namespace="snsruns"), kind="sns")
     mine, theirs = uuid.uuid4().bytes, uuid.uuid4().bytes
     theirs_msg = wire.Message(wire.Header(wire.Kind.ACT, theirs, 1, 0, 1), [np.arange(3)])
-    with open_channel(cfg, theirs, 0) as sender:
+    with open_channel(cfg, theirs, COORDINATOR), open_channel(cfg, theirs, 0) as sender:
         sender.send(theirs_msg)
-    with open_channel(cfg, mine, 1) as me:
-        assert me.collect(wire.Kind.ACT, 1, [0], timeout=1.5) == {}
-        assert me.stats.rejected == 0
-    with open_channel(cfg, theirs, 1) as owner:
-        assert owner.expect(wire.Kind.ACT, 1, [0], timeout=5)[0] == theirs_msg
+        with open_channel(cfg, mine, 1) as me:
+            assert me.collect(wire.Kind.ACT, 1, [0], timeout=1.5) == {}
+            assert me.stats.rejected == 0
+        with open_channel(cfg, theirs, 1) as owner:
+            assert owner.expect(wire.Kind.ACT, 1, [0], timeout=5)[0] == theirs_msg
+
+
+class _KillWorker:
+    """Replaces fsd.worker._assemble in forked workers: worker ``victim`` dies (SIGKILL) after
+    ``after`` layers, as a crashed function would."""
+
+    def __init__(self, victim: int, after: int) -> None:
+        self.real = fsd.worker._assemble
+        self.victim, self.after, self.calls = victim, after, 0
+
+    def __call__(self, task: Any, got: Any, layer: Any) -> Any:
+        if task.worker == self.victim:
+            self.calls += 1
+            if self.calls > self.after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.real(task, got, layer)
+
+
+def _visible(moto: MotoServer, prefix: str) -> dict[str, int]:
+    """Messages waiting (visible) in each of ``prefix``'s queues."""
+    client = _client(moto, "sqs")
+    out = {}
+    for url in client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+        attrs = client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        out[url.rsplit("/", 1)[-1]] = int(attrs["ApproximateNumberOfMessages"])
+    return out
+
+
+def test_a_killed_sns_run_and_foreign_messages_leave_the_next_run_exact(
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_net: Network,
+    shared_images: Images,
+) -> None:
+    """The slot queues are the deployment's: a run whose worker died leaves nothing in them that
+    a later run must get past (it drains its queues; what a dead worker held comes back later and
+    goes at the next receive), and messages anyone publishes under other run ids starve nobody.
+    On the code before, leftovers were handed back forever: the next run failed ("no INPUT")."""
+    prefix = "snskilled"
+    cfg = _sqs_config(moto_server, namespace=prefix, kind="sns")
+    images = shared_images.matrix[:300]
+    truth = [c for c in shared_images.truth[120] if c <= 300]
+    config = RunConfig(workers=4, channel="sns", partition="min-comm", channel_config=cfg)
+    with monkeypatch.context() as patch:
+        patch.setattr(fsd.worker, "_assemble", _KillWorker(1, after=10))
+        with pytest.raises(WorkerError, match="worker 1 failed"):
+            run(shared_net, images, dataclasses.replace(config, timeout=60))
+    left = _visible(moto_server, prefix)
+    assert left and all(n == 0 for n in left.values()), left  # drained; no marker left
+    assert not [name for name in left if name.endswith("-live")]
+    sns = _client(moto_server, "sns")
+    topic = sns.create_topic(Name=f"{prefix}-frames")["TopicArn"]
+    for i in range(24):  # more than a receive returns: they would hide the genuine frames
+        sns.publish(
+            TopicArn=topic,
+            Message="Zm9yZ2Vk",
+            MessageAttributes={
+                "dst": {"DataType": "String", "StringValue": f"w{i % 2}"},
+                "run": {"DataType": "String", "StringValue": uuid.uuid4().hex},
+                "slot": {"DataType": "String", "StringValue": "2.0.-1.0.0"},
+            },
+        )
+    result = run(shared_net, images, dataclasses.replace(config, timeout=120))
+    assert result.categories.tolist() == truth
+    assert all(n == 0 for n in _visible(moto_server, prefix).values())
+
+
+@pytest.mark.parametrize("kind", ["sqs", "sns"])
+def test_what_a_sigkilled_fsd_run_left_is_reaped_by_the_next_coordinator(
+    kind: str, moto_server: MotoServer, shared_dir: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` of ``fsd run`` leaves its queues (sqs: the run's own; sns: its live marker,
+    which keeps its frames alive): the next coordinator to open removes them, never a live
+    run's."""
+    prefix = f"reap{kind}"
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto_server.endpoint,
+        "AWS_ACCESS_KEY_ID": moto_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
+        "AWS_REGION": moto_server.region,
+        "FSD_AWS_PREFIX": prefix,
+    }
+    for var in ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_SNS"):
+        env.pop(var, None)
+    command = [sys.executable, "-m", "fsd.cli", "run", "--data", str(shared_dir)]
+    command += ["--workers", "4", "--partitions", "4", "--channel", kind, "--json"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = "-c" if kind == "sqs" else "-live"
+    try:
+        deadline = time.monotonic() + 60
+        while not [n for n in _visible(moto_server, prefix) if n.endswith(marker)]:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "fsd run made no queue"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [n for n in _visible(moto_server, prefix) if n.endswith(marker)]
+    assert left  # what a killed run leaves, before anyone reaps it
+    live = uuid.uuid4().bytes
+    cfg = _sqs_config(moto_server, namespace=prefix, kind=kind)
+    with open_channel(cfg, live, COORDINATOR):  # a later run opens: reaps the dead one's
+        names = list(_visible(moto_server, prefix))
+        assert not [n for n in names if n.endswith(marker) and live.hex() not in n], names
+        assert [n for n in names if n.endswith(marker) and live.hex() in n]  # its own stays
 
 
 def test_sns_requests_stay_within_sns_limits(moto_server: MotoServer) -> None:

@@ -134,6 +134,40 @@ def is_stale(path: str | os.PathLike[str]) -> bool:
     return not any(_alive(pid, started) for pid, started in owners)
 
 
+def owner_stamp() -> str:
+    """This process as one line (boot id, pid namespace, pid, start time), for what it leaves
+    outside the machine's folders (a cloud queue's tag): :func:`stamp_gone` reads it back."""
+    return f"{_boot_id()} {_pidns_number()} {os.getpid()} {_start_time(os.getpid()) or '?'}"
+
+
+def _pidns_number() -> str:
+    """The pid namespace's inode number alone (``pid:[4026531836]``: brackets are not allowed
+    in a cloud tag's value)."""
+    return "".join(c for c in _pid_namespace() if c.isdigit()) or "0"
+
+
+def stamp_here(stamp: str) -> bool:
+    """Whether :func:`owner_stamp` described a process of this machine's boot and pid namespace
+    (only those can be looked at from here)."""
+    parts = stamp.split(" ")
+    return (
+        len(parts) == 4
+        and bool(parts[0])
+        and parts[2].isdigit()
+        and (parts[0], parts[1]) == (_boot_id(), _pidns_number())
+    )
+
+
+def stamp_gone(stamp: str) -> bool:
+    """True if the process :func:`owner_stamp` described ran here (:func:`stamp_here`) and has
+    ended. A stamp from anywhere else is never judged gone: another machine's processes cannot
+    be seen from here."""
+    if not stamp_here(stamp):
+        return False
+    _, _, pid, started = stamp.split(" ")
+    return not _alive(int(pid), started)
+
+
 def temp_roots() -> list[Path]:
     """Where work folders go: tmpfs (/dev/shm) when writable, and the temp dir."""
     roots = []

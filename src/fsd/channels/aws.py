@@ -1,7 +1,17 @@
 """What the AWS transports (``sqs``, ``sns``) share: their settings (boto3's own endpoint
 variables and credential chain), an embedded ``moto_server`` when neither names AWS, a boto3
-client from a ChannelConfig, and retrying transport failures and throttling (not refusals)
-within ``retry_seconds``."""
+client from a ChannelConfig, retrying transport failures and throttling (not refusals) within
+``retry_seconds``, and reaping what runs that ended without cleaning up left behind.
+
+Reaping: a run's queues are named ``<prefix>-<run hex>-<who>``, and the queue its coordinator
+makes when it opens (``-c`` for sqs, the ``-live`` marker for sns) carries two tags: who owns
+the run (:func:`fsd.lifetime.owner_stamp`: boot id, pid namespace, pid and start time) and when
+it expires (``ttl_seconds`` on). A run is abandoned when its owner ran on this machine and has
+ended (a SIGKILLed ``fsd run``), or, owned elsewhere, once it expired; a run whose coordinator
+queue is gone (or untagged) once its oldest queue is older than ``ttl_seconds``. Each new
+coordinator deletes the queues of abandoned runs (:func:`reap_runs`), at most every
+:data:`REAP_EVERY` seconds per process: never a live run's, whatever machine it runs on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -18,7 +29,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from fsd import settings
+from fsd import lifetime, settings
 from fsd.channels.base import Channel, ChannelConfig, Slot
 from fsd.errors import ChannelError
 from fsd.urls import check_s3_endpoint
@@ -105,7 +116,8 @@ def aws_has_server(config: ChannelConfig, env: Mapping[str, str]) -> bool:
 
 @contextmanager
 def moto_server(config: ChannelConfig) -> Iterator[ChannelConfig]:
-    """An embedded ``moto_server`` (the ``embedded`` extra) standing in for SQS and SNS."""
+    """An embedded moto server (the ``embedded`` extra) standing in for SQS and SNS: locked,
+    it takes only requests signed with its per-start keys, which the config carries."""
     from fsd.services import MotoServer  # noqa: PLC0415 (only when one is needed)
 
     log.info("no AWS endpoint or credentials configured: starting an embedded moto_server")
@@ -234,3 +246,101 @@ def delete_messages(sqs: Any, url: str, handles: list[str], me: int) -> None:
         sqs.delete_message_batch(QueueUrl=url, Entries=entries)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
         log.debug("endpoint %d: delete failed (%s): the frames come again", me, e)
+
+
+# -- what runs that never cleaned up left: reaped by the next coordinator ------------------------
+
+OWNER_TAG = "fsd-owner"
+EXPIRES_TAG = "fsd-expires"
+REAP_EVERY = 300.0
+"""Seconds between two reapings of one endpoint and prefix by one process."""
+_MAX_LISTED = 5000  # queues looked at per reaping (ListQueues pages of 1000)
+_reaped: dict[tuple[str, str], float] = {}
+
+
+def run_tags(ttl_seconds: float) -> dict[str, str]:
+    """The tags of a run's coordinator queue: its owner and when it expires."""
+    return {OWNER_TAG: lifetime.owner_stamp(), EXPIRES_TAG: str(int(time.time() + ttl_seconds))}
+
+
+def run_queue(prefix: str) -> re.Pattern[str]:
+    """The name of a run's queue under ``prefix``: ``<prefix>-<run hex>-<who>``."""
+    return re.compile(rf"{re.escape(prefix)}-(?P<run>[0-9a-f]{{32}})-(?P<who>c|w[0-9]{{1,5}}|live)")
+
+
+def _listed(sqs: Any, prefix: str, count: Callable[[], None]) -> list[str]:
+    urls: list[str] = []
+    kwargs: dict[str, Any] = {"QueueNamePrefix": f"{prefix}-", "MaxResults": 1000}
+    while len(urls) < _MAX_LISTED:
+        count()
+        answer = sqs.list_queues(**kwargs)
+        urls += answer.get("QueueUrls", [])
+        if not answer.get("NextToken"):
+            break
+        kwargs["NextToken"] = answer["NextToken"]
+    return urls
+
+
+def _abandoned(
+    sqs: Any, marker: str | None, oldest: str, ttl: float, count: Callable[[], None]
+) -> bool:
+    """Whether the run whose coordinator queue is ``marker`` (None: gone) has ended."""
+    now = time.time()
+    if marker is not None:
+        count()
+        tags = sqs.list_queue_tags(QueueUrl=marker).get("Tags", {})
+        owner, expires = tags.get(OWNER_TAG, ""), tags.get(EXPIRES_TAG, "")
+        if owner and lifetime.stamp_here(owner):
+            return lifetime.stamp_gone(owner)  # this machine's: alive or not, we can tell
+        if expires.isdigit():
+            return int(expires) < now
+    count()
+    attrs = sqs.get_queue_attributes(QueueUrl=oldest, AttributeNames=["CreatedTimestamp"])
+    created = attrs.get("Attributes", {}).get("CreatedTimestamp", "")
+    return created.isdigit() and int(created) + ttl < now
+
+
+def reap_runs(
+    sqs: Any,
+    where: str,
+    prefix: str,
+    marker: str,
+    own: bytes,
+    ttl: float,
+    count: Callable[[], None] = lambda: None,
+) -> int:
+    """Delete every queue of the runs under ``prefix`` that ended without cleaning up (see the
+    module's doc); ``marker`` is the ``who`` of a run's coordinator queue, ``count`` is called
+    once per request. Never raises: a failure only leaves the queues for the next time.
+    Returns the queues deleted."""
+    key = (where, prefix)
+    clock = time.monotonic()
+    if clock - _reaped.get(key, -math.inf) < REAP_EVERY:
+        return 0
+    _reaped[key] = clock
+    pattern = run_queue(prefix)
+    runs: dict[str, dict[str, str]] = {}
+    removed = 0
+    try:
+        for url in _listed(sqs, prefix, count):
+            m = pattern.fullmatch(url.rsplit("/", 1)[-1])
+            if m is not None and m["run"] != own.hex():
+                runs.setdefault(m["run"], {})[m["who"]] = url
+        for run, queues in runs.items():
+            oldest = queues.get(marker) or next(iter(queues.values()))
+            if not _abandoned(sqs, queues.get(marker), oldest, ttl, count):
+                continue
+            for url in queues.values():
+                try:
+                    count()
+                    sqs.delete_queue(QueueUrl=url)
+                    removed += 1
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) not in MISSING_QUEUE:
+                        raise
+            log.info(
+                "removed %d queues of run %s, which ended without cleaning up", len(queues), run
+            )
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+        log.debug("%s: reaping abandoned runs failed (%s); next time", where, exc)
+    return removed

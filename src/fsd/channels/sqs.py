@@ -9,7 +9,9 @@ empties the whole queue, at most once a minute, and misses in-flight messages), 
 run's own queues removes everything it left, in-flight messages included. The price is two extra
 requests per endpoint and run (``CreateQueue``, ``DeleteQueue``) and AWS's "wait one second
 before using a new queue", which overlaps the workers' start; the IAM policy can still be
-scoped to ``arn:aws:sqs:<region>:<account>:<prefix>-*``.
+scoped to ``arn:aws:sqs:<region>:<account>:<prefix>-*``. The coordinator's queue is tagged with
+the run's owner and expiry, and a new coordinator deletes the queues of runs that ended without
+deleting theirs (a SIGKILLed ``fsd run``: :func:`fsd.channels.aws.reap_runs`).
 
 Whoever comes first creates a queue (``CreateQueue`` with the same attributes is idempotent): an
 endpoint creates its own when it opens, a sender creates its target's when a send finds it
@@ -31,7 +33,8 @@ leaves behind holds nothing older than ``ttl_seconds`` (its ``MessageRetentionPe
 Counted operations (:attr:`SqsChannel.OPS`): ``send_batch`` = SendMessageBatch requests,
 ``send_units`` = their 64 KB units (how SQS bills them), ``receive`` = ReceiveMessage requests
 (empty ones too), ``receive_units``, ``delete_batch`` = DeleteMessageBatch requests,
-``create_queue`` and ``delete_queue``. Every SQS API action is a billed request, a payload per
+``create_queue``, ``delete_queue`` and ``reap`` (ListQueues, ListQueueTags, GetQueueAttributes
+and DeleteQueue requests of reaping). Every SQS API action is a billed request, a payload per
 64 KB chunk (https://aws.amazon.com/sqs/pricing/).
 """
 
@@ -54,7 +57,9 @@ from fsd.channels.aws import (
     error_code,
     long_polls,
     parse_slot,
+    reap_runs,
     retry,
+    run_tags,
     slot_text,
 )
 from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
@@ -95,6 +100,7 @@ class SqsChannel(AwsChannel):
         "delete_batch",
         "create_queue",
         "delete_queue",
+        "reap",
     )
     BILLING = {
         "send_units": (("sqs_request", 1.0),),
@@ -102,6 +108,7 @@ class SqsChannel(AwsChannel):
         "delete_batch": (("sqs_request", 1.0),),
         "create_queue": (("sqs_request", 1.0),),
         "delete_queue": (("sqs_request", 1.0),),
+        "reap": (("sqs_request", 1.0),),
     }
     SERVER = "AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL or AWS credentials"
 
@@ -117,6 +124,16 @@ class SqsChannel(AwsChannel):
         self.frame_limit = min(config.max_frame, MAX_MESSAGE - _OVERHEAD)
         self._url = self._retry(lambda: self._create(me), "create its queue")
         self._urls[me] = self._url
+        if me == COORDINATOR and config.reap:  # before this run's workers: dead runs' goes
+            reap_runs(
+                self._sqs,
+                self._where,
+                self._prefix,
+                "c",
+                run,
+                config.ttl_seconds,
+                lambda: self.stats.count("reap"),
+            )
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -127,6 +144,8 @@ class SqsChannel(AwsChannel):
         """Create (or find: same attributes, same answer) the queue of ``endpoint``; its URL."""
         retention = int(min(max(self.config.ttl_seconds, 60), 14 * 86400))
         self.stats.count("create_queue")
+        # the coordinator's own queue says who owns the run and until when (reap_runs)
+        mine = endpoint == COORDINATOR == self.me
         return self._sqs.create_queue(
             QueueName=queue_name(self._prefix, self.run, endpoint),
             Attributes={
@@ -134,6 +153,7 @@ class SqsChannel(AwsChannel):
                 "MessageRetentionPeriod": str(retention),
                 "VisibilityTimeout": str(_VISIBILITY),
             },
+            **({"tags": run_tags(self.config.ttl_seconds)} if mine else {}),
         )["QueueUrl"]
 
     def _url_of(self, endpoint: int) -> str:
