@@ -340,7 +340,7 @@ class SnsChannel(AwsChannel):
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def _receive(self, url: str, wait: int) -> list[Any]:
+    def _receive(self, url: str, wait: int, *, retry: bool = True) -> list[Any]:
         def op() -> list[Any]:
             self.stats.count("receive")
             answer = self._sqs.receive_message(
@@ -355,6 +355,15 @@ class SnsChannel(AwsChannel):
             self.stats.count("receive_units", units_64k(payload))  # an empty one is 1 too
             return messages
 
+        if not retry:  # once: a queue that does not exist holds nothing
+            try:
+                return op()
+            except botocore.exceptions.ClientError as e:
+                if error_code(e) in MISSING_QUEUE:
+                    return []
+                raise ChannelError(f"sns at {self._where}: cannot receive: {e}") from None
+            except (botocore.exceptions.BotoCoreError, OSError) as e:
+                raise ChannelError(f"sns at {self._where}: cannot receive: {e}") from None
         return self._retry(op, "receive")
 
     def _poll(self, wanted: Sequence[Slot], deadline: float) -> None:
@@ -476,28 +485,34 @@ class SnsChannel(AwsChannel):
         except ChannelError as exc:
             log.warning("endpoint %d: could not publish before the purge: %s", self.me, exc)
         self.stats.count("liveness")
+        marker, self._marker = self._marker, ""
         try:
-            self._sqs.delete_queue(QueueUrl=self._marker)
+            self._sqs.delete_queue(QueueUrl=marker)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            # the reaper or the marker's expiry ends it; a server that is away drains nothing
             log.warning("could not delete the live marker of run %s: %s", self._run_hex, e)
-        self._marker = ""
+            return
         if self._aborted:
             for endpoint in dict.fromkeys([COORDINATOR, *endpoints]):
-                self._drain_queue(endpoint)
-
-    def _drain_queue(self, endpoint: int) -> None:
-        """Delete what this (ended) run and runs gone left in ``endpoint``'s slot queue."""
-        try:
-            url = self._url if endpoint == self.me else self._queue_url(endpoint)
-            for _ in range(_DRAIN_ROUNDS):
-                messages = self._receive(url, 0)
-                if not messages:
+                if not self._drain_queue(endpoint):
                     return
+
+    def _drain_queue(self, endpoint: int) -> bool:
+        """Delete what this (ended) run and runs gone left in ``endpoint``'s slot queue, with
+        no retry (a failed run's server may be what failed); False when it could not."""
+        url = self._url if endpoint == self.me else self._queue_url(endpoint)
+        try:
+            for _ in range(_DRAIN_ROUNDS):
+                messages = self._receive(url, 0, retry=False)
+                if not messages:
+                    break
                 drop = self._sort_out(url, messages, ended=self.run)
                 if drop:
                     self._delete(url, drop)
         except ChannelError as exc:
             log.debug("endpoint %d: could not drain the queue of %d: %s", self.me, endpoint, exc)
+            return False
+        return True
 
     def _queue_url(self, endpoint: int) -> str:
         base = self._url.rsplit("/", 1)[0]
