@@ -30,6 +30,8 @@ __all__ = [
     "describe",
     "json_float",
     "json_int",
+    "npy_header",
+    "npy_header_end",
     "read_npy",
     "read_npz",
 ]
@@ -64,13 +66,10 @@ def _header(head: memoryview, what: str) -> tuple[np.dtype[Any], tuple[int, ...]
     return dtype, shape
 
 
-def read_npy(raw: bytes | memoryview, what: str, dtypes: Collection[np.dtype[Any]]) -> np.ndarray:
-    """A writable 1-D array of one of ``dtypes`` from npy bytes, or InputError.
-
-    The announced length must match the bytes present exactly, so nothing is allocated that
-    the data does not already occupy.
-    """
-    mv = memoryview(raw).cast("B")
+def npy_header_end(prefix: bytes | memoryview, what: str) -> int:
+    """Where the header of the npy array whose bytes begin with ``prefix`` (12 of them say it)
+    ends, or InputError: a stream reads no more of a header than this bound allows."""
+    mv = memoryview(prefix).cast("B")
     if len(mv) < 10 or bytes(mv[:6]) != _MAGIC:
         raise InputError(f"{what}: not an npy array")
     if mv[6] == 1:
@@ -79,9 +78,21 @@ def read_npy(raw: bytes | memoryview, what: str, dtypes: Collection[np.dtype[Any
         start, size = 12, int.from_bytes(mv[8:12], "little")
     else:
         raise InputError(f"{what}: unsupported npy version {mv[6]}")
-    end = start + size
-    if size > _MAX_HEADER or end > len(mv):
+    if size > _MAX_HEADER:
         raise InputError(f"{what}: npy header of {size} bytes does not fit")
+    return start + size
+
+
+def npy_header(
+    raw: bytes | memoryview, what: str, dtypes: Collection[np.dtype[Any]]
+) -> tuple[np.dtype[Any], int, int]:
+    """Dtype, length and data offset of the 1-D npy array of one of ``dtypes`` whose bytes begin
+    with ``raw`` (its header whole, and maybe more), or InputError."""
+    mv = memoryview(raw).cast("B")
+    end = npy_header_end(mv, what)
+    start = 10 if mv[6] == 1 else 12
+    if end > len(mv):
+        raise InputError(f"{what}: npy header of {end - start} bytes does not fit")
     match = _HEADER.fullmatch(mv[start:end])
     if match is not None:
         try:
@@ -96,7 +107,17 @@ def read_npy(raw: bytes | memoryview, what: str, dtypes: Collection[np.dtype[Any
         raise InputError(f"{what}: dtype {dtype} is not one of {allowed}")
     if len(shape) != 1:
         raise InputError(f"{what}: shape {shape} is not 1-D")
-    count = shape[0]
+    return dtype, shape[0], end
+
+
+def read_npy(raw: bytes | memoryview, what: str, dtypes: Collection[np.dtype[Any]]) -> np.ndarray:
+    """A writable 1-D array of one of ``dtypes`` from npy bytes, or InputError.
+
+    The announced length must match the bytes present exactly, so nothing is allocated that
+    the data does not already occupy.
+    """
+    mv = memoryview(raw).cast("B")
+    dtype, count, end = npy_header(mv, what, dtypes)
     if count * dtype.itemsize != len(mv) - end:
         raise InputError(
             f"{what}: announces {count} x {dtype} but holds {len(mv) - end} bytes of data"

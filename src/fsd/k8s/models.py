@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.channels.base import ChannelConfig
-from fsd.errors import ChannelError, InputError
+from fsd.errors import ChannelError, InputError, ModelFormatError
 from fsd.k8s import source as sources
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.errors import SourceError, StoreUnreachable
@@ -44,6 +44,7 @@ from fsd.store import PREFIX, Manifest, ModelNotFound, ModelStore
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "fsd-operator-owner.json"
+MAX_OWNER_BYTES = 64 * 1024  # a marker is a few hundred bytes: a larger one is not ours
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,15 @@ class ModelKeeper:
     def owner(self, model: str) -> Owner | None:
         """Who pushed ``model`` through the operator (None: nobody did)."""
         try:
-            raw = json.loads(self._store.read(self._owner_key(model)))
+            raw = json.loads(self._store.read(self._owner_key(model), MAX_OWNER_BYTES))
         except ModelNotFound:
             return None
         except ChannelError as exc:
             raise StoreUnreachable(
                 f"model store: cannot read the owner of {model}: {exc}"
             ) from None
-        except ValueError:
-            return Owner("", "")  # unreadable: owned by nobody we know
+        except (ValueError, ModelFormatError):
+            return Owner("", "")  # unreadable or oversized: owned by nobody we know
         return Owner(
             str(raw.get("namespace", "")), str(raw.get("name", "")), str(raw.get("source", ""))
         )

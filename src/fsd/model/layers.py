@@ -18,21 +18,26 @@ folder without one is not a model (a writer that died leaves no half model behin
 
 Everything read is hostile: header fields are type- and bound-checked (sizes by the caps of
 :mod:`fsd.model.network`), a layer file's size must equal what the header implies before a byte
-of it is allocated, and index bounds, per-row order and finiteness are checked before the layer
-is returned. Every problem is a :class:`~fsd.errors.ModelFormatError` naming the file.
+of it is allocated, and the layer is read :data:`CHUNK` entries at a time, each chunk checked
+(indptr first, then index bounds and per-row order, then finiteness) before the next is read: a
+sparse file whose header announces gigabytes of edges is refused after one chunk, never held
+whole. Every problem is a :class:`~fsd.errors.ModelFormatError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,6 +60,9 @@ INDPTR = np.dtype("<i8")
 INDICES = np.dtype("<i4")
 DTYPES: dict[str, np.dtype[np.floating]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 _KEYS = {"format", "version", "name", "neurons", "layers", "bias", "ymax", "dtype", "edges"}
+#: Entries read (and checked) at once: 64 MB of int32, so a layer of up to 16M edges (8 times the
+#: Graph Challenge's largest) is one read, and a forged one is refused before more is allocated.
+CHUNK = 1 << 24
 
 
 def layer_file(k: int) -> str:
@@ -141,11 +149,14 @@ def parse_header(raw: bytes, path: Path) -> Header:
     return Header(neurons, bias, ymax, dtype, counts, name)
 
 
-def _open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> io.BufferedReader:
     """``path`` opened for reading if it is a regular file (a FIFO must not block the reader)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
             raise ModelFormatError(path, None, "not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -157,7 +168,7 @@ def _open_regular(path: Path) -> BinaryIO:
 def read_header(folder: Path) -> Header:
     path = Path(folder) / HEADER
     try:
-        with _open_regular(path) as fh:
+        with open_regular(path) as fh:
             raw = fh.read(MAX_HEADER_BYTES + 1)
     except OSError as exc:
         raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
@@ -166,25 +177,94 @@ def read_header(folder: Path) -> Header:
     return parse_header(raw, path)
 
 
-def _check_layer(path: Path, neurons: int, indptr: np.ndarray, indices: np.ndarray) -> None:
-    """Canonical CSR: indptr from 0 to E, non-decreasing; columns in range, increasing per row."""
-    edges = len(indices)
+def _read_part(fh: io.BufferedReader, part: np.ndarray, path: Path) -> None:
+    """Fill ``part`` from ``fh``, straight into it."""
+    view = part.data.cast("B")
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise ModelFormatError(path, None, "file shrank while being read")
+        got += n
+
+
+def read_checked(
+    fh: io.BufferedReader,
+    dtype: np.dtype[Any],
+    count: int,
+    path: Path,
+    check: Callable[[np.ndarray, int], None] | None = None,
+) -> np.ndarray:
+    """``count`` values of ``dtype`` from ``fh``, :data:`CHUNK` at a time; ``check(part, start)``
+    sees each part before the next is read, so a file that lies is refused after one chunk,
+    not after allocating everything it announces (only checked parts are ever joined)."""
+    parts: list[np.ndarray] = []
+    done = 0
+    while done < count:
+        part = np.empty(min(CHUNK, count - done), dtype)
+        _read_part(fh, part, path)
+        if check is not None:
+            check(part, done)
+        parts.append(part)
+        done += len(part)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
+def check_indptr(path: Path, indptr: np.ndarray, edges: int) -> None:
+    """A CSR's row pointers: from 0 to ``edges``, never decreasing."""
     if indptr[0] != 0 or indptr[-1] != edges:
         raise ModelFormatError(path, None, f"indptr must run from 0 to {edges}")
     if (np.diff(indptr) < 0).any():
         raise ModelFormatError(path, None, "indptr decreases")
-    if edges == 0:
-        return
-    low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= neurons:
-        bad = low if low < 0 else high
-        raise ModelFormatError(path, None, f"column id {bad} outside 0..{neurons - 1}")
-    falls = np.diff(indices) <= 0
-    starts = indptr[1:-1]
-    falls[starts[(starts > 0) & (starts < edges)] - 1] = False  # a new row may start lower
-    if falls.any():
-        row = int(np.searchsorted(indptr, int(np.argmax(falls)) + 1, side="right")) - 1
-        raise ModelFormatError(path, None, f"row {row}: column ids unsorted or repeated")
+
+
+def column_check(path: Path, neurons: int, indptr: np.ndarray) -> Callable[[np.ndarray, int], None]:
+    """A :func:`read_checked` check of column ids, given the checked ``indptr``: each in range
+    and strictly increasing within its row (across chunk ends too)."""
+    starts = indptr[1:-1]  # positions where a new row may start lower
+    last = [0]  # the previous chunk's last id
+
+    def check(part: np.ndarray, start: int) -> None:
+        if not len(part):
+            return
+        low, high = int(part.min()), int(part.max())
+        if low < 0 or high >= neurons:
+            bad = low if low < 0 else high
+            raise ModelFormatError(path, None, f"column id {bad} outside 0..{neurons - 1}")
+        falls = np.empty(len(part), bool)  # falls[i]: the id at start + i is not above the last
+        falls[0] = start > 0 and part[0] <= last[0]
+        np.less_equal(part[1:], part[:-1], out=falls[1:])
+        lo, hi = np.searchsorted(starts, [start, start + len(part)])
+        falls[starts[lo:hi] - start] = False
+        if falls.any():
+            at = start + int(np.argmax(falls))
+            row = int(np.searchsorted(indptr, at, side="right")) - 1
+            raise ModelFormatError(path, None, f"row {row}: column ids unsorted or repeated")
+        last[0] = int(part[-1])
+
+    return check
+
+
+def finite_check(
+    path: Path, stored: np.dtype[Any], engine: np.dtype[Any]
+) -> Callable[[np.ndarray, int], None]:
+    """A :func:`read_checked` check of weights: finite as stored and in the engine's dtype."""
+
+    def check(part: np.ndarray, start: int) -> None:
+        try:
+            check_finite(str(path), part, InputError)
+            if engine.itemsize < stored.itemsize:
+                with np.errstate(over="ignore"):
+                    narrowed = part.astype(engine)
+                check_finite(str(path), narrowed, InputError)
+        except InputError:
+            raise ModelFormatError(
+                path, None, f"weights must be finite (in {engine.name})"
+            ) from None
+
+    return check
 
 
 class LayerFolder:
@@ -224,7 +304,7 @@ class LayerFolder:
         path = self.folder / layer_file(k)
         expected = layer_bytes(n, edges, self.dtype)
         try:
-            with _open_regular(path) as fh:
+            with open_regular(path) as fh:
                 info = os.fstat(fh.fileno())
                 if info.st_size != expected:
                     raise ModelFormatError(
@@ -233,25 +313,14 @@ class LayerFolder:
                         f"{info.st_size} bytes, but the header's {n} neurons and {edges} "
                         f"edges make {expected}",
                     )
-                indptr = np.fromfile(fh, INDPTR, n + 1)
-                indices = np.fromfile(fh, INDICES, edges)
+                indptr = read_checked(fh, INDPTR, n + 1, path)
+                check_indptr(path, indptr, edges)
+                indices = read_checked(fh, INDICES, edges, path, column_check(path, n, indptr))
                 fh.seek(_pad8(INDICES.itemsize * edges) - INDICES.itemsize * edges, os.SEEK_CUR)
-                data = np.fromfile(fh, self.dtype, edges)
+                checked = finite_check(path, self.dtype, self.check_dtype)
+                data = read_checked(fh, self.dtype, edges, path, checked)
         except OSError as exc:
             raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
-        if len(indptr) != n + 1 or len(indices) != edges or len(data) != edges:
-            raise ModelFormatError(path, None, "file shrank while being read")
-        _check_layer(path, n, indptr, indices)
-        try:
-            check_finite(str(path), data, InputError)
-            if self.check_dtype.itemsize < data.dtype.itemsize:
-                with np.errstate(over="ignore"):
-                    narrowed = data.astype(self.check_dtype)
-                check_finite(str(path), narrowed, InputError)
-        except InputError:
-            raise ModelFormatError(
-                path, None, f"weights must be finite (in {self.check_dtype.name})"
-            ) from None
         matrix = sp.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
         matrix.has_sorted_indices = True
         return matrix

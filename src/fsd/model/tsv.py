@@ -10,8 +10,11 @@ Layout (1-based ids, tab separated, optionally gzipped; a ``neuron{N}`` folder h
 Every file is input from outside: ids are bounded by the declared sizes (and sizes by the caps of
 :mod:`fsd.model.network`) before anything sized by them is allocated, values must be finite in
 the engine's dtype, duplicate entries are refused, and every problem is a
-:class:`~fsd.errors.ModelFormatError` naming file and line. The binary cache is checked as
-strictly as the text files; an unusable cache is rebuilt.
+:class:`~fsd.errors.ModelFormatError` naming file and line. Text is read (and gunzipped) a block
+at a time, no line longer than :data:`MAX_LINE`, so a file of one endless line (a gzip of NUL
+bytes, a sparse file) is refused with a block in memory, and memory grows only with the valid,
+distinct entries read. The binary cache is checked as strictly as the text files, a chunk at a
+time; an unusable cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -33,8 +38,19 @@ import scipy.sparse as sp
 
 from fsd import settings
 from fsd.errors import InputError, ModelFormatError
-from fsd.model.layers import HEADER, LayerFolder, is_layer_folder
+from fsd.model.layers import (
+    CHUNK,
+    HEADER,
+    LayerFolder,
+    check_indptr,
+    column_check,
+    finite_check,
+    is_layer_folder,
+    open_regular,
+    read_checked,
+)
 from fsd.model.network import MAX_IMAGES, MAX_NEURONS, Images, Network, bias_for
+from fsd.untrusted import npy_header, npy_header_end
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +63,18 @@ CACHE_VERSION = 2
 MAX_IMAGE_ID = 2**31 - 1
 #: What a truncated or corrupt gzip stream raises (BadGzipFile is an OSError, so it comes first).
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+#: Longest line accepted, its newline included: a triple needs a few dozen bytes, and no line is
+#: ever held longer than this (a file of one endless line is refused after this many bytes).
+MAX_LINE = 1024
+#: Text parsed at once (with at most CHUNK_LINES lines): the parser's memory is a few times this.
+BLOCK_BYTES = 1 << 23
+#: Most a gzip file may inflate, times its size: text of numbers gives about 6, a gzip of one
+#: repeated byte 1000 (a 1 MB file must not become gigabytes of text to parse).
+MAX_INFLATION = 100
+_BLANK_RUNS = re.compile(rb"\n\n+")
+#: What the cache's arrays may hold (as np.savez writes scipy's CSR arrays).
+_INTS = (np.dtype("<i4"), np.dtype("<i8"))
+_FLOATS = (np.dtype("<f4"), np.dtype("<f8"))
 
 
 def _existing(base: Path) -> Path | None:
@@ -57,10 +85,109 @@ def _existing(base: Path) -> Path | None:
     return None
 
 
-def _open_text(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        yield from fh
+class _CappedGzip(gzip.GzipFile):
+    """A gzip file that refuses to inflate past :data:`MAX_INFLATION` times its size; reads of
+    n bytes decompress no more than n."""
+
+    def __init__(self, raw: io.BufferedReader, path: Path) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self.path = path
+        self.size = os.fstat(raw.fileno()).st_size
+        self.left = MAX_INFLATION * self.size
+
+    def _count(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            reason = f"inflates to more than {MAX_INFLATION} times its {self.size} bytes"
+            raise ModelFormatError(self.path, None, reason)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # "all of it": no more than allowed, and one byte
+            size = max(self.left, 0) + 1
+        return self._count(super().read(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._count(super().readline(size))
+
+
+@contextmanager
+def _open_bytes(path: Path) -> Iterator[BinaryIO]:
+    """``path``'s bytes, gunzipped if it ends in ``.gz``; only a regular file (a FIFO would
+    block)."""
+    with open_regular(path) as raw:
+        if path.suffix != ".gz":
+            yield raw
+            return
+        with _CappedGzip(raw, path) as fh:
+            yield fh  # type: ignore[misc]  # a GzipFile is a binary file
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines (1-based) of ``path``; a line longer than :data:`MAX_LINE` bytes is a
+    ModelFormatError there, read no further than that."""
+    with _open_bytes(path) as fh:
+        lineno = 0
+        while line := fh.readline(MAX_LINE + 1):
+            lineno += 1
+            if len(line) > MAX_LINE:
+                raise ModelFormatError(path, lineno, f"line longer than {MAX_LINE} bytes")
+            yield lineno, line.decode("utf-8", errors="replace")
+
+
+class _LongLine(Exception):
+    """A block holds a line longer than :data:`MAX_LINE` (the slow scan says which)."""
+
+
+def _parts(block: bytes) -> Iterator[bytes]:
+    """``block`` (whole lines, or the end of the file) in parts of at most :data:`CHUNK_LINES`
+    lines, runs of blank lines merged; raises :class:`_LongLine` if a line is over MAX_LINE.
+
+    Fast test first: if every aligned run of MAX_LINE/2 bytes holds a newline, no line can be
+    longer than MAX_LINE - 1; only a block failing it gets the exact, slower test.
+    """
+    newline = np.frombuffer(block, np.uint8) == 10
+    size = MAX_LINE // 2
+    runs = len(block) // size
+    tail = len(block) - 1 - block.rfind(b"\n")  # bytes after the last newline (end of file)
+    if tail > MAX_LINE:
+        raise _LongLine
+    fits = newline[: runs * size].reshape(runs, size).any(axis=1).all()
+    if not fits and (np.diff(np.flatnonzero(newline), prepend=-1) > MAX_LINE).any():
+        raise _LongLine
+    lines = int(np.count_nonzero(newline))
+    if lines * 4 > len(block):  # mostly blank lines (a triple takes 6 bytes or more)
+        block = _BLANK_RUNS.sub(b"\n", block)
+        newline = np.frombuffer(block, np.uint8) == 10
+        lines = int(np.count_nonzero(newline))
+    if lines <= CHUNK_LINES:
+        yield block
+        return
+    start = 0
+    for end in np.flatnonzero(newline)[CHUNK_LINES - 1 :: CHUNK_LINES].tolist():
+        yield block[start : end + 1]
+        start = end + 1
+    if start < len(block):
+        yield block[start:]
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    """The text of ``path`` (gunzipped) in blocks of whole lines, at most :data:`BLOCK_BYTES`
+    plus a line and :data:`CHUNK_LINES` lines each; raises :class:`_LongLine` at a line over
+    :data:`MAX_LINE` bytes, so neither a line nor the text is ever whole in memory."""
+    with _open_bytes(path) as fh:
+        carry = b""
+        while True:
+            fresh = fh.read(BLOCK_BYTES)
+            data = carry + fresh if carry else fresh
+            cut = data.rfind(b"\n") + 1 if fresh else len(data)  # the end of the file ends a line
+            if len(data) - cut > MAX_LINE:
+                raise _LongLine
+            block, carry = data[:cut], data[cut:]
+            if block:
+                yield from _parts(block)
+            elif not fresh:
+                return
 
 
 def finite_in(values: np.ndarray, dtype: np.dtype[np.floating] | str) -> np.ndarray:
@@ -74,19 +201,20 @@ def _scan(
     path: Path,
     limits: tuple[int, int],
     dtype: np.dtype[np.floating],
-    duplicates: bool = False,
+    duplicate: tuple[int, int] | None = None,
     hint: str = "",
 ) -> ModelFormatError:
     """Slow scan that finds the first bad line, used only after the fast path refused the file.
 
-    ``hint`` is added to the message of an id above ``limits[0]``.
+    ``duplicate`` is the 1-based (row, col) the fast path found twice, so the scan need not
+    remember every key; ``hint`` is added to the message of an id above ``limits[0]``.
     """
-    seen: dict[tuple[int, int], int] = {}
+    first = 0
     lineno = 0
     try:
-        for lineno, line in enumerate(_open_text(path), start=1):
+        for lineno, line in _lines(path):
             fields = line.split()
-            if not fields:
+            if not fields and "\t" not in line:  # blank (the parser takes a tab for fields)
                 continue
             if len(fields) != 3:
                 return ModelFormatError(path, lineno, f"expected 3 fields, found {len(fields)}")
@@ -109,13 +237,16 @@ def _scan(
                     reason = f"id {int(value)} in {where} is outside 1..{limits[pos]}"
                     extra = hint if pos == 0 and value > limits[0] else ""
                     return ModelFormatError(path, lineno, reason + extra)
-            if duplicates:
-                key = (int(float(fields[0])), int(float(fields[1])))
-                first = seen.setdefault(key, lineno)
-                if first != lineno:
-                    return ModelFormatError(
-                        path, lineno, f"duplicate entry {key[0]} {key[1]} (first on line {first})"
-                    )
+            if (
+                duplicate is not None
+                and (int(float(fields[0])), int(float(fields[1]))) == duplicate
+            ):
+                if first:
+                    where = f"duplicate entry {duplicate[0]} {duplicate[1]} (first on line {first})"
+                    return ModelFormatError(path, lineno, where)
+                first = lineno
+    except ModelFormatError as exc:  # a line too long
+        return exc
     except _GZIP_ERRORS as exc:
         return ModelFormatError(path, lineno + 1, f"corrupt or truncated gzip data: {exc}")
     except OSError as exc:
@@ -124,7 +255,7 @@ def _scan(
 
 
 CHUNK_LINES = 1 << 22
-"""Lines parsed at once (about 100 MB of float64 while parsed): a large file is never whole in
+"""Most lines parsed at once (a block of BLOCK_BYTES holds fewer): a large file is never whole in
 memory twice, and reading the first K images stops soon after image K."""
 
 
@@ -156,64 +287,57 @@ def _read_triples(
     seen = -1
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     last_key, ordered = -1, True
-    unordered_keys: list[np.ndarray] = []
+    union = np.empty(0, np.int64)  # once order breaks: every key so far, sorted
     try:
-        chunks = pd.read_csv(
-            path,
-            sep="\t",
-            header=None,
-            names=["r", "c", "v"],
-            dtype=np.float64,
-            engine="c",
-            index_col=False,
-            chunksize=CHUNK_LINES,
-        )
-        with chunks:
-            for frame in chunks:
-                data = frame.to_numpy()
-                rows, cols, vals = data[:, 0], data[:, 1], data[:, 2]
-                bad = (
-                    ~np.isfinite(data).all(axis=1)
-                    | ~finite_in(vals, dtype)
-                    | (rows != np.floor(rows))
-                    | (cols != np.floor(cols))
-                    | (rows < 1)
-                    | (rows > limits[0])
-                    | (cols < 1)
-                    | (cols > limits[1])
-                )
-                if bad.any():
-                    raise _scan(path, limits, dtype, hint=hint)
-                r, c = rows.astype(np.int64) - 1, cols.astype(np.int64) - 1
-                seen = max(seen, int(r.max()))
-                keys = r * limits[1] + c  # < 2**31 * 2**20: fits int64
-                # official files are sorted: then no sort is needed to find duplicates
-                if ordered and keys[0] > last_key and (np.diff(keys) > 0).all():
-                    last_key = int(keys[-1])
-                else:
-                    if ordered:  # order breaks here; the chunks before were all kept whole
-                        unordered_keys = [kr * limits[1] + kc for kr, kc, _ in kept]
+        for block in _blocks(path):
+            frame = pd.read_csv(
+                io.BytesIO(block),
+                sep="\t",
+                header=None,
+                names=["r", "c", "v"],
+                dtype=np.float64,
+                engine="c",
+                index_col=False,
+            )
+            if frame.empty:  # blank lines only
+                continue
+            data = frame.to_numpy()
+            rows, cols, vals = data[:, 0], data[:, 1], data[:, 2]
+            bad = (
+                ~np.isfinite(data).all(axis=1)
+                | ~finite_in(vals, dtype)
+                | (rows != np.floor(rows))
+                | (cols != np.floor(cols))
+                | (rows < 1)
+                | (rows > limits[0])
+                | (cols < 1)
+                | (cols > limits[1])
+            )
+            if bad.any():
+                raise _scan(path, limits, dtype, hint=hint)
+            r, c = rows.astype(np.int64) - 1, cols.astype(np.int64) - 1
+            seen = max(seen, int(r.max()))
+            keys = r * limits[1] + c  # < 2**31 * 2**20: fits int64
+            # official files are sorted: then no sort is needed to find duplicates
+            if ordered and keys[0] > last_key and (np.diff(keys) > 0).all():
+                last_key = int(keys[-1])
+            else:
+                if ordered:  # order breaks here; the chunks before were all kept whole
+                    union = np.concatenate([kr * limits[1] + kc for kr, kc, _ in kept] or [union])
                     ordered = False
-                if not ordered:
-                    unordered_keys.append(keys)
-                if below is not None:
-                    keep = r < below
-                    r, c, vals = r[keep], c[keep], vals[keep]
-                kept.append((r, c, vals))
-                if ordered and below is not None and int(rows[-1]) > below:
-                    break  # sorted by row: every later line is past the rows kept
-    except pd.errors.EmptyDataError:
-        raise ModelFormatError(path, None, "file is empty") from None
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, *_GZIP_ERRORS):
+                union = _add_keys(union, keys, path, limits, dtype)
+            if below is not None:
+                keep = r < below
+                r, c, vals = r[keep], c[keep], vals[keep]
+            kept.append((r, c, vals))
+            if ordered and below is not None and int(rows[-1]) > below:
+                break  # sorted by row: every later line is past the rows kept
+    except (_LongLine, ValueError, pd.errors.ParserError, UnicodeDecodeError, *_GZIP_ERRORS):
         raise _scan(path, limits, dtype, hint=hint) from None
     except OSError as exc:
         raise ModelFormatError(path, None, f"cannot read: {exc.strerror or exc}") from None
     if not kept:
         raise ModelFormatError(path, None, "file is empty")
-    if not ordered:
-        every = np.sort(np.concatenate(unordered_keys))
-        if (every[1:] == every[:-1]).any():
-            raise _scan(path, limits, dtype, duplicates=True)
     if len(kept) == 1:
         return (*kept[0], seen)
     return (
@@ -222,6 +346,31 @@ def _read_triples(
         np.concatenate([k[2] for k in kept]),
         seen,
     )
+
+
+def _add_keys(
+    union: np.ndarray,
+    keys: np.ndarray,
+    path: Path,
+    limits: tuple[int, int],
+    dtype: np.dtype[np.floating],
+) -> np.ndarray:
+    """``union`` (sorted, distinct) with ``keys`` merged in; a key seen before (in ``union`` or
+    earlier in ``keys``) is refused at once, so a file repeating lines is refused after a chunk,
+    not held whole."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    again = np.zeros(len(keys), bool)
+    again[order[1:][ranked[1:] == ranked[:-1]]] = True  # stable: the later of equal keys
+    if len(union):
+        at = np.searchsorted(union, keys).clip(max=len(union) - 1)
+        again |= union[at] == keys
+    if again.any():
+        key = int(keys[int(np.argmax(again))])  # the first line to repeat an earlier one
+        raise _scan(path, limits, dtype, duplicate=(key // limits[1] + 1, key % limits[1] + 1))
+    merged = np.concatenate([union, ranked])
+    merged.sort(kind="stable")  # two sorted runs: a merge
+    return merged
 
 
 def _csr(
@@ -288,60 +437,95 @@ def _cache_file(paths: list[Path]) -> Path:
     return base / f"net-{digest.hexdigest()[:24]}.npz"
 
 
-def _npz_array(zf: zipfile.ZipFile, name: str, kinds: str, budget: int) -> np.ndarray:
-    """Member ``name`` of an npz as a 1-D array of one of the dtype ``kinds`` ("iu", "f").
+class _CappedReader(io.BufferedReader):
+    """A file no read of which returns more than a chunk of float64 (see
+    :func:`~fsd.model.layers.read_checked`): zipfile reads a central directory whole, sized by
+    the file's own (forgeable) end record, which must not make it allocate gigabytes."""
 
-    The header's shape must match the bytes actually stored, so a forged header cannot make us
-    allocate more than the file holds; nothing is unpickled.
+    CAP = 8 * CHUNK
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size > self.CAP:
+            raise ValueError(f"a read of {size} bytes")
+        if size is None or size < 0:
+            data = super().read(self.CAP + 1)
+            if len(data) > self.CAP:
+                raise ValueError(f"a read of more than {self.CAP} bytes")
+            return data
+        return super().read(size)
+
+
+def _npz_array(
+    raw: io.BufferedReader,
+    info: zipfile.ZipInfo,
+    dtypes: tuple[np.dtype[Any], ...],
+    most: int,
+    path: Path,
+    check: Callable[[np.ndarray, int], None] | None = None,
+) -> np.ndarray:
+    """Member ``info`` of the npz open as ``raw``: a 1-D array of at most ``most`` values of one
+    of ``dtypes``.
+
+    The member must be stored (as ``np.savez`` writes it), its header's length must match the
+    bytes stored, and it is read a chunk at a time, each seen by ``check`` first (see
+    :func:`~fsd.model.layers.read_checked`) and by the CRC at the end: neither a forged header
+    nor a sparse file can make us allocate more than checked data; nothing is unpickled.
     """
-    info = zf.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED or info.file_size > budget:
-        raise ValueError(f"{name}: not a stored member within the file")
-    raw = zf.read(info)
-    buf = io.BytesIO(raw)
-    version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(buf)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(buf)
-    else:
-        raise ValueError(f"{name}: npy version {version}")
-    if len(shape) != 1 or dtype.kind not in kinds or dtype.hasobject:
-        raise ValueError(f"{name}: shape {shape}, dtype {dtype}")
-    if shape[0] * dtype.itemsize != len(raw) - buf.tell():
-        raise ValueError(f"{name}: header does not match the data")
-    return np.frombuffer(raw, dtype, count=shape[0], offset=buf.tell()).copy()
+    name = info.filename
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        raise ValueError(f"{name}: not a stored member")
+    raw.seek(info.header_offset)
+    local = raw.read(30)
+    if len(local) != 30 or local[:4] != b"PK\3\4":
+        raise ValueError(f"{name}: no local header")
+    raw.seek(int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"), 1)
+    prefix = raw.read(12)
+    head = prefix + raw.read(max(npy_header_end(prefix, name) - len(prefix), 0))
+    dtype, count, offset = npy_header(head, name, dtypes)
+    if count > most or offset != len(head) or count * dtype.itemsize != info.file_size - offset:
+        raise ValueError(f"{name}: {count} x {dtype} in {info.file_size} bytes")
+    crc = [zlib.crc32(head)]
+
+    def checked(part: np.ndarray, start: int) -> None:
+        if check is not None:
+            check(part, start)
+        crc[0] = zlib.crc32(part.data, crc[0])
+
+    array = read_checked(raw, dtype, count, path, checked)
+    if crc[0] != info.CRC:
+        raise ValueError(f"{name}: bad CRC")
+    return array
 
 
 def _load_cache(path: Path, neurons: int, depth: int) -> list[sp.csr_matrix] | None:
     """The cached layers, or None if the cache is missing or unusable in any way (then rebuilt).
 
     The cache is a file from outside like the TSVs: checked as strictly (shapes, ids in range,
-    canonical CSR, finite values) and never allowed to allocate more than its own size.
+    canonical CSR, finite values), a chunk at a time as a binary layer file is, so no more is
+    allocated than the checked data.
     """
     if not path.is_file():
         return None
     mats = []
+    finite = finite_check(path, np.dtype(np.float64), np.dtype(np.float64))
     try:
-        budget = path.stat().st_size
-        with zipfile.ZipFile(path) as zf:
+        with _CappedReader(io.FileIO(path)) as raw, zipfile.ZipFile(raw) as zf:
             for k in range(depth):
-                indptr = _npz_array(zf, f"p{k}", "iu", budget)
-                if indptr.shape != (neurons + 1,) or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+                indptr = _npz_array(raw, zf.getinfo(f"p{k}.npy"), _INTS, neurons + 1, path)
+                if indptr.shape != (neurons + 1,) or not 0 <= indptr[-1] <= neurons * neurons:
                     raise ValueError(f"layer {k + 1}: bad indptr")
-                indices = _npz_array(zf, f"i{k}", "iu", budget)
-                data = _npz_array(zf, f"x{k}", "f", budget)
-                if not indices.size == data.size == int(indptr[-1]):
+                edges = int(indptr[-1])
+                check_indptr(path, indptr, edges)
+                columns = column_check(path, neurons, indptr)
+                indices = _npz_array(raw, zf.getinfo(f"i{k}.npy"), _INTS, edges, path, columns)
+                data = _npz_array(raw, zf.getinfo(f"x{k}.npy"), _FLOATS, edges, path, finite)
+                if not indices.size == data.size == edges:
                     raise ValueError(f"layer {k + 1}: sizes differ")
-                if indices.size and (indices.min() < 0 or indices.max() >= neurons):
-                    raise ValueError(f"layer {k + 1}: column outside 0..{neurons - 1}")
-                if not np.isfinite(data).all():
-                    raise ValueError(f"layer {k + 1}: values not finite")
                 matrix = sp.csr_matrix((data, indices, indptr), shape=(neurons, neurons))
                 if not matrix.has_canonical_format:
                     raise ValueError(f"layer {k + 1}: not canonical (unsorted or duplicates)")
                 mats.append(matrix)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, InputError) as exc:
         log.warning("ignoring unusable cache %s (%s); reading the TSV files", path, exc)
         return None
     return mats
@@ -438,11 +622,13 @@ def load_network(
 
 
 def read_categories(path: Path, limit: int = MAX_IMAGE_ID) -> np.ndarray:
-    """Sorted 1-based image ids from a categories file; each must lie in ``1..limit``."""
+    """Sorted 1-based image ids from a categories file; each must lie in ``1..limit``, and
+    there can be no more of them than images (``limit``, at most ``MAX_IMAGES``)."""
+    most = min(limit, MAX_IMAGES)
     ids: list[int] = []
     lineno = 0
     try:
-        for lineno, line in enumerate(_open_text(path), start=1):
+        for lineno, line in _lines(path):
             text = line.strip()
             if not text:
                 continue
@@ -452,6 +638,8 @@ def read_categories(path: Path, limit: int = MAX_IMAGE_ID) -> np.ndarray:
                 raise ModelFormatError(path, lineno, f"not an image id: {text[:40]!r}") from None
             if not 1 <= value <= limit:
                 raise ModelFormatError(path, lineno, f"image id {value} is outside 1..{limit}")
+            if len(ids) == most:
+                raise ModelFormatError(path, lineno, f"more than {most} image ids")
             ids.append(value)
     except _GZIP_ERRORS as exc:
         raise ModelFormatError(path, lineno + 1, f"corrupt or truncated gzip data: {exc}") from None
