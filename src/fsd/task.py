@@ -78,7 +78,8 @@ class WorkerTask:
     window: int = 1
     layers: LayerSupply | None = None
     # when the worker must have given up and reported, in time.time() (0: no deadline): a bit
-    # before the coordinator's own, so a stalled peer is named by those waiting for it
+    # before the coordinator's own, so a stalled peer is named by those waiting for it; a wall
+    # clock, as the invocation's expiry: hosts' clocks must agree within a second or two
     deadline: float = 0.0
 
     def wait(self) -> float:
