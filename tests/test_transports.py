@@ -28,7 +28,7 @@ import pytest
 from nats.aio.client import Client
 
 import fsd.worker
-from fsd import auth, cli, wire
+from fsd import auth, cli, reference, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel, transport
 from fsd.channels.aws import AWS_CREDENTIAL_VARS
 from fsd.channels.nats import MAX_CREDS_BYTES
@@ -40,6 +40,7 @@ from fsd.cost import estimate
 from fsd.errors import ChannelError, InputError, WorkerError
 from fsd.localstack import ROOT
 from fsd.model import Images, Network
+from fsd.model.generate import generate
 from fsd.redact import redact
 from fsd.services import MotoServer, NatsServer, S3Server
 from fsd.store import ModelStore
@@ -679,10 +680,7 @@ def _visible(moto: MotoServer, prefix: str) -> dict[str, int]:
 
 
 def test_a_killed_sns_run_and_foreign_messages_leave_the_next_run_exact(
-    moto_server: MotoServer,
-    monkeypatch: pytest.MonkeyPatch,
-    shared_net: Network,
-    shared_images: Images,
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The slot queues are the deployment's: a run whose worker died leaves nothing in them that
     a later run must get past (it drains its queues; what a dead worker held comes back later and
@@ -690,13 +688,14 @@ def test_a_killed_sns_run_and_foreign_messages_leave_the_next_run_exact(
     On the code before, leftovers were handed back forever: the next run failed ("no INPUT")."""
     prefix = "snskilled"
     cfg = _sqs_config(moto_server, namespace=prefix, kind="sns")
-    images = shared_images.matrix[:300]
-    truth = [c for c in shared_images.truth[120] if c <= 300]
+    network, generated = generate(1024, 20, 200, seed=11)  # 20 layers: a quick run
+    images = generated.matrix
+    truth = reference.categories(reference.infer(network, images)).tolist()
     config = RunConfig(workers=4, channel="sns", partition="min-comm", channel_config=cfg)
     with monkeypatch.context() as patch:
-        patch.setattr(fsd.worker, "_assemble", _KillWorker(1, after=10))
+        patch.setattr(fsd.worker, "_assemble", _KillWorker(1, after=5))
         with pytest.raises(WorkerError, match="worker 1 failed"):
-            run(shared_net, images, dataclasses.replace(config, timeout=60))
+            run(network, images, dataclasses.replace(config, timeout=60))
     left = _visible(moto_server, prefix)
     assert left and all(n == 0 for n in left.values()), left  # drained; no marker left
     assert not [name for name in left if name.endswith("-live")]
@@ -712,7 +711,7 @@ def test_a_killed_sns_run_and_foreign_messages_leave_the_next_run_exact(
                 "slot": {"DataType": "String", "StringValue": "2.0.-1.0.0"},
             },
         )
-    result = run(shared_net, images, dataclasses.replace(config, timeout=120))
+    result = run(network, images, dataclasses.replace(config, timeout=120))
     assert result.categories.tolist() == truth
     assert all(n == 0 for n in _visible(moto_server, prefix).values())
 
