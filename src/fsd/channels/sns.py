@@ -26,7 +26,8 @@ or failed by another's leftovers:
   while its coordinator's marker queue ``<prefix>-<run hex>-live`` exists: the coordinator
   makes it (tagged with owner and expiry) before any worker starts and deletes it in
   :meth:`purge_run`, on every exit path; what a coordinator killed outright leaves is reaped by
-  the next (:func:`fsd.channels.aws.reap_runs`);
+  the next (:func:`fsd.channels.aws.reap_runs`) or, where none reaps (functions), ends at the
+  marker's expiry tag (``ttl_seconds`` after the run began);
 - a message of a run that is not live: deleted, unless it is a genuine frame (its MAC verifies
   under that run's key, which every holder of the deployment secret derives) younger than
   :data:`GRACE` seconds, as SQS may take a moment to show a new marker: that one is only put
