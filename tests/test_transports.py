@@ -787,3 +787,14 @@ def test_sns_requests_stay_within_sns_limits(moto_server: MotoServer) -> None:
         assert b.expect(wire.Kind.ACT, 1, [0], timeout=20)[0] == msg
     assert sum(len(batch) for batch in sizes) == a.stats.messages > 1
     assert all(sum(batch) <= 256 * 1024 and len(batch) <= 10 for batch in sizes)
+
+
+def test_a_run_queues_expiry_tag_is_read_with_bounds() -> None:
+    """Tags are written by whoever holds SQS rights: only whole seconds of at most 12 digits
+    count (a 400-digit one read as a float was an infinite expiry: a run live forever)."""
+    from fsd.channels.aws import EXPIRES_TAG, tagged_expiry
+
+    assert tagged_expiry({EXPIRES_TAG: "1765000000"}) == 1765000000.0
+    for hostile in ("9" * 400, "-1", "1e9", "", " 12", "nan", "\uff11\uff12"):
+        assert tagged_expiry({EXPIRES_TAG: hostile}) is None, hostile
+    assert tagged_expiry({}) is None

@@ -254,6 +254,7 @@ OWNER_TAG = "fsd-owner"
 EXPIRES_TAG = "fsd-expires"
 REAP_EVERY = 300.0
 """Seconds between two reapings of one endpoint and prefix by one process."""
+_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() takes fullwidth ones too
 _MAX_LISTED = 5000  # queues looked at per reaping (ListQueues pages of 1000)
 _reaped: dict[tuple[str, str], float] = {}
 
@@ -261,6 +262,13 @@ _reaped: dict[tuple[str, str], float] = {}
 def run_tags(ttl_seconds: float) -> dict[str, str]:
     """The tags of a run's coordinator queue: its owner and when it expires."""
     return {OWNER_TAG: lifetime.owner_stamp(), EXPIRES_TAG: str(int(time.time() + ttl_seconds))}
+
+
+def tagged_expiry(tags: Mapping[str, str]) -> float | None:
+    """When a run expires, from its queue's tags (written by anyone with SQS rights: hostile
+    until checked): whole seconds of at most 12 digits, else None (unknown)."""
+    raw = tags.get(EXPIRES_TAG, "")
+    return float(raw) if isinstance(raw, str) and _SECONDS.fullmatch(raw) else None
 
 
 def run_queue(prefix: str) -> re.Pattern[str]:
@@ -289,11 +297,11 @@ def _abandoned(
     if marker is not None:
         count()
         tags = sqs.list_queue_tags(QueueUrl=marker).get("Tags", {})
-        owner, expires = tags.get(OWNER_TAG, ""), tags.get(EXPIRES_TAG, "")
+        owner, expires = tags.get(OWNER_TAG, ""), tagged_expiry(tags)
         if owner and lifetime.stamp_here(owner):
             return lifetime.stamp_gone(owner)  # this machine's: alive or not, we can tell
-        if expires.isdigit():
-            return int(expires) < now
+        if expires is not None:
+            return expires < now
     count()
     attrs = sqs.get_queue_attributes(QueueUrl=oldest, AttributeNames=["CreatedTimestamp"])
     created = attrs.get("Attributes", {}).get("CreatedTimestamp", "")

@@ -69,7 +69,6 @@ import botocore.exceptions
 
 from fsd import auth, wire
 from fsd.channels.aws import (
-    EXPIRES_TAG,
     MAX_BATCH,
     MISSING_QUEUE,
     AwsChannel,
@@ -82,6 +81,7 @@ from fsd.channels.aws import (
     retry,
     run_tags,
     slot_text,
+    tagged_expiry,
 )
 from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
 from fsd.errors import ChannelError, WireError
@@ -444,9 +444,8 @@ class SnsChannel(AwsChannel):
             live = True
             if run not in self._expiry:
                 self.stats.count("liveness")
-                tags = self._sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
-                expires = tags.get(EXPIRES_TAG, "")
-                self._expiry[run] = float(expires) if expires.isdigit() else math.inf
+                expires = tagged_expiry(self._sqs.list_queue_tags(QueueUrl=url).get("Tags", {}))
+                self._expiry[run] = math.inf if expires is None else expires
         except botocore.exceptions.ClientError as exc:
             live = error_code(exc) not in MISSING_QUEUE  # unsure: keep it
         except (botocore.exceptions.BotoCoreError, OSError):

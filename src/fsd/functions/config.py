@@ -268,9 +268,9 @@ class Transports:
 def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:
     """This function's transport for ``kind`` and its model store, from its own configuration
     only; a malformed or missing setting is this function's fault (NotConfigured), never the
-    request's. ``kind`` must be one :class:`Transports` offers (callers choose through it)."""
-    if kind not in Transports.from_env(env).offered:
-        raise NotConfigured(f"{kind!r} is not among this function's FSD_CHANNELS")
+    request's. Callers choose ``kind`` through :class:`Transports` first."""
+    if kind not in REMOTE_CHANNELS:
+        raise NotConfigured(f"FSD_CHANNEL must be one of {', '.join(REMOTE_CHANNELS)}")
     try:
         # no reaping from a function: its role lists no queues (it ends its runs itself)
         transport = dataclasses.replace(channel_config(kind, env=env), reap=False)

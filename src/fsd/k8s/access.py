@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 
 from fsd.errors import InputError
+from fsd.k8s.spec import MODEL_NAME
 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1123 label
-_MODEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fsd.store's model names
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ModelAccess:
             if (
                 not slash
                 or not (namespace == "*" or _NAMESPACE.fullmatch(namespace))
-                or not ((prefix == "" and model == "*") or _MODEL.fullmatch(prefix))
+                or not ((prefix == "" and model == "*") or MODEL_NAME.fullmatch(prefix))
             ):
                 raise InputError(
                     f"FSD_SHARED_MODELS: {item[:80]!r} is not <namespace>/<model> "

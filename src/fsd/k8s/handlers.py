@@ -199,17 +199,26 @@ def _check_channel(config: OperatorConfig, spec: ModelSpec) -> None:
         )
 
 
+def _keeper(config: OperatorConfig) -> ModelKeeper:
+    return ModelKeeper(config.store, max_source_bytes=config.max_source_bytes, shared=config.shared)
+
+
+def _remove_functions(config: OperatorConfig, name: str, namespace: str, uid: str) -> None:
+    """Remove the object's two functions (only those it owns)."""
+    with _gateway(config) as gateway:
+        chosen, api_client = deployer(config, gateway)
+        try:
+            chosen.remove([function_name(name, namespace, role) for role in ROLES], uid)
+        finally:
+            if api_client is not None:
+                api_client.close()
+
+
 def _withdraw(config: OperatorConfig, name: str, namespace: str, uid: str, logger: Any) -> None:
-    """Remove this object's functions (only those it owns): they must not go on serving a model
-    the namespace may no longer reach. Best effort: the failure is reported all the same."""
+    """Remove this object's functions: they must not go on serving a model the namespace may
+    no longer reach. Best effort: the failure is reported all the same."""
     try:
-        with _gateway(config) as gateway:
-            chosen, api_client = deployer(config, gateway)
-            try:
-                chosen.remove([function_name(name, namespace, role) for role in ROLES], uid)
-            finally:
-                if api_client is not None:
-                    api_client.close()
+        _remove_functions(config, name, namespace, uid)
     except ReconcileError as exc:
         logger.warning(f"could not remove the functions of {namespace}/{name}: {exc}")
 
@@ -305,9 +314,7 @@ def reconcile(
         _check_channel(config, parsed)
         worker_budget_mb(parsed, config)  # a spec that could never serve: before any push
         model = parsed.source.model or store_name(name, namespace)
-        keeper = ModelKeeper(
-            config.store, max_source_bytes=config.max_source_bytes, shared=config.shared
-        )
+        keeper = _keeper(config)
         owner = Owner(namespace, name, parsed.source.url)
         ensured = keeper.ensure(parsed, owner, model, on_push=partitioning)
         if ensured.pushed:
@@ -355,17 +362,8 @@ def cleanup(
         fields = report.progress(status, "Deleting", message, generation)
         _set_phase(config, namespace, name, fields, logger)
     try:
-        with _gateway(config) as gateway:
-            chosen, api_client = deployer(config, gateway)
-            try:
-                names = [function_name(name, namespace, role) for role in ROLES]
-                chosen.remove(names, _uid(meta))
-            finally:
-                if api_client is not None:
-                    api_client.close()
-        keeper = ModelKeeper(
-            config.store, max_source_bytes=config.max_source_bytes, shared=config.shared
-        )
+        _remove_functions(config, name, namespace, _uid(meta))
+        keeper = _keeper(config)
         removed = keeper.delete(store_name(name, namespace), Owner(namespace, name))
     except ReconcileError as exc:
         _fail(patch, status, exc, generation, config, retry, phase="Deleting")

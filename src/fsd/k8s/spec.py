@@ -28,7 +28,7 @@ from fsd.settings import CHANNEL
 CHANNELS = ("nats", "s3")  # what the chart provides servers for; sqs and sns are AWS's (deploy/aws)
 PARTITIONS = ("contiguous", "random", "min-comm")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_MODEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fsd.store's model names
 _MEMORY = re.compile(r"([0-9]{1,13})(Ki|Mi|Gi|Ti|k|M|G|T)?")
 _CPU = re.compile(r"([0-9]{1,6})(?:\.([0-9]{1,3}))?|([0-9]{1,9})m")
 _IMAGE = re.compile(r"[^\s]{1,512}")
@@ -155,7 +155,7 @@ def parse_source(raw: Any) -> Source:
         layers=None if layers is None else _int(layers, "spec.source.layers", 1, MAX_LAYERS),
     )
     if model is not None:
-        return dataclasses.replace(shape, model=_str(model, "spec.source.model", _MODEL))
+        return dataclasses.replace(shape, model=_str(model, "spec.source.model", MODEL_NAME))
     if not isinstance(url, str) or len(url) > MAX_URL or not url.isprintable():
         raise _invalid(f"spec.source.url must be s3://bucket/prefix, got {str(url)[:80]!r}")
     parts = urlsplit(url)
