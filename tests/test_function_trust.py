@@ -289,6 +289,9 @@ WORKER_BOUNDS = [
     ("ymax 0", task(ymax=0.0), "task/ymax"),
     ("a field more", task(shard="..."), "task"),
     ("no layer_timeout", task(layer_timeout=DROP), "task"),
+    ("deadline 0", task(deadline=0), "task/deadline"),
+    ("deadline 1e12", task(deadline=1e12), "task/deadline"),
+    ("deadline as text", task(deadline="soon"), "task/deadline"),
 ]
 
 

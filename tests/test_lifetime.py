@@ -181,3 +181,20 @@ def test_forked_child_keeps_no_handler_of_its_parent() -> None:
     )
     out, err = proc.communicate(timeout=30)
     assert (out, err, proc.returncode) == ("True\n", "", 0)
+
+
+def test_an_owner_stamp_read_back_from_a_tag_is_judged_only_when_well_formed() -> None:
+    """A queue's owner tag is written by whoever holds SQS rights: only a stamp of this boot
+    and pid namespace with a plain pid is judged; a live owner is never taken for gone."""
+    mine = lifetime.owner_stamp()
+    assert lifetime.stamp_here(mine) and not lifetime.stamp_gone(mine)
+    boot, pidns, _, started = mine.split(" ")
+    for hostile in (
+        f"{boot} {pidns} {'9' * 400} {started}",  # a pid no process has
+        f"{boot} {pidns} \uff11\uff12 {started}",  # fullwidth digits
+        f"{boot} {pidns} -1 {started}",
+        f"other-boot {pidns} 1 {started}",
+        "",
+        "a b c",
+    ):
+        assert not lifetime.stamp_here(hostile) and not lifetime.stamp_gone(hostile), hostile

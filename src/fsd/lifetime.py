@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -153,7 +154,7 @@ def stamp_here(stamp: str) -> bool:
     return (
         len(parts) == 4
         and bool(parts[0])
-        and parts[2].isdigit()
+        and re.fullmatch(r"[0-9]{1,10}", parts[2]) is not None  # a tag: hostile until checked
         and (parts[0], parts[1]) == (_boot_id(), _pidns_number())
     )
 
