@@ -39,6 +39,7 @@ def _measure(data: Path, runs: int, stub_mac: bool) -> list[float]:
     import numpy as np
 
     from fsd.channels import ChannelConfig
+    from fsd.channels.nats import NatsOptions
     from fsd.coordinator import RunConfig, infer, prepare
     from fsd.model import load_images, load_network
     from fsd.services import NatsServer
@@ -59,7 +60,9 @@ def _measure(data: Path, runs: int, stub_mac: bool) -> list[float]:
             workers=WORKERS,
             partition="min-comm",
             channel="nats",
-            channel_config=ChannelConfig("nats", server.url, token=server.token),
+            channel_config=ChannelConfig(
+                "nats", server.url, options=NatsOptions(token=server.token)
+            ),
         )
         prepared = prepare(network, config)
         infer(prepared, images.matrix, config)  # warm-up: stream, consumers, page cache

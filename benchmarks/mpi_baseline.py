@@ -24,7 +24,7 @@ machine whose load drifts treats them alike; each row keeps its best run.
         [--only-generated]
 
 The driver (this command) plans and cuts, runs ``mpirun -n P`` of this script in rank mode
-(``--rank-dir``) and fsd (:func:`fsd.coordinator.run`) on the local and NATS channels with the
+(``--rank-dir``) and fsd (:func:`fsd.run.run`) on the local and NATS channels with the
 same P and partition (NATS with and without zstd), and prints a markdown table for
 docs/benchmarks.md; exits 1 if any run is wrong. As root, mpirun needs ``--allow-run-as-root``
 (added then); ``--oversubscribe`` lets 4 ranks share 2 cores.
@@ -54,12 +54,13 @@ import scipy.sparse as sp
 
 import fsd
 from fsd import kernels
-from fsd.channels import ChannelConfig, transport
-from fsd.coordinator import RunConfig, split_inputs
-from fsd.coordinator import run as fsd_run
+from fsd.channels import ChannelConfig
+from fsd.coordinator import RunConfig, serve, split_inputs
 from fsd.model import Images, Network, load_images, load_network
 from fsd.model.generate import generate
 from fsd.partition import Plan, make_plan
+from fsd.run import Job, Local
+from fsd.run import run as fsd_run
 from fsd.shard import LayerShard, Shard, build_shards, shard_from_bytes, shard_to_bytes
 from fsd.worker import result_rows
 
@@ -431,9 +432,10 @@ def run_mpi(network: Network, images: sp.csr_matrix, plan: Plan, repeat: int) ->
         return best_of(launch(repeat))
 
 
-def fsd_figures(network: Network, images: sp.csr_matrix, config: RunConfig) -> dict[str, Any]:
-    """One fsd run (:func:`fsd.coordinator.run`: it plans again, outside its seconds)."""
-    result = fsd_run(network, images, config)
+def fsd_figures(network: Network, images: Images, config: RunConfig) -> dict[str, Any]:
+    """One fsd run, every worker a partition as MPI's ranks are (:func:`fsd.run.run`: it plans
+    and checks against the truth again, outside its seconds)."""
+    result = fsd_run(Job(Local(network, images), config, partitions=config.workers))
     return {
         "seconds": result.seconds,
         "categories": result.categories.tolist(),
@@ -455,7 +457,7 @@ def compare(
     rounds of one run each (so a machine whose load drifts treats every contender alike)."""
     truth = images.truth[network.depth].tolist()
     rows: list[dict[str, Any]] = []
-    with transport("nats").embedded(ChannelConfig("nats")) as nats_config:
+    with serve(RunConfig(channel="nats", channel_config=ChannelConfig("nats"))) as nats_config:
         channels = {
             "fsd local": ChannelConfig("local"),
             "fsd nats": nats_config,
@@ -473,7 +475,7 @@ def compare(
                         config = RunConfig(
                             workers=p, channel=cc.kind, partition=PARTITION, channel_config=cc
                         )
-                        runs[label].append(fsd_figures(network, images.matrix, config))
+                        runs[label].append(fsd_figures(network, images, config))
                     now = "  ".join(f"{k} {v[-1]['seconds']:.3f}" for k, v in runs.items())
                     print(f"  turn {turn + 1}: {now}", flush=True)
             mpi = best_of(runs["mpi"])

@@ -28,13 +28,14 @@ import numpy as np
 import scipy.sparse as sp
 
 import fsd_inference
-from fsd import planner, reference
-from fsd.channels import CHANNELS, ChannelConfig, transport
-from fsd.coordinator import Prepared, RunConfig, infer, prepare
+from fsd import reference
+from fsd.channels import CHANNELS, ChannelConfig
+from fsd.coordinator import Prepared, RunConfig, serve
 from fsd.cost import PRICES
 from fsd.metrics import RunResult
 from fsd.model import Images, Network, load_images, load_network
 from fsd.partition import PARTITIONERS, Plan, make_plan
+from fsd.run import Choice, Job, Loaded, Local, infer, load, plan, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNEL_WORKERS = (2, 4, 8)
@@ -52,12 +53,19 @@ def _best(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]
     return best, out
 
 
-def _best_infer(
-    prepared: Prepared, images: sp.csr_matrix, config: RunConfig, repeat: int
-) -> RunResult:
-    best = infer(prepared, images, config)
+def _planned(job: Job) -> tuple[Loaded, Choice, Prepared]:
+    """The pipeline's steps up to a prepared model (fsd.run), reused by every run of a row."""
+    loaded = load(job)
+    choice = plan(job, loaded)
+    return loaded, choice, prepare(job, loaded, choice)
+
+
+def _best_infer(job: Job, planned: tuple[Loaded, Choice, Prepared], repeat: int) -> RunResult:
+    """The fastest of ``repeat`` inferences of the job (fsd.run.infer) on one prepared model."""
+    loaded, choice, prepared = planned
+    best = infer(job, loaded, choice, prepared)
     for _ in range(repeat - 1):
-        result = infer(prepared, images, config)
+        result = infer(job, loaded, choice, prepared)
         if result.seconds < best.seconds:
             best = result
     return best
@@ -87,14 +95,15 @@ def graphblas_runner(network: Network, images: sp.csr_matrix, threads: int) -> C
 
 def _channel_configs(kinds: list[str], stack: contextlib.ExitStack) -> dict[str, ChannelConfig]:
     """One configuration per channel, each on the embedded server its transport starts itself
-    (sqs and sns one moto_server each, so neither queues behind the other's requests), stopped
-    by stack; local keeps a fresh mailbox folder per run."""
+    (fsd.coordinator.serve; sqs and sns one moto_server each, so neither queues behind the
+    other's requests), stopped by stack; local keeps a fresh mailbox folder per run."""
     configs: dict[str, ChannelConfig] = {}
     for kind in kinds:
         if kind == "local":
             configs[kind] = ChannelConfig("local")
         else:
-            configs[kind] = stack.enter_context(transport(kind).embedded(ChannelConfig(kind)))
+            config = RunConfig(channel=kind, channel_config=ChannelConfig(kind))
+            configs[kind] = stack.enter_context(serve(config))
     return configs
 
 
@@ -299,7 +308,7 @@ def main() -> int:
         rows.append({"name": name, "seconds": seconds, "correct": ok, **extra})
         print(f"{name:<34} {seconds:8.3f} s  correct={ok}", flush=True)
 
-    prepared_by: dict[tuple[int, str], Prepared] = {}
+    prepared_by: dict[tuple[int, str], tuple[Loaded, Choice, Prepared]] = {}
     baselines: tuple[tuple[int, tuple[str, ...]], ...] = (
         () if args.only_channels else ((1, ("contiguous",)), (2, ("contiguous", "min-comm")))
     )
@@ -311,9 +320,11 @@ def main() -> int:
             record(f"graphblas {threads} thread(s)", secs, cats)
     for workers, partitions in baselines:
         for partition in partitions:
-            config = RunConfig(workers=workers, partition=partition)
-            prepared = prepared_by[workers, partition] = prepare(network, config)
-            best = _best_infer(prepared, images.matrix, config, args.repeat)
+            # every worker a partition: one model-parallel group, as the row says
+            config = RunConfig(workers, partition=partition)
+            job = Job(Local(network, images), config, partitions=workers)
+            prepared_by[workers, partition] = _planned(job)
+            best = _best_infer(job, prepared_by[workers, partition], args.repeat)
             record(
                 f"fsd {workers} worker(s), {partition}",
                 best.seconds,
@@ -329,16 +340,11 @@ def main() -> int:
         many = sp.vstack([images.matrix] * 4).tocsr()
         expected = np.concatenate([truth + k * images.matrix.shape[0] for k in range(4)])
         for workers in (1, 2):
-            chosen = planner.plan(
-                workers=workers,
-                neurons=network.neurons,
-                depth=network.depth,
-                edges=network.edges,
-                images=int(many.shape[0]),
-            )
-            config = RunConfig(workers=workers, partitions=chosen.partitions)
-            best = _best_infer(prepare(network, config), many, config, args.repeat)
-            predicted = chosen.predicted_s
+            job = Job(Local(network, Images(many)), RunConfig(workers))
+            planned = _planned(job)
+            assert planned[1].planned is not None  # a local model is always planned
+            best = _best_infer(job, planned, args.repeat)
+            predicted = planned[1].planned.predicted_s
             print(f"  planner's time model: {predicted:.3f} s predicted", flush=True)
             record(
                 f"fsd {workers} worker(s), planner, 8000 images",
@@ -363,10 +369,12 @@ def main() -> int:
             configs = {}
         for workers in channel_workers:
             key = (workers, CHANNEL_PARTITION)
-            plan_config = RunConfig(workers=workers, partition=CHANNEL_PARTITION)
+            plan_config = RunConfig(workers, partition=CHANNEL_PARTITION)
+            # every worker a partition: one model-parallel group
+            plan_job = Job(Local(network, images), plan_config, partitions=workers)
             if key not in prepared_by:
-                prepared_by[key] = prepare(network, plan_config)
-            plan = make_plan(network, workers, CHANNEL_PARTITION, plan_config.seed)
+                prepared_by[key] = _planned(plan_job)
+            cut = make_plan(network, workers, CHANNEL_PARTITION, plan_job.config.seed)
             for kind in kinds:
                 name = f"fsd {kind} {workers} workers, {CHANNEL_PARTITION}"
                 info: dict[str, Any] = {"channel": kind, "workers": workers}
@@ -377,7 +385,8 @@ def main() -> int:
                         channel=kind,
                         channel_config=configs[kind],
                     )
-                    best = _best_infer(prepared_by[key], images.matrix, config, args.channel_repeat)
+                    job = Job(plan_job.model, config, partitions=workers)
+                    best = _best_infer(job, prepared_by[key], args.channel_repeat)
                 except Exception as exc:  # record the failure, keep benchmarking the rest
                     why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                     rows.append({"name": name, "seconds": None, "correct": False, **info})
@@ -398,7 +407,7 @@ def main() -> int:
                     ops=dict(best.ops),
                     cost_usd=None if cost is None else cost.total_usd,
                     cost=None if cost is None else cost.to_json(),
-                    fsd_inference=fsd_inference_bills(best, plan, active, memory_mb),
+                    fsd_inference=fsd_inference_bills(best, cut, active, memory_mb),
                 )
 
     plans = {m: make_plan(network, 8, m).total_volume for m in PARTITIONERS}

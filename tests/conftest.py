@@ -1,9 +1,11 @@
-"""Fixtures: the real Graph Challenge data from ../shared (skipped, with the reason, if absent)."""
+"""Session fixtures: the real Graph Challenge data from ../shared (skipped, with the reason, if
+absent) and one of each real server (NATS, SeaweedFS S3, moto), started once for the whole run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -59,3 +61,18 @@ def moto_server() -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers_env(nats_server: NatsServer, s3_server: S3Server) -> Mapping[str, str]:
+    """The session's NATS and S3 servers as a function, the CLI or a stack reads them from its
+    environment (read-only: copy it, ``{**servers_env, "FSD_MODELS": ...}``)."""
+    return MappingProxyType(
+        {
+            "FSD_NATS_URL": nats_server.url,
+            "FSD_NATS_TOKEN": nats_server.token,
+            "FSD_S3_ENDPOINT": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": s3_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        }
+    )

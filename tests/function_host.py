@@ -156,7 +156,7 @@ class LocalFunctionHost:
                 path.write_text(value)
             env = self._environment(deployment, folder, secrets_dir)
             (port,) = pick_ports(1)
-            server = FunctionServer(name, HANDLERS[role], env, port)
+            server = self.start(name, HANDLERS[role], env, port)
             self._functions[name] = _Function(name, server, folder, fingerprint)
             log.info("started %s (%s) on port %d", name, role, port)
 
@@ -208,6 +208,10 @@ class LocalFunctionHost:
             return 500, {"Content-Type": "text/plain", "X-OpenFaaS-Internal": "proxy"}, message
         finally:
             conn.close()
+
+    def start(self, name: str, handler: Path, env: dict[str, str], port: int) -> FunctionServer:
+        """One function's process on ``port`` (a platform's stand-in may start it otherwise)."""
+        return FunctionServer(name, handler, env, port)
 
     # -- for tests ---------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import datetime
 import itertools
 import json
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -36,10 +35,14 @@ import kopf
 from kmock._internal import dicts  # the emulator's own patch logic, to see what a patch changes
 from kmock._internal.rendering import Request
 
+import waiting
+
 GROUP = "fsd.dev"
 VERSION = "v1alpha1"
 PLURAL = "inferencemodels"
 _WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+
+wait_for = waiting.wait_for  # the one poller (tests/waiting.py), as the k8s tests import it
 
 
 @attrs.define(kw_only=True)
@@ -328,17 +331,3 @@ def running(registry: kopf.OperatorRegistry, memo: kopf.Memo, **kwargs: Any) -> 
         yield cluster
     finally:
         cluster.stop()
-
-
-def wait_for(
-    what: str, probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")

@@ -1,10 +1,11 @@
-"""Deep equality of shards, plans and their parts (numpy arrays compared exactly, dtypes too),
-shared by the shard, store and streaming tests."""
+"""Equality the tests share: deep equality of shards, plans and their parts (numpy arrays
+compared exactly, dtypes too), and of sparse matrices (layers, images)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 
 def same(a: object, b: object) -> None:
@@ -24,6 +25,22 @@ def same(a: object, b: object) -> None:
             same(a[key], b[key])
     else:
         assert a == b
+
+
+def same_csr(a: sp.csr_matrix, b: sp.csr_matrix, *, canonical: bool = False) -> bool:
+    """Same shape, pattern and values (values compared in float64, so a float32 layer equals the
+    float64 one it was written from). ``canonical``: duplicates summed and indices sorted in
+    copies of both first (a generator's raw output against its canonical form)."""
+    if canonical:
+        a, b = sp.csr_matrix(a, copy=True), sp.csr_matrix(b, copy=True)
+        a.sum_duplicates()
+        b.sum_duplicates()
+    return (
+        a.shape == b.shape
+        and np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+        and np.array_equal(a.data.astype(np.float64), b.data.astype(np.float64))
+    )
 
 
 def forbid_whole_load(monkeypatch: pytest.MonkeyPatch) -> None:

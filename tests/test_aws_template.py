@@ -44,7 +44,7 @@ import yaml
 
 from fsd.auth import MIN_SECRET_CHARS
 from fsd.channels.base import ChannelConfig
-from fsd.settings import SECRET_VARS
+from fsd.variables import SECRET_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "aws" / "template.yaml"

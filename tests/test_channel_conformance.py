@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fsd import auth, reference, wire
-from fsd.channels import CHANNELS, COORDINATOR, ChannelConfig, open_channel, transport
+from fsd.channels import CHANNELS, COORDINATOR, ChannelConfig, embedded, open_channel
 from fsd.channels.base import Slot
 from fsd.coordinator import RunConfig, run
 from fsd.errors import ChannelError, ChannelTimeout
@@ -26,7 +26,7 @@ def config(request: pytest.FixtureRequest) -> Iterator[ChannelConfig]:
     """Every transport in the registry, on the embedded server it starts itself (one per
     transport for this module), with a small frame limit so chunking is exercised everywhere."""
     base = ChannelConfig(request.param, max_frame=64 * 1024, secret=KEY)
-    with transport(request.param).embedded(base) as started:
+    with embedded(base) as started:
         yield started
 
 

@@ -72,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "service-monitor": {"prometheus": {"serviceMonitor": {"enabled": True}}},
     "grafana-dashboard": {"grafana": {"dashboard": {"enabled": True}}},
     "openfaas-pro": {"operator": {"openfaas": {"mode": "pro"}, "logLevel": "debug"}},
+    "knative": {"platform": "knative", "operator": {"knative": {"namespace": "fsd-fn"}}},
     "existing-secrets": {
         "credentials": {
             "natsToken": {"existingSecret": "my-nats"},
@@ -117,6 +118,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "no-s3-at-all": ({"s3": {"minio": {"enabled": False}}}, "s3.external"),
     "nats-off-without-url": ({"nats": {"enabled": False}}, "externalNats"),
     "bad-log-level": ({"operator": {"logLevel": "verbose"}}, "operator.logLevel"),
+    "platform-lambda": ({"platform": "lambda"}, "platform"),
     "monitor-not-bool": (
         {"prometheus": {"podMonitor": {"enabled": "yes"}}},
         "prometheus.podMonitor",
@@ -586,6 +588,9 @@ def operator_reads() -> set[str]:
     looked_up = (
         _env_lookups(OPERATOR_CONFIG) | _env_lookups(CHANNEL_SETTINGS) | _env_lookups(S3_TRANSPORT)
     )
+    # each platform's own operator settings (fsd.k8s.platforms: FSD_KNATIVE_NAMESPACE ...)
+    for path in (ROOT / "src" / "fsd" / "k8s").glob("*.py"):
+        looked_up |= _env_lookups(path)
     secrets_dir = _env_lookups(SETTINGS) & {"FSD_SECRETS_DIR"}
     assert documented and looked_up and secrets_dir
     return (documented & looked_up) | secrets_dir
@@ -666,7 +671,7 @@ def test_render_operator(rendered: dict[str, dict[str, Any]]) -> None:
         for i in s["secret"]["items"]
     }
     assert items == {key: ("fsd-credentials", key) for key in GENERATED}
-    from fsd.settings import SECRET_VARS
+    from fsd.variables import SECRET_VARS
 
     assert set(items) <= set(SECRET_VARS)
     # the operator never sees MinIO's root keys
@@ -758,9 +763,9 @@ def test_render_rbac_is_least_privilege(rendered: dict[str, dict[str, Any]]) -> 
             for rule in doc.get("rules", []):
                 assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
                 assert not {"kopf.dev", "apiextensions.k8s.io"} & set(rule["apiGroups"])
-                if "secrets" in rule["resources"]:  # only Pro, only in the function namespace
+                if "secrets" in rule["resources"]:  # only Pro or Knative, in the function namespace
                     assert doc["kind"] == "Role"
-                    assert doc["metadata"]["namespace"] == "openfaas-fn"
+                    assert doc["metadata"]["namespace"] in ("openfaas-fn", "fsd-fn")
             for binding in find([doc], "ClusterRoleBinding") + find([doc], "RoleBinding"):
                 assert binding["subjects"] == [
                     {"kind": "ServiceAccount", "name": "fsd-operator", "namespace": NAMESPACE}
@@ -800,6 +805,29 @@ def test_render_openfaas_pro(rendered: dict[str, dict[str, Any]]) -> None:
             "args"
         ]
     )
+
+
+def test_render_knative(rendered: dict[str, dict[str, Any]]) -> None:
+    """platform=knative: the operator's default platform and namespace, and a Role there with
+    exactly the verbs src/fsd/k8s/knative.py calls on Knative Services and Secrets."""
+    docs = manifests(rendered["variant:knative"])
+    env = env_of(the(docs, "Deployment", "fsd-operator"))
+    assert (env["FSD_PLATFORM"], env["FSD_KNATIVE_NAMESPACE"]) == ("knative", "fsd-fn")
+    role = the(docs, "Role", "fsd-operator-knative")
+    assert role["metadata"]["namespace"] == "fsd-fn"
+    source = (ROOT / "src" / "fsd" / "k8s" / "knative.py").read_text()
+    called = {
+        {"read": "get", "replace": "update"}.get(verb, verb)
+        for verb in re.findall(
+            r"_api\.(read|get|list|create|patch|replace|delete)_namespaced_", source
+        )
+    }
+    assert [(r["apiGroups"], r["resources"], set(r["verbs"])) for r in role["rules"]] == [
+        (["serving.knative.dev"], ["services"], called),
+        ([""], ["secrets"], {"get", "create", "patch"}),  # KubeSecrets (fsd.k8s.secrets)
+    ]
+    assert the(docs, "RoleBinding", "fsd-operator-knative")["metadata"]["namespace"] == "fsd-fn"
+    assert find(manifests(rendered["variant:defaults"]), "Role", "fsd-operator-knative") == []
 
 
 def test_render_external_stores(rendered: dict[str, dict[str, Any]]) -> None:

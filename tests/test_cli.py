@@ -28,11 +28,11 @@ from fsd import cli, settings
 from fsd.channels import CHANNELS, REMOTE_CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.cli import main
-from fsd.coordinator import DTYPES
 from fsd.errors import InputError
 from fsd.localstack import ROOT, LocalStack
 from fsd.model import Images
 from fsd.model.generate import generate
+from fsd.model.network import DTYPES
 from fsd.partition import PARTITIONERS
 from fsd.services import MotoServer, NatsServer, S3Server
 from listeners import OPENER
@@ -163,7 +163,7 @@ def test_every_numeric_flag_reads_numbers_as_the_settings_do(
         (parser.prog, action.option_strings[-1])
         for parser in _parsers(cli._parser())
         for action in parser._actions
-        if action.type is cli._seconds
+        if action.type in (cli._seconds, cli._memory)
         or getattr(action.type, "__qualname__", "").startswith("_count.")
     }
     assert numeric >= {
@@ -498,7 +498,7 @@ AWS_ENDPOINTS = [
 def test_s3_endpoint_from_aws_variables() -> None:
     for env, expected in AWS_ENDPOINTS:
         assert channel_config("s3", env=env).address == expected, env
-        flagged = channel_config("s3", s3_endpoint="http://flag:1", env=env)
+        flagged = channel_config("s3", flags={"s3_endpoint": "http://flag:1"}, env=env)
         assert flagged.address == "http://flag:1", env
 
 

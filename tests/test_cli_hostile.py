@@ -132,7 +132,7 @@ INVOKE = ["invoke", "--function", "gc1024-default-coordinator", "--model", "gc10
 #: A run whose data folder is missing: a flag refused says so before anything is loaded
 NO_DATA = ["run", "--data", "{data}/missing"]
 WHOLE = "must be a whole number in"
-MEMORY = f"argument --memory-mb: {WHOLE} 201..16777216"
+MEMORY = f"argument --memory-mb: {WHOLE} (200, 16777216]"
 TIMEOUT = "argument --timeout: must be a number in (0, 86400]"
 ROWS = {
     # numeric flags: bounded and finite, plain decimals as in fsd.settings (no 1e3, 0x10, 1_0)
@@ -422,8 +422,7 @@ BAD_ADDRESSES = [
 def _settings(kind: str, address: str, source: str) -> ChannelConfig:
     """channel_config with ``address`` given by flag (``source`` starts with --) or environment."""
     if source.startswith("--"):
-        nats, s3 = (address, None) if kind == "nats" else (None, address)
-        return channel_config(kind, nats_url=nats, s3_endpoint=s3, env={})
+        return channel_config(kind, flags={source[2:].replace("-", "_"): address}, env={})
     return channel_config(kind, env={source: address})
 
 

@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -121,16 +122,12 @@ def places(
     }
 
 
-def _environment(nats_server: NatsServer, s3_server: S3Server) -> dict[str, str]:
+def _environment(servers_env: Mapping[str, str]) -> dict[str, str]:
+    """The test's environment without its own FSD_/AWS_ settings, plus the session's servers
+    but not FSD_NATS_URL: the docs name the NATS server on the command line (``--nats-url``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FSD_", "AWS_"))}
-    return {
-        **env,
-        "FSD_NATS_TOKEN": nats_server.token,
-        "FSD_S3_ENDPOINT": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "FSD_S3_BUCKET": "fsd-docs",  # models pushed here stay apart from other tests'
-    }
+    servers = {k: v for k, v in servers_env.items() if k != "FSD_NATS_URL"}
+    return {**env, **servers, "FSD_S3_BUCKET": "fsd-docs"}  # models pushed here stay apart
 
 
 @pytest.mark.parametrize(("doc", "command"), RUNNABLE, ids=[c for _, c in RUNNABLE])
@@ -138,11 +135,10 @@ def test_documented_fsd_command_runs(
     doc: Path,
     command: str,
     places: dict[str, str],
-    nats_server: NatsServer,
-    s3_server: S3Server,
+    servers_env: Mapping[str, str],
 ) -> None:
     words = shlex.split(command)
-    env = _environment(nats_server, s3_server)
+    env = _environment(servers_env)
     while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
         name, value = words.pop(0).split("=", 1)
         env[name] = places.get(value, value)

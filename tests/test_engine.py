@@ -13,6 +13,7 @@ from fsd import kernels, reference
 from fsd.coordinator import RunConfig, infer, prepare, run
 from fsd.errors import WorkerError
 from fsd.model import Images, Network
+from fsd.model.network import DTYPES
 from fsd.partition import PARTITIONERS
 from fsd.task import WorkerTask
 
@@ -38,7 +39,7 @@ def _small(seed: int = 3) -> tuple[Network, sp.csr_matrix]:
     return radix_net(256, 12, seed), synthetic_images(256, 300, seed).matrix
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_oracle_activations(dtype: str) -> None:
     network, images = _small()
     result = run(network, images, RunConfig(workers=3, partition="random", dtype=dtype))

@@ -24,6 +24,8 @@ import pytest
 
 import fsd.worker
 from fsd.channels import ChannelConfig
+from fsd.channels.nats import NatsOptions
+from fsd.channels.s3 import S3Options
 from fsd.coordinator import RunConfig, run
 from fsd.errors import FsdError, WorkerError
 from fsd.model import Images, Network
@@ -73,7 +75,9 @@ def _nats_config(server: NatsServer, retry: float) -> RunConfig:
         partition="min-comm",
         layer_timeout=30,
         timeout=BOUND,
-        channel_config=ChannelConfig("nats", server.url, token=server.token, retry_seconds=retry),
+        channel_config=ChannelConfig(
+            "nats", server.url, retry_seconds=retry, options=NatsOptions(token=server.token)
+        ),
     )
 
 
@@ -87,9 +91,8 @@ def _s3_config(server: S3Server, retry: float) -> RunConfig:
         channel_config=ChannelConfig(
             "s3",
             server.endpoint,
-            access_key=server.access_key,
-            secret_key=server.secret_key,
             retry_seconds=retry,
+            options=S3Options(access_key=server.access_key, secret_key=server.secret_key),
         ),
     )
 

@@ -27,6 +27,8 @@ from nats.aio.msg import Msg
 import fsd.coordinator
 from fsd import auth, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel
+from fsd.channels.nats import NatsOptions
+from fsd.channels.s3 import S3Options
 from fsd.coordinator import RunConfig, run
 from fsd.model import Images, Network
 from fsd.services import NatsServer, S3Server
@@ -165,7 +167,7 @@ def _stream_ready(server: NatsServer, config: ChannelConfig) -> None:
 def test_forged_frames_on_a_live_nats_run_change_nothing(
     nats_server: NatsServer, shared_net: Network, shared_images: Images, known_run_id: bytes
 ) -> None:
-    config = ChannelConfig("nats", nats_server.url, token=nats_server.token)
+    config = ChannelConfig("nats", nats_server.url, options=NatsOptions(token=nats_server.token))
     _stream_ready(nats_server, dataclasses.replace(config, secret=auth.new_secret()))
     attacker = _NatsAttacker(nats_server, known_run_id, shared_net.depth)
     attacker.thread.start()
@@ -241,8 +243,7 @@ def test_forged_objects_on_a_live_s3_run_change_nothing(
         config = ChannelConfig(
             "s3",
             s3_server.endpoint,
-            access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key,
+            options=S3Options(access_key=s3_server.access_key, secret_key=s3_server.secret_key),
         )
         cfg = RunConfig(workers=WORKERS, channel="s3", partition="min-comm", channel_config=config)
 

@@ -30,6 +30,7 @@ from fsd.model.generate import generate
 from fsd.services import NatsServer, S3Server, pick_ports
 from listeners import NATS_INFO, OPENER, Recorder, post
 from procs import start_prometheus
+from test_run import billed_mb
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +220,9 @@ def test_fan_out_tree_invokes_workers_through_workers(
     """With fanout 1 the coordinator invokes worker 0 only; 0 invokes 1, 1 invokes 2, ..."""
     from fsd.channels.settings import channel_config
     from fsd.coordinator import RunConfig, infer, prepare_stored
-    from fsd.launch.openfaas import children
-    from fsd.settings import function_env
+    from fsd.launch.openfaas import OpenFaaSOptions, children
     from fsd.task import ModelRef
+    from fsd.variables import function_env
 
     assert children(0, 7, 2) == [2, 3] and children(2, 7, 2) == [6] and children(3, 7, 2) == []
     env = stack.env
@@ -234,8 +235,8 @@ def test_fan_out_tree_invokes_workers_through_workers(
         timeout=60,
         layer_timeout=20,
         channel_config=channel_config("nats", env=function_env(env)),
-        launcher="openfaas",
-        worker_urls=tuple(env["FSD_WORKER_URL"].split(",")),
+        platform="openfaas",
+        platform_options=OpenFaaSOptions.from_env(env),
         fanout=1,
     )
     result = infer(prepared, shared_images.matrix, config)
@@ -264,7 +265,7 @@ def test_gateway_basic_auth_from_the_secret(tmp_path: Path) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from fsd.launch.openfaas import OpenFaaSLauncher
-    from fsd.settings import function_env
+    from fsd.variables import function_env
 
     seen: list[str] = []
     bodies: list[bytes] = []
@@ -409,6 +410,7 @@ def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
     assert reply["parallelism"]["replicas"] == 2 and reply["parallelism"]["partitions"] == 1
     assert 2 <= reply["parallelism"]["window"] < 120
     assert reply["shard_cache"]["hit"] == 0  # cold: every layer streamed
+    assert billed_mb(reply) == pytest.approx(250, rel=0.05)  # Lambda priced at the budget
     # warm: the first window - 2 layers kept from the cold run, only the rest streamed
     assert status2 == 200 and warm["correct"] is True, warm
     assert warm["shard_cache"]["hit"] == 2 and warm["shard_cache"]["miss"] == 0

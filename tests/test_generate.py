@@ -15,6 +15,7 @@ from fsd.model import load_images, load_network
 from fsd.model.generate import canvas_shape, generate, radix_net, synthetic_images
 from fsd.model.network import bias_for
 from fsd.reference import categories, infer
+from sameness import same_csr
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "graphchallenge"
 
@@ -32,19 +33,6 @@ def reference_pattern(neurons: int, k: int) -> sp.csr_matrix:
     shift = sp.csr_matrix((np.ones(b), (local, (local - 2 ** (k - 1)) % b)), shape=(b, b))
     block = sp.identity(b, format="csr") + shift
     return sp.csr_matrix(sp.kron(np.ones((16, 16)), block) / 16.0)
-
-
-def same(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
-    """Equal shape, pattern and values (both put in canonical form first)."""
-    a, b = sp.csr_matrix(a, copy=True), sp.csr_matrix(b, copy=True)
-    a.sum_duplicates()
-    b.sum_duplicates()
-    return (
-        a.shape == b.shape
-        and np.array_equal(a.indptr, b.indptr)
-        and np.array_equal(a.indices, b.indices)
-        and np.array_equal(a.data, b.data)
-    )
 
 
 def alive_fraction(net_seed: int, images: sp.csr_matrix) -> float:
@@ -73,7 +61,7 @@ def test_radix_structure(neurons: int, layers: int) -> None:
 def test_first_group_is_the_radix_pattern() -> None:
     net = radix_net(1024, 6, seed=7)
     for k, w in enumerate(net.layers, start=1):
-        assert same(w, reference_pattern(1024, k))
+        assert same_csr(w, reference_pattern(1024, k), canonical=True)
 
 
 def test_later_groups_relabel_the_pattern() -> None:
@@ -82,15 +70,20 @@ def test_later_groups_relabel_the_pattern() -> None:
     perm = np.random.default_rng(11).permutation(256)
     for k in range(4):
         relabelled = net.layers[4 + k][perm][:, perm]
-        assert same(relabelled, net.layers[k])
-    assert not same(net.layers[8], net.layers[4])  # a fresh relabelling per group
+        assert same_csr(relabelled, net.layers[k], canonical=True)
+    # a fresh relabelling per group
+    assert not same_csr(net.layers[8], net.layers[4], canonical=True)
 
 
 def test_radix_deterministic_per_seed() -> None:
     a, b, c = radix_net(1024, 14, 0), radix_net(1024, 14, 0), radix_net(1024, 14, 1)
-    assert all(same(x, y) for x, y in zip(a.layers, b.layers, strict=True))
-    assert all(same(x, y) for x, y in zip(a.layers[:6], c.layers[:6], strict=True))
-    assert not all(same(x, y) for x, y in zip(a.layers[6:], c.layers[6:], strict=True))
+    assert all(same_csr(x, y, canonical=True) for x, y in zip(a.layers, b.layers, strict=True))
+    assert all(
+        same_csr(x, y, canonical=True) for x, y in zip(a.layers[:6], c.layers[:6], strict=True)
+    )
+    assert not all(
+        same_csr(x, y, canonical=True) for x, y in zip(a.layers[6:], c.layers[6:], strict=True)
+    )
 
 
 @pytest.mark.parametrize(("neurons", "layers"), [(1000, 4), (128, 4), (0, 4), (1024, 0)])
@@ -103,7 +96,7 @@ def test_generated_layers_equal_official() -> None:
     official = load_network(shared_root(), layers=6)
     net = radix_net(1024, 6)
     for mine, theirs in zip(net.layers, official.layers, strict=True):
-        assert same(mine, theirs)
+        assert same_csr(mine, theirs, canonical=True)
         assert np.array_equal(mine.indptr, theirs.indptr)
         assert np.array_equal(mine.indices, theirs.indices)
 
@@ -138,10 +131,10 @@ def test_synthetic_images_centred_like_mnist() -> None:
 
 def test_synthetic_images_deterministic() -> None:
     a = synthetic_images(1024, 400, seed=0).matrix
-    assert same(a, synthetic_images(1024, 400, seed=0).matrix)
-    assert not same(a, synthetic_images(1024, 400, seed=1).matrix)
+    assert same_csr(a, synthetic_images(1024, 400, seed=0).matrix, canonical=True)
+    assert not same_csr(a, synthetic_images(1024, 400, seed=1).matrix, canonical=True)
     head = synthetic_images(1024, 100, seed=0).matrix
-    assert same(a[:100], head)  # the first images do not depend on count
+    assert same_csr(a[:100], head, canonical=True)  # the first images do not depend on count
 
 
 def test_canvas_shape() -> None:

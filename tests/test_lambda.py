@@ -37,13 +37,12 @@ from fsd.aws import coordinator as aws_coordinator
 from fsd.aws import settings as aws_settings
 from fsd.aws import worker as aws_worker
 from fsd.channels import ChannelConfig
-from fsd.channels.settings import channel_config
 from fsd.errors import FsdError, InputError
 from fsd.launch import make_launcher
-from fsd.launch.lambda_ import ASYNC_PAYLOAD_LIMIT, LambdaLauncher
+from fsd.launch.lambda_ import ASYNC_PAYLOAD_LIMIT, LambdaLauncher, LambdaOptions
 from fsd.model import Images, Network
 from fsd.services import MotoServer, NatsServer, S3Server
-from fsd.store import ModelStore
+from fsd.store import ModelStore, StoreConfig
 from fsd.task import ModelRef, WorkerTask
 from lambda_standin import REGION, Function, LambdaStandIn, OnFailure, environment
 
@@ -128,7 +127,7 @@ def pushed(
         "FSD_LAYER_TIMEOUT": str(LAYER_TIMEOUT),
         "FSD_SECRETS_DIR": "/nonexistent",
     }
-    ModelStore(channel_config("s3", env=env)).push(
+    ModelStore(StoreConfig.from_env(env)).push(
         shared_net, "gc1024", [4], ("min-comm",), shared_images
     )
     return env
@@ -233,8 +232,9 @@ def test_a_crashed_worker_is_named_from_its_onfailure_record(
     print(f"crash reported after {took:.1f} s (layer timeout {LAYER_TIMEOUT} s)")
 
 
-def launcher(**kwargs: Any) -> LambdaLauncher:
-    made = make_launcher("lambda", secret=KEY.encode(), function=WORKER, **kwargs)
+def launcher(failure_queue: str = "") -> LambdaLauncher:
+    options = LambdaOptions(function=WORKER, failure_queue=failure_queue)
+    made = make_launcher("lambda", options, secret=KEY.encode())
     assert isinstance(made, LambdaLauncher)
     return made
 

@@ -25,16 +25,7 @@ from fsd.model.layers import HEADER, LayerFolder, LayerWriter, layer_file
 from fsd.model.network import MAX_LAYERS, MAX_NEURONS
 from fsd.model.source import as_source, open_source
 from fsd.reference import categories, infer, infer_streamed
-
-
-def same(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
-    """Same shape, pattern and values (values compared in float64)."""
-    return (
-        a.shape == b.shape
-        and np.array_equal(a.indptr, b.indptr)
-        and np.array_equal(a.indices, b.indices)
-        and np.array_equal(a.data.astype(np.float64), b.data.astype(np.float64))
-    )
+from sameness import same_csr
 
 
 def write_binary(folder: Path, network: Network, dtype: str = "float32") -> None:
@@ -64,12 +55,12 @@ def test_round_trip_float32_and_float64(tmp_path: Path) -> None:
     assert back.edges() == net.edges
     for k, w in enumerate(net.layers, start=1):
         got = back.layer(k)
-        assert got.data.dtype == np.float32 and same(got, w)
+        assert got.data.dtype == np.float32 and same_csr(got, w)
     odd = random_net(310, 3)  # odd edge counts: the indices are padded to 8 bytes
     assert any(w.nnz % 2 for w in odd.layers)
     write_binary(tmp_path / "b", odd, "float64")
     back = LayerFolder(tmp_path / "b")
-    assert all(same(back.layer(k), w) for k, w in enumerate(odd.layers, start=1))
+    assert all(same_csr(back.layer(k), w) for k, w in enumerate(odd.layers, start=1))
     assert load_network(tmp_path / "b").edges == odd.edges
 
 
@@ -89,7 +80,7 @@ def test_file_layout_is_the_documented_one(tmp_path: Path) -> None:
     indptr = np.memmap(path, "<i8", "r", 0, (41,))
     indices = np.memmap(path, "<i4", "r", 8 * 41, (e,))
     data = np.memmap(path, "<f8", "r", 8 * 41 + pad, (e,))
-    assert same(sp.csr_matrix((data, indices, indptr), shape=(40, 40)), w)
+    assert same_csr(sp.csr_matrix((data, indices, indptr), shape=(40, 40)), w)
     header = json.loads((tmp_path / HEADER).read_text())
     assert header["edges"] == [e] and header["dtype"] == "float64"
 
@@ -102,18 +93,18 @@ def test_tsv_and_binary_sources_give_identical_layers(tmp_path: Path) -> None:
     assert type(binary).__name__ == "LayerFolder" and type(tsv).__name__ == "TsvSource"
     assert (binary.neurons, binary.depth, binary.bias) == (tsv.neurons, tsv.depth, tsv.bias)
     for k in range(1, 9):
-        assert same(binary.layer(k), tsv.layer(k))
+        assert same_csr(binary.layer(k), tsv.layer(k))
     assert binary.edges() == tsv.edges() == 1024 * 32 * 8
     assert np.array_equal(images["binary"].truth[8], images["tsv"].truth[8])
     nets = [load_network(tmp_path / fmt, cache=False) for fmt in ("binary", "tsv")]
-    assert all(same(a, b) for a, b in zip(nets[0].layers, nets[1].layers, strict=True))
+    assert all(same_csr(a, b) for a, b in zip(nets[0].layers, nets[1].layers, strict=True))
 
 
 def test_official_tsv_source_is_the_loaded_network(shared_dir: Path, shared_net: Network) -> None:
     source = open_source(shared_dir, layers=4)
     assert source.depth == 4
     for k in range(1, 5):
-        assert same(source.layer(k), shared_net.layers[k - 1])
+        assert same_csr(source.layer(k), shared_net.layers[k - 1])
 
 
 def test_open_source_takes_the_layer_folder_itself_and_a_layer_count(tmp_path: Path) -> None:
@@ -281,7 +272,7 @@ def test_weights_are_checked_in_the_engine_dtype(tmp_path: Path) -> None:
 def test_any_layer_is_made_alone_and_equals_the_whole_net() -> None:
     net = radix_net(256, 13, seed=9)  # groups of 4: layers 5..13 relabelled
     for k in (13, 1, 6, 9):
-        assert same(radix_layer(256, k, 9), net.layers[k - 1])
+        assert same_csr(radix_layer(256, k, 9), net.layers[k - 1])
     with pytest.raises(InputError):
         radix_layer(256, 0)
 
@@ -310,7 +301,7 @@ def test_fsd_generate_holds_one_layer_at_a_time(
     images = load_images(out, 256)
     net, expected = generate(256, 12, 40)
     assert np.array_equal(images.truth[12], expected.truth[12])
-    assert all(same(a, b) for a, b in zip(load_network(out).layers, net.layers, strict=True))
+    assert all(same_csr(a, b) for a, b in zip(load_network(out).layers, net.layers, strict=True))
 
 
 def test_generate_then_run_on_the_binary_folder(

@@ -15,7 +15,8 @@ import pytest
 
 import fsd
 from fsd import lifetime
-from proctree import alive, require_proc, wait_for
+from proctree import alive, require_proc
+from waiting import wait_for
 
 SRC = str(Path(fsd.__file__).resolve().parents[1])
 
@@ -130,7 +131,7 @@ def test_children_die_with_their_parent(tied: bool) -> None:
         parent.kill()  # SIGKILL: nothing runs in the parent
         parent.wait()
         if tied:
-            wait_for(lambda: not alive(child), 10, f"child {child} gone after its parent")
+            wait_for(f"child {child} gone after its parent", lambda: not alive(child), 10)
         else:  # the control: without the hook, the child is orphaned and lives on
             assert alive(child)
     finally:

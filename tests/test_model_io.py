@@ -241,13 +241,15 @@ def test_broken_gzip_names_the_file(tmp_path: Path, cut: str) -> None:
 
 
 def test_image_ids_are_capped_unless_a_count_is_given(tmp_path: Path) -> None:
-    from fsd.model.network import MAX_IMAGES
+    from fsd.model.network import MAX_LOADED_IMAGES
 
     root = _tiny(tmp_path)
-    far = MAX_IMAGES + 1
+    far = MAX_LOADED_IMAGES + 1
     with (root / "sparse-images-16.tsv").open("a") as fh:
         fh.write(f"{far}\t3\t1\n")
-    with pytest.raises(ModelFormatError, match=f"id {far} in field 1 is outside 1..{MAX_IMAGES}"):
+    with pytest.raises(
+        ModelFormatError, match=f"id {far} in field 1 is outside 1..{MAX_LOADED_IMAGES}"
+    ):
         load_images(root, 16)
     head = load_images(root, 16, 2)  # only the first 2 rows are kept: nothing sized by the id
     assert head.matrix.shape == (2, 16)

@@ -39,11 +39,10 @@ from prometheus_client.registry import Collector
 from fsd import observe, plot
 from fsd.cli import main
 from fsd.cost import Cost
-from fsd.errors import ChannelTimeout, InputError, RunAborted, WorkerError
+from fsd.errors import ChannelTimeout, InputError, ModelNotFound, RunAborted, WorkerError
 from fsd.k8s.latency import last_latency, latency_query
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
-from fsd.store import ModelNotFound
 from procs import Process as _Process
 from procs import binary as _binary
 from procs import start_prometheus

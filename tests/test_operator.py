@@ -41,7 +41,6 @@ import pytest
 import yaml
 from minio import Minio
 
-from fsd.channels.settings import channel_config
 from fsd.errors import InputError
 from fsd.k8s import GROUP, PLURAL, VERSION
 from fsd.k8s.access import ModelAccess
@@ -55,7 +54,7 @@ from fsd.k8s.spec import parse_spec
 from fsd.model import write_images, write_network
 from fsd.model.generate import generate
 from fsd.services import S3Server
-from fsd.store import ModelStore
+from fsd.store import ModelStore, StoreConfig
 from k8s_api import Cluster, add_login, kubeconfig, wait_for
 from k8s_gateway import CONFLICT, FakeGateway
 
@@ -147,9 +146,8 @@ def gateway() -> Iterator[FakeGateway]:
 
 
 def store_config(s3: S3Server) -> Any:
-    return channel_config(
-        "s3",
-        env={
+    return StoreConfig.from_env(
+        {
             "FSD_S3_ENDPOINT": s3.endpoint,
             "FSD_S3_BUCKET": "fsd",
             "AWS_ACCESS_KEY_ID": s3.access_key,
@@ -492,7 +490,7 @@ def test_unreachable_store_degrades_and_is_retried(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    store = dataclasses.replace(store_config(s3_server), address=f"http://127.0.0.1:{port}")
+    store = dataclasses.replace(store_config(s3_server), endpoint=f"http://127.0.0.1:{port}")
     with operator(operator_config(s3_server, gateway.url, store=store)) as kube:
         kube.create(model("kappa", {"model": "anything"}, 2))
         status = kube.wait_status("kappa", "Degraded", lambda s: s.get("phase") == "Degraded")

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fsd import cli, coordinator, planner, reference, store
+import fsd.run
+from fsd import cli, coordinator, planner, reference, store, task
 from fsd.coordinator import RunConfig, run
 from fsd.errors import InputError
 from fsd.model.generate import generate
@@ -25,11 +26,11 @@ NET: dict[str, Any] = {"neurons": 4096, "depth": 24, "edges": 4096 * 32 * 24, "i
 
 
 def test_a_model_that_fits_one_worker_is_replicated_not_split() -> None:
-    chosen = planner.plan(workers=4, memory_mb=2048, cores=2, **NET)
+    chosen = planner.choose(workers=4, memory_mb=2048, cores=2, **NET)
     assert (chosen.replicas, chosen.partitions, chosen.window) == (4, 1, 24)
     assert chosen.estimate_mb <= 2048
     assert chosen.predicted_s == min(
-        planner.plan(workers=4, memory_mb=2048, cores=2, partitions=p, **NET).predicted_s
+        planner.choose(workers=4, memory_mb=2048, cores=2, partitions=p, **NET).predicted_s
         for p in (1, 2, 4)
     )
 
@@ -39,11 +40,11 @@ def test_a_budget_one_worker_cannot_meet_even_streaming_splits_the_model() -> No
     a worker cannot hold even two of its layers must the model be split."""
     one = planner.worker_mb(partitions=1, window=2, replicas=4, value_bytes=4, **NET)
     resident = planner.worker_mb(partitions=1, window=24, replicas=4, value_bytes=4, **NET)
-    streamed = planner.plan(workers=4, memory_mb=(one + resident) / 2, cores=2, **NET)
+    streamed = planner.choose(workers=4, memory_mb=(one + resident) / 2, cores=2, **NET)
     assert (streamed.replicas, streamed.partitions) == (4, 1) and 2 <= streamed.window < 24
     two = planner.worker_mb(partitions=2, window=2, replicas=2, value_bytes=4, **NET)
     assert two < one
-    chosen = planner.plan(workers=4, memory_mb=(one + two) / 2, cores=2, **NET)
+    chosen = planner.choose(workers=4, memory_mb=(one + two) / 2, cores=2, **NET)
     assert chosen.partitions > 1 and chosen.estimate_mb < one
 
 
@@ -52,7 +53,7 @@ def _options(budget: float, cores: int, **net: Any) -> dict[int, planner.Paralle
     found = {}
     for p in (1, 2, 4, 8):
         try:
-            found[p] = planner.plan(workers=8, memory_mb=budget, cores=cores, partitions=p, **net)
+            found[p] = planner.choose(workers=8, memory_mb=budget, cores=cores, partitions=p, **net)
         except InputError:
             continue
     return found
@@ -67,13 +68,13 @@ def test_a_budget_below_the_resident_model_streams_a_window() -> None:
     def mb(p: int, window: int) -> float:
         return planner.worker_mb(partitions=p, window=window, replicas=4 // p, value_bytes=4, **NET)
 
-    chosen = planner.plan(workers=4, memory_mb=budget, cores=2, **NET)
+    chosen = planner.choose(workers=4, memory_mb=budget, cores=2, **NET)
     assert planner.MIN_WINDOW <= chosen.window < 24
     assert chosen.estimate_mb <= budget < mb(chosen.partitions, chosen.window + 1)
     for p in (1, 2, 4):
         if p == chosen.partitions or mb(p, planner.MIN_WINDOW) > budget:
             continue
-        other = planner.plan(workers=4, memory_mb=budget, cores=2, partitions=p, **NET)
+        other = planner.choose(workers=4, memory_mb=budget, cores=2, partitions=p, **NET)
         if p < chosen.partitions:  # passed over: slower beyond the tolerance
             assert other.predicted_s > chosen.predicted_s * (1 + planner.TOLERANCE)
         else:
@@ -92,30 +93,38 @@ def test_the_time_model_chooses_between_streaming_replicas_and_partitions() -> N
         "images": 1000,
     }
     options = _options(2048, 2, **deep)
-    chosen = planner.plan(workers=8, memory_mb=2048, cores=2, **deep)
+    chosen = planner.choose(workers=8, memory_mb=2048, cores=2, **deep)
     assert options[1].window < 480 and chosen.partitions > 1
     assert chosen.predicted_s == min(o.predicted_s for o in options.values())
     assert options[1].predicted_s > chosen.predicted_s * (1 + planner.TOLERANCE)
     shallow: dict[str, Any] = dict(deep, depth=120, edges=65536 * 32 * 120)
     options = _options(2048, 2, **shallow)
-    chosen = planner.plan(workers=8, memory_mb=2048, cores=2, **shallow)
+    chosen = planner.choose(workers=8, memory_mb=2048, cores=2, **shallow)
     assert chosen.window == 120
     assert chosen.partitions == min(p for p, o in options.items() if o.window == 120)
 
 
 def test_a_budget_nothing_fits_is_refused_with_the_estimate() -> None:
-    with pytest.raises(InputError, match=r"does not fit 4 workers of 100 MB: .* about \d+ MB"):
-        planner.plan(workers=4, memory_mb=100, **NET)
+    with pytest.raises(InputError, match=r"does not fit 4 workers of 201 MB: .* about \d+ MB"):
+        planner.choose(workers=4, memory_mb=201, **NET)
+
+
+@pytest.mark.parametrize("budget", [100, 200, planner.BASE_MB, 0, -1, (1 << 24) + 1])
+def test_a_budget_outside_the_one_memory_range_is_refused(budget: float) -> None:
+    """One lower bound for every budget (the flag's, the function's, the planner's): above what a
+    worker holds before any model."""
+    with pytest.raises(InputError, match=re.escape("must be a number of MB in (200, 16777216]")):
+        planner.choose(workers=4, memory_mb=budget, **NET)
 
 
 @pytest.mark.parametrize(("partitions", "ok"), [(1, True), (2, True), (4, True), (3, False)])
 def test_partitions_are_forced_only_if_they_divide_the_workers(partitions: int, ok: bool) -> None:
     if ok:
-        chosen = planner.plan(workers=4, memory_mb=4096, partitions=partitions, **NET)
+        chosen = planner.choose(workers=4, memory_mb=4096, partitions=partitions, **NET)
         assert (chosen.partitions, chosen.replicas) == (partitions, 4 // partitions)
     else:
         with pytest.raises(InputError, match="must divide"):
-            planner.plan(workers=4, memory_mb=4096, partitions=partitions, **NET)
+            planner.choose(workers=4, memory_mb=4096, partitions=partitions, **NET)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +209,7 @@ def test_fsd_run_never_loads_a_binary_model_whole(
         prepared.append(real_prepare(*args, **kwargs))
         return prepared[-1]
 
-    monkeypatch.setattr(cli, "prepare", prepare)
+    monkeypatch.setattr(fsd.run, "prepare_network", prepare)
     capsys.readouterr()
     code = cli.main(["run", "--data", str(out), "--workers", "2", "--partitions", "2", "--json"])
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -260,23 +269,23 @@ HOSTILE_PLAN: dict[str, tuple[dict[str, Any], str]] = {
 def test_hostile_plan_arguments_are_input_errors(name: str) -> None:
     change, message = HOSTILE_PLAN[name]
     with pytest.raises(InputError, match=re.escape(message)):
-        planner.plan(**{"workers": 4, "memory_mb": 2048, **NET, **change})
+        planner.choose(**{"workers": 4, "memory_mb": 2048, **NET, **change})
 
 
 @pytest.mark.parametrize(
     ("size", "most"),
-    [("neurons", store.MAX_NEURONS), ("depth", store.MAX_LAYERS), ("images", store.MAX_IMAGES)],
+    [("neurons", store.MAX_NEURONS), ("depth", store.MAX_LAYERS), ("images", task.MAX_RUN_IMAGES)],
 )
 def test_plan_bounds_are_the_model_stores(size: str, most: int) -> None:
     """A stored model that passed the store's checks is never refused as a bad argument (the
     coordinator function would answer 400 for the store's model); one past the bound is."""
     base = {"workers": 4, "memory_mb": 1 << 24, **NET, "edges": 1 << 20}
     try:
-        planner.plan(**{**base, size: np.int64(most)})  # numpy sizes, as callers pass them
+        planner.choose(**{**base, size: np.int64(most)})  # numpy sizes, as callers pass them
     except InputError as exc:  # the model may not fit: that is no argument error
         assert "whole number" not in str(exc)
     with pytest.raises(InputError, match=f"{size} must be a whole number"):
-        planner.plan(**{**base, size: most + 1})
+        planner.choose(**{**base, size: most + 1})
 
 
 def test_local_workers_are_forked_after_the_heap_is_given_back(

@@ -15,21 +15,21 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 
 from fsd import auth, wire
-from fsd.channels import COORDINATOR, ChannelConfig, open_channel
+from fsd.channels import COORDINATOR, open_channel
 from fsd.channels.settings import channel_config
 from fsd.coordinator import split_inputs
 from fsd.functions import worker as worker_fn
 from fsd.model import Images, Network
 from fsd.model.generate import generate
-from fsd.services import NatsServer, S3Server
-from fsd.store import STREAM_WINDOW, ModelStore, ShardCache, split_window
+from fsd.services import S3Server
+from fsd.store import STREAM_WINDOW, ModelStore, ShardCache, StoreConfig, split_window
 from fsd.task import ModelRef, WorkerTask
 from fsd.worker import LayerFeed
 from sameness import same
@@ -47,7 +47,7 @@ def net() -> tuple[Network, Images]:
 class CountingStore(ModelStore):
     """The real model store, counting the objects it reads by key."""
 
-    def __init__(self, config: ChannelConfig) -> None:
+    def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
         self.keys: Counter[str] = Counter()
 
@@ -62,9 +62,9 @@ class CountingStore(ModelStore):
         return sum(n for key, n in self.keys.items() if key.endswith("/header.npz"))
 
 
-def _config(s3: S3Server) -> ChannelConfig:
-    return ChannelConfig(
-        "s3", s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, bucket=BUCKET
+def _config(s3: S3Server) -> StoreConfig:
+    return StoreConfig(
+        s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, bucket=BUCKET
     )
 
 
@@ -230,14 +230,10 @@ def test_kept_and_streamed_layers_together_never_exceed_the_window(
         assert sum(cache.held().values()) == split_window(window, DEPTH)[0]
 
 
-def _env(nats: NatsServer, s3: S3Server) -> dict[str, str]:
+def _env(servers_env: Mapping[str, str]) -> dict[str, str]:
     return {
-        "FSD_NATS_URL": nats.url,
-        "FSD_NATS_TOKEN": nats.token,
-        "FSD_S3_ENDPOINT": s3.endpoint,
+        **servers_env,
         "FSD_S3_BUCKET": BUCKET,
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
         "FSD_RUN_KEY": KEY,
         "FSD_MODELS": "warm24",
         "FSD_SHARD_CACHE": "2",
@@ -268,7 +264,7 @@ def _infer(
     signs them) on real NATS, this test playing the coordinator; the surviving images."""
     network, images = net
     ref = ModelRef("warm24", 2, "min-comm")
-    owners0 = ModelStore(channel_config("s3", env=env)).owners0(ref, network.neurons)
+    owners0 = ModelStore(StoreConfig.from_env(env)).owners0(ref, network.neurons)
     cc = channel_config("nats", env=env)
     run = uuid.uuid4().bytes
     replies: list[dict[str, Any]] = [{}, {}]
@@ -297,15 +293,14 @@ def _infer(
 
 
 def test_a_warm_worker_function_downloads_only_the_layers_it_does_not_keep(
-    nats_server: NatsServer,
-    s3_server: S3Server,
+    servers_env: Mapping[str, str],
     pushed: ModelStore,
     net: tuple[Network, Images],
     reads: Counter[str],
 ) -> None:
     """Window 10 of 24 layers: the first invocation streams all 24 and keeps 8, the second
     downloads only the 16 others; exact both times."""
-    env = _env(nats_server, s3_server)
+    env = _env(servers_env)
     truth = net[1].truth[DEPTH]
 
     def layers_read(worker: int) -> int:

@@ -19,7 +19,8 @@ import pytest
 import fsd
 from fsd.localstack import LocalStack
 from fsd.services import NatsServer, S3Server
-from proctree import alive, cmdline, descendants, require_proc, wait_for
+from proctree import alive, cmdline, descendants, require_proc
+from waiting import wait_for
 
 SRC = str(Path(fsd.__file__).resolve().parents[1])
 SERVER = {"nats": "nats-server", "s3": "weed"}
@@ -48,7 +49,7 @@ def _start(channel: str) -> tuple[subprocess.Popen[str], int, list[int]]:
         found["all"] = kids
         return len(found["server"]) == 1 and len(found["workers"]) == 2
 
-    wait_for(mid_run, 120, f"fsd run --channel {channel} mid-run")
+    wait_for(f"fsd run --channel {channel} mid-run", mid_run, 120)
     return proc, found["server"][0], found["all"]
 
 
@@ -91,7 +92,7 @@ def test_sigterm_mid_run_stops_everything_and_exits_143(channel: str) -> None:
     harmless = ("WARNING fsd.services:", "layers ")
     assert all(line.startswith(harmless) for line in after), after
     assert "Traceback" not in err
-    wait_for(lambda: not any(alive(p) for p in everything), 10, "no process of the run left")
+    wait_for("no process of the run left", lambda: not any(alive(p) for p in everything), 10)
     assert not workdir.exists()
     assert not [s for s in sockets if s.exists()]
 
@@ -103,7 +104,7 @@ def test_sigkill_mid_run_children_die_and_next_start_reaps(channel: str) -> None
     workdir, sockets = _workdir(server), _sockets(server)
     proc.kill()
     proc.communicate()
-    wait_for(lambda: not any(alive(p) for p in everything), 10, "the run's children died with it")
+    wait_for("the run's children died with it", lambda: not any(alive(p) for p in everything), 10)
     assert workdir.is_dir()  # nothing ran to remove it...
     later = NatsServer() if channel == "nats" else S3Server()  # ...the next start does
     later.stop()
@@ -134,7 +135,7 @@ def test_sigkill_of_the_local_stack_takes_its_functions_and_servers_along() -> N
     assert stack_dir.is_dir()
     proc.kill()
     proc.communicate()
-    wait_for(lambda: not any(alive(p) for p in everything), 10, "the stack's processes died")
+    wait_for("the stack's processes died", lambda: not any(alive(p) for p in everything), 10)
     assert stack_dir.is_dir()
     LocalStack(1).stop()  # a later stack removes what the killed one left
     assert not stack_dir.exists()
@@ -170,14 +171,14 @@ def test_a_local_run_leaves_no_mailbox_behind(sig: signal.Signals) -> None:
         workers = [pid for pid in found["all"] if "fsd.cli" in cmdline(pid)]
         return len(workers) == 2 and len(found["boxes"]) == 1
 
-    wait_for(mid_run, 120, "fsd run --channel local mid-run")
+    wait_for("fsd run --channel local mid-run", mid_run, 120)
     (box,) = found["boxes"]
     try:
         proc.send_signal(sig)
         proc.communicate(timeout=60)
     finally:
         proc.kill()
-    wait_for(lambda: not any(alive(p) for p in found["all"]), 10, "no process of the run left")
+    wait_for("no process of the run left", lambda: not any(alive(p) for p in found["all"]), 10)
     if sig == signal.SIGKILL:
         assert box.is_dir()  # nothing ran to remove it...
         LocalMailbox().close()  # ...the next mailbox made does

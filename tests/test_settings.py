@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fsd import invoke, settings
+from fsd import invoke, settings, variables
 from fsd.errors import InputError
 from fsd.functions.config import Limits, NotConfigured, platform
 from fsd.k8s import desired
@@ -111,7 +111,7 @@ def test_the_operator_takes_plain_decimals_only(name: str, raw: str) -> None:
             refresh_seconds({name: raw})
 
 
-@pytest.mark.parametrize("name", sorted(settings.SECRET_NAMES))
+@pytest.mark.parametrize("name", sorted(variables.SECRET_NAMES))
 def test_a_secret_value_is_never_in_a_message(name: str) -> None:
     env = {name: SECRET}
     reads: list[Callable[[], object]] = [
@@ -130,8 +130,8 @@ def test_a_secret_value_is_never_in_a_message(name: str) -> None:
 
 
 def test_the_run_key_is_a_secret_name() -> None:
-    assert set(settings.SECRET_VARS.values()) <= settings.SECRET_NAMES
-    assert "OPENFAAS_PASSWORD" in settings.SECRET_NAMES  # fsd invoke's, not a mounted file
+    assert set(variables.SECRET_VARS.values()) <= variables.SECRET_NAMES
+    assert "OPENFAAS_PASSWORD" in variables.SECRET_NAMES  # fsd invoke's, not a mounted file
 
 
 def test_text_names_choice_and_flag() -> None:
@@ -212,7 +212,7 @@ def test_blank_means_the_default_everywhere(tmp_path: Path) -> None:
     # the functions read their secret files from the same folder the operator keeps them in
     assert settings.secrets_dir({"FSD_SECRETS_DIR": " "}) == Path(config.secrets_dir)
     (tmp_path / "fsd-run-key").write_text("r" * 48 + "\n")
-    assert settings.function_env({"FSD_SECRETS_DIR": str(tmp_path)})["FSD_RUN_KEY"] == "r" * 48
+    assert variables.function_env({"FSD_SECRETS_DIR": str(tmp_path)})["FSD_RUN_KEY"] == "r" * 48
 
 
 def test_the_operator_gives_the_functions_what_they_accept() -> None:
@@ -299,19 +299,56 @@ def test_mounted_s3_keys_stay_the_stores_own(tmp_path: Path) -> None:
     """The ``fsd-s3-*`` secret files set the store's keys only: never ``AWS_ACCESS_KEY_ID``,
     which boto3 would hand to SQS, SNS or Lambda (on the code before, a request for ``sqs``
     made a NATS + S3 function dial AWS with the store's keys)."""
-    from fsd.channels.aws import aws_has_server
+    from fsd.channels import configured
+    from fsd.channels.aws import AwsOptions
+    from fsd.channels.base import options
+    from fsd.channels.s3 import S3Options
     from fsd.channels.settings import channel_config
+    from fsd.store import StoreConfig
 
     (tmp_path / "fsd-s3-access-key").write_text("STOREKEYID\n")
     (tmp_path / "fsd-s3-secret-key").write_text("store-secret-value\n")
-    env = settings.function_env({"FSD_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    env = variables.function_env({"FSD_SECRETS_DIR": str(tmp_path), "HOME": str(tmp_path)})
     assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
-    store = channel_config("s3", env=env)
+    store = StoreConfig.from_env(env)
     assert (store.access_key, store.secret_key) == ("STOREKEYID", "store-secret-value")
+    s3 = options(channel_config("s3", env=env), S3Options)
+    assert (s3.access_key, s3.secret_key) == ("STOREKEYID", "store-secret-value")
     for kind in ("sqs", "sns"):
         queues = channel_config(kind, env=env)
-        assert (queues.access_key, queues.secret_key) == ("", "")
-        assert not aws_has_server(queues, env)  # no AWS credentials: nothing to dial
+        own = options(queues, AwsOptions)
+        assert (own.access_key, own.secret_key) == ("", "")
+        assert not configured(queues)  # no AWS credentials: nothing to dial
     # the SDKs' own variables still work for the store where nothing else is set (fsd run)
-    aws = channel_config("s3", env={"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"})
+    aws = StoreConfig.from_env({"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S"})
     assert (aws.access_key, aws.secret_key) == ("A", "S")
+
+
+def test_every_declared_secret_is_hidden_by_the_readers() -> None:
+    """The readers hide values by name (fsd.settings.looks_secret): every secret a transport,
+    the store or a platform declares must be one they recognise."""
+    assert {"FSD_RUN_KEY", "FSD_NATS_TOKEN", "FSD_GATEWAY_PASSWORD"} <= variables.SECRET_NAMES
+    missed = sorted(n for n in variables.SECRET_NAMES if not settings.looks_secret(n))
+    assert missed == []
+
+
+def test_a_transports_options_reach_the_cli_the_secrets_and_the_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One registry line: the transport's flag is a ``fsd run`` flag, its flag and variable
+    configure it, its secret file is among the runtime's, and an invocation naming one of its
+    options is refused, with nothing else changed."""
+    from fsd import channels, cli
+    from fsd.channels.base import options
+    from fsd.channels.settings import channel_config
+    from toy_options_transport import ToyOptions
+
+    monkeypatch.setitem(channels.TRANSPORTS, "toy", "toy_options_transport:OptionedChannel")  # type: ignore[index]
+    assert "--toy-url" in [v.flag for v in channels.flags()]
+    assert {"password", "toy_queue"} <= set(channels.own_settings())
+    args = cli._parser().parse_args(["run", "--toy-url", "toy://flag"])
+    config = channel_config("toy", env={"FSD_TOY_PASSWORD": "p" * 8}, flags=vars(args))
+    assert config.address == "toy://flag" and options(config, ToyOptions).password == "p" * 8
+    assert config.to_env() == {"FSD_TOY_URL": "toy://flag"}  # no secret in a deployment's env
+    found = {v.name: v for v in variables.runtime_variables()}
+    assert found["FSD_TOY_PASSWORD"].secret_file == "fsd-toy"

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from fsd.settings import CREDS_FILE, SECRET_VARS
+from fsd.variables import PATH_FILES, SECRET_VARS
 from k8s_gateway import CE_MAX_FUNCTIONS, CE_MAX_REPLICAS, FUNCTION_DEPLOYMENT, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_secrets_documented_and_read(stack: dict[str, Any], docs: str, name: str
     secrets = function(stack, name)["secrets"]
     assert secrets, f"{name} lists no secrets"
     assert len(secrets) == len(set(secrets))
-    known = {*SECRET_VARS, CREDS_FILE}
+    known = {*SECRET_VARS, *PATH_FILES}
     for secret in secrets:
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", secret), secret
         assert secret in known, f"fsd.settings does not read {secret}"
@@ -262,7 +262,7 @@ def ce_gateway() -> Iterator[FakeGateway]:
     """The stand-in gateway with OpenFaaS CE's rules (tests/k8s_gateway.py, each rule citing
     faas-netes), holding the secrets stack.yml names: what is checked is CE's rules alone."""
     gateway = FakeGateway().start()
-    gateway.secrets.update({name: "x" * 32 for name in (*SECRET_VARS, CREDS_FILE)})
+    gateway.secrets.update({name: "x" * 32 for name in (*SECRET_VARS, *PATH_FILES)})
     yield gateway
     gateway.stop()
 

@@ -10,21 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fsd.channels import ChannelConfig
-from fsd.errors import InputError, ModelFormatError
+from fsd.errors import InputError, ModelFormatError, ModelNotFound
 from fsd.model.generate import generate
 from fsd.partition import make_plan
 from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
-from fsd.store import MAX_MANIFEST, ModelNotFound, ModelStore, ShardCache
+from fsd.store import MAX_MANIFEST, ModelStore, ShardCache, StoreConfig
 from fsd.task import ModelRef
 from sameness import forbid_whole_load, same
 
 
 def _store(server: S3Server) -> ModelStore:
     return ModelStore(
-        ChannelConfig(
-            "s3",
+        StoreConfig(
             server.endpoint,
             access_key=server.access_key,
             secret_key=server.secret_key,

@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from fsd import auth, reference, wire
-from fsd.channels import COORDINATOR, ChannelConfig, open_channel, transport
+from fsd.channels import COORDINATOR, ChannelConfig, embedded, open_channel
 from fsd.coordinator import split_inputs
 from fsd.errors import InputError
 from fsd.model import Network
@@ -238,7 +238,7 @@ def _run_streamed(
     supplies = [Counting(store.layers(ref, p, "float32")) for p in range(workers)]
     owners0 = store.owners0(ref, network.neurons)
     config = ChannelConfig("local", secret=auth.new_secret())
-    with transport("local").embedded(config) as cc:
+    with embedded(config) as cc:
         failures: list[BaseException] = []
 
         def work(p: int) -> None:

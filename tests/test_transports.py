@@ -30,8 +30,10 @@ from nats.aio.client import Client
 import fsd.worker
 from fsd import auth, cli, reference, wire
 from fsd.channels import COORDINATOR, ChannelConfig, open_channel, transport
-from fsd.channels.aws import AWS_CREDENTIAL_VARS
-from fsd.channels.nats import MAX_CREDS_BYTES
+from fsd.channels.aws import AWS_CREDENTIAL_VARS, AwsOptions
+from fsd.channels.base import options
+from fsd.channels.nats import MAX_CREDS_BYTES, NatsOptions
+from fsd.channels.s3 import S3Options
 from fsd.channels.settings import channel_config
 from fsd.channels.sns import SnsChannel
 from fsd.channels.sqs import SqsChannel
@@ -43,7 +45,7 @@ from fsd.model import Images, Network
 from fsd.model.generate import generate
 from fsd.redact import redact
 from fsd.services import MotoServer, NatsServer, S3Server
-from fsd.store import ModelStore
+from fsd.store import ModelStore, StoreConfig
 from listeners import Recorder
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex[:8]
@@ -63,7 +65,11 @@ def _ping(config: ChannelConfig) -> None:
 def test_nats_user_password_and_token_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with NatsServer(user="fsd", password=SECRET) as server:
-        _ping(ChannelConfig("nats", server.url, user="fsd", password=SECRET, secret=KEY))
+        _ping(
+            ChannelConfig(
+                "nats", server.url, secret=KEY, options=NatsOptions(user="fsd", password=SECRET)
+            )
+        )
         embedded = server.url.replace("nats://", f"nats://fsd:{SECRET}@")
         _ping(ChannelConfig("nats", embedded, secret=KEY))
         with pytest.raises(ChannelError) as info:
@@ -77,13 +83,15 @@ def test_nats_user_password_and_token_never_logged(caplog: pytest.LogCaptureFixt
         assert "wrong" not in str(info.value)
         assert "***@" in str(info.value)
     with NatsServer(token=SECRET) as server:
-        _ping(ChannelConfig("nats", server.url, token=SECRET, secret=KEY))
+        _ping(ChannelConfig("nats", server.url, secret=KEY, options=NatsOptions(token=SECRET)))
         with pytest.raises(ChannelError):
             open_channel(
                 ChannelConfig("nats", server.url, retry_seconds=1, secret=KEY), b"r" * 16, 0
             )
     assert SECRET not in caplog.text
-    assert SECRET not in repr(ChannelConfig("nats", "x", password=SECRET, token=SECRET))
+    assert SECRET not in repr(
+        ChannelConfig("nats", "x", options=NatsOptions(password=SECRET, token=SECRET))
+    )
 
 
 def test_redact_hides_credentials_in_every_url() -> None:
@@ -93,7 +101,10 @@ def test_redact_hides_credentials_in_every_url() -> None:
 
 def test_s3_wrong_keys_fail_fast_and_clearly(s3_server: S3Server) -> None:
     config = ChannelConfig(
-        "s3", s3_server.endpoint, access_key=s3_server.access_key, secret_key=SECRET, secret=KEY
+        "s3",
+        s3_server.endpoint,
+        secret=KEY,
+        options=S3Options(access_key=s3_server.access_key, secret_key=SECRET),
     )
     with pytest.raises(ChannelError, match="check the keys") as info:
         open_channel(config, uuid.uuid4().bytes, 0)
@@ -113,13 +124,12 @@ def test_nothing_is_left_behind_after_runs(
 ) -> None:
     images = shared_images.matrix[:200]
     nats_server = NatsServer().start()  # its own, so other tests' traffic cannot interfere
-    nats_cfg = ChannelConfig("nats", nats_server.url, token=nats_server.token)
+    nats_cfg = ChannelConfig("nats", nats_server.url, options=NatsOptions(token=nats_server.token))
     s3_cfg = ChannelConfig(
         "s3",
         s3_server.endpoint,
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
         namespace="leftovers",
+        options=S3Options(access_key=s3_server.access_key, secret_key=s3_server.secret_key),
     )
     for cfg in (nats_cfg, s3_cfg):
         run(shared_net, images, RunConfig(workers=3, channel=cfg.kind, channel_config=cfg))
@@ -152,20 +162,23 @@ def test_settings_from_flags_and_environment(tmp_path: Path) -> None:
         "AWS_REGION": "eu-west-1",
     }
     cfg = channel_config("nats", env=env)
-    assert (cfg.address, cfg.token) == ("nats://envhost:4222", "tok")
-    assert channel_config("nats", nats_url="nats://flag:1", env=env).address == "nats://flag:1"
+    assert (cfg.address, options(cfg, NatsOptions).token) == ("nats://envhost:4222", "tok")
+    flag = {"nats_url": "nats://flag:1"}
+    assert channel_config("nats", flags=flag, env=env).address == "nats://flag:1"
     s3 = channel_config("s3", env=env)
-    assert (s3.address, s3.bucket, s3.access_key, s3.secret_key, s3.region) == (
+    own = options(s3, S3Options)
+    assert (s3.address, own.bucket, own.access_key, own.secret_key, own.region) == (
         "http://minio:9000",
         "acts",
         "AK",
         "SK",
         "eu-west-1",
     )
-    assert channel_config("s3", s3_bucket="other", env=env).bucket == "other"
+    other = channel_config("s3", flags={"s3_bucket": "other"}, env=env)
+    assert options(other, S3Options).bucket == "other"
     assert channel_config("s3", env={}).address == ""  # none: an embedded server
     with pytest.raises(InputError, match="bucket"):
-        channel_config("s3", s3_bucket="Bad_Bucket", env={})
+        channel_config("s3", flags={"s3_bucket": "Bad_Bucket"}, env={})
     with pytest.raises(InputError, match="creds"):
         channel_config("nats", env={"FSD_NATS_CREDS": str(tmp_path / "missing.creds")})
 
@@ -232,11 +245,16 @@ def test_refused_credentials_are_reported_as_such_at_once(
     Both transports would otherwise retry for retry_seconds (30 s here) or the connect timeout.
     """
     if kind == "nats":
-        config = ChannelConfig("nats", nats_server.url, token=SECRET, secret=KEY)
+        config = ChannelConfig(
+            "nats", nats_server.url, secret=KEY, options=NatsOptions(token=SECRET)
+        )
         expected = "refused the credentials"
     else:
         config = ChannelConfig(
-            "s3", s3_server.endpoint, access_key="nobody", secret_key=SECRET, secret=KEY
+            "s3",
+            s3_server.endpoint,
+            secret=KEY,
+            options=S3Options(access_key="nobody", secret_key=SECRET),
         )
         expected = "check the keys"
     t0 = time.monotonic()
@@ -422,10 +440,10 @@ def _sqs_config(moto: MotoServer, **change: Any) -> ChannelConfig:
     return ChannelConfig(
         change.pop("kind", "sqs"),
         moto.endpoint,
-        access_key=moto.access_key,
-        secret_key=moto.secret_key,
-        region=moto.region,
         secret=KEY,
+        options=AwsOptions(
+            access_key=moto.access_key, secret_key=moto.secret_key, region=moto.region
+        ),
         **change,
     )
 
@@ -516,8 +534,9 @@ def test_sqs_settings_from_the_environment() -> None:
         "AWS_SECRET_ACCESS_KEY": "SK",
     }
     cfg = channel_config("sqs", env=env)
-    assert (cfg.address, cfg.region, cfg.namespace) == ("http://moto:5000", "eu-west-1", "prod-a")
-    assert (cfg.access_key, cfg.secret_key) == ("", "")  # boto3's own chain reads them
+    own = options(cfg, AwsOptions)
+    assert (cfg.address, own.region, cfg.namespace) == ("http://moto:5000", "eu-west-1", "prod-a")
+    assert (own.access_key, own.secret_key) == ("", "")  # boto3's own chain reads them
     specific = channel_config("sqs", env={**env, "AWS_ENDPOINT_URL_SQS": "https://sqs.test:443"})
     assert specific.address == "https://sqs.test:443"
     ignored = {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
@@ -543,7 +562,7 @@ def test_s3_signs_with_the_session_token_of_temporary_keys() -> None:
         cfg = dataclasses.replace(
             channel_config("s3", env=env), secret=KEY, retry_seconds=0, connect_timeout=2
         )
-        assert cfg.session_token == token and token not in repr(cfg)
+        assert options(cfg, S3Options).session_token == token and token not in repr(cfg)
         with pytest.raises(ChannelError):  # the recorder answers nothing
             open_channel(cfg, uuid.uuid4().bytes, 0)
         request = recorder.wait_received(1)[0].lower()
@@ -573,7 +592,7 @@ def test_s3_channel_and_model_store_work_on_moto_s3_unchanged(
         a.send(msg)
         assert b.expect(wire.Kind.ACT, 1, [0], timeout=10)[0] == msg
         a.purge_run([0, 1])
-    store = ModelStore(cfg)
+    store = ModelStore(StoreConfig.from_env(env))
     store.push(shared_net, "gc-moto", [2], ("contiguous",))
     manifest = store.manifest("gc-moto")
     assert (manifest.neurons, manifest.layers) == (1024, 120) and manifest.has(2, "contiguous")
@@ -591,13 +610,17 @@ def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
             "FSD_AWS_PREFIX": "twoends",
         }
         cfg = channel_config("sns", env=env)
-        assert (cfg.address, cfg.queue_address) == (moto_server.endpoint, queues.endpoint)
+        own = options(cfg, AwsOptions)
+        assert (cfg.address, own.queue_address) == (moto_server.endpoint, queues.endpoint)
         cfg = dataclasses.replace(
             cfg,
             secret=KEY,
-            access_key=moto_server.access_key,
-            secret_key=moto_server.secret_key,
-            region=moto_server.region,
+            options=dataclasses.replace(
+                own,
+                access_key=moto_server.access_key,
+                secret_key=moto_server.secret_key,
+                region=moto_server.region,
+            ),
         )
         with open_channel(cfg, uuid.uuid4().bytes, 0):
             pass
@@ -610,9 +633,10 @@ def test_sns_reaches_sqs_at_its_own_endpoint(moto_server: MotoServer) -> None:
         assert queue_names(queues.endpoint) == ["twoends-sns-w0"]
         assert queue_names(moto_server.endpoint) == []
     only_sns = channel_config("sns", env={"AWS_ENDPOINT_URL_SNS": moto_server.endpoint})
-    assert only_sns.queue_address == "https://sqs.us-east-1.amazonaws.com"  # SQS: AWS's own
+    sqs_of_sns = options(only_sns, AwsOptions).queue_address
+    assert sqs_of_sns == "https://sqs.us-east-1.amazonaws.com"  # SQS: AWS's own
     both = channel_config("sns", env={"AWS_ENDPOINT_URL": moto_server.endpoint})
-    assert (both.address, both.queue_address) == (moto_server.endpoint, "")
+    assert (both.address, options(both, AwsOptions).queue_address) == (moto_server.endpoint, "")
 
 
 def test_sns_routes_each_frame_to_its_receivers_queue_only(moto_server: MotoServer) -> None:

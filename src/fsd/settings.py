@@ -12,7 +12,7 @@ Numbers are plain decimals only (``300``, ``0.5``): no exponent (``1e3``), no ``
 hex, no underscores, no sign unless the bounds allow negatives. Python's ``float()`` and ``int()``
 accept all of those, and a setting that reads ``1e300`` or ``nan`` is a mistake to refuse, not a
 value to clamp. An unset or blank variable takes the default. A message names the variable and
-shows what it held, except for a secret's (:data:`SECRET_NAMES`), which is never repeated.
+shows what it held, except for a secret's (:func:`looks_secret`), which is never repeated.
 
 Why not pydantic-settings: it would bring pydantic and pydantic-core (a compiled wheel of a few
 MB) into every function image, the Lambda image and the operator, for about a hundred lines of
@@ -20,21 +20,44 @@ readers; its number parsing accepts ``1e3``, ``inf`` and ``nan`` unless each fie
 by hand, and its messages echo the raw input, secrets included. The runtime dependencies stay
 small and the rules stay here, in one page.
 
-OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``
-(:data:`SECRETS_DIR`); :func:`function_env` maps them onto the same variables the CLI reads, so
-one code path configures both (``FSD_SECRETS_DIR`` moves the folder, for tests and the local
-stack, and the operator mounts its own copies there).
+Which variable means what, its default and whether it is a secret is declared next to the code
+that reads it (:class:`Variable`) and assembled in :mod:`fsd.variables`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from fsd.errors import InputError
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable a component reads, declared next to the code that reads it.
+
+    Declarations are data, so what follows from them is assembled, never listed by hand: the
+    CLI's flags (``flag``), the secret files a function maps onto variables (``secret_file``,
+    :mod:`fsd.variables`), the names no message repeats (``secret``) and docs/configuration.md.
+    """
+
+    name: str
+    meaning: str
+    default: str = ""  # as shown in the docs ("" : none)
+    flag: str = ""  # the CLI flag that wins over the variable (``--nats-url``)
+    flag_help: str = ""  # that flag's help (argparse)
+    secret: bool = False  # its value is never shown
+    secret_file: str = ""  # the mounted secret file whose content sets it (``fsd-nats-token``)
+    path_file: str = ""  # a mounted file whose *path* sets it (a NATS .creds file)
+
+    @property
+    def dest(self) -> str:
+        """The flag's argparse destination: ``--nats-url`` -> ``nats_url``."""
+        return self.flag.lstrip("-").replace("-", "_")
+
 
 # --- the defaults shared by the CLI, the functions, the Lambda handlers and the operator ---
 
@@ -79,8 +102,8 @@ MAX_FANOUT = 1024
 MAX_WORKERS = 1024
 """Largest ``workers`` a function accepts (``FSD_MAX_WORKERS``)."""
 
-MAX_IMAGES = 100_000
-"""Most images one inference through a function may carry (``FSD_MAX_IMAGES``)."""
+FUNCTION_MAX_IMAGES = 100_000
+"""Most images one inference through a function may carry (``FSD_MAX_IMAGES``'s default)."""
 
 TIMEOUT = 120.0
 """Seconds of a request that names no ``timeout`` (``FSD_TIMEOUT``), in both functions."""
@@ -112,25 +135,6 @@ EXEC_MARGIN = 5.0
 ``exec_timeout``: the time to give up and answer. One value for the functions, which refuse less
 (:mod:`fsd.functions.config`), and the operator, which sets both (:mod:`fsd.k8s.desired`)."""
 
-#: secret file name -> the variable it sets (a creds file is passed by path, not content)
-SECRET_VARS = {
-    "fsd-nats-token": "FSD_NATS_TOKEN",
-    "fsd-nats-user": "FSD_NATS_USER",
-    "fsd-nats-password": "FSD_NATS_PASSWORD",
-    # the store's own: never AWS_ACCESS_KEY_ID, which every AWS client would take as its keys
-    "fsd-s3-access-key": "FSD_S3_ACCESS_KEY_ID",
-    "fsd-s3-secret-key": "FSD_S3_SECRET_ACCESS_KEY",
-    "fsd-gateway-password": "FSD_GATEWAY_PASSWORD",
-    "fsd-run-key": "FSD_RUN_KEY",
-}
-CREDS_FILE = "fsd-nats-credentials"
-
-SECRET_NAMES = frozenset(
-    {*SECRET_VARS.values(), "OPENFAAS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    | {"AWS_SESSION_TOKEN"}
-)
-"""Variables whose values no message repeats: the secret files' and the clients' own."""
-
 # --- the readers ---
 
 _DIGITS = 15  # more than any bound below needs; a longer number is refused, not rounded
@@ -140,11 +144,20 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 _HIDDEN = "a value not shown (a secret)"
+_SECRET_WORDS = re.compile(r"(?:KEY|TOKEN|PASSWORD|SECRET|USER|CREDS)(?:_|$)")
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a variable's value may be a secret, by its name (``FSD_RUN_KEY``,
+    ``FSD_NATS_USER``, ``AWS_SESSION_TOKEN``...): the readers here never repeat such a value.
+    Every secret a part declares (:data:`fsd.variables.SECRET_NAMES`) must match; a test
+    keeps it so."""
+    return bool(_SECRET_WORDS.search(name))
 
 
 def _shown(name: str, raw: str) -> str:
     """What a message may say ``name`` held: never a secret's value, at most 40 characters."""
-    return _HIDDEN if name in SECRET_NAMES else repr(raw[:40])
+    return _HIDDEN if looks_secret(name) else repr(raw[:40])
 
 
 def text(env: Mapping[str, str], name: str, default: str = "", *, keep_empty: bool = False) -> str:
@@ -209,7 +222,7 @@ def number(
         whole=whole,
         low_open=low_open,
         error=error,
-        secret=name in SECRET_NAMES,
+        secret=looks_secret(name),
     )
 
 
@@ -291,16 +304,3 @@ def aws_endpoints_ignored(env: Mapping[str, str]) -> bool:
 def secrets_dir(env: Mapping[str, str]) -> Path:
     """Where the secret files are mounted (``FSD_SECRETS_DIR``, else :data:`SECRETS_DIR`)."""
     return Path(text(env, "FSD_SECRETS_DIR", SECRETS_DIR))
-
-
-def function_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment with every mounted secret filled in (secrets win over variables)."""
-    env = dict(os.environ if environ is None else environ)
-    folder = secrets_dir(env)
-    for name, var in SECRET_VARS.items():
-        path = folder / name
-        if path.is_file():
-            env[var] = path.read_text().strip()
-    if (folder / CREDS_FILE).is_file():
-        env["FSD_NATS_CREDS"] = str(folder / CREDS_FILE)
-    return env

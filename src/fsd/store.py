@@ -22,6 +22,7 @@ layers, the rest streamed on every invocation (:func:`split_window`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -33,22 +34,33 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import urllib3
 from minio.error import MinioException, S3Error
 
-from fsd.channels.base import ChannelConfig
-from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError
+from fsd import settings
+from fsd.errors import InputError, ModelFormatError, ModelNotFound, StoreError
 from fsd.model import Images, Network
+from fsd.model.network import DTYPES
 from fsd.partition import PARTITIONERS, LayerSource, as_layers, make_plan
 from fsd.planner import MIN_WINDOW
-from fsd.s3client import delete_prefix, minio_client, why
+from fsd.s3client import (
+    S3_ENDPOINT_HELP,
+    S3_VARIABLES,
+    delete_prefix,
+    minio_client,
+    s3_bucket,
+    s3_endpoint,
+    s3_keys,
+    why,
+)
+from fsd.settings import Variable
 from fsd.shard import (
     LayerReader,
     LayerShard,
@@ -60,7 +72,7 @@ from fsd.shard import (
     layer_to_bytes,
     shard_from_bytes,
 )
-from fsd.task import ModelRef
+from fsd.task import MAX_RUN_IMAGES, ModelRef
 from fsd.untrusted import (
     check_finite,
     check_index,
@@ -76,8 +88,59 @@ log = logging.getLogger(__name__)
 PREFIX = "models"
 
 
-class ModelNotFound(FsdError):
-    """The store has no such model (or not cut for the requested workers/partition)."""
+_FLAG_HELP = {
+    "--s3-endpoint": S3_ENDPOINT_HELP.format(""),
+    "--s3-bucket": f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})",
+}
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the model store is and how to sign in: an S3-compatible endpoint and bucket.
+
+    The store reads the same variables as the ``s3`` transport (:data:`VARIABLES`), and is
+    configured on its own: a deployment may exchange over NATS and keep its models in S3.
+    Keys are kept out of ``repr``.
+    """
+
+    endpoint: str = ""
+    bucket: str = settings.BUCKET
+    region: str = settings.REGION
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    connect_timeout: float = 10.0
+
+    VARIABLES: ClassVar[tuple[Variable, ...]] = tuple(
+        dataclasses.replace(v, flag_help=_FLAG_HELP[v.flag]) if v.flag in _FLAG_HELP else v
+        for v in S3_VARIABLES
+    )
+    """What it reads; the flags are ``fsd model``'s (no embedded store there)."""
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, flags: Mapping[str, object] | None = None
+    ) -> StoreConfig:
+        """The store the flags (they win: argparse's namespace as a dict will do) and ``env``
+        name, checked before any connection; :class:`InputError` names the setting at fault.
+        An empty endpoint: none configured."""
+        given = flags or {}
+        endpoint, bucket = given.get("s3_endpoint"), given.get("s3_bucket")
+        checked_bucket = s3_bucket(bucket if isinstance(bucket, str) else None, env)
+        where = s3_endpoint(endpoint if isinstance(endpoint, str) else None, env)
+        access_key, secret_key, session_token = s3_keys(env)
+        return cls(
+            endpoint=where,
+            bucket=checked_bucket,
+            region=settings.aws_region(env),
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=session_token,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables (no secrets) a deployment reads this store back from."""
+        return {"FSD_S3_ENDPOINT": self.endpoint, "FSD_S3_BUCKET": self.bucket}
 
 
 @dataclass
@@ -101,9 +164,9 @@ class Manifest:
         return self.key(workers, partition) in self.partitions
 
 
-def _retries(config: ChannelConfig) -> urllib3.Retry:
+def _retries(config: StoreConfig) -> urllib3.Retry:
     """A store blip is retried; a store that is down fails within a second or two."""
-    if not config.address:
+    if not config.endpoint:
         raise InputError("the model store needs an S3 endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
     return urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
 
@@ -289,12 +352,18 @@ class StoredLayers:
 
 
 class ModelStore(Objects):
-    """Models in ``config.bucket`` on the S3 endpoint of ``config`` (an ``s3`` ChannelConfig)."""
+    """Models in ``config.bucket`` on the S3 endpoint of ``config``."""
 
-    def __init__(self, config: ChannelConfig) -> None:
+    def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.client, self.where = minio_client(
-            config, maxsize=8, read_timeout=60.0, retries=_retries(config)
+            config.endpoint,
+            config,
+            connect_timeout=config.connect_timeout,
+            maxsize=8,
+            read_timeout=60.0,
+            retries=_retries(config),
+            error=StoreError,
         )
         self.bucket = config.bucket
         self._bucket_ready = False
@@ -308,11 +377,11 @@ class ModelStore(Objects):
             if not self.client.bucket_exists(self.bucket):
                 self.client.make_bucket(self.bucket, location=self.config.region)
         except S3Error as exc:
-            raise ChannelError(
+            raise StoreError(
                 f"model store at {self.where}: bucket {self.bucket}: {exc.code}"
             ) from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(f"model store at {self.where} unreachable: {why(exc)}") from None
+            raise StoreError(f"model store at {self.where} unreachable: {why(exc)}") from None
         self._bucket_ready = True
 
     def write(self, key: str, data: bytes) -> None:
@@ -321,7 +390,7 @@ class ModelStore(Objects):
         try:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(
+            raise StoreError(
                 f"model store at {self.where}: cannot write {key}: {why(exc)}"
             ) from None
 
@@ -335,9 +404,9 @@ class ModelStore(Objects):
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 raise ModelNotFound(f"model store has no {key}") from None
-            raise ChannelError(f"model store: cannot read {key}: {exc.code}") from None
+            raise StoreError(f"model store: cannot read {key}: {exc.code}") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(
+            raise StoreError(
                 f"model store at {self.where} unreachable reading {key}: {why(exc)}"
             ) from None
         try:
@@ -356,13 +425,13 @@ class ModelStore(Objects):
         except S3Error as exc:
             if exc.code == "NoSuchBucket":
                 return 0
-            raise ChannelError(f"model store: cannot remove {prefix}: {exc.code}") from None
+            raise StoreError(f"model store: cannot remove {prefix}: {exc.code}") from None
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ChannelError(
+            raise StoreError(
                 f"model store at {self.where} unreachable removing {prefix}: {why(exc)}"
             ) from None
         if failed:
-            raise ChannelError(f"model store: cannot remove {prefix}: {failed[0]}")
+            raise StoreError(f"model store: cannot remove {prefix}: {failed[0]}")
         return removed
 
 
@@ -388,7 +457,7 @@ class FolderStore(Objects):
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            raise ChannelError(f"model folder: cannot write {key}: {exc.strerror}") from None
+            raise StoreError(f"model folder: cannot write {key}: {exc.strerror}") from None
 
     def read(self, key: str, limit: int | None = None) -> bytes:
         path = self._path(key)
@@ -398,7 +467,7 @@ class FolderStore(Objects):
         except FileNotFoundError:
             raise ModelNotFound(f"model folder has no {key}") from None
         except OSError as exc:
-            raise ChannelError(f"model folder: cannot read {key}: {exc.strerror}") from None
+            raise StoreError(f"model folder: cannot read {key}: {exc.strerror}") from None
         if limit is not None and len(data) > limit:
             raise ModelFormatError(key, None, f"larger than {limit} bytes")
         return data
@@ -423,7 +492,6 @@ MAX_MANIFEST = 1 << 22
 """Largest manifest.json read (bytes): a few hundred bytes per partition."""
 MAX_LAYERS = 1 << 20
 MAX_NEURONS = (1 << 31) - 1
-MAX_IMAGES = 1 << 32
 
 
 def _check_manifest(raw: object, name: str) -> Manifest:
@@ -435,7 +503,7 @@ def _check_manifest(raw: object, name: str) -> Manifest:
     neurons = json_int(raw.get("neurons"), "neurons", 1, MAX_NEURONS)
     layers = json_int(raw.get("layers"), "layers", 1, MAX_LAYERS)
     dtype = raw.get("dtype")
-    if dtype not in ("float32", "float64"):
+    if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is not float32 or float64")
     partitions = raw.get("partitions", {})
     if not isinstance(partitions, dict):
@@ -463,7 +531,7 @@ def _check_manifest(raw: object, name: str) -> Manifest:
         json_int(raw.get("edges"), "edges", 0, 1 << 62),
         dtype,
         partitions,
-        json_int(raw.get("images", 0), "images", 0, MAX_IMAGES),
+        json_int(raw.get("images", 0), "images", 0, MAX_RUN_IMAGES),
         truth,
     )
 

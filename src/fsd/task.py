@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 MAX_WINDOW = 1024
 """Most layer shards a streaming worker may hold at once."""
+MAX_RUN_IMAGES = 1 << 32
+"""Most images one run may number (a task's, a stored model's): row ids travel as u32."""
 
 
 class LayerSupply(Protocol):

@@ -19,14 +19,13 @@ import numpy as np
 from fsd import kernels, untrusted, wire
 from fsd.channels.base import COORDINATOR, Channel
 from fsd.errors import ChannelTimeout, FsdError, InputError, RunAborted, WireError
+from fsd.model.network import DTYPES
 from fsd.shard import LayerShard, Sends, Shard
-from fsd.task import LayerSupply, WorkerTask
+from fsd.task import MAX_RUN_IMAGES, LayerSupply, WorkerTask
 
 log = logging.getLogger(__name__)
 
 
-MAX_IMAGES = 1 << 32
-"""Most images a worker takes: row ids travel as u32."""
 _MAX_ENTRIES = 1 << 31  # more non-zeros than any frame can carry (wire.MAX_BODY is 1 GiB)
 
 
@@ -58,7 +57,7 @@ def _counts(what: str, n: np.ndarray, rows: int, total: int) -> np.ndarray:
         raise WireError(f"{what}: {len(n)} counts for {rows} rows and {total} values")
     if rows and (int(n.min()) < 1 or int(n.max()) > total):
         raise WireError(f"{what}: counts must lie in 1..{total}")
-    # rows <= MAX_IMAGES and each count <= total < 2**31: the sum cannot wrap in 64 bits
+    # rows <= MAX_RUN_IMAGES and each count <= total < 2**31: the sum cannot wrap in 64 bits
     if int(n.sum(dtype=np.uint64)) != total:
         raise WireError(f"{what}: counts add up to {int(n.sum(dtype=np.uint64))}, not {total}")
     return n
@@ -158,9 +157,9 @@ class ShardFeed:
 def _check_task(task: WorkerTask) -> None:
     """The shard must be this worker's, for this many workers and this dtype (a model store may
     serve another), and the image count must fit the u32 row ids, before any kernel runs."""
-    if not 0 <= task.images <= MAX_IMAGES:
-        raise InputError(f"images={task.images} is outside 0..{MAX_IMAGES}")
-    if task.dtype not in ("float32", "float64"):
+    if not 0 <= task.images <= MAX_RUN_IMAGES:
+        raise InputError(f"images={task.images} is outside 0..{MAX_RUN_IMAGES}")
+    if task.dtype not in DTYPES:
         raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
     shard = task.shard
     if shard is None:
@@ -169,7 +168,7 @@ def _check_task(task: WorkerTask) -> None:
         return  # a streamed layer is checked as it arrives (fsd.shard.LayerReader)
     if shard.worker != task.worker:
         raise InputError(f"worker {task.worker} was given the shard of worker {shard.worker}")
-    if task.dtype not in ("float32", "float64"):
+    if task.dtype not in DTYPES:
         raise InputError(f"dtype {task.dtype!r} is not float32 or float64")
     for k, layer in enumerate(shard.layers):
         _check_layer(task, k, layer)

@@ -47,7 +47,9 @@ never one whose request is being served or whose answer is being written: only w
 connection is, do new ones wait in the backlog.
 
 Configuration (environment; integers, refused at start-up when malformed): ``--handler DIR`` /
-``FSD_HANDLER_DIR`` / ``./function``, ``--port`` / ``FSD_PORT`` (5000), ``--bind`` / ``FSD_BIND``
+``FSD_HANDLER_DIR`` / ``./function``, ``--port`` / ``FSD_PORT`` / ``PORT`` (5000; ``PORT`` is what
+Knative Serving sets in a container it runs: the image sets ``FSD_PORT`` for the watchdog in front,
+which listens on Knative's 8080), ``--bind`` / ``FSD_BIND``
 (127.0.0.1: only the watchdog in the same container should reach it; a literal IPv4 or IPv6
 address, as a host name may resolve to several and waitress would then serve each on a server
 of its own, which :func:`serve` does not drive), ``FSD_MAX_BODY_BYTES`` (16 MiB),
@@ -690,8 +692,8 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Names
     parser.add_argument(
         "--port",
         type=int,
-        default=env.get("FSD_PORT") or "5000",
-        help="TCP port (env FSD_PORT; default 5000)",
+        default=env.get("FSD_PORT") or env.get("PORT") or "5000",
+        help="TCP port (env FSD_PORT, else PORT as Knative sets it; default 5000)",
     )
     parser.add_argument(
         "--bind",

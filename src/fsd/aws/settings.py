@@ -2,7 +2,7 @@
 
 Lambda mounts no secret files, so the deployment's secrets live in one Secrets Manager secret
 whose ARN is ``FSD_SECRETS_ARN``: a JSON object keyed by the same names as the OpenFaaS secret
-files (:data:`fsd.settings.SECRET_VARS`: ``fsd-run-key``, ``fsd-nats-token``, ...). It is read
+files (:data:`fsd.variables.SECRET_VARS`: ``fsd-run-key``, ``fsd-nats-token``, ...). It is read
 once per warm instance. Nothing comes from the event; nothing is written (Lambda has only /tmp,
 and no /dev/shm).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from fsd import settings
 from fsd.errors import FsdError
-from fsd.settings import SECRET_VARS, function_env
+from fsd.variables import SECRET_VARS, function_env
 
 
 class SecretsUnavailable(FsdError):

@@ -1,23 +1,30 @@
 """Channel seam: one module per transport behind :class:`Channel`, found by name in one registry.
 
 A transport is its module plus one line in :data:`TRANSPORTS`: its class declares everything
-else fsd needs (settings, embedded server, counted operations and their billing; see
-:class:`fsd.channels.base.Channel`), so the CLI's choices, the functions' request schemas, the
-coordinator, the cost model and the conformance suite all follow from this table.
+else fsd needs (its options and the variables and flags they come from, its embedded server,
+counted operations and their billing; see :class:`fsd.channels.base.Channel`), so the CLI's
+choices and flags, the functions' request schemas and secret files, the coordinator, the cost
+model, docs/configuration.md and the conformance suite all follow from this table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 
 from fsd.channels.base import (
     COORDINATOR,
     Channel,
     ChannelConfig,
     ChannelStats,
+    TransportOptions,
 )
-from fsd.errors import InputError
+from fsd.errors import ChannelError, InputError
+from fsd.settings import Variable
 
 TRANSPORTS: Mapping[str, str] = {
     "local": "fsd.channels.local:LocalChannel",
@@ -48,6 +55,92 @@ def open_channel(config: ChannelConfig, run: bytes, me: int) -> Channel:
     return transport(config.kind)(config, run, me)
 
 
+class NoServer(ChannelError):
+    """No server is configured for a transport, and none may be started here; ``server`` says
+    what names one (a flag, a variable)."""
+
+    def __init__(self, kind: str, server: str) -> None:
+        super().__init__(f"{kind}: no server configured ({server})")
+        self.kind = kind
+        self.server = server
+
+
+def configured(config: ChannelConfig) -> bool:
+    """Whether ``config`` reaches a server of its transport (else one must be started): the one
+    place this is decided, from the config alone (the environment it was read from is in it)."""
+    return transport(config.kind).has_server(config)
+
+
+def embedded(config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
+    """Start the transport's own server on this machine (:attr:`Channel.EMBEDDED`, in the
+    ``embedded`` extra) for as long as the context lasts; yields ``config`` pointing at it."""
+    cls = transport(config.kind)
+    if not cls.EMBEDDED:
+        raise ChannelError(
+            f"{config.kind}: no server configured ({cls.SERVER}) and none can be started here"
+        )
+    module, _, name = cls.EMBEDDED.partition(":")
+    start: Callable[[ChannelConfig], AbstractContextManager[ChannelConfig]]
+    start = getattr(importlib.import_module(module), name)
+    return start(config)
+
+
+@contextlib.contextmanager
+def resolve(config: ChannelConfig, *, embed: bool) -> Iterator[ChannelConfig]:
+    """``config`` when it reaches a server; else, with ``embed``, a server started here for as
+    long as the context lasts, or :class:`NoServer`. Every caller decides "embedded or
+    configured" through this (the CLI, a run's coordinator, the functions)."""
+    if configured(config):
+        yield config
+    elif not embed:
+        raise NoServer(config.kind, transport(config.kind).SERVER)
+    else:
+        with embedded(config) as started:
+            yield started
+
+
+def embedded_note() -> str:
+    """What ``fsd run --help`` says of the servers it starts: those of the transports whose
+    server is in :mod:`fsd.embedded` (the ``embedded`` extra), and what configures one instead."""
+    started = [k for k in TRANSPORTS if transport(k).EMBEDDED.startswith("fsd.embedded.")]
+    where = "; ".join(f"{k}: {transport(k).SERVER}" for k in started)
+    names = (
+        ", ".join(started[:-1]) + f" and {started[-1]}" if len(started) > 1 else "".join(started)
+    )
+    text = (
+        f"Without a server configured ({where}), {names} start an embedded server, which needs "
+        "the extra: pip install 'fsd[embedded]'."
+    )
+    return textwrap.fill(text, width=96, break_on_hyphens=False) + "\n"
+
+
+def options_class(kind: str) -> type[TransportOptions]:
+    """The options ``kind`` declares (:attr:`Channel.OPTIONS`)."""
+    return transport(kind).OPTIONS
+
+
+def variables() -> tuple[Variable, ...]:
+    """Every variable the transports read, each once (the first transport declaring it wins)."""
+    found: dict[str, Variable] = {}
+    for kind in TRANSPORTS:
+        for var in options_class(kind).VARIABLES:
+            found.setdefault(var.name, var)
+    return tuple(found.values())
+
+
+def flags() -> tuple[Variable, ...]:
+    """The transports' CLI flags (``--nats-url``...), each once, in registry order."""
+    return tuple(v for v in variables() if v.flag)
+
+
+def own_settings() -> tuple[str, ...]:
+    """What only a function's own configuration may say of its transport (an invocation body
+    naming one is refused): where and how to connect, every transport's options included."""
+    common = ("address", "namespace", "secret")
+    own = {f.name for kind in TRANSPORTS for f in dataclasses.fields(options_class(kind))}
+    return common + tuple(sorted(own))
+
+
 __all__ = [
     "CHANNELS",
     "COORDINATOR",
@@ -56,6 +149,16 @@ __all__ = [
     "Channel",
     "ChannelConfig",
     "ChannelStats",
+    "NoServer",
+    "TransportOptions",
+    "configured",
+    "embedded",
+    "embedded_note",
+    "flags",
     "open_channel",
+    "options_class",
+    "own_settings",
+    "resolve",
     "transport",
+    "variables",
 ]

@@ -1,5 +1,6 @@
 """What the AWS transports (``sqs``, ``sns``) share: their settings (boto3's own endpoint
-variables and credential chain), an embedded ``moto_server`` when neither names AWS, a boto3
+variables and credential chain; :mod:`fsd.embedded.aws` starts a ``moto_server`` when neither
+names AWS), a boto3
 client from a ChannelConfig, retrying transport failures and throttling (not refusals) within
 ``retry_seconds``, and reaping what runs that ended without cleaning up left behind.
 
@@ -22,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import boto3
@@ -30,8 +31,9 @@ import botocore.config
 import botocore.exceptions
 
 from fsd import lifetime, settings
-from fsd.channels.base import Channel, ChannelConfig, Slot
+from fsd.channels.base import Channel, ChannelConfig, Slot, TransportOptions, options
 from fsd.errors import ChannelError
+from fsd.settings import Variable
 from fsd.urls import check_s3_endpoint
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,11 @@ AWS_CREDENTIAL_VARS = (
 )
 
 
-def aws_credentials_configured(env: Mapping[str, str] | None = None) -> bool:
+def aws_credentials_configured(env: Mapping[str, str]) -> bool:
     """Whether boto3 would find AWS credentials without asking instance metadata."""
-    env = os.environ if env is None else env
     if any(env.get(name) for name in AWS_CREDENTIAL_VARS):
         return True
-    home = os.path.expanduser("~")
+    home = env.get("HOME") or os.path.expanduser("~")  # boto3 reads it from the process
     files = (
         env.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"),
         env.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"),
@@ -89,53 +90,83 @@ def aws_endpoint_setting(service: str, env: Mapping[str, str]) -> tuple[str, str
     return "", ""
 
 
+AWS_ENDPOINT_HELP = (
+    "the endpoint of {service} as the AWS SDKs read it (else AWS_ENDPOINT_URL; off with "
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true); absent: AWS itself when credentials are "
+    "configured, else fsd run starts an embedded moto_server"
+)
+
+
+@dataclass(frozen=True)
+class AwsOptions(TransportOptions):
+    """The region, keys (empty: boto3's own chain) and, for sns, where its queues are; and
+    whether the environment names AWS credentials (then AWS itself is the server)."""
+
+    region: str = settings.REGION
+    access_key: str = field(default="", repr=False)  # an embedded server's; else boto3's chain
+    secret_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    queue_address: str = ""  # sns: the SQS endpoint when not the config's address (SNS's)
+    credentials: bool = False  # AWS credentials are configured (environment, shared files)
+
+    VARIABLES = (
+        Variable("AWS_ENDPOINT_URL_SQS", AWS_ENDPOINT_HELP.format(service="SQS")),
+        Variable("AWS_ENDPOINT_URL_SNS", AWS_ENDPOINT_HELP.format(service="SNS")),
+        Variable("AWS_ENDPOINT_URL", "the endpoint of every AWS service without its own"),
+        Variable(
+            "FSD_AWS_PREFIX",
+            "the deployment's prefix for queue and topic names; credentials come from boto3's "
+            "own chain (environment, shared files, the function's role)",
+            default=settings.PREFIX,
+        ),
+        Variable(
+            "AWS_REGION",
+            "the region (else AWS_DEFAULT_REGION, as the AWS SDKs read it)",
+            default=settings.REGION,
+        ),
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], kind: str) -> tuple[str, str, AwsOptions]:
+        """``(address, namespace, options)`` of ``kind`` (``sqs``, ``sns``), every endpoint
+        checked."""
+        source, endpoint = aws_endpoint_setting(kind, env)
+        queue_source, queue_endpoint = aws_endpoint_setting("sqs", env)
+        for name, url in ((source, endpoint), (queue_source, queue_endpoint)):
+            if url:
+                check_s3_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
+        region = settings.aws_region(env)
+        if kind == "sns" and endpoint and not queue_endpoint:  # SNS elsewhere, SQS AWS's own
+            queue_endpoint = f"https://sqs.{region}.amazonaws.com"
+        queues = queue_endpoint if kind == "sns" and queue_endpoint != endpoint else ""
+        return (
+            endpoint,
+            settings.text(env, "FSD_AWS_PREFIX"),
+            cls(region=region, queue_address=queues, credentials=aws_credentials_configured(env)),
+        )
+
+
 def aws_settings(config: ChannelConfig, env: Mapping[str, str], kind: str) -> ChannelConfig:
     """``sqs``/``sns`` settings: the endpoints, ``FSD_AWS_PREFIX`` and the region; keys stay
     with boto3's own chain (environment, shared files, the function's role)."""
-    source, endpoint = aws_endpoint_setting(kind, env)
-    queue_source, queue_endpoint = aws_endpoint_setting("sqs", env)
-    for name, url in ((source, endpoint), (queue_source, queue_endpoint)):
-        if url:
-            check_s3_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
-    region = settings.aws_region(env, config.region)
-    if kind == "sns" and endpoint and not queue_endpoint:  # SNS elsewhere, SQS AWS's own
-        queue_endpoint = f"https://sqs.{region}.amazonaws.com"
+    address, prefix, own = AwsOptions.from_env(env, kind)
     return dataclasses.replace(
-        config,
-        address=endpoint,
-        queue_address=queue_endpoint if kind == "sns" and queue_endpoint != endpoint else "",
-        namespace=settings.text(env, "FSD_AWS_PREFIX") or config.namespace,
-        region=region,
+        config, address=address, namespace=prefix or config.namespace, options=own
     )
 
 
-def aws_has_server(config: ChannelConfig, env: Mapping[str, str]) -> bool:
+def aws_has_server(config: ChannelConfig) -> bool:
     """An endpoint is named, or AWS itself is (credentials are configured)."""
-    return bool(config.address or config.queue_address) or aws_credentials_configured(env)
-
-
-@contextmanager
-def moto_server(config: ChannelConfig) -> Iterator[ChannelConfig]:
-    """An embedded moto server (the ``embedded`` extra) standing in for SQS and SNS: locked,
-    it takes only requests signed with its per-start keys, which the config carries."""
-    from fsd.services import MotoServer  # noqa: PLC0415 (only when one is needed)
-
-    log.info("no AWS endpoint or credentials configured: starting an embedded moto_server")
-    with MotoServer() as moto:
-        yield dataclasses.replace(
-            config,
-            address=moto.endpoint,
-            queue_address="",
-            access_key=moto.access_key,
-            secret_key=moto.secret_key,
-            session_token="",
-            region=moto.region,
-        )
+    own = options(config, AwsOptions)
+    return bool(config.address or own.queue_address) or own.credentials
 
 
 class AwsChannel(Channel):
     """What the ``sqs`` and ``sns`` transports share as a transport: boto3's settings and
     endpoints, AWS itself when credentials are configured, an embedded moto_server otherwise."""
+
+    OPTIONS = AwsOptions
+    EMBEDDED = "fsd.embedded.aws:moto_server"
 
     @classmethod
     def settings(
@@ -144,12 +175,8 @@ class AwsChannel(Channel):
         return aws_settings(config, env, config.kind)
 
     @classmethod
-    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
-        return aws_has_server(config, env)
-
-    @classmethod
-    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
-        return moto_server(config)
+    def has_server(cls, config: ChannelConfig) -> bool:
+        return aws_has_server(config)
 
 
 def aws_client(
@@ -162,11 +189,12 @@ def aws_client(
     chain (environment, shared files, the Lambda or container role). No client retries: the
     channels retry transport failures themselves, within ``retry_seconds``.
     """
+    own = options(config, AwsOptions)
     session = boto3.session.Session(
-        aws_access_key_id=config.access_key or None,
-        aws_secret_access_key=config.secret_key or None,
-        aws_session_token=config.session_token or None,
-        region_name=config.region,
+        aws_access_key_id=own.access_key or None,
+        aws_secret_access_key=own.secret_key or None,
+        aws_session_token=own.session_token or None,
+        region_name=own.region,
     )
     settings = botocore.config.Config(
         connect_timeout=config.connect_timeout,

@@ -24,14 +24,13 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from fsd import auth, settings, wire
-from fsd.cost import Billing
 from fsd.errors import ChannelError, ChannelTimeout, InputError, RunAborted, WireError
+from fsd.settings import Variable
 
 log = logging.getLogger(__name__)
 
@@ -58,48 +57,82 @@ _REJECTIONS_LOGGED = 20  # per endpoint; later ones are counted and logged at de
 _ABORT_AFTER = 1.0  # a worker waiting this long also looks for the coordinator's ABORT
 
 
-@contextmanager
-def _no_server(name: str, server: str) -> Iterator[ChannelConfig]:
-    raise ChannelError(f"{name}: no server configured ({server}) and none can be started here")
-    yield  # pragma: no cover (a generator that raises first)
-
-
 def _check_seconds(name: str, value: float, lo: float, hi: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and lo <= value <= hi):
         raise InputError(f"{name} must be a finite number of seconds in [{lo:g}, {hi:g}]")
+
+
+Billing = Mapping[str, tuple[tuple[str, float], ...]]
+"""Counted operation -> ``(billed item, how many per operation)``: a transport's ``BILLING``,
+priced by :func:`fsd.cost.estimate` (data here, so no transport imports the cost model)."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """What one transport alone needs (its credentials, its bucket...): each transport declares
+    a subclass (:attr:`Channel.OPTIONS`), with the variables it reads (:attr:`VARIABLES`: its
+    CLI flags, its secrets and docs/configuration.md follow from them). This base is "none
+    given": a transport then takes its own defaults (:func:`options`).
+
+    Secrets are kept out of ``repr`` (``field(repr=False)``) and out of every invocation body.
+    """
+
+    VARIABLES: ClassVar[tuple[Variable, ...]] = ()
+    """Every variable this transport reads, the address first when it has one."""
+    ADDRESS: ClassVar[str] = ""
+    """The variable that names the transport's server (``FSD_NATS_URL``), for :meth:`to_env`."""
+
+    @classmethod
+    def flags(cls) -> tuple[Variable, ...]:
+        """The variables a CLI flag may set (the flag wins)."""
+        return tuple(v for v in cls.VARIABLES if v.flag)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables (no secrets) that make a deployment read these options back."""
+        return {}
+
+
+OptionsT = TypeVar("OptionsT", bound=TransportOptions)
+
+
+def options(config: ChannelConfig, cls: type[OptionsT]) -> OptionsT:
+    """``config.options`` as the transport's own ``cls``; its defaults when none were given."""
+    given = config.options
+    if isinstance(given, cls):
+        return given
+    if type(given) is TransportOptions:
+        return cls()
+    raise ChannelError(f"{config.kind}: {type(given).__name__} are not {cls.__name__}")
 
 
 @dataclass(frozen=True)
 class ChannelConfig:
     """Where and how to reach a transport; plain data, checked on construction.
 
-    Secrets are kept out of ``repr`` so a logged config never shows them, and out of every
-    invocation body (:meth:`fsd.task.WorkerTask.to_json`).
+    What every transport shares is here; what one transport alone needs is its ``options``
+    (:class:`TransportOptions`). Secrets are kept out of ``repr`` so a logged config never shows
+    them, and out of every invocation body (:meth:`fsd.task.WorkerTask.to_json`).
     """
 
     kind: str = "local"
-    address: str = ""  # local: mailbox root folder; nats: server URL(s); s3: endpoint URL
+    address: str = ""  # where: a mailbox folder, a server URL, an endpoint ("": not configured)
     max_frame: int = 4 * 1024 * 1024  # frames above this are chunked
     connect_timeout: float = 10.0
     compress: bool = True  # zstd when it pays (fsd.wire)
     retry_seconds: float = 30.0  # how long a send keeps retrying through an outage
-    namespace: str = settings.PREFIX  # nats: subject prefix and stream name; s3: key prefix
+    namespace: str = settings.PREFIX  # a subject prefix, a key prefix, a queue-name prefix
     ttl_seconds: float = 3600.0  # abandoned runs' messages and consumers expire after this
-    bucket: str = settings.BUCKET  # s3
-    region: str = settings.REGION  # s3
-    access_key: str = field(default="", repr=False)  # s3, sqs, sns (else boto3's own chain)
-    secret_key: str = field(default="", repr=False)  # s3, sqs, sns
-    session_token: str = field(default="", repr=False)  # temporary keys (a Lambda role's)
-    queue_address: str = ""  # sns: the SQS endpoint when not ``address`` (SNS's)
-    creds_file: str = ""  # nats: a .creds file (JWT + NKey seed)
-    token: str = field(default="", repr=False)  # nats
-    user: str = field(default="", repr=False)  # nats
-    password: str = field(default="", repr=False)  # nats
     # the deployment secret frames are authenticated with (fsd.auth); never sent anywhere
     secret: bytes = field(default=b"", repr=False)
     # a coordinator endpoint removes what runs that ended without cleaning up left (sqs, sns:
     # it lists the deployment's queues, which a function's role may not: functions turn it off)
     reap: bool = True
+    options: TransportOptions = field(default_factory=TransportOptions)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables (no secrets) a deployment reads this configuration back from."""
+        where = type(self.options).ADDRESS
+        return ({where: self.address} if where and self.address else {}) | self.options.to_env()
 
     def __post_init__(self) -> None:
         frame = self.max_frame
@@ -161,6 +194,12 @@ class Channel(ABC):
     """How its cloud counterpart bills each counted operation (:func:`fsd.cost.estimate`)."""
     SERVER: ClassVar[str] = ""
     """What names its server, for messages: the flag or variable a user sets."""
+    OPTIONS: ClassVar[type[TransportOptions]] = TransportOptions
+    """Its own options: what ``config.options`` holds for it, and the variables it reads."""
+    EMBEDDED: ClassVar[str] = ""
+    """``module:function`` of the server it can start on this machine (a context manager
+    taking and yielding a ChannelConfig), outside the runtime's imports: the ``embedded``
+    extra's :mod:`fsd.embedded`. Empty: none (:func:`fsd.channels.resolve` refuses)."""
 
     @classmethod
     def settings(
@@ -171,15 +210,10 @@ class Channel(ABC):
         return config
 
     @classmethod
-    def has_server(cls, config: ChannelConfig, env: Mapping[str, str]) -> bool:
-        """Whether ``config`` reaches a server (else: start :meth:`embedded`, or refuse)."""
+    def has_server(cls, config: ChannelConfig) -> bool:
+        """Whether ``config`` reaches a server (else: start :attr:`EMBEDDED`, or refuse);
+        whatever the environment said about it is in ``config`` already."""
         return bool(config.address)
-
-    @classmethod
-    def embedded(cls, config: ChannelConfig) -> AbstractContextManager[ChannelConfig]:
-        """Start a server of this transport on this machine for as long as the context lasts;
-        yields ``config`` pointing at it."""
-        return _no_server(cls.__name__, cls.SERVER)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         if not isinstance(run, bytes) or len(run) != wire.RUN_ID_BYTES:

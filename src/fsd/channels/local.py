@@ -53,16 +53,18 @@ class LocalMailbox:
         self.close()
 
 
+@contextlib.contextmanager
+def mailbox(config: ChannelConfig) -> Iterator[ChannelConfig]:
+    """A mailbox root for one run (what ``local`` has instead of a server), removed after."""
+    with LocalMailbox() as made:
+        yield dataclasses.replace(config, address=made.address)
+
+
 class LocalChannel(Channel):
     """An endpoint reading its own mailbox folder and writing into its peers'."""
 
     SERVER = "a mailbox folder"
-
-    @classmethod
-    @contextlib.contextmanager
-    def embedded(cls, config: ChannelConfig) -> Iterator[ChannelConfig]:
-        with LocalMailbox() as mailbox:
-            yield dataclasses.replace(config, address=mailbox.address)
+    EMBEDDED = "fsd.channels.local:mailbox"  # no server: a folder, part of the runtime
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)

@@ -32,8 +32,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
@@ -54,9 +54,18 @@ from nats.js.api import (
 )
 
 from fsd import settings
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, units_64k
+from fsd.channels.base import (
+    COORDINATOR,
+    Channel,
+    ChannelConfig,
+    Slot,
+    TransportOptions,
+    options,
+    units_64k,
+)
 from fsd.errors import ChannelError, FsdError, InputError, WireError
 from fsd.redact import redact, redact_text
+from fsd.settings import Variable
 from fsd.urls import check_nats_url, nats_servers
 
 log = logging.getLogger(__name__)
@@ -151,6 +160,57 @@ class _Pending:
     first: float
 
 
+@dataclass(frozen=True)
+class NatsOptions(TransportOptions):
+    """How to sign in to NATS: a ``.creds`` file, a token, or a user and password (the URL is
+    the config's ``address``)."""
+
+    creds_file: str = ""  # a .creds file (JWT + NKey seed), passed by path
+    token: str = field(default="", repr=False)
+    user: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+    ADDRESS = "FSD_NATS_URL"
+    VARIABLES = (
+        Variable(
+            "FSD_NATS_URL",
+            "NATS server URL(s), comma-separated; may embed user:password",
+            flag="--nats-url",
+            flag_help="NATS server URL (else env FSD_NATS_URL; none: embedded)",
+        ),
+        Variable(
+            "FSD_NATS_CREDS",
+            "path of a NATS .creds file (JWT + NKey seed)",
+            path_file="fsd-nats-credentials",
+        ),
+        Variable("FSD_NATS_TOKEN", "NATS token", secret=True, secret_file="fsd-nats-token"),
+        Variable(
+            "FSD_NATS_USER",
+            "NATS user (with FSD_NATS_PASSWORD)",
+            secret=True,
+            secret_file="fsd-nats-user",
+        ),
+        Variable(
+            "FSD_NATS_PASSWORD", "NATS password", secret=True, secret_file="fsd-nats-password"
+        ),
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NatsOptions:
+        """The sign-in settings; a creds file is checked now, before any connection."""
+        creds = settings.text(env, "FSD_NATS_CREDS")
+        if creds and not os.path.isfile(creds):
+            raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
+        if creds:
+            read_creds(creds, InputError)
+        return cls(
+            creds_file=creds,
+            token=settings.text(env, "FSD_NATS_TOKEN"),
+            user=settings.text(env, "FSD_NATS_USER"),
+            password=settings.text(env, "FSD_NATS_PASSWORD"),
+        )
+
+
 class NatsChannel(Channel):
     """One endpoint of one run on a JetStream stream."""
 
@@ -163,39 +223,19 @@ class NatsChannel(Channel):
         "ack": (("sqs_request", 0.1),),
     }
     SERVER = "--nats-url or FSD_NATS_URL"
+    OPTIONS = NatsOptions
+    EMBEDDED = "fsd.embedded.nats:nats_server"
 
     @classmethod
     def settings(
         cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
     ) -> ChannelConfig:
-        creds = settings.text(env, "FSD_NATS_CREDS")
-        if creds and not os.path.isfile(creds):
-            raise InputError(f"FSD_NATS_CREDS names a file that does not exist: {creds}")
-        if creds:
-            read_creds(creds, InputError)
         flag = flags.get("nats_url", "")
         address = flag or settings.text(env, "FSD_NATS_URL")
+        options = NatsOptions.from_env(env)
         if address:
             check_nats_url(address, "--nats-url" if flag else "FSD_NATS_URL")
-        return dataclasses.replace(
-            config,
-            address=address,
-            creds_file=creds,
-            token=settings.text(env, "FSD_NATS_TOKEN"),
-            user=settings.text(env, "FSD_NATS_USER"),
-            password=settings.text(env, "FSD_NATS_PASSWORD"),
-        )
-
-    @classmethod
-    @contextlib.contextmanager
-    def embedded(cls, config: ChannelConfig) -> Iterator[ChannelConfig]:
-        from fsd.services import NatsServer  # noqa: PLC0415 (only when one is needed)
-
-        log.info("no NATS URL configured: starting an embedded nats-server")
-        with NatsServer() as server:
-            yield dataclasses.replace(
-                config, address=server.url, token=server.token, user="", password="", creds_file=""
-            )
+        return dataclasses.replace(config, address=address, options=options)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
@@ -273,14 +313,15 @@ class NatsChannel(Channel):
 
     async def _connect(self) -> None:
         cfg = self.config
+        own = options(cfg, NatsOptions)
         kwargs: dict[str, Any] = {}
-        if cfg.creds_file:  # checked again: the file may have changed since the settings
-            kwargs["user_credentials"] = RawCredentials(read_creds(cfg.creds_file, ChannelError))
-        if cfg.token:
-            kwargs["token"] = cfg.token
-        if cfg.user:
-            kwargs["user"] = cfg.user
-            kwargs["password"] = cfg.password
+        if own.creds_file:  # checked again: the file may have changed since the settings
+            kwargs["user_credentials"] = RawCredentials(read_creds(own.creds_file, ChannelError))
+        if own.token:
+            kwargs["token"] = own.token
+        if own.user:
+            kwargs["user"] = own.user
+            kwargs["password"] = own.password
         attempts = max(1, int(cfg.retry_seconds / 0.25))
         # nats-py retries a refused login like an unreachable server (10 s and more): a refusal
         # reported through error_cb ends the attempt at once instead

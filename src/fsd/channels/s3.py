@@ -14,23 +14,29 @@ run's prefix). Abandoned runs are for the bucket's lifecycle rule (docs/channels
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import urllib3
 from minio.error import MinioException, S3Error
 
 from fsd import settings
-from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot
-from fsd.errors import ChannelError, InputError
-from fsd.s3client import delete_prefix, minio_client
-from fsd.urls import check_s3_endpoint
+from fsd.channels.base import COORDINATOR, Channel, ChannelConfig, Slot, TransportOptions, options
+from fsd.errors import ChannelError
+from fsd.s3client import (
+    S3_VARIABLES,
+    delete_prefix,
+    minio_client,
+    s3_bucket,
+    s3_endpoint,
+    s3_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +54,33 @@ def _endpoint_token(endpoint: int) -> str:
     return "c" if endpoint == COORDINATOR else str(endpoint)
 
 
-#: Where the S3 endpoint comes from when no flag names it, first found wins: fsd's own variable,
-#: then the AWS SDKs' service-specific and global ones, in the SDKs' own order
-#: (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html).
-S3_ENDPOINT_VARS = ("FSD_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+@dataclass(frozen=True)
+class S3Options(TransportOptions):
+    """The bucket, region and keys (the endpoint is the config's ``address``); empty keys:
+    anonymous, as minio takes them."""
 
+    bucket: str = settings.BUCKET
+    region: str = settings.REGION
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
 
-def s3_endpoint_setting(flag: str | None, env: Mapping[str, str]) -> tuple[str, str]:
-    """``(where it came from, endpoint)``; ``("", "")`` when nothing names one.
+    ADDRESS = "FSD_S3_ENDPOINT"
+    VARIABLES = S3_VARIABLES
 
-    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` makes the AWS variables ignored, as in the SDKs.
-    """
-    if flag:
-        return "--s3-endpoint", flag
-    ignore_aws = settings.aws_endpoints_ignored(env)
-    for name in S3_ENDPOINT_VARS:
-        if ignore_aws and name.startswith("AWS_"):
-            break
-        value = settings.text(env, name)
-        if value:
-            return name, value
-    return "", ""
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], bucket: str | None = None) -> S3Options:
+        access_key, secret_key, session_token = s3_keys(env)
+        return cls(
+            bucket=s3_bucket(bucket, env),
+            region=settings.aws_region(env),
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=session_token,
+        )
 
-
-def _keys(env: Mapping[str, str]) -> tuple[str, str, str]:
-    """The store's (access key, secret key, session token): its own
-    (``FSD_S3_ACCESS_KEY_ID``/``FSD_S3_SECRET_ACCESS_KEY``, what the ``fsd-s3-*`` secret files
-    set), else the AWS SDKs' variables.
-
-    The S3 keys a function mounts stay S3's: they are never ``AWS_ACCESS_KEY_ID``, which every
-    AWS client in the process (SQS, SNS, Lambda) would take as its credentials too.
-    """
-    own = settings.text(env, "FSD_S3_ACCESS_KEY_ID")
-    if own:
-        return own, settings.text(env, "FSD_S3_SECRET_ACCESS_KEY"), ""
-    return (
-        settings.text(env, "AWS_ACCESS_KEY_ID"),
-        settings.text(env, "AWS_SECRET_ACCESS_KEY"),
-        settings.text(env, "AWS_SESSION_TOKEN"),
-    )
+    def to_env(self) -> dict[str, str]:
+        return {"FSD_S3_BUCKET": self.bucket}
 
 
 class S3Channel(Channel):
@@ -102,56 +96,33 @@ class S3Channel(Channel):
         "get_miss": (("s3_get", 1.0),),
     }
     SERVER = "--s3-endpoint or FSD_S3_ENDPOINT"
+    OPTIONS = S3Options
+    EMBEDDED = "fsd.embedded.s3:s3_server"
 
     @classmethod
     def settings(
         cls, config: ChannelConfig, env: Mapping[str, str], flags: Mapping[str, str]
     ) -> ChannelConfig:
-        bucket = flags.get("s3_bucket", "") or settings.text(env, "FSD_S3_BUCKET") or config.bucket
-        if not 3 <= len(bucket) <= 63 or not bucket.replace("-", "").replace(".", "").isalnum():
-            raise InputError(f"invalid S3 bucket name {bucket!r}")
-        if bucket != bucket.lower():
-            raise InputError(f"S3 bucket names are lower case: {bucket!r}")
-        source, endpoint = s3_endpoint_setting(flags.get("s3_endpoint"), env)
-        if endpoint:
-            check_s3_endpoint(endpoint, source)
-        access_key, secret_key, session_token = _keys(env)
-        return dataclasses.replace(
-            config,
-            address=endpoint,
-            bucket=bucket,
-            region=settings.aws_region(env, config.region),
-            access_key=access_key,
-            secret_key=secret_key,
-            session_token=session_token,
-        )
-
-    @classmethod
-    @contextlib.contextmanager
-    def embedded(cls, config: ChannelConfig) -> Iterator[ChannelConfig]:
-        from fsd.services import S3Server  # noqa: PLC0415 (only when one is needed)
-
-        log.info("no S3 endpoint configured: starting an embedded SeaweedFS S3 server")
-        with S3Server() as server:
-            yield dataclasses.replace(
-                config,
-                address=server.endpoint,
-                access_key=server.access_key,
-                secret_key=server.secret_key,
-                session_token="",
-                bucket=server.bucket,
-                region=server.region,
-            )
+        options = S3Options.from_env(env, flags.get("s3_bucket"))
+        endpoint = s3_endpoint(flags.get("s3_endpoint"), env)
+        return dataclasses.replace(config, address=endpoint, options=options)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
         if not config.address:
             raise ChannelError("s3 channel needs an endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
+        self._options = options(config, S3Options)
         # no client retries: we retry ourselves, within retry_seconds
         self._s3, self._where = minio_client(
-            config, maxsize=32, read_timeout=30.0, retries=urllib3.Retry(total=0)
+            config.address,
+            self._options,
+            connect_timeout=config.connect_timeout,
+            maxsize=32,
+            read_timeout=30.0,
+            retries=urllib3.Retry(total=0),
+            error=ChannelError,
         )
-        self._bucket = config.bucket
+        self._bucket = self._options.bucket
         self._prefix = f"{config.namespace}/{run.hex()}"
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"fsd-s3-{me}")
         self._puts: list[Future[None]] = []
@@ -188,7 +159,7 @@ class S3Channel(Channel):
         if self._s3.bucket_exists(self._bucket):
             return
         try:
-            self._s3.make_bucket(self._bucket, location=self.config.region)
+            self._s3.make_bucket(self._bucket, location=self._options.region)
             self.stats.count("put")
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):

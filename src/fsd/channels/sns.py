@@ -72,6 +72,7 @@ from fsd.channels.aws import (
     MAX_BATCH,
     MISSING_QUEUE,
     AwsChannel,
+    AwsOptions,
     aws_client,
     delete_messages,
     error_code,
@@ -83,7 +84,7 @@ from fsd.channels.aws import (
     slot_text,
     tagged_expiry,
 )
-from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
+from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, options, units_64k
 from fsd.errors import ChannelError, WireError
 
 if TYPE_CHECKING:
@@ -144,8 +145,9 @@ class SnsChannel(AwsChannel):
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
         self._sns: SNSClient = aws_client(config, "sns")
-        self._sqs: SQSClient = aws_client(config, "sqs", address=config.queue_address or None)
-        self._where = config.address or f"sns.{config.region}.amazonaws.com"
+        own = options(config, AwsOptions)
+        self._sqs: SQSClient = aws_client(config, "sqs", address=own.queue_address or None)
+        self._where = config.address or f"sns.{own.region}.amazonaws.com"
         self._prefix = config.namespace
         self._run_hex = run.hex()
         # base64 makes 4 bytes of 3: the frame, encoded, plus attributes fits one message

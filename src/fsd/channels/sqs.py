@@ -52,6 +52,7 @@ from fsd.channels.aws import (
     MAX_BATCH,
     MISSING_QUEUE,
     AwsChannel,
+    AwsOptions,
     aws_client,
     delete_messages,
     error_code,
@@ -62,7 +63,7 @@ from fsd.channels.aws import (
     run_tags,
     slot_text,
 )
-from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, units_64k
+from fsd.channels.base import COORDINATOR, ChannelConfig, Slot, options, units_64k
 from fsd.errors import ChannelError
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class SqsChannel(AwsChannel):
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:
         super().__init__(config, run, me)
         self._sqs: SQSClient = aws_client(config, "sqs")
-        self._where = config.address or f"sqs.{config.region}.amazonaws.com"
+        self._where = config.address or f"sqs.{options(config, AwsOptions).region}.amazonaws.com"
         self._prefix = config.namespace
         self._urls: dict[int, str] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"fsd-sqs-{me}")

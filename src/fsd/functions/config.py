@@ -55,12 +55,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fsd import auth, channels, settings
+from fsd import auth, channels, launch, settings
 from fsd.channels import REMOTE_CHANNELS
 from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.settings import EXEC_MARGIN, HOUR, SECRET_NAMES
+from fsd.launch import Launcher, LauncherOptions
+from fsd.settings import EXEC_MARGIN, HOUR
+from fsd.store import StoreConfig
+from fsd.variables import SECRET_NAMES
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 """What a model name looks like (the request schemas use the same pattern)."""
@@ -128,7 +131,7 @@ class Limits:
     """The bounds a function puts on every request (see the table above)."""
 
     max_workers: int = settings.MAX_WORKERS
-    max_images: int = settings.MAX_IMAGES
+    max_images: int = settings.FUNCTION_MAX_IMAGES
     timeout: float = settings.TIMEOUT
     max_timeout: float = settings.MAX_TIMEOUT
     layer_timeout: float = settings.LAYER_TIMEOUT
@@ -212,13 +215,32 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
-PLATFORMS = {"openfaas": "FSD_WORKER_URL", "lambda": "FSD_WORKER_FUNCTION"}
-"""Launchers a function may invoke workers with, and the variable naming the worker function."""
+@dataclass(frozen=True)
+class Platform:
+    """How this function invokes workers (``FSD_LAUNCHER``) and that platform's own options,
+    read once from this function's environment (:meth:`fsd.launch.LauncherOptions.from_env`)."""
+
+    kind: str
+    options: LauncherOptions
+
+    def launcher(self, *, secret: bytes, timeout: float, fanout: int = 0) -> Launcher:
+        return launch.make_launcher(
+            self.kind, self.options, secret=secret, timeout=timeout, fanout=fanout
+        )
 
 
-def platform(env: Mapping[str, str]) -> str:
-    """How this function invokes workers (``FSD_LAUNCHER``); NotConfigured if unknown."""
-    return settings.choice(env, "FSD_LAUNCHER", settings.LAUNCHER, PLATFORMS, error=NotConfigured)
+def platform(env: Mapping[str, str]) -> Platform:
+    """This function's :class:`Platform`; NotConfigured for a name not in the registry or one
+    whose workers are local processes (a function's workers are other functions)."""
+    kind = settings.text(env, "FSD_LAUNCHER", settings.LAUNCHER).lower()
+    if kind not in launch.PLATFORMS or launch.platform(kind).LOCAL:
+        usable = [k for k in launch.PLATFORMS if not launch.platform(k).LOCAL]
+        settings.choice(env, "FSD_LAUNCHER", settings.LAUNCHER, usable, error=NotConfigured)
+    cls = launch.platform(kind)
+    try:
+        return Platform(kind, cls.Options.from_env(env))
+    except InputError as exc:
+        raise NotConfigured(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -265,7 +287,7 @@ class Transports:
         return kind
 
 
-def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, ChannelConfig]:
+def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, StoreConfig]:
     """This function's transport for ``kind`` and its model store, from its own configuration
     only; a malformed or missing setting is this function's fault (NotConfigured), never the
     request's. Callers choose ``kind`` through :class:`Transports` first."""
@@ -274,12 +296,11 @@ def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, Chan
     try:
         # no reaping from a function: its role lists no queues (it ends its runs itself)
         transport = dataclasses.replace(channel_config(kind, env=env), reap=False)
-        store = channel_config("s3", env=env)
+        store = StoreConfig.from_env(env)
     except InputError as exc:
         raise NotConfigured(str(exc)) from None
-    server = channels.transport(kind)
-    if not server.has_server(transport, env):
-        raise NotConfigured(f"no {kind} server configured ({server.SERVER})")
-    if not store.address:
+    if not channels.configured(transport):  # a function never starts a server of its own
+        raise NotConfigured(f"no {kind} server configured ({channels.transport(kind).SERVER})")
+    if not store.endpoint:
         raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
     return transport, store

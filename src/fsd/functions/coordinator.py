@@ -15,6 +15,7 @@ timed out. Errors are ``{"error", "detail"}`` (plus ``worker`` for 502/504), nev
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +25,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd import observe, planner, settings
-from fsd.coordinator import RunConfig, infer, prepare_stored
-from fsd.errors import ChannelError, FsdError, InputError, ModelFormatError, WorkerError
+from fsd.coordinator import RunConfig
+from fsd.errors import (
+    ChannelError,
+    FsdError,
+    InputError,
+    ModelFormatError,
+    ModelNotFound,
+    StoreError,
+    WorkerError,
+)
 from fsd.functions.config import (
     Limits,
     ModelFilter,
@@ -38,9 +47,9 @@ from fsd.functions.config import (
 )
 from fsd.functions.http import Reply, error, scrub
 from fsd.functions.parse import load_json, problem
-from fsd.settings import function_env
-from fsd.store import Manifest, ModelNotFound, ModelStore
-from fsd.task import MAX_WINDOW, ModelRef
+from fsd.run import Job, Stored, run
+from fsd.store import ModelStore
+from fsd.variables import function_env
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,7 @@ BULK = (("inputs", "rows"), ("inputs", "cols"), ("inputs", "values"))  # up to a
 def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Reply:
     """One inference request; never raises (every failure is a status and a JSON error)."""
     t0 = time.perf_counter()
-    env = function_env(environ)
+    env = function_env(os.environ if environ is None else environ)
     status, reply = scrub(_handle(body, env), secret_values(env))
     model = str(reply.get("model", "unknown"))
     observe.observe_request(
@@ -132,7 +141,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
         )
     except NotConfigured as exc:
         return error(503, "not configured", str(exc))
-    except ChannelError as exc:
+    except (ChannelError, StoreError) as exc:  # the store answers as it always did
         return error(503, "channel unreachable", str(exc))
     except InputError as exc:
         return error(400, "invalid request", str(exc))
@@ -158,17 +167,9 @@ def _bounds(request: dict[str, Any], limits: Limits) -> None:
 def _budget(env: Mapping[str, str]) -> float | None:
     """``FSD_MEMORY_MB``, the memory of one worker invocation (the operator sets it), or None
     when unset. Read with the other settings, before the store is asked anything: a budget no
-    worker could run in (at most what one holds before any model, :data:`fsd.planner.BASE_MB`)
+    worker could run in (outside :data:`fsd.planner.MEMORY_RANGE`, the one range of a budget)
     is the operator's mistake, refused as ``not configured`` for every request, not a 400."""
-    budget = settings.number(
-        env,
-        "FSD_MEMORY_MB",
-        0.0,
-        low=planner.BASE_MB,
-        high=planner.MAX_MEMORY_MB,
-        low_open=True,
-        error=NotConfigured,
-    )
+    budget = settings.number(env, "FSD_MEMORY_MB", 0.0, error=NotConfigured, **planner.MEMORY_RANGE)
     return budget or None
 
 
@@ -196,40 +197,26 @@ def _infer(
                 f"images: the model stores {manifest.images} images, more than "
                 f"{limits.max_images} (FSD_MAX_IMAGES): ask for the first ones"
             )
-        images = store.images(name, request["images"].get("first"), manifest=manifest)
-        matrix = images.matrix
+        model = Stored(store, name, manifest, first=request["images"].get("first"))
     else:
-        images = None
-        matrix = _inline_images(request["inputs"], manifest.neurons, manifest.dtype)
-    partitions, window = _partitions(manifest, workers, partition, int(matrix.shape[0]), budget)
-    prepared = prepare_stored(store, ModelRef(name, partitions, partition), manifest)
-    prepared.window = window
-    urls = settings.names(env, "FSD_WORKER_URL")
-    launcher = platform(env)
+        inline = _inline_images(request["inputs"], manifest.neurons, manifest.dtype)
+        model = Stored(store, name, manifest, inline=inline)
+    where = platform(env)  # this function's platform and its options, read once
     config = RunConfig(
         workers=workers,
-        partitions=partitions,
         channel=kind,
         partition=partition,
         dtype=manifest.dtype,
         timeout=timeout,
         layer_timeout=min(timeout, limits.layer_timeout),
         channel_config=transport,
-        launcher=launcher,
-        worker_urls=urls,
-        worker_function=settings.text(env, "FSD_WORKER_FUNCTION"),
-        failure_queue=settings.text(env, "FSD_FAILURE_QUEUE_URL"),
-        gateway_user=settings.text(env, "FSD_GATEWAY_USER", settings.GATEWAY_USER),
-        gateway_password=env.get("FSD_GATEWAY_PASSWORD", ""),
+        platform=where.kind,
+        platform_options=where.options,
         fanout=limits.fanout,
     )
-    result = infer(prepared, matrix, config)
+    result = run(Job(model, config, memory_mb=budget))
     out = result.to_json()
     out["model"] = name
-    truth = images.truth.get(manifest.layers) if images is not None else None
-    if truth is not None:
-        out["correct"] = bool(np.array_equal(result.categories, truth))
-        out["checked_against"] = "truth"
     observe.observe_run(result, name)
     return 200, out
 
@@ -238,44 +225,6 @@ def _default_workers(partitions: dict[str, dict[str, Any]]) -> int:
     if not partitions:
         raise InputError("the model has no partitions; push it with --workers")
     return min(int(p["workers"]) for p in partitions.values())
-
-
-def _partitions(
-    manifest: Manifest, workers: int, partition: str, images: int, budget: float | None
-) -> tuple[int, int]:
-    """Model-parallel workers per replica for ``workers`` workers (the rest are replicas), and
-    the layers each worker holds (below the depth: it streams them from the store).
-
-    Without ``FSD_MEMORY_MB`` (the memory of one worker invocation: the operator sets it), every
-    worker is a partition, as the model must then be cut for ``workers``. With it, the planner
-    (:mod:`fsd.planner`) takes the fewest partitions that fit, among the cuts the store holds
-    for ``partition`` that divide ``workers``.
-    """
-    every = min(manifest.layers, MAX_WINDOW)
-    if budget is None:
-        return workers, every
-    cuts = sorted(
-        int(info["workers"])
-        for info in manifest.partitions.values()
-        if info.get("partition") == partition and workers % int(info["workers"]) == 0
-    )
-    if not cuts:
-        raise InputError(
-            f"workers: the model is not cut with {partition!r} for {workers} workers or any "
-            f"divisor of it (push it with --workers)"
-        )
-    chosen = planner.plan(
-        workers=workers,
-        neurons=manifest.neurons,
-        depth=manifest.layers,
-        edges=manifest.edges,
-        images=max(images, 1),
-        memory_mb=budget,
-        allowed=cuts,
-        value_bytes=np.dtype(manifest.dtype).itemsize,
-        cores=workers,  # each function its own processor
-    )
-    return chosen.partitions, min(chosen.window, every)
 
 
 def _default_partition(partitions: dict[str, dict[str, Any]], workers: int) -> str:

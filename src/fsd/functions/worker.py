@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -38,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from fsd import auth, observe, settings, wire
-from fsd.channels import COORDINATOR, Channel, ChannelConfig, open_channel
+from fsd import auth, channels, observe, wire
+from fsd.channels import COORDINATOR, Channel, open_channel
 from fsd.errors import AuthError, FsdError, InputError, WorkerError
 from fsd.functions.config import (
-    PLATFORMS,
     Limits,
     ModelFilter,
     NotConfigured,
+    Platform,
     Transports,
     deployment_secret,
     own_channels,
@@ -55,29 +56,18 @@ from fsd.functions.config import (
 from fsd.functions.http import Reply, error, scrub
 from fsd.functions.parse import load_json, problem
 from fsd.launch import RemoteLauncher, children
-from fsd.settings import function_env
-from fsd.store import ModelStore, ShardCache
+from fsd.store import ModelStore, ShardCache, StoreConfig
 from fsd.task import WorkerTask
+from fsd.variables import function_env
 from fsd.worker import run_worker
 
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).with_name("invocation.schema.json")  # docs/api/ links to it
 
-#: what only this function's own configuration may say (a body naming one is refused)
-OWN_SETTINGS = (
-    "address",
-    "namespace",
-    "bucket",
-    "region",
-    "access_key",
-    "secret_key",
-    "token",
-    "user",
-    "password",
-    "creds_file",
-    "secret",
-)
+#: what only this function's own configuration may say (a body naming one is refused): where
+#: and how to connect, every transport's options included (from the registry)
+OWN_SETTINGS = channels.own_settings()
 
 
 @functools.cache
@@ -118,13 +108,14 @@ class _Checked:
     data: dict[str, Any]  # the verified task as sent (children get it with their own index)
     kids: list[int]
     limits: Limits
-    store: ChannelConfig  # the model store, this function's own
+    store: StoreConfig  # the model store, this function's own
+    platform: Platform  # how this function invokes workers (its children in a fan-out tree)
 
 
 def handle_request(body: bytes, environ: Mapping[str, str] | None = None) -> Reply:
     """Run one worker to the end; never raises."""
     t0 = time.perf_counter()
-    env = function_env(environ)
+    env = function_env(os.environ if environ is None else environ)
     status, reply = scrub(_handle(body, env, t0), secret_values(env))
     if status >= 400:
         observe.observe_error("worker", reply["error"].replace(" ", "_"))
@@ -194,12 +185,12 @@ def _check(body: bytes, env: dict[str, str]) -> _Checked:
     kind = transports.choose(data["channel"]["kind"], "task/channel/kind")
     own, store = own_channels(kind, env)
     kids = children(worker, workers, fanout)
-    where = PLATFORMS[platform(env)]
-    if kids and not env.get(where):
-        raise NotConfigured(f"a fan-out tree needs the worker function ({where})")
+    invokes = platform(env)
+    if kids and (unset := invokes.options.missing()):
+        raise NotConfigured(f"a fan-out tree needs the worker function ({unset})")
     if not SEEN.first_time(request["mac"], request["expires"]):
         raise _Refused(409, "replayed invocation", "this invocation was already accepted here")
-    return _Checked(WorkerTask.from_json(data, own), data, kids, limits, store)
+    return _Checked(WorkerTask.from_json(data, own), data, kids, limits, store, invokes)
 
 
 def _refuse_own_settings(data: dict[str, Any]) -> None:
@@ -220,7 +211,7 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
     assert task.model is not None
     model = task.model.name
     try:
-        subtree = _launch_children(checked, env)
+        subtree = _launch_children(checked)
     except FsdError as exc:  # this function's tree settings; the coordinator names this worker
         return error(503, "not configured", str(exc), worker=task.worker)
     try:
@@ -268,27 +259,16 @@ def _run(checked: _Checked, env: dict[str, str], t0: float) -> Reply:
     }
 
 
-def _launch_children(checked: _Checked, env: dict[str, str]) -> RemoteLauncher | None:
+def _launch_children(checked: _Checked) -> RemoteLauncher | None:
     """In a fan-out tree, invoke this worker's children first (they carry the fanout on),
     each with an invocation this worker signs, on this function's own platform."""
     if not checked.kids:
         return None
-    launcher: RemoteLauncher
-    if platform(env) == "lambda":
-        from fsd.launch.lambda_ import LambdaLauncher  # noqa: PLC0415 (boto3 only here)
-
-        launcher = LambdaLauncher(env["FSD_WORKER_FUNCTION"], checked.task.channel.secret)
-    else:
-        from fsd.launch.openfaas import OpenFaaSLauncher  # noqa: PLC0415
-
-        urls = list(settings.names(env, "FSD_WORKER_URL"))
-        launcher = OpenFaaSLauncher(
-            urls,
-            timeout=checked.limits.max_timeout,
-            user=settings.text(env, "FSD_GATEWAY_USER", settings.GATEWAY_USER),
-            password=env.get("FSD_GATEWAY_PASSWORD", ""),
-            secret=checked.task.channel.secret,
-        )
+    launcher = checked.platform.launcher(
+        secret=checked.task.channel.secret, timeout=checked.limits.max_timeout
+    )
+    if not isinstance(launcher, RemoteLauncher):  # config.platform refuses local ones
+        raise NotConfigured(f"{checked.platform.kind} workers cannot invoke workers")
     for child in checked.kids:
         launcher.invoke(child, {**checked.data, "worker": child})
     return launcher

@@ -47,8 +47,12 @@
 ``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never; ..86400)
 ``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3, in whole MiB
                                  (default 8192; 1..1048576)
-``FSD_KUBE_URL``                 Pro mode: the Kubernetes API (default: in-cluster config,
-                                 else the kubeconfig)
+``FSD_KUBE_URL``                 Pro mode and Knative: the Kubernetes API (default: in-cluster
+                                 config, else the kubeconfig)
+``FSD_PLATFORM``                 where a model without ``spec.platform`` runs: ``openfaas``
+                                 (default) or ``knative`` (:mod:`fsd.k8s.platforms`)
+``FSD_KNATIVE_NAMESPACE``        Knative: where the Services and their Secrets go (default
+                                 ``fsd-fn``; :mod:`fsd.k8s.knative`)
 ===============================  ==============================================================
 
 Every variable is read through :mod:`fsd.settings`, which holds the defaults the operator shares
@@ -69,12 +73,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsd import settings
-from fsd.channels.base import ChannelConfig
-from fsd.channels.settings import channel_config
 from fsd.errors import InputError
+from fsd.k8s import platforms
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.spec import CHANNELS
-from fsd.settings import PROMETHEUS_URL, SECRETS_DIR, function_env
+from fsd.settings import PROMETHEUS_URL, SECRETS_DIR
+from fsd.store import StoreConfig
+from fsd.variables import function_env
 
 DEFAULT_SECRETS = (
     "fsd-nats-token",
@@ -118,7 +123,7 @@ def image_allowed(image: str, prefixes: tuple[str, ...]) -> bool:
 class OperatorConfig:
     """Everything the handlers need besides the object; plain data, secrets out of ``repr``."""
 
-    store: ChannelConfig  # the model store: S3 endpoint, bucket, keys
+    store: StoreConfig  # the model store: S3 endpoint, bucket, keys
     gateway_url: str = settings.GATEWAY_URL
     mode: str = "ce"
     gateway_user: str = settings.GATEWAY_USER
@@ -143,11 +148,15 @@ class OperatorConfig:
     refresh_seconds: float = 30.0
     max_source_bytes: int = MAX_SOURCE_MB * MB
     kube_url: str = ""
+    #: where a model without ``spec.platform`` runs (``FSD_PLATFORM``), and each platform's own
+    #: operator settings by name (:func:`fsd.k8s.platforms.options_from_env`)
+    platform: str = settings.LAUNCHER
+    platform_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"FSD_OPENFAAS_MODE must be one of {', '.join(MODES)}: {self.mode!r}")
-        if not self.store.address:
+        if not self.store.endpoint:
             raise InputError("the operator needs the model store's endpoint (FSD_S3_ENDPOINT)")
         if self.fanout < 1 or self.max_inflight < 1:
             raise InputError("FSD_FANOUT and FSD_MAX_INFLIGHT must be >= 1")
@@ -193,7 +202,7 @@ class OperatorConfig:
         env = function_env(os.environ if environ is None else environ)
         text = functools.partial(settings.text, env)
         return cls(
-            store=channel_config("s3", env=env),
+            store=StoreConfig.from_env(env),
             gateway_url=text("FSD_OPENFAAS_URL", cls.gateway_url),
             mode=settings.choice(env, "FSD_OPENFAAS_MODE", cls.mode, MODES),
             gateway_user=text("FSD_GATEWAY_USER", cls.gateway_user),
@@ -227,7 +236,16 @@ class OperatorConfig:
             )
             * MB,
             kube_url=text("FSD_KUBE_URL"),
+            platform=_platform(text("FSD_PLATFORM", cls.platform)),
+            platform_options=platforms.options_from_env(env),
         )
+
+
+def _platform(name: str) -> str:
+    """``FSD_PLATFORM``: a name of :data:`fsd.k8s.platforms.PLATFORMS`."""
+    if name not in platforms.PLATFORMS:
+        raise InputError(f"FSD_PLATFORM must be one of {', '.join(platforms.PLATFORMS)}: {name!r}")
+    return name
 
 
 def refresh_seconds(environ: Mapping[str, str] | None = None) -> float:

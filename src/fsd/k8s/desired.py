@@ -139,15 +139,16 @@ def replica_cap(config: OperatorConfig) -> int | None:
     return None if config.pro else CE_MAX_REPLICAS
 
 
-def worker_inflight(spec: ModelSpec, config: OperatorConfig) -> int:
+def worker_inflight(spec: ModelSpec, config: OperatorConfig, *, capped: bool = True) -> int:
     """Invocations one worker replica accepts (of-watchdog ``max_inflight``).
 
     ``FSD_MAX_INFLIGHT``, raised where CE's replica cap could not otherwise hold all ``W``
     workers at once: 64 workers on at most 5 replicas need 13 per replica.
     A replica serves them all at once (``FSD_THREADS``), at most ``MAX_THREADS`` - 2: more
-    workers than the capped replicas can hold is a permanent ``InvalidSpec``.
+    workers than the capped replicas can hold is a permanent ``InvalidSpec``. ``capped``
+    False: a platform without CE's cap (Knative), ``FSD_MAX_INFLIGHT`` as it is.
     """
-    cap = replica_cap(config)
+    cap = replica_cap(config) if capped else None
     if cap is None:
         return config.max_inflight
     inflight = max(config.max_inflight, math.ceil(spec.workers / cap))
@@ -201,20 +202,23 @@ def coordinator_url(config: OperatorConfig, name: str, namespace: str) -> str:
     return f"{config.gateway_url.rstrip('/')}/function/{name}"
 
 
-def _environment(
+def function_environment(
     role: str,
     spec: ModelSpec,
     config: OperatorConfig,
-    name: str,
-    namespace: str,
     store_model: str,
+    *,
+    launcher: dict[str, str],
+    inflight: int,
 ) -> dict[str, str]:
-    """The environment of ``role`` for the InferenceModel ``namespace/name``."""
+    """The environment of ``role``: the platform's ``launcher`` variables (how it invokes the
+    worker function: :meth:`fsd.launch.LauncherOptions.to_env`) and ``inflight`` invocations per
+    worker replica, the rest the same on every platform (the image is)."""
     env = {
         "FSD_NATS_URL": config.nats_url,
-        "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.address,
+        "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.endpoint,
         "FSD_S3_BUCKET": config.store.bucket,
-        "FSD_WORKER_URL": worker_url(config, name, namespace),
+        **launcher,
         "FSD_CHANNEL": spec.channel,
         # the transports the chart runs: a request may choose only among them (docs/api.md)
         "FSD_CHANNELS": ",".join(config.channels),
@@ -227,25 +231,25 @@ def _environment(
         "FSD_SHUTDOWN_DELAY_SECONDS": str(HEALTHCHECK_SECONDS + SHUTDOWN_AFTER),
         "FSD_DRAIN_SECONDS": _DRAIN[role],
     }
-    inflight = worker_inflight(spec, config)
     if role == "worker":
         env["max_inflight"] = str(inflight)
         env["FSD_THREADS"] = str(inflight + EXTRA_THREADS)
     else:  # what one worker invocation may use: the planner's budget (fsd.functions.coordinator)
-        env["FSD_MEMORY_MB"] = str(worker_budget_mb(spec, config))
+        env["FSD_MEMORY_MB"] = str(worker_budget_mb(spec, config, inflight=inflight))
     return env
 
 
-def worker_budget_mb(spec: ModelSpec, config: OperatorConfig) -> int:
+def worker_budget_mb(spec: ModelSpec, config: OperatorConfig, *, inflight: int = 0) -> int:
     """MiB one worker invocation may use: the function's memory shared by the invocations one
     replica admits at once (:func:`worker_inflight`).
 
     The coordinator plans with it (``FSD_MEMORY_MB``) and refuses every request when it leaves
     a worker no more than it holds before any model (:data:`fsd.planner.BASE_MB`): such a spec
     could never serve, so it is a permanent ``InvalidSpec`` naming the memory that would do,
-    never a deployment that answers 503 to everything.
+    never a deployment that answers 503 to everything. ``inflight``: the platform's count
+    (default: :func:`worker_inflight` under OpenFaaS CE's cap when it applies).
     """
-    inflight = worker_inflight(spec, config)
+    inflight = inflight or worker_inflight(spec, config)
     mib = memory_mib(spec.memory)
     budget = mib // inflight
     if budget <= BASE_MB:
@@ -281,10 +285,9 @@ def function_deployment(
     label: the operator touches only functions that carry its object's uid.
     """
     cap = replica_cap(config)
+    inflight = worker_inflight(spec, config)
     low, high = (
-        worker_scale(spec, worker_inflight(spec, config), cap)
-        if role == "worker"
-        else coordinator_scale(spec, cap)
+        worker_scale(spec, inflight, cap) if role == "worker" else coordinator_scale(spec, cap)
     )
     image = spec.worker_image if role == "worker" else spec.coordinator_image
     resources = {"memory": spec.memory, "cpu": spec.cpu}
@@ -304,7 +307,14 @@ def function_deployment(
     body: dict[str, Any] = {
         "service": function_name(name, namespace, role),
         "image": image or (config.worker_image if role == "worker" else config.coordinator_image),
-        "envVars": _environment(role, spec, config, name, namespace, store_model),
+        "envVars": function_environment(
+            role,
+            spec,
+            config,
+            store_model,
+            launcher={"FSD_WORKER_URL": worker_url(config, name, namespace)},
+            inflight=inflight,
+        ),
         "labels": labels,
         "annotations": {
             "prometheus.io.scrape": "true",

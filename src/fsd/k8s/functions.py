@@ -1,6 +1,7 @@
-"""Deploying the functions, and reading whether they are ready.
+"""The operator's OpenFaaS platform: deploying the functions, reading whether they are ready.
 
-Two ways to deploy (:class:`Deployer`):
+:data:`OPENFAAS` is its entry in :data:`fsd.k8s.platforms.PLATFORMS`. Two ways to deploy
+(:class:`Deployer`):
 
 - :class:`GatewayDeployer` (OpenFaaS CE, ``FSD_OPENFAAS_MODE=ce``): ``POST``/``PUT
   /system/functions`` through the gateway (:mod:`fsd.k8s.openfaas`);
@@ -22,25 +23,35 @@ deleting leaves it be.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import urllib3
 from kubernetes import client as kube  # type: ignore[import-untyped,unused-ignore]
 from kubernetes import config as kubeconfig
 
+from fsd.errors import InputError
 from fsd.k8s.config import OperatorConfig
 from fsd.k8s.desired import (
     OWNER_LABEL,
     ROLE_LABEL,
+    coordinator_url,
+    function_deployments,
     function_resource,
     required_replicas,
     scales_to_zero,
+    worker_budget_mb,
 )
 from fsd.k8s.errors import KubernetesApiError, ReconcileError
-from fsd.k8s.names import label_value
-from fsd.k8s.openfaas import GatewayClient
+from fsd.k8s.names import function_name, label_value
+from fsd.k8s.openfaas import GatewayClient, GatewayError
+from fsd.k8s.secrets import GatewaySecrets, KubeSecrets, read_secrets
+
+if TYPE_CHECKING:
+    from fsd.k8s.platforms import Target
+    from fsd.k8s.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +227,27 @@ class ResourceDeployer:
 
 @dataclass(frozen=True)
 class Readiness:
-    """How the deployed functions are doing, according to the gateway."""
+    """How the deployed functions are doing, according to their platform."""
 
     ready: bool
-    ready_workers: int  # availableReplicas of the worker function
-    missing: tuple[str, ...]  # functions the gateway does not know
+    ready_workers: int | None  # available replicas of the worker function (None: not known)
+    missing: tuple[str, ...]  # functions the platform does not know
     message: str
     idle: tuple[str, ...] = ()  # scale-to-zero functions at zero replicas (the idler's doing)
+    #: the ``Ready`` condition's reason when not ready ("": from the fields above)
+    reason: str = ""
+    #: where each function is invoked, when the platform says (Knative's ``status.url``)
+    urls: Mapping[str, str] | None = None
+
+    @property
+    def ready_reason(self) -> str:
+        if self.ready:
+            return "Ready"
+        if self.reason:
+            return self.reason
+        if self.missing:
+            return "FunctionsMissing"
+        return "ScaledToZero" if self.idle else "WaitingForReplicas"
 
 
 def readiness(gateway: GatewayClient, deployments: Sequence[dict[str, Any]]) -> Readiness:
@@ -274,3 +299,103 @@ def deployer(config: OperatorConfig, gateway: GatewayClient) -> tuple[Deployer, 
             f"Pro mode needs the Kubernetes API: {exc}", temporary=False
         ) from None
     return ResourceDeployer(api_client, config.namespace_for_functions), api_client
+
+
+def gateway_client(config: OperatorConfig) -> GatewayClient:
+    """The gateway the operator deploys through; temporary when its password is not there yet."""
+    try:
+        password = config.password()
+    except InputError as exc:  # the mounted secret may appear later: retry
+        raise GatewayError(str(exc), temporary=True) from None
+    return GatewayClient(
+        config.gateway_url,
+        user=config.gateway_user,
+        password=password,
+        timeout=config.gateway_timeout,
+        namespace=config.function_namespace,
+    )
+
+
+class OpenFaaSSession:
+    """One reconcile's gateway (and, in Pro mode, Kubernetes API) connection."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.gateway = gateway_client(config)
+
+    def apply(
+        self, desired: Sequence[dict[str, Any]], owner_uid: str, memo: MutableMapping[str, Any]
+    ) -> None:
+        """The function secrets, then the functions (secrets first: faas-netes needs them)."""
+        values = read_secrets(self.config.secrets_dir, self.config.secrets)
+        chosen, api_client = deployer(self.config, self.gateway)
+        try:
+            if api_client is not None:
+                KubeSecrets(api_client, self.config.namespace_for_functions).ensure(values)
+            else:  # digests of what this process wrote, shared by every object's reconcile
+                written = memo.setdefault("openfaas_secret_digests", {})
+                GatewaySecrets(self.gateway, written).ensure(values)
+            chosen.apply(desired, owner_uid)
+        finally:
+            if api_client is not None:
+                api_client.close()
+
+    def remove(self, names: Sequence[str], owner_uid: str) -> None:
+        chosen, api_client = deployer(self.config, self.gateway)
+        try:
+            chosen.remove(names, owner_uid)
+        finally:
+            if api_client is not None:
+                api_client.close()
+
+    def readiness(self, desired: Sequence[dict[str, Any]]) -> Readiness:
+        return readiness(self.gateway, desired)
+
+    def close(self) -> None:
+        self.gateway.close()
+
+
+class OpenFaaS:
+    """The OpenFaaS platform (:class:`fsd.k8s.platforms.Platform`); its settings are the
+    operator's ``FSD_OPENFAAS_*`` and gateway ones (:class:`OperatorConfig`)."""
+
+    def options_from_env(self, env: Mapping[str, str]) -> None:
+        return None
+
+    def check(self, spec: ModelSpec, config: OperatorConfig) -> None:
+        worker_budget_mb(spec, config)
+
+    def desired(self, target: Target, config: OperatorConfig) -> list[dict[str, Any]]:
+        return function_deployments(
+            name=target.name,
+            namespace=target.namespace,
+            spec=target.spec,
+            config=config,
+            store_model=target.model,
+            owner_uid=target.uid,
+        )
+
+    def name_of(self, desired: Mapping[str, Any]) -> str:
+        return str(desired["service"])
+
+    def coordinator(
+        self, config: OperatorConfig, name: str, namespace: str, state: Readiness | None = None
+    ) -> dict[str, str]:
+        return {
+            "function": function_name(name, namespace, "coordinator"),
+            "url": coordinator_url(config, name, namespace),
+        }
+
+    def functions_namespace(self, config: OperatorConfig) -> str:
+        return config.namespace_for_functions
+
+    @contextmanager
+    def session(self, config: OperatorConfig) -> Iterator[OpenFaaSSession]:
+        opened = OpenFaaSSession(config)
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+OPENFAAS = OpenFaaS()

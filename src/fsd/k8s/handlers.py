@@ -5,19 +5,23 @@
   an image elsewhere is a permanent ``ImageNotAllowed`` and nothing is deployed, so no secret is
   ever mounted into an arbitrary image), (1) the model in the store (:mod:`fsd.k8s.models`;
   phase ``Partitioning`` while shards are pushed), (2) the function secrets created or updated
-  from the operator's mounted files (:mod:`fsd.k8s.secrets`), (3) both functions deployed (POST,
-  or PUT of the functions this object owns; or ``Function`` resources in Pro mode), (4) status:
-  phase, ``Ready``/``Degraded``, ``readyWorkers``, ``observedGeneration``, ``modelName``,
-  ``coordinator: {function, url}``. Every step is idempotent.
+  from the operator's mounted files (:mod:`fsd.k8s.secrets`), (3) both functions deployed on the
+  object's platform (``spec.platform``, else ``FSD_PLATFORM``; :mod:`fsd.k8s.platforms`: OpenFaaS
+  POST or PUT of the functions this object owns, or ``Function`` resources in Pro mode; Knative
+  ``Service`` resources), (4) status: phase, ``Ready``/``Degraded``, ``readyWorkers``,
+  ``observedGeneration``, ``modelName``, ``platform``, ``coordinator: {function, url}``. Every
+  step is idempotent. A model moved to another platform (``status.platform`` differs) has its
+  functions on the old one removed once the new ones are applied (best effort).
 - a temporary failure (gateway, S3 or the Kubernetes API unreachable, a secret missing or
   refused, a function name taken by another owner) reports ``Degraded=True`` with its reason and
   raises ``kopf.TemporaryError`` (kopf retries, backing off); a permanent one (a bad spec or
   source) reports it and raises ``kopf.PermanentError`` (the next spec change retries). Nothing
   escapes as a crash.
 - delete (kopf's finalizer): :func:`cleanup` reports ``Deleting``, removes both functions (only
-  those this object owns) and the model the operator pushed for it, then kopf releases it.
+  those this object owns, on its platform and on ``status.platform``'s) and the model the
+  operator pushed for it, then kopf releases it.
 - a timer (:func:`refresh`, every ``FSD_OPERATOR_REFRESH_SECONDS``): keeps the secrets current
-  (rotated files are copied again), re-reads readiness from the gateway, redeploys a function
+  (rotated files are copied again), re-reads readiness from the platform, redeploys a function
   that disappeared, asks Prometheus for ``lastLatencySeconds`` (:mod:`fsd.k8s.latency`), and
   patches the status only when it changed. It acts only after a successful reconcile of the
   current generation (kept in the object's memo).
@@ -37,24 +41,21 @@ from typing import Any, NoReturn
 import kopf
 from kubernetes import client as kube  # type: ignore[import-untyped,unused-ignore]
 
-from fsd.errors import InputError
-from fsd.k8s import GROUP, PLURAL, VERSION, latency
+from fsd.k8s import GROUP, PLURAL, VERSION, latency, platforms
 from fsd.k8s import status as report
 from fsd.k8s.config import OperatorConfig, image_allowed, refresh_seconds
-from fsd.k8s.desired import coordinator_url, function_deployments, worker_budget_mb
 from fsd.k8s.errors import ReconcileError, SourceError
-from fsd.k8s.functions import Readiness, deployer, kube_client, readiness
+from fsd.k8s.functions import Readiness, kube_client
 from fsd.k8s.models import ModelKeeper, Owner
 from fsd.k8s.names import ROLES, function_name, store_name
-from fsd.k8s.openfaas import GatewayClient, GatewayError
-from fsd.k8s.secrets import GatewaySecrets, KubeSecrets, read_secrets
+from fsd.k8s.platforms import Target
 from fsd.k8s.spec import ModelSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "fsd.dev/finalizer"
 _DEPLOYED = "fsd_deployed_generation"  # per-object memo: the generation last reconciled
-_WRITTEN = "fsd_secret_digests"  # global memo: digests of the secret values written (CE)
+_SHARED = "fsd_platform_state"  # global memo: what the platforms keep across objects
 _MAX_DELAY = 300.0
 _TIMER_POLLING = 2.0
 
@@ -67,7 +68,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="fsd.dev")
     if not isinstance(memo.get("config"), OperatorConfig):
         memo["config"] = OperatorConfig.from_env()
-    memo.setdefault(_WRITTEN, {})  # shared by every object's (shallow-copied) memo
+    memo.setdefault(_SHARED, {})  # shared by every object's (shallow-copied) memo
     config: OperatorConfig = memo["config"]
     # a deleted object waits for its timer to stop: give the timer a moment to exit at once,
     # and if it is busy (a sync call in a thread) look again soon, not in kopf's default 60 s
@@ -75,10 +76,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     polling = min(_TIMER_POLLING, config.refresh_seconds or _TIMER_POLLING)
     settings.background.cancellation_polling = polling
     log.info(
-        "fsd operator: %s mode, gateway %s, store %s",
-        config.mode,
-        config.gateway_url,
-        config.store.address,
+        "fsd operator: platform %s by default, store %s", config.platform, config.store.endpoint
     )
 
 
@@ -87,20 +85,6 @@ def _config(memo: Any) -> OperatorConfig:
     if not isinstance(config, OperatorConfig):
         raise kopf.PermanentError("the operator has no configuration (startup did not run)")
     return config
-
-
-def _gateway(config: OperatorConfig) -> GatewayClient:
-    try:
-        password = config.password()
-    except InputError as exc:  # the mounted secret may appear later: retry
-        raise GatewayError(str(exc), temporary=True) from None
-    return GatewayClient(
-        config.gateway_url,
-        user=config.gateway_user,
-        password=password,
-        timeout=config.gateway_timeout,
-        namespace=config.function_namespace,
-    )
 
 
 def _generation(meta: Any) -> int | None:
@@ -137,20 +121,13 @@ def _ready_fields(
     generation: int | None,
     model: str | None,
     coordinator: dict[str, str] | None = None,
+    platform: str | None = None,
 ) -> dict[str, Any]:
-    if state.ready:
-        reason = "Ready"
-    elif state.missing:
-        reason = "FunctionsMissing"
-    elif state.message.startswith("waiting"):
-        reason = "WaitingForReplicas"
-    else:
-        reason = "ScaledToZero"
     return report.report(
         status,
         phase="Ready" if state.ready else "Deploying",
         ready=state.ready,
-        ready_reason=reason,
+        ready_reason=state.ready_reason,
         degraded=False,
         degraded_reason="AsExpected",
         message=state.message,
@@ -158,23 +135,14 @@ def _ready_fields(
         ready_workers=state.ready_workers,
         model=model,
         coordinator=coordinator,
+        platform=platform,
     )
 
 
-def _coordinator(config: OperatorConfig, name: str, namespace: str) -> dict[str, str]:
-    """``status.coordinator``: the coordinator function and its URL (contract 3)."""
-    return {
-        "function": function_name(name, namespace, "coordinator"),
-        "url": coordinator_url(config, name, namespace),
-    }
-
-
-def _deployments(
-    config: OperatorConfig, spec: ModelSpec, name: str, namespace: str, model: str, uid: str
-) -> list[dict[str, Any]]:
-    return function_deployments(
-        name=name, namespace=namespace, spec=spec, config=config, store_model=model, owner_uid=uid
-    )
+def _platform(config: OperatorConfig, spec: ModelSpec) -> tuple[str, platforms.Platform]:
+    """The object's platform: ``spec.platform``, else the operator's ``FSD_PLATFORM``."""
+    name = spec.platform or config.platform
+    return name, platforms.get(name)
 
 
 def _check_images(config: OperatorConfig, spec: ModelSpec) -> None:
@@ -203,53 +171,36 @@ def _keeper(config: OperatorConfig) -> ModelKeeper:
     return ModelKeeper(config.store, max_source_bytes=config.max_source_bytes, shared=config.shared)
 
 
-def _remove_functions(config: OperatorConfig, name: str, namespace: str, uid: str) -> None:
-    """Remove the object's two functions (only those it owns)."""
-    with _gateway(config) as gateway:
-        chosen, api_client = deployer(config, gateway)
-        try:
-            chosen.remove([function_name(name, namespace, role) for role in ROLES], uid)
-        finally:
-            if api_client is not None:
-                api_client.close()
-
-
-def _withdraw(config: OperatorConfig, name: str, namespace: str, uid: str, logger: Any) -> None:
-    """Remove this object's functions: they must not go on serving a model the namespace may
-    no longer reach. Best effort: the failure is reported all the same."""
-    try:
-        _remove_functions(config, name, namespace, uid)
-    except ReconcileError as exc:
-        logger.warning(f"could not remove the functions of {namespace}/{name}: {exc}")
-
-
-def _apply(
-    config: OperatorConfig,
-    gateway: GatewayClient,
-    deployments: list[dict[str, Any]],
-    uid: str,
-    memo: Any,
+def _remove_functions(
+    config: OperatorConfig, platform: str, name: str, namespace: str, uid: str
 ) -> None:
-    """The function secrets, then the functions (secrets first: faas-netes needs them)."""
-    values = read_secrets(config.secrets_dir, config.secrets)
-    chosen, api_client = deployer(config, gateway)
-    try:
-        if api_client is not None:
-            KubeSecrets(api_client, config.namespace_for_functions).ensure(values)
-        else:
-            GatewaySecrets(gateway, _written(memo)).ensure(values)
-        chosen.apply(deployments, uid)
-    finally:
-        if api_client is not None:
-            api_client.close()
+    """Remove the object's two functions on ``platform`` (only those it owns)."""
+    with platforms.get(platform).session(config) as session:
+        session.remove([function_name(name, namespace, role) for role in ROLES], uid)
 
 
-def _written(memo: Any) -> dict[str, str]:
-    written = memo.get(_WRITTEN) if hasattr(memo, "get") else None
-    if not isinstance(written, dict):
-        written = {}
-        memo[_WRITTEN] = written
-    return written
+def _withdraw(
+    config: OperatorConfig, names: Any, name: str, namespace: str, uid: str, logger: Any
+) -> None:
+    """Remove this object's functions on the platforms ``names``: they must not go on serving a
+    model the namespace may no longer reach, nor from a platform it left. Best effort: the
+    failure is reported all the same."""
+    for platform in sorted({n for n in names if isinstance(n, str) and n in platforms.PLATFORMS}):
+        try:
+            _remove_functions(config, platform, name, namespace, uid)
+        except ReconcileError as exc:
+            logger.warning(
+                f"could not remove the {platform} functions of {namespace}/{name}: {exc}"
+            )
+
+
+def _shared(memo: Any) -> dict[str, Any]:
+    """What the platforms keep across objects (e.g. the digests of the secrets written)."""
+    shared = memo.get(_SHARED) if hasattr(memo, "get") else None
+    if not isinstance(shared, dict):
+        shared = {}
+        memo[_SHARED] = shared
+    return shared
 
 
 def _set_phase(
@@ -308,24 +259,27 @@ def reconcile(
             logger,
         )
 
+    chosen = ""
     try:
         parsed = parse_spec(spec)
+        chosen, platform = _platform(config, parsed)
         _check_images(config, parsed)
         _check_channel(config, parsed)
-        worker_budget_mb(parsed, config)  # a spec that could never serve: before any push
+        platform.check(parsed, config)  # a spec that could never serve: before any push
         model = parsed.source.model or store_name(name, namespace)
         keeper = _keeper(config)
         owner = Owner(namespace, name, parsed.source.url)
         ensured = keeper.ensure(parsed, owner, model, on_push=partitioning)
         if ensured.pushed:
             logger.info(f"pushed model {model} for {parsed.workers} workers")
-        deployments = _deployments(config, parsed, name, namespace, ensured.model, uid)
-        with _gateway(config) as gateway:
-            _apply(config, gateway, deployments, uid, memo)
-            state = readiness(gateway, deployments)
+        desired = platform.desired(Target(name, namespace, parsed, ensured.model, uid), config)
+        with platform.session(config) as session:
+            session.apply(desired, uid, _shared(memo))
+            state = session.readiness(desired)
+        coordinator = platform.coordinator(config, name, namespace, state)
     except ReconcileError as exc:
         if exc.reason == "ModelNotAllowed":  # e.g. a share withdrawn: stop serving it
-            _withdraw(config, name, namespace, uid, logger)
+            _withdraw(config, {chosen, status.get("platform")}, name, namespace, uid, logger)
         _fail(patch, status, exc, generation, config, retry)
     except Exception as exc:  # a bug: reported and retried, never a crash
         logger.exception("reconcile failed unexpectedly")
@@ -333,8 +287,11 @@ def reconcile(
             f"{type(exc).__name__}: {exc}", temporary=True, reason="InternalError"
         )
         _fail(patch, status, internal, generation, config, retry)
-    coordinator = _coordinator(config, name, namespace)
-    patch.status.update(_ready_fields(status, state, generation, ensured.model, coordinator))
+    moved_from = status.get("platform")
+    if moved_from and moved_from != chosen:  # the functions left on the old platform go
+        _withdraw(config, {moved_from}, name, namespace, uid, logger)
+    fields = _ready_fields(status, state, generation, ensured.model, coordinator, chosen)
+    patch.status.update(fields)
     memo[_DEPLOYED] = generation
     logger.info(f"reconciled: {state.message}")
 
@@ -362,7 +319,12 @@ def cleanup(
         fields = report.progress(status, "Deleting", message, generation)
         _set_phase(config, namespace, name, fields, logger)
     try:
-        _remove_functions(config, name, namespace, _uid(meta))
+        # its platform, and the one status says it was deployed to (a move not finished)
+        wanted = spec.get("platform") if hasattr(spec, "get") else None
+        chosen = {wanted or config.platform, status.get("platform")}
+        for platform in sorted({p for p in chosen if isinstance(p, str) and p}):
+            if platform in platforms.PLATFORMS:
+                _remove_functions(config, platform, name, namespace, _uid(meta))
         keeper = _keeper(config)
         removed = keeper.delete(store_name(name, namespace), Owner(namespace, name))
     except ReconcileError as exc:
@@ -382,7 +344,7 @@ def refresh(
     logger: Any,
     **_: Any,
 ) -> None:
-    """Timer: readiness from the gateway; a vanished function is deployed again."""
+    """Timer: readiness from the platform; a vanished function is deployed again."""
     generation = _generation(meta)
     if _DEPLOYED not in memo or memo[_DEPLOYED] != generation or meta.get("deletionTimestamp"):
         return
@@ -391,24 +353,26 @@ def refresh(
     uid = _uid(meta)
     try:
         parsed = parse_spec(spec)
+        chosen, platform = _platform(config, parsed)
         # from the spec, as reconcile derives it: status is the object's, patchable by others
         model = parsed.source.model or store_name(name, namespace)
-        deployments = _deployments(config, parsed, name, namespace, model, uid)
-        with _gateway(config) as gateway:
-            state = readiness(gateway, deployments)
+        desired = platform.desired(Target(name, namespace, parsed, model, uid), config)
+        with platform.session(config) as session:
+            state = session.readiness(desired)
             # the secrets are kept current (a rotated file is copied again); vanished functions
-            # (CE: deleted behind our back; Pro: maybe not reconciled by OpenFaaS yet) are
-            # declared again: applying is idempotent
-            if state.missing and not config.pro:
-                logger.warning(f"functions vanished, deploying them again: {state.message}")
-            missing = [d for d in deployments if d["service"] in state.missing]
-            _apply(config, gateway, missing, uid, memo)
+            # (deleted behind our back, or not reconciled by the platform yet) are declared
+            # again: applying is idempotent
+            if state.missing:
+                logger.info(f"functions missing, declaring them again: {state.message}")
+            missing = [d for d in desired if platform.name_of(d) in state.missing]
+            session.apply(missing, uid, _shared(memo))
             if missing:
-                state = readiness(gateway, deployments)
-            coordinator = _coordinator(config, name, namespace)
-            fields = _ready_fields(status, state, generation, model, coordinator)
+                state = session.readiness(desired)
+            coordinator = platform.coordinator(config, name, namespace, state)
+            fields = _ready_fields(status, state, generation, model, coordinator, chosen)
             if state.ready:
-                seconds = _latency(config, coordinator["function"])
+                where = platform.functions_namespace(config)
+                seconds = _latency(config, coordinator["function"], where)
                 if seconds is not None:
                     fields["lastLatencySeconds"] = round(seconds, 6)
     except ReconcileError as exc:
@@ -417,7 +381,7 @@ def refresh(
         patch.status.update(fields)
 
 
-def _latency(config: OperatorConfig, coordinator: str) -> float | None:
+def _latency(config: OperatorConfig, coordinator: str, namespace: str) -> float | None:
     """Mean request seconds of the coordinator from Prometheus (contract 8); None: unknown.
 
     An empty ``FSD_PROMETHEUS_URL`` turns it off; :func:`fsd.k8s.latency.last_latency` never
@@ -428,7 +392,7 @@ def _latency(config: OperatorConfig, coordinator: str) -> float | None:
     return latency.last_latency(
         config.prometheus_url,
         coordinator,
-        config.namespace_for_functions,
+        namespace,
         timeout=config.gateway_timeout,
     )
 

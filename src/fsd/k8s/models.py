@@ -32,14 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsd.channels.base import ChannelConfig
-from fsd.errors import ChannelError, InputError, ModelFormatError
+from fsd.errors import InputError, ModelFormatError, ModelNotFound, StoreError
 from fsd.k8s import source as sources
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.errors import SourceError, StoreUnreachable
 from fsd.k8s.spec import ModelSpec
 from fsd.model import load_images, load_network
-from fsd.store import PREFIX, Manifest, ModelNotFound, ModelStore
+from fsd.store import PREFIX, Manifest, ModelStore, StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +69,11 @@ class Ensured:
 
 
 class ModelKeeper:
-    """The model store of ``config`` (an ``s3`` ChannelConfig), as the operator uses it."""
+    """The model store of ``config``, as the operator uses it."""
 
     def __init__(
         self,
-        config: ChannelConfig,
+        config: StoreConfig,
         *,
         max_source_bytes: int,
         shared: ModelAccess | None = None,
@@ -84,7 +83,7 @@ class ModelKeeper:
         self.shared = shared if shared is not None else ModelAccess()
         try:
             self._store = ModelStore(self.config)
-        except (ChannelError, InputError) as exc:
+        except (StoreError, InputError) as exc:
             raise SourceError(
                 f"the model store is misconfigured: {exc}", reason="StoreMisconfigured"
             ) from None
@@ -100,7 +99,7 @@ class ModelKeeper:
             raw = json.loads(self._store.read(self._owner_key(model), MAX_OWNER_BYTES))
         except ModelNotFound:
             return None
-        except ChannelError as exc:
+        except StoreError as exc:
             raise StoreUnreachable(
                 f"model store: cannot read the owner of {model}: {exc}"
             ) from None
@@ -114,7 +113,7 @@ class ModelKeeper:
         data = json.dumps(dataclasses.asdict(owner)).encode()
         try:
             self._store.write(self._owner_key(model), data)
-        except ChannelError as exc:
+        except StoreError as exc:
             raise StoreUnreachable(
                 f"model store: cannot write the owner of {model}: {exc}"
             ) from None
@@ -128,7 +127,7 @@ class ModelKeeper:
             return None
         except InputError as exc:
             raise SourceError(str(exc), reason="InvalidSpec") from None
-        except ChannelError as exc:
+        except StoreError as exc:
             raise StoreUnreachable(str(exc)) from None
 
     def ensure(
@@ -226,7 +225,7 @@ class ModelKeeper:
                 manifest = self._store.push(
                     network, model, [spec.workers], [spec.partition], images=images
                 )
-            except ChannelError as exc:
+            except StoreError as exc:
                 raise StoreUnreachable(str(exc)) from None
             except InputError as exc:  # e.g. more workers than neurons
                 raise SourceError(str(exc), reason="InvalidSpec") from None
@@ -253,7 +252,7 @@ class ModelKeeper:
         try:
             # the owner marker goes last: a failed removal can be retried by its owner
             removed = self._store.delete_prefix(prefix, last=lambda k: k.endswith(OWNER_FILE))
-        except ChannelError as exc:
+        except StoreError as exc:
             raise StoreUnreachable(str(exc)) from None
         log.info("removed %d objects under %s", removed, prefix)
         return removed

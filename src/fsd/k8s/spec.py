@@ -32,6 +32,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fsd.store's mod
 _MEMORY = re.compile(r"([0-9]{1,13})(Ki|Mi|Gi|Ti|k|M|G|T)?")
 _CPU = re.compile(r"([0-9]{1,6})(?:\.([0-9]{1,3}))?|([0-9]{1,9})m")
 _IMAGE = re.compile(r"[^\s]{1,512}")
+_PLATFORM = re.compile(r"[a-z][a-z0-9-]{0,31}")  # a name of fsd.k8s.platforms (checked there)
 
 MAX_WORKERS = 4096
 MAX_NEURONS = 1 << 24
@@ -74,6 +75,7 @@ class ModelSpec:
     scale_max: int = 64
     coordinator_image: str = ""
     worker_image: str = ""
+    platform: str = ""  # "": the operator's FSD_PLATFORM (fsd.k8s.platforms)
 
 
 def _invalid(message: str) -> SourceError:
@@ -195,4 +197,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
         scale_max=scale_max,
         coordinator_image=_image(image.get("coordinator", ""), "spec.image.coordinator"),
         worker_image=_image(image.get("worker", ""), "spec.image.worker"),
+        platform=""
+        if spec.get("platform") is None
+        else _str(spec["platform"], "spec.platform", _PLATFORM),
     )

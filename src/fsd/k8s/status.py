@@ -17,8 +17,9 @@ Reasons used:
 
 ========================  =====================================================================
 ``Ready``                 ``Ready`` (True); ``Pending``, ``Partitioning``,
-                          ``WaitingForReplicas``, ``FunctionsMissing``, ``ScaledToZero``, or
-                          the ``Degraded`` reason (False)
+                          ``WaitingForReplicas``, ``FunctionsMissing``, ``ScaledToZero``,
+                          ``ServiceNotReady`` (Knative: a Service's ``Ready`` is False, its
+                          reason in the message), or the ``Degraded`` reason (False)
 ``Degraded``              ``AsExpected`` (False); ``GatewayUnreachable``,
                           ``GatewayUnauthorized``, ``StoreUnreachable``, ``KubernetesApiError``,
                           ``SecretMissing``, ``SecretRejected``, ``SecretNotManaged``,
@@ -30,7 +31,9 @@ Reasons used:
                           (permanent: fixed by changing the spec)
 ========================  =====================================================================
 
-``coordinator: {function, url}`` names the coordinator function and where it is invoked.
+``coordinator: {function, url}`` names the coordinator function and where it is invoked;
+``platform`` the platform its functions were deployed to (``spec.platform`` or the operator's
+default), so a model moved to another one has its old functions removed.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def report(
     ready_workers: int | None = None,
     model: str | None = None,
     coordinator: Mapping[str, str] | None = None,
+    platform: str | None = None,
 ) -> dict[str, Any]:
     """The status fields to patch, given the previous status (for transition times)."""
     old = previous.get("conditions") or []
@@ -114,6 +118,8 @@ def report(
         fields["modelName"] = model
     if coordinator is not None:
         fields["coordinator"] = dict(coordinator)
+    if platform is not None:
+        fields["platform"] = platform
     return fields
 
 

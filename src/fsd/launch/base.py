@@ -1,22 +1,78 @@
-"""The Launcher seam: starts workers somewhere (processes, FaaS functions) and watches them."""
+"""The Launcher seam: starts workers somewhere (processes, FaaS functions) and watches them.
+
+A platform is a :class:`Launcher` subclass that declares its own settings as a
+:class:`LauncherOptions` dataclass (:attr:`Launcher.Options`): read once from the environment of
+whatever launches workers (:meth:`LauncherOptions.from_env`), carried by the run's configuration,
+and turned into a launcher by :meth:`Launcher.create`. Generic code never names a platform.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, Self
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 from fsd.task import WorkerTask
 
 
+@dataclass(frozen=True)
+class LauncherOptions:
+    """A platform's own settings (none here: a platform with some subclasses this).
+
+    Frozen, so one parse serves a whole request; a secret field is ``field(repr=False)`` so no
+    log or error shows it. The variables are those of the component that launches workers (a
+    coordinator function, a worker invoking its children, the Lambda handlers).
+    """
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {}
+    """Every environment variable :meth:`from_env` reads -> what it says (for the docs)."""
+    SECRETS: ClassVar[Mapping[str, str]] = {}
+    """Secret file -> the variable it sets (gathered into :data:`fsd.variables.SECRET_VARS`):
+    values a deployment mounts as secrets, never sets in plain, and no message repeats."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """The options from the launching component's environment (secret files already read
+        into it); lenient: :meth:`Launcher.create` refuses what it cannot work with."""
+        return cls()
+
+    def to_env(self) -> dict[str, str]:
+        """The variables a deployment sets for :meth:`from_env` to read these options back
+        (those named in :attr:`SECRETS` go into secrets); an unset option is left out."""
+        return {}
+
+    def missing(self) -> str:
+        """The variable that must be set before a worker can invoke workers (fan-out trees),
+        or "" when nothing is missing."""
+        return ""
+
+
 class Launcher(ABC):
     """Starts one worker per task; the workers then talk only through their channel."""
+
+    Options: ClassVar[type[LauncherOptions]] = LauncherOptions
+    """This platform's settings (see :class:`LauncherOptions`)."""
+    LOCAL: ClassVar[bool] = False
+    """Workers are processes forked from the coordinator: they reach its loopback (an embedded
+    server serves them), share its memory (a run may use a fresh secret of its own) and cannot
+    be a function's workers. False: workers are elsewhere, and need the deployment's secret and
+    a server they can reach."""
 
     #: what each worker's platform answered when it finished (remote launchers fill it)
     replies: dict[int, dict[str, Any]]
 
     def __init__(self) -> None:
         self.replies = {}
+
+    @classmethod
+    @abstractmethod
+    def create(
+        cls, options: LauncherOptions, *, secret: bytes, timeout: float, fanout: int
+    ) -> Self:
+        """A launcher from its platform's ``options`` (an instance of :attr:`Options`), the
+        deployment ``secret`` it signs invocations with, the run's ``timeout`` (seconds) and
+        ``fanout`` (above this many workers, workers invoke workers; 0: never)."""
 
     @abstractmethod
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
@@ -36,8 +92,9 @@ class Launcher(ABC):
         return {}
 
     @abstractmethod
-    def close(self) -> None:
-        """Stop whatever is still running and release resources. Idempotent."""
+    def close(self, grace: float = 5.0) -> None:
+        """Stop whatever is still running after ``grace`` seconds in all and release
+        resources. Idempotent."""
 
     def abort(self) -> None:
         """The run failed: stop the workers now, or wait (bounded) until they have stopped, so
@@ -82,7 +139,3 @@ class RemoteLauncher(Launcher):
     def invoke(self, worker: int, payload: dict[str, Any]) -> None:
         """Start one invocation of the worker function for ``worker`` with the task
         ``payload`` (:meth:`WorkerTask.to_json`), signed; returns once it is sent."""
-
-    @abstractmethod
-    def close(self, grace: float = 5.0) -> None:
-        """Wait up to ``grace`` seconds for what is in flight, then release resources."""

@@ -36,17 +36,19 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fsd import settings
 from fsd.auth import sign_invocation, verify_invocation
 from fsd.errors import AuthError, FsdError, InputError
-from fsd.launch.base import RemoteLauncher
+from fsd.launch.base import LauncherOptions, RemoteLauncher
 from fsd.redact import redact_text
 from fsd.task import WorkerTask
 
@@ -70,8 +72,39 @@ FUNCTION_NAME = re.compile(
 """``FunctionName``'s pattern in the Lambda API reference (API_Invoke.html)."""
 
 
+@dataclass(frozen=True)
+class LambdaOptions(LauncherOptions):
+    """The worker function and where Lambda sends the records of its failed invocations (its
+    endpoint and credentials are boto3's own: ``AWS_ENDPOINT_URL_LAMBDA``, the role's keys)."""
+
+    function: str = ""
+    failure_queue: str = ""
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {
+        "FSD_WORKER_FUNCTION": "the worker function's name or ARN",
+        "FSD_FAILURE_QUEUE_URL": "the SQS queue the worker function's OnFailure records go to "
+        "(unset: a crashed worker is learned from its peers' timeout)",
+    }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        return cls(
+            function=settings.text(env, "FSD_WORKER_FUNCTION"),
+            failure_queue=settings.text(env, "FSD_FAILURE_QUEUE_URL"),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        env = {"FSD_WORKER_FUNCTION": self.function, "FSD_FAILURE_QUEUE_URL": self.failure_queue}
+        return {k: v for k, v in env.items() if v}
+
+    def missing(self) -> str:
+        return "" if self.function else "FSD_WORKER_FUNCTION"
+
+
 class LambdaLauncher(RemoteLauncher):
     """Invokes the worker function asynchronously once per task (or per tree root)."""
+
+    Options = LambdaOptions
 
     def __init__(
         self,
@@ -111,6 +144,15 @@ class LambdaLauncher(RemoteLauncher):
         self._poller: threading.Thread | None = None
         self.attempts: dict[int, int] = {}
         """Invoke attempts per worker, as botocore counted them (retries included)."""
+
+    @classmethod
+    def create(
+        cls, options: LauncherOptions, *, secret: bytes, timeout: float, fanout: int
+    ) -> Self:
+        """``timeout`` is not Lambda's business: an asynchronous invoke returns at once, and the
+        function's own timeout bounds the worker."""
+        assert isinstance(options, LambdaOptions)
+        return cls(options.function, secret, fanout=fanout, failure_queue=options.failure_queue)
 
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
         if tasks:

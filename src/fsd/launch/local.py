@@ -10,11 +10,11 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 from fsd import lifetime
 from fsd.channels import open_channel
-from fsd.launch.base import Launcher
+from fsd.launch.base import Launcher, LauncherOptions
 from fsd.task import WorkerTask
 from fsd.worker import run_worker
 
@@ -58,6 +58,10 @@ def _entry(task: WorkerTask, progress: Any, last_words: Any, parent: int) -> Non
 
 
 class LocalLauncher(Launcher):
+    """Forks one process per worker; needs no settings, no secret beyond the run's own."""
+
+    LOCAL = True
+
     def __init__(self) -> None:
         super().__init__()
         self._ctx = mp.get_context("fork")
@@ -65,6 +69,14 @@ class LocalLauncher(Launcher):
         self._progress: Any = None
         self._last_words = self._ctx.SimpleQueue()
         self._why: dict[int, str] = {}
+
+    @classmethod
+    def create(
+        cls, options: LauncherOptions, *, secret: bytes, timeout: float, fanout: int
+    ) -> Self:
+        """Forked workers are timed by the coordinator, get the run's own secret with their
+        task, and are all started by it (no tree)."""
+        return cls()
 
     def launch(self, tasks: Sequence[WorkerTask]) -> None:
         self._progress = self._ctx.Array("i", len(tasks), lock=False)

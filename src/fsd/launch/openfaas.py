@@ -10,43 +10,65 @@ For many workers the coordinator does not open W connections itself: with ``fano
 workers 0..F-1, and every worker p invokes its children F(p+1) .. F(p+1)+F-1 before starting its
 own layer loop (:func:`children`), a tree of depth log_F(W).
 
-Every invocation is signed with the deployment secret (:func:`fsd.auth.sign_invocation`, valid
-for :data:`INVOCATION_TTL` seconds): the worker function refuses any body it cannot verify, so
-whoever can reach it, but does not hold the secret, cannot make it compute, connect or publish.
-A worker re-signs its children's invocations with its own copy of the secret.
+Every invocation is signed with the deployment secret; the invocation itself (threads, retries
+on 429/503, the replies of a tree) is :class:`fsd.launch.http.HttpLauncher`'s, shared with
+Knative: this adds the gateway's basic auth.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import logging
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
-import urllib3
-
-from fsd.auth import sign_invocation
-from fsd.errors import AuthError, FsdError, InputError
-from fsd.launch.base import RemoteLauncher, children
-from fsd.redact import redact, redact_text
+from fsd import settings
+from fsd.launch.base import LauncherOptions, children
+from fsd.launch.http import ABORT_GRACE, INVOCATION_TTL, HttpLauncher
 from fsd.settings import GATEWAY_USER, RUN_TIMEOUT
 
-log = logging.getLogger(__name__)
-
-_BUSY_SECONDS = 60.0
-ABORT_GRACE = 15.0  # seconds a failed run waits for its aborted workers before cleaning up
-INVOCATION_TTL = _BUSY_SECONDS + 60.0
-"""How long a signed invocation stays valid: the retries on 429/503, plus clock skew."""
-_MAX_DETAIL = 500
+__all__ = ["ABORT_GRACE", "INVOCATION_TTL", "OpenFaaSLauncher", "OpenFaaSOptions", "children"]
 
 
-__all__ = ["ABORT_GRACE", "INVOCATION_TTL", "OpenFaaSLauncher", "children"]
+@dataclass(frozen=True)
+class OpenFaaSOptions(LauncherOptions):
+    """Where the worker function is and the gateway's basic auth."""
+
+    urls: tuple[str, ...] = ()
+    user: str = GATEWAY_USER
+    password: str = field(default="", repr=False)
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {
+        "FSD_WORKER_URL": "the worker function's URL(s), comma-separated: worker p goes to the "
+        "p-th modulo their number (the gateway's /function/worker, or the functions' own)",
+        "FSD_GATEWAY_USER": f"the gateway's basic-auth user (default {GATEWAY_USER})",
+        "FSD_GATEWAY_PASSWORD": "its password (the fsd-gateway-password secret); unset: no auth",
+    }
+    SECRETS: ClassVar[Mapping[str, str]] = {"fsd-gateway-password": "FSD_GATEWAY_PASSWORD"}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        return cls(
+            urls=settings.names(env, "FSD_WORKER_URL"),
+            user=settings.text(env, "FSD_GATEWAY_USER", GATEWAY_USER),
+            password=env.get("FSD_GATEWAY_PASSWORD", ""),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        env = {"FSD_WORKER_URL": ",".join(self.urls), "FSD_GATEWAY_USER": self.user}
+        if self.password:
+            env["FSD_GATEWAY_PASSWORD"] = self.password
+        return {k: v for k, v in env.items() if v}
+
+    def missing(self) -> str:
+        return "" if self.urls else "FSD_WORKER_URL"
 
 
-class OpenFaaSLauncher(RemoteLauncher):
-    """Invokes the worker function once per task and records how each invocation ended."""
+class OpenFaaSLauncher(HttpLauncher):
+    """Invokes the worker function once per task, through the gateway with its basic auth."""
+
+    Options = OpenFaaSOptions
+    PLATFORM = "openfaas"
 
     def __init__(
         self,
@@ -58,108 +80,24 @@ class OpenFaaSLauncher(RemoteLauncher):
         fanout: int = 0,
         secret: bytes = b"",
     ) -> None:
-        super().__init__()
-        if not secret:
-            raise AuthError(
-                "no deployment secret to sign worker invocations with: set FSD_RUN_KEY "
-                "(functions: mount the fsd-run-key secret)"
-            )
-        if not urls:
-            raise InputError(
-                "the openfaas launcher needs the worker function's URL (FSD_WORKER_URL)"
-            )
-        self._urls = list(urls)
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
-        self._http = urllib3.PoolManager(maxsize=64, retries=urllib3.Retry(total=0))
-        self._headers = {"Content-Type": "application/json"}
+        headers: dict[str, str] = {}
         if password:
             token = base64.b64encode(f"{user or GATEWAY_USER}:{password}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
-        self.fanout = fanout
-        self._secret = secret  # signs invocations (fsd.auth); never sent
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._failed: dict[int, str] = {}
-
-    def invoke(self, worker: int, payload: dict[str, object]) -> None:
-        """Start one invocation (in a thread) of the worker function for ``worker``: the task
-        ``payload`` (:meth:`WorkerTask.to_json`), signed."""
-        try:
-            body = json.dumps(sign_invocation(self._secret, payload, INVOCATION_TTL)).encode()
-        except (TypeError, ValueError) as exc:  # NaN or a non-JSON value: a bug upstream
-            raise FsdError(f"worker {worker}: the task cannot be sent: {exc}") from None
-        url = self._urls[worker % len(self._urls)]
-        thread = threading.Thread(
-            target=self._invoke, args=(worker, url, body), daemon=True, name=f"fsd-invoke-{worker}"
+            headers["Authorization"] = f"Basic {token}"
+        super().__init__(
+            urls,
+            timeout,
+            headers=headers,
+            connect_timeout=connect_timeout,
+            fanout=fanout,
+            secret=secret,
         )
-        thread.start()
-        self._threads.append(thread)
 
-    def _invoke(self, worker: int, url: str, body: bytes) -> None:
-        try:
-            resp = self._post(url, body)
-        except urllib3.exceptions.TimeoutError:
-            self._fail(worker, f"invocation timed out at {redact(url)}")
-            return
-        except urllib3.exceptions.HTTPError as exc:
-            self._fail(worker, f"invocation failed at {redact(url)}: {type(exc).__name__}: {exc}")
-            return
-        try:
-            reply = json.loads(resp.data or b"{}")
-        except ValueError:
-            reply = {"detail": resp.data[:200].decode(errors="replace")}
-        if not isinstance(reply, dict):
-            reply = {}
-        if resp.status >= 400:
-            detail = reply.get("detail") or reply.get("error") or f"HTTP {resp.status}"
-            self._fail(worker, f"HTTP {resp.status}: {detail}")
-            return
-        with self._lock:
-            self.replies[worker] = reply
-            # a tree: the worker's reply carries its subtree's replies and failures
-            children = reply.get("children")
-            for child in children if isinstance(children, list) else []:
-                if isinstance(child, dict) and isinstance(child.get("worker"), int):
-                    self.replies[child["worker"]] = child
-            failures = reply.get("child_failures")
-            for key, why in (failures if isinstance(failures, dict) else {}).items():
-                if str(key).isdigit() and len(str(key)) <= 6:
-                    self._failed[int(key)] = str(why)[:_MAX_DETAIL]
-
-    def _post(self, url: str, body: bytes) -> urllib3.BaseHTTPResponse:
-        """POST, retrying while the platform says the call never started: 429 (every replica at
-        max_inflight) or 503 (no replica ready yet), for up to a minute. Not 502: a worker that
-        died half-way cannot be re-run (its peers have moved on), so that is reported at once."""
-        deadline = time.monotonic() + _BUSY_SECONDS
-        delay = 0.05
-        while True:
-            resp = self._http.request(
-                "POST", url, body=body, headers=self._headers, timeout=self._timeout
-            )
-            if resp.status not in (429, 503) or time.monotonic() + delay > deadline:
-                return resp
-            if resp.status == 503 and b'"not configured"' in resp.data[:200]:
-                return resp  # the function itself refuses: waiting will not change it
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    def _fail(self, worker: int, why: str) -> None:
-        why = redact_text(str(why))[:_MAX_DETAIL]
-        log.warning("worker %d: %s", worker, why)
-        with self._lock:
-            self._failed[worker] = why
-
-    def failures(self) -> dict[int, str]:
-        with self._lock:
-            return dict(self._failed)
-
-    def abort(self) -> None:
-        """Remote workers can't be killed: they were sent ABORT; wait (bounded) for them to end."""
-        self.close(grace=ABORT_GRACE)
-
-    def close(self, grace: float = 5.0) -> None:
-        """Wait up to ``grace`` seconds in all for the invocations to return."""
-        deadline = time.monotonic() + grace
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._threads = []
+    @classmethod
+    def create(
+        cls, options: LauncherOptions, *, secret: bytes, timeout: float, fanout: int
+    ) -> Self:
+        assert isinstance(options, OpenFaaSOptions)
+        return cls(
+            options.urls, timeout, options.user, options.password, fanout=fanout, secret=secret
+        )

@@ -20,8 +20,8 @@ import scipy.sparse as sp
 from fsd.errors import InputError
 from fsd.model.layers import FORMATS, LayerWriter
 from fsd.model.network import (
-    MAX_IMAGES,
     MAX_LAYERS,
+    MAX_LOADED_IMAGES,
     MAX_NEURONS,
     YMAX,
     Images,
@@ -57,8 +57,8 @@ def check_sizes(neurons: int, layers: int, images: int, seed: int = 0) -> None:
     _check_neurons(neurons)
     if not 1 <= layers <= MAX_LAYERS:
         raise InputError(f"layers must be between 1 and {MAX_LAYERS}, got {layers}")
-    if not 1 <= images <= MAX_IMAGES:
-        raise InputError(f"image count must be between 1 and {MAX_IMAGES}, got {images}")
+    if not 1 <= images <= MAX_LOADED_IMAGES:
+        raise InputError(f"image count must be between 1 and {MAX_LOADED_IMAGES}, got {images}")
     _check_seed(seed)
 
 
@@ -215,8 +215,8 @@ def synthetic_images(neurons: int, count: int, seed: int = 0) -> Images:
     """
     if not 1 <= neurons <= MAX_NEURONS:
         raise InputError(f"neurons must be between 1 and {MAX_NEURONS}, got {neurons}")
-    if not 1 <= count <= MAX_IMAGES:
-        raise InputError(f"image count must be between 1 and {MAX_IMAGES}, got {count}")
+    if not 1 <= count <= MAX_LOADED_IMAGES:
+        raise InputError(f"image count must be between 1 and {MAX_LOADED_IMAGES}, got {count}")
     _check_seed(seed)
     height, width = canvas_shape(neurons)
     scale = math.sqrt(neurons) / 32.0  # pixel lengths are tuned on the 32x32 canvas

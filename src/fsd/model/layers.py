@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsd.errors import InputError, ModelFormatError
-from fsd.model.network import MAX_LAYERS, MAX_NEURONS, YMAX
+from fsd.model.network import DTYPES, MAX_LAYERS, MAX_NEURONS, YMAX
 from fsd.untrusted import check_finite, json_float, json_int
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_NAME = 200
 INDPTR = np.dtype("<i8")
 INDICES = np.dtype("<i4")
-DTYPES: dict[str, np.dtype[np.floating]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+#: Each of the value types (fsd.model.network.DTYPES) as stored: little-endian.
+STORED: dict[str, np.dtype[np.floating]] = {
+    name: np.dtype(name).newbyteorder("<") for name in DTYPES
+}
 _KEYS = {"format", "version", "name", "neurons", "layers", "bias", "ymax", "dtype", "edges"}
 #: Entries read (and checked) at once: 64 MB of int32, so a layer of up to 16M edges (8 times the
 #: Graph Challenge's largest) is one read, and a forged one is refused before more is allocated.
@@ -135,8 +138,8 @@ def parse_header(raw: bytes, path: Path) -> Header:
         if ymax <= 0:
             raise InputError(f"ymax={ymax} must be positive")
         dtype, name, edges = doc["dtype"], doc["name"], doc["edges"]
-        if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {sorted(DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in STORED:
+            raise InputError(f"dtype must be one of {sorted(STORED)}")
         if not isinstance(name, str) or len(name) > MAX_NAME:
             raise InputError(f"name must be a string of at most {MAX_NAME} characters")
         if not isinstance(edges, list) or len(edges) != layers:
@@ -287,7 +290,7 @@ class LayerFolder:
         self.bias = self.header.bias
         self.ymax = self.header.ymax
         self.name = self.header.name
-        self.dtype = DTYPES[self.header.dtype]
+        self.dtype = STORED[self.header.dtype]
         self.check_dtype = np.dtype(dtype) if dtype is not None else self.dtype
         if layers is not None:
             if not 1 <= layers <= self.depth:
@@ -341,8 +344,8 @@ class LayerWriter:
         dtype: str = "float32",
         name: str = "network",
     ) -> None:
-        if dtype not in DTYPES:
-            raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
+        if dtype not in STORED:
+            raise InputError(f"dtype must be one of {sorted(STORED)}, got {dtype}")
         if not 1 <= neurons <= MAX_NEURONS:
             raise InputError(f"neurons must be between 1 and {MAX_NEURONS}, got {neurons}")
         self.folder = Path(folder)
@@ -365,7 +368,7 @@ class LayerWriter:
         if not w.has_canonical_format:
             w = w.copy()
             w.sum_duplicates()
-        dtype = DTYPES[self.dtype]
+        dtype = STORED[self.dtype]
         data = np.asarray(w.data)
         if not np.array_equal(data.astype(dtype).astype(data.dtype), data):
             raise InputError(f"layer {k}: weights are not exact in {self.dtype}")

@@ -18,7 +18,11 @@ YMAX = 32.0
 #: the Graph Challenge's largest (65536 neurons, 1920 layers, 60000 images).
 MAX_NEURONS = 1 << 20
 MAX_LAYERS = 1 << 15
-MAX_IMAGES = 1 << 20
+MAX_LOADED_IMAGES = 1 << 20
+"""Most images a command loads, generates or names (``--images``): they are held in memory."""
+#: The value types of weights and activations (``--dtype``): the one list, which every module
+#: checking a dtype imports.
+DTYPES = ("float32", "float64")
 
 
 def bias_for(neurons: int) -> float:

@@ -49,7 +49,7 @@ from fsd.model.layers import (
     open_regular,
     read_checked,
 )
-from fsd.model.network import MAX_IMAGES, MAX_NEURONS, Images, Network, bias_for
+from fsd.model.network import MAX_LOADED_IMAGES, MAX_NEURONS, Images, Network, bias_for
 from fsd.untrusted import npy_header, npy_header_end
 
 log = logging.getLogger(__name__)
@@ -623,8 +623,8 @@ def load_network(
 
 def read_categories(path: Path, limit: int = MAX_IMAGE_ID) -> np.ndarray:
     """Sorted 1-based image ids from a categories file; each must lie in ``1..limit``, and
-    there can be no more of them than images (``limit``, at most ``MAX_IMAGES``)."""
-    most = min(limit, MAX_IMAGES)
+    there can be no more of them than images (``limit``, at most ``MAX_LOADED_IMAGES``)."""
+    most = min(limit, MAX_LOADED_IMAGES)
     ids: list[int] = []
     lineno = 0
     try:
@@ -656,21 +656,21 @@ def load_images(
 ) -> Images:
     """Load ``sparse-images-{N}`` (optionally only the first ``count``) and every truth file.
 
-    Without ``count`` every image is loaded, so ids are capped at ``MAX_IMAGES``; with it only
-    rows 1..count are kept. Either way the matrix is sized by the cap or ``count``, never by an id.
-    Pixel values must be finite in ``dtype``, the engine's.
+    Without ``count`` every image is loaded, so ids are capped at ``MAX_LOADED_IMAGES``; with it
+    only rows 1..count are kept. Either way the matrix is sized by the cap or ``count``, never by
+    an id. Pixel values must be finite in ``dtype``, the engine's.
     """
     root = Path(root)
     _check_neurons(neurons, str(root))
-    if count is not None and not 1 <= count <= MAX_IMAGES:
-        raise InputError(f"--images must be between 1 and {MAX_IMAGES}, got {count}")
+    if count is not None and not 1 <= count <= MAX_LOADED_IMAGES:
+        raise InputError(f"--images must be between 1 and {MAX_LOADED_IMAGES}, got {count}")
     base = root / f"sparse-images-{neurons}.tsv"
     path = _existing(base)
     if path is None:
         raise InputError(f"image file missing: {base}[.gz]")
     if count is None:
-        limits = (MAX_IMAGES, neurons)
-        hint = f" (at most {MAX_IMAGES} images are read whole; --images K reads the first K)"
+        limits = (MAX_LOADED_IMAGES, neurons)
+        hint = f" (at most {MAX_LOADED_IMAGES} images are read whole; --images K reads the first K)"
     else:
         limits, hint = (MAX_IMAGE_ID, neurons), ""
     rows, cols, vals, seen = _read_triples(path, limits, np.dtype(dtype), hint, count)

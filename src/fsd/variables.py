@@ -1,0 +1,105 @@
+"""Every variable the runtime reads, assembled from what each part declares: the transports
+(:func:`fsd.channels.variables`), the model store (:attr:`fsd.store.StoreConfig.VARIABLES`), the
+platforms (:attr:`fsd.launch.LauncherOptions.VARIABLES` and ``SECRETS``) and what they all share
+(:data:`COMMON`). Nothing here is listed by hand twice: the secret files a function maps onto
+variables (:data:`SECRET_VARS`, :func:`function_env`), the names whose values no message repeats
+(:data:`SECRET_NAMES`) and docs/configuration.md (:mod:`fsd.configdoc`) follow from them.
+
+OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``
+(:data:`fsd.settings.SECRETS_DIR`); :func:`function_env` maps them onto the same variables the
+CLI reads, so one code path configures both (``FSD_SECRETS_DIR`` moves the folder, for tests and
+the local stack, and the operator mounts its own copies there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from fsd import channels, launch
+from fsd.settings import SECRETS_DIR, Variable, secrets_dir
+from fsd.store import StoreConfig
+
+COMMON = (
+    Variable(
+        "FSD_RUN_KEY",
+        "deployment secret that authenticates frames and invocations (at least 32 "
+        "characters; fsd run makes its own per run)",
+        secret=True,
+        secret_file="fsd-run-key",
+    ),
+    Variable(
+        "FSD_SECRETS_DIR",
+        "where the secret files are mounted (functions, the operator)",
+        default=SECRETS_DIR,
+    ),
+)
+"""What every component shares, whatever its transport or platform."""
+
+CLIENTS = (
+    Variable(
+        "OPENFAAS_PASSWORD",
+        "fsd invoke: the gateway's basic-auth password (or --password-file)",
+        secret=True,
+    ),
+)
+"""The clients' own secrets (``fsd invoke``): scrubbed from every message like the rest."""
+
+
+def platform_variables() -> tuple[Variable, ...]:
+    """The platforms' variables (their options' ``VARIABLES`` and ``SECRETS``)."""
+    found: dict[str, Variable] = {}
+    for kind in launch.PLATFORMS:
+        options = launch.platform(kind).Options
+        files = {var: name for name, var in options.SECRETS.items()}
+        for name, meaning in options.VARIABLES.items():
+            found.setdefault(
+                name,
+                Variable(name, meaning, secret=name in files, secret_file=files.get(name, "")),
+            )
+        for var, name in files.items():
+            found.setdefault(
+                var, Variable(var, f"the {name} secret", secret=True, secret_file=name)
+            )
+    return tuple(found.values())
+
+
+def runtime_variables() -> tuple[Variable, ...]:
+    """Every variable the runtime's parts declare, each once (the first declaration wins)."""
+    found: dict[str, Variable] = {}
+    parts: Iterable[Variable] = (
+        *COMMON,
+        *channels.variables(),
+        *StoreConfig.VARIABLES,
+        *platform_variables(),
+        *CLIENTS,
+    )
+    for var in parts:
+        found.setdefault(var.name, var)
+    return tuple(found.values())
+
+
+VARIABLES = runtime_variables()
+
+SECRET_VARS: Mapping[str, str] = {v.secret_file: v.name for v in VARIABLES if v.secret_file}
+"""Secret file name -> the variable it sets."""
+
+PATH_FILES: Mapping[str, str] = {v.path_file: v.name for v in VARIABLES if v.path_file}
+"""Mounted file name -> the variable that takes its path (a NATS .creds file)."""
+
+SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
+"""Variables whose values no message repeats: the secret files' and the clients' own."""
+
+
+def function_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with every mounted secret filled in (secrets win over variables): what an
+    entry point (a function, the operator, a Lambda handler) parses its configuration from."""
+    env = dict(environ)
+    folder = secrets_dir(env)
+    for name, var in SECRET_VARS.items():
+        path = folder / name
+        if path.is_file():
+            env[var] = path.read_text().strip()
+    for name, var in PATH_FILES.items():
+        if (folder / name).is_file():
+            env[var] = str(folder / name)
+    return env
