@@ -41,8 +41,8 @@ def _measure(data: Path, runs: int, stub_mac: bool) -> list[float]:
     from fsd.channels import ChannelConfig
     from fsd.channels.nats import NatsOptions
     from fsd.coordinator import RunConfig, infer, prepare
+    from fsd.embedded.nats import NatsServer
     from fsd.model import load_images, load_network
-    from fsd.services import NatsServer
 
     if stub_mac:
         from fsd import wire

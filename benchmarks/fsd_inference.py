@@ -26,10 +26,10 @@ model in github.com/Joe-Oakley/FSD-Inference-ICDE-2024 (commit 060ed05):
   receiver LISTs its prefix, sleeps ``S3_LIST_SLEEP_TIME = 0.1`` s after every LIST (the last one
   included), until every source has a file, then GETs the ``.dat`` files.
 
-Prices are fsd's (:data:`fsd.cost.PRICES`, us-east-1) so only the schemes differ, not the price
-lists (the spreadsheet used $0.0053 / $0.00042 per 1,000 S3 PUT / GET, London's prices). DynamoDB
-is not in fsd.cost; its on-demand prices are below. What this module assumes rather than reads
-from the code or the price pages is marked ASSUMPTION.
+Prices are fsd's (:func:`fsd.cost.declared_prices`, us-east-1) so only the schemes differ, not
+the price lists (the spreadsheet used $0.0053 / $0.00042 per 1,000 S3 PUT / GET, London's prices).
+DynamoDB is not in fsd.cost; its on-demand prices are below. What this module assumes rather
+than reads from the code or the price pages is marked ASSUMPTION.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fsd.cost import PRICES, Prices
+from fsd.cost import Prices, declared_prices
 from fsd.errors import InputError
 
 #: DynamoDB on-demand, us-east-1, Standard table class, after the 2024-11-01 price cut: $0.625 per
@@ -126,8 +126,8 @@ class Bill:
 
 def _lambda(invocations: int, gb_seconds: float, prices: Prices) -> dict[str, float]:
     return {
-        "lambda_request": invocations * prices.lambda_request,
-        "lambda_gb_second": gb_seconds * prices.lambda_gb_second,
+        "lambda_request": invocations * prices.rate("lambda_request"),
+        "lambda_gb_second": gb_seconds * prices.rate("lambda_gb_second"),
     }
 
 
@@ -136,7 +136,7 @@ def queue_scheme(
     invocations: int,
     gb_seconds: float,
     messages_per_poll: float = BATCH_ENTRIES,
-    prices: Prices = PRICES,
+    prices: Prices | None = None,
 ) -> Bill:
     """SNS + SQS with DynamoDB flags (FSD-Inf-Queue), for ``t``'s traffic at this run's Lambda use.
 
@@ -147,7 +147,7 @@ def queue_scheme(
     6,774 / 4,318 = 1.57); one DeleteMessageBatch per poll; each slot with sources makes one
     DynamoDB Query per poll plus a last one that finds its sources complete. Deliveries to the
     queues are billed as fsd.cost bills its sns channel's (the SQS send of each publish's 64 KB
-    units, priced as ``Prices.sns_delivery``: AWS charges nothing to deliver to SQS), so both sides
+    units, priced as ``sns_delivery``: AWS charges nothing to deliver to SQS), so both sides
     count them alike; nor is SNS data billed (attribute filter policies are free). The
     end-of-batch synchronisation (one publish and poll per worker) is left out, as fsd's own
     result messages are.
@@ -167,6 +167,7 @@ def queue_scheme(
     queries = polls + t.expecting_slots
     read_units = queries * QUERY_READ_UNITS
     sqs = receive_units + deletes
+    prices = prices if prices is not None else declared_prices()
     bill = Bill("fsd-inference queue (SNS + SQS + DynamoDB flags)")
     bill.requests = {
         "sns_publish": publish_units,
@@ -177,9 +178,9 @@ def queue_scheme(
         "lambda_request": invocations,
     }
     bill.items = {
-        "sns_publish": publish_units * prices.sns_publish,
-        "sns_delivery": deliveries * prices.sns_delivery,
-        "sqs_request": sqs * prices.sqs_request,
+        "sns_publish": publish_units * prices.rate("sns_publish"),
+        "sns_delivery": deliveries * prices.rate("sns_delivery"),
+        "sqs_request": sqs * prices.rate("sqs_request"),
         "dynamodb_write": t.flags * DYNAMODB_WRITE_PER_MILLION / 1e6,
         "dynamodb_read": read_units * DYNAMODB_READ_PER_MILLION / 1e6,
         **_lambda(invocations, gb_seconds, prices),
@@ -187,9 +188,9 @@ def queue_scheme(
     # the spreadsheet: P = ceil((S / Q) / 64000) * Q publishes, S * $0.09 / 1e9, T polls, Lambda
     per_batch = math.ceil(t.bytes / batches / 64000) if batches else 0
     bill.published = {
-        "sns_publish": per_batch * batches * prices.sns_publish,
+        "sns_publish": per_batch * batches * prices.rate("sns_publish"),
         "sns_data": t.bytes * SPREADSHEET_SNS_DATA_PER_GB / 1e9,
-        "sqs_request": polls * prices.sqs_request,
+        "sqs_request": polls * prices.rate("sqs_request"),
         **_lambda(invocations, gb_seconds, prices),
     }
     return bill
@@ -221,7 +222,7 @@ def object_scheme(
     gb_seconds: float,
     memory_mb: int,
     interval: float = LIST_INTERVAL,
-    prices: Prices = PRICES,
+    prices: Prices | None = None,
 ) -> Bill:
     """S3 with LIST polling (FSD-Inf-Object), for ``t``'s traffic at this run's Lambda use.
 
@@ -237,6 +238,7 @@ def object_scheme(
     lists, slept = list_polls(waits, interval)
     extra_seconds = max(0.0, slept - math.fsum(waits))
     puts, gets = t.messages + t.flags, t.messages
+    prices = prices if prices is not None else declared_prices()
     bill = Bill(f"fsd-inference object (S3, LIST every {interval:g} s)")
     bill.requests = {
         "s3_put": puts,
@@ -245,11 +247,11 @@ def object_scheme(
         "lambda_request": invocations,
     }
     bill.items = {
-        "s3_put": puts * prices.s3_put,
-        "s3_list": lists * prices.s3_put,
-        "s3_get": gets * prices.s3_get,
+        "s3_put": puts * prices.rate("s3_put"),
+        "s3_list": lists * prices.rate("s3_put"),
+        "s3_get": gets * prices.rate("s3_get"),
         **_lambda(invocations, gb_seconds, prices),
-        "lambda_poll_sleep": extra_seconds * memory_mb / 1024 * prices.lambda_gb_second,
+        "lambda_poll_sleep": extra_seconds * memory_mb / 1024 * prices.rate("lambda_gb_second"),
     }
     bill.published = dict(bill.items)  # the spreadsheet counts all of these (runtime as measured)
     return bill

@@ -189,7 +189,8 @@ def priced(data: Mapping[str, Any], lambda_mb: int) -> dict[str, float]:
         raise ValueError("the run reported no cost")
     billing = transport(str(data["channel"])).BILLING
     ops = {str(k): v for k, v in data["requests"].items()}
-    gb_seconds = own["breakdown"].get("lambda_gb_second", 0.0) / cost.PRICES.lambda_gb_second
+    per_gb_second = cost.declared_prices().rate("lambda_gb_second")
+    gb_seconds = own["breakdown"].get("lambda_gb_second", 0.0) / per_gb_second
     function_seconds = gb_seconds * 1024 / RunConfig().memory_mb
     invocations = int(own["requests"].get("lambda_request", 0))
     channel = cost.estimate(billing, ops)

@@ -31,7 +31,7 @@ import fsd_inference
 from fsd import reference
 from fsd.channels import CHANNELS, ChannelConfig
 from fsd.coordinator import Prepared, RunConfig, serve
-from fsd.cost import PRICES
+from fsd.cost import declared_prices
 from fsd.metrics import RunResult
 from fsd.model import Images, Network, load_images, load_network
 from fsd.partition import PARTITIONERS, Plan, make_plan
@@ -167,7 +167,7 @@ def fsd_inference_bills(
     if len(waits) != counts.expecting_slots:  # no per-layer times: assume no waiting
         waits = [0.0] * counts.expecting_slots
     breakdown = result.cost.breakdown if result.cost is not None else {}
-    gb_seconds = breakdown.get("lambda_gb_second", 0.0) / PRICES.lambda_gb_second
+    gb_seconds = breakdown.get("lambda_gb_second", 0.0) / declared_prices().rate("lambda_gb_second")
     invocations = result.workers + 1
     objects = fsd_inference.object_scheme(counts, waits, invocations, gb_seconds, memory_mb)
     return {

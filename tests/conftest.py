@@ -9,8 +9,10 @@ from types import MappingProxyType
 
 import pytest
 
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.model import Images, Network, load_images, load_network
-from fsd.services import MotoServer, NatsServer, S3Server
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "graphchallenge"
 

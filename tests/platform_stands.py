@@ -37,13 +37,16 @@ from fsd import auth, reference
 from fsd.channels import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.coordinator import Prepared, RunConfig, prepare, prepare_stored
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.launch import LauncherOptions
 from fsd.launch.knative import KnativeOptions
 from fsd.launch.lambda_ import LambdaOptions
 from fsd.launch.openfaas import OpenFaaSOptions
 from fsd.localstack import ROOT, FunctionServer
 from fsd.model.generate import generate
-from fsd.services import MotoServer, NatsServer, S3Server, pick_ports
+from fsd.services import pick_ports
 from fsd.store import ModelStore, StoreConfig
 from fsd.task import ModelRef
 from lambda_standin import REGION, Function, LambdaStandIn, OnFailure, environment

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -129,11 +130,19 @@ def test_three_runs_at_once_without_cross_talk(config: ChannelConfig) -> None:
 def test_exact_truth_through_the_channel(
     config: ChannelConfig, shared_net: Network, shared_images: Images, workers: int
 ) -> None:
+    """2 workers: all 120 layers against the challenge's truth. 8 workers (7 peers a layer,
+    not 1; nothing in a transport depends on the layer's number): the first 30 layers against
+    the reference, a quarter of the minute a run over sqs or sns takes."""
+    net = shared_net if workers == 2 else shared_net.truncated(30)
     cfg = RunConfig(
         workers=workers, partition="min-comm", channel=config.kind, channel_config=config
     )
-    result = run(shared_net, shared_images.matrix, cfg)
-    assert result.categories.tolist() == shared_images.truth[120].tolist()
+    result = run(net, shared_images.matrix, cfg)
+    if workers == 2:
+        assert result.categories.tolist() == shared_images.truth[120].tolist()
+    else:
+        expected = reference.categories(reference.infer(net, shared_images.matrix))
+        assert result.categories.tolist() == expected.tolist()
 
 
 def test_exact_truth_with_replicas(config: ChannelConfig) -> None:
@@ -199,7 +208,9 @@ def test_a_forged_frame_is_rejected_and_the_genuine_one_still_wins(
     ):
         mallory._transmit([(slot, forged)])  # straight onto the transport, as an attacker would
         mallory.flush()
-        assert b.collect(wire.Kind.ACT, 5, [0], timeout=1.0) == {}
+        deadline = time.monotonic() + 10
+        while b.stats.rejected == 0 and time.monotonic() < deadline:  # until b was shown it
+            assert b.collect(wire.Kind.ACT, 5, [0], timeout=0.05) == {}
         assert b.stats.rejected == 1
         a.send(genuine)
         assert b.expect(wire.Kind.ACT, 5, [0], timeout=5)[0] == genuine

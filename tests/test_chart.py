@@ -575,16 +575,19 @@ def _env_lookups(path: Path) -> set[str]:
 
 
 def operator_reads() -> set[str]:
-    """The FSD_* variables the operator reads: the names in config.py's docstring table (its
-    documented settings) that the code also looks up: OperatorConfig.from_env itself, the S3
-    settings it takes from fsd.channels.settings.channel_config (read by the s3 transport's own
-    ``settings``), and FSD_SECRETS_DIR, read by
-    fsd.settings.function_env, through which from_env goes."""
-    documented = set(
-        re.findall(
-            r"``(FSD_[A-Z0-9_]+)``", ast.get_docstring(ast.parse(OPERATOR_CONFIG.read_text())) or ""
-        )
-    )
+    """The FSD_* variables the operator reads: those its declarations list (docs/configuration.md:
+    the operator's, each operator platform's, the model store's and the shared ones) that the
+    code also looks up: OperatorConfig.from_env itself, each platform's own operator settings,
+    the S3 settings read by fsd.store (the s3 transport's variables), and FSD_SECRETS_DIR, read
+    by fsd.settings.secrets_dir, through which from_env goes."""
+    from fsd import configdoc
+
+    documented = {
+        v.name
+        for part in configdoc.components()
+        if part.short in {"operator", "store", "all"}
+        for v in part.variables
+    }
     looked_up = (
         _env_lookups(OPERATOR_CONFIG) | _env_lookups(CHANNEL_SETTINGS) | _env_lookups(S3_TRANSPORT)
     )

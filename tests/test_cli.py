@@ -28,13 +28,15 @@ from fsd import cli, settings
 from fsd.channels import CHANNELS, REMOTE_CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.cli import main
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.errors import InputError
 from fsd.localstack import ROOT, LocalStack
 from fsd.model import Images
 from fsd.model.generate import generate
 from fsd.model.network import DTYPES
 from fsd.partition import PARTITIONERS
-from fsd.services import MotoServer, NatsServer, S3Server
 from listeners import OPENER
 
 JSON_KEYS = {
@@ -851,10 +853,11 @@ def test_invoke_bounds_an_answer_that_trickles() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         thread = threading.Thread(target=serve, args=(listener,), daemon=True)
         thread.start()
-        target = invoke.Gateway(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        target = invoke.Target(f"{url}/function/coordinator", f"{url} function coordinator")
         try:
-            with pytest.raises(invoke.GatewayError, match=r"no answer from .* within 1 s"):
-                invoke.invoke(target, "coordinator", b"{}", wait=1.0)
+            with pytest.raises(invoke.InvokeError, match=r"no answer from .* within 1 s"):
+                invoke.invoke(target, b"{}", wait=1.0)
         finally:
             stop.set()
             thread.join(timeout=10)

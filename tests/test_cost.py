@@ -1,5 +1,5 @@
 """fsd.cost against hand-computed bills: each expected dollar figure is worked out by hand, with
-each transport's own declared billing (``Channel.BILLING``)."""
+each backend's own declared billing and prices (``BILLING``, ``PRICES``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ import math
 
 import pytest
 
-from fsd.channels import CHANNELS, transport
-from fsd.channels.base import units_64k
-from fsd.cost import PRICES, RATES, Cost, Prices, estimate, lambda_gb_seconds
+from fsd import launch
+from fsd.channels import CHANNELS, TRANSPORTS, transport
+from fsd.channels.base import Channel, units_64k
+from fsd.channels.local import LocalChannel
+from fsd.cost import (
+    AS_OF,
+    Cost,
+    Prices,
+    billed_gb_seconds,
+    declared_prices,
+    estimate,
+    function_billing,
+)
 from fsd.errors import InputError
+from fsd.launch.base import FUNCTION_USE, Launcher
 
 KIB = 1024
 
@@ -58,7 +69,46 @@ def test_billing_names_counted_operations_and_known_rates(kind: str) -> None:
     cls = transport(kind)
     assert set(cls.BILLING) <= set(cls.OPS), "billing for an operation the transport never counts"
     for items in cls.BILLING.values():
-        assert all(item in RATES for item, _ in items)
+        assert all(item in declared_prices().rates for item, _ in items)
+
+
+def _backends() -> list[type[Channel] | type[Launcher]]:
+    return [transport(k) for k in TRANSPORTS] + [launch.platform(k) for k in launch.PLATFORMS]
+
+
+def test_each_billed_item_is_priced_by_exactly_one_backend() -> None:
+    """The prices live with the backends that bill them: one price per item, so there is one
+    place to update each, and every item any backend bills has one."""
+    owners: dict[str, list[str]] = {}
+    for cls in _backends():
+        for item in cls.PRICES:
+            owners.setdefault(item, []).append(cls.__name__)
+    assert all(len(who) == 1 for who in owners.values()), owners
+    billed = {i for cls in _backends() for items in cls.BILLING.values() for i, _ in items}
+    assert billed <= set(owners)
+    assert set(declared_prices().rates) == set(owners)
+
+
+class ToyBilledChannel(LocalChannel):
+    """A transport outside fsd with a bill of its own: an operation, an item, its price."""
+
+    OPS = ("put",)
+    BILLING = {"put": (("toy_put", 2.0),)}
+    PRICES = {"toy_put": 0.25}
+
+
+def test_a_new_transport_brings_its_own_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One registry line: its item is priced at its own price, nothing in fsd.cost changes."""
+    monkeypatch.setitem(TRANSPORTS, "toy", f"{__name__}:ToyBilledChannel")  # type: ignore[index]
+    cost = estimate(transport("toy").BILLING, {"put": 3})
+    assert cost.breakdown == {"toy_put": approx(3 * 2.0 * 0.25)}
+    assert cost.requests == {"toy_put": 6}
+
+
+def test_functions_are_billed_by_a_platform_for_what_they_use() -> None:
+    billing = function_billing()
+    assert billing and set(billing) <= set(FUNCTION_USE)
+    assert any(launch.platform(k).BILLING is billing for k in launch.PLATFORMS)
 
 
 def test_a_misspelt_rate_is_refused() -> None:
@@ -195,11 +245,11 @@ def test_local_has_no_transport_cost() -> None:
     ],
 )
 def test_lambda_gb_seconds(seconds: list[float], memory_mb: int, gb_s: float) -> None:
-    assert lambda_gb_seconds(seconds, memory_mb) == approx(gb_s)
+    assert billed_gb_seconds(seconds, memory_mb) == approx(gb_s)
 
 
 def test_lambda_gb_seconds_accepts_any_iterable() -> None:
-    assert lambda_gb_seconds((s for s in [0.25, 0.25]), 2048) == approx(1.0)
+    assert billed_gb_seconds((s for s in [0.25, 0.25]), 2048) == approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -208,12 +258,12 @@ def test_lambda_gb_seconds_accepts_any_iterable() -> None:
 )
 def test_lambda_gb_seconds_rejects_bad_input(seconds: list[float], memory_mb: int) -> None:
     with pytest.raises(InputError):
-        lambda_gb_seconds(seconds, memory_mb)
+        billed_gb_seconds(seconds, memory_mb)
 
 
 def test_lambda_prices() -> None:
     # AWS's own example: 3M invocations of 1 s at 512 MB = 1.5M GB-s (no free tier here)
-    gb_s = lambda_gb_seconds([1.0] * 3, 512) * 1_000_000
+    gb_s = billed_gb_seconds([1.0] * 3, 512) * 1_000_000
     cost = estimate({}, {}, invocations=3_000_000, gb_seconds=gb_s)
     assert cost.breakdown["lambda_gb_second"] == approx(1_500_000 * 0.0000166667)  # $25.00005
     assert cost.breakdown["lambda_request"] == approx(0.60)
@@ -250,15 +300,27 @@ def test_breakdown_sums_to_total() -> None:
 
 
 def test_custom_prices_are_used() -> None:
-    prices = dataclasses.replace(PRICES, s3_put=1.0 / 1e3, s3_get=0.5 / 1e3)
+    prices = declared_prices().replace(s3_put=1.0 / 1e3, s3_get=0.5 / 1e3)
     cost = estimate(transport("s3").BILLING, {"put": 2000, "get": 2000}, prices=prices)
     assert cost.total_usd == approx(2.0 + 1.0)
+    with pytest.raises(InputError, match="s3_puts"):
+        declared_prices().replace(s3_puts=1.0)
+
+
+@pytest.mark.parametrize("price", [math.nan, math.inf, -1.0, True])
+def test_bad_prices_are_refused(price: float) -> None:
+    with pytest.raises(InputError, match="s3_put"):
+        declared_prices().replace(s3_put=price)
 
 
 def test_prices_are_frozen() -> None:
+    prices = declared_prices()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        PRICES.sqs_request = 0.0  # type: ignore[misc]
-    assert isinstance(PRICES, Prices)
+        prices.as_of = ""  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        prices.rates["sqs_request"] = 0.0  # type: ignore[index]
+    assert isinstance(prices, Prices)
+    assert declared_prices().rate("sqs_request") == 0.40 / 1e6
 
 
 def test_to_json_rounds_to_nine_significant_digits_only_for_display() -> None:
@@ -267,7 +329,7 @@ def test_to_json_rounds_to_nine_significant_digits_only_for_display() -> None:
     assert set(out) == {"total_usd", "breakdown", "requests", "prices"}
     assert out["breakdown"] == {"x": 0.333333333}
     assert out["total_usd"] == 0.333333333
-    assert out["prices"] == f"aws us-east-1 list prices, {PRICES.as_of}"
+    assert out["prices"] == f"aws us-east-1 list prices, {AS_OF}"
     assert json.loads(json.dumps(out)) == out
 
 

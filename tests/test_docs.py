@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.services import NatsServer, S3Server
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

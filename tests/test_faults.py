@@ -1,7 +1,8 @@
 """Faults mid-run: the exact answer or a clear error in bounded time, and nothing left behind.
 
-Each test owns its server (the session ones stay untouched) and starts a real distributed
-inference. Servers are killed (SIGKILL, like a crash) from the coordinator's progress callback once
+Each test runs on a server of this module's own (the session ones stay untouched): one of its
+own if it kills it, else one the module's tests share, each leaving it empty. Each starts a real
+distributed inference. Servers are killed (SIGKILL, like a crash) from the coordinator's progress callback once
 the workers are past the first layers and come back on the same port with the same data; workers
 are killed or hung from inside. Whatever happened, the run's frames, objects and consumers are
 gone afterwards: a failed run cleans up like a successful one.
@@ -27,21 +28,42 @@ from fsd.channels import ChannelConfig
 from fsd.channels.nats import NatsOptions
 from fsd.channels.s3 import S3Options
 from fsd.coordinator import RunConfig, run
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.errors import FsdError, WorkerError
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server
 
 BOUND = 90.0  # seconds: a run through an outage must end (either way) well within this
 
 
 @pytest.fixture
 def own_nats() -> Iterator[NatsServer]:
+    """A server for one test that kills it."""
     with NatsServer() as server:
         yield server
 
 
 @pytest.fixture
 def own_s3() -> Iterator[S3Server]:
+    """A server for one test that kills it."""
+    server = S3Server().start(timeout=30.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def kept_nats() -> Iterator[NatsServer]:
+    """This module's own server for the tests that fail runs but leave the server up: each
+    ends by checking that nothing is left on it, so the next one starts from an empty one."""
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def kept_s3() -> Iterator[S3Server]:
+    """As :func:`kept_nats`, for S3."""
     server = S3Server().start(timeout=30.0)
     try:
         yield server
@@ -196,7 +218,7 @@ def test_a_failed_run_leaves_nothing_behind(
     shared_images: Images,
 ) -> None:
     """A worker killed mid-run, or one that hangs until the whole run times out."""
-    server = request.getfixturevalue(f"own_{kind}")
+    server = request.getfixturevalue(f"kept_{kind}")
     monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(victim, after=10, how=how))
     cfg = _config(kind, server)
     cfg.timeout = 6  # the whole run; a layer may wait longer, so a hang ends the run here
@@ -217,7 +239,7 @@ def test_a_failed_replica_ends_every_replica_and_leaves_nothing(
 ) -> None:
     """Two replicas of two partitions each (R = 2, P = 2): worker 1 of a replica dies; the run
     fails naming it, in bounded time, and neither replica's run leaves anything behind."""
-    server = request.getfixturevalue(f"own_{kind}")
+    server = request.getfixturevalue(f"kept_{kind}")
     monkeypatch.setattr(fsd.worker, "_assemble", _Sabotage(1, after=10, how="kill"))
     cfg = _config(kind, server)
     cfg.workers, cfg.partitions = 4, 2

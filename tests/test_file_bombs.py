@@ -214,16 +214,15 @@ def _npy_head(dtype: str, count: int) -> bytes:
 
 
 def test_a_sparse_cache_is_rebuilt_without_allocating_what_it_announces(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A cache whose row pointers announce 2**28 edges, then a hole where their columns would
     be: refused after one chunk (and the TSV read), not after allocating a gigabyte."""
-    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
     (root / f"neuron{BIG}").mkdir(parents=True)
     path = root / f"neuron{BIG}" / f"n{BIG}-l1.tsv"
     path.write_text("1\t2\t0.5\n")
-    cache = _cache_file([path])
+    cache = _cache_file([path], tmp_path / "cache")
     cache.parent.mkdir(parents=True)
     edges = 1 << 28
     indptr = _npy_head("<i8", BIG + 1) + np.linspace(0, edges, BIG + 1).astype("<i8").tobytes()
@@ -238,7 +237,7 @@ def test_a_sparse_cache_is_rebuilt_without_allocating_what_it_announces(
     assert cache.stat().st_size > 2 * edges and cache.stat().st_blocks * 512 < 8 << 20
     tracemalloc.start()
     try:
-        net = load_network(root)
+        net = load_network(root, cache_dir=tmp_path / "cache")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -306,7 +305,6 @@ def test_binary_layers_and_cache_are_checked_across_chunk_ends(
     from fsd.model.layers import LayerFolder, LayerWriter
 
     monkeypatch.setattr(layers, "CHUNK", 5)
-    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
     network = _random_net(64, 0.5)
     assert network.layers[1].indptr[1] > 11  # row 0 spans chunks 1 to 3
     with LayerWriter(tmp_path / "bin", 64, network.bias) as writer:
@@ -318,8 +316,8 @@ def test_binary_layers_and_cache_are_checked_across_chunk_ends(
         assert np.array_equal(got.indptr, w.indptr) and np.array_equal(got.indices, w.indices)
         assert np.array_equal(got.data, w.data)
     write_network(tmp_path / "tsv", network)
-    load_network(tmp_path / "tsv")  # writes the cache
-    warm = load_network(tmp_path / "tsv")  # reads it, 5 entries at a time
+    load_network(tmp_path / "tsv", cache_dir=tmp_path / "cache")  # writes the cache
+    warm = load_network(tmp_path / "tsv", cache_dir=tmp_path / "cache")  # 5 entries at a time
     assert all(abs(a - b).max() == 0 for a, b in zip(warm.layers, network.layers, strict=True))
     assert "unusable cache" not in caplog.text
     path = tmp_path / "bin" / layer_file(2)

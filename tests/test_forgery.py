@@ -30,8 +30,9 @@ from fsd.channels import COORDINATOR, ChannelConfig, open_channel
 from fsd.channels.nats import NatsOptions
 from fsd.channels.s3 import S3Options
 from fsd.coordinator import RunConfig, run
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.model import Images, Network
-from fsd.services import NatsServer, S3Server
 
 WORKERS = 4
 FIRST_FORGED_LAYER = 60

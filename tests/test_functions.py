@@ -23,11 +23,13 @@ import numpy as np
 import pytest
 
 from fsd import auth
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.functions import coordinator as coordinator_fn
 from fsd.localstack import ROOT, FunctionServer, LocalStack
 from fsd.model import Images, Network
 from fsd.model.generate import generate
-from fsd.services import NatsServer, S3Server, pick_ports
+from fsd.services import pick_ports
 from listeners import NATS_INFO, OPENER, Recorder, post
 from procs import start_prometheus
 from test_run import billed_mb

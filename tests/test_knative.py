@@ -29,6 +29,8 @@ import kopf
 import kubernetes  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.config import DEFAULT_SECRETS, OperatorConfig
 from fsd.k8s.handlers import reconcile, register
@@ -36,7 +38,6 @@ from fsd.k8s.knative import KnativeSettings, created, knative_service, service_s
 from fsd.k8s.platforms import Target
 from fsd.k8s.spec import parse_spec
 from fsd.model.generate import generate
-from fsd.services import NatsServer, S3Server
 from fsd.store import ModelStore
 from k8s_api import Cluster, add_login, wait_for
 from knative_standin import GROUP, PLURAL, VERSION, KnativeStandIn, _refused
@@ -62,7 +63,6 @@ def knative_config(s3: S3Server, **overrides: Any) -> OperatorConfig:
     settings: dict[str, Any] = {
         "store": store_config(s3),
         "secrets_dir": str(secrets_dir()),
-        "gateway_url": "http://127.0.0.1:1",  # no OpenFaaS here: never dialled
         "retry_seconds": 0.2,
         "refresh_seconds": REFRESH,
         "prometheus_url": "",

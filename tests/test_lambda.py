@@ -37,11 +37,13 @@ from fsd.aws import coordinator as aws_coordinator
 from fsd.aws import settings as aws_settings
 from fsd.aws import worker as aws_worker
 from fsd.channels import ChannelConfig
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.errors import FsdError, InputError
 from fsd.launch import make_launcher
 from fsd.launch.lambda_ import ASYNC_PAYLOAD_LIMIT, LambdaLauncher, LambdaOptions
 from fsd.model import Images, Network
-from fsd.services import MotoServer, NatsServer, S3Server
 from fsd.store import ModelStore, StoreConfig
 from fsd.task import ModelRef, WorkerTask
 from lambda_standin import REGION, Function, LambdaStandIn, OnFailure, environment

@@ -31,13 +31,10 @@ def test_shared_images_and_truth(shared_images: Images) -> None:
     assert shared_images.head(100).count == 100
 
 
-def test_cache_gives_the_same_network(
-    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path))
-    cold = load_network(shared_dir, layers=10)
+def test_cache_gives_the_same_network(shared_dir: Path, tmp_path: Path) -> None:
+    cold = load_network(shared_dir, layers=10, cache_dir=tmp_path)
     assert list(tmp_path.glob("net-*.npz"))
-    warm = load_network(shared_dir, layers=10)
+    warm = load_network(shared_dir, layers=10, cache_dir=tmp_path)
     for a, b in zip(cold.layers, warm.layers, strict=True):
         assert abs(a - b).max() == 0
 
@@ -201,20 +198,18 @@ def _unsorted(cache: Path) -> None:
 @pytest.mark.parametrize(
     "damage", [_garbage, _truncated, _forged_header, _not_finite, _column_out_of_range, _unsorted]
 )
-def test_unusable_cache_is_rebuilt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Callable[[Path], None]
-) -> None:
-    monkeypatch.setenv("FSD_CACHE_DIR", str(tmp_path / "cache"))
+def test_unusable_cache_is_rebuilt(tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    cache_dir = tmp_path / "cache"
     root = _tiny(tmp_path / "data")
     truth = load_network(root, cache=False)
-    load_network(root)
+    load_network(root, cache_dir=cache_dir)
     (cache,) = (tmp_path / "cache").glob("net-*.npz")
     damage(cache)
-    again = load_network(root)
+    again = load_network(root, cache_dir=cache_dir)
     for a, b in zip(truth.layers, again.layers, strict=True):
         assert a.shape == b.shape and abs(a - b).max() == 0
         assert np.array_equal(a.indices, b.indices)
-    assert load_network(root).depth == 3  # the rebuilt cache is good
+    assert load_network(root, cache_dir=cache_dir).depth == 3  # the rebuilt cache is good
 
 
 def test_weights_are_checked_in_the_engine_dtype(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from fsd import observe, plot
 from fsd.cli import main
 from fsd.cost import Cost
 from fsd.errors import ChannelTimeout, InputError, ModelNotFound, RunAborted, WorkerError
-from fsd.k8s.latency import last_latency, latency_query
+from fsd.k8s.openfaas_latency import last_latency, latency_query
 from fsd.metrics import LayerMetrics, RunResult
 from fsd.services import pick_ports
 from procs import Process as _Process
@@ -300,7 +300,7 @@ def test_push_to_unreachable_gateway_only_warns(caplog: pytest.LogCaptureFixture
 # What the OpenFaaS gateway exposes about the functions it proxies (openfaas/faas at 8d803bf:
 # gateway/metrics/metrics.go: histogram gateway_functions_seconds{function_name, code}; observed in
 # gateway/handlers/notifiers.go with function_name "<name>.<namespace>"), served next to fsd's
-# metrics so the real Prometheus scrapes it and evaluates fsd.k8s.latency's PromQL.
+# metrics so the real Prometheus scrapes it and evaluates fsd.k8s.openfaas_latency's PromQL.
 GATEWAY = CollectorRegistry()
 GATEWAY_SECONDS = Histogram(
     "gateway_functions_seconds", "Function time taken", ["function_name", "code"], registry=GATEWAY
@@ -490,7 +490,7 @@ def test_last_latency_none_without_recent_traffic(prometheus: int) -> None:
 
 def test_last_latency_unreachable_prometheus(caplog: pytest.LogCaptureFixture) -> None:
     (port,) = pick_ports(1)  # nothing listens there
-    with caplog.at_level(logging.DEBUG, logger="fsd.k8s.latency"):
+    with caplog.at_level(logging.DEBUG, logger="fsd.k8s.openfaas_latency"):
         found = last_latency(f"http://op:s3cret@127.0.0.1:{port}", "f", "ns", timeout=2)
     assert found is None
     assert "s3cret" not in caplog.text

@@ -41,19 +41,28 @@ import pytest
 import yaml
 from minio import Minio
 
+from fsd.embedded.s3 import S3Server
 from fsd.errors import InputError
 from fsd.k8s import GROUP, PLURAL, VERSION
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.config import DEFAULT_SECRETS, OperatorConfig
-from fsd.k8s.desired import function_deployments, function_resource, worker_scale
+from fsd.k8s.desired import worker_scale
 from fsd.k8s.errors import SourceError
-from fsd.k8s.functions import FUNCTION_GROUP, FUNCTION_PLURAL, FUNCTION_VERSION, merge_patch
+from fsd.k8s.functions import merge_patch
 from fsd.k8s.handlers import FINALIZER, register
 from fsd.k8s.names import function_name, store_name
+from fsd.k8s.openfaas import (
+    FUNCTION_GROUP,
+    FUNCTION_PLURAL,
+    FUNCTION_VERSION,
+    OpenFaaSSettings,
+    function_deployments,
+    function_resource,
+    openfaas_settings,
+)
 from fsd.k8s.spec import parse_spec
 from fsd.model import write_images, write_network
 from fsd.model.generate import generate
-from fsd.services import S3Server
 from fsd.store import ModelStore, StoreConfig
 from k8s_api import Cluster, add_login, kubeconfig, wait_for
 from k8s_gateway import CONFLICT, FakeGateway
@@ -166,19 +175,31 @@ def secrets_dir(values: dict[str, str] | None = None) -> Path:
 
 
 def operator_config(s3: S3Server, gateway_url: str, **overrides: Any) -> OperatorConfig:
-    settings: dict[str, Any] = {
-        "store": store_config(s3),
-        "secrets_dir": str(secrets_dir()),
+    """The operator's config; ``overrides`` naming an :class:`OpenFaaSSettings` field go there."""
+    own = {f.name for f in dataclasses.fields(OpenFaaSSettings)}
+    gateway: dict[str, Any] = {
         "gateway_url": gateway_url,
         "gateway_password": "secret",
         "gateway_timeout": 2.0,
+        **{k: v for k, v in overrides.items() if k in own},
+    }
+    settings: dict[str, Any] = {
+        "store": store_config(s3),
+        "secrets_dir": str(secrets_dir()),
         "retry_seconds": 0.2,
         "refresh_seconds": REFRESH,
         # what `fsd model push` put in the store (the `pushed` fixture), shared by the admin
         "shared": ModelAccess.parse("*/pushed-*"),
-        **overrides,
+        "platform_options": {"openfaas": OpenFaaSSettings(**gateway)},
+        **{k: v for k, v in overrides.items() if k not in own},
     }
     return OperatorConfig(**settings)
+
+
+def pro_mode(config: OperatorConfig) -> OperatorConfig:
+    """``config`` with OpenFaaS in Pro mode."""
+    pro = dataclasses.replace(openfaas_settings(config), mode="pro")
+    return dataclasses.replace(config, platform_options={"openfaas": pro})
 
 
 def upload(client: Minio, folder: Path) -> str:
@@ -742,7 +763,7 @@ def test_community_edition_replica_cap_holds_every_worker(
         }
     )
     ce = operator_config(s3_server, gateway.url)
-    pro = dataclasses.replace(ce, mode="pro")
+    pro = pro_mode(ce)
     kwargs: dict[str, Any] = {"name": "big", "namespace": "default", "spec": spec}
     for deployment in function_deployments(config=ce, store_model="m", **kwargs):
         labels = deployment["labels"]
@@ -849,7 +870,7 @@ def test_unable_to_fetch_secrets_is_temporary(
     s3_server: S3Server, gateway: FakeGateway, pushed: str
 ) -> None:
     """faas-netes' 400 'unable to fetch secrets' on deploy: Degraded, retried, never permanent."""
-    from fsd.k8s.openfaas import GatewayClient, GatewayError
+    from fsd.k8s.openfaas_gateway import GatewayClient, GatewayError
 
     client = GatewayClient(gateway.url, password="secret")
     spec = parse_spec({"source": {"model": pushed}, "workers": 2})
@@ -913,8 +934,8 @@ def test_scale_to_zero_uses_the_scale_zero_label_and_is_not_ready_at_zero(
 
 
 def test_scaled_to_zero_is_reported_as_such(s3_server: S3Server, gateway: FakeGateway) -> None:
-    from fsd.k8s.functions import readiness
-    from fsd.k8s.openfaas import GatewayClient
+    from fsd.k8s.openfaas import readiness
+    from fsd.k8s.openfaas_gateway import GatewayClient
 
     config = operator_config(s3_server, gateway.url, mode="pro")
     spec = parse_spec({"source": {"model": "m"}, "workers": 2, "scaling": {"min": 0}})
@@ -1134,7 +1155,7 @@ def test_worker_threads_cover_every_admitted_invocation(s3_server: S3Server) -> 
     """Finding 2: of-watchdog admits max_inflight workers that must all run at once, so index.py
     gets FSD_THREADS = max_inflight + 2; more workers than CE's replicas hold: a spec error."""
     ce = operator_config(s3_server, "http://127.0.0.1:1")
-    for config in (ce, dataclasses.replace(ce, mode="pro")):
+    for config in (ce, pro_mode(ce)):
         for workers in (2, 64, 1000):
             memory = {"memory": "64Gi"}  # 1000 workers on 5 replicas: 200 invocations each
             spec = parse_spec({"source": {"model": "m"}, "workers": workers, "resources": memory})
@@ -1251,7 +1272,7 @@ class _Trickle:
 
 def test_gateway_answers_are_bounded_in_size_and_time(gateway: FakeGateway) -> None:
     """Finding 6: a byte cap and a total deadline on every gateway answer."""
-    from fsd.k8s.openfaas import MAX_ANSWER, GatewayClient, GatewayError
+    from fsd.k8s.openfaas_gateway import MAX_ANSWER, GatewayClient, GatewayError
 
     gateway.adopt({"service": "f", "image": "i", "labels": {}})
     gateway.odd_status = {"name": "f", "image": "i", "labels": {"x": "y" * MAX_ANSWER}}
@@ -1271,8 +1292,8 @@ def test_gateway_answers_are_bounded_in_size_and_time(gateway: FakeGateway) -> N
 
 def test_secret_writes_hold_no_lock_across_calls(s3_server: S3Server, gateway: FakeGateway) -> None:
     """Finding 6: one object's stalled secret call does not stop another's."""
-    from fsd.k8s.openfaas import GatewayClient, GatewayError
-    from fsd.k8s.secrets import GatewaySecrets
+    from fsd.k8s.openfaas import GatewaySecrets
+    from fsd.k8s.openfaas_gateway import GatewayClient, GatewayError
 
     stalled = _Trickle(b"[]", pause=60)  # answers the list of secrets never
 
@@ -1314,7 +1335,7 @@ def test_an_odd_function_status_is_a_temporary_gateway_error(
     gateway: FakeGateway, odd: Any
 ) -> None:
     """Finding 7: the gateway's types are checked, never trusted into a ValueError or a crash."""
-    from fsd.k8s.openfaas import GatewayClient, GatewayError
+    from fsd.k8s.openfaas_gateway import GatewayClient, GatewayError
 
     gateway.adopt({"service": "f", "image": "i", "labels": {}})
     gateway.odd_status = odd
@@ -1330,7 +1351,7 @@ def test_fixable_refusals_are_temporary_as_faas_netes_words_them(
     newline): pkg/handlers/deploy.go ``fmt.Errorf("unable to fetch secrets: %s", err.Error())``
     over the API server's ``secrets "<name>" not found``, and CE's ``fmt.Errorf("unable to
     create function, maximum: %d", MaxFunctions)``; a 401 is a rotated password."""
-    from fsd.k8s.openfaas import GatewayClient, GatewayError, classify
+    from fsd.k8s.openfaas_gateway import GatewayClient, GatewayError, classify
     from k8s_gateway import FETCH_SECRETS, MAX_FUNCTIONS
 
     fetch = 'unable to fetch secrets: secrets "fsd-run-key" not found\n'

@@ -25,10 +25,10 @@ from fsd import auth, wire
 from fsd.channels import COORDINATOR, open_channel
 from fsd.channels.settings import channel_config
 from fsd.coordinator import split_inputs
+from fsd.embedded.s3 import S3Server
 from fsd.functions import worker as worker_fn
 from fsd.model import Images, Network
 from fsd.model.generate import generate
-from fsd.services import S3Server
 from fsd.store import STREAM_WINDOW, ModelStore, ShardCache, StoreConfig, split_window
 from fsd.task import ModelRef, WorkerTask
 from fsd.worker import LayerFeed

@@ -14,7 +14,7 @@ import pytest
 import fsd
 from fsd import cli
 from fsd.coordinator import RunConfig
-from fsd.cost import PRICES, lambda_gb_seconds
+from fsd.cost import billed_gb_seconds, declared_prices
 from fsd.model import Images
 from fsd.model.generate import generate
 from fsd.run import PLANNED, Folder, Job, Local, run
@@ -26,8 +26,9 @@ TINY = ["--neurons", "256", "--layers", "4", "--images", "20", "--workers", "2",
 def billed_mb(answer: dict[str, Any]) -> float:
     """The memory per function (MB) an answer's Lambda part was priced at: its GB-seconds
     over those its functions' seconds make at 1 GB."""
-    gb_seconds = answer["cost_usd"]["breakdown"]["lambda_gb_second"] / PRICES.lambda_gb_second
-    return float(1024 * gb_seconds / lambda_gb_seconds(answer["function_seconds"], 1024))
+    rate = declared_prices().rate("lambda_gb_second")
+    gb_seconds = answer["cost_usd"]["breakdown"]["lambda_gb_second"] / rate
+    return float(1024 * gb_seconds / billed_gb_seconds(answer["function_seconds"], 1024))
 
 
 @pytest.mark.parametrize(("flags", "mb"), [([], 1769), (["--memory-mb", "4096"], 4096)])

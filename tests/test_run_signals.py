@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import fsd
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.localstack import LocalStack
-from fsd.services import NatsServer, S3Server
 from proctree import alive, cmdline, descendants, require_proc
 from waiting import wait_for
 
@@ -141,10 +142,20 @@ def test_sigkill_of_the_local_stack_takes_its_functions_and_servers_along() -> N
     assert not stack_dir.exists()
 
 
-def _mailboxes() -> set[Path]:
+def _mailboxes(owner: int) -> set[Path]:
+    """The local channel's mailbox folders stamped by process ``owner`` (not another run's,
+    which a test running beside this one may make meanwhile)."""
     from fsd.channels.local import _default_root
+    from fsd.lifetime import OWNER_FILE
 
-    return set(Path(_default_root()).glob("fsd-mailbox-*"))
+    def owned(box: Path) -> bool:
+        try:
+            lines = (box / OWNER_FILE).read_text().splitlines()
+        except OSError:
+            return False
+        return any(line.split(" ")[0] == str(owner) for line in lines)
+
+    return {box for box in Path(_default_root()).glob("fsd-mailbox-*") if owned(box)}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -154,7 +165,6 @@ def test_a_local_run_leaves_no_mailbox_behind(sig: signal.Signals) -> None:
     from fsd.channels.local import LocalMailbox
 
     require_proc()
-    before = _mailboxes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fsd.cli", *RUN, "--channel", "local"],
         env={**os.environ, "PYTHONPATH": SRC},
@@ -167,7 +177,7 @@ def test_a_local_run_leaves_no_mailbox_behind(sig: signal.Signals) -> None:
     def mid_run() -> bool:
         assert proc.poll() is None, f"fsd run ended early: {proc.communicate()[1][-2000:]}"
         found["all"] = descendants(proc.pid)
-        found["boxes"] = _mailboxes() - before
+        found["boxes"] = _mailboxes(proc.pid)
         workers = [pid for pid in found["all"] if "fsd.cli" in cmdline(pid)]
         return len(workers) == 2 and len(found["boxes"]) == 1
 

@@ -30,8 +30,11 @@ from botocore.credentials import Credentials
 from minio.error import S3Error
 from nats.js.api import StorageType
 
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server, make_certificate
 from fsd.errors import ServiceError
-from fsd.services import MotoServer, NatsServer, S3Server, _make_certificate, find_binary
+from fsd.services import find_binary
 from proctree import cmdline, listening_ports, require_proc
 
 
@@ -165,7 +168,7 @@ def test_s3_put_get_and_wrong_secret_refused(s3_server: S3Server) -> None:
 
 
 def test_s3_restart_keeps_object_and_stop_frees_port(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="fsd.services")
+    caplog.set_level(logging.DEBUG, logger="fsd")
     server = S3Server().start()
     try:
         client = server.client()
@@ -292,7 +295,7 @@ def test_s3_server_serves_object_data_only_through_s3_with_the_keys(
     # gRPC, on TCP and on weed's unix sockets: mutual TLS with the per-start CA, nothing else
     tls = owner / "tls"
     own_cert = (tls / "tls.crt", tls / "tls.key")
-    foreign, foreign_key, _ = _make_certificate(tmp_path / "foreign")
+    foreign, foreign_key, _ = make_certificate(tmp_path / "foreign")
     for name, port in grpc.items():
         assert _grpc_answers(port, ca=tls / "ca.crt", cert=own_cert), name  # the probe works
         assert not _grpc_answers(port), name

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from fsd import invoke, settings, variables
+from fsd import invoke, invoke_openfaas, settings, variables
 from fsd.errors import InputError
 from fsd.functions.config import Limits, NotConfigured, platform
 from fsd.k8s import desired
 from fsd.k8s.config import OperatorConfig, refresh_seconds
-from fsd.k8s.openfaas import GatewayClient
+from fsd.k8s.openfaas import OpenFaaSSettings, openfaas_settings
+from fsd.k8s.openfaas_gateway import GatewayClient
 from fsd.task import WorkerTask
 
 STORE = {"FSD_S3_ENDPOINT": "http://s3.fsd:9000"}
@@ -164,11 +165,12 @@ def test_shared_defaults_are_one_value() -> None:
     # fsd invoke waits, for a request without timeout, as long as a coordinator may run one
     assert invoke.DEFAULT_WAIT_SECONDS == limits.max_timeout == settings.MAX_TIMEOUT
     user = settings.GATEWAY_USER
-    assert OperatorConfig.gateway_user == invoke.DEFAULT_USER == user
-    assert invoke.gateway(None, None, None, {}).user == user
-    assert OperatorConfig.gateway_timeout == settings.GATEWAY_TIMEOUT
+    assert OpenFaaSSettings.gateway_user == invoke_openfaas.DEFAULT_USER == user
+    assert invoke_openfaas.gateway(None, None, None, {}).user == user
+    assert OpenFaaSSettings.gateway_timeout == settings.GATEWAY_TIMEOUT
     assert OperatorConfig.nats_url == settings.NATS_URL
-    assert OperatorConfig.gateway_url == OperatorConfig.function_gateway_url == settings.GATEWAY_URL
+    gateway = OpenFaaSSettings.function_gateway_url
+    assert OpenFaaSSettings.gateway_url == gateway == settings.GATEWAY_URL
     assert OperatorConfig.secrets_dir == settings.SECRETS_DIR
     assert OperatorConfig.max_inflight == settings.MAX_INFLIGHT
 
@@ -185,8 +187,8 @@ def _defaults_of(function: Callable[..., object]) -> dict[str, object]:
 
 def test_gateway_client_defaults_are_the_operators() -> None:
     defaults = _defaults_of(GatewayClient.__init__)
-    assert defaults["user"] == OperatorConfig.gateway_user
-    assert defaults["timeout"] == OperatorConfig.gateway_timeout
+    assert defaults["user"] == OpenFaaSSettings.gateway_user
+    assert defaults["timeout"] == OpenFaaSSettings.gateway_timeout
 
 
 def test_blank_means_the_default_everywhere(tmp_path: Path) -> None:
@@ -206,7 +208,7 @@ def test_blank_means_the_default_everywhere(tmp_path: Path) -> None:
     }
     config = OperatorConfig.from_env({**STORE, **blank})
     assert config == OperatorConfig.from_env(STORE)
-    assert config.gateway_user == settings.GATEWAY_USER
+    assert openfaas_settings(config).gateway_user == settings.GATEWAY_USER
     assert config.secrets_dir == settings.SECRETS_DIR
     assert Limits.from_env({"FSD_FANOUT": " "}).fanout == config.fanout
     # the functions read their secret files from the same folder the operator keeps them in
@@ -252,47 +254,50 @@ def test_the_deployment_files_use_the_shared_defaults() -> None:
     assert f"    MaxValue: {settings.MAX_WORKERS}\n" in template
 
 
-def test_the_env_tables_show_the_defaults_the_code_uses() -> None:
-    """The tables in fsd.functions.config and fsd.k8s.config document the defaults; they are
-    the shared constants, so a change to one shows here rather than in a deployment."""
-    import re
+def test_the_declared_defaults_are_the_ones_the_code_uses() -> None:
+    """The declarations behind docs/configuration.md show the defaults the readers apply: the
+    shared constants, so a change to one shows here rather than in a deployment."""
+    from fsd import configdoc
 
-    from fsd.functions import config as functions_config
-    from fsd.k8s import config as k8s_config
+    def shown(component: str) -> dict[str, str]:
+        (part,) = [c for c in configdoc.components() if c.short == component]
+        return {v.name: v.default for v in part.variables}
 
-    doc = functions_config.__doc__ or ""
+    functions = shown("functions")
     limits = Limits.from_env({})  # nothing in front: no watchdog lowers a timeout
-    table = dict(re.findall(r"^``(FSD_[A-Z_]+)``\s+([0-9]+)\s", doc, re.M))
-    assert table == {
-        "FSD_MAX_WORKERS": str(limits.max_workers),
-        "FSD_MAX_IMAGES": str(limits.max_images),
-        "FSD_TIMEOUT": f"{limits.timeout:g}",
-        "FSD_MAX_TIMEOUT": f"{limits.max_timeout:g}",
-        "FSD_LAYER_TIMEOUT": f"{limits.layer_timeout:g}",
-        "FSD_FANOUT": str(limits.fanout),
-        "FSD_SHARD_CACHE": str(limits.shard_cache),
-    }
-    assert re.search(rf"^``FSD_LAUNCHER``\s+{settings.LAUNCHER}\s", doc, re.M)
-    doc = " ".join((k8s_config.__doc__ or "").split())  # table cells wrap
-    config = OperatorConfig.from_env(STORE)
     for name, value in [
-        ("FSD_OPENFAAS_URL", config.gateway_url),
-        ("FSD_GATEWAY_USER", config.gateway_user),
-        ("FSD_GATEWAY_TIMEOUT", f"{config.gateway_timeout:g}"),
-        ("FSD_FUNCTION_GATEWAY_URL", config.function_gateway_url),
+        ("FSD_MAX_WORKERS", str(limits.max_workers)),
+        ("FSD_MAX_IMAGES", str(limits.max_images)),
+        ("FSD_TIMEOUT", f"{limits.timeout:g}"),
+        ("FSD_MAX_TIMEOUT", f"{limits.max_timeout:g}"),
+        ("FSD_LAYER_TIMEOUT", f"{limits.layer_timeout:g}"),
+        ("FSD_FANOUT", str(limits.fanout)),
+        ("FSD_SHARD_CACHE", str(limits.shard_cache)),
+        ("FSD_LAUNCHER", platform({}).kind),
+    ]:
+        assert functions[name] == value, name
+    operator = shown("operator")
+    config = OperatorConfig.from_env(STORE)
+    gateway = openfaas_settings(config)
+    for name, value in [
+        ("FSD_OPENFAAS_URL", gateway.gateway_url),
+        ("FSD_GATEWAY_USER", gateway.gateway_user),
+        ("FSD_GATEWAY_TIMEOUT", f"{gateway.gateway_timeout:g}"),
+        ("FSD_FUNCTION_GATEWAY_URL", gateway.function_gateway_url),
         ("FSD_NATS_URL", config.nats_url),
-        ("FSD_S3_BUCKET", config.store.bucket),
-        ("FSD_SECRETS_DIR", config.secrets_dir),
+        ("FSD_CHANNELS", ",".join(config.channels)),
+        ("FSD_FUNCTION_SECRETS", ",".join(config.secrets)),
         ("FSD_PROMETHEUS_URL", config.prometheus_url),
         ("FSD_FANOUT", str(config.fanout)),
         ("FSD_MAX_INFLIGHT", str(config.max_inflight)),
         ("FSD_OPERATOR_RETRY_SECONDS", f"{config.retry_seconds:g}"),
         ("FSD_OPERATOR_REFRESH_SECONDS", f"{config.refresh_seconds:g}"),
         ("FSD_OPERATOR_MAX_SOURCE_MB", str(config.max_source_bytes // 2**20)),
+        ("FSD_PLATFORM", config.platform),
     ]:
-        row = doc[doc.index(f"``{name}``") :][:200]
-        found = re.search(r"\(default:? (?:``)?([^`;),]+)", row)
-        assert found and found.group(1) == value, (name, found and found.group(1), value)
+        assert operator[name] == value, name
+    assert shown("store")["FSD_S3_BUCKET"] == config.store.bucket
+    assert shown("all")["FSD_SECRETS_DIR"] == config.secrets_dir
 
 
 def test_mounted_s3_keys_stay_the_stores_own(tmp_path: Path) -> None:

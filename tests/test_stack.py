@@ -213,13 +213,13 @@ def test_watchdog_timeouts_consistent(stack: dict[str, Any], name: str) -> None:
 def test_timeouts_are_the_operators(stack: dict[str, Any], name: str) -> None:
     """stack.yml and the operator (fsd.k8s.desired) give a function the same timeout chain:
     one value each, not two that drift apart."""
-    from fsd.k8s import desired
+    from fsd.k8s import openfaas
     from fsd.k8s.config import OperatorConfig
     from fsd.k8s.spec import parse_spec
 
     model = yaml.safe_load((ROOT / "examples" / "inferencemodel-gc1024.yaml").read_text())
     config = OperatorConfig.from_env({"FSD_S3_ENDPOINT": "http://s3.fsd:9000"})
-    operator = desired.function_deployment(
+    operator = openfaas.function_deployment(
         name,
         name="gc1024",
         namespace="default",

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fsd.embedded.s3 import S3Server
 from fsd.errors import InputError, ModelFormatError, ModelNotFound
 from fsd.model.generate import generate
 from fsd.partition import make_plan
-from fsd.services import S3Server
 from fsd.shard import build_shards, shard_from_bytes, shard_to_bytes
 from fsd.store import MAX_MANIFEST, ModelStore, ShardCache, StoreConfig
 from fsd.task import ModelRef

@@ -39,12 +39,14 @@ from fsd.channels.sns import SnsChannel
 from fsd.channels.sqs import SqsChannel
 from fsd.coordinator import RunConfig, run
 from fsd.cost import estimate
+from fsd.embedded.aws import MotoServer
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.errors import ChannelError, InputError, WorkerError
 from fsd.localstack import ROOT
 from fsd.model import Images, Network
 from fsd.model.generate import generate
 from fsd.redact import redact
-from fsd.services import MotoServer, NatsServer, S3Server
 from fsd.store import ModelStore, StoreConfig
 from listeners import Recorder
 

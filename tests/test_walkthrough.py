@@ -48,8 +48,9 @@ from typing import Any, cast
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from fsd.k8s import GROUP, PLURAL, VERSION
-from fsd.services import NatsServer, S3Server
 from function_host import LocalFunctionHost
 from proctree import alive
 
@@ -482,7 +483,7 @@ def test_function_host_serves_deployed_functions(
     """A worker and a coordinator from the operator's own FunctionDeployments: served, invoked
     through the host, restarted on a change, removed, and no process left."""
     from fsd.k8s.config import OperatorConfig
-    from fsd.k8s.desired import function_deployments
+    from fsd.k8s.openfaas import function_deployments
     from fsd.k8s.spec import parse_spec
     from fsd.model.generate import generate
     from fsd.store import ModelStore, StoreConfig

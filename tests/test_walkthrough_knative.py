@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from fsd.services import NatsServer, S3Server
+from fsd.embedded.nats import NatsServer
+from fsd.embedded.s3 import S3Server
 from test_walkthrough import (
     DOC as KUBERNETES_DOC,
 )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 import pytest
 
-T = TypeVar("T")
 
-
-def wait_for(what: str, probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05
+) -> Any:
     """Poll ``probe`` until it returns something truthy and return that; fail naming ``what``
     (and the last answer) after ``timeout`` seconds: a bound that detects a hang, not a timing
     assertion."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import fsd
-from fsd import channels, invoke, lifetime, observe, planner, plot, settings
+from fsd import channels, invoke, launch, lifetime, observe, planner, plot, settings
 from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig
@@ -54,6 +54,24 @@ EXIT_USAGE = 2
 #: Bounds of numeric flags (sizes: see fsd.model.network); seeds are 32 bits.
 MAX_SEED = 2**32 - 1
 MAX_TIMEOUT = 86400.0
+
+
+VARIABLES = (
+    Variable(
+        "FSD_CACHE_DIR",
+        "where TSV models are cached in binary (an unusable cache is rebuilt)",
+        default="~/.cache/fsd",
+    ),
+    Variable("FSD_PUSHGATEWAY", "fsd run: a Prometheus Pushgateway to push each run's metrics to"),
+)
+"""The CLI's own variables (besides the transports', the store's and ``fsd invoke``'s): read
+here, in the command that uses them, and handed down as values."""
+
+
+def _cache_dir() -> Path | None:
+    """``FSD_CACHE_DIR`` (None: the default, :func:`fsd.model.tsv.default_cache_dir`)."""
+    folder = settings.text(os.environ, "FSD_CACHE_DIR")
+    return Path(folder) if folder else None
 
 
 def _scrubber() -> SecretFilter:
@@ -136,10 +154,17 @@ Exit codes: 0 correct, 1 wrong answer or failed run, 2 bad input (one line on st
 -v and --log-level go before or after the command.
 """
 
+
+def _transport_examples() -> list[str]:
+    """The ``fsd run`` lines the transports declare (``Channel.EXAMPLE``), in registry order."""
+    declared = (channels.transport(kind).EXAMPLE for kind in channels.TRANSPORTS)
+    return [example for example in declared if example]
+
+
 EPILOGS = {
-    "fsd": """\
+    "fsd": f"""\
 examples:
-  fsd run --workers 4 --channel nats
+  fsd run --workers 4 --channel {channels.REMOTE_CHANNELS[0]}
   fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
   fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
   fsd COMMAND --help    (a command's options and examples)
@@ -148,20 +173,11 @@ examples:
 examples:
   fsd run                                          (a generated 1024x120 network, 4 workers)
   fsd run --data ../shared/graphchallenge --workers 8 --partition min-comm
-  fsd run --data DIR --layers 30 --images 500 --channel s3 --json
-  FSD_NATS_URL=nats://nats:4222 fsd run --channel nats
-
 """
+    + "".join(f"  {example}\n" for example in _transport_examples())
+    + "\n"
     + channels.embedded_note(),
-    "invoke": """\
-examples:
-  fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
-  fsd invoke --function gc1024-default-coordinator --workers 4 --json
-  OPENFAAS_URL=https://gw.example.com fsd invoke --inference-model gc1024 --images 100
-
-The password of the gateway's basic auth comes from OPENFAAS_PASSWORD or --password-file,
-never from a flag. Flags given with --request replace the file's fields.
-""",
+    "invoke": invoke.client().EPILOG,  # the platform's: where its coordinators are
     "generate": """\
 examples:
   fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
@@ -327,21 +343,7 @@ def _parser() -> argparse.ArgumentParser:
         default="default",
         help="the InferenceModel's namespace (with --inference-model)",
     )
-    inv.add_argument(
-        "--gateway",
-        metavar="URL",
-        help=f"OpenFaaS gateway (default: env OPENFAAS_URL, else {invoke.DEFAULT_GATEWAY})",
-    )
-    inv.add_argument(
-        "--user",
-        help=f"gateway basic-auth user (default: env OPENFAAS_USER, else {invoke.DEFAULT_USER})",
-    )
-    inv.add_argument(
-        "--password-file",
-        type=Path,
-        metavar="FILE",
-        help="file holding the gateway password (default: env OPENFAAS_PASSWORD; none: no auth)",
-    )
+    invoke.client().add_arguments(inv)  # where the platform is, how to log in
     inv.add_argument(
         "--request", type=Path, metavar="FILE", help="request JSON as in docs/api.md ('-': stdin)"
     )
@@ -394,7 +396,7 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("--seed", type=_seed, default=0, help="seed of the random partitioners")
     part.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
-    model = command(sub, "model", "the model store (an S3 bucket) used by the functions")
+    model = command(sub, "model", "the model store (a bucket) used by the functions")
     verbs = model.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
     push = command(verbs, "push", "cut a model for worker counts and upload it")
     push.add_argument("data", type=Path, help="Graph Challenge folder (official layout)")
@@ -453,7 +455,7 @@ def _job(args: argparse.Namespace) -> Job:
             args.seed,
         )
         if args.data is None
-        else Folder(args.data, args.neurons, args.layers, args.images)
+        else Folder(args.data, args.neurons, args.layers, args.images, _cache_dir())
     )
     config = RunConfig(
         workers=args.workers,
@@ -503,11 +505,7 @@ def _report(data: dict[str, Any], as_json: bool) -> None:
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
     """One request to a deployed coordinator, everything checked before it is sent."""
-    target = invoke.gateway(args.gateway, args.user, args.password_file, os.environ)
-    if args.function is not None:
-        function = invoke.check_function_name(args.function)
-    else:
-        function = invoke.coordinator_function(args.inference_model, args.namespace)
+    target = invoke.client().target(args, os.environ)
     request = invoke.read_request(args.request) if args.request is not None else {}
     given = {
         "model": args.model,
@@ -524,7 +522,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     elif "images" not in request and "inputs" not in request:
         request["images"] = {"stored": True}
     body = invoke.check_request(request)
-    answer = invoke.invoke(target, function, body, invoke.wait_seconds(request))
+    answer = invoke.invoke(target, body, invoke.wait_seconds(request))
     _report(answer, args.json)
     return EXIT_WRONG if answer.get("correct") is False else 0
 
@@ -546,7 +544,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
-    network = load_network(args.data, args.neurons, args.layers)
+    network = load_network(args.data, args.neurons, args.layers, cache_dir=_cache_dir())
     check_workers(args.workers, network.neurons)
     report: dict[str, dict[str, Any]] = {}
     for method in PARTITIONERS:
@@ -585,7 +583,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         return 0
     store.prepare()  # an unreachable store fails now, not after the model is read and cut
     # a binary layer folder is cut layer by layer
-    model = open_model(args.data, args.neurons, args.layers, "float32")
+    model = open_model(args.data, args.neurons, args.layers, "float32", _cache_dir())
     for w in args.workers:
         check_workers(w, model.neurons)
     images = None if args.no_images else load_images(args.data, model.neurons)
@@ -596,8 +594,18 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 #: Libraries whose logs are their own story: at WARNING under -v (their DEBUG prints request
-#: headers and retries), ERROR otherwise; an explicit --log-level applies to them too.
-THIRD_PARTY_LOGGERS = ("asyncio", "boto3", "botocore", "minio", "nats", "s3transfer", "urllib3")
+#: headers and retries), ERROR otherwise; an explicit --log-level applies to them too. These
+#: are fsd's own; each backend declares its client library's (``LOGGERS``: :func:`_loggers`).
+THIRD_PARTY_LOGGERS = ("asyncio", "urllib3")
+
+
+def _loggers() -> list[str]:
+    """:data:`THIRD_PARTY_LOGGERS` and those every transport and platform declares."""
+    declared = [
+        *(channels.transport(kind).LOGGERS for kind in channels.TRANSPORTS),
+        *(launch.platform(kind).LOGGERS for kind in launch.PLATFORMS),
+    ]
+    return sorted({*THIRD_PARTY_LOGGERS, *(name for names in declared for name in names)})
 
 
 def _setup_logging(verbose: bool, log_level: str | None) -> None:
@@ -622,7 +630,7 @@ def _setup_logging(verbose: bool, log_level: str | None) -> None:
     level = logging.getLevelName(log_level or ("DEBUG" if verbose else "WARNING"))
     root.setLevel(level)
     libraries = logging.NOTSET if log_level else (logging.WARNING if verbose else logging.ERROR)
-    for name in THIRD_PARTY_LOGGERS:
+    for name in _loggers():
         logging.getLogger(name).setLevel(libraries)
 
 

@@ -58,7 +58,7 @@ class RunConfig:
     seed: int = 0
     timeout: float = settings.RUN_TIMEOUT  # the whole inference
     layer_timeout: float = settings.LAYER_TIMEOUT  # one layer's messages
-    # per function, for the Lambda part of the cost (1769 MB = 1 vCPU); fsd.run sets the budget
+    # per function, for the functions part of the cost (1769 MB = 1 vCPU); fsd.run sets the budget
     memory_mb: int = 1769
     platform: str = "local"  # where workers run: a name in fsd.launch.PLATFORMS
     platform_options: LauncherOptions | None = None  # its Options (None: its defaults)
@@ -668,7 +668,7 @@ def _summarise(
             transport(config.channel).BILLING,
             ops,
             invocations=partitions + 1,
-            gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
+            gb_seconds=cost.billed_gb_seconds(walls, config.memory_mb),
         ),
         function_seconds=walls,
         peak_rss_mb=peak / MIB,
@@ -754,7 +754,7 @@ def _merge(
             transport(config.channel).BILLING,
             ops,
             invocations=config.workers + 1,
-            gb_seconds=cost.lambda_gb_seconds(walls, config.memory_mb),
+            gb_seconds=cost.billed_gb_seconds(walls, config.memory_mb),
         ),
         worker_replies=replies,
         function_seconds=walls,

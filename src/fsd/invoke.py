@@ -1,14 +1,16 @@
-"""A client of a deployed coordinator function: one inference request through an OpenFaaS gateway.
+"""A client of a deployed coordinator function: one inference request to the coordinator's URL.
 
-The gateway routes ``POST <gateway>/function/<name>`` to the function and checks HTTP basic auth
-(user ``admin`` by default) when it has auth enabled; faas-cli reads the same ``OPENFAAS_URL``.
-The request is checked here exactly as the coordinator checks it (strict JSON, its schema)
-before anything is sent, and the answer is checked to be a run result before it is shown.
-Nothing here prints: :mod:`fsd.cli` does, with the same code as a local run.
+Where that URL is and how to log in is the platform's: its client module in :data:`PLATFORMS`
+makes ``fsd invoke``'s flags (:meth:`Client.add_arguments`) and, from them, the :class:`Target`
+(:meth:`Client.target`). The request is checked here exactly as the coordinator checks it (strict
+JSON, its schema) before anything is sent, and the answer is checked to be a run result before it
+is shown. Nothing here prints: :mod:`fsd.cli` does, with the same code as a local run.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import math
 import sys
@@ -16,8 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 import urllib3
 
@@ -28,28 +29,59 @@ from fsd.functions.coordinator import BULK, SCHEMA_PATH
 from fsd.functions.parse import load_json, problem
 from fsd.k8s import names
 from fsd.redact import redact_text
-from fsd.urls import shown
 
-DEFAULT_GATEWAY = settings.LOCAL_GATEWAY_URL
-DEFAULT_USER = settings.GATEWAY_USER
+PLATFORMS: Mapping[str, str] = {
+    "openfaas": "fsd.invoke_openfaas",
+}
+"""Platform -> the module of its :class:`Client`; ``fsd invoke`` goes through the first."""
 #: Largest request sent: the coordinator's default FSD_MAX_BODY_BYTES (docs/api.md).
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: Largest answer read (100 000 categories and 32 768 layers fit many times over).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
-#: Largest password file read.
-MAX_PASSWORD_BYTES = 4096
-#: Seconds to connect to the gateway, and added to the inference's bound for the gateway, a cold
-#: start and the answer's way back.
+#: Seconds to connect to the coordinator's URL, and added to the inference's bound for the
+#: platform's front door, a cold start and the answer's way back.
 CONNECT_SECONDS = 10.0
 MARGIN_SECONDS = 30.0
 #: Seconds an answer is waited for when the request sets no ``timeout``: the coordinator's
 #: default FSD_MAX_TIMEOUT (docs/api.md), which bounds whatever its own default is.
 DEFAULT_WAIT_SECONDS = settings.MAX_TIMEOUT
-_DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-class GatewayError(FsdError):
-    """The gateway or the function could not be reached, or failed (not the request's fault)."""
+class InvokeError(FsdError):
+    """The coordinator could not be reached, or failed (not the request's fault)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One coordinator as its platform's client found it: the URL a request is posted to, how
+    messages name it, the headers to send (its credentials: out of ``repr``), the one secret no
+    message may show, and what a refusal (401, 403) should add to its message."""
+
+    url: str
+    where: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret: str = field(default="", repr=False)
+    refused: str = ""
+
+
+class Client(Protocol):
+    """A platform's ``fsd invoke`` (a module of :data:`PLATFORMS`)."""
+
+    EPILOG: str
+    """The command's examples and notes for ``--help``."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The flags that say where the platform is and how to log in."""
+
+    def target(self, args: argparse.Namespace, env: Mapping[str, str]) -> Target:
+        """The coordinator ``args`` name (``--function`` or ``--inference-model``), checked;
+        one-line ``InputError`` for a bad flag or variable."""
+
+
+def client() -> Client:
+    """The client ``fsd invoke`` uses: the first of :data:`PLATFORMS`."""
+    module: Client = importlib.import_module(next(iter(PLATFORMS.values())))  # type: ignore[assignment]
+    return module
 
 
 def request_choices(name: str) -> tuple[str, ...]:
@@ -64,79 +96,7 @@ def coordinator_function(name: str, namespace: str) -> str:
     return names.function_name(name, namespace, "coordinator")
 
 
-def check_function_name(name: str) -> str:
-    """``name`` or ``name.namespace``: DNS-1123 labels, as OpenFaaS routes them."""
-    parts = name.split(".")
-    if len(parts) > 2 or not all(_is_label(p) for p in parts):
-        raise InputError(
-            f"function name {name[:80]!r} is not a DNS-1123 label (a-z, 0-9, '-', at most 63 "
-            "characters), optionally followed by .namespace"
-        )
-    return name
-
-
-def _is_label(text: str) -> bool:
-    return (
-        0 < len(text) <= 63 and set(text) <= _DNS_LABEL_CHARS and text[0] != "-" and text[-1] != "-"
-    )
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """Where the gateway is and how to log in; the password stays out of ``repr``."""
-
-    url: str
-    user: str = DEFAULT_USER
-    password: str = field(default="", repr=False)
-
-    def function_url(self, function: str) -> str:
-        return f"{self.url.rstrip('/')}/function/{check_function_name(function)}"
-
-
-def gateway(
-    url: str | None,
-    user: str | None,
-    password_file: Path | None,
-    env: Mapping[str, str],
-) -> Gateway:
-    """The gateway from flags, else ``OPENFAAS_URL``, ``OPENFAAS_USER``, ``OPENFAAS_PASSWORD``.
-
-    A password comes only from the environment or a file, never from a flag (shell history,
-    process listings); the URL carries none either.
-    """
-    source = "--gateway" if url else "OPENFAAS_URL"
-    address = url or settings.text(env, "OPENFAAS_URL", DEFAULT_GATEWAY)
-    _check_url(address, source)
-    name = user or settings.text(env, "OPENFAAS_USER", DEFAULT_USER)
-    if not name.isprintable() or ":" in name or len(name) > 256:
-        raise InputError("the gateway user must be printable, without ':', at most 256 characters")
-    if password_file is not None:
-        password = _read_password(password_file)
-    else:
-        password = settings.text(env, "OPENFAAS_PASSWORD")
-    return Gateway(address, name, password)
-
-
-def _check_url(address: str, source: str) -> None:
-    if any(not c.isprintable() or c.isspace() for c in address):
-        raise InputError(f"{source} has spaces or control characters: {shown(address)}")
-    try:
-        parts = urlsplit(address)
-        port = parts.port
-    except ValueError:
-        raise InputError(f"{source} is not a valid URL: {shown(address)}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        raise InputError(f"{source} must be http(s)://host[:port][/path]: {shown(address)}")
-    if "@" in parts.netloc:
-        raise InputError(
-            f"{source} must not hold credentials (use OPENFAAS_PASSWORD or --password-file): "
-            f"{shown(address)}"
-        )
-    if parts.query or parts.fragment:
-        raise InputError(f"{source} must not have a query or fragment: {shown(address)}")
-
-
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """At most ``limit`` bytes of ``path`` (``-``: standard input), or a one-line InputError."""
     try:
         if str(path) == "-":
@@ -151,21 +111,10 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
-def _read_password(path: Path) -> str:
-    what = f"the password file {path}"
-    try:
-        password = _read_bounded(path, MAX_PASSWORD_BYTES, what).decode().strip()
-    except UnicodeDecodeError:
-        raise InputError(f"{what} is not UTF-8 text") from None
-    if not password:
-        raise InputError(f"{what} is empty")
-    return password
-
-
 def read_request(path: Path) -> dict[str, Any]:
     """A request file (``-``: standard input) as strict JSON, an object within the size limit."""
     where = "standard input" if str(path) == "-" else str(path)
-    body = _read_bounded(path, MAX_REQUEST_BYTES, f"the request {where}")
+    body = read_bounded(path, MAX_REQUEST_BYTES, f"the request {where}")
     try:
         value = load_json(body)
     except InputError as exc:
@@ -194,20 +143,18 @@ def wait_seconds(request: Mapping[str, Any]) -> float:
     return bound + MARGIN_SECONDS
 
 
-def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str, Any]:
-    """POST ``body`` to ``function``; the answer when it is a run result, else an error:
-    InputError for what the caller can fix (4xx), GatewayError for the rest."""
-    url = target.function_url(function)
+def invoke(target: Target, body: bytes, wait: float) -> dict[str, Any]:
+    """POST ``body`` to the coordinator; the answer when it is a run result, else an error:
+    InputError for what the caller can fix (4xx), InvokeError for the rest."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if target.password:
-        headers.update(urllib3.make_headers(basic_auth=f"{target.user}:{target.password}"))
+    headers.update(target.headers)
     http = urllib3.PoolManager(retries=urllib3.Retry(total=0, redirect=0))
-    where = f"{shown(target.url)} function {function}"
+    where = target.where
     deadline = time.monotonic() + CONNECT_SECONDS + wait
     try:
         response = http.request(
             "POST",
-            url,
+            target.url,
             body=body,
             headers=headers,
             timeout=urllib3.Timeout(connect=CONNECT_SECONDS, read=wait),
@@ -219,18 +166,16 @@ def invoke(target: Gateway, function: str, body: bytes, wait: float) -> dict[str
         finally:
             response.release_conn()
     except (urllib3.exceptions.TimeoutError, TimeoutError):
-        raise GatewayError(f"no answer from {where} within {wait:g} s") from None
+        raise InvokeError(f"no answer from {where} within {wait:g} s") from None
     except urllib3.exceptions.HTTPError as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise GatewayError(
-            f"cannot reach {where}: {_scrub(str(reason), target.password)}"
-        ) from None
+        raise InvokeError(f"cannot reach {where}: {_scrub(str(reason), target.secret)}") from None
     finally:
         http.clear()
     if len(data) > MAX_REPLY_BYTES:
-        raise GatewayError(f"{where} answered more than {MAX_REPLY_BYTES} bytes")
+        raise InvokeError(f"{where} answered more than {MAX_REPLY_BYTES} bytes")
     if response.status != 200:
-        raise _failure(response.status, data, where, target)
+        raise _failure(response.status, data, target)
     return check_result(_json(data, where), where)
 
 
@@ -252,14 +197,14 @@ def _json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data, parse_constant=constant, parse_float=_finite_float)
     except _NotFinite:
-        raise GatewayError(f"{where} answered 200 with a non-finite number") from None
+        raise InvokeError(f"{where} answered 200 with a non-finite number") from None
     except (ValueError, RecursionError):
-        raise GatewayError(f"{where} answered 200 with a body that is not JSON") from None
+        raise InvokeError(f"{where} answered 200 with a body that is not JSON") from None
 
 
-def _failure(status: int, data: bytes, where: str, target: Gateway) -> FsdError:
+def _failure(status: int, data: bytes, target: Target) -> FsdError:
     """One line for an error answer: the coordinator's ``error: detail`` (docs/api.md), or the
-    start of the gateway's own text (its 401, 404 and 5xx are plain text)."""
+    start of the platform's own text (its 401, 404 and 5xx may be plain text)."""
     detail = ""
     try:
         reply = json.loads(data[:65536])
@@ -271,21 +216,18 @@ def _failure(status: int, data: bytes, where: str, target: Gateway) -> FsdError:
         pass
     if not detail:
         detail = data[:300].decode("utf-8", "replace").strip() or "(no body)"
-    message = f"{where} answered {status}: {_scrub(detail[:600], target.password)}"
+    message = f"{target.where} answered {status}: {_scrub(detail[:600], target.secret)}"
     if status in (401, 403):
-        return InputError(
-            f"{message} (the gateway refused user {target.user!r}: set OPENFAAS_PASSWORD "
-            "or --password-file)"
-        )
+        return InputError(f"{message} ({target.refused})" if target.refused else message)
     if 400 <= status < 500:  # bad request, unknown function or model, too large: fix the input
         return InputError(message)
-    return GatewayError(message)
+    return InvokeError(message)
 
 
-def _scrub(text: str, password: str) -> str:
-    """``text`` without URL userinfo and without this client's own password."""
+def _scrub(text: str, secret: str) -> str:
+    """``text`` without URL userinfo and without this client's own secret."""
     text = redact_text(text)
-    return text.replace(password, "***") if password else text
+    return text.replace(secret, "***") if secret else text
 
 
 #: A run result's fields the summary shows, with their JSON types (metrics.summary): numbers
@@ -314,24 +256,24 @@ RESULT_FIELDS: dict[str, tuple[type, ...]] = {
 
 def check_result(reply: Any, where: str) -> dict[str, Any]:
     """``reply`` when it has every field of a run result with its type and bounds, else
-    GatewayError."""
+    InvokeError."""
     if not isinstance(reply, dict):
-        raise GatewayError(f"{where} answered 200 with something that is not a run result")
+        raise InvokeError(f"{where} answered 200 with something that is not a run result")
     for key, kinds in RESULT_FIELDS.items():
         value = reply.get(key)
         if not isinstance(value, kinds) or isinstance(value, bool):
-            raise GatewayError(f"{where} answered 200 without a valid {key!r}: not a run result")
+            raise InvokeError(f"{where} answered 200 without a valid {key!r}: not a run result")
         if isinstance(value, int | float) and not _within(value, _HIGHEST.get(key, math.inf)):
-            raise GatewayError(f"{where} answered 200 without a valid {key!r}: {_shown(value)}")
+            raise InvokeError(f"{where} answered 200 without a valid {key!r}: {_shown(value)}")
         if isinstance(value, str) and len(value) > MAX_RESULT_TEXT:
-            raise GatewayError(
+            raise InvokeError(
                 f"{where} answered 200 without a valid {key!r}: over {MAX_RESULT_TEXT} characters"
             )
     if reply.get("correct") not in (True, False, None):
-        raise GatewayError(f"{where} answered 200 without a valid 'correct'")
+        raise InvokeError(f"{where} answered 200 without a valid 'correct'")
     against = reply.get("checked_against")
     if not (against is None or (isinstance(against, str) and len(against) <= MAX_RESULT_TEXT)):
-        raise GatewayError(f"{where} answered 200 without a valid 'checked_against'")
+        raise InvokeError(f"{where} answered 200 without a valid 'checked_against'")
     cost = reply.get("cost_usd")
     if cost is not None and not (
         isinstance(cost, dict)
@@ -339,7 +281,7 @@ def check_result(reply: Any, where: str) -> dict[str, Any]:
         and not isinstance(cost.get("total_usd"), bool)
         and _within(cost["total_usd"], math.inf)
     ):
-        raise GatewayError(f"{where} answered 200 without a valid 'cost_usd'")
+        raise InvokeError(f"{where} answered 200 without a valid 'cost_usd'")
     return reply
 
 

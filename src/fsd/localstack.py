@@ -1,7 +1,8 @@
 """The serverless stack on one machine: both functions served by the template's own index.py.
 
-``make functions-up`` (``python -m fsd.localstack``) starts an embedded nats-server and SeaweedFS
-S3 (unless ``FSD_NATS_URL`` / ``FSD_S3_ENDPOINT`` point at real ones), pushes a model, and serves
+``make functions-up`` (``python -m fsd.localstack``) starts the embedded servers of the model store
+and of the transports it serves (:func:`stack_channels`; unless the environment names
+real ones, as each backend reads it), pushes a model, and serves
 W worker function instances and one coordinator instance with ``template/fsd-python3-http/index.py``
 (what the container runs behind of-watchdog). The coordinator invokes workers over HTTP exactly as
 it invokes them through an OpenFaaS gateway, so ``curl --data @request.json`` runs a real
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -23,17 +25,28 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fsd import lifetime, settings
-from fsd.errors import ServiceError
+from fsd import lifetime, settings, store
+from fsd.channels import REMOTE_CHANNELS, configured, embedded, transport
+from fsd.channels.base import ChannelConfig
+from fsd.channels.settings import channel_config
+from fsd.errors import InputError, ServiceError
 from fsd.model import Images, Network
-from fsd.services import NatsServer, NotInstalled, S3Server, pick_ports, require
+from fsd.services import NotInstalled, pick_ports, require
 from fsd.store import ModelStore, StoreConfig
 
 log = logging.getLogger(__name__)
+
+
+def stack_channels() -> tuple[str, ...]:
+    """What the stack serves unless ``FSD_CHANNELS`` says: the transports that declare it
+    (:attr:`fsd.channels.Channel.STACK`)."""
+    return tuple(k for k in REMOTE_CHANNELS if transport(k).STACK)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX = ROOT / "template" / "fsd-python3-http" / "index.py"
@@ -98,8 +111,7 @@ class LocalStack:
         self.base_env = dict(os.environ if env is None else env)
         # stamped with its owner: a later stack removes it if we are killed before stop()
         self.dir = lifetime.make_workdir("fsd-stack-")
-        self.nats: NatsServer | None = None
-        self.s3: S3Server | None = None
+        self._servers = contextlib.ExitStack()  # the embedded servers started here
         self.worker_servers: list[FunctionServer] = []
         self.coordinator: FunctionServer | None = None
         self.env: dict[str, str] = {}
@@ -111,24 +123,24 @@ class LocalStack:
             p for p in (str(ROOT / "src"), self.base_env.get("PYTHONPATH", "")) if p
         )
         # the deployment secret, mounted as OpenFaaS would
-        if not settings.text(env, "FSD_RUN_KEY"):
+        if not settings.run_key(env).strip():
             key = Path(self.dir) / "fsd-run-key"
             key.touch(mode=0o600)
             key.write_text(secrets.token_hex(32))
         # the models the functions serve (FSD_MODELS): on one machine, every pushed one
         env.setdefault("FSD_MODELS", "*")
-        if not settings.text(env, "FSD_NATS_URL"):
-            self.nats = NatsServer().start()
-            env["FSD_NATS_URL"] = self.nats.url
-            env["FSD_NATS_TOKEN"] = self.nats.token
-        if not settings.text(env, "FSD_S3_ENDPOINT"):
-            self.s3 = S3Server().start(timeout=30.0)
-            env["FSD_S3_ENDPOINT"] = self.s3.endpoint
-            env["FSD_S3_ACCESS_KEY_ID"] = self.s3.access_key
-            env["FSD_S3_SECRET_ACCESS_KEY"] = self.s3.secret_key
-            env.setdefault("FSD_S3_BUCKET", self.s3.bucket)
+        # the model store first: a transport that reads the same variables then finds its server
+        kept = StoreConfig.from_env(env)
+        if not kept.endpoint:
+            started = self._servers.enter_context(store.embedded(kept))
+            _export(env, started.to_env(), started.secret_env())
+        for kind in stack_channels():
+            config = channel_config(kind, env=env)
+            if not configured(config):
+                reached: ChannelConfig = self._servers.enter_context(embedded(config))
+                _export(env, reached.to_env(), reached.secret_env())
         # the transports this stack runs: a request may choose only among them
-        env.setdefault("FSD_CHANNELS", "nats,s3")
+        env.setdefault("FSD_CHANNELS", ",".join(stack_channels()))
         ports = pick_ports(self.workers + 1)
         functions = ROOT / "functions"
         # workers know each other too: in a fan-out tree they invoke their children
@@ -166,9 +178,7 @@ class LocalStack:
     def stop(self) -> None:
         for server in [*self.worker_servers, *([self.coordinator] if self.coordinator else [])]:
             server.stop()
-        for svc in (self.nats, self.s3):
-            if svc is not None:
-                svc.stop()
+        self._servers.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
@@ -184,6 +194,29 @@ class LocalStack:
         self.stop()
 
 
+def _export(env: dict[str, str], plain: Mapping[str, str], secret: Mapping[str, str]) -> None:
+    """Hand a started server to the functions: its address and keys replace what ``env`` said,
+    a preference the user gave (a bucket) stays."""
+    for name, value in plain.items():
+        if name in env and name not in secret and settings.text(env, name):
+            continue  # the user's own choice
+        env[name] = value
+    env.update(secret)
+
+
+def servers_to_start(env: Mapping[str, str]) -> list[str]:
+    """The embedded servers (``module:function``) a stack would start with ``env``: the
+    transports' first, then the store's when no transport's server serves it too."""
+    specs = [
+        transport(kind).EMBEDDED
+        for kind in stack_channels()
+        if not configured(channel_config(kind, env=env))
+    ]
+    if not StoreConfig.from_env(env).endpoint:
+        specs.append(StoreConfig.EMBEDDED)
+    return list(dict.fromkeys(specs))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``make functions-up``: serve the stack until Ctrl-C."""
     parser = argparse.ArgumentParser(prog="fsd-localstack", description=__doc__)
@@ -193,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:  # before generating or loading anything: the servers this stack would start
-        for variable, server in (("FSD_NATS_URL", NatsServer), ("FSD_S3_ENDPOINT", S3Server)):
-            if not settings.text(os.environ, variable):
+        for spec in servers_to_start(os.environ):
+            server = getattr(importlib.import_module(spec.partition(":")[0]), "SERVER", None)
+            if server is not None:
                 require(server)
-    except NotInstalled as exc:
+    except (NotInstalled, InputError) as exc:
         sys.stderr.write(f"fsd-localstack: {exc}\n")
         return 2
     from fsd.model import load_images, load_network  # noqa: PLC0415

@@ -71,12 +71,14 @@ class Generated:
 @dataclass(frozen=True)
 class Folder:
     """A Graph Challenge folder (``--data``): a binary layer folder stays on disk, read one
-    layer at a time; a TSV folder is loaded (and cached)."""
+    layer at a time; a TSV folder is loaded (and cached in ``cache_dir``, the entry point's
+    ``FSD_CACHE_DIR``; None: :func:`fsd.model.tsv.default_cache_dir`)."""
 
     path: Path
     neurons: int | None = None  # None: the folder's
     layers: int | None = None  # None: every layer
     images: int | None = None  # the first K images (None: all)
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,18 @@ class Choice:
 
 
 def open_model(
-    data: Path, neurons: int | None, layers: int | None, dtype: str
+    data: Path,
+    neurons: int | None,
+    layers: int | None,
+    dtype: str,
+    cache_dir: Path | None = None,
 ) -> Network | LayerSource:
     """``data``'s model: a binary layer folder stays on disk (a source read one layer at a
-    time, never whole); a TSV folder is loaded (and cached)."""
+    time, never whole); a TSV folder is loaded (and cached in ``cache_dir``)."""
     folder, tsv_neurons = model_folder(data, neurons)
     if tsv_neurons is None:
         return open_layer_folder(folder, neurons, layers, dtype)
-    return load_network(data, neurons, layers, dtype=dtype)
+    return load_network(data, neurons, layers, dtype=dtype, cache_dir=cache_dir)
 
 
 def load(job: Job) -> Loaded:
@@ -177,7 +183,9 @@ def load(job: Job) -> Loaded:
         network = radix_net(model.neurons, model.layers, model.seed)
         return Loaded(synthetic_images(model.neurons, model.images, model.seed), network=network)
     if isinstance(model, Folder):
-        opened = open_model(model.path, model.neurons, model.layers, job.config.dtype)
+        opened = open_model(
+            model.path, model.neurons, model.layers, job.config.dtype, model.cache_dir
+        )
         images = load_images(model.path, opened.neurons, model.images, job.config.dtype)
         return Loaded(images, network=opened)
     if model.inline is not None:

@@ -15,7 +15,7 @@ from minio.deleteobjects import DeleteObject
 from fsd import settings
 from fsd.errors import InputError
 from fsd.settings import Variable
-from fsd.urls import check_s3_endpoint
+from fsd.urls import check_endpoint
 
 #: Where the S3 endpoint comes from when no flag names it, first found wins: fsd's own variable,
 #: then the AWS SDKs' service-specific and global ones, in the SDKs' own order
@@ -35,6 +35,9 @@ S3_VARIABLES = (
         "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true)",
         flag="--s3-endpoint",
         flag_help=S3_ENDPOINT_HELP.format("; none: embedded"),
+    ),
+    Variable(
+        "AWS_ENDPOINT_URL_S3", "the S3 endpoint as the AWS SDKs read it (else AWS_ENDPOINT_URL)"
     ),
     Variable(
         "FSD_S3_BUCKET",
@@ -84,7 +87,7 @@ def s3_endpoint(flag: str | None, env: Mapping[str, str]) -> str:
     """The endpoint a flag or the environment names, checked; ``""`` when none does."""
     source, endpoint = s3_endpoint_setting(flag, env)
     if endpoint:
-        check_s3_endpoint(endpoint, source)
+        check_endpoint(endpoint, source)
     return endpoint
 
 
@@ -129,6 +132,19 @@ class S3Keys(Protocol):
     def region(self) -> str: ...
 
 
+def s3_secret_env(keys: S3Keys) -> dict[str, str]:
+    """The variables that make :func:`s3_keys` read ``keys`` back (a local stack hands them to
+    its functions): the store's own, or the AWS SDKs' when there is a session token."""
+    if keys.session_token:
+        return {
+            "AWS_ACCESS_KEY_ID": keys.access_key,
+            "AWS_SECRET_ACCESS_KEY": keys.secret_key,
+            "AWS_SESSION_TOKEN": keys.session_token,
+        }
+    own = {"FSD_S3_ACCESS_KEY_ID": keys.access_key, "FSD_S3_SECRET_ACCESS_KEY": keys.secret_key}
+    return {k: v for k, v in own.items() if v}
+
+
 def minio_client(
     endpoint: str,
     keys: S3Keys,
@@ -142,7 +158,7 @@ def minio_client(
     """A minio client for ``endpoint``, and the endpoint as a loggable URL; ``error`` (the
     caller's: a transport's or the store's) for an endpoint that is not one."""
     try:
-        parts = check_s3_endpoint(endpoint, "s3 endpoint")
+        parts = check_endpoint(endpoint, "s3 endpoint")
     except InputError as exc:  # a config made without reading settings: refused all the same
         raise error(str(exc)) from None
     where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")

@@ -21,7 +21,12 @@ by hand, and its messages echo the raw input, secrets included. The runtime depe
 small and the rules stay here, in one page.
 
 Which variable means what, its default and whether it is a secret is declared next to the code
-that reads it (:class:`Variable`) and assembled in :mod:`fsd.variables`.
+that reads it (:class:`Variable`), assembled in :mod:`fsd.variables` and listed in
+docs/configuration.md.
+
+Only the entry points (:mod:`fsd.cli`, the functions, the Lambda handlers, the operator, the
+local stack) hand an environment to these readers: everything below them takes the typed objects
+they build (tests/test_config_once.py keeps it so).
 """
 
 from __future__ import annotations
@@ -290,6 +295,16 @@ def flag(
     raise error(f"{name} must be true or false, got {_shown(name, value)}")
 
 
+AWS_SDK_VARIABLES = (
+    Variable("AWS_DEFAULT_REGION", "the region when AWS_REGION is unset (as the AWS SDKs read it)"),
+    Variable(
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "true: ignore the AWS_ENDPOINT_URL* variables, as the AWS SDKs do",
+    ),
+)
+"""The AWS SDKs' own variables that :func:`aws_region` and :func:`aws_endpoints_ignored` read."""
+
+
 def aws_region(env: Mapping[str, str], default: str = REGION) -> str:
     """The region as the AWS SDKs read it: ``AWS_REGION``, then ``AWS_DEFAULT_REGION``."""
     return text(env, "AWS_REGION") or text(env, "AWS_DEFAULT_REGION") or default
@@ -299,6 +314,12 @@ def aws_endpoints_ignored(env: Mapping[str, str]) -> bool:
     """``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``: only ``true`` (any case) is true, as in the SDKs
     (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html)."""
     return text(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").lower() == "true"
+
+
+def run_key(env: Mapping[str, str]) -> str:
+    """``FSD_RUN_KEY`` as given, "" when unset: the one place it is read (every component
+    checks it with :func:`fsd.auth.load_secret`)."""
+    return env.get("FSD_RUN_KEY", "")
 
 
 def secrets_dir(env: Mapping[str, str]) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import io
 import json
 import logging
@@ -35,6 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +60,7 @@ from fsd.s3client import (
     s3_bucket,
     s3_endpoint,
     s3_keys,
+    s3_secret_env,
     why,
 )
 from fsd.settings import Variable
@@ -138,9 +141,27 @@ class StoreConfig:
             session_token=session_token,
         )
 
+    EMBEDDED: ClassVar[str] = "fsd.embedded.s3:store_server"
+    """``module:function`` of the server it can start on this machine (a context manager taking
+    and yielding a StoreConfig), outside the runtime's imports (:func:`embedded`)."""
+
     def to_env(self) -> dict[str, str]:
         """The variables (no secrets) a deployment reads this store back from."""
         return {"FSD_S3_ENDPOINT": self.endpoint, "FSD_S3_BUCKET": self.bucket}
+
+    def secret_env(self) -> dict[str, str]:
+        """The secret variables that complete :meth:`to_env`, only for a child process on this
+        machine that must reach the same store (a local stack's functions)."""
+        return s3_secret_env(self)
+
+
+def embedded(config: StoreConfig) -> AbstractContextManager[StoreConfig]:
+    """Start the store's own server on this machine (:attr:`StoreConfig.EMBEDDED`, in the
+    ``embedded`` extra) for as long as the context lasts; yields ``config`` pointing at it."""
+    module, _, name = config.EMBEDDED.partition(":")
+    start: Callable[[StoreConfig], AbstractContextManager[StoreConfig]]
+    start = getattr(importlib.import_module(module), name)
+    return start(config)
 
 
 @dataclass

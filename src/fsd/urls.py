@@ -1,21 +1,21 @@
 """Addresses from configuration, checked before any connection and shown without credentials.
 
 The CLI and the functions check them where they read them (:func:`fsd.channels.settings.
-channel_config`), the S3 client again where it connects, with the same rules: NATS URLs are
-``nats``, ``tls``, ``ws`` or ``wss`` (``host:port`` alone means ``nats://``) and may embed
-``user:password@``; an S3 endpoint is ``http(s)://host[:port]`` with no credentials (keys go in
-``AWS_*``) and no path. A bad address is an :class:`~fsd.errors.InputError` that shows scheme,
-host and port only.
+channel_config`), a client again where it connects, with the same rules. Each backend says what
+its addresses are (its schemes, the scheme ``host:port`` alone means, its default ports:
+:func:`server_urls`); an HTTP endpoint (:func:`check_endpoint`) is ``http(s)://host[:port]``
+with no credentials (keys go in ``AWS_*``) and no path. A bad address is an
+:class:`~fsd.errors.InputError` that shows scheme, host and port only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from urllib.parse import SplitResult, urlsplit
 
 from fsd.errors import InputError
 
-NATS_SCHEMES = ("nats", "tls", "ws", "wss")
-S3_SCHEMES = ("http", "https")
+HTTP_SCHEMES = ("http", "https")
 
 
 def shown(url: str) -> str:
@@ -33,8 +33,9 @@ def shown(url: str) -> str:
     return f"{scheme}://{text}" if sep else text
 
 
-def _parse(url: str, source: str, default_scheme: str, schemes: tuple[str, ...]) -> SplitResult:
-    """``url`` split, with a scheme from ``schemes``, a host and a valid port; else InputError."""
+def parse(url: str, source: str, default_scheme: str, schemes: Sequence[str]) -> SplitResult:
+    """``url`` split, with a scheme from ``schemes`` (``default_scheme`` when it names none), a
+    host and a valid port; else InputError naming ``source``."""
     if not url:
         raise InputError(f"{source} has an empty URL")
     if any(not c.isprintable() or c.isspace() for c in url):
@@ -54,35 +55,24 @@ def _parse(url: str, source: str, default_scheme: str, schemes: tuple[str, ...])
     return parts
 
 
-NATS_PORT = 4222
-"""NATS's client port: a ``nats`` or ``tls`` URL without a port means it."""
-
-
-def check_nats_url(address: str, source: str = "FSD_NATS_URL") -> None:
-    """Every comma-separated URL of ``address`` a NATS server URL (userinfo allowed)."""
-    nats_servers(address, source)
-
-
-def nats_servers(address: str, source: str = "FSD_NATS_URL") -> list[str]:
-    """``address``'s comma-separated URLs, checked and made explicit, as the client is given
-    them: ``host:port`` becomes ``nats://host:port``, a missing port NATS's 4222. (Some nats-py
-    releases read a list's entries as full URLs: ``127.0.0.1:4222`` had no host for them, and
-    the connection failed after its timeout instead of working.) Websocket and plain URLs are
-    not mixed, which the client refuses too."""
+def server_urls(
+    address: str, source: str, schemes: Sequence[str], ports: Mapping[str, int]
+) -> list[str]:
+    """``address``'s comma-separated URLs (userinfo allowed), checked and made explicit:
+    ``host:port`` gets the first of ``schemes``, a URL without a port the one ``ports`` gives
+    its scheme (a scheme not in ``ports`` keeps none)."""
     servers = []
     for url in address.split(","):
-        parts = _parse(url.strip(), source, "nats", NATS_SCHEMES)
-        if parts.port is None and parts.scheme in ("nats", "tls"):
-            parts = parts._replace(netloc=f"{parts.netloc.rstrip(':')}:{NATS_PORT}")
+        parts = parse(url.strip(), source, schemes[0], schemes)
+        if parts.port is None and parts.scheme in ports:
+            parts = parts._replace(netloc=f"{parts.netloc.rstrip(':')}:{ports[parts.scheme]}")
         servers.append(parts.geturl())
-    if len({url.startswith(("ws://", "wss://")) for url in servers}) > 1:
-        raise InputError(f"{source} mixes websocket (ws, wss) and nats/tls URLs")
     return servers
 
 
-def check_s3_endpoint(address: str, source: str = "FSD_S3_ENDPOINT") -> SplitResult:
-    """``address`` an S3 endpoint, split: http(s)://host[:port], no userinfo, path or query."""
-    parts = _parse(address, source, "http", S3_SCHEMES)
+def check_endpoint(address: str, source: str) -> SplitResult:
+    """``address`` an HTTP endpoint, split: http(s)://host[:port], no userinfo, path or query."""
+    parts = parse(address, source, "http", HTTP_SCHEMES)
     if "@" in parts.netloc:
         raise InputError(
             f"{source} must not hold credentials (put them in AWS_ACCESS_KEY_ID and "

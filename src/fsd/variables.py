@@ -3,7 +3,8 @@
 platforms (:attr:`fsd.launch.LauncherOptions.VARIABLES` and ``SECRETS``) and what they all share
 (:data:`COMMON`). Nothing here is listed by hand twice: the secret files a function maps onto
 variables (:data:`SECRET_VARS`, :func:`function_env`), the names whose values no message repeats
-(:data:`SECRET_NAMES`) and docs/configuration.md (:mod:`fsd.configdoc`) follow from them.
+(:data:`SECRET_NAMES`) and docs/configuration.md (:mod:`fsd.configdoc`, which adds the entry
+points' own declarations) follow from them.
 
 OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``
 (:data:`fsd.settings.SECRETS_DIR`); :func:`function_env` maps them onto the same variables the
@@ -16,7 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from fsd import channels, launch
-from fsd.settings import SECRETS_DIR, Variable, secrets_dir
+from fsd.settings import (
+    AWS_SDK_VARIABLES,
+    GATEWAY_USER,
+    LOCAL_GATEWAY_URL,
+    SECRETS_DIR,
+    Variable,
+    secrets_dir,
+)
 from fsd.store import StoreConfig
 
 COMMON = (
@@ -37,19 +45,31 @@ COMMON = (
 
 CLIENTS = (
     Variable(
+        "OPENFAAS_URL",
+        "fsd invoke: the OpenFaaS gateway (or --gateway), as faas-cli reads it",
+        default=LOCAL_GATEWAY_URL,
+    ),
+    Variable(
+        "OPENFAAS_USER",
+        "fsd invoke: the gateway's basic-auth user (or --user)",
+        default=GATEWAY_USER,
+    ),
+    Variable(
         "OPENFAAS_PASSWORD",
-        "fsd invoke: the gateway's basic-auth password (or --password-file)",
+        "fsd invoke: the gateway's basic-auth password (or --password-file); none: no auth",
         secret=True,
     ),
 )
-"""The clients' own secrets (``fsd invoke``): scrubbed from every message like the rest."""
+"""The clients' own (``fsd invoke``, :func:`fsd.invoke_openfaas.gateway`); the password is
+scrubbed from every message like the rest of the secrets."""
 
 
-def platform_variables() -> tuple[Variable, ...]:
-    """The platforms' variables (their options' ``VARIABLES`` and ``SECRETS``)."""
+def platform_variables(kind: str | None = None) -> tuple[Variable, ...]:
+    """The variables of platform ``kind`` (every platform's when None): its options'
+    ``VARIABLES`` and ``SECRETS``."""
     found: dict[str, Variable] = {}
-    for kind in launch.PLATFORMS:
-        options = launch.platform(kind).Options
+    for each in launch.PLATFORMS if kind is None else (kind,):
+        options = launch.platform(each).Options
         files = {var: name for name, var in options.SECRETS.items()}
         for name, meaning in options.VARIABLES.items():
             found.setdefault(
@@ -69,6 +89,7 @@ def runtime_variables() -> tuple[Variable, ...]:
     parts: Iterable[Variable] = (
         *COMMON,
         *channels.variables(),
+        *AWS_SDK_VARIABLES,
         *StoreConfig.VARIABLES,
         *platform_variables(),
         *CLIENTS,

@@ -4,7 +4,7 @@ Lambda mounts no secret files, so the deployment's secrets live in one Secrets M
 whose ARN is ``FSD_SECRETS_ARN``: a JSON object keyed by the same names as the OpenFaaS secret
 files (:data:`fsd.variables.SECRET_VARS`: ``fsd-run-key``, ``fsd-nats-token``, ...). It is read
 once per warm instance. Nothing comes from the event; nothing is written (Lambda has only /tmp,
-and no /dev/shm).
+and no /dev/shm). Every variable: docs/configuration.md (from :data:`VARIABLES` and the functions').
 """
 
 from __future__ import annotations
@@ -18,7 +18,18 @@ from typing import Any
 
 from fsd import settings
 from fsd.errors import FsdError
+from fsd.settings import Variable
 from fsd.variables import SECRET_VARS, function_env
+
+VARIABLES = (
+    Variable(
+        "FSD_SECRETS_ARN",
+        "the Secrets Manager secret holding the deployment's secrets: a JSON object keyed by "
+        "the secret files' names (`fsd-run-key`, ...); they win over variables",
+    ),
+)
+"""What the Lambda handlers read besides the functions' variables (they set ``FSD_LAUNCHER``
+to ``lambda`` and ``exec_timeout`` from the time Lambda leaves an invocation)."""
 
 
 class SecretsUnavailable(FsdError):

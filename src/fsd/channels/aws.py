@@ -34,7 +34,7 @@ from fsd import lifetime, settings
 from fsd.channels.base import Channel, ChannelConfig, Slot, TransportOptions, options
 from fsd.errors import ChannelError
 from fsd.settings import Variable
-from fsd.urls import check_s3_endpoint
+from fsd.urls import check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,20 @@ class AwsOptions(TransportOptions):
             "the region (else AWS_DEFAULT_REGION, as the AWS SDKs read it)",
             default=settings.REGION,
         ),
+        *(
+            Variable(name, "a source of AWS credentials: set, AWS itself is the server")
+            for name in AWS_CREDENTIAL_VARS[1:]  # the keys: S3's (fsd.s3client)
+        ),
+        Variable(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "boto3's credentials file: present, AWS itself is the server",
+            default="~/.aws/credentials",
+        ),
+        Variable(
+            "AWS_CONFIG_FILE",
+            "boto3's config file: present, AWS itself is the server",
+            default="~/.aws/config",
+        ),
     )
 
     @classmethod
@@ -134,7 +148,7 @@ class AwsOptions(TransportOptions):
         queue_source, queue_endpoint = aws_endpoint_setting("sqs", env)
         for name, url in ((source, endpoint), (queue_source, queue_endpoint)):
             if url:
-                check_s3_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
+                check_endpoint(url, name)  # the same URL rules: http(s), a host, no credentials
         region = settings.aws_region(env)
         if kind == "sns" and endpoint and not queue_endpoint:  # SNS elsewhere, SQS AWS's own
             queue_endpoint = f"https://sqs.{region}.amazonaws.com"
@@ -167,6 +181,7 @@ class AwsChannel(Channel):
 
     OPTIONS = AwsOptions
     EMBEDDED = "fsd.embedded.aws:moto_server"
+    LOGGERS = ("boto3", "botocore", "s3transfer")
 
     @classmethod
     def settings(

@@ -65,6 +65,9 @@ def _check_seconds(name: str, value: float, lo: float, hi: float) -> None:
 Billing = Mapping[str, tuple[tuple[str, float], ...]]
 """Counted operation -> ``(billed item, how many per operation)``: a transport's ``BILLING``,
 priced by :func:`fsd.cost.estimate` (data here, so no transport imports the cost model)."""
+Rates = Mapping[str, float]
+"""Billed item -> its unit price in USD: a backend's ``PRICES``, gathered by
+:func:`fsd.cost.declared_prices` (each item priced by exactly one backend)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,12 @@ class TransportOptions:
 
     def to_env(self) -> dict[str, str]:
         """The variables (no secrets) that make a deployment read these options back."""
+        return {}
+
+    def secret_env(self) -> dict[str, str]:
+        """The secret variables that complete :meth:`to_env`: only for a child process on this
+        machine that must reach the same server (a local stack's functions); never logged,
+        never written to a deployment."""
         return {}
 
 
@@ -134,6 +143,11 @@ class ChannelConfig:
         where = type(self.options).ADDRESS
         return ({where: self.address} if where and self.address else {}) | self.options.to_env()
 
+    def secret_env(self) -> dict[str, str]:
+        """The secret variables that complete :meth:`to_env` (see
+        :meth:`TransportOptions.secret_env`)."""
+        return self.options.secret_env()
+
     def __post_init__(self) -> None:
         frame = self.max_frame
         if isinstance(frame, bool) or not isinstance(frame, int):
@@ -146,7 +160,7 @@ class ChannelConfig:
         if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
             raise InputError(
                 f"namespace {self.namespace!r} must be 1-32 of a-z, 0-9, '_' and '-' "
-                "(it names a NATS stream and an S3 prefix)"
+                "(it names a transport's streams, queues or key prefixes)"
             )
 
 
@@ -192,6 +206,14 @@ class Channel(ABC):
     """The operations this transport counts (``stats.ops``); workers report them by name."""
     BILLING: ClassVar[Billing] = {}
     """How its cloud counterpart bills each counted operation (:func:`fsd.cost.estimate`)."""
+    PRICES: ClassVar[Rates] = {}
+    """The list price of each item it bills as its own (an item another backend prices, as
+    NATS bills SNS's and SQS's, is left to that backend)."""
+    LOGGERS: ClassVar[tuple[str, ...]] = ()
+    """Its client library's loggers: quieter than fsd's own in the CLI (their DEBUG prints
+    request headers and retries)."""
+    EXAMPLE: ClassVar[str] = ""
+    """A command line of ``fsd run --help``'s examples that runs on it, or none."""
     SERVER: ClassVar[str] = ""
     """What names its server, for messages: the flag or variable a user sets."""
     OPTIONS: ClassVar[type[TransportOptions]] = TransportOptions
@@ -200,6 +222,9 @@ class Channel(ABC):
     """``module:function`` of the server it can start on this machine (a context manager
     taking and yielding a ChannelConfig), outside the runtime's imports: the ``embedded``
     extra's :mod:`fsd.embedded`. Empty: none (:func:`fsd.channels.resolve` refuses)."""
+    STACK: ClassVar[bool] = False
+    """Whether the one-machine stack (:mod:`fsd.localstack`) serves it unless ``FSD_CHANNELS``
+    says otherwise (and starts its server there unless one is configured)."""
 
     @classmethod
     def settings(

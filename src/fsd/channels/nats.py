@@ -66,11 +66,29 @@ from fsd.channels.base import (
 from fsd.errors import ChannelError, FsdError, InputError, WireError
 from fsd.redact import redact, redact_text
 from fsd.settings import Variable
-from fsd.urls import check_nats_url, nats_servers
+from fsd.urls import server_urls
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SCHEMES = ("nats", "tls", "ws", "wss")
+"""What a NATS URL may use; ``host:port`` alone means ``nats://``."""
+PORTS = {"nats": 4222, "tls": 4222}
+"""NATS's client port: a ``nats`` or ``tls`` URL without a port means it."""
+
+
+def nats_servers(address: str, source: str = "FSD_NATS_URL") -> list[str]:
+    """``address``'s comma-separated URLs, checked and made explicit, as the client is given
+    them: ``host:port`` becomes ``nats://host:port``, a missing port NATS's 4222. (Some nats-py
+    releases read a list's entries as full URLs: ``127.0.0.1:4222`` had no host for them, and
+    the connection failed after its timeout instead of working.) Websocket and plain URLs are
+    not mixed, which the client refuses too. User and password may be embedded."""
+    servers = server_urls(address, source, SCHEMES, PORTS)
+    if len({url.startswith(("ws://", "wss://")) for url in servers}) > 1:
+        raise InputError(f"{source} mixes websocket (ws, wss) and nats/tls URLs")
+    return servers
+
 
 _MAX_PAYLOAD_DEFAULT = 1024 * 1024  # the server's default max_payload
 _ACK_WAIT = 5.0  # the server redelivers frames we did not ack after this (dedupe absorbs it)
@@ -210,13 +228,23 @@ class NatsOptions(TransportOptions):
             password=settings.text(env, "FSD_NATS_PASSWORD"),
         )
 
+    def secret_env(self) -> dict[str, str]:
+        given = {
+            "FSD_NATS_CREDS": self.creds_file,  # a path on this machine
+            "FSD_NATS_TOKEN": self.token,
+            "FSD_NATS_USER": self.user,
+            "FSD_NATS_PASSWORD": self.password,
+        }
+        return {k: v for k, v in given.items() if v}
+
 
 class NatsChannel(Channel):
     """One endpoint of one run on a JetStream stream."""
 
     OPS = ("publish", "publish_units", "receive", "receive_units", "ack")
     # priced as its AWS counterpart: SNS publishes, each delivered to one SQS queue (free),
-    # received there and deleted (DeleteMessageBatch takes 10 acknowledgements)
+    # received there and deleted (DeleteMessageBatch takes 10 acknowledgements), at the prices
+    # the sns and sqs transports declare
     BILLING = {
         "publish_units": (("sns_publish", 1.0), ("sns_delivery", 1.0)),
         "receive_units": (("sqs_request", 1.0),),
@@ -225,6 +253,9 @@ class NatsChannel(Channel):
     SERVER = "--nats-url or FSD_NATS_URL"
     OPTIONS = NatsOptions
     EMBEDDED = "fsd.embedded.nats:nats_server"
+    LOGGERS = ("nats",)
+    EXAMPLE = "FSD_NATS_URL=nats://nats:4222 fsd run --channel nats"
+    STACK = True
 
     @classmethod
     def settings(
@@ -234,7 +265,7 @@ class NatsChannel(Channel):
         address = flag or settings.text(env, "FSD_NATS_URL")
         options = NatsOptions.from_env(env)
         if address:
-            check_nats_url(address, "--nats-url" if flag else "FSD_NATS_URL")
+            nats_servers(address, "--nats-url" if flag else "FSD_NATS_URL")
         return dataclasses.replace(config, address=address, options=options)
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:

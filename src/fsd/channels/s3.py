@@ -36,6 +36,7 @@ from fsd.s3client import (
     s3_bucket,
     s3_endpoint,
     s3_keys,
+    s3_secret_env,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class S3Options(TransportOptions):
     def to_env(self) -> dict[str, str]:
         return {"FSD_S3_BUCKET": self.bucket}
 
+    def secret_env(self) -> dict[str, str]:
+        return s3_secret_env(self)
+
 
 class S3Channel(Channel):
     """One endpoint of one run on a bucket."""
@@ -95,9 +99,15 @@ class S3Channel(Channel):
         "get": (("s3_get", 1.0),),
         "get_miss": (("s3_get", 1.0),),
     }
+    # us-east-1 list prices, S3 Standard: $0.005 per 1,000 PUT, COPY, POST, LIST requests,
+    # $0.0004 per 1,000 GET, SELECT and all other requests
+    PRICES = {"s3_put": 0.005 / 1e3, "s3_get": 0.0004 / 1e3}
     SERVER = "--s3-endpoint or FSD_S3_ENDPOINT"
     OPTIONS = S3Options
     EMBEDDED = "fsd.embedded.s3:s3_server"
+    LOGGERS = ("minio",)
+    EXAMPLE = "fsd run --data DIR --layers 30 --images 500 --channel s3 --json"
+    STACK = True
 
     @classmethod
     def settings(

@@ -4,8 +4,8 @@ Flags win over environment variables. Secrets come only from the environment (or
 platforms mount, read by the functions), never from flags, so they stay out of shell history and
 process listings. Each transport reads its own variables (its class's ``settings`` and
 ``OPTIONS``, see :class:`fsd.channels.base.Channel`); :mod:`fsd.variables` assembles every
-declaration in one place. Addresses are checked before any connection, with the rules of
-:mod:`fsd.urls`.
+declaration and docs/configuration.md lists them. Addresses are checked before any connection,
+with the rules of :mod:`fsd.urls`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fsd.channels import flags as transport_flags
 from fsd.channels import transport
 from fsd.channels.base import ChannelConfig
 from fsd.errors import AuthError, InputError
+from fsd.settings import run_key
 
 
 def channel_config(
@@ -36,9 +37,10 @@ def channel_config(
     """
     cls = transport(kind)
     cfg = dataclasses.replace(base or ChannelConfig(), kind=kind)
-    if env.get("FSD_RUN_KEY"):
+    key = run_key(env)
+    if key:
         try:
-            cfg = dataclasses.replace(cfg, secret=load_secret(env["FSD_RUN_KEY"]))
+            cfg = dataclasses.replace(cfg, secret=load_secret(key))
         except AuthError as exc:
             raise InputError(str(exc)) from None
     given = flags or {}

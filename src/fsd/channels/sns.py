@@ -140,6 +140,11 @@ class SnsChannel(AwsChannel):
         "setup": (("sqs_request", 1.0),),  # SNS's API requests bill like publishes: near enough
         "liveness": (("sqs_request", 1.0),),
     }
+    # us-east-1 list prices (https://aws.amazon.com/sns/pricing/): a standard topic's publishes,
+    # $0.50 per million requests, each 64 KB chunk of a publish = 1 (a PublishBatch: its total
+    # payload, per 64 KB); deliveries to SQS queues are not charged, and filter policies on
+    # message attributes are free, counted so the bill shows them. SQS's request: fsd.channels.sqs
+    PRICES = {"sns_publish": 0.50 / 1e6, "sns_delivery": 0.0}
     SERVER = "AWS_ENDPOINT_URL_SNS, AWS_ENDPOINT_URL or AWS credentials"
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:

@@ -111,6 +111,10 @@ class SqsChannel(AwsChannel):
         "delete_queue": (("sqs_request", 1.0),),
         "reap": (("sqs_request", 1.0),),
     }
+    # us-east-1 list price (https://aws.amazon.com/sqs/pricing/): a standard queue's requests,
+    # $0.40 per million (first 100 B/month tier), every API action, each 64 KB chunk of a
+    # payload = 1
+    PRICES = {"sqs_request": 0.40 / 1e6}
     SERVER = "AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL or AWS credentials"
 
     def __init__(self, config: ChannelConfig, run: bytes, me: int) -> None:

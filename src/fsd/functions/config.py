@@ -5,42 +5,14 @@ that is missing where it is required, or malformed, makes the function refuse ev
 ``503 not configured`` (:class:`NotConfigured`): the operator's mistake, said plainly, not a 500
 traceback nor a silent default.
 
-==========================  =======  ========================================================
-``FSD_MAX_WORKERS``         1024     largest ``workers`` a request or invocation may name
-``FSD_MAX_IMAGES``          100000   most images one inference may carry
-``FSD_TIMEOUT``             120      coordinator: seconds for a request without ``timeout``
-                                     (lowered to ``FSD_MAX_TIMEOUT`` when that is shorter)
-``FSD_MAX_TIMEOUT``         300      longest ``timeout`` (coordinator) or ``layer_timeout``
-                                     (worker) accepted; lowered to ``exec_timeout`` - 5 s
-                                     when that is shorter
-``exec_timeout``            30 s     of-watchdog's own limit on a request (a Go duration,
-                                     ``310s``, ``5m``, or whole seconds; 0: none); unset,
-                                     of-watchdog's 30 s under the watchdog, none outside it
-``FSD_LAYER_TIMEOUT``       60       coordinator: seconds a worker waits for one layer
-``FSD_FANOUT``              16       coordinator: invoke workers as a tree above this many;
-                                     worker: the largest ``fanout`` an invocation may carry
-``FSD_SHARD_CACHE``         4        worker: shards kept warm
-``FSD_MEMORY_MB``           (none)   coordinator: memory of one worker invocation (MB); set,
-                                     the planner (fsd.planner) makes replicas of the fewest
-                                     stored partitions that fit; unset, every worker is one
-``FSD_MODELS``              (none)   models served: comma-separated names and prefixes ending
-                                     in ``*`` (``*`` alone: every model); unset or empty: none
-``FSD_CHANNEL``             nats     the transport of a request that names none
-``FSD_CHANNELS``            (none)   the transports this deployment runs (comma-separated), the
-                                     only ones a request's ``channel`` or an invocation may
-                                     name; unset: ``FSD_CHANNEL`` alone
-``FSD_RUN_KEY``                      the deployment secret (or the ``fsd-run-key`` secret file)
-``FSD_LAUNCHER``            openfaas how workers are invoked: ``openfaas`` (``FSD_WORKER_URL``)
-                                     or ``lambda`` (``FSD_WORKER_FUNCTION``, the AWS handlers
-                                     set it; ``FSD_FAILURE_QUEUE_URL``: OnFailure records)
-==========================  =======  ========================================================
+Every variable, its default and bounds: docs/configuration.md (from :data:`VARIABLES`).
 
 The watchdog cuts a request at ``exec_timeout`` with a bare 502/504 that is not this API's JSON,
 so a function never accepts a timeout it could not keep: ``FSD_MAX_TIMEOUT`` must stay
 :data:`EXEC_MARGIN` seconds under ``exec_timeout`` (the time to give up and answer). An explicit
 ``FSD_MAX_TIMEOUT`` (or ``FSD_TIMEOUT``) that does not is refused as ``not configured``, never
 quietly lowered; an unset one is lowered to fit. A request asking more then gets a JSON 400.
-Every variable is read through :mod:`fsd.settings` (the readers and the defaults above, shared
+Every variable is read through :mod:`fsd.settings` (the readers and the defaults it shares
 with the operator, the Lambda handlers and the CLI). Numbers are plain decimals (``300``,
 ``0.5``): anything else, ``1e3``, NaN, infinities, hex, underscores, negatives and
 ``exec_timeout`` strings of-watchdog would silently replace by its default, is refused. A blank
@@ -61,7 +33,7 @@ from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch import Launcher, LauncherOptions
-from fsd.settings import EXEC_MARGIN, HOUR
+from fsd.settings import EXEC_MARGIN, HOUR, Variable
 from fsd.store import StoreConfig
 from fsd.variables import SECRET_NAMES
 
@@ -82,6 +54,79 @@ applied to every request in ``executor/http_runner.go`` (``context.WithTimeout``
 WATCHDOG_PROCESS_VARS = ("fprocess", "function_process")
 """What of-watchdog starts the function from (``config/config.go``): set in every function it runs
 (the template's Dockerfile sets ``fprocess``), never by ``fsd.localstack`` or tests."""
+
+
+VARIABLES = (
+    Variable(
+        "FSD_MAX_WORKERS",
+        "largest `workers` a request or invocation may name (1..65536)",
+        default=str(settings.MAX_WORKERS),
+    ),
+    Variable(
+        "FSD_MAX_IMAGES",
+        "most images one inference may carry (1..10000000)",
+        default=str(settings.FUNCTION_MAX_IMAGES),
+    ),
+    Variable(
+        "FSD_TIMEOUT",
+        "coordinator: seconds for a request without `timeout` (lowered to FSD_MAX_TIMEOUT "
+        "when that is shorter)",
+        default=f"{settings.TIMEOUT:g}",
+    ),
+    Variable(
+        "FSD_MAX_TIMEOUT",
+        "longest `timeout` (coordinator) or `layer_timeout` (worker) accepted; must stay "
+        f"{EXEC_MARGIN:g} s under exec_timeout (an unset one is lowered to fit)",
+        default=f"{settings.MAX_TIMEOUT:g}",
+    ),
+    Variable(
+        "exec_timeout",
+        "of-watchdog's own limit on a request: whole seconds or a Go duration (`310s`, `5m`); "
+        "0: none; unset: 30 s under the watchdog, none outside it",
+        default=f"{WATCHDOG_EXEC_TIMEOUT:g}s",
+    ),
+    Variable(
+        "FSD_LAYER_TIMEOUT",
+        "coordinator: seconds a worker waits for one layer",
+        default=f"{settings.LAYER_TIMEOUT:g}",
+    ),
+    Variable(
+        "FSD_FANOUT",
+        "coordinator: invoke workers as a tree above this many; worker: the largest `fanout` "
+        f"an invocation may carry (0..{settings.MAX_FANOUT})",
+        default=str(settings.FANOUT),
+    ),
+    Variable(
+        "FSD_SHARD_CACHE", "worker: shards kept warm (1..1024)", default=str(settings.SHARD_CACHE)
+    ),
+    Variable(
+        "FSD_MEMORY_MB",
+        "coordinator: memory of one worker invocation (MB); set, the planner makes replicas of "
+        "the fewest stored partitions that fit; unset, every worker is one partition",
+    ),
+    Variable(
+        "FSD_MODELS",
+        "models served: comma-separated names and prefixes ending in `*` (`*` alone: every "
+        "model); unset or empty: none",
+    ),
+    Variable("FSD_CHANNEL", "the transport of a request that names none", default=settings.CHANNEL),
+    Variable(
+        "FSD_CHANNELS",
+        "the transports this deployment runs (comma-separated), the only ones a request or an "
+        "invocation may name; unset: FSD_CHANNEL alone",
+    ),
+    Variable(
+        "FSD_LAUNCHER",
+        "the platform that invokes workers: a name of fsd.launch.PLATFORMS whose workers are "
+        "functions (the Lambda handlers set their own)",
+        default=settings.LAUNCHER,
+    ),
+    *(
+        Variable(name, "set by of-watchdog to start the function: the watchdog is in front")
+        for name in WATCHDOG_PROCESS_VARS
+    ),
+)
+"""What a function reads besides its transport's, its store's and its platform's variables."""
 
 
 class NotConfigured(FsdError):
@@ -128,7 +173,7 @@ def exec_timeout(env: Mapping[str, str]) -> float | None:
 
 @dataclass(frozen=True)
 class Limits:
-    """The bounds a function puts on every request (see the table above)."""
+    """The bounds a function puts on every request (see :data:`VARIABLES`)."""
 
     max_workers: int = settings.MAX_WORKERS
     max_images: int = settings.FUNCTION_MAX_IMAGES
@@ -204,7 +249,7 @@ class ModelFilter:
 def deployment_secret(env: Mapping[str, str]) -> bytes:
     """The secret invocations are signed with; NotConfigured (never showing it) if unusable."""
     try:
-        return auth.load_secret(settings.text(env, "FSD_RUN_KEY"))
+        return auth.load_secret(settings.run_key(env))
     except AuthError as exc:
         raise NotConfigured(f"{exc} (mount the fsd-run-key secret)") from None
 

@@ -1,4 +1,4 @@
-"""The fsd operator: ``InferenceModel`` objects (``fsd.dev/v1alpha1``) served on OpenFaaS.
+"""The fsd operator: ``InferenceModel`` objects (``fsd.dev/v1alpha1``) served on a FaaS platform.
 
 One concern per module:
 
@@ -6,11 +6,13 @@ One concern per module:
 - :mod:`fsd.k8s.spec`: an InferenceModel's spec, parsed and defaulted as the CRD says;
 - :mod:`fsd.k8s.names`: names of the functions (``<name>-<namespace>-<role>``) and of the model
   in the store;
-- :mod:`fsd.k8s.desired`: the two OpenFaaS functions a model needs (pure functions);
-- :mod:`fsd.k8s.openfaas`: a small client of the OpenFaaS gateway's REST API;
-- :mod:`fsd.k8s.secrets`: the functions' OpenFaaS secrets, made from the operator's own files;
-- :mod:`fsd.k8s.functions`: deploying them (gateway REST, or ``Function`` resources for Pro),
-  touching only functions that carry this object's owner label;
+- :mod:`fsd.k8s.platforms`: where the functions run, one entry per platform, each in its own
+  module (:mod:`fsd.k8s.openfaas`, with its gateway client :mod:`fsd.k8s.openfaas_gateway`;
+  :mod:`fsd.k8s.knative`);
+- :mod:`fsd.k8s.desired`: what every platform's functions share (environment, labels, memory);
+- :mod:`fsd.k8s.functions`: what every platform shares to deploy them (touching only functions
+  that carry this object's owner label) and to report their readiness;
+- :mod:`fsd.k8s.secrets`: the functions' secrets, made from the operator's own files;
 - :mod:`fsd.k8s.source`: fetching a Graph Challenge folder from S3;
 - :mod:`fsd.k8s.models`: making sure the model store holds the model, and removing it;
 - :mod:`fsd.k8s.status`: the status block (phase, conditions) the operator reports;

@@ -1,59 +1,7 @@
 """The operator's settings, read once from its environment (and mounted secret files).
 
-===============================  ==============================================================
-``FSD_OPENFAAS_URL``             the gateway the operator deploys through (default
-                                 ``http://gateway.openfaas:8080``); also read for status in Pro
-``FSD_OPENFAAS_MODE``            ``ce`` (gateway REST API, default) or ``pro`` (``Function``
-                                 resources of the OpenFaaS operator, ``openfaas.com/v1``)
-``FSD_GATEWAY_USER``             basic-auth user (default ``admin``)
-``FSD_GATEWAY_PASSWORD``         basic-auth password, or
-``FSD_GATEWAY_PASSWORD_FILE``    a file holding it (read on every use: rotated secrets work)
-``FSD_GATEWAY_TIMEOUT``          seconds per gateway request (default 10; 0.1..600)
-``FSD_FUNCTION_NAMESPACE``       where functions go (CE default: the gateway's, usually
-                                 ``openfaas-fn``; Pro default ``openfaas-fn``)
-``FSD_FUNCTION_GATEWAY_URL``     the gateway as the functions see it, for ``FSD_WORKER_URL``
-                                 (default ``http://gateway.openfaas:8080``)
-``FSD_NATS_URL``                 NATS for the functions (default ``nats://nats.fsd:4222``)
-``FSD_CHANNELS``                 the transports the functions may use, comma-separated (default
-                                 ``nats,s3``: what the chart runs); a ``spec.channel`` outside
-                                 them is an ``InvalidSpec``, a request naming one a 400
-``FSD_SHARED_MODELS``            models pushed with ``fsd model push`` that an admin shares,
-                                 comma-separated ``<namespace>/<model>`` (``*`` for every
-                                 namespace; a model ending in ``*`` is a prefix); a namespace
-                                 reaches only these and the models pushed for its own objects
-``FSD_S3_ENDPOINT``              the model store (required), ``FSD_S3_BUCKET`` (default ``fsd``),
-                                 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_REGION``
-                                 or the ``fsd-s3-*`` secret files (:mod:`fsd.settings`)
-``FSD_FUNCTION_S3_ENDPOINT``     the store as the functions see it (default: ``FSD_S3_ENDPOINT``)
-``FSD_COORDINATOR_IMAGE``        default images (``spec.image`` overrides): ``fsd.local/fsd-
-``FSD_WORKER_IMAGE``             coordinator:latest``, ``fsd.local/fsd-worker:latest``, names no
-                                 registry answers to (the chart sets the images users pushed)
-``FSD_ALLOWED_IMAGES``           comma-separated image prefixes ``spec.image`` may use (default:
-                                 the repositories of the two default images); a prefix matches
-                                 the image itself, ``prefix:tag``, ``prefix@digest``, or anything
-                                 under it when it ends with ``/``
-``FSD_FUNCTION_SECRETS``         comma-separated OpenFaaS secrets the functions mount (default:
-                                 stack.yml's five, ``fsd-run-key`` included)
-``FSD_SECRETS_DIR``              where the operator's own copies of those secrets are mounted
-                                 (default ``/var/openfaas/secrets``): the operator creates and
-                                 keeps the function secrets from ``<dir>/<secret name>``
-``FSD_PROMETHEUS_URL``           where ``status.lastLatencySeconds`` comes from (default
-                                 ``http://prometheus.openfaas:9090``; empty: not reported)
-``FSD_FANOUT``                   the coordinator's fan-out, and the largest the workers accept
-                                 (default 16; 1..1024)
-``FSD_MAX_INFLIGHT``             invocations per worker replica (default 4; 1..254: the worker
-                                 serves them with ``FSD_THREADS`` = this + 2, at most 256)
-``FSD_OPERATOR_RETRY_SECONDS``   delay before retrying a temporary failure (default 15; 0..3600)
-``FSD_OPERATOR_REFRESH_SECONDS`` how often readiness is refreshed (default 30; 0: never; ..86400)
-``FSD_OPERATOR_MAX_SOURCE_MB``   cap on a source folder downloaded from S3, in whole MiB
-                                 (default 8192; 1..1048576)
-``FSD_KUBE_URL``                 Pro mode and Knative: the Kubernetes API (default: in-cluster
-                                 config, else the kubeconfig)
-``FSD_PLATFORM``                 where a model without ``spec.platform`` runs: ``openfaas``
-                                 (default) or ``knative`` (:mod:`fsd.k8s.platforms`)
-``FSD_KNATIVE_NAMESPACE``        Knative: where the Services and their Secrets go (default
-                                 ``fsd-fn``; :mod:`fsd.k8s.knative`)
-===============================  ==============================================================
+Every variable, its default and bounds: docs/configuration.md (from :data:`VARIABLES` and each
+platform's own, :mod:`fsd.k8s.platforms`).
 
 Every variable is read through :mod:`fsd.settings`, which holds the defaults the operator shares
 with the functions and the CLI (the gateway user, NATS URL, fan-out, secrets folder, ...). Numbers
@@ -70,14 +18,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fsd import settings
 from fsd.errors import InputError
 from fsd.k8s import platforms
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.spec import CHANNELS
-from fsd.settings import PROMETHEUS_URL, SECRETS_DIR
+from fsd.settings import PROMETHEUS_URL, SECRETS_DIR, Variable
 from fsd.store import StoreConfig
 from fsd.variables import function_env
 
@@ -88,7 +35,6 @@ DEFAULT_SECRETS = (
     "fsd-gateway-password",
     "fsd-run-key",
 )
-MODES = ("ce", "pro")
 MB = 1024 * 1024
 MAX_SOURCE_MB = 8192  # FSD_OPERATOR_MAX_SOURCE_MB
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Secret's name
@@ -124,14 +70,6 @@ class OperatorConfig:
     """Everything the handlers need besides the object; plain data, secrets out of ``repr``."""
 
     store: StoreConfig  # the model store: S3 endpoint, bucket, keys
-    gateway_url: str = settings.GATEWAY_URL
-    mode: str = "ce"
-    gateway_user: str = settings.GATEWAY_USER
-    gateway_password: str = field(default="", repr=False)
-    gateway_password_file: str = ""
-    gateway_timeout: float = settings.GATEWAY_TIMEOUT
-    function_namespace: str = ""
-    function_gateway_url: str = settings.GATEWAY_URL
     nats_url: str = settings.NATS_URL
     channels: tuple[str, ...] = CHANNELS
     shared: ModelAccess = field(default_factory=ModelAccess)
@@ -149,13 +87,12 @@ class OperatorConfig:
     max_source_bytes: int = MAX_SOURCE_MB * MB
     kube_url: str = ""
     #: where a model without ``spec.platform`` runs (``FSD_PLATFORM``), and each platform's own
-    #: operator settings by name (:func:`fsd.k8s.platforms.options_from_env`)
+    #: operator settings by name (:func:`fsd.k8s.platforms.options_from_env`; a platform
+    #: missing here takes its defaults)
     platform: str = settings.LAUNCHER
     platform_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"FSD_OPENFAAS_MODE must be one of {', '.join(MODES)}: {self.mode!r}")
         if not self.store.endpoint:
             raise InputError("the operator needs the model store's endpoint (FSD_S3_ENDPOINT)")
         if self.fanout < 1 or self.max_inflight < 1:
@@ -177,42 +114,12 @@ class OperatorConfig:
             return self.allowed_images
         return (repository(self.coordinator_image), repository(self.worker_image))
 
-    @property
-    def pro(self) -> bool:
-        return self.mode == "pro"
-
-    @property
-    def namespace_for_functions(self) -> str:
-        """Where Function resources go in Pro mode (the gateway decides in CE when empty)."""
-        return self.function_namespace or "openfaas-fn"
-
-    def password(self) -> str:
-        """The gateway password: the file (if named) wins, read now so rotation is picked up."""
-        if self.gateway_password_file:
-            try:
-                return Path(self.gateway_password_file).read_text().strip()
-            except OSError as exc:
-                raise InputError(
-                    f"cannot read FSD_GATEWAY_PASSWORD_FILE {self.gateway_password_file}: {exc}"
-                ) from None
-        return self.gateway_password
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         env = function_env(os.environ if environ is None else environ)
         text = functools.partial(settings.text, env)
         return cls(
             store=StoreConfig.from_env(env),
-            gateway_url=text("FSD_OPENFAAS_URL", cls.gateway_url),
-            mode=settings.choice(env, "FSD_OPENFAAS_MODE", cls.mode, MODES),
-            gateway_user=text("FSD_GATEWAY_USER", cls.gateway_user),
-            gateway_password=text("FSD_GATEWAY_PASSWORD"),
-            gateway_password_file=text("FSD_GATEWAY_PASSWORD_FILE"),
-            gateway_timeout=settings.number(
-                env, "FSD_GATEWAY_TIMEOUT", cls.gateway_timeout, low=0.1, high=600
-            ),
-            function_namespace=text("FSD_FUNCTION_NAMESPACE"),
-            function_gateway_url=text("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
             nats_url=text("FSD_NATS_URL", cls.nats_url),
             channels=tuple(dict.fromkeys(settings.names(env, "FSD_CHANNELS"))) or CHANNELS,
             shared=ModelAccess.parse(text("FSD_SHARED_MODELS")),
@@ -239,6 +146,92 @@ class OperatorConfig:
             platform=_platform(text("FSD_PLATFORM", cls.platform)),
             platform_options=platforms.options_from_env(env),
         )
+
+
+VARIABLES = (
+    Variable(
+        "FSD_PLATFORM",
+        "where a model without `spec.platform` runs (fsd.k8s.platforms)",
+        default=settings.LAUNCHER,
+    ),
+    Variable("FSD_NATS_URL", "NATS for the functions", default=settings.NATS_URL),
+    Variable(
+        "FSD_CHANNELS",
+        "the transports the functions may use, comma-separated; a `spec.channel` outside them "
+        "is an InvalidSpec, a request naming one a 400",
+        default=",".join(CHANNELS),
+    ),
+    Variable(
+        "FSD_SHARED_MODELS",
+        "models pushed with fsd model push that an admin shares, comma-separated "
+        "`<namespace>/<model>` (`*` for every namespace; a model ending in `*` is a prefix); a "
+        "namespace reaches only these and the models pushed for its own objects",
+    ),
+    Variable(
+        "FSD_FUNCTION_S3_ENDPOINT",
+        "the model store as the functions see it",
+        default="FSD_S3_ENDPOINT",
+    ),
+    Variable(
+        "FSD_COORDINATOR_IMAGE",
+        "the coordinator's image unless `spec.image` says (a name no registry answers to: the "
+        "chart sets the image users pushed)",
+        default=OperatorConfig.coordinator_image,
+    ),
+    Variable(
+        "FSD_WORKER_IMAGE", "the worker's image likewise", default=OperatorConfig.worker_image
+    ),
+    Variable(
+        "FSD_ALLOWED_IMAGES",
+        "comma-separated image prefixes `spec.image` may use; a prefix matches the image "
+        "itself, `prefix:tag`, `prefix@digest`, or anything under it when it ends with `/`",
+        default="the two default images' repositories",
+    ),
+    Variable(
+        "FSD_FUNCTION_SECRETS",
+        "comma-separated secrets the functions mount; the operator keeps them from its own "
+        "copies in FSD_SECRETS_DIR",
+        default=",".join(DEFAULT_SECRETS),
+    ),
+    Variable(
+        "FSD_PROMETHEUS_URL",
+        "where `status.lastLatencySeconds` comes from; blank: not reported",
+        default=PROMETHEUS_URL,
+    ),
+    Variable(
+        "FSD_FANOUT",
+        f"the coordinator's fan-out, and the largest the workers accept (1..{settings.MAX_FANOUT})",
+        default=str(settings.FANOUT),
+    ),
+    Variable(
+        "FSD_MAX_INFLIGHT",
+        "invocations per worker replica (1..254: the worker serves them with FSD_THREADS = "
+        "this + 2)",
+        default=str(settings.MAX_INFLIGHT),
+    ),
+    Variable(
+        "FSD_OPERATOR_RETRY_SECONDS",
+        "delay before retrying a temporary failure (0..3600)",
+        default=f"{OperatorConfig.retry_seconds:g}",
+    ),
+    Variable(
+        "FSD_OPERATOR_REFRESH_SECONDS",
+        "how often readiness is refreshed (0: never; ..86400)",
+        default=f"{OperatorConfig.refresh_seconds:g}",
+    ),
+    Variable(
+        "FSD_OPERATOR_MAX_SOURCE_MB",
+        "cap on a source folder downloaded from S3, in whole MiB (1..1048576)",
+        default=str(MAX_SOURCE_MB),
+    ),
+    Variable(
+        "FSD_KUBE_URL",
+        "the Kubernetes API when a platform needs it",
+        default="in-cluster config, else the kubeconfig",
+    ),
+)
+"""What the operator reads besides the model store's variables, the shared ones
+(:data:`fsd.variables.COMMON`) and each platform's (:mod:`fsd.k8s.platforms`)."""
 
 
 def _platform(name: str) -> str:

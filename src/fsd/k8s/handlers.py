@@ -22,7 +22,7 @@
   operator pushed for it, then kopf releases it.
 - a timer (:func:`refresh`, every ``FSD_OPERATOR_REFRESH_SECONDS``): keeps the secrets current
   (rotated files are copied again), re-reads readiness from the platform, redeploys a function
-  that disappeared, asks Prometheus for ``lastLatencySeconds`` (:mod:`fsd.k8s.latency`), and
+  that disappeared, asks its platform for ``lastLatencySeconds`` (Prometheus), and
   patches the status only when it changed. It acts only after a successful reconcile of the
   current generation (kept in the object's memo).
 
@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 import kopf
 from kubernetes import client as kube  # type: ignore[import-untyped,unused-ignore]
 
-from fsd.k8s import GROUP, PLURAL, VERSION, latency, platforms
+from fsd.k8s import GROUP, PLURAL, VERSION, platforms
 from fsd.k8s import status as report
 from fsd.k8s.config import OperatorConfig, image_allowed, refresh_seconds
 from fsd.k8s.errors import ReconcileError, SourceError
@@ -371,8 +371,7 @@ def refresh(
             coordinator = platform.coordinator(config, name, namespace, state)
             fields = _ready_fields(status, state, generation, model, coordinator, chosen)
             if state.ready:
-                where = platform.functions_namespace(config)
-                seconds = _latency(config, coordinator["function"], where)
+                seconds = _latency(config, platform, coordinator["function"])
                 if seconds is not None:
                     fields["lastLatencySeconds"] = round(seconds, 6)
     except ReconcileError as exc:
@@ -381,20 +380,17 @@ def refresh(
         patch.status.update(fields)
 
 
-def _latency(config: OperatorConfig, coordinator: str, namespace: str) -> float | None:
+def _latency(
+    config: OperatorConfig, platform: platforms.Platform, coordinator: str
+) -> float | None:
     """Mean request seconds of the coordinator from Prometheus (contract 8); None: unknown.
 
-    An empty ``FSD_PROMETHEUS_URL`` turns it off; :func:`fsd.k8s.latency.last_latency` never
-    raises, so a missing Prometheus never degrades a model.
+    An empty ``FSD_PROMETHEUS_URL`` turns it off; the platform's reading never raises, so a
+    missing Prometheus never degrades a model.
     """
     if not config.prometheus_url:
         return None
-    return latency.last_latency(
-        config.prometheus_url,
-        coordinator,
-        namespace,
-        timeout=config.gateway_timeout,
-    )
+    return platform.latency(config, coordinator)
 
 
 def register(

@@ -80,7 +80,6 @@ from fsd.k8s.desired import (
     ROLE_LABEL,
     function_environment,
     worker_budget_mb,
-    worker_inflight,
     worker_scale,
 )
 from fsd.k8s.errors import KubernetesApiError
@@ -89,6 +88,7 @@ from fsd.k8s.names import ROLES, function_name, label_value
 from fsd.k8s.platforms import Target
 from fsd.k8s.secrets import KubeSecrets, read_secrets
 from fsd.k8s.spec import ModelSpec
+from fsd.settings import Variable
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def address(name: str, namespace: str) -> str:
 
 
 def _inflight(spec: ModelSpec, config: OperatorConfig) -> int:
-    return worker_inflight(spec, config, capped=False)
+    """Invocations per worker pod: ``FSD_MAX_INFLIGHT`` as set (Knative caps no replicas)."""
+    return config.max_inflight
 
 
 def _scale(role: str, spec: ModelSpec, inflight: int) -> dict[str, str | None]:
@@ -427,6 +428,14 @@ class KnativeSession:
 class Knative:
     """The Knative Serving platform (:class:`fsd.k8s.platforms.Platform`)."""
 
+    VARIABLES = (
+        Variable(
+            "FSD_KNATIVE_NAMESPACE",
+            "Knative: where the Services and their Secrets go",
+            default=NAMESPACE,
+        ),
+    )
+
     def options_from_env(self, env: Mapping[str, str]) -> KnativeSettings:
         return KnativeSettings.from_env(env)
 
@@ -449,8 +458,11 @@ class Knative:
         where = knative_settings(config).namespace
         return {"function": function, "url": published or address(function, where)}
 
-    def functions_namespace(self, config: OperatorConfig) -> str:
-        return knative_settings(config).namespace
+    def latency(self, config: OperatorConfig, function: str) -> float | None:
+        """Not known: requests reach a Service through Knative's ingress and activator, whose
+        metrics name revisions, not functions (none goes through a histogram the operator
+        reads)."""
+        return None
 
     @contextmanager
     def session(self, config: OperatorConfig) -> Iterator[KnativeSession]:

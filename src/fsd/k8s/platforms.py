@@ -3,9 +3,9 @@
 A platform is a :class:`Platform` object in its own module plus one line in :data:`PLATFORMS`
 (``spec.platform``, else the operator's ``FSD_PLATFORM``, picks it). It builds the desired state
 of the two functions, opens a :class:`Session` that applies it (the function secrets first),
-removes it (only what this object owns: contract 2) and reads readiness, and names the
-coordinator's URL for ``status.coordinator``. The handlers (:mod:`fsd.k8s.handlers`) only
-iterate this table; they never name a platform.
+removes it (only what this object owns: contract 2) and reads readiness, names the
+coordinator's URL for ``status.coordinator`` and reads its latency. The handlers
+(:mod:`fsd.k8s.handlers`) only iterate this table; they never name a platform.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from fsd.k8s.config import OperatorConfig
     from fsd.k8s.functions import Readiness
     from fsd.k8s.spec import ModelSpec
+    from fsd.settings import Variable
 
 PLATFORMS: Mapping[str, str] = {
-    "openfaas": "fsd.k8s.functions:OPENFAAS",
+    "openfaas": "fsd.k8s.openfaas:OPENFAAS",
     "knative": "fsd.k8s.knative:KNATIVE",
 }
 """``spec.platform`` -> ``module:object`` (a :class:`Platform`), imported when first used."""
@@ -58,6 +59,9 @@ class Session(Protocol):
 class Platform(Protocol):
     """What the operator needs of one platform (see the module's docstring)."""
 
+    VARIABLES: tuple[Variable, ...]
+    """The operator's variables this platform reads (docs/configuration.md)."""
+
     def options_from_env(self, env: Mapping[str, str]) -> Any:
         """This platform's own operator settings (in ``OperatorConfig.platform_options``)."""
 
@@ -75,8 +79,10 @@ class Platform(Protocol):
     ) -> dict[str, str]:
         """``status.coordinator``: the coordinator function and the URL it is invoked at."""
 
-    def functions_namespace(self, config: OperatorConfig) -> str:
-        """Where the functions run (Prometheus' label for ``lastLatencySeconds``)."""
+    def latency(self, config: OperatorConfig, function: str) -> float | None:
+        """``status.lastLatencySeconds``: mean seconds of the coordinator ``function``'s recent
+        requests from Prometheus (``config.prometheus_url``, set); None: not known. Never
+        raises."""
 
     def session(self, config: OperatorConfig) -> AbstractContextManager[Session]:
         """A connection to the platform; temporary ``ReconcileError`` if it cannot be had."""

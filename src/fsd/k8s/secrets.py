@@ -1,35 +1,31 @@
-"""The functions' OpenFaaS secrets, created and kept by the operator from its own mounted files.
+"""The functions' secrets, created and kept by the operator from its own mounted files.
 
 The chart mounts the credentials Secret into the operator pod (``FSD_SECRETS_DIR``, one file per
-secret name: contract 4); the functions mount the same names as OpenFaaS secrets in the function
-namespace. The operator copies one to the other, so nobody runs ``faas-cli secret create``:
+secret name: contract 4); the functions mount the same names in their namespace. The operator
+copies one to the other (:func:`read_secrets`, then the platform's session writes them), so
+nobody runs ``faas-cli secret create`` or ``kubectl create secret``:
 
-- CE (:class:`GatewaySecrets`): through the gateway's ``/system/secrets`` (faas-netes
-  ``pkg/handlers/secrets.go``): ``POST`` a missing name, ``PUT`` a present one whose value this
-  process has not written yet or that changed since (the gateway lists names, never values, so a
-  restarted operator replaces each secret once).
-- Pro (:class:`KubeSecrets`): Kubernetes Secrets in the function namespace, key = the secret's
-  name as ``faas-cli secret create`` makes them (faas-netes ``pkg/k8s/secrets.go``,
+- :class:`KubeSecrets`: Kubernetes Secrets in the function namespace, key = the secret's name as
+  ``faas-cli secret create`` makes them (faas-netes ``pkg/k8s/secrets.go``,
   ``getValidSecretData``), labelled ``app.kubernetes.io/managed-by: fsd-operator``; values are
   compared and replaced when rotated. A Secret of that name the operator did not create is left
-  alone (``SecretNotManaged``).
+  alone (``SecretNotManaged``). A platform with its own secrets API writes them its way (the
+  OpenFaaS gateway's ``/system/secrets``: :mod:`fsd.k8s.openfaas`).
 
 Every failure is a *temporary* :class:`ReconcileError` naming the secret (``SecretMissing``: no
 file; ``SecretRejected``: refused), so the model is Degraded and retried with backoff until the
-file appears or the gateway accepts it. Values never reach a log or a message (the gateway's
-answers to secret calls are left out of its errors, :mod:`fsd.k8s.openfaas`).
+file appears or the platform accepts it. Values never reach a log or a message.
 
-No lock is held across these calls (a slow gateway would stall every other object's reconcile
-behind it): two reconciles writing the same name at once meet as a 409 and the later one
-replaces (CE) or leaves (Pro: both copy the same mounted file) what the earlier wrote.
+No lock is held across these calls (a slow API would stall every other object's reconcile
+behind it): two reconciles writing the same name at once meet as a 409 and the later one leaves
+what the earlier wrote (both copy the same mounted file).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +33,6 @@ import urllib3
 from kubernetes import client as kube  # type: ignore[import-untyped,unused-ignore]
 
 from fsd.k8s.errors import ReconcileError
-from fsd.k8s.openfaas import GatewayClient, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -73,43 +68,6 @@ def read_secrets(folder: str, names: Sequence[str]) -> dict[str, str]:
             raise SecretError(f"secret {name}: {path} is empty", "SecretMissing")
         values[name] = value
     return values
-
-
-def digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-class GatewaySecrets:
-    """CE: the gateway's ``/system/secrets``; ``written`` remembers digests of what we wrote."""
-
-    def __init__(self, gateway: GatewayClient, written: MutableMapping[str, str]) -> None:
-        self.gateway = gateway
-        self.written = written
-
-    def ensure(self, values: Mapping[str, str]) -> None:
-        try:
-            present = self.gateway.secret_names()
-        except GatewayError as exc:
-            if not exc.temporary:
-                raise SecretError(f"cannot list secrets: {exc}", "SecretRejected") from None
-            raise
-        for name, value in values.items():
-            key, want = f"{self.gateway.url}#{self.gateway.namespace}#{name}", digest(value)
-            if name in present and self.written.get(key) == want:
-                continue
-            try:
-                try:
-                    self.gateway.put_secret(name, value, exists=name in present)
-                except GatewayError as exc:
-                    if exc.status != 409:
-                        raise
-                    # created meanwhile (another object's reconcile): replace it
-                    self.gateway.put_secret(name, value, exists=True)
-            except GatewayError as exc:
-                if exc.temporary and (exc.status is None or exc.reason == "GatewayUnauthorized"):
-                    raise  # unreachable, or our password: the gateway's reason says it best
-                raise SecretError(f"secret {name} refused: {exc}", "SecretRejected") from None
-            self.written[key] = want
 
 
 class KubeSecrets:

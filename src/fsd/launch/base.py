@@ -13,7 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from fsd.channels.base import Billing, Rates
 from fsd.task import WorkerTask
+
+FUNCTION_USE = ("gb_seconds", "invocations")
+"""What a run's functions use, as a platform's :attr:`Launcher.BILLING` names it: memory x
+duration (GB-seconds, each function's duration billed by the millisecond) and invocations."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,16 @@ class Launcher(ABC):
     server serves them), share its memory (a run may use a fresh secret of its own) and cannot
     be a function's workers. False: workers are elsewhere, and need the deployment's secret and
     a server they can reach."""
+    BILLING: ClassVar[Billing] = {}
+    """How this platform bills functions, if it publishes list prices: each of
+    :data:`FUNCTION_USE` -> billed items. Every run's functions are priced as the first
+    platform of the registry that declares one (:func:`fsd.cost.function_billing`), so runs on
+    any platform compare in dollars."""
+    PRICES: ClassVar[Rates] = {}
+    """The list price of each item its :attr:`BILLING` names, USD per unit."""
+    LOGGERS: ClassVar[tuple[str, ...]] = ()
+    """Its client library's loggers: quieter than fsd's own in the CLI (their DEBUG prints
+    request headers and retries)."""
 
     #: what each worker's platform answered when it finished (remote launchers fill it)
     replies: dict[int, dict[str, Any]]

@@ -26,7 +26,7 @@ from fsd.auth import sign_invocation
 from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch.base import RemoteLauncher
 from fsd.redact import redact, redact_text
-from fsd.settings import RUN_TIMEOUT
+from fsd.settings import RUN_TIMEOUT, names
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,12 @@ ABORT_GRACE = 15.0  # seconds a failed run waits for its aborted workers before 
 INVOCATION_TTL = _BUSY_SECONDS + 60.0
 """How long a signed invocation stays valid: the retries on 429/503, plus clock skew."""
 _MAX_DETAIL = 500
+
+
+def worker_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``FSD_WORKER_URL``, comma-separated: the one place it is read, for every platform whose
+    workers are HTTP endpoints (worker p goes to the p-th modulo their number)."""
+    return names(env, "FSD_WORKER_URL")
 
 
 class HttpLauncher(RemoteLauncher):

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from fsd import settings
 from fsd.launch.base import LauncherOptions
-from fsd.launch.http import HttpLauncher
+from fsd.launch.http import HttpLauncher, worker_urls
 
 __all__ = ["KnativeLauncher", "KnativeOptions"]
 
@@ -36,7 +35,7 @@ class KnativeOptions(LauncherOptions):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
-        return cls(urls=settings.names(env, "FSD_WORKER_URL"))
+        return cls(urls=worker_urls(env))
 
     def to_env(self) -> dict[str, str]:
         return {"FSD_WORKER_URL": ",".join(self.urls)} if self.urls else {}

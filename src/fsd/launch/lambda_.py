@@ -105,6 +105,14 @@ class LambdaLauncher(RemoteLauncher):
     """Invokes the worker function asynchronously once per task (or per tree root)."""
 
     Options = LambdaOptions
+    BILLING = {
+        "gb_seconds": (("lambda_gb_second", 1.0),),
+        "invocations": (("lambda_request", 1.0),),
+    }
+    # us-east-1 list prices, x86: $0.0000166667 per GB-second of duration (first 6 B GB-s/month
+    # tier), $0.20 per million requests (invocations)
+    PRICES = {"lambda_gb_second": 0.0000166667, "lambda_request": 0.20 / 1e6}
+    LOGGERS = ("boto3", "botocore")
 
     def __init__(
         self,

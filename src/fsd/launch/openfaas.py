@@ -24,7 +24,7 @@ from typing import ClassVar, Self
 
 from fsd import settings
 from fsd.launch.base import LauncherOptions, children
-from fsd.launch.http import ABORT_GRACE, INVOCATION_TTL, HttpLauncher
+from fsd.launch.http import ABORT_GRACE, INVOCATION_TTL, HttpLauncher, worker_urls
 from fsd.settings import GATEWAY_USER, RUN_TIMEOUT
 
 __all__ = ["ABORT_GRACE", "INVOCATION_TTL", "OpenFaaSLauncher", "OpenFaaSOptions", "children"]
@@ -49,7 +49,7 @@ class OpenFaaSOptions(LauncherOptions):
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
         return cls(
-            urls=settings.names(env, "FSD_WORKER_URL"),
+            urls=worker_urls(env),
             user=settings.text(env, "FSD_GATEWAY_USER", GATEWAY_USER),
             password=env.get("FSD_GATEWAY_PASSWORD", ""),
         )

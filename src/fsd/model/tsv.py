@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from fsd import settings
 from fsd.errors import InputError, ModelFormatError
 from fsd.model.layers import (
     CHUNK,
@@ -427,14 +426,18 @@ def layer_path(root: Path, neurons: int, layer: int) -> Path:
     return found
 
 
-def _cache_file(paths: list[Path]) -> Path:
+def default_cache_dir() -> Path:
+    """Where TSV models are cached unless the entry point says (``FSD_CACHE_DIR``)."""
+    return Path.home() / ".cache" / "fsd"
+
+
+def _cache_file(paths: list[Path], folder: Path | None = None) -> Path:
     digest = hashlib.sha256(str(CACHE_VERSION).encode())
     for p in paths:
         st = p.stat()
         digest.update(os.fsencode(p.resolve()))  # bytes: any path, UTF-8 or not
         digest.update(f"|{st.st_size}|{st.st_mtime_ns}|".encode())
-    base = Path(settings.text(os.environ, "FSD_CACHE_DIR") or Path.home() / ".cache" / "fsd")
-    return base / f"net-{digest.hexdigest()[:24]}.npz"
+    return (folder or default_cache_dir()) / f"net-{digest.hexdigest()[:24]}.npz"
 
 
 class _CappedReader(io.BufferedReader):
@@ -585,9 +588,11 @@ def load_network(
     layers: int | None = None,
     cache: bool = True,
     dtype: np.dtype[np.floating] | str = "float32",
+    cache_dir: Path | None = None,
 ) -> Network:
     """Load the official layout or a binary layer folder (``layers.json``, see
-    :mod:`fsd.model.layers`); repeat loads of unchanged TSV files come from a binary cache.
+    :mod:`fsd.model.layers`); repeat loads of unchanged TSV files come from a binary cache in
+    ``cache_dir`` (the entry point's ``FSD_CACHE_DIR``; None: :func:`default_cache_dir`).
 
     ``dtype`` is the one the engine will run in: every weight must be finite in it.
     """
@@ -606,7 +611,7 @@ def load_network(
             layer_path(root, neurons, depth + 1)  # raises: names the first missing file
         depth = layers
     paths = [layer_path(root, neurons, k) for k in range(1, depth + 1)]
-    cached = _load_cache(_cache_file(paths), neurons, depth) if cache else None
+    cached = _load_cache(_cache_file(paths, cache_dir), neurons, depth) if cache else None
     if cached is not None and not all(finite_in(w.data, dtype).all() for w in cached):
         cached = None  # finite only in float64: the TSVs say where (or differ from the cache)
     if cached is not None:
@@ -617,7 +622,7 @@ def load_network(
             rows, cols, vals = read_triples(path, (neurons, neurons), dtype)
             mats.append(_csr(rows, cols, vals, (neurons, neurons)))
         if cache:
-            _save_cache(_cache_file(paths), mats)
+            _save_cache(_cache_file(paths, cache_dir), mats)
     return Network(mats, bias_for(neurons), name=f"graphchallenge-{neurons}x{depth}")
 
 

@@ -1,6 +1,7 @@
 """moto's server, locked: every request must be signed (AWS Signature V4) with this start's keys,
-and moto's control routes answer nobody. Run by :class:`fsd.services.MotoServer` as
-``python -m fsd.moto_locked PORT`` with the keys in its environment (never on a command line).
+and moto's control routes answer nobody. Run by :class:`fsd.embedded.aws.MotoServer` as
+``python -m fsd.embedded.moto_locked PORT`` with the keys in its environment (never on a
+command line).
 
 Why a gate in front of moto rather than moto's own checks: moto checks no signatures unless
 ``INITIAL_NO_AUTH_ACTION_COUNT`` is set, and even then only where each service's code asks (S3
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from xml.sax.saxutils import escape
 
-log = logging.getLogger("fsd.moto_locked")
+log = logging.getLogger("fsd.embedded.moto_locked")  # __name__ is __main__ when run
 
 HOST = "127.0.0.1"  # loopback only, whatever the caller says
 ACCESS_KEY_VAR = "FSD_MOTO_ACCESS_KEY"
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not args[0].isdigit() or not 0 < int(args[0]) < 65536:
-        log.error("usage: python -m fsd.moto_locked PORT (keys in the environment)")
+        log.error("usage: python -m fsd.embedded.moto_locked PORT (keys in the environment)")
         return 2
     access_key = os.environ.pop(ACCESS_KEY_VAR, "")
     secret_key = os.environ.pop(SECRET_KEY_VAR, "")

@@ -1,4 +1,5 @@
-"""The model's recent inference latency, for ``status.lastLatencySeconds``, asked from Prometheus.
+"""The model's recent inference latency on OpenFaaS, for ``status.lastLatencySeconds``, asked from
+Prometheus (the operator's OpenFaaS platform, :mod:`fsd.k8s.openfaas`, reads it).
 
 :func:`last_latency` asks Prometheus' HTTP API (``GET /api/v1/query``) for the mean seconds of the
 coordinator function's requests over the last five minutes, from the OpenFaaS gateway's own

@@ -1,0 +1,350 @@
+"""No backend named in generic code (issue 19): a transport or a platform is its own module plus
+one registry line, so the code between them never spells one out.
+
+The scan reads every module of ``src/fsd`` (its AST: string constants but docstrings, names,
+attributes, definitions, arguments, keywords, imports) for a backend's name (:data:`NAMES`).
+Allowed are the backends' own modules (:func:`backend_modules`: what a registry names, its
+``<module>_*`` helpers, and the few listed in :data:`BACKEND_MODULES` with their reason), the
+registry tables themselves (an assignment to one of :data:`REGISTRY_TABLES`), what is generic
+in context (:data:`GENERIC`, each with its reason) and, for now, what is still to move
+(:data:`REMAINING_PLATFORMS`, :data:`REMAINING_TRANSPORTS`). An allowed entry that no longer
+occurs is a failure too, so the lists only shrink. ``python tests/test_backend_names.py`` prints the
+current hits in the ``REMAINING_*`` format.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PACKAGE = SRC / "fsd"
+
+#: A backend's name as it shows in code: the transports (and the servers and SDKs that are
+#: theirs) and the platforms, OpenFaaS's gateway included (not Prometheus' Pushgateway).
+NAMES = re.compile(
+    r"(?i)(nats|openfaas|lambda_?launcher|\blambda\b|lambda_|sqs|sns|knative|seaweed|moto|minio"
+    r"|(^|_|\b)s3(_|\b|$)|boto|(?<!push)gateway)"
+)
+
+#: Module-level names whose assigned table is a registry: one line per backend.
+REGISTRY_TABLES = frozenset({"PLATFORMS", "TRANSPORTS"})
+
+#: Registries: module -> its table(s), each ``name -> "module[:object]"``.
+REGISTRIES = (
+    ("fsd.channels", "TRANSPORTS"),
+    ("fsd.launch", "PLATFORMS"),
+    ("fsd.k8s.platforms", "PLATFORMS"),
+    ("fsd.invoke", "PLATFORMS"),
+)
+
+#: Backend modules no registry names, with their reason.
+BACKEND_MODULES: Mapping[str, str] = {
+    "fsd/aws/": "Lambda's entry points (its handlers), as functions/ is the image's",
+    "fsd/channels/aws.py": "the AWS SDK client the sqs and sns transports share",
+    "fsd/embedded/nats.py": "the nats transport's embedded dev server",
+    "fsd/embedded/s3.py": "the s3 transport's (and the model store's) embedded dev server",
+    "fsd/embedded/aws.py": "the sqs and sns transports' embedded dev server (moto)",
+    "fsd/embedded/moto_locked.py": "moto's server, locked: the aws embedded server's",
+}
+
+#: Generic in context: (module, text) -> why it is not a backend's name there.
+GENERIC: Mapping[tuple[str, str], str] = {
+    ("fsd/cli.py", "gateway"): "Prometheus' Pushgateway (FSD_PUSHGATEWAY), not OpenFaaS's",
+    ("fsd/observe.py", "gateway"): "Prometheus' Pushgateway, not OpenFaaS's",
+    ("fsd/observe.py", "push_to_gateway"): "prometheus_client's Pushgateway call",
+}
+
+# -- remaining: platforms (issue 19, being moved) ------------------------------------------------
+# settings.py: OpenFaaS's defaults shared by fsd.launch.openfaas, fsd.k8s.openfaas and
+#   fsd.invoke_openfaas (gateway URL/user/timeout, the secrets folder, Prometheus, the default
+#   platform); variables.py: fsd invoke's OPENFAAS_* (fsd.invoke_openfaas reads them, but
+#   fsd.variables sits below fsd.invoke); configdoc.py and functions/config.py: the
+#   variables' page text (FSD_LAUNCHER's meaning); k8s/config.py: the OpenFaaS gateway's
+#   password among the default function secrets (FSD_FUNCTION_SECRETS' default, which the chart
+#   shows).
+REMAINING_PLATFORMS: Mapping[str, tuple[str, ...]] = {
+    "fsd/configdoc.py": (
+        "Lambda",
+        "Lambda handlers",
+        "Read by `fsd run`, the functions, the Lambda handlers and th",
+        "Read by `fsd.aws.settings` (besides the functions' variables",
+        "TCP port when FSD_PORT is unset (Knative Serving sets it)",
+        "` after changing one (tests/test_config_once.py fails while ",
+        "` transport is used: `fsd run`, the functions, the Lambda ha",
+    ),
+    "fsd/functions/config.py": ("the platform that invokes workers: a name of fsd.launch.PLAT",),
+    "fsd/k8s/config.py": ("fsd-gateway-password",),
+    "fsd/settings.py": (
+        "/var/openfaas/secrets",
+        "GATEWAY_TIMEOUT",
+        "GATEWAY_URL",
+        "GATEWAY_USER",
+        "LOCAL_GATEWAY_URL",
+        "http://gateway.openfaas:8080",
+        "http://prometheus.openfaas:9090",
+        "openfaas",
+    ),
+    "fsd/variables.py": (
+        "GATEWAY_USER",
+        "LOCAL_GATEWAY_URL",
+        "OPENFAAS_PASSWORD",
+        "OPENFAAS_URL",
+        "OPENFAAS_USER",
+        "fsd invoke: the OpenFaaS gateway (or --gateway), as faas-cli",
+        "fsd invoke: the gateway's basic-auth password (or --password",
+        "fsd invoke: the gateway's basic-auth user (or --user)",
+    ),
+}
+
+# -- remaining: transports (issue 19, being moved) -----------------------------------------------
+# The transports' variables, secrets, flags and client libraries in shared code, and the
+# model store's S3 (s3client.py, store.py, k8s/source.py, k8s/spec.py's source URL).
+REMAINING_TRANSPORTS: Mapping[str, tuple[str, ...]] = {
+    "fsd/cli.py": (
+        "boto3",
+        "botocore",
+        "examples:\n  fsd run                                         ",
+        "examples:\n  fsd run --workers 4 --channel nats\n  fsd invoke ",
+        "minio",
+        "nats",
+        "the model store (an S3 bucket) used by the functions",
+    ),
+    "fsd/configdoc.py": (
+        "Read as the AWS SDKs read them (`fsd.settings`), by the S3 s",
+        "Read by `fsd.functions.config` in the coordinator and worker",
+    ),
+    "fsd/functions/config.py": ("no model store configured (FSD_S3_ENDPOINT)",),
+    "fsd/k8s/config.py": (
+        "FSD_FUNCTION_S3_ENDPOINT",
+        "FSD_NATS_URL",
+        "FSD_S3_ENDPOINT",
+        "NATS for the functions",
+        "NATS_URL",
+        "cap on a source folder downloaded from S3, in whole MiB (1..",
+        "fsd-nats-token",
+        "fsd-s3-access-key",
+        "fsd-s3-secret-key",
+        "function_s3_endpoint",
+        "nats_url",
+        "the operator needs the model store's endpoint (FSD_S3_ENDPOI",
+    ),
+    "fsd/k8s/desired.py": (
+        "FSD_NATS_URL",
+        "FSD_S3_BUCKET",
+        "FSD_S3_ENDPOINT",
+        "function_s3_endpoint",
+        "nats_url",
+    ),
+    "fsd/k8s/source.py": (
+        "): check the S3 keys",
+        ": S3 endpoint unreachable: ",
+        ": S3 error ",
+        "Minio",
+        "MinioException",
+        "_s3_failure",
+    ),
+    "fsd/k8s/spec.py": (
+        "nats",
+        "s3",
+        "s3://",
+        "spec.source.url must be s3://bucket/prefix, got ",
+    ),
+    "fsd/s3client.py": (
+        "--s3-bucket",
+        "--s3-endpoint",
+        "AWS_ENDPOINT_URL_S3",
+        "FSD_S3_ACCESS_KEY_ID",
+        "FSD_S3_BUCKET",
+        "FSD_S3_ENDPOINT",
+        "FSD_S3_SECRET_ACCESS_KEY",
+        "Minio",
+        "S3 access key (never AWS_ACCESS_KEY_ID, which every AWS clie",
+        "S3 access key without FSD_S3_ACCESS_KEY_ID",
+        "S3 bucket (else env FSD_S3_BUCKET, else ",
+        "S3 bucket names are lower case: ",
+        "S3 endpoint URL (else env FSD_S3_ENDPOINT, AWS_ENDPOINT_URL_",
+        "S3 endpoint URL, e.g. https://s3.amazonaws.com; when absent,",
+        "S3 secret key",
+        "S3 secret key with AWS_ACCESS_KEY_ID",
+        "S3_ENDPOINT_HELP",
+        "S3_ENDPOINT_VARS",
+        "S3_VARIABLES",
+        "fsd-s3-access-key",
+        "fsd-s3-secret-key",
+        "invalid S3 bucket name ",
+        "minio_client",
+        "s3 endpoint",
+        "s3_bucket",
+        "s3_endpoint",
+        "s3_endpoint_setting",
+        "s3_keys",
+        "s3_secret_env",
+        "the S3 endpoint as the AWS SDKs read it (else AWS_ENDPOINT_U",
+    ),
+    "fsd/settings.py": (
+        "NATS_URL",
+        "nats",
+        "nats://nats.fsd:4222",
+    ),
+    "fsd/store.py": (
+        "--s3-bucket",
+        "--s3-endpoint",
+        "FSD_S3_BUCKET",
+        "FSD_S3_ENDPOINT",
+        "MinioException",
+        "S3_ENDPOINT_HELP",
+        "S3_VARIABLES",
+        "bucket (else env FSD_S3_BUCKET, else ",
+        "fsd.embedded.s3:store_server",
+        "minio_client",
+        "s3_bucket",
+        "s3_endpoint",
+        "s3_keys",
+        "s3_secret_env",
+        "the model store needs an S3 endpoint (--s3-endpoint or FSD_S",
+    ),
+}
+
+ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        *GENERIC,
+        *((m, t) for m, texts in REMAINING_PLATFORMS.items() for t in texts),
+        *((m, t) for m, texts in REMAINING_TRANSPORTS.items() for t in texts),
+    }
+)
+"""Every (module, text) that may stay, for now."""
+
+
+def _module_path(module: str) -> Path:
+    path = PACKAGE.parent / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def backend_modules() -> set[str]:
+    """Paths (relative to ``src``) of every backend's own modules: each registry's entries,
+    their ``<module>_*`` siblings (a platform's helpers: ``k8s/openfaas_gateway.py``) and
+    :data:`BACKEND_MODULES`."""
+    found: set[str] = set()
+    for registry, table in REGISTRIES:
+        entries = getattr(importlib.import_module(registry), table)
+        for target in entries.values():
+            path = _module_path(target.partition(":")[0])
+            found.add(path.relative_to(SRC).as_posix())
+            for sibling in path.parent.glob(f"{path.stem}_*.py"):
+                found.add(sibling.relative_to(SRC).as_posix())
+    for prefix in BACKEND_MODULES:
+        for path in PACKAGE.parent.glob(f"{prefix}**/*.py" if prefix.endswith("/") else prefix):
+            found.add(path.relative_to(SRC).as_posix())
+    return found
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of docstring constants (a module's, class's, function's, or an attribute's)."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
+
+
+def _registry_nodes(tree: ast.Module) -> set[int]:
+    """ids of every node inside a registry table's assignment."""
+    inside: set[int] = set()
+    for stmt in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        elif isinstance(stmt, ast.AnnAssign):
+            targets = [stmt.target]
+        if any(isinstance(t, ast.Name) and t.id in REGISTRY_TABLES for t in targets):
+            inside.update(id(node) for node in ast.walk(stmt))
+    return inside
+
+
+def _texts(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    skip = _docstrings(tree) | _registry_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        text = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        elif isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            text = node.name
+        elif isinstance(node, ast.arg | ast.keyword):
+            text = node.arg
+        elif isinstance(node, ast.alias):
+            text = node.name
+        if text:
+            yield getattr(node, "lineno", 0), text
+
+
+def hits() -> dict[tuple[str, str], list[int]]:
+    """(module, text) -> lines, for every backend name outside the backends' modules."""
+    own = backend_modules()
+    found: dict[tuple[str, str], list[int]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(SRC).as_posix()
+        if where in own:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for line, text in _texts(tree):
+            if NAMES.search(text):
+                found.setdefault((where, text[:60]), []).append(line)
+    return found
+
+
+def test_no_backend_name_in_generic_code() -> None:
+    """Every hit is allowed, with its reason; every allowed entry still occurs."""
+    found = hits()
+    new = {key: lines for key, lines in found.items() if key not in ALLOWED}
+    gone = [key for key in ALLOWED if key not in found]
+    shown = "\n".join(f"  {m}:{lines[0]}: {t!r}" for (m, t), lines in sorted(new.items()))
+    assert not new, f"backend names in generic code (move them, or allow with a reason):\n{shown}"
+    assert not gone, f"allowed but gone (remove from ALLOWED): {gone}"
+
+
+def test_backend_modules_are_registered_or_listed() -> None:
+    """The backends' modules the scan skips exist: a renamed module is not silently skipped,
+    and the allowed ones stay few."""
+    own = backend_modules()
+    for prefix in BACKEND_MODULES:
+        assert any(m.startswith(prefix) for m in own), prefix
+    assert {"fsd/k8s/openfaas.py", "fsd/k8s/knative.py", "fsd/invoke_openfaas.py"} <= own
+    assert all(not m.startswith("fsd/k8s/platforms") for m in own)  # a registry is scanned
+
+
+def test_operator_platforms_are_independent_modules() -> None:
+    """pyproject's import contract lists every operator platform (fsd.k8s.platforms.PLATFORMS),
+    so no platform imports another."""
+    import tomllib
+
+    from fsd.k8s import platforms
+
+    config = tomllib.loads((SRC.parent / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    modules = {v.partition(":")[0] for v in platforms.PLATFORMS.values()}
+    assert any(c["type"] == "independence" and set(c["modules"]) == modules for c in contracts), (
+        modules
+    )
+
+
+if __name__ == "__main__":  # the current hits not GENERIC, by module (the REMAINING_* format)
+    grouped: dict[str, list[str]] = {}
+    for (module, text), lines in sorted(hits().items()):
+        if (module, text) not in GENERIC:
+            grouped.setdefault(module, []).append(f"        {text!r},  # line {lines[0]}")
+    for module, texts in grouped.items():
+        print(f"    {module!r}: (", *texts, "    ),", sep="\n")
+    sys.exit(0)
