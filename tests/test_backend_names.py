@@ -105,15 +105,6 @@ REMAINING_PLATFORMS: Mapping[str, tuple[str, ...]] = {
 # The transports' variables, secrets, flags and client libraries in shared code, and the
 # model store's S3 (s3client.py, store.py, k8s/source.py, k8s/spec.py's source URL).
 REMAINING_TRANSPORTS: Mapping[str, tuple[str, ...]] = {
-    "fsd/cli.py": (
-        "boto3",
-        "botocore",
-        "examples:\n  fsd run                                         ",
-        "examples:\n  fsd run --workers 4 --channel nats\n  fsd invoke ",
-        "minio",
-        "nats",
-        "the model store (an S3 bucket) used by the functions",
-    ),
     "fsd/configdoc.py": (
         "Read as the AWS SDKs read them (`fsd.settings`), by the S3 s",
         "Read by `fsd.functions.config` in the coordinator and worker",

@@ -19,7 +19,7 @@ import tomllib
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from fsd.channels import CHANNELS, REMOTE_CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.cli import main
 from fsd.embedded.aws import MotoServer
-from fsd.embedded.nats import NatsServer
 from fsd.embedded.s3 import S3Server
 from fsd.errors import InputError
 from fsd.localstack import ROOT, LocalStack
@@ -611,15 +610,11 @@ class _GatewayHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def tiny_stack(nats_server: NatsServer, s3_server: S3Server) -> Iterator[tuple[LocalStack, Images]]:
+def tiny_stack(servers_env: Mapping[str, str]) -> Iterator[tuple[LocalStack, Images]]:
     """The coordinator and two workers, served by the template's entry with real NATS and S3,
     serving one small generated model."""
     env = {
-        "FSD_NATS_URL": nats_server.url,
-        "FSD_NATS_TOKEN": nats_server.token,
-        "FSD_S3_ENDPOINT": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        **servers_env,
         "FSD_S3_BUCKET": "fsd-cli-invoke",
         "FSD_MODELS": "tiny",
         "PATH": "/usr/bin:/bin",

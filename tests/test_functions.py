@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,10 @@ from test_run import billed_mb
 
 @pytest.fixture(scope="module")
 def stack(
-    nats_server: NatsServer, s3_server: S3Server, shared_net: Network, shared_images: Images
+    servers_env: Mapping[str, str], shared_net: Network, shared_images: Images
 ) -> Iterator[LocalStack]:
     env = {
-        "FSD_NATS_URL": nats_server.url,
-        "FSD_NATS_TOKEN": nats_server.token,
-        "FSD_S3_ENDPOINT": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        **servers_env,
         "FSD_MAX_BODY_BYTES": str(64 * 1024),
         "FSD_LAYER_TIMEOUT": "20",
         "FSD_MODELS": "gc1024",
