@@ -32,7 +32,7 @@ NAMES = re.compile(
 )
 
 #: Module-level names whose assigned table is a registry: one line per backend.
-REGISTRY_TABLES = frozenset({"PLATFORMS", "TRANSPORTS"})
+REGISTRY_TABLES = frozenset({"PLATFORMS", "STORES", "TRANSPORTS"})
 
 #: Registries: module -> its table(s), each ``name -> "module[:object]"``.
 REGISTRIES = (
@@ -40,12 +40,14 @@ REGISTRIES = (
     ("fsd.launch", "PLATFORMS"),
     ("fsd.k8s.platforms", "PLATFORMS"),
     ("fsd.invoke", "PLATFORMS"),
+    ("fsd.stores", "STORES"),
 )
 
 #: Backend modules no registry names, with their reason.
 BACKEND_MODULES: Mapping[str, str] = {
     "fsd/aws/": "Lambda's entry points (its handlers), as functions/ is the image's",
     "fsd/channels/aws.py": "the AWS SDK client the sqs and sns transports share",
+    "fsd/s3client.py": "the S3 client and settings the s3 transport and the s3 store share",
     "fsd/embedded/nats.py": "the nats transport's embedded dev server",
     "fsd/embedded/s3.py": "the s3 transport's (and the model store's) embedded dev server",
     "fsd/embedded/aws.py": "the sqs and sns transports' embedded dev server (moto)",
@@ -60,144 +62,15 @@ GENERIC: Mapping[tuple[str, str], str] = {
 }
 
 # -- remaining: platforms (issue 19, being moved) ------------------------------------------------
-# settings.py: OpenFaaS's defaults shared by fsd.launch.openfaas, fsd.k8s.openfaas and
-#   fsd.invoke_openfaas (gateway URL/user/timeout, the secrets folder, Prometheus, the default
-#   platform); variables.py: fsd invoke's OPENFAAS_* (fsd.invoke_openfaas reads them, but
-#   fsd.variables sits below fsd.invoke); configdoc.py and functions/config.py: the
-#   variables' page text (FSD_LAUNCHER's meaning); k8s/config.py: the OpenFaaS gateway's
-#   password among the default function secrets (FSD_FUNCTION_SECRETS' default, which the chart
-#   shows).
-REMAINING_PLATFORMS: Mapping[str, tuple[str, ...]] = {
-    "fsd/configdoc.py": (
-        "Lambda",
-        "Lambda handlers",
-        "Read by `fsd run`, the functions, the Lambda handlers and th",
-        "Read by `fsd.aws.settings` (besides the functions' variables",
-        "TCP port when FSD_PORT is unset (Knative Serving sets it)",
-        "` after changing one (tests/test_config_once.py fails while ",
-        "` transport is used: `fsd run`, the functions, the Lambda ha",
-    ),
-    "fsd/functions/config.py": ("the platform that invokes workers: a name of fsd.launch.PLAT",),
-    "fsd/k8s/config.py": ("fsd-gateway-password",),
-    "fsd/settings.py": (
-        "/var/openfaas/secrets",
-        "GATEWAY_TIMEOUT",
-        "GATEWAY_URL",
-        "GATEWAY_USER",
-        "LOCAL_GATEWAY_URL",
-        "http://gateway.openfaas:8080",
-        "http://prometheus.openfaas:9090",
-        "openfaas",
-    ),
-    "fsd/variables.py": (
-        "GATEWAY_USER",
-        "LOCAL_GATEWAY_URL",
-        "OPENFAAS_PASSWORD",
-        "OPENFAAS_URL",
-        "OPENFAAS_USER",
-        "fsd invoke: the OpenFaaS gateway (or --gateway), as faas-cli",
-        "fsd invoke: the gateway's basic-auth password (or --password",
-        "fsd invoke: the gateway's basic-auth user (or --user)",
-    ),
-}
+REMAINING_PLATFORMS: Mapping[str, tuple[str, ...]] = {}
 
 # -- remaining: transports (issue 19, being moved) -----------------------------------------------
-# The transports' variables, secrets, flags and client libraries in shared code, and the
-# model store's S3 (s3client.py, store.py, k8s/source.py, k8s/spec.py's source URL).
+# The scheme of the operator's model source URL (k8s/spec.py: spec.source.url).
 REMAINING_TRANSPORTS: Mapping[str, tuple[str, ...]] = {
-    "fsd/configdoc.py": (
-        "Read as the AWS SDKs read them (`fsd.settings`), by the S3 s",
-        "Read by `fsd.functions.config` in the coordinator and worker",
-    ),
-    "fsd/functions/config.py": ("no model store configured (FSD_S3_ENDPOINT)",),
-    "fsd/k8s/config.py": (
-        "FSD_FUNCTION_S3_ENDPOINT",
-        "FSD_NATS_URL",
-        "FSD_S3_ENDPOINT",
-        "NATS for the functions",
-        "NATS_URL",
-        "cap on a source folder downloaded from S3, in whole MiB (1..",
-        "fsd-nats-token",
-        "fsd-s3-access-key",
-        "fsd-s3-secret-key",
-        "function_s3_endpoint",
-        "nats_url",
-        "the operator needs the model store's endpoint (FSD_S3_ENDPOI",
-    ),
-    "fsd/k8s/desired.py": (
-        "FSD_NATS_URL",
-        "FSD_S3_BUCKET",
-        "FSD_S3_ENDPOINT",
-        "function_s3_endpoint",
-        "nats_url",
-    ),
-    "fsd/k8s/source.py": (
-        "): check the S3 keys",
-        ": S3 endpoint unreachable: ",
-        ": S3 error ",
-        "Minio",
-        "MinioException",
-        "_s3_failure",
-    ),
     "fsd/k8s/spec.py": (
-        "nats",
         "s3",
         "s3://",
         "spec.source.url must be s3://bucket/prefix, got ",
-    ),
-    "fsd/s3client.py": (
-        "--s3-bucket",
-        "--s3-endpoint",
-        "AWS_ENDPOINT_URL_S3",
-        "FSD_S3_ACCESS_KEY_ID",
-        "FSD_S3_BUCKET",
-        "FSD_S3_ENDPOINT",
-        "FSD_S3_SECRET_ACCESS_KEY",
-        "Minio",
-        "S3 access key (never AWS_ACCESS_KEY_ID, which every AWS clie",
-        "S3 access key without FSD_S3_ACCESS_KEY_ID",
-        "S3 bucket (else env FSD_S3_BUCKET, else ",
-        "S3 bucket names are lower case: ",
-        "S3 endpoint URL (else env FSD_S3_ENDPOINT, AWS_ENDPOINT_URL_",
-        "S3 endpoint URL, e.g. https://s3.amazonaws.com; when absent,",
-        "S3 secret key",
-        "S3 secret key with AWS_ACCESS_KEY_ID",
-        "S3_ENDPOINT_HELP",
-        "S3_ENDPOINT_VARS",
-        "S3_VARIABLES",
-        "fsd-s3-access-key",
-        "fsd-s3-secret-key",
-        "invalid S3 bucket name ",
-        "minio_client",
-        "s3 endpoint",
-        "s3_bucket",
-        "s3_endpoint",
-        "s3_endpoint_setting",
-        "s3_keys",
-        "s3_secret_env",
-        "the S3 endpoint as the AWS SDKs read it (else AWS_ENDPOINT_U",
-    ),
-    "fsd/settings.py": (
-        "NATS_URL",
-        "nats",
-        "nats://nats.fsd:4222",
-    ),
-    "fsd/store.py": (
-        "--s3-bucket",
-        "--s3-endpoint",
-        "FSD_S3_BUCKET",
-        "FSD_S3_ENDPOINT",
-        "MinioException",
-        "S3_ENDPOINT_HELP",
-        "S3_VARIABLES",
-        "bucket (else env FSD_S3_BUCKET, else ",
-        "fsd.embedded.s3:store_server",
-        "minio_client",
-        "s3_bucket",
-        "s3_endpoint",
-        "s3_keys",
-        "s3_secret_env",
-        "the model store needs an S3 endpoint (--s3-endpoint or FSD_S",
     ),
 }
 

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import copy
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -36,6 +37,8 @@ import jsonschema
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from fsd import channels
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "fsd"
 CRDS = CHART / "crds"
@@ -44,7 +47,7 @@ EXAMPLE = ROOT / "examples" / "inferencemodel-gc1024.yaml"
 KIND_SH = ROOT / "tests" / "e2e" / "kind.sh"
 DOC = ROOT / "docs" / "deploy-kubernetes.md"
 OPERATOR_CONFIG = ROOT / "src" / "fsd" / "k8s" / "config.py"
-SETTINGS = ROOT / "src" / "fsd" / "settings.py"
+VARIABLES = ROOT / "src" / "fsd" / "variables.py"  # fsd.variables.secrets_dir
 CHANNEL_SETTINGS = ROOT / "src" / "fsd" / "channels" / "settings.py"
 S3_TRANSPORT = ROOT / "src" / "fsd" / "channels" / "s3.py"  # the s3 transport reads its own
 
@@ -579,7 +582,7 @@ def operator_reads() -> set[str]:
     the operator's, each operator platform's, the model store's and the shared ones) that the
     code also looks up: OperatorConfig.from_env itself, each platform's own operator settings,
     the S3 settings read by fsd.store (the s3 transport's variables), and FSD_SECRETS_DIR, read
-    by fsd.settings.secrets_dir, through which from_env goes."""
+    by fsd.variables.secrets_dir, through which from_env goes."""
     from fsd import configdoc
 
     documented = {
@@ -594,7 +597,10 @@ def operator_reads() -> set[str]:
     # each platform's own operator settings (fsd.k8s.platforms: FSD_KNATIVE_NAMESPACE ...)
     for path in (ROOT / "src" / "fsd" / "k8s").glob("*.py"):
         looked_up |= _env_lookups(path)
-    secrets_dir = _env_lookups(SETTINGS) & {"FSD_SECRETS_DIR"}
+    # what the operator reads for the chart's transports' servers (fsd.channels.cluster_env)
+    for kind in channels.stacked():
+        looked_up |= _env_lookups(Path(inspect.getfile(channels.options_class(kind))))
+    secrets_dir = _env_lookups(VARIABLES) & {"FSD_SECRETS_DIR"}
     assert documented and looked_up and secrets_dir
     return (documented & looked_up) | secrets_dir
 

@@ -8,7 +8,7 @@ import argparse
 
 import pytest
 
-from fsd import cli, launch
+from fsd import cli, launch, stores
 from fsd.channels import TRANSPORTS, transport
 from fsd.channels.local import LocalChannel
 
@@ -23,13 +23,15 @@ class ToyLoudChannel(LocalChannel):
 def _run_help() -> str:
     parser = cli._parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["run"].format_help()
+    run: argparse.ArgumentParser = sub.choices["run"]
+    return run.format_help()
 
 
 def test_every_declared_logger_is_quieted() -> None:
     declared = {
         *(n for k in TRANSPORTS for n in transport(k).LOGGERS),
         *(n for k in launch.PLATFORMS for n in launch.platform(k).LOGGERS),
+        *(n for k in stores.STORES for n in stores.backend(k).LOGGERS),
     }
     assert declared  # the transports' client libraries declare theirs
     assert declared | set(cli.THIRD_PARTY_LOGGERS) == set(cli._loggers())

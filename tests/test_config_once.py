@@ -180,7 +180,7 @@ def test_no_module_below_the_entry_points_reads_the_environment() -> None:
 #: the functions invoking workers through it, one for the operator deploying through it)
 READ_IN = {
     "FSD_RUN_KEY": {"settings.py"},
-    "FSD_SECRETS_DIR": {"settings.py"},
+    "FSD_SECRETS_DIR": {"variables.py"},
     "FSD_WORKER_URL": {"launch/http.py", "localstack.py"},  # the stack logs what it set
     "FSD_SECRETS_ARN": {"aws/settings.py"},
     "FSD_GATEWAY_USER": {"launch/openfaas.py", "k8s/openfaas.py"},

@@ -2,10 +2,10 @@
 
 Each test runs on a server of this module's own (the session ones stay untouched): one of its
 own if it kills it, else one the module's tests share, each leaving it empty. Each starts a real
-distributed inference. Servers are killed (SIGKILL, like a crash) from the coordinator's progress callback once
-the workers are past the first layers and come back on the same port with the same data; workers
-are killed or hung from inside. Whatever happened, the run's frames, objects and consumers are
-gone afterwards: a failed run cleans up like a successful one.
+distributed inference. Servers are killed (SIGKILL, like a crash) from the coordinator's progress
+callback once the workers are past the first layers and come back on the same port with the same
+data; workers are killed or hung from inside. Whatever happened, the run's frames, objects and
+consumers are gone afterwards: a failed run cleans up like a successful one.
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ import numpy as np
 import pytest
 
 from fsd import auth
-from fsd.embedded.nats import NatsServer
-from fsd.embedded.s3 import S3Server
 from fsd.functions import coordinator as coordinator_fn
 from fsd.localstack import ROOT, FunctionServer, LocalStack
 from fsd.model import Images, Network
@@ -383,18 +381,14 @@ def test_a_malformed_stored_model_is_502_not_the_callers_fault(stack: LocalStack
 
 
 def test_a_coordinator_with_a_memory_budget_replicates_a_model_that_fits(
-    nats_server: NatsServer, s3_server: S3Server, shared_net: Network, shared_images: Images
+    servers_env: Mapping[str, str], shared_net: Network, shared_images: Images
 ) -> None:
     """FSD_MEMORY_MB (the operator sets it): 2 workers asked for a model that fits one become
     2 replicas of the 1-worker cut, exact; a budget below the whole model makes each worker
     stream its layers from the store, a window at a time, keeping the first ones warm: the next
     request finds them (a hit) and streams only the rest."""
     env = {
-        "FSD_NATS_URL": nats_server.url,
-        "FSD_NATS_TOKEN": nats_server.token,
-        "FSD_S3_ENDPOINT": s3_server.endpoint,
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        **servers_env,
         "FSD_MODELS": "gc-budget",
         "FSD_MEMORY_MB": "250",  # the 1-worker cut fits with about 48 of its 120 layers
         "PATH": "/usr/bin:/bin",

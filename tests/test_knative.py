@@ -65,7 +65,6 @@ def knative_config(s3: S3Server, **overrides: Any) -> OperatorConfig:
         "secrets_dir": str(secrets_dir()),
         "retry_seconds": 0.2,
         "refresh_seconds": REFRESH,
-        "prometheus_url": "",
         "platform_options": {"knative": KnativeSettings(namespace=KNS)},
         "shared": ModelAccess.parse("*/kn-*"),  # the `pushed` models, shared by the admin
         **overrides,
@@ -326,8 +325,7 @@ def test_an_inference_through_the_knative_coordinator_is_exact(
     config = knative_config(
         s3_server,
         secrets_dir=str(secrets_dir(values)),
-        nats_url=NATS_IN_CLUSTER,
-        function_s3_endpoint=S3_IN_CLUSTER,
+        transport_env={"FSD_NATS_URL": NATS_IN_CLUSTER, "FSD_S3_ENDPOINT": S3_IN_CLUSTER},
         fanout=1,  # 2 workers: the coordinator invokes worker 0, which invokes worker 1
     )
     addresses = {NATS_IN_CLUSTER: nats_server.url, S3_IN_CLUSTER: s3_server.endpoint}

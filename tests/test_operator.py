@@ -1034,8 +1034,10 @@ def test_operator_numbers_must_be_finite_and_bounded() -> None:
     ]:
         with pytest.raises(InputError, match=name):
             OperatorConfig.from_env({**base, name: raw})
-    assert OperatorConfig.from_env({**base, "FSD_PROMETHEUS_URL": ""}).prometheus_url == ""
-    assert OperatorConfig.from_env(base).prometheus_url == "http://prometheus.openfaas:9090"
+    off = OperatorConfig.from_env({**base, "FSD_PROMETHEUS_URL": ""})
+    assert openfaas_settings(off).prometheus_url == ""
+    on = openfaas_settings(OperatorConfig.from_env(base))
+    assert on.prometheus_url == "http://prometheus.openfaas:9090"
 
 
 def test_functions_run_with_a_read_only_root_filesystem(s3_server: S3Server) -> None:

@@ -14,13 +14,16 @@ from typing import Any
 
 import pytest
 
-from fsd import invoke, invoke_openfaas, settings, variables
+from fsd import channels, invoke, invoke_openfaas, settings, variables
+from fsd.channels.nats import CLUSTER_URL as NATS_IN_CLUSTER
 from fsd.errors import InputError
 from fsd.functions.config import Limits, NotConfigured, platform
 from fsd.k8s import desired
 from fsd.k8s.config import OperatorConfig, refresh_seconds
-from fsd.k8s.openfaas import OpenFaaSSettings, openfaas_settings
-from fsd.k8s.openfaas_gateway import GatewayClient
+from fsd.k8s.openfaas import GATEWAY_URL, OpenFaaSSettings, openfaas_settings
+from fsd.k8s.openfaas_gateway import GATEWAY_TIMEOUT, GatewayClient
+from fsd.launch.openfaas import GATEWAY_USER
+from fsd.launch.openfaas import SECRETS_DIR as OPENFAAS_SECRETS
 from fsd.task import WorkerTask
 
 STORE = {"FSD_S3_ENDPOINT": "http://s3.fsd:9000"}
@@ -112,7 +115,11 @@ def test_the_operator_takes_plain_decimals_only(name: str, raw: str) -> None:
             refresh_seconds({name: raw})
 
 
-@pytest.mark.parametrize("name", sorted(variables.SECRET_NAMES))
+#: every secret a part declares: the runtime's and fsd invoke's clients' own
+ALL_SECRETS = sorted(variables.SECRET_NAMES | {v.name for v in invoke.variables() if v.secret})
+
+
+@pytest.mark.parametrize("name", ALL_SECRETS)
 def test_a_secret_value_is_never_in_a_message(name: str) -> None:
     env = {name: SECRET}
     reads: list[Callable[[], object]] = [
@@ -132,7 +139,8 @@ def test_a_secret_value_is_never_in_a_message(name: str) -> None:
 
 def test_the_run_key_is_a_secret_name() -> None:
     assert set(variables.SECRET_VARS.values()) <= variables.SECRET_NAMES
-    assert "OPENFAAS_PASSWORD" in variables.SECRET_NAMES  # fsd invoke's, not a mounted file
+    # fsd invoke's, not a mounted file: its client declares it, and the CLI scrubs it
+    assert "OPENFAAS_PASSWORD" in {v.name for v in invoke.variables() if v.secret}
 
 
 def test_text_names_choice_and_flag() -> None:
@@ -164,14 +172,14 @@ def test_shared_defaults_are_one_value() -> None:
     assert desired.DEFAULT_TIMEOUT == limits.timeout == settings.TIMEOUT
     # fsd invoke waits, for a request without timeout, as long as a coordinator may run one
     assert invoke.DEFAULT_WAIT_SECONDS == limits.max_timeout == settings.MAX_TIMEOUT
-    user = settings.GATEWAY_USER
+    user = GATEWAY_USER
     assert OpenFaaSSettings.gateway_user == invoke_openfaas.DEFAULT_USER == user
     assert invoke_openfaas.gateway(None, None, None, {}).user == user
-    assert OpenFaaSSettings.gateway_timeout == settings.GATEWAY_TIMEOUT
-    assert OperatorConfig.nats_url == settings.NATS_URL
+    assert OpenFaaSSettings.gateway_timeout == GATEWAY_TIMEOUT
+    assert OperatorConfig.from_env(STORE).transport_env["FSD_NATS_URL"] == NATS_IN_CLUSTER
     gateway = OpenFaaSSettings.function_gateway_url
-    assert OpenFaaSSettings.gateway_url == gateway == settings.GATEWAY_URL
-    assert OperatorConfig.secrets_dir == settings.SECRETS_DIR
+    assert OpenFaaSSettings.gateway_url == gateway == GATEWAY_URL
+    assert OperatorConfig.secrets_dir == variables.SECRETS_DIR == OPENFAAS_SECRETS
     assert OperatorConfig.max_inflight == settings.MAX_INFLIGHT
 
 
@@ -208,11 +216,11 @@ def test_blank_means_the_default_everywhere(tmp_path: Path) -> None:
     }
     config = OperatorConfig.from_env({**STORE, **blank})
     assert config == OperatorConfig.from_env(STORE)
-    assert openfaas_settings(config).gateway_user == settings.GATEWAY_USER
-    assert config.secrets_dir == settings.SECRETS_DIR
+    assert openfaas_settings(config).gateway_user == GATEWAY_USER
+    assert config.secrets_dir == variables.SECRETS_DIR
     assert Limits.from_env({"FSD_FANOUT": " "}).fanout == config.fanout
     # the functions read their secret files from the same folder the operator keeps them in
-    assert settings.secrets_dir({"FSD_SECRETS_DIR": " "}) == Path(config.secrets_dir)
+    assert variables.secrets_dir({"FSD_SECRETS_DIR": " "}) == Path(config.secrets_dir)
     (tmp_path / "fsd-run-key").write_text("r" * 48 + "\n")
     assert variables.function_env({"FSD_SECRETS_DIR": str(tmp_path)})["FSD_RUN_KEY"] == "r" * 48
 
@@ -234,20 +242,20 @@ def test_the_deployment_files_use_the_shared_defaults() -> None:
     stack = yaml.safe_load((root / "stack.yml").read_text())["functions"]
     for function in stack.values():
         env = function["environment"]
-        assert env["FSD_NATS_URL"] == settings.NATS_URL
+        assert env["FSD_NATS_URL"] == NATS_IN_CLUSTER
         assert env["FSD_S3_BUCKET"] == settings.BUCKET
         assert int(env["FSD_FANOUT"]) == settings.FANOUT
         assert float(env.get("FSD_TIMEOUT", settings.TIMEOUT)) == settings.TIMEOUT
     assert float(stack["coordinator"]["environment"]["FSD_LAYER_TIMEOUT"]) == settings.LAYER_TIMEOUT
     values = yaml.safe_load((root / "charts" / "fsd" / "values.yaml").read_text())
-    assert values["operator"]["openfaas"]["gatewayUser"] == settings.GATEWAY_USER
+    assert values["operator"]["openfaas"]["gatewayUser"] == GATEWAY_USER
     assert values["s3"]["bucket"] == settings.BUCKET
     assert values["s3"]["region"] == settings.REGION
     crd = yaml.safe_load(
         (root / "charts" / "fsd" / "crds" / "inferencemodels.fsd.dev.yaml").read_text()
     )
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert spec["properties"]["channel"]["default"] == ModelSpec.channel == settings.CHANNEL
+    assert spec["properties"]["channel"]["default"] == ModelSpec.channel == channels.DEPLOYED
     template = (root / "deploy" / "aws" / "template.yaml").read_text()
     assert f'FSD_TIMEOUT: "{settings.TIMEOUT:g}"' in template
     assert f"  Prefix:\n    Type: String\n    Default: {settings.PREFIX}\n" in template
@@ -284,10 +292,10 @@ def test_the_declared_defaults_are_the_ones_the_code_uses() -> None:
         ("FSD_GATEWAY_USER", gateway.gateway_user),
         ("FSD_GATEWAY_TIMEOUT", f"{gateway.gateway_timeout:g}"),
         ("FSD_FUNCTION_GATEWAY_URL", gateway.function_gateway_url),
-        ("FSD_NATS_URL", config.nats_url),
+        ("FSD_NATS_URL", config.transport_env["FSD_NATS_URL"]),
         ("FSD_CHANNELS", ",".join(config.channels)),
         ("FSD_FUNCTION_SECRETS", ",".join(config.secrets)),
-        ("FSD_PROMETHEUS_URL", config.prometheus_url),
+        ("FSD_PROMETHEUS_URL", gateway.prometheus_url),
         ("FSD_FANOUT", str(config.fanout)),
         ("FSD_MAX_INFLIGHT", str(config.max_inflight)),
         ("FSD_OPERATOR_RETRY_SECONDS", f"{config.retry_seconds:g}"),
@@ -333,7 +341,7 @@ def test_every_declared_secret_is_hidden_by_the_readers() -> None:
     """The readers hide values by name (fsd.settings.looks_secret): every secret a transport,
     the store or a platform declares must be one they recognise."""
     assert {"FSD_RUN_KEY", "FSD_NATS_TOKEN", "FSD_GATEWAY_PASSWORD"} <= variables.SECRET_NAMES
-    missed = sorted(n for n in variables.SECRET_NAMES if not settings.looks_secret(n))
+    missed = sorted(n for n in ALL_SECRETS if not settings.looks_secret(n))
     assert missed == []
 
 

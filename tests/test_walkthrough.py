@@ -502,8 +502,10 @@ def test_function_host_serves_deployed_functions(
     in_cluster_s3 = "http://fsd-minio.fsd:9000"
     config = OperatorConfig(
         store=store,
-        nats_url="nats://fsd-nats.fsd:4222",
-        function_s3_endpoint=in_cluster_s3,
+        transport_env={
+            "FSD_NATS_URL": "nats://fsd-nats.fsd:4222",
+            "FSD_S3_ENDPOINT": in_cluster_s3,
+        },
     )
     spec = parse_spec({"source": {"model": model}, "workers": 2, "channel": "nats"})
     coordinator, worker = function_deployments(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import fsd
-from fsd import channels, invoke, launch, lifetime, observe, planner, plot, settings
+from fsd import channels, invoke, launch, lifetime, observe, planner, plot, settings, stores
 from fsd.channels import CHANNELS
 from fsd.channels.settings import channel_config
 from fsd.coordinator import RunConfig
@@ -76,8 +76,10 @@ def _cache_dir() -> Path | None:
 
 def _scrubber() -> SecretFilter:
     """What scrubs every message, traceback and log record: URL userinfo, credential headers
-    and the values of the secrets this process holds (:data:`fsd.variables.SECRET_NAMES`)."""
-    return SecretFilter(settings.text(os.environ, name) for name in SECRET_NAMES)
+    and the values of the secrets this process holds (:data:`fsd.variables.SECRET_NAMES` and
+    ``fsd invoke``'s, :func:`fsd.invoke.variables`)."""
+    names = (*SECRET_NAMES, *(v.name for v in invoke.variables() if v.secret))
+    return SecretFilter(settings.text(os.environ, name) for name in names)
 
 
 def _line(text: object) -> str:
@@ -600,10 +602,11 @@ THIRD_PARTY_LOGGERS = ("asyncio", "urllib3")
 
 
 def _loggers() -> list[str]:
-    """:data:`THIRD_PARTY_LOGGERS` and those every transport and platform declares."""
+    """:data:`THIRD_PARTY_LOGGERS` and those every transport, platform and store declares."""
     declared = [
         *(channels.transport(kind).LOGGERS for kind in channels.TRANSPORTS),
         *(launch.platform(kind).LOGGERS for kind in launch.PLATFORMS),
+        stores.loggers(),
     ]
     return sorted({*THIRD_PARTY_LOGGERS, *(name for names in declared for name in names)})
 

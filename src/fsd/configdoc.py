@@ -13,14 +13,15 @@ it is one itself: nothing imports it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fsd import channels, launch
+from fsd import channels, invoke, launch
 from fsd.settings import AWS_SDK_VARIABLES, Variable
 from fsd.store import StoreConfig
-from fsd.variables import CLIENTS, COMMON, platform_variables
+from fsd.variables import COMMON, platform_variables
 
 COMMAND = "python -m fsd.configdoc > docs/configuration.md"
 """How docs/configuration.md is made (the page and the staleness test say so)."""
@@ -28,7 +29,7 @@ COMMAND = "python -m fsd.configdoc > docs/configuration.md"
 FUNCTION_SERVER = (
     Variable("FSD_HANDLER_DIR", "folder holding handler.py (or --handler)", default="function"),
     Variable("FSD_PORT", "TCP port (or --port); the image sets it for the watchdog in front"),
-    Variable("PORT", "TCP port when FSD_PORT is unset (Knative Serving sets it)", default="5000"),
+    Variable("PORT", "TCP port when FSD_PORT is unset (as some platforms set it)", default="5000"),
     Variable("FSD_BIND", "address to listen on, a literal IP (or --bind)", default="127.0.0.1"),
     Variable("FSD_MAX_BODY_BYTES", "largest request body (413 above)", default="16777216"),
     Variable(
@@ -79,7 +80,7 @@ def _transports() -> list[Component]:
             Component(
                 f"Transport `{kind}`",
                 f"Read by `{reader}` wherever the `{kind}` transport is used: `fsd run`, the "
-                "functions, the Lambda handlers (the operator sets them for its functions).",
+                "functions, every platform's entry (the operator sets them for its functions).",
                 cls.OPTIONS.VARIABLES,
                 f"transport {kind}",
             )
@@ -107,6 +108,24 @@ def _platforms() -> list[Component]:
     return found
 
 
+ENTRY_POINTS = ("fsd.aws.settings",)
+"""A platform's own entry points besides the functions, each declaring its table: ``TITLE``,
+``ABOUT``, ``SHORT`` and ``VARIABLES`` (read besides the functions')."""
+
+
+def _entry_points() -> list[Component]:
+    found = []
+    for name in ENTRY_POINTS:
+        module = importlib.import_module(name)
+        found.append(Component(module.TITLE, module.ABOUT, module.VARIABLES, module.SHORT))
+    return found
+
+
+def _function_platforms() -> list[str]:
+    """The platforms whose workers are functions, by name."""
+    return [k for k in launch.PLATFORMS if not launch.platform(k).LOCAL]
+
+
 def _operator() -> tuple[Variable, ...]:
     from fsd.k8s import config, platforms  # noqa: PLC0415 (the operator's extra)
 
@@ -119,21 +138,20 @@ def _operator() -> tuple[Variable, ...]:
 def components() -> tuple[Component, ...]:
     """Every component's declared variables, in the page's order."""
     from fsd import cli  # noqa: PLC0415 (entry points: read for their declarations only)
-    from fsd.aws import settings as aws_settings  # noqa: PLC0415
     from fsd.functions import config as function_config  # noqa: PLC0415
 
     return (
         Component(
             "Every component",
-            "Read by `fsd run`, the functions, the Lambda handlers and the operator alike.",
+            "Read by `fsd run`, the functions, every platform's entry and the operator alike.",
             COMMON,
             "all",
         ),
         *_transports(),
         Component(
             "AWS SDK settings",
-            "Read as the AWS SDKs read them (`fsd.settings`), by the S3 store and the sqs/sns "
-            "transports.",
+            "Read as the AWS SDKs read them (`fsd.settings`), by the model store and the "
+            "transports that speak AWS's APIs.",
             AWS_SDK_VARIABLES,
             "AWS",
         ),
@@ -146,18 +164,13 @@ def components() -> tuple[Component, ...]:
         *_platforms(),
         Component(
             "Functions",
-            "Read by `fsd.functions.config` in the coordinator and worker functions (OpenFaaS, "
-            "Knative, Lambda): a bad value answers every request `503 not configured`.",
+            "Read by `fsd.functions.config` in the coordinator and worker functions "
+            f"({', '.join(_function_platforms())}): a bad value answers every request "
+            "`503 not configured`.",
             function_config.VARIABLES,
             "functions",
         ),
-        Component(
-            "Lambda handlers",
-            "Read by `fsd.aws.settings` (besides the functions' variables): Lambda mounts no "
-            "secret files.",
-            aws_settings.VARIABLES,
-            "Lambda",
-        ),
+        *_entry_points(),
         Component(
             "Operator",
             "Read by `fsd.k8s.config.OperatorConfig` and each platform's operator settings "
@@ -168,7 +181,7 @@ def components() -> tuple[Component, ...]:
         Component(
             "Command line",
             "Read by `fsd` (`fsd.cli`, `fsd.invoke`); flags win over variables.",
-            (*cli.VARIABLES, *CLIENTS),
+            (*cli.VARIABLES, *invoke.variables()),
             "CLI",
         ),
         Component(
@@ -214,8 +227,8 @@ def markdown(parts: Sequence[Component] | None = None) -> str:
         f"next to the code that reads them: run `{COMMAND}` after changing one "
         "(tests/test_config_once.py fails while this page is stale). Numbers are plain decimals "
         "(`300`, `0.5`); a blank variable is an unset one; a secret's value is never shown in "
-        "a message. Secret files are mounted in `FSD_SECRETS_DIR` (functions, operator) or "
-        "held in the `FSD_SECRETS_ARN` secret (Lambda).",
+        "a message. Secret files are mounted in `FSD_SECRETS_DIR` (functions, operator), or "
+        "held where a platform's own entry says (its table below).",
     ]
     for part in parts:
         lines += [

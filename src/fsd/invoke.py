@@ -29,6 +29,7 @@ from fsd.functions.coordinator import BULK, SCHEMA_PATH
 from fsd.functions.parse import load_json, problem
 from fsd.k8s import names
 from fsd.redact import redact_text
+from fsd.settings import Variable
 
 PLATFORMS: Mapping[str, str] = {
     "openfaas": "fsd.invoke_openfaas",
@@ -69,6 +70,8 @@ class Client(Protocol):
 
     EPILOG: str
     """The command's examples and notes for ``--help``."""
+    VARIABLES: tuple[Variable, ...]
+    """The variables it reads (docs/configuration.md; the secrets' values are scrubbed)."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The flags that say where the platform is and how to log in."""
@@ -82,6 +85,20 @@ def client() -> Client:
     """The client ``fsd invoke`` uses: the first of :data:`PLATFORMS`."""
     module: Client = importlib.import_module(next(iter(PLATFORMS.values())))  # type: ignore[assignment]
     return module
+
+
+def clients() -> tuple[Client, ...]:
+    """Every platform's client (:data:`PLATFORMS`)."""
+    return tuple(importlib.import_module(m) for m in PLATFORMS.values())  # type: ignore[misc]
+
+
+def variables() -> tuple[Variable, ...]:
+    """What the clients read, each once."""
+    found: dict[str, Variable] = {}
+    for each in clients():
+        for var in each.VARIABLES:
+            found.setdefault(var.name, var)
+    return tuple(found.values())
 
 
 def request_choices(name: str) -> tuple[str, ...]:

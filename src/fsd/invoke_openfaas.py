@@ -19,13 +19,36 @@ import urllib3
 from fsd import settings
 from fsd.errors import InputError
 from fsd.invoke import Target, coordinator_function, read_bounded
+from fsd.launch.openfaas import GATEWAY_USER
+from fsd.settings import Variable
 from fsd.urls import shown
 
-DEFAULT_GATEWAY = settings.LOCAL_GATEWAY_URL
-DEFAULT_USER = settings.GATEWAY_USER
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
+"""The gateway from a laptop: faas-cli's default, a port-forward's address."""
+DEFAULT_USER = GATEWAY_USER
 #: Largest password file read.
 MAX_PASSWORD_BYTES = 4096
 _DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+VARIABLES = (
+    Variable(
+        "OPENFAAS_URL",
+        "fsd invoke: the OpenFaaS gateway (or --gateway), as faas-cli reads it",
+        default=DEFAULT_GATEWAY,
+    ),
+    Variable(
+        "OPENFAAS_USER",
+        "fsd invoke: the gateway's basic-auth user (or --user)",
+        default=DEFAULT_USER,
+    ),
+    Variable(
+        "OPENFAAS_PASSWORD",
+        "fsd invoke: the gateway's basic-auth password (or --password-file); none: no auth",
+        secret=True,
+    ),
+)
+"""What this client reads (:func:`fsd.invoke.variables`); the password is scrubbed from every
+message like the rest of the secrets."""
 
 EPILOG = """\
 examples:

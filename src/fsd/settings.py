@@ -35,7 +35,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from fsd.errors import InputError
 
@@ -65,24 +64,7 @@ class Variable:
 
 
 # --- the defaults shared by the CLI, the functions, the Lambda handlers and the operator ---
-
-SECRETS_DIR = "/var/openfaas/secrets"
-"""Where OpenFaaS mounts a function's secrets and the chart the operator's (FSD_SECRETS_DIR)."""
-
-GATEWAY_USER = "admin"
-"""The OpenFaaS gateway's basic-auth user unless told otherwise (faas-netes' and the chart's)."""
-
-GATEWAY_URL = "http://gateway.openfaas:8080"
-"""The gateway inside the cluster, as the operator and the functions reach it."""
-
-LOCAL_GATEWAY_URL = "http://127.0.0.1:8080"
-"""The gateway from a laptop (``fsd invoke``): faas-cli's default, a port-forward's address."""
-
-GATEWAY_TIMEOUT = 10.0
-"""Seconds per request to the gateway's REST API (the operator's ``FSD_GATEWAY_TIMEOUT``)."""
-
-NATS_URL = "nats://nats.fsd:4222"
-"""NATS inside the cluster (stack.yml, the operator): the ``nats`` service in namespace ``fsd``."""
+# (a backend's own defaults are its module's: a platform's, a transport's, the store's)
 
 BUCKET = "fsd"
 """The S3 bucket for activations and models (``FSD_S3_BUCKET``)."""
@@ -92,12 +74,6 @@ REGION = "us-east-1"
 
 PREFIX = "fsd"
 """The sqs/sns deployment's prefix for queue and topic names (``FSD_AWS_PREFIX``)."""
-
-CHANNEL = "nats"
-"""How a deployed coordinator's workers exchange unless a request says (``FSD_CHANNEL``)."""
-
-LAUNCHER = "openfaas"
-"""How a function invokes workers unless told (``FSD_LAUNCHER``; the Lambda handlers set it)."""
 
 FANOUT = 16
 """A coordinator invokes workers as a tree above this many, and a worker accepts no larger
@@ -128,9 +104,6 @@ SHARD_CACHE = 4
 
 MAX_INFLIGHT = 4
 """Invocations one worker replica serves at once (the operator's ``FSD_MAX_INFLIGHT``)."""
-
-PROMETHEUS_URL = "http://prometheus.openfaas:9090"
-"""OpenFaaS's Prometheus, where the operator reads latencies (``FSD_PROMETHEUS_URL``)."""
 
 HOUR = 3600.0
 """The longest timeout a function accepts in any setting."""
@@ -320,8 +293,3 @@ def run_key(env: Mapping[str, str]) -> str:
     """``FSD_RUN_KEY`` as given, "" when unset: the one place it is read (every component
     checks it with :func:`fsd.auth.load_secret`)."""
     return env.get("FSD_RUN_KEY", "")
-
-
-def secrets_dir(env: Mapping[str, str]) -> Path:
-    """Where the secret files are mounted (``FSD_SECRETS_DIR``, else :data:`SECRETS_DIR`)."""
-    return Path(text(env, "FSD_SECRETS_DIR", SECRETS_DIR))

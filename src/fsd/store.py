@@ -22,7 +22,6 @@ layers, the rest streamed on every invocation (:func:`split_window`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import io
 import json
@@ -35,35 +34,21 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import urllib3
-from minio.error import MinioException, S3Error
 
-from fsd import settings
+from fsd import stores
 from fsd.errors import InputError, ModelFormatError, ModelNotFound, StoreError
 from fsd.model import Images, Network
 from fsd.model.network import DTYPES
 from fsd.partition import PARTITIONERS, LayerSource, as_layers, make_plan
 from fsd.planner import MIN_WINDOW
-from fsd.s3client import (
-    S3_ENDPOINT_HELP,
-    S3_VARIABLES,
-    delete_prefix,
-    minio_client,
-    s3_bucket,
-    s3_endpoint,
-    s3_keys,
-    s3_secret_env,
-    why,
-)
-from fsd.settings import Variable
 from fsd.shard import (
     LayerReader,
     LayerShard,
@@ -75,6 +60,7 @@ from fsd.shard import (
     layer_to_bytes,
     shard_from_bytes,
 )
+from fsd.stores import StoreConfig as StoreConfig  # noqa: PLC0414 (read from here too)
 from fsd.task import MAX_RUN_IMAGES, ModelRef
 from fsd.untrusted import (
     check_finite,
@@ -91,73 +77,11 @@ log = logging.getLogger(__name__)
 PREFIX = "models"
 
 
-_FLAG_HELP = {
-    "--s3-endpoint": S3_ENDPOINT_HELP.format(""),
-    "--s3-bucket": f"bucket (else env FSD_S3_BUCKET, else {settings.BUCKET})",
-}
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """Where the model store is and how to sign in: an S3-compatible endpoint and bucket.
-
-    The store reads the same variables as the ``s3`` transport (:data:`VARIABLES`), and is
-    configured on its own: a deployment may exchange over NATS and keep its models in S3.
-    Keys are kept out of ``repr``.
-    """
-
-    endpoint: str = ""
-    bucket: str = settings.BUCKET
-    region: str = settings.REGION
-    access_key: str = field(default="", repr=False)
-    secret_key: str = field(default="", repr=False)
-    session_token: str = field(default="", repr=False)
-    connect_timeout: float = 10.0
-
-    VARIABLES: ClassVar[tuple[Variable, ...]] = tuple(
-        dataclasses.replace(v, flag_help=_FLAG_HELP[v.flag]) if v.flag in _FLAG_HELP else v
-        for v in S3_VARIABLES
-    )
-    """What it reads; the flags are ``fsd model``'s (no embedded store there)."""
-
-    @classmethod
-    def from_env(
-        cls, env: Mapping[str, str], *, flags: Mapping[str, object] | None = None
-    ) -> StoreConfig:
-        """The store the flags (they win: argparse's namespace as a dict will do) and ``env``
-        name, checked before any connection; :class:`InputError` names the setting at fault.
-        An empty endpoint: none configured."""
-        given = flags or {}
-        endpoint, bucket = given.get("s3_endpoint"), given.get("s3_bucket")
-        checked_bucket = s3_bucket(bucket if isinstance(bucket, str) else None, env)
-        where = s3_endpoint(endpoint if isinstance(endpoint, str) else None, env)
-        access_key, secret_key, session_token = s3_keys(env)
-        return cls(
-            endpoint=where,
-            bucket=checked_bucket,
-            region=settings.aws_region(env),
-            access_key=access_key,
-            secret_key=secret_key,
-            session_token=session_token,
-        )
-
-    EMBEDDED: ClassVar[str] = "fsd.embedded.s3:store_server"
-    """``module:function`` of the server it can start on this machine (a context manager taking
-    and yielding a StoreConfig), outside the runtime's imports (:func:`embedded`)."""
-
-    def to_env(self) -> dict[str, str]:
-        """The variables (no secrets) a deployment reads this store back from."""
-        return {"FSD_S3_ENDPOINT": self.endpoint, "FSD_S3_BUCKET": self.bucket}
-
-    def secret_env(self) -> dict[str, str]:
-        """The secret variables that complete :meth:`to_env`, only for a child process on this
-        machine that must reach the same store (a local stack's functions)."""
-        return s3_secret_env(self)
-
-
 def embedded(config: StoreConfig) -> AbstractContextManager[StoreConfig]:
     """Start the store's own server on this machine (:attr:`StoreConfig.EMBEDDED`, in the
     ``embedded`` extra) for as long as the context lasts; yields ``config`` pointing at it."""
+    if not config.EMBEDDED:
+        raise StoreError(f"{config.kind}: no model store configured and none can be started here")
     module, _, name = config.EMBEDDED.partition(":")
     start: Callable[[StoreConfig], AbstractContextManager[StoreConfig]]
     start = getattr(importlib.import_module(module), name)
@@ -183,13 +107,6 @@ class Manifest:
 
     def has(self, workers: int, partition: str) -> bool:
         return self.key(workers, partition) in self.partitions
-
-
-def _retries(config: StoreConfig) -> urllib3.Retry:
-    """A store blip is retried; a store that is down fails within a second or two."""
-    if not config.endpoint:
-        raise InputError("the model store needs an S3 endpoint (--s3-endpoint or FSD_S3_ENDPOINT)")
-    return urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
 
 
 def _base(ref: ModelRef) -> str:
@@ -373,87 +290,33 @@ class StoredLayers:
 
 
 class ModelStore(Objects):
-    """Models in ``config.bucket`` on the S3 endpoint of ``config``."""
+    """Models in ``config.bucket`` of the store ``config`` names, through its backend
+    (:data:`fsd.stores.STORES`, by ``config.kind``)."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self.client, self.where = minio_client(
-            config.endpoint,
-            config,
-            connect_timeout=config.connect_timeout,
-            maxsize=8,
-            read_timeout=60.0,
-            retries=_retries(config),
-            error=StoreError,
-        )
+        self.backend = stores.backend(config.kind)(config)
         self.bucket = config.bucket
-        self._bucket_ready = False
 
     def prepare(self) -> None:
         """Reach the store and create the bucket if it does not exist: a push calls it before
         cutting anything, so that an unreachable store fails at once, not after the work."""
-        if self._bucket_ready:
-            return
-        try:
-            if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket, location=self.config.region)
-        except S3Error as exc:
-            raise StoreError(
-                f"model store at {self.where}: bucket {self.bucket}: {exc.code}"
-            ) from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(f"model store at {self.where} unreachable: {why(exc)}") from None
-        self._bucket_ready = True
+        self.backend.prepare()
 
     def write(self, key: str, data: bytes) -> None:
         """Put one object (the bucket is created on the first write if it does not exist)."""
-        self.prepare()
-        try:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(
-                f"model store at {self.where}: cannot write {key}: {why(exc)}"
-            ) from None
+        self.backend.write(key, data)
 
     def read(self, key: str, limit: int | None = None) -> bytes:
         """One object's bytes; ModelNotFound when it (or the bucket) does not exist.
 
         With ``limit``, an object larger than that many bytes is refused without reading it all.
         """
-        try:
-            resp = self.client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-                raise ModelNotFound(f"model store has no {key}") from None
-            raise StoreError(f"model store: cannot read {key}: {exc.code}") from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(
-                f"model store at {self.where} unreachable reading {key}: {why(exc)}"
-            ) from None
-        try:
-            data: bytes = resp.read() if limit is None else resp.read(limit + 1)
-        finally:
-            resp.close()
-            resp.release_conn()
-        if limit is not None and len(data) > limit:
-            raise ModelFormatError(key, None, f"larger than {limit} bytes")
-        return data
+        return self.backend.read(key, limit)
 
     def delete_prefix(self, prefix: str, *, last: Callable[[str], bool] | None = None) -> int:
         """Delete every object under ``prefix``; how many there were (0: no bucket)."""
-        try:
-            removed, failed = delete_prefix(self.client, self.bucket, prefix, last=last)
-        except S3Error as exc:
-            if exc.code == "NoSuchBucket":
-                return 0
-            raise StoreError(f"model store: cannot remove {prefix}: {exc.code}") from None
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StoreError(
-                f"model store at {self.where} unreachable removing {prefix}: {why(exc)}"
-            ) from None
-        if failed:
-            raise StoreError(f"model store: cannot remove {prefix}: {failed[0]}")
-        return removed
+        return self.backend.delete_prefix(prefix, last=last)
 
 
 class FolderStore(Objects):

@@ -6,26 +6,25 @@ variables (:data:`SECRET_VARS`, :func:`function_env`), the names whose values no
 (:data:`SECRET_NAMES`) and docs/configuration.md (:mod:`fsd.configdoc`, which adds the entry
 points' own declarations) follow from them.
 
-OpenFaaS mounts each secret named in stack.yml at ``/var/openfaas/secrets/<name>``
-(:data:`fsd.settings.SECRETS_DIR`); :func:`function_env` maps them onto the same variables the
-CLI reads, so one code path configures both (``FSD_SECRETS_DIR`` moves the folder, for tests and
-the local stack, and the operator mounts its own copies there).
+A platform mounts each secret a deployment names as a file in its folder
+(:attr:`fsd.launch.LauncherOptions.SECRETS_DIR`; the deployed platform's is
+:data:`SECRETS_DIR`); :func:`function_env` maps them onto the same variables the CLI reads, so
+one code path configures both (``FSD_SECRETS_DIR`` moves the folder, for tests and the local
+stack, and the operator mounts its own copies there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from fsd import channels, launch
-from fsd.settings import (
-    AWS_SDK_VARIABLES,
-    GATEWAY_USER,
-    LOCAL_GATEWAY_URL,
-    SECRETS_DIR,
-    Variable,
-    secrets_dir,
-)
+from fsd.settings import AWS_SDK_VARIABLES, Variable, text
 from fsd.store import StoreConfig
+
+SECRETS_DIR = launch.platform(launch.deployed()).Options.SECRETS_DIR
+"""Where the functions (and the operator) find their secret files unless ``FSD_SECRETS_DIR``
+says: where the deployed platform (:func:`fsd.launch.deployed`) mounts them."""
 
 COMMON = (
     Variable(
@@ -42,26 +41,6 @@ COMMON = (
     ),
 )
 """What every component shares, whatever its transport or platform."""
-
-CLIENTS = (
-    Variable(
-        "OPENFAAS_URL",
-        "fsd invoke: the OpenFaaS gateway (or --gateway), as faas-cli reads it",
-        default=LOCAL_GATEWAY_URL,
-    ),
-    Variable(
-        "OPENFAAS_USER",
-        "fsd invoke: the gateway's basic-auth user (or --user)",
-        default=GATEWAY_USER,
-    ),
-    Variable(
-        "OPENFAAS_PASSWORD",
-        "fsd invoke: the gateway's basic-auth password (or --password-file); none: no auth",
-        secret=True,
-    ),
-)
-"""The clients' own (``fsd invoke``, :func:`fsd.invoke_openfaas.gateway`); the password is
-scrubbed from every message like the rest of the secrets."""
 
 
 def platform_variables(kind: str | None = None) -> tuple[Variable, ...]:
@@ -92,7 +71,6 @@ def runtime_variables() -> tuple[Variable, ...]:
         *AWS_SDK_VARIABLES,
         *StoreConfig.VARIABLES,
         *platform_variables(),
-        *CLIENTS,
     )
     for var in parts:
         found.setdefault(var.name, var)
@@ -108,7 +86,12 @@ PATH_FILES: Mapping[str, str] = {v.path_file: v.name for v in VARIABLES if v.pat
 """Mounted file name -> the variable that takes its path (a NATS .creds file)."""
 
 SECRET_NAMES = frozenset(v.name for v in VARIABLES if v.secret)
-"""Variables whose values no message repeats: the secret files' and the clients' own."""
+"""Variables whose values no message repeats: the secret files' and the other secrets."""
+
+
+def secrets_dir(env: Mapping[str, str]) -> Path:
+    """Where the secret files are mounted (``FSD_SECRETS_DIR``, else :data:`SECRETS_DIR`)."""
+    return Path(text(env, "FSD_SECRETS_DIR", SECRETS_DIR))
 
 
 def function_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -30,6 +30,12 @@ VARIABLES = (
 )
 """What the Lambda handlers read besides the functions' variables (they set ``FSD_LAUNCHER``
 to ``lambda`` and ``exec_timeout`` from the time Lambda leaves an invocation)."""
+TITLE = "Lambda handlers"
+ABOUT = (
+    "Read by `fsd.aws.settings` (besides the functions' variables): Lambda mounts no secret files."
+)
+SHORT = "Lambda"
+"""docs/configuration.md's table of :data:`VARIABLES` (:data:`fsd.configdoc.ENTRY_POINTS`)."""
 
 
 class SecretsUnavailable(FsdError):

@@ -34,11 +34,15 @@ TRANSPORTS: Mapping[str, str] = {
     "sns": "fsd.channels.sns:SnsChannel",
 }
 """Channel name -> ``module:class``, imported only when that channel is used (each transport's
-client library loads with it)."""
+client library loads with it). The first remote one is a deployment's default
+(:data:`DEPLOYED`)."""
 
 CHANNELS = tuple(TRANSPORTS)
 REMOTE_CHANNELS = tuple(k for k in CHANNELS if k != "local")
 """What functions may use: every transport but ``local`` (one machine's mailbox folders)."""
+DEPLOYED = REMOTE_CHANNELS[0]
+"""How a deployment's workers exchange unless told (the functions' ``FSD_CHANNEL``, the CRD's
+``spec.channel``): the first remote transport of :data:`TRANSPORTS`."""
 
 
 def transport(kind: str) -> type[Channel]:
@@ -119,6 +123,37 @@ def options_class(kind: str) -> type[TransportOptions]:
     return transport(kind).OPTIONS
 
 
+def stacked() -> tuple[str, ...]:
+    """The remote transports whose server a stack runs (:attr:`Channel.STACK`): the one-machine
+    stack's and the chart's, so the operator's (``spec.channel``, ``FSD_CHANNELS``)."""
+    return tuple(k for k in REMOTE_CHANNELS if transport(k).STACK)
+
+
+def cluster_variables() -> tuple[Variable, ...]:
+    """What the operator reads for the servers of the transports a stack runs
+    (:attr:`TransportOptions.CLUSTER`), each once."""
+    found: dict[str, Variable] = {}
+    for kind in stacked():
+        for var in options_class(kind).CLUSTER:
+            found.setdefault(var.name, var)
+    return tuple(found.values())
+
+
+def cluster_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables the operator gives its functions for those servers, from its own ``env``
+    (:meth:`TransportOptions.cluster_env`)."""
+    found: dict[str, str] = {}
+    for kind in stacked():
+        found.update(options_class(kind).cluster_env(env))
+    return found
+
+
+def cluster_secrets() -> tuple[str, ...]:
+    """The secret files the operator's functions mount for those transports unless told
+    otherwise (:attr:`TransportOptions.CLUSTER_SECRETS`)."""
+    return tuple(dict.fromkeys(s for k in stacked() for s in options_class(k).CLUSTER_SECRETS))
+
+
 def variables() -> tuple[Variable, ...]:
     """Every variable the transports read, each once (the first transport declaring it wins)."""
     found: dict[str, Variable] = {}
@@ -144,6 +179,7 @@ def own_settings() -> tuple[str, ...]:
 __all__ = [
     "CHANNELS",
     "COORDINATOR",
+    "DEPLOYED",
     "REMOTE_CHANNELS",
     "TRANSPORTS",
     "Channel",
@@ -151,6 +187,9 @@ __all__ = [
     "ChannelStats",
     "NoServer",
     "TransportOptions",
+    "cluster_env",
+    "cluster_secrets",
+    "cluster_variables",
     "configured",
     "embedded",
     "embedded_note",
@@ -159,6 +198,7 @@ __all__ = [
     "options_class",
     "own_settings",
     "resolve",
+    "stacked",
     "transport",
     "variables",
 ]

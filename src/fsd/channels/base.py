@@ -84,6 +84,18 @@ class TransportOptions:
     """Every variable this transport reads, the address first when it has one."""
     ADDRESS: ClassVar[str] = ""
     """The variable that names the transport's server (``FSD_NATS_URL``), for :meth:`to_env`."""
+    CLUSTER: ClassVar[tuple[Variable, ...]] = ()
+    """What the operator reads (:meth:`cluster_env`) when a stack runs this transport's server
+    (:attr:`Channel.STACK`): where the functions reach it."""
+    CLUSTER_SECRETS: ClassVar[tuple[str, ...]] = ()
+    """The secret files (of :attr:`VARIABLES`) the operator's functions mount by default
+    (its ``FSD_FUNCTION_SECRETS``)."""
+
+    @classmethod
+    def cluster_env(cls, env: Mapping[str, str]) -> dict[str, str]:
+        """The variables the operator gives its functions for this transport's server, read
+        from the operator's ``env`` (:attr:`CLUSTER`)."""
+        return {}
 
     @classmethod
     def flags(cls) -> tuple[Variable, ...]:

@@ -98,6 +98,9 @@ _DUPLICATE_WINDOW = 120.0
 _REFUSED = ("authorization violation", "authentication", "permissions violation")
 
 
+CLUSTER_URL = "nats://nats.fsd:4222"
+"""NATS inside the cluster (stack.yml, the operator): the ``nats`` service in namespace ``fsd``."""
+
 MAX_CREDS_BYTES = 64 * 1024
 """Largest ``.creds`` file read (a user JWT and its seed: about 1 KB; a JWT full of
 permissions a few KB)."""
@@ -212,6 +215,13 @@ class NatsOptions(TransportOptions):
             "FSD_NATS_PASSWORD", "NATS password", secret=True, secret_file="fsd-nats-password"
         ),
     )
+
+    CLUSTER = (Variable("FSD_NATS_URL", "NATS for the functions", default=CLUSTER_URL),)
+    CLUSTER_SECRETS = ("fsd-nats-token",)
+
+    @classmethod
+    def cluster_env(cls, env: Mapping[str, str]) -> dict[str, str]:
+        return {"FSD_NATS_URL": settings.text(env, "FSD_NATS_URL", CLUSTER_URL)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NatsOptions:

@@ -38,6 +38,7 @@ from fsd.s3client import (
     s3_keys,
     s3_secret_env,
 )
+from fsd.settings import Variable
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,21 @@ class S3Options(TransportOptions):
 
     ADDRESS = "FSD_S3_ENDPOINT"
     VARIABLES = S3_VARIABLES
+    # the operator gives the functions its model store (the same endpoint, bucket and keys),
+    # unless they see the endpoint elsewhere
+    CLUSTER = (
+        Variable(
+            "FSD_FUNCTION_S3_ENDPOINT",
+            "the model store as the functions see it",
+            default="FSD_S3_ENDPOINT",
+        ),
+    )
+    CLUSTER_SECRETS = ("fsd-s3-access-key", "fsd-s3-secret-key")
+
+    @classmethod
+    def cluster_env(cls, env: Mapping[str, str]) -> dict[str, str]:
+        endpoint = settings.text(env, "FSD_FUNCTION_S3_ENDPOINT")
+        return {"FSD_S3_ENDPOINT": endpoint} if endpoint else {}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], bucket: str | None = None) -> S3Options:

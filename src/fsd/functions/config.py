@@ -33,6 +33,7 @@ from fsd.channels.base import ChannelConfig
 from fsd.channels.settings import channel_config
 from fsd.errors import AuthError, FsdError, InputError
 from fsd.launch import Launcher, LauncherOptions
+from fsd.planner import MEMORY_RANGE
 from fsd.settings import EXEC_MARGIN, HOUR, Variable
 from fsd.store import StoreConfig
 from fsd.variables import SECRET_NAMES
@@ -109,7 +110,9 @@ VARIABLES = (
         "models served: comma-separated names and prefixes ending in `*` (`*` alone: every "
         "model); unset or empty: none",
     ),
-    Variable("FSD_CHANNEL", "the transport of a request that names none", default=settings.CHANNEL),
+    Variable(
+        "FSD_CHANNEL", "the transport of a request that names none", default=channels.DEPLOYED
+    ),
     Variable(
         "FSD_CHANNELS",
         "the transports this deployment runs (comma-separated), the only ones a request or an "
@@ -118,8 +121,8 @@ VARIABLES = (
     Variable(
         "FSD_LAUNCHER",
         "the platform that invokes workers: a name of fsd.launch.PLATFORMS whose workers are "
-        "functions (the Lambda handlers set their own)",
-        default=settings.LAUNCHER,
+        "functions (an entry point of its own may set it)",
+        default=launch.deployed(),
     ),
     *(
         Variable(name, "set by of-watchdog to start the function: the watchdog is in front")
@@ -127,6 +130,10 @@ VARIABLES = (
     ),
 )
 """What a function reads besides its transport's, its store's and its platform's variables."""
+
+
+_STORE_ADDRESS = StoreConfig.VARIABLES[0].name
+"""The variable that names the model store's server (declared first, as a transport's address)."""
 
 
 class NotConfigured(FsdError):
@@ -246,6 +253,15 @@ class ModelFilter:
         return name in self.names or any(name.startswith(p) for p in self.prefixes)
 
 
+def memory_budget(env: Mapping[str, str]) -> float | None:
+    """``FSD_MEMORY_MB``, the memory of one worker invocation (the operator sets it), or None
+    when unset. Read with the other settings, before the store is asked anything: a budget no
+    worker could run in (outside :data:`fsd.planner.MEMORY_RANGE`, the one range of a budget)
+    is the operator's mistake, refused as ``not configured`` for every request, not a 400."""
+    budget = settings.number(env, "FSD_MEMORY_MB", 0.0, error=NotConfigured, **MEMORY_RANGE)
+    return budget or None
+
+
 def deployment_secret(env: Mapping[str, str]) -> bytes:
     """The secret invocations are signed with; NotConfigured (never showing it) if unusable."""
     try:
@@ -277,10 +293,10 @@ class Platform:
 def platform(env: Mapping[str, str]) -> Platform:
     """This function's :class:`Platform`; NotConfigured for a name not in the registry or one
     whose workers are local processes (a function's workers are other functions)."""
-    kind = settings.text(env, "FSD_LAUNCHER", settings.LAUNCHER).lower()
+    kind = settings.text(env, "FSD_LAUNCHER", launch.deployed()).lower()
     if kind not in launch.PLATFORMS or launch.platform(kind).LOCAL:
         usable = [k for k in launch.PLATFORMS if not launch.platform(k).LOCAL]
-        settings.choice(env, "FSD_LAUNCHER", settings.LAUNCHER, usable, error=NotConfigured)
+        settings.choice(env, "FSD_LAUNCHER", launch.deployed(), usable, error=NotConfigured)
     cls = launch.platform(kind)
     try:
         return Platform(kind, cls.Options.from_env(env))
@@ -299,13 +315,13 @@ class Transports:
     Unset, the deployment runs its default transport alone.
     """
 
-    offered: tuple[str, ...] = (settings.CHANNEL,)
-    default: str = settings.CHANNEL
+    offered: tuple[str, ...] = (channels.DEPLOYED,)
+    default: str = channels.DEPLOYED
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Transports:
         default = settings.choice(
-            env, "FSD_CHANNEL", settings.CHANNEL, REMOTE_CHANNELS, error=NotConfigured
+            env, "FSD_CHANNEL", channels.DEPLOYED, REMOTE_CHANNELS, error=NotConfigured
         )
         offered = tuple(dict.fromkeys(n.lower() for n in settings.names(env, "FSD_CHANNELS")))
         unknown = [n for n in offered if n not in REMOTE_CHANNELS]
@@ -347,5 +363,5 @@ def own_channels(kind: str, env: Mapping[str, str]) -> tuple[ChannelConfig, Stor
     if not channels.configured(transport):  # a function never starts a server of its own
         raise NotConfigured(f"no {kind} server configured ({channels.transport(kind).SERVER})")
     if not store.endpoint:
-        raise NotConfigured("no model store configured (FSD_S3_ENDPOINT)")
+        raise NotConfigured(f"no model store configured ({_STORE_ADDRESS})")
     return transport, store

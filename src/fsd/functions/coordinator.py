@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fsd import observe, planner, settings
+from fsd import observe
 from fsd.coordinator import RunConfig
 from fsd.errors import (
     ChannelError,
@@ -41,6 +41,7 @@ from fsd.functions.config import (
     NotConfigured,
     Transports,
     deployment_secret,
+    memory_budget,
     own_channels,
     platform,
     secret_values,
@@ -107,7 +108,7 @@ def _handle(body: bytes, env: dict[str, str]) -> Reply:
         limits = Limits.from_env(env)
         served = ModelFilter.from_env(env)
         transports = Transports.from_env(env)
-        budget = _budget(env)
+        budget = memory_budget(env)
         deployment_secret(env)  # refuse to run at all without one (the launcher signs with it)
     except NotConfigured as exc:
         return error(503, "not configured", str(exc))
@@ -162,15 +163,6 @@ def _bounds(request: dict[str, Any], limits: Limits) -> None:
         raise InputError(f"images: {count} > {limits.max_images} (FSD_MAX_IMAGES)")
     if "inputs" in request:
         _check_inline(request["inputs"])
-
-
-def _budget(env: Mapping[str, str]) -> float | None:
-    """``FSD_MEMORY_MB``, the memory of one worker invocation (the operator sets it), or None
-    when unset. Read with the other settings, before the store is asked anything: a budget no
-    worker could run in (outside :data:`fsd.planner.MEMORY_RANGE`, the one range of a budget)
-    is the operator's mistake, refused as ``not configured`` for every request, not a 400."""
-    budget = settings.number(env, "FSD_MEMORY_MB", 0.0, error=NotConfigured, **planner.MEMORY_RANGE)
-    return budget or None
 
 
 def _infer(

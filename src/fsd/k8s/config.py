@@ -4,11 +4,12 @@ Every variable, its default and bounds: docs/configuration.md (from :data:`VARIA
 platform's own, :mod:`fsd.k8s.platforms`).
 
 Every variable is read through :mod:`fsd.settings`, which holds the defaults the operator shares
-with the functions and the CLI (the gateway user, NATS URL, fan-out, secrets folder, ...). Numbers
+with the functions and the CLI (fan-out, timeouts, ...); what the functions get for their
+transports' servers, and the secrets they mount by default, are the transports' own declarations
+(:func:`fsd.channels.cluster_env`, :func:`fsd.channels.cluster_secrets`). Numbers
 are plain decimals within the bounds shown (no ``1e3``, ``nan``, ``inf``, hex or underscores);
 anything else is an :class:`InputError` naming the variable (the operator refuses to start rather
-than run on a bad setting). An unset or blank variable takes its default, except
-``FSD_PROMETHEUS_URL``, where blank means off.
+than run on a bad setting). An unset or blank variable takes its default.
 """
 
 from __future__ import annotations
@@ -19,22 +20,23 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fsd import settings
+from fsd import channels, launch, settings
 from fsd.errors import InputError
 from fsd.k8s import platforms
 from fsd.k8s.access import ModelAccess
 from fsd.k8s.spec import CHANNELS
-from fsd.settings import PROMETHEUS_URL, SECRETS_DIR, Variable
+from fsd.settings import Variable
 from fsd.store import StoreConfig
-from fsd.variables import function_env
+from fsd.variables import COMMON, SECRETS_DIR, function_env, secrets_dir
 
 DEFAULT_SECRETS = (
-    "fsd-nats-token",
-    "fsd-s3-access-key",
-    "fsd-s3-secret-key",
-    "fsd-gateway-password",
-    "fsd-run-key",
+    *channels.cluster_secrets(),
+    *(name for kind in launch.PLATFORMS for name in launch.platform(kind).Options.SECRETS),
+    *(var.secret_file for var in COMMON if var.secret_file),
 )
+"""The secrets the functions mount unless ``FSD_FUNCTION_SECRETS`` says: those the chart's
+transports and the platforms declare, and the deployment's own (``fsd-run-key``)."""
+_STORE_ADDRESS = StoreConfig.VARIABLES[0].name  # the store's server (declared first)
 MB = 1024 * 1024
 MAX_SOURCE_MB = 8192  # FSD_OPERATOR_MAX_SOURCE_MB
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Secret's name
@@ -69,17 +71,17 @@ def image_allowed(image: str, prefixes: tuple[str, ...]) -> bool:
 class OperatorConfig:
     """Everything the handlers need besides the object; plain data, secrets out of ``repr``."""
 
-    store: StoreConfig  # the model store: S3 endpoint, bucket, keys
-    nats_url: str = settings.NATS_URL
+    store: StoreConfig  # the model store: endpoint, bucket, keys
+    #: what the functions get for the servers of the chart's transports, by the variables they
+    #: read (:func:`fsd.channels.cluster_env`); the model store's own is ``store``'s
+    transport_env: Mapping[str, str] = field(default_factory=lambda: channels.cluster_env({}))
     channels: tuple[str, ...] = CHANNELS
     shared: ModelAccess = field(default_factory=ModelAccess)
-    function_s3_endpoint: str = ""
     coordinator_image: str = "fsd.local/fsd-coordinator:latest"
     worker_image: str = "fsd.local/fsd-worker:latest"
     secrets: tuple[str, ...] = DEFAULT_SECRETS
     secrets_dir: str = SECRETS_DIR
     allowed_images: tuple[str, ...] = ()  # empty: the repositories of the two default images
-    prometheus_url: str = PROMETHEUS_URL
     fanout: int = settings.FANOUT
     max_inflight: int = settings.MAX_INFLIGHT
     retry_seconds: float = 15.0
@@ -89,12 +91,12 @@ class OperatorConfig:
     #: where a model without ``spec.platform`` runs (``FSD_PLATFORM``), and each platform's own
     #: operator settings by name (:func:`fsd.k8s.platforms.options_from_env`; a platform
     #: missing here takes its defaults)
-    platform: str = settings.LAUNCHER
+    platform: str = platforms.DEFAULT
     platform_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.store.endpoint:
-            raise InputError("the operator needs the model store's endpoint (FSD_S3_ENDPOINT)")
+            raise InputError(f"the operator needs the model store's endpoint ({_STORE_ADDRESS})")
         if self.fanout < 1 or self.max_inflight < 1:
             raise InputError("FSD_FANOUT and FSD_MAX_INFLIGHT must be >= 1")
         for name in self.secrets:
@@ -120,16 +122,14 @@ class OperatorConfig:
         text = functools.partial(settings.text, env)
         return cls(
             store=StoreConfig.from_env(env),
-            nats_url=text("FSD_NATS_URL", cls.nats_url),
+            transport_env=channels.cluster_env(env),
             channels=tuple(dict.fromkeys(settings.names(env, "FSD_CHANNELS"))) or CHANNELS,
             shared=ModelAccess.parse(text("FSD_SHARED_MODELS")),
-            function_s3_endpoint=text("FSD_FUNCTION_S3_ENDPOINT"),
             coordinator_image=text("FSD_COORDINATOR_IMAGE", cls.coordinator_image),
             worker_image=text("FSD_WORKER_IMAGE", cls.worker_image),
             secrets=settings.names(env, "FSD_FUNCTION_SECRETS") or DEFAULT_SECRETS,
-            secrets_dir=str(settings.secrets_dir(env)),
+            secrets_dir=str(secrets_dir(env)),
             allowed_images=settings.names(env, "FSD_ALLOWED_IMAGES"),
-            prometheus_url=text("FSD_PROMETHEUS_URL", PROMETHEUS_URL, keep_empty=True),
             fanout=settings.integer(env, "FSD_FANOUT", cls.fanout, low=1, high=settings.MAX_FANOUT),
             max_inflight=settings.integer(
                 env, "FSD_MAX_INFLIGHT", cls.max_inflight, low=1, high=254
@@ -152,9 +152,9 @@ VARIABLES = (
     Variable(
         "FSD_PLATFORM",
         "where a model without `spec.platform` runs (fsd.k8s.platforms)",
-        default=settings.LAUNCHER,
+        default=platforms.DEFAULT,
     ),
-    Variable("FSD_NATS_URL", "NATS for the functions", default=settings.NATS_URL),
+    *channels.cluster_variables(),
     Variable(
         "FSD_CHANNELS",
         "the transports the functions may use, comma-separated; a `spec.channel` outside them "
@@ -166,11 +166,6 @@ VARIABLES = (
         "models pushed with fsd model push that an admin shares, comma-separated "
         "`<namespace>/<model>` (`*` for every namespace; a model ending in `*` is a prefix); a "
         "namespace reaches only these and the models pushed for its own objects",
-    ),
-    Variable(
-        "FSD_FUNCTION_S3_ENDPOINT",
-        "the model store as the functions see it",
-        default="FSD_S3_ENDPOINT",
     ),
     Variable(
         "FSD_COORDINATOR_IMAGE",
@@ -192,11 +187,6 @@ VARIABLES = (
         "comma-separated secrets the functions mount; the operator keeps them from its own "
         "copies in FSD_SECRETS_DIR",
         default=",".join(DEFAULT_SECRETS),
-    ),
-    Variable(
-        "FSD_PROMETHEUS_URL",
-        "where `status.lastLatencySeconds` comes from; blank: not reported",
-        default=PROMETHEUS_URL,
     ),
     Variable(
         "FSD_FANOUT",
@@ -221,7 +211,7 @@ VARIABLES = (
     ),
     Variable(
         "FSD_OPERATOR_MAX_SOURCE_MB",
-        "cap on a source folder downloaded from S3, in whole MiB (1..1048576)",
+        "cap on a `spec.source.url` folder downloaded, in whole MiB (1..1048576)",
         default=str(MAX_SOURCE_MB),
     ),
     Variable(

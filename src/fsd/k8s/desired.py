@@ -109,10 +109,12 @@ def function_environment(
     worker function: :meth:`fsd.launch.LauncherOptions.to_env`) and ``inflight`` invocations per
     worker replica (under the platform's replica ``cap``, if any), the rest the same on every
     platform (the image is)."""
-    env = {
-        "FSD_NATS_URL": config.nats_url,
-        "FSD_S3_ENDPOINT": config.function_s3_endpoint or config.store.endpoint,
-        "FSD_S3_BUCKET": config.store.bucket,
+    # the servers of the chart's transports as the functions see them, then the model store
+    # (the operator's own, unless a transport's setting names it otherwise for the functions)
+    env = dict(config.transport_env)
+    for name, value in config.store.to_env().items():
+        env.setdefault(name, value)
+    env |= {
         **launcher,
         "FSD_CHANNEL": spec.channel,
         # the transports the chart runs: a request may choose only among them (docs/api.md)

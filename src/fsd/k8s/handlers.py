@@ -383,13 +383,11 @@ def refresh(
 def _latency(
     config: OperatorConfig, platform: platforms.Platform, coordinator: str
 ) -> float | None:
-    """Mean request seconds of the coordinator from Prometheus (contract 8); None: unknown.
+    """Mean request seconds of the coordinator from its platform (contract 8); None: unknown.
 
-    An empty ``FSD_PROMETHEUS_URL`` turns it off; the platform's reading never raises, so a
-    missing Prometheus never degrades a model.
+    The platform's reading never raises (and its own setting may turn it off), so a missing
+    Prometheus never degrades a model.
     """
-    if not config.prometheus_url:
-        return None
     return platform.latency(config, coordinator)
 
 

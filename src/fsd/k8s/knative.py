@@ -89,6 +89,7 @@ from fsd.k8s.platforms import Target
 from fsd.k8s.secrets import KubeSecrets, read_secrets
 from fsd.k8s.spec import ModelSpec
 from fsd.settings import Variable
+from fsd.variables import SECRETS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ VISIBILITY = "networking.knative.dev/visibility"
 SPEC_HASH = "fsd.dev/spec-hash"
 NAMESPACE = "fsd-fn"  # FSD_KNATIVE_NAMESPACE's default
 PORT = 8080  # of-watchdog's port in the image; Knative's PORT and default user port
-SECRETS_MOUNT = settings.SECRETS_DIR  # where the functions read their secret files
+SECRETS_MOUNT = SECRETS_DIR  # where the functions read their secret files (their default)
 NOT_MOUNTED = frozenset({"fsd-gateway-password"})  # no gateway on Knative
 #: the coordinator's requests at once per pod: index.py's 8 threads (its default without a
 #: watchdog max_inflight) less the two it keeps for health checks and metrics scrapes

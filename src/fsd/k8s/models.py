@@ -214,7 +214,7 @@ class ModelKeeper:
         src = spec.source
         with tempfile.TemporaryDirectory(prefix="fsd-operator-") as tmp:
             fetched = sources.fetch(
-                self._store.client, src, Path(tmp), max_bytes=self.max_source_bytes
+                self._store.backend, src, Path(tmp), max_bytes=self.max_source_bytes
             )
             try:
                 network = load_network(fetched.root, src.neurons, src.layers, cache=False)

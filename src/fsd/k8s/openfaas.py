@@ -98,9 +98,10 @@ from fsd.k8s.desired import (
 from fsd.k8s.errors import KubernetesApiError, SourceError
 from fsd.k8s.functions import NameTaken, Readiness, api_failure, kube_client, merge_patch, owned
 from fsd.k8s.names import function_name, label_value
-from fsd.k8s.openfaas_gateway import GatewayClient, GatewayError
+from fsd.k8s.openfaas_gateway import GATEWAY_TIMEOUT, GatewayClient, GatewayError
 from fsd.k8s.secrets import KubeSecrets, SecretError, read_secrets
 from fsd.k8s.spec import ModelSpec
+from fsd.launch.openfaas import GATEWAY_USER
 from fsd.settings import Variable
 
 if TYPE_CHECKING:
@@ -119,6 +120,10 @@ FUNCTION_NAMESPACE = "openfaas-fn"  # Pro's default function namespace (and CE's
 FUNCTION_GROUP = "openfaas.com"
 FUNCTION_VERSION = "v1"
 FUNCTION_PLURAL = "functions"
+GATEWAY_URL = "http://gateway.openfaas:8080"
+"""The gateway inside the cluster, as the operator and the functions reach it."""
+PROMETHEUS_URL = "http://prometheus.openfaas:9090"
+"""OpenFaaS's Prometheus, where the operator reads latencies (``FSD_PROMETHEUS_URL``)."""
 
 #: The gateway API's FunctionDeployment fields (spec.openapi.yml), for validation in tests too.
 DEPLOYMENT_FIELDS = frozenset(
@@ -146,14 +151,15 @@ class OpenFaaSSettings:
     """The operator's OpenFaaS settings (see :mod:`fsd.k8s.config`'s table); the password out
     of ``repr``."""
 
-    gateway_url: str = settings.GATEWAY_URL  # FSD_OPENFAAS_URL
+    gateway_url: str = GATEWAY_URL  # FSD_OPENFAAS_URL
     mode: str = "ce"
-    gateway_user: str = settings.GATEWAY_USER
+    gateway_user: str = GATEWAY_USER
     gateway_password: str = field(default="", repr=False)
     gateway_password_file: str = ""
-    gateway_timeout: float = settings.GATEWAY_TIMEOUT
+    gateway_timeout: float = GATEWAY_TIMEOUT
     function_namespace: str = ""
-    function_gateway_url: str = settings.GATEWAY_URL
+    function_gateway_url: str = GATEWAY_URL
+    prometheus_url: str = PROMETHEUS_URL  # "": latencies not read
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -173,6 +179,7 @@ class OpenFaaSSettings:
             ),
             function_namespace=text("FSD_FUNCTION_NAMESPACE"),
             function_gateway_url=text("FSD_FUNCTION_GATEWAY_URL", cls.function_gateway_url),
+            prometheus_url=text("FSD_PROMETHEUS_URL", cls.prometheus_url, keep_empty=True),
         )
 
     @property
@@ -693,6 +700,12 @@ class OpenFaaS:
             "OpenFaaS: the gateway as the functions see it, for FSD_WORKER_URL",
             default=OpenFaaSSettings.function_gateway_url,
         ),
+        Variable(
+            "FSD_PROMETHEUS_URL",
+            "OpenFaaS: where `status.lastLatencySeconds` comes from (the gateway's histogram); "
+            "blank: not reported",
+            default=OpenFaaSSettings.prometheus_url,
+        ),
     )
 
     def options_from_env(self, env: Mapping[str, str]) -> OpenFaaSSettings:
@@ -726,7 +739,7 @@ class OpenFaaS:
         """The gateway's histogram of ``function`` in Prometheus (:mod:`.openfaas_latency`)."""
         own = openfaas_settings(config)
         return latency.last_latency(
-            config.prometheus_url,
+            own.prometheus_url,
             function,
             own.namespace_for_functions,
             timeout=own.gateway_timeout,

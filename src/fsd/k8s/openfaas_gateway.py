@@ -43,9 +43,12 @@ import urllib3
 
 from fsd.bounded import read_within
 from fsd.k8s.errors import ReconcileError
-from fsd.settings import GATEWAY_TIMEOUT, GATEWAY_USER
+from fsd.launch.openfaas import GATEWAY_USER
 
 log = logging.getLogger(__name__)
+
+GATEWAY_TIMEOUT = 10.0
+"""Seconds per request to the gateway's REST API (the operator's ``FSD_GATEWAY_TIMEOUT``)."""
 
 MAX_ANSWER = 1024 * 1024
 """Bytes of a gateway answer read at most: a function's status or the secrets' list is a few KiB."""

@@ -28,7 +28,10 @@ PLATFORMS: Mapping[str, str] = {
     "openfaas": "fsd.k8s.openfaas:OPENFAAS",
     "knative": "fsd.k8s.knative:KNATIVE",
 }
-"""``spec.platform`` -> ``module:object`` (a :class:`Platform`), imported when first used."""
+"""``spec.platform`` -> ``module:object`` (a :class:`Platform`), imported when first used; the
+first is the operator's default (:data:`DEFAULT`)."""
+DEFAULT = next(iter(PLATFORMS))
+"""Where a model without ``spec.platform`` runs unless ``FSD_PLATFORM`` says."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Platform(Protocol):
 
     def latency(self, config: OperatorConfig, function: str) -> float | None:
         """``status.lastLatencySeconds``: mean seconds of the coordinator ``function``'s recent
-        requests from Prometheus (``config.prometheus_url``, set); None: not known. Never
+        requests (from the platform's Prometheus, if its settings name one); None: not known. Never
         raises."""
 
     def session(self, config: OperatorConfig) -> AbstractContextManager[Session]:

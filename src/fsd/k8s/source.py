@@ -1,7 +1,7 @@
-"""Fetch a Graph Challenge folder from an S3 bucket into a local directory.
+"""Fetch a Graph Challenge folder from a bucket of the model store into a local directory.
 
-``spec.source.url: s3://bucket/prefix`` names a folder in the official layout
-(:mod:`fsd.model.tsv`), in the model store's S3 endpoint::
+``spec.source.url`` names a bucket and a prefix (:class:`fsd.k8s.spec.Source`): a folder in the
+official layout (:mod:`fsd.model.tsv`), read through the model store's backend::
 
     <prefix>/neuron{N}/n{N}-l{k}.tsv[.gz]          layer k
     <prefix>/sparse-images-{N}.tsv[.gz]            images (optional)
@@ -19,19 +19,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import urllib3
-from minio import Minio
-from minio.error import MinioException, S3Error
-
+from fsd.errors import ModelNotFound, StoreError
 from fsd.k8s.errors import SourceError, StoreUnreachable
 from fsd.k8s.spec import Source
+from fsd.stores import StoreBackend
 
 log = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"^neuron(\d+)/n(\d+)-l(\d+)\.tsv(\.gz)?$")
 _IMAGES = re.compile(r"^sparse-images-(\d+)\.tsv(\.gz)?$")
 _CATEGORIES = re.compile(r"^neuron(\d+)-l(\d+)-categories\.tsv(\.gz)?$")
-_REFUSED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 
 
 @dataclass(frozen=True)
@@ -64,27 +61,22 @@ def wanted(relative: str, source: Source) -> bool:
     return False
 
 
-def _s3_failure(exc: Exception, where: str) -> Exception:
-    if isinstance(exc, S3Error):
-        if exc.code == "NoSuchBucket":
-            return SourceError(f"{where}: no such bucket", reason="SourceNotFound")
-        if exc.code in _REFUSED:
-            return StoreUnreachable(f"{where}: access refused ({exc.code}): check the S3 keys")
-        return StoreUnreachable(f"{where}: S3 error {exc.code}")
-    return StoreUnreachable(f"{where}: S3 endpoint unreachable: {type(exc).__name__}")
+def _failure(exc: ModelNotFound | StoreError, where: str) -> Exception:
+    """A missing bucket is the source's fault; anything else the store's, tried again later."""
+    if isinstance(exc, ModelNotFound):
+        return SourceError(f"{where}: {exc}", reason="SourceNotFound")
+    return StoreUnreachable(f"{where}: {exc}")
 
 
-def fetch(client: Minio, source: Source, dest: Path, *, max_bytes: int) -> Fetched:
-    """Download the layout's files under ``source``'s prefix into ``dest``."""
+def fetch(objects: StoreBackend, source: Source, dest: Path, *, max_bytes: int) -> Fetched:
+    """Download the layout's files under ``source``'s prefix into ``dest``, from ``source``'s
+    bucket of the model store (its backend, :attr:`fsd.store.ModelStore.backend`)."""
     where = source.url
     prefix = f"{source.prefix}/" if source.prefix else ""
     try:
-        listed = [
-            (obj.object_name or "", int(obj.size or 0))
-            for obj in client.list_objects(source.bucket, prefix=prefix, recursive=True)
-        ]
-    except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _s3_failure(exc, where) from None
+        listed = objects.list_folder(source.bucket, prefix)
+    except (ModelNotFound, StoreError) as exc:
+        raise _failure(exc, where) from None
     keys = [(key, size) for key, size in listed if wanted(key[len(prefix) :], source)]
     if not any(_LAYER.match(key[len(prefix) :]) for key, _ in keys):
         sizes = f" for {source.neurons} neurons" if source.neurons else ""
@@ -103,9 +95,9 @@ def fetch(client: Minio, source: Source, dest: Path, *, max_bytes: int) -> Fetch
         target = dest / key[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            client.fget_object(source.bucket, key, str(target))
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _s3_failure(exc, f"{where} ({key})") from None
+            objects.download(source.bucket, key, target)
+        except (ModelNotFound, StoreError) as exc:
+            raise _failure(exc, f"{where} ({key})") from None
     relative = [key[len(prefix) :] for key, _ in keys]
     neurons = sorted({int(m.group(1)) for r in relative if (m := _LAYER.match(r))})
     log.info("fetched %d files (%d bytes) from %s", len(keys), total, where)

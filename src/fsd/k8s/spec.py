@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from fsd import channels
 from fsd.k8s.errors import SourceError
-from fsd.settings import CHANNEL
 
-CHANNELS = ("nats", "s3")  # what the chart provides servers for; sqs and sns are AWS's (deploy/aws)
+CHANNELS = channels.stacked()
+"""What ``spec.channel`` may name: the transports whose servers the chart runs (the CRD's enum
+lists them too; tests/test_chart.py keeps the two equal). The others are a cloud's own."""
+CHANNEL = channels.DEPLOYED
 PARTITIONS = ("contiguous", "random", "min-comm")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # fsd.store's model names

@@ -29,7 +29,8 @@ PLATFORMS: Mapping[str, str] = {
     "knative": "fsd.launch.knative:KnativeLauncher",
 }
 """Platform name -> ``module:class``, imported only when that platform is used (each platform's
-client library loads with it)."""
+client library loads with it). The first whose workers are functions is a deployment's default
+(:func:`deployed`)."""
 
 
 def platform(kind: str) -> type[Launcher]:
@@ -39,6 +40,12 @@ def platform(kind: str) -> type[Launcher]:
     module, _, name = PLATFORMS[kind].partition(":")
     cls: type[Launcher] = getattr(importlib.import_module(module), name)
     return cls
+
+
+def deployed() -> str:
+    """The platform a deployed function invokes workers on unless told (``FSD_LAUNCHER``): the
+    first of :data:`PLATFORMS` whose workers are not local processes."""
+    return next(k for k in PLATFORMS if not platform(k).LOCAL)
 
 
 def options(kind: str, given: LauncherOptions | None = None) -> LauncherOptions:
@@ -72,6 +79,7 @@ __all__ = [
     "LauncherOptions",
     "RemoteLauncher",
     "children",
+    "deployed",
     "make_launcher",
     "options",
     "platform",

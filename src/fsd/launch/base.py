@@ -35,6 +35,9 @@ class LauncherOptions:
     SECRETS: ClassVar[Mapping[str, str]] = {}
     """Secret file -> the variable it sets (gathered into :data:`fsd.variables.SECRET_VARS`):
     values a deployment mounts as secrets, never sets in plain, and no message repeats."""
+    SECRETS_DIR: ClassVar[str] = ""
+    """Where this platform mounts a function's secret files ("": it mounts none); the deployed
+    platform's is the functions' ``FSD_SECRETS_DIR`` default (:data:`fsd.variables.SECRETS_DIR`)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:

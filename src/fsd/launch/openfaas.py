@@ -25,9 +25,24 @@ from typing import ClassVar, Self
 from fsd import settings
 from fsd.launch.base import LauncherOptions, children
 from fsd.launch.http import ABORT_GRACE, INVOCATION_TTL, HttpLauncher, worker_urls
-from fsd.settings import GATEWAY_USER, RUN_TIMEOUT
+from fsd.settings import RUN_TIMEOUT
 
-__all__ = ["ABORT_GRACE", "INVOCATION_TTL", "OpenFaaSLauncher", "OpenFaaSOptions", "children"]
+__all__ = [
+    "ABORT_GRACE",
+    "GATEWAY_USER",
+    "INVOCATION_TTL",
+    "SECRETS_DIR",
+    "OpenFaaSLauncher",
+    "OpenFaaSOptions",
+    "children",
+]
+
+GATEWAY_USER = "admin"
+"""The gateway's basic-auth user unless told otherwise (faas-netes' and the chart's): the
+functions', the operator's (:mod:`fsd.k8s.openfaas`) and ``fsd invoke``'s default."""
+
+SECRETS_DIR = "/var/openfaas/secrets"
+"""Where OpenFaaS mounts a function's secrets (and the chart the operator's)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class OpenFaaSOptions(LauncherOptions):
         "FSD_GATEWAY_PASSWORD": "its password (the fsd-gateway-password secret); unset: no auth",
     }
     SECRETS: ClassVar[Mapping[str, str]] = {"fsd-gateway-password": "FSD_GATEWAY_PASSWORD"}
+    SECRETS_DIR: ClassVar[str] = SECRETS_DIR
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
