@@ -37,7 +37,9 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -q
+	@# two processes (pytest-xdist), a test file each at a time: most tests wait on servers and
+	@# subprocesses, so two overlap well on two cores; session servers start once per process
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 functions-up: install  # both functions on index.py + embedded NATS and S3; Ctrl-C stops
 	$(BIN)/python -m fsd.localstack --data ../shared/graphchallenge --name gc1024 --workers 4

@@ -6,10 +6,9 @@ attributes, definitions, arguments, keywords, imports) for a backend's name (:da
 Allowed are the backends' own modules (:func:`backend_modules`: what a registry names, its
 ``<module>_*`` helpers, and the few listed in :data:`BACKEND_MODULES` with their reason), the
 registry tables themselves (an assignment to one of :data:`REGISTRY_TABLES`), what is generic
-in context (:data:`GENERIC`, each with its reason) and, for now, what is still to move
-(:data:`REMAINING_PLATFORMS`, :data:`REMAINING_TRANSPORTS`). An allowed entry that no longer
-occurs is a failure too, so the lists only shrink. ``python tests/test_backend_names.py`` prints the
-current hits in the ``REMAINING_*`` format.
+in context (:data:`GENERIC`, each with its reason). An allowed entry that no longer occurs is a
+failure too, so the list only shrinks. ``python tests/test_backend_names.py`` prints the current
+hits, by module.
 """
 
 from __future__ import annotations
@@ -61,24 +60,9 @@ GENERIC: Mapping[tuple[str, str], str] = {
     ("fsd/observe.py", "push_to_gateway"): "prometheus_client's Pushgateway call",
 }
 
-# -- remaining: platforms (issue 19, being moved) ------------------------------------------------
-REMAINING_PLATFORMS: Mapping[str, tuple[str, ...]] = {}
-
-# -- remaining: transports (issue 19, being moved) -----------------------------------------------
-# The scheme of the operator's model source URL (k8s/spec.py: spec.source.url).
-REMAINING_TRANSPORTS: Mapping[str, tuple[str, ...]] = {
-    "fsd/k8s/spec.py": (
-        "s3",
-        "s3://",
-        "spec.source.url must be s3://bucket/prefix, got ",
-    ),
-}
-
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
         *GENERIC,
-        *((m, t) for m, texts in REMAINING_PLATFORMS.items() for t in texts),
-        *((m, t) for m, texts in REMAINING_TRANSPORTS.items() for t in texts),
     }
 )
 """Every (module, text) that may stay, for now."""
@@ -204,7 +188,7 @@ def test_operator_platforms_are_independent_modules() -> None:
     )
 
 
-if __name__ == "__main__":  # the current hits not GENERIC, by module (the REMAINING_* format)
+if __name__ == "__main__":  # the current hits not GENERIC, by module
     grouped: dict[str, list[str]] = {}
     for (module, text), lines in sorted(hits().items()):
         if (module, text) not in GENERIC:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from fsd import channels
+from fsd import channels, stores
 from fsd.k8s.errors import SourceError
 
 CHANNELS = channels.stacked()
@@ -63,7 +63,8 @@ class Source:
 
     @property
     def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/") if self.bucket else ""
+        scheme = _scheme()
+        return f"{scheme}://{self.bucket}/{self.prefix}".rstrip("/") if self.bucket else ""
 
 
 @dataclass(frozen=True)
@@ -161,15 +162,22 @@ def parse_source(raw: Any) -> Source:
     )
     if model is not None:
         return dataclasses.replace(shape, model=_str(model, "spec.source.model", MODEL_NAME))
+    scheme = _scheme()
     if not isinstance(url, str) or len(url) > MAX_URL or not url.isprintable():
-        raise _invalid(f"spec.source.url must be s3://bucket/prefix, got {str(url)[:80]!r}")
+        raise _invalid(f"spec.source.url must be {scheme}://bucket/prefix, got {str(url)[:80]!r}")
     parts = urlsplit(url)
-    if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
-        raise _invalid(f"spec.source.url must be s3://bucket/prefix, got {url!r}")
+    bad = parts.scheme != scheme or parts.query or parts.fragment
+    if bad or not _BUCKET.fullmatch(parts.netloc):
+        raise _invalid(f"spec.source.url must be {scheme}://bucket/prefix, got {url!r}")
     prefix = parts.path.strip("/")
     if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
         raise _invalid(f"spec.source.url has an empty or relative path segment: {url!r}")
     return dataclasses.replace(shape, bucket=parts.netloc, prefix=prefix)
+
+
+def _scheme() -> str:
+    """The URL scheme of the deployment's model store (its source folders live there)."""
+    return stores.backend(stores.DEFAULT).SCHEME
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
