@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test lint bench bench-scale bench-table clean functions-up
 
 install: $(STAMP)
-	@# Prometheus + Pushgateway for tests/test_observe.py (skipped there when absent); non-fatal
+	@# Prometheus + Pushgateway for tests/observe/test_observe.py (skipped there when absent); non-fatal
 	@command -v prometheus >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
 		echo "prometheus missing: installing prometheus and prometheus-pushgateway with apt"; \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends \

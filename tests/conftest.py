@@ -13,8 +13,7 @@ from fsd.embedded.aws import MotoServer
 from fsd.embedded.nats import NatsServer
 from fsd.embedded.s3 import S3Server
 from fsd.model import Images, Network, load_images, load_network
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "graphchallenge"
+from paths import SHARED
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,8 @@ from typing import Any
 
 import boto3
 
+from paths import ROOT
+
 ASYNC_LIMIT = 1024 * 1024
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -322,5 +324,5 @@ class LambdaStandIn:
 
 def environment(extra: dict[str, str]) -> dict[str, str]:
     """A function's environment: ``extra``, this checkout's sources, nothing of the test's."""
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = ROOT / "src"
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(src), **extra}

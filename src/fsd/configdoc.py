@@ -225,10 +225,10 @@ def markdown(parts: Sequence[Component] | None = None) -> str:
         "",
         "Every environment variable fsd reads, by component. Generated from the declarations "
         f"next to the code that reads them: run `{COMMAND}` after changing one "
-        "(tests/test_config_once.py fails while this page is stale). Numbers are plain decimals "
-        "(`300`, `0.5`); a blank variable is an unset one; a secret's value is never shown in "
-        "a message. Secret files are mounted in `FSD_SECRETS_DIR` (functions, operator), or "
-        "held where a platform's own entry says (its table below).",
+        "(tests/structure/test_config_once.py fails while this page is stale). Numbers are "
+        "plain decimals (`300`, `0.5`); a blank variable is an unset one; a secret's value is "
+        "never shown in a message. Secret files are mounted in `FSD_SECRETS_DIR` (functions, "
+        "operator), or held where a platform's own entry says (its table below).",
     ]
     for part in parts:
         lines += [

@@ -26,7 +26,7 @@ docs/configuration.md.
 
 Only the entry points (:mod:`fsd.cli`, the functions, the Lambda handlers, the operator, the
 local stack) hand an environment to these readers: everything below them takes the typed objects
-they build (tests/test_config_once.py keeps it so).
+they build (tests/structure/test_config_once.py keeps it so).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 # (the same commands and names: the functions gc1024-default-coordinator/-worker, no secret
 # created by hand: the operator creates the functions' OpenFaaS secrets from the chart's).
 #
-# tests/test_walkthrough.py follows the same page on every `make test`, against stand-ins (kmock's
+# tests/k8s/test_walkthrough.py follows the same page on every `make test`, against stand-ins (kmock's
 # API emulator, a gateway emulator, functions as local processes, nats-server and SeaweedFS). What
 # only this script covers: the real images (the template's Dockerfile, of-watchdog, the operator
 # image, their Python packages), real faas-netes and the gateway (its auth, timeouts, secrets

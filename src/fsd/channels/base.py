@@ -11,7 +11,8 @@ puts sealed frames into their slots, :meth:`Channel._poll` brings frames in and 
 can fetch exactly those slots (object stores, mailboxes) or filter a stream (pub-sub).
 
 Every transport must deliver each message once, keep runs apart, and keep messages sent before the
-receiver started; the shared conformance suite (tests/test_channel_conformance.py) checks it.
+receiver started; the shared conformance suite (tests/channels/test_channel_conformance.py)
+checks it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from fsd.k8s.errors import SourceError
 
 CHANNELS = channels.stacked()
 """What ``spec.channel`` may name: the transports whose servers the chart runs (the CRD's enum
-lists them too; tests/test_chart.py keeps the two equal). The others are a cloud's own."""
+lists them too; tests/k8s/test_chart.py keeps the two equal). The others are a cloud's own."""
 CHANNEL = channels.DEPLOYED
 PARTITIONS = ("contiguous", "random", "min-comm")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -10,7 +10,8 @@ Adding one: a module with a :class:`RemoteLauncher` subclass (``invoke`` one sig
 ``failures``, ``close``; see :mod:`fsd.launch.http` for platforms that POST to a URL) and its
 frozen :class:`LauncherOptions` (``from_env``, ``to_env``, ``missing``, ``VARIABLES``,
 ``SECRETS``); its line here; its module in pyproject.toml's "Launchers are independent" contract;
-how tests stand it up in tests/platform_stands.py (tests/test_launcher_conformance.py then runs it).
+how tests stand it up in tests/launch/platform_stands.py (tests/launch/test_launcher_conformance.py
+then runs it).
 """
 
 from __future__ import annotations
