@@ -3,6 +3,10 @@
 Bad input: one line on stderr and exit code 2. Every message is one printable line with URL
 credentials scrubbed; even an unexpected exception is one line (exit 1), its traceback shown
 only with ``-v``.
+
+Start-up loads only what the command given needs (tests and scripts start ``fsd`` hundreds of
+times): its options are built, and its modules imported, only for that command; what every
+backend declares (secrets' names, libraries' loggers) is looked up only when a message needs it.
 """
 
 from __future__ import annotations
@@ -15,37 +19,20 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import fsd
-from fsd import channels, invoke, launch, lifetime, observe, planner, plot, settings, stores
+from fsd import channels, lifetime, planner, settings
 from fsd.channels import CHANNELS
-from fsd.channels.settings import channel_config
-from fsd.coordinator import RunConfig
 from fsd.errors import FsdError, InputError
-from fsd.metrics import summary
-from fsd.model import load_images, load_network
-from fsd.model.layers import FORMATS as MODEL_FORMATS
-from fsd.model.network import DTYPES, MAX_LAYERS, MAX_LOADED_IMAGES, MAX_NEURONS
-from fsd.model.tsv import output_folder
-from fsd.partition import PARTITIONERS, check_workers, make_plan
 from fsd.redact import SecretFilter
-from fsd.run import (
-    DEFAULT_IMAGES,
-    DEFAULT_LAYERS,
-    DEFAULT_NEURONS,
-    Folder,
-    Generated,
-    Job,
-    open_model,
-)
-from fsd.run import run as pipeline
 from fsd.services import NotInstalled
 from fsd.settings import Variable
-from fsd.store import StoreConfig
-from fsd.variables import SECRET_NAMES
+
+if TYPE_CHECKING:
+    from fsd.run import Job
 
 log = logging.getLogger("fsd")
 
@@ -74,12 +61,44 @@ def _cache_dir() -> Path | None:
     return Path(folder) if folder else None
 
 
-def _scrubber() -> SecretFilter:
-    """What scrubs every message, traceback and log record: URL userinfo, credential headers
-    and the values of the secrets this process holds (:data:`fsd.variables.SECRET_NAMES` and
+def _secret_values() -> list[str]:
+    """The values of the secrets this process holds (:data:`fsd.variables.SECRET_NAMES` and
     ``fsd invoke``'s, :func:`fsd.invoke.variables`)."""
+    from fsd import invoke  # noqa: PLC0415 (every backend: see _Scrubber)
+    from fsd.variables import SECRET_NAMES  # noqa: PLC0415
+
     names = (*SECRET_NAMES, *(v.name for v in invoke.variables() if v.secret))
-    return SecretFilter(settings.text(os.environ, name) for name in names)
+    return [settings.text(os.environ, name) for name in names]
+
+
+class _Scrubber(SecretFilter):
+    """What scrubs every message, traceback and log record: URL userinfo, credential headers
+    and the values of the secrets this process holds (:func:`_secret_values`).
+
+    Which variables are secrets is every backend's declaration, and reading it loads every
+    backend's client library (a second at start-up): it is read only once a text holds the
+    value of some variable at all, which a refused flag or an ordinary message does not. The
+    text scrubbed is the same either way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # no secrets until they are looked up
+        self.looked_up = False
+        self.values = SecretFilter(os.environ.values()).secrets  # those long enough to scrub
+
+    def scrub(self, text: str) -> str:
+        if not self.looked_up:
+            redacted = super().scrub(text)  # userinfo and headers only, so far
+            if not any(value in redacted for value in self.values):
+                return redacted
+            self.secrets = SecretFilter(_secret_values()).secrets
+            self.looked_up = True
+        return super().scrub(text)
+
+
+def _scrubber() -> SecretFilter:
+    """What scrubs every message, traceback and log record (:class:`_Scrubber`)."""
+    return _Scrubber()
 
 
 def _line(text: object) -> str:
@@ -132,10 +151,19 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-_neurons = _workers = _count(1, MAX_NEURONS)
-_layers = _count(1, MAX_LAYERS)
-_images = _count(1, MAX_LOADED_IMAGES)
 _seed = _count(0, MAX_SEED)
+
+
+class _Sizes:
+    """The argparse types of a model's sizes, bounded as :mod:`fsd.model.network` bounds them:
+    made with the command that takes them, as that module loads numpy and scipy."""
+
+    def __init__(self) -> None:
+        from fsd.model.network import MAX_LAYERS, MAX_LOADED_IMAGES, MAX_NEURONS  # noqa: PLC0415
+
+        self.neurons = self.workers = _count(1, MAX_NEURONS)
+        self.layers = _count(1, MAX_LAYERS)
+        self.images = _count(1, MAX_LOADED_IMAGES)
 
 
 def _memory(text: str) -> int:
@@ -163,24 +191,56 @@ def _transport_examples() -> list[str]:
     return [example for example in declared if example]
 
 
-EPILOGS = {
-    "fsd": f"""\
+def _run_epilog() -> str:
+    return (
+        """\
+examples:
+  fsd run                                          (a generated 1024x120 network, 4 workers)
+  fsd run --data ../shared/graphchallenge --workers 8 --partition min-comm
+"""
+        + "".join(f"  {example}\n" for example in _transport_examples())
+        + "\n"
+        + channels.embedded_note()
+    )
+
+
+def _invoke_epilog() -> str:
+    """The platform's: where its coordinators are."""
+    from fsd import invoke  # noqa: PLC0415
+
+    return invoke.client().EPILOG
+
+
+class _Epilogs(Mapping[str, str]):
+    """Each parser's examples; those the backends declare (loading them: every transport, the
+    invoke client) are made when asked, so only the command given loads its own."""
+
+    def __init__(self, texts: Mapping[str, str | Callable[[], str]]) -> None:
+        self.texts = texts
+
+    def __getitem__(self, name: str) -> str:
+        text = self.texts[name]
+        return text if isinstance(text, str) else text()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+EPILOGS = _Epilogs(
+    {
+        "fsd": f"""\
 examples:
   fsd run --workers 4 --channel {channels.REMOTE_CHANNELS[0]}
   fsd invoke --inference-model gc1024 --namespace default --request examples/request.json
   fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
   fsd COMMAND --help    (a command's options and examples)
 """,
-    "run": """\
-examples:
-  fsd run                                          (a generated 1024x120 network, 4 workers)
-  fsd run --data ../shared/graphchallenge --workers 8 --partition min-comm
-"""
-    + "".join(f"  {example}\n" for example in _transport_examples())
-    + "\n"
-    + channels.embedded_note(),
-    "invoke": invoke.client().EPILOG,  # the platform's: where its coordinators are
-    "generate": """\
+        "run": _run_epilog,
+        "invoke": _invoke_epilog,
+        "generate": """\
 examples:
   fsd generate --neurons 1024 --layers 120 --images 1000 --out /tmp/net1024
   fsd run --data /tmp/net1024 --workers 4
@@ -189,27 +249,36 @@ examples:
 Layers are written one at a time (binary by default: neuron{N}/layers.json and one CSR file
 per layer); the truth comes from a streamed float64 oracle.
 """,
-    "partition": """\
+        "partition": """\
 examples:
   fsd partition --data ../shared/graphchallenge --workers 8
   fsd partition --data DIR --workers 16 --layers 12 --json
 """,
-    "model": """\
+        "model": """\
 examples:
   fsd model push ../shared/graphchallenge --name gc1024 --workers 4 8
   fsd model show gc1024
 """,
-    "push": """\
+        "push": """\
 examples:
   fsd model push ../shared/graphchallenge --name gc1024 --workers 4 8
   AWS_ENDPOINT_URL=http://127.0.0.1:9000 fsd model push DIR --name gc1024 --workers 4
 """,
-    "show": """\
+        "show": """\
 examples:
   fsd model show gc1024
 """,
-}
+    }
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ABOUT = {
+    "run": "distributed inference, checked against truth or the oracle",
+    "invoke": "send an inference request to a deployed coordinator function",
+    "generate": "write a RadiX-Net network (layer by layer) and images",
+    "partition": "planned crossing activations per partitioner",
+    "model": "the model store (a bucket) used by the functions",
+}
+"""Each command's one-line summary (``fsd --help`` lists them), in the order shown."""
 
 
 def _add_flags(parser: argparse.ArgumentParser, declared: Iterable[Variable]) -> None:
@@ -260,48 +329,64 @@ def _common() -> _Parser:
     return common
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = _common()
+def _command(
+    group: argparse._SubParsersAction[_Parser], name: str, about: str
+) -> argparse.ArgumentParser:
+    return group.add_parser(
+        name,
+        help=about,
+        description=about[0].upper() + about[1:] + ".",
+        epilog=EPILOGS[name],
+        formatter_class=_Help,
+        parents=[_common()],
+    )
+
+
+def _parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """``fsd``'s parser; given ``commands``, only their options and examples are built, the
+    others listed by their summary alone (all ``fsd --help`` shows of them): a command's choices
+    and flags come from the modules that define them, and :func:`main` loads only the one given."""
+    built = set(ABOUT if commands is None else commands)
     top = _Parser(
         prog="fsd",
         description=DESCRIPTION,
         epilog=EPILOGS["fsd"],
         formatter_class=_Help,
-        parents=[common],
+        parents=[_common()],
     )
     top.add_argument("--version", action="version", version=f"fsd {_version()}")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for name, about in ABOUT.items():
+        if name in built:
+            OPTIONS[name](_command(sub, name, about))
+        else:
+            sub.add_parser(name, help=about)
+    return top
 
-    def command(
-        group: argparse._SubParsersAction[_Parser], name: str, about: str
-    ) -> argparse.ArgumentParser:
-        return group.add_parser(
-            name,
-            help=about,
-            description=about[0].upper() + about[1:] + ".",
-            epilog=EPILOGS[name],
-            formatter_class=_Help,
-            parents=[common],
-        )
 
-    run = command(sub, "run", "distributed inference, checked against truth or the oracle")
+def _run_options(run: argparse.ArgumentParser) -> None:
+    from fsd.model.network import DTYPES  # noqa: PLC0415
+    from fsd.partition import PARTITIONERS  # noqa: PLC0415
+    from fsd.run import DEFAULT_IMAGES, DEFAULT_LAYERS, DEFAULT_NEURONS  # noqa: PLC0415
+
+    size = _Sizes()
     run.add_argument("--data", type=Path, help="Graph Challenge folder (default: generated net)")
     run.add_argument(
         "--neurons",
-        type=_neurons,
+        type=size.neurons,
         help=f"neurons per layer N (default: from --data, else {DEFAULT_NEURONS})",
     )
     run.add_argument(
         "--layers",
-        type=_layers,
+        type=size.layers,
         help=f"layers to run (default: all in --data, else {DEFAULT_LAYERS})",
     )
     run.add_argument(
         "--images",
-        type=_images,
+        type=size.images,
         help=f"use the first K images (default: all in --data, else {DEFAULT_IMAGES})",
     )
-    run.add_argument("--workers", type=_workers, default=4, help="workers (1..N)")
+    run.add_argument("--workers", type=size.workers, default=4, help="workers (1..N)")
     run.add_argument(
         "--memory-mb",
         type=_memory,
@@ -311,7 +396,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--partitions",
-        type=_workers,
+        type=size.workers,
         help="model-parallel workers per replica, dividing --workers (default: the planner's)",
     )
     run.add_argument("--channel", default="local", choices=CHANNELS, help="how workers exchange")
@@ -332,7 +417,11 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", type=Path, metavar="FILE.png", help="write a per-worker timeline PNG of the run"
     )
 
-    inv = command(sub, "invoke", "send an inference request to a deployed coordinator function")
+
+def _invoke_options(inv: argparse.ArgumentParser) -> None:
+    from fsd import invoke  # noqa: PLC0415
+
+    size = _Sizes()
     where = inv.add_mutually_exclusive_group(required=True)
     where.add_argument("--function", metavar="NAME", help="the coordinator function's name")
     where.add_argument(
@@ -355,7 +444,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     inv.add_argument(
         "--workers",
-        type=_workers,
+        type=size.workers,
         help="worker functions (default: the smallest count the model was cut for)",
     )
     inv.add_argument(
@@ -368,7 +457,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=invoke.request_choices("channel"),
         help="how workers exchange (default: the function's FSD_CHANNEL)",
     )
-    inv.add_argument("--images", type=_images, help="use the first K stored images (default: all)")
+    inv.add_argument(
+        "--images", type=size.images, help="use the first K stored images (default: all)"
+    )
     inv.add_argument(
         "--timeout",
         type=_seconds,
@@ -377,33 +468,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     inv.add_argument("--json", action="store_true", help="last stdout line: the answer as JSON")
 
-    gen = command(sub, "generate", "write a RadiX-Net network (layer by layer) and images")
-    gen.add_argument("--neurons", type=_neurons, required=True, help="neurons per layer, 2^k")
-    gen.add_argument("--layers", type=_layers, required=True, help="layers")
-    gen.add_argument("--images", type=_images, required=True, help="images")
+
+def _generate_options(gen: argparse.ArgumentParser) -> None:
+    from fsd.model.layers import FORMATS  # noqa: PLC0415
+
+    size = _Sizes()
+    gen.add_argument("--neurons", type=size.neurons, required=True, help="neurons per layer, 2^k")
+    gen.add_argument("--layers", type=size.layers, required=True, help="layers")
+    gen.add_argument("--images", type=size.images, required=True, help="images")
     gen.add_argument("--seed", type=_seed, default=0, help="seed of network and images")
     gen.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     gen.add_argument(
         "--format",
-        choices=MODEL_FORMATS,
-        default=MODEL_FORMATS[0],
+        choices=FORMATS,
+        default=FORMATS[0],
         help="layers as binary files (layers.json + one CSR file each) or Graph Challenge TSV",
     )
 
-    part = command(sub, "partition", "planned crossing activations per partitioner")
+
+def _partition_options(part: argparse.ArgumentParser) -> None:
+    size = _Sizes()
     part.add_argument("--data", type=Path, required=True, help="Graph Challenge folder")
-    part.add_argument("--workers", type=_workers, required=True, help="workers (1..N)")
-    part.add_argument("--neurons", type=_neurons, help="neurons per layer (default: from --data)")
-    part.add_argument("--layers", type=_layers, help="layers to plan (default: all in --data)")
+    part.add_argument("--workers", type=size.workers, required=True, help="workers (1..N)")
+    part.add_argument(
+        "--neurons", type=size.neurons, help="neurons per layer (default: from --data)"
+    )
+    part.add_argument("--layers", type=size.layers, help="layers to plan (default: all in --data)")
     part.add_argument("--seed", type=_seed, default=0, help="seed of the random partitioners")
     part.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
-    model = command(sub, "model", "the model store (a bucket) used by the functions")
+
+def _model_options(model: argparse.ArgumentParser) -> None:
+    from fsd.partition import PARTITIONERS  # noqa: PLC0415
+    from fsd.stores import StoreConfig  # noqa: PLC0415
+
+    size = _Sizes()
     verbs = model.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="VERB")
-    push = command(verbs, "push", "cut a model for worker counts and upload it")
+    push = _command(verbs, "push", "cut a model for worker counts and upload it")
     push.add_argument("data", type=Path, help="Graph Challenge folder (official layout)")
     push.add_argument("--name", required=True, help="model name for requests")
-    push.add_argument("--workers", type=_workers, nargs="+", required=True, help="worker counts")
+    push.add_argument(
+        "--workers", type=size.workers, nargs="+", required=True, help="worker counts"
+    )
     push.add_argument(
         "--partition",
         nargs="+",
@@ -411,14 +517,23 @@ def _parser() -> argparse.ArgumentParser:
         choices=PARTITIONERS,
         help="partitioners to cut with",
     )
-    push.add_argument("--neurons", type=_neurons, help="neurons per layer (default: from DATA)")
-    push.add_argument("--layers", type=_layers, help="layers (default: all in DATA)")
+    push.add_argument("--neurons", type=size.neurons, help="neurons per layer (default: from DATA)")
+    push.add_argument("--layers", type=size.layers, help="layers (default: all in DATA)")
     push.add_argument("--no-images", action="store_true", help="do not store the images")
     _add_flags(push, StoreConfig.VARIABLES)
-    show = command(verbs, "show", "print a stored model's manifest")
+    show = _command(verbs, "show", "print a stored model's manifest")
     show.add_argument("name", help="model name given to fsd model push")
     _add_flags(show, StoreConfig.VARIABLES)
-    return top
+
+
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "run": _run_options,
+    "invoke": _invoke_options,
+    "generate": _generate_options,
+    "partition": _partition_options,
+    "model": _model_options,
+}
+"""What builds each command's options, with the imports its choices and flags need."""
 
 
 class _Bar:
@@ -447,6 +562,17 @@ class _Bar:
 
 def _job(args: argparse.Namespace) -> Job:
     """``fsd run``'s flags as a :class:`fsd.run.Job` (what is checked by flags, already is)."""
+    from fsd.channels.settings import channel_config  # noqa: PLC0415
+    from fsd.coordinator import RunConfig  # noqa: PLC0415
+    from fsd.run import (  # noqa: PLC0415
+        DEFAULT_IMAGES,
+        DEFAULT_LAYERS,
+        DEFAULT_NEURONS,
+        Folder,
+        Generated,
+        Job,
+    )
+
     # addresses checked before any loading or connecting
     channel = channel_config(args.channel, env=os.environ, flags=vars(args))
     model: Generated | Folder = (
@@ -472,6 +598,9 @@ def _job(args: argparse.Namespace) -> Job:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from fsd import plot  # noqa: PLC0415
+    from fsd.run import run as pipeline  # noqa: PLC0415
+
     # channel, partition and dtype are argparse choices: checked before anything is loaded
     if args.partitions is not None:  # and so is what the flags say together
         planner.check_partitions(args.workers, args.partitions)
@@ -488,6 +617,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     model = args.data.resolve().name if args.data is not None else "generated"
     gateway = settings.text(os.environ, "FSD_PUSHGATEWAY")
     if gateway:  # best effort: push_run logs a warning instead of failing the run
+        from fsd import observe  # noqa: PLC0415
+
         observe.push_run(result, model, gateway)
     _report(result.to_json(), args.json)
     if args.plot is not None:  # after the report, so a failing plot does not hide the result
@@ -499,6 +630,8 @@ def _report(data: dict[str, Any], as_json: bool) -> None:
     """A run's result, local or from a deployed coordinator: one JSON line (json escapes every
     control character), or the table, its strings (a gateway's answer's too) one printable line
     each, so no escape sequence or forged line reaches the terminal."""
+    from fsd.metrics import summary  # noqa: PLC0415
+
     if as_json:
         print(json.dumps(data))
         return
@@ -507,6 +640,8 @@ def _report(data: dict[str, Any], as_json: bool) -> None:
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
     """One request to a deployed coordinator, everything checked before it is sent."""
+    from fsd import invoke  # noqa: PLC0415
+
     target = invoke.client().target(args, os.environ)
     request = invoke.read_request(args.request) if args.request is not None else {}
     given = {
@@ -531,6 +666,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from fsd.model.generate import check_sizes, generate_folder  # noqa: PLC0415
+    from fsd.model.tsv import output_folder  # noqa: PLC0415
 
     check_sizes(args.neurons, args.layers, args.images, args.seed)
     output_folder(args.out)  # an impossible place fails now, not after generating
@@ -546,6 +682,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_partition(args: argparse.Namespace) -> int:
+    from fsd.model import load_network  # noqa: PLC0415
+    from fsd.partition import PARTITIONERS, check_workers, make_plan  # noqa: PLC0415
+
     network = load_network(args.data, args.neurons, args.layers, cache_dir=_cache_dir())
     check_workers(args.workers, network.neurons)
     report: dict[str, dict[str, Any]] = {}
@@ -577,7 +716,10 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 def _cmd_model(args: argparse.Namespace) -> int:
     from dataclasses import asdict  # noqa: PLC0415
 
-    from fsd.store import ModelStore  # noqa: PLC0415
+    from fsd.model import load_images  # noqa: PLC0415
+    from fsd.partition import check_workers  # noqa: PLC0415
+    from fsd.run import open_model  # noqa: PLC0415
+    from fsd.store import ModelStore, StoreConfig  # noqa: PLC0415
 
     store = ModelStore(StoreConfig.from_env(os.environ, flags=vars(args)))
     if args.verb == "show":
@@ -603,12 +745,42 @@ THIRD_PARTY_LOGGERS = ("asyncio", "urllib3")
 
 def _loggers() -> list[str]:
     """:data:`THIRD_PARTY_LOGGERS` and those every transport, platform and store declares."""
+    from fsd import launch, stores  # noqa: PLC0415
+
     declared = [
         *(channels.transport(kind).LOGGERS for kind in channels.TRANSPORTS),
         *(launch.platform(kind).LOGGERS for kind in launch.PLATFORMS),
         stores.loggers(),
     ]
     return sorted({*THIRD_PARTY_LOGGERS, *(name for names in declared for name in names)})
+
+
+_QUIETED: set[str] = set()
+"""The libraries' loggers whose level this process has set (by :class:`_Quiet`)."""
+
+
+class _Quiet(logging.Filter):
+    """Sets the client libraries' loggers (:func:`_loggers`) to ``level`` at the first record
+    that is not fsd's own, and drops that record if it is below. Which loggers are theirs is
+    every backend's declaration, and reading it loads every backend's client library (a second
+    at start-up); a library logs only once it is loaded, so this waits for one to."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+        self.done = False
+        for name in _QUIETED:  # main() called again in one process: its level, at once
+            logging.getLogger(name).setLevel(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.done or record.name == "fsd" or record.name.startswith("fsd."):
+            return True
+        names = _loggers()
+        for name in names:
+            logging.getLogger(name).setLevel(self.level)
+        _QUIETED.update(names)
+        self.done = True
+        return record.levelno >= logging.getLogger(record.name).getEffectiveLevel()
 
 
 def _setup_logging(verbose: bool, log_level: str | None) -> None:
@@ -628,13 +800,12 @@ def _setup_logging(verbose: bool, log_level: str | None) -> None:
     handler = logging.StreamHandler()
     handler.fsd_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    libraries = logging.NOTSET if log_level else (logging.WARNING if verbose else logging.ERROR)
+    handler.addFilter(_Quiet(libraries))  # first: what it drops is not scrubbed
     handler.addFilter(_scrubber())
     root.addHandler(handler)
     level = logging.getLevelName(log_level or ("DEBUG" if verbose else "WARNING"))
     root.setLevel(level)
-    libraries = logging.NOTSET if log_level else (logging.WARNING if verbose else logging.ERROR)
-    for name in _loggers():
-        logging.getLogger(name).setLevel(libraries)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -648,8 +819,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr and an exit code (see README)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first word naming one: before it come only -v and --log-level LEVEL,
+    # and a LEVEL naming a command is refused before any command's options are read
+    given = [word for word in words if word in COMMANDS][:1]
     try:
-        args = _parser().parse_args(argv)
+        args = _parser(given).parse_args(words)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     verbose = bool(getattr(args, "verbose", False))

@@ -856,3 +856,22 @@ def test_invoke_bounds_an_answer_that_trickles() -> None:
         finally:
             stop.set()
             thread.join(timeout=10)
+
+
+def test_start_up_loads_no_engine_function_code_or_client_library() -> None:
+    """``fsd --version`` and ``--help`` build only what they show: every test and user pays the
+    start-up of each ``fsd`` they spawn (the engine, pandas, scipy and the clients took 1.5 s)."""
+    heavy = (
+        "pandas", "scipy", "numba", "boto3", "nats", "minio",
+        "fsd.coordinator", "fsd.run", "fsd.functions.coordinator", "fsd.invoke",
+    )  # fmt: skip
+    code = (
+        "import sys\nfrom fsd import cli\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.splitlines()[-1] == "[]"
