@@ -44,11 +44,13 @@ def same_csr(a: sp.csr_matrix, b: sp.csr_matrix, *, canonical: bool = False) -> 
 
 
 def forbid_whole_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``fsd.cli``'s whole-network loader fail the test: a binary layer folder must be
-    read one layer at a time."""
-    from fsd import cli
+    """Make the whole-network loader fail the test wherever the CLI reaches it (the run
+    pipeline's, and the model package's that commands import when they run): a binary layer
+    folder must be read one layer at a time."""
+    from fsd import model, run
 
     def whole(*args: object, **kwargs: object) -> None:
         raise AssertionError("the whole network was loaded")
 
-    monkeypatch.setattr(cli, "load_network", whole)
+    monkeypatch.setattr(run, "load_network", whole)
+    monkeypatch.setattr(model, "load_network", whole)
