@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 
+from fsd import registry
 from fsd.channels.base import (
     COORDINATOR,
     Channel,
@@ -23,7 +24,7 @@ from fsd.channels.base import (
     ChannelStats,
     TransportOptions,
 )
-from fsd.errors import ChannelError, InputError
+from fsd.errors import ChannelError
 from fsd.settings import Variable
 
 TRANSPORTS: Mapping[str, str] = {
@@ -47,10 +48,7 @@ DEPLOYED = REMOTE_CHANNELS[0]
 
 def transport(kind: str) -> type[Channel]:
     """The Channel class of ``kind``; :class:`InputError` for a name not in the registry."""
-    if kind not in TRANSPORTS:
-        raise InputError(f"unknown channel {kind!r}; choose one of {', '.join(CHANNELS)}")
-    module, _, name = TRANSPORTS[kind].partition(":")
-    cls: type[Channel] = getattr(importlib.import_module(module), name)
+    cls: type[Channel] = registry.load(TRANSPORTS, kind, "channel")
     return cls
 
 

@@ -16,10 +16,9 @@ then runs it).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
-from fsd import settings
+from fsd import registry, settings
 from fsd.errors import InputError
 from fsd.launch.base import Launcher, LauncherOptions, RemoteLauncher, children
 
@@ -36,10 +35,7 @@ client library loads with it). The first whose workers are functions is a deploy
 
 def platform(kind: str) -> type[Launcher]:
     """The Launcher class of ``kind``; :class:`InputError` for a name not in the registry."""
-    if kind not in PLATFORMS:
-        raise InputError(f"unknown platform {kind!r}; choose one of {', '.join(PLATFORMS)}")
-    module, _, name = PLATFORMS[kind].partition(":")
-    cls: type[Launcher] = getattr(importlib.import_module(module), name)
+    cls: type[Launcher] = registry.load(PLATFORMS, kind, "platform")
     return cls
 
 

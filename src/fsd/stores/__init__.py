@@ -11,14 +11,12 @@ named by :attr:`StoreConfig.kind` here.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from fsd import settings
-from fsd.errors import InputError
+from fsd import registry, settings
 from fsd.settings import Variable
 
 STORES: Mapping[str, str] = {
@@ -32,10 +30,7 @@ DEFAULT = next(iter(STORES))
 
 def backend(kind: str) -> type[StoreBackend]:
     """The backend class of ``kind``; :class:`InputError` for a name not in the registry."""
-    if kind not in STORES:
-        raise InputError(f"unknown model store {kind!r}; choose one of {', '.join(STORES)}")
-    module, _, name = STORES[kind].partition(":")
-    cls: type[StoreBackend] = getattr(importlib.import_module(module), name)
+    cls: type[StoreBackend] = registry.load(STORES, kind, "model store")
     return cls
 
 
